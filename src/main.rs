@@ -1,0 +1,16 @@
+//! The operator binary: `run` the controller, print the `crd`, or start a local `sandbox`.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = eagle_eye_operator::cli::Cli::parse();
+    match eagle_eye_operator::cli::run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Faults a test can inject into the token endpoint, the queue that hands them out, and the
+//! responses they produce. A faulted request is answered here, before the ledger sees it.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// Misbehaviour of the token endpoint, for the next requests to `/oauth2/token`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// This status (e.g. 500, 502, 503) with a small plain-text body. A code outside 100..=999
+    /// becomes 500.
+    Status(u16),
+    /// 429 with `Retry-After: N` and the vendor's resource-API error body.
+    TooManyRequests { retry_after_secs: u64 },
+    /// 200 with an HTML page, as a captive portal or misrouted proxy would answer.
+    NonJson,
+    /// 200 with a JSON-looking body of exactly this many bytes.
+    Oversized { bytes: usize },
+    /// No answer until the stand-in shuts down.
+    Hang,
+    /// The connection is closed once the request is read; no response byte is written.
+    DropConnection,
+    /// A normal answer, after this delay.
+    Delay(Duration),
+}
+
+/// Faults waiting to be applied, in the order they were injected.
+#[derive(Debug, Default)]
+pub struct FaultQueue {
+    pending: VecDeque<(Fault, usize)>,
+}
+
+impl FaultQueue {
+    /// Queues `fault` for `times` requests after those already queued.
+    pub fn push(&mut self, fault: Fault, times: usize) {
+        if times > 0 {
+            self.pending.push_back((fault, times));
+        }
+    }
+
+    /// The fault for the request arriving now, if any.
+    pub fn take(&mut self) -> Option<Fault> {
+        let (fault, left) = self.pending.front_mut()?;
+        let fault = fault.clone();
+        *left -= 1;
+        if *left == 0 {
+            self.pending.pop_front();
+        }
+        Some(fault)
+    }
+}
+
+/// What the token endpoint does about a fault.
+#[derive(Debug)]
+pub enum Action {
+    /// Answer this instead of processing the request.
+    Respond(Response),
+    /// Never answer; the connection task is ended when the stand-in shuts down.
+    Hang,
+    /// Close the connection without writing anything.
+    Drop,
+    /// Wait, then process the request normally.
+    Delay(Duration),
+}
+
+/// How `fault` plays out.
+pub fn action(fault: Fault) -> Action {
+    let response = match fault {
+        Fault::Hang => return Action::Hang,
+        Fault::DropConnection => return Action::Drop,
+        Fault::Delay(delay) => return Action::Delay(delay),
+        Fault::Status(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = format!("{status} (fault injected by the stand-in)\n");
+            (
+                status,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                body,
+            )
+                .into_response()
+        }
+        Fault::TooManyRequests { retry_after_secs } => {
+            let body = serde_json::json!({
+                "code": 429,
+                "status": "tooManyRequests",
+                "message": "Too many requests, retry later",
+            });
+            let headers = [
+                (header::CONTENT_TYPE, "application/json".to_owned()),
+                (header::RETRY_AFTER, retry_after_secs.to_string()),
+            ];
+            (StatusCode::TOO_MANY_REQUESTS, headers, body.to_string()).into_response()
+        }
+        Fault::NonJson => {
+            let body = "<!DOCTYPE html><html><head><title>Maintenance</title></head>\
+                        <body><h1>We'll be back soon</h1></body></html>\n";
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                body,
+            )
+                .into_response()
+        }
+        Fault::Oversized { bytes } => {
+            let body = Body::from(oversized_body(bytes));
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response()
+        }
+    };
+    Action::Respond(response)
+}
+
+/// `{"access_token":"AAAA…"}` cut or padded to exactly `bytes` bytes.
+fn oversized_body(bytes: usize) -> Vec<u8> {
+    const HEAD: &[u8] = b"{\"access_token\":\"";
+    const TAIL: &[u8] = b"\"}";
+    let mut body = Vec::with_capacity(bytes.max(HEAD.len() + TAIL.len()));
+    body.extend_from_slice(HEAD);
+    body.resize(bytes.saturating_sub(TAIL.len()).max(HEAD.len()), b'A');
+    body.extend_from_slice(TAIL);
+    body.truncate(bytes);
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_hands_out_each_fault_the_given_number_of_times_in_order() {
+        let mut queue = FaultQueue::default();
+        queue.push(Fault::NonJson, 2);
+        queue.push(Fault::Hang, 0);
+        queue.push(Fault::Status(502), 1);
+        assert_eq!(queue.take(), Some(Fault::NonJson));
+        assert_eq!(queue.take(), Some(Fault::NonJson));
+        assert_eq!(queue.take(), Some(Fault::Status(502)));
+        assert_eq!(queue.take(), None);
+    }
+
+    #[test]
+    fn oversized_body_has_exactly_the_requested_length() {
+        for n in [0, 1, 5, 19, 20, 1000, 70_000] {
+            assert_eq!(oversized_body(n).len(), n);
+        }
+        assert!(oversized_body(100).starts_with(b"{\"access_token\":\"AAA"));
+        assert!(oversized_body(100).ends_with(b"A\"}"));
+    }
+
+    #[test]
+    fn invalid_status_codes_become_500() {
+        let Action::Respond(response) = action(Fault::Status(42)) else {
+            panic!("a status fault answers at once");
+        };
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

@@ -1,0 +1,93 @@
+//! Shared by every integration test binary: one real control plane per binary, started on
+//! first use (the reaper in `testbed` removes it when the binary exits), the project's CRDs
+//! from `crds/` installed, and a fresh namespace per test.
+#![allow(dead_code)]
+
+pub mod operator;
+
+use std::path::Path;
+
+use eagle_eye_operator::testbed::ControlPlane;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
+use kube::api::{Api, ObjectMeta, PostParams};
+use tokio::sync::OnceCell;
+
+static PLANE: OnceCell<ControlPlane> = OnceCell::const_new();
+
+/// The binary's control plane. Panics with instructions when it cannot be had: under
+/// `CI=true` an integration test is never skipped.
+pub async fn plane() -> &'static ControlPlane {
+    PLANE
+        .get_or_init(|| async {
+            let plane = ControlPlane::from_env_or_start()
+                .await
+                .unwrap_or_else(|e| panic!("no control plane for the integration tests: {e:#}"));
+            let client = plane.client().await.expect("admin client");
+            let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+            plane
+                .install_crds(&client, &crds)
+                .await
+                .expect("installing crds/");
+            plane
+        })
+        .await
+}
+
+pub struct TestEnv {
+    pub plane: &'static ControlPlane,
+    pub client: Client,
+    pub namespace: String,
+}
+
+/// A fresh namespace on the binary's control plane, with an admin client for this test.
+pub async fn env() -> TestEnv {
+    let plane = plane().await;
+    let client = plane.client().await.expect("admin client");
+    let namespace = format!("t-{:08x}", rand::random::<u32>());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(namespace.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("creating the test namespace");
+    TestEnv {
+        plane,
+        client,
+        namespace,
+    }
+}
+
+impl TestEnv {
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, failing the test with `what` after
+/// `limit`. Tests wait on observable state this way instead of sleeping and hoping.
+pub async fn eventually<T, F, Fut>(what: &str, limit: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
