@@ -2,6 +2,16 @@
 //! for the workloads of a Kubernetes cluster.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod controller;
+pub mod crd;
+pub mod logging;
+pub mod operator;
+pub mod sandbox;
+pub mod schedule;
+pub mod secrets;
 pub mod standin;
+pub mod status;
+pub mod target;
 pub mod testbed;
 pub mod token;

@@ -36,6 +36,7 @@ struct LocalPlane {
     bins: PathBuf,
     etcd_url: String,
     api_port: u16,
+    ca_pem: String,
     apiserver: Mutex<Option<Child>>,
     others: Mutex<Vec<Child>>,
 }
@@ -104,6 +105,7 @@ impl ControlPlane {
                 bins,
                 etcd_url,
                 api_port,
+                ca_pem: pki.ca_pem.clone(),
                 apiserver: Mutex::new(None),
                 others: Mutex::new(vec![etcd]),
             }),
@@ -205,15 +207,16 @@ impl ControlPlane {
             ],
         )?;
         *lock(&local.apiserver) = Some(child);
-        let client = self.client().await?;
+        // /readyz is open to anonymous users; a plain client keeps the 500s it answers
+        // while starting out of kube's error log.
+        let ca = reqwest::Certificate::from_pem(local.ca_pem.as_bytes())?;
+        let http = reqwest::Client::builder().tls_certs_only([ca]).build()?;
+        let url = format!("https://127.0.0.1:{}/readyz", local.api_port);
         wait_for(
             "kube-apiserver",
             &local.dir.join("kube-apiserver.log"),
             Duration::from_secs(120),
-            || async {
-                let req = http::Request::get("/readyz").body(Vec::new())?;
-                Ok(client.request_text(req).await? == "ok")
-            },
+            || async { Ok(http.get(&url).send().await?.status().is_success()) },
         )
         .await
     }

@@ -1,0 +1,313 @@
+//! The `EagleEyeCredential` API: what users write (spec) and read (status).
+//! Every doc comment here becomes `kubectl explain` text; CEL rules let the API server
+//! refuse what it can judge on its own.
+
+// kube's typed `printcolumn(...)` repeats keys such as `type_` once per column, which
+// clippy mistakes for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// API group of the operator's resources.
+pub const GROUP: &str = "eagle-eye-operator.io";
+/// Auth server of Eagle Eye Networks.
+pub const DEFAULT_AUTH_URL: &str = "https://auth.eagleeyenetworks.com";
+
+/// Keeps one Eagle Eye Networks login alive: refreshes its access token on schedule, writes
+/// the rotated refresh token back to its Secret, and publishes the current access token and
+/// API base URL in a target Secret that workloads mount.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "eagle-eye-operator.io",
+    version = "v1alpha1",
+    kind = "EagleEyeCredential",
+    namespaced,
+    status = "EagleEyeCredentialStatus",
+    shortname = "eecred",
+    category = "eagleeye",
+    doc = "An Eagle Eye Networks Video API v3 login kept alive by the operator.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = "1"
+    ),
+    printcolumn(name = "Base URL", type_ = "string", json_path = ".status.baseUrl"),
+    printcolumn(
+        name = "Token Expires",
+        type_ = "date",
+        json_path = ".status.accessTokenExpiresAt"
+    ),
+    printcolumn(
+        name = "Re-login By",
+        type_ = "date",
+        json_path = ".status.refreshTokenDeadline"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EagleEyeCredentialSpec {
+    /// Secret in this namespace holding the OAuth2 client ID and client secret of the
+    /// application registered in the Eagle Eye Developer Portal.
+    pub client_secret_ref: ClientSecretRef,
+
+    /// Secret in this namespace holding the refresh token from the Phase 1 login. The
+    /// operator rewrites it on every rotation. It may be the same Secret as clientSecretRef.
+    pub refresh_token_secret_ref: RefreshTokenSecretRef,
+
+    /// Base URL of the Eagle Eye auth server. Must be https, except for loopback addresses
+    /// (local testing), and plain http needs the operator's --allow-insecure-http flag too.
+    #[serde(default = "default_auth_url")]
+    #[x_kube(validation = kube::core::Rule::new(
+        "isURL(self) && (url(self).getScheme() == 'https' || (url(self).getScheme() == 'http' && url(self).getHostname() in ['127.0.0.1', 'localhost', '::1']))"
+    ).message("authUrl must be https:// (plain http only for loopback)"))]
+    pub auth_url: String,
+
+    /// OAuth2 scope requested on every refresh.
+    #[serde(default = "default_scope")]
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("scope must not be empty"))]
+    pub scope: String,
+
+    /// How long before the access token expires to refresh it, as a duration such as
+    /// `30m` or `1h`. Clamped to a third of the token's lifetime, so that short-lived tokens
+    /// are refreshed in time. Non-rotating tokens are renewed right after expiry instead,
+    /// because the server hands back the still-active token until then.
+    #[serde(default = "default_refresh_before")]
+    #[x_kube(validation = kube::core::Rule::new("duration(self) >= duration('0s')").message("refreshBefore must be a non-negative duration such as 30m"))]
+    pub refresh_before: String,
+
+    /// Whether refresh tokens rotate: `Auto` detects it from the first refresh (a returned
+    /// refresh token equal to the one sent means non-rotating).
+    #[serde(default)]
+    pub rotation: RotationMode,
+
+    /// The Secret the operator publishes for workloads.
+    #[serde(default)]
+    pub target: TargetSecret,
+
+    /// Stop refreshing. The target Secret is left as it is and will expire.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// Reference to the Secret with the OAuth2 client credentials.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientSecretRef {
+    /// Name of the Secret, in the namespace of this resource.
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("name must not be empty"))]
+    pub name: String,
+    /// Key holding the client ID.
+    #[serde(default = "default_client_id_key")]
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("key must not be empty"))]
+    pub client_id_key: String,
+    /// Key holding the client secret.
+    #[serde(default = "default_client_secret_key")]
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("key must not be empty"))]
+    pub client_secret_key: String,
+}
+
+/// Reference to the Secret with the refresh token.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshTokenSecretRef {
+    /// Name of the Secret, in the namespace of this resource.
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("name must not be empty"))]
+    pub name: String,
+    /// Key holding the refresh token.
+    #[serde(default = "default_refresh_token_key")]
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("key must not be empty"))]
+    pub key: String,
+}
+
+/// Whether the account's refresh tokens rotate.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum RotationMode {
+    /// Detect from the first refresh.
+    #[default]
+    Auto,
+    /// Every refresh returns a new refresh token and kills the old one (Eagle Eye's default).
+    Rotating,
+    /// The refresh token never changes (enabled per client by Eagle Eye support).
+    NonRotating,
+}
+
+/// The Secret published for workloads. Owned by this resource: deleted with it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetSecret {
+    /// Name of the Secret. Defaults to `<name of this resource>-token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("name must not be empty when set"))]
+    pub name: Option<String>,
+    /// Extra labels on the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Extra annotations on the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Names of the keys in the Secret. Set a key's name to the empty string to leave it out.
+    #[serde(default)]
+    pub keys: TargetKeys,
+}
+
+/// Key names of the target Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.accessToken != ''").message("accessToken cannot be left out"))]
+pub struct TargetKeys {
+    /// The access token (send as `Authorization: Bearer <token>`).
+    #[serde(default = "k_access_token")]
+    pub access_token: String,
+    /// API base URL: `https://<hostname>` plus `:<port>` when the port is not 443.
+    #[serde(default = "k_base_url")]
+    pub base_url: String,
+    /// API host name.
+    #[serde(default = "k_hostname")]
+    pub hostname: String,
+    /// API port.
+    #[serde(default = "k_port")]
+    pub port: String,
+    /// When the access token expires, RFC 3339.
+    #[serde(default = "k_expires_at")]
+    pub expires_at: String,
+    /// Token type, `Bearer`.
+    #[serde(default = "k_token_type")]
+    pub token_type: String,
+}
+
+impl Default for TargetKeys {
+    fn default() -> Self {
+        TargetKeys {
+            access_token: k_access_token(),
+            base_url: k_base_url(),
+            hostname: k_hostname(),
+            port: k_port(),
+            expires_at: k_expires_at(),
+            token_type: k_token_type(),
+        }
+    }
+}
+
+/// What the operator observed and did. Never holds a secret value.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EagleEyeCredentialStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`: the target Secret holds a valid access token. `ReloginSoon`: the refresh
+    /// token nears its 90-day chain end or 14-day idle end; a person must log in again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// When the published access token expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token_expires_at: Option<Time>,
+    /// When the operator plans its next refresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_refresh_at: Option<Time>,
+    /// When the last successful refresh happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh_at: Option<Time>,
+    /// When the refresh token dies (the earlier of its idle end and its chain end), after
+    /// which a person must repeat the Phase 1 login. Empty for non-rotating tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_deadline: Option<Time>,
+    /// True when the deadline rests on the time the operator first saw the refresh token,
+    /// because the Secret had no login-time annotation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refresh_token_deadline_is_estimate: bool,
+    /// Start of the refresh-token chain (the Phase 1 login).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_started_at: Option<Time>,
+    /// API base URL published in the target Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// Rotation mode in force: `Rotating` or `NonRotating`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationMode>,
+    /// Name of the target Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_secret_name: Option<String>,
+    /// Failed refresh attempts since the last success.
+    #[serde(default)]
+    pub failed_refresh_attempts: u32,
+    /// When the last refresh attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<Time>,
+}
+
+fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    // Conditions are a list-map keyed by type, as Kubernetes API conventions ask.
+    serde_json::from_value(serde_json::json!({
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "required": ["type", "status", "lastTransitionTime", "reason", "message"],
+            "properties": {
+                "type": {"type": "string", "description": "Condition type."},
+                "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                "observedGeneration": {"type": "integer", "format": "int64"},
+                "lastTransitionTime": {"type": "string", "format": "date-time"},
+                "reason": {"type": "string", "description": "CamelCase reason."},
+                "message": {"type": "string", "description": "Human-readable detail."}
+            }
+        }
+    }))
+    .expect("static schema is valid JSON")
+}
+
+fn default_auth_url() -> String {
+    DEFAULT_AUTH_URL.into()
+}
+fn default_scope() -> String {
+    "vms.all".into()
+}
+fn default_refresh_before() -> String {
+    "30m".into()
+}
+fn default_client_id_key() -> String {
+    "client_id".into()
+}
+fn default_client_secret_key() -> String {
+    "client_secret".into()
+}
+fn default_refresh_token_key() -> String {
+    "refresh_token".into()
+}
+fn k_access_token() -> String {
+    "access_token".into()
+}
+fn k_base_url() -> String {
+    "base_url".into()
+}
+fn k_hostname() -> String {
+    "hostname".into()
+}
+fn k_port() -> String {
+    "port".into()
+}
+fn k_expires_at() -> String {
+    "expires_at".into()
+}
+fn k_token_type() -> String {
+    "token_type".into()
+}

@@ -1,0 +1,22 @@
+//! Log output: human-readable text or JSON lines, level from RUST_LOG. Nothing logged
+//! anywhere in the operator carries a token or secret value; tests scan for it.
+
+use tracing_subscriber::EnvFilter;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+pub fn init(format: Format) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        Format::Text => builder.try_init(),
+        Format::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

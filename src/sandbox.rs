@@ -1,0 +1,178 @@
+//! `sandbox`: everything on this machine, nothing to install. A real local control plane
+//! (see `testbed`), the Eagle Eye auth stand-in with a registered client and a Phase 1
+//! login, the operator, and a sample credential whose target Secret and status are shown.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ObjectMeta, PostParams};
+
+use crate::crd::EagleEyeCredential;
+use crate::operator::RunArgs;
+use crate::standin::{ClientRegistration, StandIn, StandInConfig};
+use crate::testbed::ControlPlane;
+
+#[derive(Args, Debug)]
+pub struct SandboxArgs {
+    /// Access-token lifetime the stand-in hands out, in seconds (short, to watch refreshes).
+    #[arg(long, default_value_t = 60)]
+    pub access_ttl_secs: u64,
+    /// Exit once the sample credential is Ready instead of running until Ctrl-C.
+    #[arg(long)]
+    pub exit_when_ready: bool,
+}
+
+const NS: &str = "default";
+
+pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
+    eprintln!("starting a local control plane (the first run builds it: 15-25 minutes)...");
+    let plane = ControlPlane::start()
+        .await
+        .context("starting the control plane")?;
+    let client = plane.client().await?;
+    let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    plane.install_crds(&client, &crds).await?;
+
+    let stand_in = StandIn::start(StandInConfig {
+        access_ttl: Duration::from_secs(args.access_ttl_secs),
+        ..Default::default()
+    })
+    .await
+    .context("starting the auth stand-in")?;
+    let (id, secret) = (
+        "sandbox-client",
+        format!("sandbox-{:08x}", rand::random::<u32>()),
+    );
+    stand_in.register_client(ClientRegistration {
+        id: id.into(),
+        secret: secret.clone(),
+        redirect_uris: vec!["http://127.0.0.1:3333".into()],
+        rotating: true,
+    });
+    let login = stand_in.login(id);
+    let ca = std::env::temp_dir().join(format!("eagle-eye-sandbox-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca, stand_in.ca_pem().unwrap_or_default())?;
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let now = jiff::Timestamp::now().to_string();
+    secrets
+        .create(
+            &PostParams::default(),
+            &opaque(
+                "sample-client",
+                &[("client_id", id), ("client_secret", &secret)],
+                None,
+            ),
+        )
+        .await?;
+    secrets
+        .create(
+            &PostParams::default(),
+            &opaque(
+                "sample-refresh-token",
+                &[("refresh_token", &login.refresh_token)],
+                Some((crate::secrets::LOGIN_TIME, &now)),
+            ),
+        )
+        .await?;
+    let credential: EagleEyeCredential = serde_json::from_value(serde_json::json!({
+        "apiVersion": "eagle-eye-operator.io/v1alpha1",
+        "kind": "EagleEyeCredential",
+        "metadata": {"name": "sample"},
+        "spec": {
+            "clientSecretRef": {"name": "sample-client"},
+            "refreshTokenSecretRef": {"name": "sample-refresh-token"},
+            "authUrl": stand_in.url().to_string(),
+        }
+    }))?;
+    let credentials: Api<EagleEyeCredential> = Api::namespaced(client.clone(), NS);
+    credentials
+        .create(&PostParams::default(), &credential)
+        .await?;
+
+    let run_args = RunArgs {
+        namespaces: vec![NS.into()],
+        allow_insecure_http: false,
+        auth_ca_file: Some(ca.clone()),
+        allowed_api_hosts: vec!["127.0.0.1".into()],
+        refresh_token_idle_lifetime: jiff::SignedDuration::from_hours(14 * 24),
+        refresh_token_chain_lifetime: jiff::SignedDuration::from_hours(90 * 24),
+        relogin_warning: jiff::SignedDuration::from_hours(7 * 24),
+        token_timeout: jiff::SignedDuration::from_secs(30),
+        instance: "sandbox".into(),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let operator = tokio::spawn(crate::operator::run(client.clone(), run_args, async {
+        let _ = stopped.await;
+    }));
+
+    let ready = wait_ready(&credentials).await?;
+    println!("\nEagleEyeCredential default/sample is Ready:");
+    println!("{}", serde_yaml::to_string(&ready.status)?);
+    let target = secrets.get("sample-token").await?;
+    println!("Secret default/sample-token holds (values of the token omitted):");
+    for (k, v) in target.data.unwrap_or_default() {
+        let shown = if k == "access_token" {
+            format!("<{} bytes>", v.0.len())
+        } else {
+            String::from_utf8_lossy(&v.0).into_owned()
+        };
+        println!("  {k}: {shown}");
+    }
+    println!("\nexport KUBECONFIG={}", plane.kubeconfig_path().display());
+    if let Some(bins) = plane.bin_dir() {
+        println!("export PATH={}:$PATH   # kubectl and helm", bins.display());
+    }
+    println!(
+        "kubectl get eecred -o wide   # watch refreshes every ~{}s",
+        args.access_ttl_secs * 2 / 3
+    );
+    if !args.exit_when_ready {
+        println!("press Ctrl-C to stop and remove everything");
+        crate::cli::shutdown_signal().await;
+    }
+    let _ = stop.send(());
+    operator.await??;
+    let _ = std::fs::remove_file(ca);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_ready(api: &Api<EagleEyeCredential>) -> anyhow::Result<EagleEyeCredential> {
+    for _ in 0..300 {
+        let cr = api.get("sample").await?;
+        let ready = cr
+            .status
+            .as_ref()
+            .and_then(|s| crate::status::condition(&s.conditions, crate::status::READY))
+            .is_some_and(|c| c.status == "True");
+        if ready {
+            return Ok(cr);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!(
+        "the sample credential did not become Ready within 30 s: {:?}",
+        api.get("sample").await?.status
+    )
+}
+
+fn opaque(name: &str, data: &[(&str, &str)], annotation: Option<(&str, &str)>) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            annotations: annotation.map(|(k, v)| BTreeMap::from([(k.to_string(), v.to_string())])),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,316 @@
+//! When to refresh: a pure function of what is published, what is stored, failures so far
+//! and `now`. No clock, no client: the controller passes everything in.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+/// Rotation behaviour in force for a credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rotation {
+    Rotating,
+    NonRotating,
+    /// Not known yet (spec says Auto and no refresh has happened): treated as rotating,
+    /// the safe assumption.
+    Unknown,
+}
+
+/// The access token currently published in the target Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    pub issued_at: Timestamp,
+    pub expires_at: Timestamp,
+    /// Fingerprint of the refresh token that produced it (see `fingerprint`).
+    pub refresh_fingerprint: String,
+}
+
+/// Everything the schedule depends on.
+#[derive(Clone, Debug)]
+pub struct Inputs {
+    pub now: Timestamp,
+    pub published: Option<Published>,
+    /// Fingerprint of the refresh token stored in its Secret right now.
+    pub stored_fingerprint: String,
+    pub rotation: Rotation,
+    pub refresh_before: SignedDuration,
+    /// Failed attempts since the last success, and when the last one failed.
+    pub failures: u32,
+    pub last_failure: Option<Timestamp>,
+    /// Earliest retry the server asked for (`Retry-After`).
+    pub retry_not_before: Option<Timestamp>,
+    /// A number in [0, 1) that spreads refreshes of many credentials apart.
+    pub jitter: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// Nothing is published yet.
+    NothingPublished,
+    /// The stored refresh token is not the one behind the published access token: a person
+    /// logged in again, or a write-back happened without the publish that follows it.
+    RefreshTokenChanged,
+    /// The access token is within its refresh window (or has expired).
+    Due,
+    /// Retrying after a failure.
+    Retry,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    RefreshNow(Why),
+    RefreshAt(Timestamp, Why),
+}
+
+/// First retry delay after a failure; doubles per failure up to `MAX_BACKOFF`.
+pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Longest `Retry-After` honoured; a server asking for more is retried after this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+/// Non-rotating tokens are renewed this long after expiry (the server returns the active
+/// token until then), and a failed retry aims at least this long before the token dies.
+pub const EXPIRY_MARGIN: SignedDuration = SignedDuration::from_secs(1);
+/// The most that jitter moves a planned refresh earlier.
+const MAX_JITTER: SignedDuration = SignedDuration::from_secs(30);
+
+pub fn plan(i: &Inputs) -> Plan {
+    let Some(published) = &i.published else {
+        return retry_or_now(i, Why::NothingPublished);
+    };
+    if published.refresh_fingerprint != i.stored_fingerprint {
+        return retry_or_now(i, Why::RefreshTokenChanged);
+    }
+    let due = due_at(published, i.rotation, i.refresh_before, i.jitter);
+    if i.failures > 0 {
+        return at_or_now(i.now, retry_at(i, Some(published.expires_at)), Why::Retry);
+    }
+    at_or_now(i.now, due, Why::Due)
+}
+
+/// When a published token should be replaced.
+pub fn due_at(
+    p: &Published,
+    rotation: Rotation,
+    refresh_before: SignedDuration,
+    jitter: f64,
+) -> Timestamp {
+    if rotation == Rotation::NonRotating {
+        return p.expires_at + EXPIRY_MARGIN;
+    }
+    let lifetime = p
+        .expires_at
+        .duration_since(p.issued_at)
+        .max(SignedDuration::ZERO);
+    let lead = refresh_before.min(lifetime / 3).max(SignedDuration::ZERO);
+    let spread = (lead / 10).min(MAX_JITTER).mul_f64(jitter.clamp(0.0, 1.0));
+    p.expires_at - lead - spread
+}
+
+/// Exponential backoff for the n-th consecutive failure (n >= 1), jitter in [0, 1) adding
+/// up to a fifth.
+pub fn backoff(failures: u32, jitter: f64) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    let base = MIN_BACKOFF.saturating_mul(1 << exp).min(MAX_BACKOFF);
+    base.mul_f64(1.0 + jitter.clamp(0.0, 1.0) / 5.0)
+        .min(MAX_BACKOFF)
+}
+
+fn retry_or_now(i: &Inputs, why: Why) -> Plan {
+    if i.failures == 0 {
+        return Plan::RefreshNow(why);
+    }
+    at_or_now(i.now, retry_at(i, None), why)
+}
+
+/// Next attempt after a failure: backoff from the last failure, no earlier than the server
+/// asked, and (when a live access token would otherwise expire first) moved up to just
+/// before its expiry, since a retry then could still save it.
+fn retry_at(i: &Inputs, expires_at: Option<Timestamp>) -> Timestamp {
+    let since = i.last_failure.unwrap_or(i.now);
+    let mut at = since + to_signed(backoff(i.failures, i.jitter));
+    if let Some(exp) = expires_at {
+        let last_chance = exp - EXPIRY_MARGIN;
+        if at > last_chance && last_chance > since + to_signed(MIN_BACKOFF) {
+            at = last_chance;
+        }
+    }
+    if let Some(not_before) = i.retry_not_before {
+        let cap = since + to_signed(MAX_RETRY_AFTER);
+        at = at.max(not_before.min(cap));
+    }
+    at
+}
+
+fn at_or_now(now: Timestamp, at: Timestamp, why: Why) -> Plan {
+    if at <= now {
+        Plan::RefreshNow(why)
+    } else {
+        Plan::RefreshAt(at, why)
+    }
+}
+
+fn to_signed(d: Duration) -> SignedDuration {
+    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+/// How long to wait until `at`, never negative.
+pub fn until(now: Timestamp, at: Timestamp) -> Duration {
+    Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+    fn secs(s: i64) -> SignedDuration {
+        SignedDuration::from_secs(s)
+    }
+    fn published(issued: i64, expires: i64) -> Published {
+        Published {
+            issued_at: t(issued),
+            expires_at: t(expires),
+            refresh_fingerprint: "fp1".into(),
+        }
+    }
+    fn inputs(now: i64, published: Option<Published>) -> Inputs {
+        Inputs {
+            now: t(now),
+            published,
+            stored_fingerprint: "fp1".into(),
+            rotation: Rotation::Rotating,
+            refresh_before: secs(1800),
+            failures: 0,
+            last_failure: None,
+            retry_not_before: None,
+            jitter: 0.0,
+        }
+    }
+
+    #[test]
+    fn schedule_table() {
+        let twelve_h = 12 * 3600;
+        let cases: Vec<(&str, Inputs, Plan)> = vec![
+            (
+                "nothing published refreshes now",
+                inputs(0, None),
+                Plan::RefreshNow(Why::NothingPublished),
+            ),
+            (
+                "a fresh 12 h token is refreshed 30 min before expiry",
+                inputs(60, Some(published(0, twelve_h))),
+                Plan::RefreshAt(t(twelve_h - 1800), Why::Due),
+            ),
+            (
+                "one second before the due time waits",
+                inputs(twelve_h - 1801, Some(published(0, twelve_h))),
+                Plan::RefreshAt(t(twelve_h - 1800), Why::Due),
+            ),
+            (
+                "exactly at the due time refreshes",
+                inputs(twelve_h - 1800, Some(published(0, twelve_h))),
+                Plan::RefreshNow(Why::Due),
+            ),
+            (
+                "an expired token refreshes now",
+                inputs(twelve_h + 5, Some(published(0, twelve_h))),
+                Plan::RefreshNow(Why::Due),
+            ),
+            (
+                "a 10 s token is refreshed a third of its life early",
+                inputs(1, Some(published(0, 9))),
+                Plan::RefreshAt(t(6), Why::Due),
+            ),
+            (
+                "a changed refresh token refreshes now",
+                Inputs {
+                    stored_fingerprint: "fp2".into(),
+                    ..inputs(60, Some(published(0, twelve_h)))
+                },
+                Plan::RefreshNow(Why::RefreshTokenChanged),
+            ),
+            (
+                "non-rotating tokens are renewed just after expiry",
+                Inputs {
+                    rotation: Rotation::NonRotating,
+                    ..inputs(60, Some(published(0, 3600)))
+                },
+                Plan::RefreshAt(t(3601), Why::Due),
+            ),
+            (
+                "a refresh Before of zero refreshes at expiry",
+                Inputs {
+                    refresh_before: secs(0),
+                    ..inputs(60, Some(published(0, 3600)))
+                },
+                Plan::RefreshAt(t(3600), Why::Due),
+            ),
+        ];
+        for (name, input, want) in cases {
+            assert_eq!(plan(&input), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_from_the_last_failure() {
+        let mut i = inputs(100, None);
+        i.last_failure = Some(t(100));
+        for (failures, wait) in [
+            (1, 1),
+            (2, 2),
+            (3, 4),
+            (6, 32),
+            (9, 256),
+            (10, 300),
+            (40, 300),
+        ] {
+            i.failures = failures;
+            assert_eq!(
+                plan(&i),
+                Plan::RefreshAt(t(100 + wait), Why::NothingPublished),
+                "{failures}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_but_capped() {
+        let mut i = inputs(100, None);
+        i.failures = 1;
+        i.last_failure = Some(t(100));
+        i.retry_not_before = Some(t(130));
+        assert_eq!(plan(&i), Plan::RefreshAt(t(130), Why::NothingPublished));
+        i.retry_not_before = Some(t(100_000));
+        assert_eq!(plan(&i), Plan::RefreshAt(t(700), Why::NothingPublished));
+    }
+
+    #[test]
+    fn backoff_never_outlasts_a_live_access_token() {
+        // Token expires at 1000; the 9th failure would wait 256 s from 900.
+        let mut i = inputs(900, Some(published(0, 1000)));
+        i.failures = 9;
+        i.last_failure = Some(t(900));
+        assert_eq!(plan(&i), Plan::RefreshAt(t(999), Why::Retry));
+        // Once it has expired, plain backoff applies.
+        i.now = t(1001);
+        i.last_failure = Some(t(1001));
+        assert_eq!(plan(&i), Plan::RefreshAt(t(1001 + 256), Why::Retry));
+    }
+
+    #[test]
+    fn jitter_only_moves_refreshes_earlier_and_by_little() {
+        let p = published(0, 43200);
+        let plain = due_at(&p, Rotation::Rotating, secs(1800), 0.0);
+        let jittered = due_at(&p, Rotation::Rotating, secs(1800), 0.999);
+        assert!(jittered < plain);
+        assert!(plain.duration_since(jittered) <= MAX_JITTER);
+    }
+
+    #[test]
+    fn backoff_jitter_adds_at_most_a_fifth() {
+        assert_eq!(backoff(1, 0.0), Duration::from_secs(1));
+        assert!(backoff(3, 0.99) <= Duration::from_secs_f64(4.0 * 1.2));
+        assert_eq!(backoff(100, 0.99), MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,287 @@
+//! Kubernetes edge for the Secrets a credential reads: client credentials and the refresh
+//! token, and the refresh token's write-back with a resourceVersion precondition. Error
+//! texts name Secrets and keys, never values.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::target::fingerprint;
+use crate::token::ClientCredentials;
+
+/// Login time of the chain, written by `authorize` (or by hand, RFC 3339).
+pub const LOGIN_TIME: &str = "eagle-eye-operator.io/login-time";
+/// Written by the operator with every rotated token it stores.
+pub const CHAIN_STARTED_AT: &str = "eagle-eye-operator.io/chain-started-at";
+pub const CHAIN_START_ESTIMATED: &str = "eagle-eye-operator.io/chain-start-estimated";
+pub const TOKEN_ISSUED_AT: &str = "eagle-eye-operator.io/refresh-token-issued-at";
+pub const TOKEN_FINGERPRINT: &str = "eagle-eye-operator.io/refresh-token-fingerprint";
+/// The credential that refreshes this token.
+pub const OWNER: &str = "eagle-eye-operator.io/credential";
+
+#[derive(thiserror::Error, Debug)]
+pub enum SecretError {
+    #[error("Secret {0:?} not found")]
+    NotFound(String),
+    #[error("Secret {name:?} has no key {key:?}")]
+    KeyMissing { name: String, key: String },
+    #[error("key {key:?} of Secret {name:?} is empty or not UTF-8 text")]
+    BadValue { name: String, key: String },
+    #[error("reading Secret {name:?}: {source}")]
+    Api {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// The refresh token as stored, with what its Secret says about its chain.
+pub struct StoredToken {
+    pub token: SecretString,
+    pub fingerprint: String,
+    pub secret: Secret,
+    pub chain: Chain,
+}
+
+/// Where the token stands in its 90-day chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chain {
+    pub started_at: Timestamp,
+    /// True when nobody recorded the login time and first sight stands in for it.
+    pub estimated: bool,
+    pub token_issued_at: Timestamp,
+}
+
+pub async fn read_client(
+    api: &Api<Secret>,
+    name: &str,
+    id_key: &str,
+    secret_key: &str,
+) -> Result<ClientCredentials, SecretError> {
+    let secret = get(api, name).await?;
+    Ok(ClientCredentials {
+        id: value(&secret, name, id_key)?.expose_secret().to_owned(),
+        secret: value(&secret, name, secret_key)?,
+    })
+}
+
+pub async fn read_refresh_token(
+    api: &Api<Secret>,
+    name: &str,
+    key: &str,
+    now: Timestamp,
+) -> Result<StoredToken, SecretError> {
+    let secret = get(api, name).await?;
+    let token = value(&secret, name, key)?;
+    let fingerprint = fingerprint(token.expose_secret());
+    let chain = chain(&secret, &fingerprint, now);
+    Ok(StoredToken {
+        token,
+        fingerprint,
+        secret,
+        chain,
+    })
+}
+
+/// Chain facts from annotations. The operator's own annotations count only while they
+/// describe the stored token; a token put there by a person starts a new chain, at its
+/// login-time annotation or, failing that, now (an estimate).
+pub fn chain(secret: &Secret, fingerprint: &str, now: Timestamp) -> Chain {
+    let empty = BTreeMap::new();
+    let a = secret.metadata.annotations.as_ref().unwrap_or(&empty);
+    let ts = |k: &str| a.get(k).and_then(|v| v.parse::<Timestamp>().ok());
+    let login = ts(LOGIN_TIME);
+    let ours = a.get(TOKEN_FINGERPRINT).is_some_and(|f| f == fingerprint);
+    if ours {
+        let started = login.or(ts(CHAIN_STARTED_AT));
+        Chain {
+            started_at: started.unwrap_or(now),
+            estimated: login.is_none()
+                && (started.is_none() || a.get(CHAIN_START_ESTIMATED).is_some_and(|v| v == "true")),
+            token_issued_at: ts(TOKEN_ISSUED_AT).or(login).unwrap_or(now),
+        }
+    } else {
+        Chain {
+            started_at: login.unwrap_or(now),
+            estimated: login.is_none(),
+            token_issued_at: login.unwrap_or(now),
+        }
+    }
+}
+
+pub enum WriteBack {
+    Written,
+    /// The Secret now holds a token that is neither the one spent nor the new one: a person
+    /// replaced it (a new login). Theirs wins.
+    ReplacedByPerson,
+}
+
+/// Stores a rotated refresh token. The replace carries the resourceVersion of the read that
+/// produced the spent token, so it cannot overwrite a token someone stored meanwhile; when
+/// the precondition fails only because of unrelated edits, it retries on the fresh object.
+pub async fn write_back(
+    api: &Api<Secret>,
+    stored: &StoredToken,
+    key: &str,
+    new_token: &SecretString,
+    credential: &str,
+    now: Timestamp,
+) -> Result<WriteBack, kube::Error> {
+    let mut current = stored.secret.clone();
+    let new_fp = fingerprint(new_token.expose_secret());
+    for _ in 0..5 {
+        let held = current
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|v| fingerprint(&String::from_utf8_lossy(&v.0)));
+        match held.as_deref() {
+            Some(fp) if fp == new_fp => return Ok(WriteBack::Written),
+            Some(fp) if fp != stored.fingerprint => return Ok(WriteBack::ReplacedByPerson),
+            _ => {}
+        }
+        let mut next = current.clone();
+        next.data.get_or_insert_with(BTreeMap::new).insert(
+            key.into(),
+            ByteString(new_token.expose_secret().as_bytes().to_vec()),
+        );
+        let a = next.metadata.annotations.get_or_insert_with(BTreeMap::new);
+        a.insert(CHAIN_STARTED_AT.into(), stored.chain.started_at.to_string());
+        a.insert(
+            CHAIN_START_ESTIMATED.into(),
+            stored.chain.estimated.to_string(),
+        );
+        a.insert(TOKEN_ISSUED_AT.into(), now.to_string());
+        a.insert(TOKEN_FINGERPRINT.into(), new_fp.clone());
+        a.insert(OWNER.into(), credential.into());
+        next.string_data = None;
+        let name = next.metadata.name.clone().unwrap_or_default();
+        match api.replace(&name, &PostParams::default(), &next).await {
+            Ok(_) => return Ok(WriteBack::Written),
+            Err(kube::Error::Api(s)) if s.code == 409 => current = api.get(&name).await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(kube::Error::Api(Box::new(
+        kube::core::Status::failure(
+            "refresh-token Secret kept changing during write-back",
+            "Conflict",
+        )
+        .with_code(409),
+    )))
+}
+
+async fn get(api: &Api<Secret>, name: &str) -> Result<Secret, SecretError> {
+    match api.get_opt(name).await {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(SecretError::NotFound(name.into())),
+        Err(source) => Err(SecretError::Api {
+            name: name.into(),
+            source,
+        }),
+    }
+}
+
+fn value(secret: &Secret, name: &str, key: &str) -> Result<SecretString, SecretError> {
+    let raw = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| SecretError::KeyMissing {
+            name: name.into(),
+            key: key.into(),
+        })?;
+    match std::str::from_utf8(&raw.0).map(str::trim) {
+        Ok(v) if !v.is_empty() => Ok(SecretString::from(v.to_owned())),
+        _ => Err(SecretError::BadValue {
+            name: name.into(),
+            key: key.into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::api::ObjectMeta;
+
+    fn secret(annotations: &[(&str, &str)]) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+    const NOW: &str = "2026-11-28T12:00:00Z";
+
+    #[test]
+    fn a_token_of_unknown_origin_starts_an_estimated_chain_now() {
+        let c = chain(&secret(&[]), "fp", NOW.parse().unwrap());
+        assert_eq!(
+            c,
+            Chain {
+                started_at: NOW.parse().unwrap(),
+                estimated: true,
+                token_issued_at: NOW.parse().unwrap()
+            }
+        );
+    }
+
+    #[test]
+    fn a_login_time_annotation_gives_an_exact_chain_start() {
+        let c = chain(
+            &secret(&[(LOGIN_TIME, "2026-10-01T00:00:00Z")]),
+            "fp",
+            NOW.parse().unwrap(),
+        );
+        assert_eq!(
+            (c.started_at.to_string().as_str(), c.estimated),
+            ("2026-10-01T00:00:00Z", false)
+        );
+    }
+
+    #[test]
+    fn operator_annotations_count_only_for_the_token_they_describe() {
+        let s = secret(&[
+            (CHAIN_STARTED_AT, "2026-09-01T00:00:00Z"),
+            (CHAIN_START_ESTIMATED, "false"),
+            (TOKEN_ISSUED_AT, "2026-11-28T06:00:00Z"),
+            (TOKEN_FINGERPRINT, "fp"),
+        ]);
+        let ours = chain(&s, "fp", NOW.parse().unwrap());
+        assert_eq!(ours.started_at.to_string(), "2026-09-01T00:00:00Z");
+        assert_eq!(ours.token_issued_at.to_string(), "2026-11-28T06:00:00Z");
+        assert!(!ours.estimated);
+        let replaced = chain(&s, "other", NOW.parse().unwrap());
+        assert_eq!(replaced.started_at.to_string(), NOW);
+        assert!(replaced.estimated);
+    }
+
+    #[test]
+    fn values_are_trimmed_and_errors_name_keys_not_values() {
+        let mut s = secret(&[]);
+        s.data = Some(
+            [
+                ("k".to_string(), ByteString(b" tok \n".to_vec())),
+                ("e".to_string(), ByteString(b"  ".to_vec())),
+            ]
+            .into(),
+        );
+        assert_eq!(value(&s, "n", "k").unwrap().expose_secret(), "tok");
+        let e = value(&s, "n", "e").unwrap_err().to_string();
+        assert_eq!(e, "key \"e\" of Secret \"n\" is empty or not UTF-8 text");
+        let e = value(&s, "n", "missing").unwrap_err().to_string();
+        assert_eq!(e, "Secret \"n\" has no key \"missing\"");
+    }
+}

@@ -1,0 +1,181 @@
+//! What the status says: conditions and the refresh-token deadline, as pure functions.
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+pub const READY: &str = "Ready";
+/// True when the refresh token nears its end and a person must repeat the Phase 1 login.
+pub const RELOGIN_SOON: &str = "ReloginSoon";
+
+/// Reasons of the `Ready` condition.
+pub mod reason {
+    pub const TOKEN_REFRESHED: &str = "TokenRefreshed";
+    pub const TOKEN_VALID: &str = "TokenValid";
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const REFRESH_FAILED: &str = "RefreshFailed";
+    pub const REAUTHORIZATION_REQUIRED: &str = "ReauthorizationRequired";
+    pub const REFRESH_TOKEN_IN_USE: &str = "RefreshTokenInUse";
+    pub const WRITE_BACK_PENDING: &str = "WriteBackPending";
+    pub const SUSPENDED: &str = "Suspended";
+    pub const DEADLINE_NEAR: &str = "DeadlineNear";
+    pub const DEADLINE_FAR: &str = "DeadlineFar";
+    pub const NO_DEADLINE: &str = "NoDeadline";
+    pub const DEADLINE_PASSED: &str = "DeadlinePassed";
+}
+
+/// Sets condition `type_`, keeping its lastTransitionTime unless its status changes.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last_transition_time = conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    conditions.retain(|c| c.type_ != type_);
+    conditions.push(Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    });
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+}
+
+pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Lifetimes of rotating refresh tokens (the vendor's 14 and 90 days by default).
+#[derive(Clone, Copy, Debug)]
+pub struct Lifetimes {
+    pub idle: SignedDuration,
+    pub chain: SignedDuration,
+    /// How long before the deadline `ReloginSoon` turns true.
+    pub warning: SignedDuration,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Lifetimes {
+            idle: SignedDuration::from_hours(14 * 24),
+            chain: SignedDuration::from_hours(90 * 24),
+            warning: SignedDuration::from_hours(7 * 24),
+        }
+    }
+}
+
+/// The refresh token's deadline: the earlier of its idle end (issued + idle) and its chain
+/// end (login + chain).
+pub fn deadline(l: &Lifetimes, chain_started: Timestamp, token_issued: Timestamp) -> Timestamp {
+    (token_issued + l.idle).min(chain_started + l.chain)
+}
+
+/// `ReloginSoon`: (status, reason, message).
+pub fn relogin(
+    l: &Lifetimes,
+    deadline: Option<Timestamp>,
+    estimate: bool,
+    now: Timestamp,
+) -> (bool, &'static str, String) {
+    let Some(deadline) = deadline else {
+        return (
+            false,
+            reason::NO_DEADLINE,
+            "non-rotating refresh tokens do not expire".into(),
+        );
+    };
+    let hint = if estimate {
+        " (estimated from when the operator first saw the token; annotate the refresh-token Secret with eagle-eye-operator.io/login-time for an exact deadline)"
+    } else {
+        ""
+    };
+    let left = deadline.duration_since(now);
+    if left <= SignedDuration::ZERO {
+        (
+            true,
+            reason::DEADLINE_PASSED,
+            format!("the refresh token died at {deadline}{hint}; repeat the Phase 1 login"),
+        )
+    } else if left <= l.warning {
+        let days = left.as_secs() / 86_400;
+        (
+            true,
+            reason::DEADLINE_NEAR,
+            format!(
+                "the refresh token dies at {deadline}, in {days} days{hint}; repeat the Phase 1 login before then"
+            ),
+        )
+    } else {
+        (
+            false,
+            reason::DEADLINE_FAR,
+            format!("the refresh token lives until {deadline}{hint}"),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    #[test]
+    fn unchanged_condition_keeps_its_transition_time() {
+        let mut c = Vec::new();
+        set_condition(&mut c, READY, true, "A", "m".into(), Some(1), t(0));
+        set_condition(&mut c, READY, true, "B", "m2".into(), Some(2), t(50));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].last_transition_time, Time(t(0)));
+        assert_eq!(c[0].reason, "B");
+        set_condition(&mut c, READY, false, "C", "m3".into(), Some(2), t(60));
+        assert_eq!(c[0].last_transition_time, Time(t(60)));
+    }
+
+    #[test]
+    fn deadline_is_the_earlier_of_idle_and_chain_end() {
+        let l = Lifetimes::default();
+        let day = 86_400;
+        assert_eq!(deadline(&l, t(0), t(day)), t(15 * day));
+        assert_eq!(deadline(&l, t(0), t(80 * day)), t(90 * day));
+    }
+
+    #[test]
+    fn relogin_turns_true_inside_the_warning_window() {
+        let l = Lifetimes::default();
+        let day = 86_400;
+        assert!(!relogin(&l, Some(t(30 * day)), false, t(0)).0);
+        let (on, why, msg) = relogin(&l, Some(t(30 * day)), true, t(25 * day));
+        assert!(
+            on && why == reason::DEADLINE_NEAR
+                && msg.contains("in 5 days")
+                && msg.contains("estimated")
+        );
+        assert_eq!(
+            relogin(&l, Some(t(30 * day)), false, t(30 * day)).1,
+            reason::DEADLINE_PASSED
+        );
+        assert_eq!(
+            relogin(&l, None, false, t(0)),
+            (
+                false,
+                reason::NO_DEADLINE,
+                "non-rotating refresh tokens do not expire".into()
+            )
+        );
+    }
+}

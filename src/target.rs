@@ -1,0 +1,187 @@
+//! What the target Secret holds: a pure function of the credential and the token grant.
+//! Workloads mount it; annotations carry what the schedule needs after a restart.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use crate::crd::EagleEyeCredential;
+use crate::schedule::Published;
+
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "eagle-eye-operator");
+/// Label on target Secrets naming their credential.
+pub const CREDENTIAL_LABEL: &str = "eagle-eye-operator.io/credential";
+pub const ISSUED_AT: &str = "eagle-eye-operator.io/issued-at";
+pub const EXPIRES_AT: &str = "eagle-eye-operator.io/expires-at";
+pub const REFRESH_FINGERPRINT: &str = "eagle-eye-operator.io/refresh-token-fingerprint";
+
+/// A short one-way fingerprint of a refresh token, to tell whether the stored token is the
+/// one behind the published access token. 64 bits of SHA-256 reveal nothing usable about a
+/// high-entropy token.
+pub fn fingerprint(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The access token and API location to publish.
+pub struct Publication<'a> {
+    pub access_token: &'a str,
+    pub token_type: &'a str,
+    pub hostname: &'a str,
+    pub port: u16,
+    pub base_url: &'a str,
+    pub issued_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub refresh_fingerprint: &'a str,
+}
+
+pub fn target_name(cr: &EagleEyeCredential) -> String {
+    cr.spec
+        .target
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}-token", cr.name_any()))
+}
+
+/// The whole target Secret, for server-side apply.
+pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>) -> Secret {
+    let keys = &cr.spec.target.keys;
+    let port = p.port.to_string();
+    let expires = p.expires_at.to_string();
+    let data: BTreeMap<String, ByteString> = [
+        (&keys.access_token, p.access_token),
+        (&keys.base_url, p.base_url),
+        (&keys.hostname, p.hostname),
+        (&keys.port, port.as_str()),
+        (&keys.expires_at, expires.as_str()),
+        (&keys.token_type, p.token_type),
+    ]
+    .into_iter()
+    .filter(|(k, _)| !k.is_empty())
+    .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
+    .collect();
+
+    let mut labels = cr.spec.target.labels.clone();
+    labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
+    labels.insert(CREDENTIAL_LABEL.into(), cr.name_any());
+    let mut annotations = cr.spec.target.annotations.clone();
+    annotations.insert(ISSUED_AT.into(), p.issued_at.to_string());
+    annotations.insert(EXPIRES_AT.into(), expires);
+    annotations.insert(REFRESH_FINGERPRINT.into(), p.refresh_fingerprint.into());
+
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(target_name(cr)),
+            namespace: cr.namespace(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: cr.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// What an existing target Secret publishes, from its annotations; `None` when it is
+/// missing them (not written by this operator, or edited by hand).
+pub fn published(secret: &Secret) -> Option<Published> {
+    let a = secret.metadata.annotations.as_ref()?;
+    Some(Published {
+        issued_at: a.get(ISSUED_AT)?.parse().ok()?,
+        expires_at: a.get(EXPIRES_AT)?.parse().ok()?,
+        refresh_fingerprint: a.get(REFRESH_FINGERPRINT)?.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::EagleEyeCredentialSpec;
+
+    pub(crate) fn credential() -> EagleEyeCredential {
+        let spec: EagleEyeCredentialSpec = serde_json::from_value(serde_json::json!({
+            "clientSecretRef": {"name": "client"},
+            "refreshTokenSecretRef": {"name": "refresh"},
+        }))
+        .unwrap();
+        let mut cr = EagleEyeCredential::new("cam", spec);
+        cr.metadata.namespace = Some("video".into());
+        cr.metadata.uid = Some("uid-1".into());
+        cr
+    }
+
+    fn publication() -> Publication<'static> {
+        Publication {
+            access_token: "at",
+            token_type: "Bearer",
+            hostname: "api.c001.eagleeyenetworks.com",
+            port: 443,
+            base_url: "https://api.c001.eagleeyenetworks.com",
+            issued_at: "2026-11-28T12:00:00Z".parse().unwrap(),
+            expires_at: "2026-11-29T00:00:00Z".parse().unwrap(),
+            refresh_fingerprint: "00112233",
+        }
+    }
+
+    #[test]
+    fn target_secret_holds_the_default_keys_and_is_owned_by_the_credential() {
+        let s = build(&credential(), &publication());
+        assert_eq!(s.metadata.name.as_deref(), Some("cam-token"));
+        let keys: Vec<_> = s.data.as_ref().unwrap().keys().cloned().collect();
+        assert_eq!(
+            keys,
+            [
+                "access_token",
+                "base_url",
+                "expires_at",
+                "hostname",
+                "port",
+                "token_type"
+            ]
+        );
+        let data = s.data.unwrap();
+        assert_eq!(data["expires_at"].0, b"2026-11-29T00:00:00Z");
+        assert_eq!(data["port"].0, b"443");
+        let owner = &s.metadata.owner_references.unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("EagleEyeCredential", Some(true))
+        );
+    }
+
+    #[test]
+    fn renamed_and_omitted_keys_are_respected() {
+        let mut cr = credential();
+        cr.spec.target.keys.access_token = "TOKEN".into();
+        cr.spec.target.keys.hostname = String::new();
+        cr.spec.target.name = Some("custom".into());
+        let s = build(&cr, &publication());
+        assert_eq!(s.metadata.name.as_deref(), Some("custom"));
+        let data = s.data.unwrap();
+        assert!(data.contains_key("TOKEN") && !data.contains_key("hostname"));
+    }
+
+    #[test]
+    fn published_state_round_trips_through_annotations() {
+        let p = publication();
+        let got = published(&build(&credential(), &p)).unwrap();
+        assert_eq!((got.issued_at, got.expires_at), (p.issued_at, p.expires_at));
+        assert_eq!(got.refresh_fingerprint, "00112233");
+    }
+
+    #[test]
+    fn fingerprint_is_short_stable_and_not_the_token() {
+        let f = fingerprint("secret-refresh-token");
+        assert_eq!(f.len(), 16);
+        assert_eq!(f, fingerprint("secret-refresh-token"));
+        assert_ne!(f, fingerprint("secret-refresh-token2"));
+        assert!(!f.contains("secret"));
+    }
+}

@@ -1,0 +1,584 @@
+//! The controller against a real control plane and the auth stand-in, observed as a user
+//! would: the target Secret, the credential's status, the stand-in's view of the tokens.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use eagle_eye_operator::crd::EagleEyeCredential;
+use eagle_eye_operator::standin::{Fault, StandIn, StandInConfig};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, PostParams};
+use support::operator::{
+    Operator, api_accepts, create_secrets, credential, login, ready, secret, secret_data,
+    wait_for_reason,
+};
+use support::{env, eventually};
+
+async fn stand_in(access_ttl: Duration) -> StandIn {
+    StandIn::start(StandInConfig {
+        access_ttl,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn credential_becomes_ready_and_publishes_a_token_the_api_accepts() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let login = login(&si, "ready-client", true).await;
+    create_secrets(&env, "cam", &login).await;
+    let _op = Operator::start(&env, &si, &[]).await;
+    let started = Instant::now();
+    env.api()
+        .create(
+            &PostParams::default(),
+            &credential("cam", &si, serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+
+    let cr = wait_for_reason(&env, "cam", "TokenRefreshed", Duration::from_secs(30)).await;
+    println!("Ready after {:?}", started.elapsed());
+    let data = secret_data(&env, "cam-token").await.expect("target Secret");
+    let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "access_token",
+            "base_url",
+            "expires_at",
+            "hostname",
+            "port",
+            "token_type"
+        ]
+    );
+    let port = si.url().port().unwrap();
+    assert_eq!(
+        data["base_url"],
+        format!("https://127.0.0.1:{port}"),
+        "base URL follows httpsBaseUrl"
+    );
+    assert_eq!(
+        (
+            data["hostname"].as_str(),
+            data["port"].parse::<u16>().unwrap()
+        ),
+        ("127.0.0.1", port)
+    );
+    assert_eq!(data["token_type"], "Bearer");
+    assert!(api_accepts(&si, &data["base_url"], &data["access_token"]).await);
+    let status = cr.status.unwrap();
+    assert_eq!(status.base_url.as_deref(), Some(data["base_url"].as_str()));
+    assert_eq!(status.failed_refresh_attempts, 0);
+    assert!(status.refresh_token_deadline.is_some() && status.refresh_token_deadline_is_estimate);
+    let expires: jiff::Timestamp = data["expires_at"].parse().unwrap();
+    assert_eq!(status.access_token_expires_at.unwrap().0, expires);
+}
+
+#[tokio::test]
+async fn rotating_tokens_rotate_five_times_with_no_reuse_and_no_stale_token() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(10)).await;
+    let login = login(&si, "rotating-client", true).await;
+    create_secrets(&env, "rot", &login).await;
+    let mut op = Operator::start(&env, &si, &[]).await;
+    env.api()
+        .create(
+            &PostParams::default(),
+            &credential("rot", &si, serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+
+    let mut seen_refresh = vec![login.grant.refresh_token.clone()];
+    let mut seen_access = Vec::new();
+    let mut dead_since: Option<Instant> = None;
+    let mut worst_dead = Duration::ZERO;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while seen_refresh.len() < 7 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} rotations in 90 s",
+            seen_refresh.len() - 1
+        );
+        if let (Some(refresh), Some(target)) = (
+            secret_data(&env, "rot-refresh").await,
+            secret_data(&env, "rot-token").await,
+        ) {
+            let rt = &refresh["refresh_token"];
+            if seen_refresh.last() != Some(rt) {
+                seen_refresh.push(rt.clone());
+            }
+            let at = &target["access_token"];
+            if seen_access.last() != Some(at) {
+                seen_access.push(at.clone());
+            }
+            if si.access_token_is_live(at) {
+                dead_since = None;
+            } else {
+                let since = *dead_since.get_or_insert_with(Instant::now);
+                worst_dead = worst_dead.max(since.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "{} refresh tokens, {} access tokens; longest stale target: {worst_dead:?}",
+        seen_refresh.len(),
+        seen_access.len()
+    );
+    let current = seen_refresh.last().unwrap();
+    assert!(
+        si.refresh_token_is_live(current),
+        "the stored refresh token is the live one"
+    );
+    for old in &seen_refresh[..seen_refresh.len() - 1] {
+        assert!(
+            !si.refresh_token_is_live(old),
+            "a rotated-out refresh token is dead"
+        );
+    }
+    assert_eq!(
+        si.counters().reused_refresh_tokens,
+        0,
+        "no refresh token was spent twice"
+    );
+    assert!(
+        worst_dead <= Duration::from_secs(1),
+        "target held a dead token for {worst_dead:?}"
+    );
+    assert_no_secret_in(
+        &op.logs(),
+        &env,
+        "rot",
+        &si,
+        &login,
+        &seen_refresh,
+        &seen_access,
+    )
+    .await;
+    op.kill().await;
+}
+
+/// Every secret value the lifecycle produced is absent from logs, events and status.
+async fn assert_no_secret_in(
+    logs: &str,
+    env: &support::TestEnv,
+    name: &str,
+    _si: &StandIn,
+    login: &support::operator::Login,
+    refresh: &[String],
+    access: &[String],
+) {
+    let events = env
+        .client
+        .request_text(
+            http::Request::get(format!(
+                "/apis/events.k8s.io/v1/namespaces/{}/events",
+                env.namespace
+            ))
+            .body(Vec::new())
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let cr =
+        serde_json::to_string(&env.api::<EagleEyeCredential>().get(name).await.unwrap()).unwrap();
+    assert!(logs.contains("refreshing"), "the logs were captured");
+    let mut secrets: Vec<&str> = vec![&login.client_secret, &login.grant.access_token];
+    secrets.extend(refresh.iter().map(String::as_str));
+    secrets.extend(access.iter().map(String::as_str));
+    for s in secrets {
+        for (what, text) in [
+            ("logs", logs),
+            ("events", events.as_str()),
+            ("credential", cr.as_str()),
+        ] {
+            assert!(!text.contains(s), "a secret value appears in the {what}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn non_rotating_token_is_renewed_across_the_expiry_boundary() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(6)).await;
+    let login = login(&si, "permanent-client", false).await;
+    create_secrets(&env, "perm", &login).await;
+    let _op = Operator::start(&env, &si, &[]).await;
+    env.api()
+        .create(
+            &PostParams::default(),
+            &credential("perm", &si, serde_json::json!({"rotation": "NonRotating"})),
+        )
+        .await
+        .unwrap();
+
+    let first = eventually("a published token", Duration::from_secs(30), || async {
+        secret_data(&env, "perm-token").await
+    })
+    .await;
+    let second = eventually(
+        "a new access token after expiry",
+        Duration::from_secs(30),
+        || async {
+            secret_data(&env, "perm-token")
+                .await
+                .filter(|d| d["access_token"] != first["access_token"])
+        },
+    )
+    .await;
+    assert!(si.access_token_is_live(&second["access_token"]));
+    assert_eq!(
+        secret_data(&env, "perm-refresh").await.unwrap()["refresh_token"],
+        login.grant.refresh_token,
+        "the permanent refresh token is not rewritten"
+    );
+    let cr = env.api::<EagleEyeCredential>().get("perm").await.unwrap();
+    let status = cr.status.unwrap();
+    assert!(
+        status.refresh_token_deadline.is_none(),
+        "non-rotating tokens have no deadline"
+    );
+    assert_eq!(si.counters().reused_refresh_tokens, 0);
+}
+
+#[tokio::test]
+async fn auto_mode_detects_a_non_rotating_token() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let login = login(&si, "auto-client", false).await;
+    create_secrets(&env, "auto", &login).await;
+    let _op = Operator::start(&env, &si, &[]).await;
+    env.api()
+        .create(
+            &PostParams::default(),
+            &credential("auto", &si, serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    let cr = wait_for_reason(&env, "auto", "TokenRefreshed", Duration::from_secs(30)).await;
+    assert_eq!(
+        cr.status.unwrap().rotation,
+        Some(eagle_eye_operator::crd::RotationMode::NonRotating)
+    );
+}
+
+#[tokio::test]
+async fn dead_login_requires_reauthorization_and_a_new_refresh_token_recovers_it() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let login = login(&si, "relogin-client", true).await;
+    // The chain dies before the operator ever sees it, as after 90 days.
+    si.end_chain(&login.grant.refresh_token);
+    create_secrets(&env, "dead", &login).await;
+    let _op = Operator::start(&env, &si, &[]).await;
+    env.api()
+        .create(
+            &PostParams::default(),
+            &credential("dead", &si, serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    let cr = wait_for_reason(
+        &env,
+        "dead",
+        "ReauthorizationRequired",
+        Duration::from_secs(30),
+    )
+    .await;
+    let (_, _, message) = ready(&env, "dead").await.unwrap();
+    assert!(message.contains("Phase 1"), "{message}");
+    assert!(cr.status.unwrap().failed_refresh_attempts >= 1);
+
+    // A person logs in again and stores the new refresh token; nothing is restarted.
+    let fresh = si.login("relogin-client");
+    env.api::<Secret>()
+        .replace("dead-refresh", &PostParams::default(), &{
+            let mut s = env.api::<Secret>().get("dead-refresh").await.unwrap();
+            s.data = secret("x", &[("refresh_token", &fresh.refresh_token)]).data;
+            s
+        })
+        .await
+        .unwrap();
+    wait_for_reason(&env, "dead", "TokenRefreshed", Duration::from_secs(30)).await;
+    let data = secret_data(&env, "dead-token").await.unwrap();
+    assert!(api_accepts(&si, &data["base_url"], &data["access_token"]).await);
+}
+
+#[tokio::test]
+async fn missing_secret_is_reported_and_recovers_once_created() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let login = login(&si, "late-client", true).await;
+    let _op = Operator::start(&env, &si, &[]).await;
+    env.api()
+        .create(
+            &PostParams::default(),
+            &credential("late", &si, serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    wait_for_reason(&env, "late", "SecretNotFound", Duration::from_secs(30)).await;
+    // The client Secret with a wrong key name: still a clear condition.
+    env.api::<Secret>()
+        .create(
+            &PostParams::default(),
+            &secret(
+                "late-client",
+                &[
+                    ("client_id", &login.client_id),
+                    ("secret", &login.client_secret),
+                ],
+            ),
+        )
+        .await
+        .unwrap();
+    wait_for_reason(&env, "late", "SecretKeyMissing", Duration::from_secs(30)).await;
+    env.api::<Secret>()
+        .delete("late-client", &DeleteParams::default())
+        .await
+        .unwrap();
+    create_secrets(&env, "late", &login).await;
+    wait_for_reason(&env, "late", "TokenRefreshed", Duration::from_secs(60)).await;
+}
+
+#[tokio::test]
+async fn server_errors_and_rate_limits_back_off_and_recover() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let login = login(&si, "flaky-client", true).await;
+    create_secrets(&env, "flaky", &login).await;
+    si.inject(Fault::Status(503), 2);
+    si.inject(
+        Fault::TooManyRequests {
+            retry_after_secs: 2,
+        },
+        1,
+    );
+    let _op = Operator::start(&env, &si, &[]).await;
+    env.api()
+        .create(
+            &PostParams::default(),
+            &credential("flaky", &si, serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    let failing = wait_for_reason(&env, "flaky", "RefreshFailed", Duration::from_secs(30)).await;
+    assert!(failing.status.unwrap().last_failure_time.is_some());
+    let (_, _, message) = ready(&env, "flaky").await.unwrap();
+    assert!(message.contains("next try at"), "{message}");
+    let cr = wait_for_reason(&env, "flaky", "TokenRefreshed", Duration::from_secs(60)).await;
+    assert_eq!(cr.status.unwrap().failed_refresh_attempts, 0);
+    assert_eq!(
+        si.counters().token_requests,
+        4,
+        "two 503s, one 429, one success"
+    );
+    assert_eq!(si.counters().reused_refresh_tokens, 0);
+}
+
+#[tokio::test]
+async fn hostile_responses_leave_the_operator_healthy_with_a_clear_condition() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let login = login(&si, "hostile-client", true).await;
+    create_secrets(&env, "hostile", &login).await;
+    si.inject(Fault::NonJson, 1);
+    si.inject(
+        Fault::Oversized {
+            bytes: 50 * 1024 * 1024,
+        },
+        1,
+    );
+    si.inject(Fault::Hang, 1);
+    si.inject(Fault::DropConnection, 1);
+    let mut op = Operator::start(&env, &si, &["--token-timeout", "2s"]).await;
+    env.api()
+        .create(
+            &PostParams::default(),
+            &credential("hostile", &si, serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    let mut reasons: Vec<&str> = Vec::new();
+    let limit = std::time::Instant::now() + Duration::from_secs(60);
+    while reasons.len() < 4 {
+        assert!(std::time::Instant::now() < limit, "saw only {reasons:?}");
+        if let Some((_, _, m)) = ready(&env, "hostile").await {
+            for r in [
+                "MalformedResponse",
+                "ResponseTooLarge",
+                "Timeout",
+                "Connect",
+            ] {
+                if m.contains(r) && !reasons.contains(&r) {
+                    reasons.push(r);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for_reason(&env, "hostile", "TokenRefreshed", Duration::from_secs(60)).await;
+    assert!(op.is_running(), "the operator survived");
+    assert_eq!(si.counters().reused_refresh_tokens, 0);
+}
+
+#[tokio::test]
+async fn restarting_the_operator_with_fresh_tokens_causes_no_refresh() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let login = login(&si, "restart-client", true).await;
+    create_secrets(&env, "rs", &login).await;
+    let mut op = Operator::start(&env, &si, &[]).await;
+    env.api()
+        .create(
+            &PostParams::default(),
+            &credential("rs", &si, serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    wait_for_reason(&env, "rs", "TokenRefreshed", Duration::from_secs(30)).await;
+    let before = si.counters().refreshes;
+    assert!(op.terminate().await.success(), "clean exit on SIGTERM");
+    op.restart().await;
+    eventually(
+        "the restarted operator to reconcile the credential",
+        Duration::from_secs(30),
+        || async { op.current_logs().contains("reconciled").then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        si.counters().refreshes,
+        before,
+        "a restart with valid tokens refreshes nothing"
+    );
+    assert_eq!(ready(&env, "rs").await.unwrap().0, "True");
+}
+
+#[tokio::test]
+async fn deleting_the_credential_removes_the_target_secret_but_not_the_refresh_token() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let login = login(&si, "gc-client", true).await;
+    create_secrets(&env, "gc", &login).await;
+    let _op = Operator::start(&env, &si, &[]).await;
+    env.api()
+        .create(
+            &PostParams::default(),
+            &credential("gc", &si, serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    wait_for_reason(&env, "gc", "TokenRefreshed", Duration::from_secs(30)).await;
+    env.api::<EagleEyeCredential>()
+        .delete("gc", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the target Secret to be garbage-collected",
+        Duration::from_secs(60),
+        || async { secret_data(&env, "gc-token").await.is_none().then_some(()) },
+    )
+    .await;
+    let refresh = secret_data(&env, "gc-refresh")
+        .await
+        .expect("the refresh-token Secret stays");
+    assert!(
+        si.refresh_token_is_live(&refresh["refresh_token"]),
+        "and still holds the live token"
+    );
+    assert!(secret_data(&env, "gc-client").await.is_some());
+}
+
+#[tokio::test]
+async fn a_second_credential_on_the_same_refresh_token_is_refused() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let login = login(&si, "shared-client", true).await;
+    create_secrets(&env, "first", &login).await;
+    let _op = Operator::start(&env, &si, &[]).await;
+    env.api()
+        .create(
+            &PostParams::default(),
+            &credential("first", &si, serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    wait_for_reason(&env, "first", "TokenRefreshed", Duration::from_secs(30)).await;
+    let mut second = credential("second", &si, serde_json::json!({}));
+    second.spec.client_secret_ref.name = "first-client".into();
+    second.spec.refresh_token_secret_ref.name = "first-refresh".into();
+    env.api()
+        .create(&PostParams::default(), &second)
+        .await
+        .unwrap();
+    wait_for_reason(&env, "second", "RefreshTokenInUse", Duration::from_secs(30)).await;
+    assert_eq!(si.counters().reused_refresh_tokens, 0);
+    assert!(secret_data(&env, "second-token").await.is_none());
+}
+
+#[tokio::test]
+async fn api_server_rejects_malformed_specs() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let api = env.api::<EagleEyeCredential>();
+    let cases = [
+        (
+            "plain http to a remote host",
+            serde_json::json!({"authUrl": "http://auth.example.com"}),
+            "authUrl must be https",
+        ),
+        (
+            "negative refreshBefore",
+            serde_json::json!({"refreshBefore": "-5m"}),
+            "refreshBefore must be a non-negative duration",
+        ),
+        (
+            "empty Secret name",
+            serde_json::json!({"clientSecretRef": {"name": ""}}),
+            "name must not be empty",
+        ),
+    ];
+    for (i, (what, extra, message)) in cases.into_iter().enumerate() {
+        let cr = credential(&format!("bad{i}"), &si, extra);
+        let err = api
+            .create(&PostParams::default(), &cr)
+            .await
+            .expect_err(what);
+        assert!(err.to_string().contains(message), "{what}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn plain_http_auth_url_is_refused_unless_the_operator_allows_it() {
+    let env = env().await;
+    let si = StandIn::start(StandInConfig {
+        tls: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(si.url().scheme(), "http");
+    let login = login(&si, "http-client", true).await;
+    create_secrets(&env, "plain", &login).await;
+    let mut op = Operator::start(&env, &si, &[]).await;
+    env.api()
+        .create(
+            &PostParams::default(),
+            &credential("plain", &si, serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    wait_for_reason(&env, "plain", "InvalidSpec", Duration::from_secs(30)).await;
+    let (_, _, message) = ready(&env, "plain").await.unwrap();
+    assert!(message.contains("--allow-insecure-http"), "{message}");
+    assert_eq!(si.counters().token_requests, 0, "nothing was sent in clear");
+
+    op.kill().await;
+    let _op = Operator::start(&env, &si, &["--allow-insecure-http"]).await;
+    wait_for_reason(&env, "plain", "TokenRefreshed", Duration::from_secs(30)).await;
+}

@@ -1,0 +1,273 @@
+//! The operator as users run it: its own process, against the test's control plane, watching
+//! only the test's namespace, with every log line kept for inspection.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use eagle_eye_operator::crd::EagleEyeCredential;
+use eagle_eye_operator::standin::{ClientRegistration, Grant, StandIn};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ObjectMeta, PostParams};
+use tokio::process::{Child, Command};
+
+use super::TestEnv;
+
+pub struct Operator {
+    child: Option<Child>,
+    args: Vec<String>,
+    kubeconfig: PathBuf,
+    dir: PathBuf,
+    starts: usize,
+}
+
+impl Operator {
+    /// Starts `eagle-eye-operator run` for the test's namespace, trusting the stand-in's CA.
+    pub async fn start(env: &TestEnv, stand_in: &StandIn, extra: &[&str]) -> Operator {
+        let dir = std::env::temp_dir().join(format!("eagle-eye-op-{}", env.namespace));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("auth-ca.pem");
+        std::fs::write(&ca, stand_in.ca_pem().unwrap_or_default()).unwrap();
+        let mut args: Vec<String> = [
+            "run",
+            "--namespaces",
+            &env.namespace,
+            "--allowed-api-hosts",
+            "127.0.0.1,localhost",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if stand_in.ca_pem().is_some() {
+            args.extend([
+                "--auth-ca-file".to_string(),
+                ca.to_string_lossy().into_owned(),
+            ]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut op = Operator {
+            child: None,
+            args,
+            kubeconfig: env.plane.kubeconfig_path().to_owned(),
+            dir,
+            starts: 0,
+        };
+        op.restart().await;
+        op
+    }
+
+    /// Starts a new process (after `kill` or `terminate`), logging to a new file.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "the operator is still running");
+        self.starts += 1;
+        let log =
+            std::fs::File::create(self.dir.join(format!("operator-{}.log", self.starts))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_eagle-eye-operator"))
+            .args(&self.args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info,eagle_eye_operator=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting the operator binary");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await.unwrap();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let pid = c.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), c.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .unwrap()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// Everything every process of this operator logged so far.
+    pub fn logs(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.join(format!("operator-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Lines logged by the current process only.
+    pub fn current_logs(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("operator-{}.log", self.starts)))
+            .unwrap_or_default()
+    }
+}
+
+/// A client registered with the stand-in and logged in (Phase 1), with its client Secret,
+/// refresh-token Secret and an `EagleEyeCredential` named `name` in the test namespace.
+pub struct Login {
+    pub client_id: String,
+    pub client_secret: String,
+    pub grant: Grant,
+}
+
+pub async fn login(stand_in: &StandIn, client_id: &str, rotating: bool) -> Login {
+    // A secret with characters that Basic auth must form-encode.
+    let client_secret = format!("s3cr3t+/%: {}", rand::random::<u32>());
+    stand_in.register_client(ClientRegistration {
+        id: client_id.into(),
+        secret: client_secret.clone(),
+        redirect_uris: vec!["http://127.0.0.1:3333".into()],
+        rotating,
+    });
+    let grant = stand_in.login(client_id);
+    Login {
+        client_id: client_id.into(),
+        client_secret,
+        grant,
+    }
+}
+
+pub fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+pub async fn create_secrets(env: &TestEnv, name: &str, login: &Login) {
+    let api = env.api::<Secret>();
+    api.create(
+        &PostParams::default(),
+        &secret(
+            &format!("{name}-client"),
+            &[
+                ("client_id", &login.client_id),
+                ("client_secret", &login.client_secret),
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    api.create(
+        &PostParams::default(),
+        &secret(
+            &format!("{name}-refresh"),
+            &[("refresh_token", &login.grant.refresh_token)],
+        ),
+    )
+    .await
+    .unwrap();
+}
+
+pub fn credential(
+    name: &str,
+    stand_in: &StandIn,
+    extra_spec: serde_json::Value,
+) -> EagleEyeCredential {
+    let mut spec = serde_json::json!({
+        "clientSecretRef": {"name": format!("{name}-client")},
+        "refreshTokenSecretRef": {"name": format!("{name}-refresh")},
+        "authUrl": stand_in.url().to_string(),
+    });
+    if let (Some(base), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
+        base.extend(extra.clone());
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "eagle-eye-operator.io/v1alpha1",
+        "kind": "EagleEyeCredential",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// The `Ready` condition's (status, reason, message).
+pub async fn ready(env: &TestEnv, name: &str) -> Option<(String, String, String)> {
+    let cr = env.api::<EagleEyeCredential>().get_opt(name).await.ok()??;
+    let c = cr
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((c.status, c.reason, c.message))
+}
+
+/// Waits until `Ready` has `reason`, and returns the credential then.
+pub async fn wait_for_reason(
+    env: &TestEnv,
+    name: &str,
+    reason: &str,
+    limit: Duration,
+) -> EagleEyeCredential {
+    super::eventually(
+        &format!("{name} to report Ready reason {reason}"),
+        limit,
+        || async {
+            let (_, r, _) = ready(env, name).await?;
+            if r == reason {
+                env.api::<EagleEyeCredential>().get_opt(name).await.ok()?
+            } else {
+                None
+            }
+        },
+    )
+    .await
+}
+
+/// Data of a Secret as text.
+pub async fn secret_data(
+    env: &TestEnv,
+    name: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let s = env.api::<Secret>().get_opt(name).await.ok()??;
+    Some(
+        s.data?
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+            .collect(),
+    )
+}
+
+/// `GET {base_url}/api/v3.0/users/self` with the token, as a workload would call the API.
+pub async fn api_accepts(stand_in: &StandIn, base_url: &str, access_token: &str) -> bool {
+    let mut b = reqwest::Client::builder();
+    if let Some(pem) = stand_in.ca_pem() {
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+    }
+    let resp = b
+        .build()
+        .unwrap()
+        .get(format!("{base_url}/api/v3.0/users/self"))
+        .bearer_auth(access_token)
+        .send()
+        .await
+        .unwrap();
+    resp.status() == 200
+}

@@ -1,0 +1,146 @@
+//! The window between receiving a rotated refresh token and storing it. Own test binary:
+//! these tests stop kube-apiserver, which would disturb any test running beside them.
+
+mod support;
+
+use std::time::Duration;
+
+use eagle_eye_operator::standin::{Fault, StandIn, StandInConfig};
+use kube::api::PostParams;
+use support::operator::{
+    Operator, create_secrets, credential, login, ready, secret_data, wait_for_reason,
+};
+use support::{env, eventually};
+
+/// Both tests stop the shared kube-apiserver: one at a time.
+static OUTAGE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Brings a credential to Ready, then makes its next scheduled refresh land while
+/// kube-apiserver is down: the stand-in rotates the token (the old one is now dead) and
+/// the operator cannot store the new one. Returns once the operator has logged a failed
+/// write-back.
+async fn refresh_during_outage(env: &support::TestEnv, si: &StandIn, op: &Operator, name: &str) {
+    wait_for_reason(env, name, "TokenRefreshed", Duration::from_secs(30)).await;
+    let before = si.counters();
+    // Slow the next answer so that kube-apiserver is down before it arrives.
+    si.inject(Fault::Delay(Duration::from_secs(3)), 1);
+    eventually(
+        "the next scheduled refresh to start",
+        Duration::from_secs(30),
+        || async { (si.counters().token_requests > before.token_requests).then_some(()) },
+    )
+    .await;
+    env.plane.stop_apiserver().await.unwrap();
+    eventually(
+        "the stand-in to rotate the token",
+        Duration::from_secs(10),
+        || async { (si.counters().refreshes > before.refreshes).then_some(()) },
+    )
+    .await;
+    eventually(
+        "the operator to fail storing the rotated token",
+        Duration::from_secs(30),
+        || async {
+            op.current_logs()
+                .contains("storing the rotated refresh token")
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_rotated_token_is_held_in_memory_through_an_api_server_outage() {
+    let _one_at_a_time = OUTAGE.lock().await;
+    let env = env().await;
+    let si = StandIn::start(StandInConfig {
+        access_ttl: Duration::from_secs(8),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let login = login(&si, "outage-client", true).await;
+    create_secrets(&env, "outage", &login).await;
+    let op = Operator::start(&env, &si, &[]).await;
+    env.api()
+        .create(
+            &PostParams::default(),
+            &credential("outage", &si, serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    refresh_during_outage(&env, &si, &op, "outage").await;
+
+    env.plane.start_apiserver().await.unwrap();
+    let stored = eventually(
+        "the held token to be stored",
+        Duration::from_secs(60),
+        || async {
+            let d = secret_data(&env, "outage-refresh").await?;
+            si.refresh_token_is_live(&d["refresh_token"]).then_some(d)
+        },
+    )
+    .await;
+    assert_ne!(stored["refresh_token"], login.grant.refresh_token);
+    // The access token received with it may have expired during the outage; either way a
+    // live one is published next.
+    eventually(
+        "a live access token in the target Secret",
+        Duration::from_secs(30),
+        || async {
+            let d = secret_data(&env, "outage-token").await?;
+            si.access_token_is_live(&d["access_token"]).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(ready(&env, "outage").await.unwrap().0, "True");
+    assert_eq!(
+        si.counters().reused_refresh_tokens,
+        0,
+        "the dead token was never spent again"
+    );
+}
+
+/// The one window no operator can close: the process dies after the auth server rotated
+/// the token and before kube-apiserver stored it. The new token existed only in memory, so
+/// the login is lost; the operator says so plainly instead of retrying forever.
+#[tokio::test]
+async fn killing_the_operator_before_the_write_back_loses_the_login_and_says_so() {
+    let _one_at_a_time = OUTAGE.lock().await;
+    let env = env().await;
+    let si = StandIn::start(StandInConfig {
+        access_ttl: Duration::from_secs(8),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let login = login(&si, "crash-client", true).await;
+    create_secrets(&env, "crash", &login).await;
+    let mut op = Operator::start(&env, &si, &[]).await;
+    env.api()
+        .create(
+            &PostParams::default(),
+            &credential("crash", &si, serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    refresh_during_outage(&env, &si, &op, "crash").await;
+
+    op.kill().await;
+    env.plane.start_apiserver().await.unwrap();
+    op.restart().await;
+    wait_for_reason(
+        &env,
+        "crash",
+        "ReauthorizationRequired",
+        Duration::from_secs(60),
+    )
+    .await;
+    let (_, _, message) = ready(&env, "crash").await.unwrap();
+    println!("after the crash: {message}");
+    assert_eq!(
+        si.counters().reused_refresh_tokens,
+        1,
+        "the restarted operator spent the stored, already rotated token once"
+    );
+}
