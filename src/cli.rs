@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the operator against the current cluster (in-cluster config or KUBECONFIG).
-    Run(crate::operator::RunArgs),
+    Run(Box<crate::operator::RunArgs>),
     /// Print the EagleEyeCredential CustomResourceDefinition as YAML.
     Crd,
     /// Start a throwaway local cluster, an Eagle Eye auth stand-in, the operator and a
@@ -42,7 +42,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => {
             crate::logging::init(cli.log_format);
             let client = kube::Client::try_default().await?;
-            crate::operator::run(client, args, shutdown_signal()).await?;
+            crate::operator::run(client, *args, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sandbox(args) => {

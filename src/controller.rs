@@ -17,9 +17,10 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use secrecy::ExposeSecret;
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::crd::{EagleEyeCredential, EagleEyeCredentialStatus, RotationMode};
+use crate::metrics::{self, Metrics};
 use crate::schedule::{self, Inputs, Plan, Rotation};
 use crate::secrets::{self, SecretError, StoredToken, WriteBack};
 use crate::status::{self, Lifetimes, READY, RELOGIN_SOON, reason};
@@ -46,6 +47,7 @@ pub struct Context {
     pub tokens: TokenClient,
     pub settings: Settings,
     pub store: Store<EagleEyeCredential>,
+    pub metrics: Arc<Metrics>,
     /// Rotated refresh tokens received but not yet stored, by credential. Never spent
     /// again: the next reconcile stores them first.
     pending: Mutex<HashMap<String, Pending>>,
@@ -57,6 +59,11 @@ struct Pending {
     spent_fingerprint: String,
     grant: TokenGrant,
     received_at: Timestamp,
+    /// Where it belongs, so that shutdown can store it without a reconcile.
+    namespace: String,
+    secret: String,
+    key: String,
+    credential: String,
 }
 
 impl Context {
@@ -66,6 +73,7 @@ impl Context {
         tokens: TokenClient,
         settings: Settings,
         store: Store<EagleEyeCredential>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Context {
             client,
@@ -73,14 +81,66 @@ impl Context {
             tokens,
             settings,
             store,
+            metrics,
             pending: Mutex::default(),
             retry_not_before: Mutex::default(),
         }
     }
 
-    /// True while some rotated token is held only in memory (shutdown waits for this).
+    /// True while some rotated token is held only in memory.
     pub fn has_pending_write_back(&self) -> bool {
         !lock(&self.pending).is_empty()
+    }
+
+    /// Stores every rotated token still held in memory, retrying until `limit`. Called at
+    /// shutdown, when no reconcile will come to do it. Returns how many could not be stored.
+    pub async fn flush_pending_write_backs(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let keys: Vec<String> = lock(&self.pending).keys().cloned().collect();
+            for k in keys {
+                let Some(p) = lock(&self.pending).remove(&k) else {
+                    continue;
+                };
+                match self.store_pending(&p).await {
+                    Ok(()) => {
+                        info!(credential = %k, "stored the held refresh token before exiting")
+                    }
+                    Err(e) => {
+                        warn!(credential = %k, error = %e, "could not store the held refresh token yet");
+                        lock(&self.pending).insert(k, p);
+                    }
+                }
+            }
+            let left = lock(&self.pending).len();
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                for k in lock(&self.pending).keys() {
+                    tracing::error!(credential = %k, "exiting with a rotated refresh token that could not be stored: the login is lost and needs a new Phase 1 login");
+                }
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn store_pending(&self, p: &Pending) -> Result<(), kube::Error> {
+        let Some(new) = &p.grant.refresh_token else {
+            return Ok(());
+        };
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &p.namespace);
+        let stored = match secrets::read_refresh_token(&api, &p.secret, &p.key, p.received_at).await
+        {
+            Ok(s) => s,
+            Err(SecretError::Api { source, .. }) => return Err(source),
+            // The Secret is gone or emptied: nothing to protect any more.
+            Err(_) => return Ok(()),
+        };
+        if stored.fingerprint != p.spent_fingerprint {
+            return Ok(());
+        }
+        secrets::write_back(&api, &stored, &p.key, new, &p.credential, p.received_at)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -111,7 +171,10 @@ pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result
         Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
     let fresh = match api.get_opt(&cr.name_any()).await {
         Ok(Some(fresh)) => fresh,
-        Ok(None) => return Ok(Action::await_change()),
+        Ok(None) => {
+            ctx.metrics.forget(&labels(&cr));
+            return Ok(Action::await_change());
+        }
         Err(e) => return Err(Error::Status(key(&cr), e)),
     };
     Reconciler::new(&fresh, &ctx).run().await
@@ -124,6 +187,8 @@ struct Reconciler<'a> {
     secrets: Api<Secret>,
     status: EagleEyeCredentialStatus,
     now: Timestamp,
+    /// When the token endpoint answered this round's refresh.
+    answered_at: Option<std::time::Instant>,
 }
 
 /// The outcome that `Ready` reports.
@@ -146,6 +211,7 @@ impl<'a> Reconciler<'a> {
             secrets: Api::namespaced(ctx.client.clone(), &ns),
             status,
             now: whole_seconds(Timestamp::now()),
+            answered_at: None,
         }
     }
 
@@ -246,24 +312,33 @@ impl<'a> Reconciler<'a> {
     }
 
     async fn refresh(
-        self,
+        mut self,
         auth_url: &url::Url,
         creds: &crate::token::ClientCredentials,
         stored: StoredToken,
         refresh_before: SignedDuration,
     ) -> Result<Action, Error> {
         let scope = &self.cr.spec.scope;
-        match self
+        let started = std::time::Instant::now();
+        let result = self
             .ctx
             .tokens
             .refresh(auth_url, creds, &stored.token, scope)
-            .await
-        {
+            .await;
+        self.answered_at = Some(std::time::Instant::now());
+        let labels = labels(self.cr);
+        self.ctx
+            .metrics
+            .refresh_attempt(&labels, started.elapsed().as_secs_f64());
+        match result {
             Ok(grant) => {
                 lock(&self.ctx.retry_not_before).remove(&self.key);
                 self.store_and_publish(&stored, grant, refresh_before).await
             }
-            Err(e) => self.refresh_failed(e, &stored).await,
+            Err(e) => {
+                self.ctx.metrics.refresh_failure(&labels, e.reason());
+                self.refresh_failed(e, &stored).await
+            }
         }
     }
 
@@ -292,7 +367,15 @@ impl<'a> Reconciler<'a> {
                 )
                 .await
                 {
-                    Ok(WriteBack::Written) => fingerprint(new.expose_secret()),
+                    Ok(WriteBack::Written) => {
+                        // The window in which a crash loses the login: from the token
+                        // endpoint's answer until this write is acknowledged.
+                        if let Some(answered) = self.answered_at {
+                            let window_ms = answered.elapsed().as_secs_f64() * 1000.0;
+                            debug!(window_ms, "rotated refresh token stored");
+                        }
+                        fingerprint(new.expose_secret())
+                    }
                     Ok(WriteBack::ReplacedByPerson) => {
                         self.event(
                             EventType::Normal,
@@ -309,6 +392,10 @@ impl<'a> Reconciler<'a> {
                                 spent_fingerprint: stored.fingerprint.clone(),
                                 grant,
                                 received_at: self.now,
+                                namespace: self.cr.namespace().unwrap_or_default(),
+                                secret: name.clone(),
+                                key: self.cr.spec.refresh_token_secret_ref.key.clone(),
+                                credential: self.cr.name_any(),
                             },
                         );
                         let message = format!(
@@ -438,6 +525,7 @@ impl<'a> Reconciler<'a> {
                 secrets: self.secrets.clone(),
                 status: self.status.clone(),
                 now: pending.received_at,
+                answered_at: None,
             }
             .store_and_publish(&spent, pending.grant, refresh_before),
         )
@@ -684,6 +772,9 @@ impl<'a> Reconciler<'a> {
             self.event(EventType::Warning, "ReloginSoon", &message)
                 .await;
         }
+        self.ctx
+            .metrics
+            .observe_status(&labels(self.cr), &self.status);
         if self.cr.status.as_ref() == Some(&self.status) {
             return Ok(());
         }
@@ -816,6 +907,13 @@ fn static_reason(r: &str) -> &'static str {
 /// Secret and the schedule in agreement, and errs towards refreshing early.
 fn whole_seconds(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
+fn labels(cr: &EagleEyeCredential) -> metrics::Credential {
+    metrics::Credential {
+        namespace: cr.namespace().unwrap_or_default(),
+        credential: cr.name_any(),
+    }
 }
 
 fn key(cr: &EagleEyeCredential) -> String {

@@ -2,10 +2,14 @@
 //! for the workloads of a Kubernetes cluster.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+#[cfg(test)]
+mod fixtures;
 pub mod logging;
+pub mod metrics;
 pub mod operator;
 pub mod sandbox;
 pub mod schedule;

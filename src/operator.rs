@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
-use futures::StreamExt;
+use std::net::SocketAddr;
+
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
@@ -16,7 +18,11 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::runtime::{Controller, WatchStreamExt};
 use kube::{Client, ResourceExt};
-use tracing::info;
+use kube_lease_manager::LeaseManagerBuilder;
+use tracing::{info, warn};
+
+use crate::admin::{self, Health};
+use crate::metrics::Metrics;
 
 use crate::controller::{self, Context, Settings, parse_duration};
 use crate::crd::EagleEyeCredential;
@@ -50,16 +56,48 @@ pub struct RunArgs {
     /// Time limit of one call to the token endpoint.
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub token_timeout: jiff::SignedDuration,
-    /// Name reported on Events.
+    /// Name reported on Events and held in the Lease (the pod name in a cluster).
     #[arg(long, env = "POD_NAME", default_value = "eagle-eye-operator")]
     pub instance: String,
+    /// Port of the admin server: `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "EAGLE_EYE_ADMIN_PORT", default_value_t = 8080)]
+    pub admin_port: u16,
+    /// Address the admin server binds.
+    #[arg(long, env = "EAGLE_EYE_ADMIN_ADDRESS", default_value = "0.0.0.0")]
+    pub admin_address: std::net::IpAddr,
+    /// Namespace of the leader-election Lease (the operator's own namespace in a cluster).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "eagle-eye-operator")]
+    pub lease_name: String,
+    /// Refresh without a Lease. Only for a single replica: two replicas refreshing one
+    /// rotating token destroy it.
+    #[arg(long)]
+    pub no_leader_election: bool,
+}
+
+impl RunArgs {
+    /// The arguments `eagle-eye-operator run FLAGS…` would have (defaults and environment
+    /// included), for embedding the operator.
+    pub fn from_flags(flags: &[&str]) -> Result<RunArgs, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: RunArgs,
+        }
+        use clap::Parser;
+        let argv = std::iter::once("run").chain(flags.iter().copied());
+        Wrapper::try_parse_from(argv).map(|w| w.args)
+    }
 }
 
 fn duration(s: &str) -> Result<jiff::SignedDuration, String> {
     parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration such as 30s, 15m or 14d"))
 }
 
-/// Runs until `shutdown` resolves; in-flight reconciles finish first.
+/// Runs until `shutdown` resolves; in-flight reconciles finish and held tokens are stored
+/// first, then the Lease is released.
 pub async fn run(
     client: Client,
     args: RunArgs,
@@ -86,54 +124,189 @@ pub async fn run(
             warning: args.relogin_warning,
         },
     };
-    let reporter = Reporter {
-        controller: "eagle-eye-operator".into(),
-        instance: Some(args.instance.clone()),
+    let metrics = Arc::new(Metrics::default());
+    let health = Health::default();
+    let addr = admin::serve(
+        SocketAddr::new(args.admin_address, args.admin_port),
+        health.clone(),
+        metrics.clone(),
+    )
+    .await
+    .with_context(|| format!("binding the admin port {}", args.admin_port))?;
+    info!(%addr, "admin server listening (/healthz, /readyz, /metrics)");
+    let parts = Parts {
+        client: client.clone(),
+        tokens,
+        settings,
+        metrics: metrics.clone(),
+        health: health.clone(),
+        args: args.clone(),
     };
-    let namespaces: Vec<Option<String>> = if args.namespaces.is_empty() {
-        vec![None]
-    } else {
-        args.namespaces.iter().cloned().map(Some).collect()
-    };
-    info!(?namespaces, "starting");
+    let shutdown = Box::pin(shutdown).shared();
 
-    let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
-    let controllers = namespaces.into_iter().map(|ns| {
-        let (crs, secrets): (Api<EagleEyeCredential>, Api<PartialObjectMeta<Secret>>) = match &ns {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        };
-        let controller = Controller::new(crs, watcher::Config::default().any_semantic());
-        let store = controller.store();
-        let ctx = Arc::new(Context::new(
-            client.clone(),
-            Recorder::new(client.clone(), reporter.clone()),
-            tokens.clone(),
-            settings.clone(),
-            store.clone(),
-        ));
-        let secret_events =
-            watcher::watcher(secrets, watcher::Config::default().any_semantic()).touched_objects();
-        controller
-            .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {
-                credentials_naming(&store, &secret)
-            })
-            .graceful_shutdown_on(shutdown.clone())
-            .run(controller::reconcile, controller::error_policy, ctx)
-            .for_each(|result| {
-                match result {
-                    Ok((obj, action)) => tracing::debug!(credential = %obj, ?action, "reconciled"),
-                    Err(e) => tracing::debug!(error = %e, "reconcile error"),
+    if args.no_leader_election {
+        metrics.set_leader(true);
+        parts.run_controllers(shutdown).await;
+        return Ok(());
+    }
+    // Until the API server answers, /healthz says alive and /readyz says not ready.
+    let mut delay = std::time::Duration::from_millis(500);
+    let manager = loop {
+        let built = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+            .with_namespace(&args.lease_namespace)
+            .with_identity(&args.instance)
+            .with_duration(LEASE_SECONDS)
+            .with_grace(LEASE_GRACE_SECONDS)
+            .build()
+            .await;
+        match built {
+            Ok(m) => break m,
+            Err(e) => {
+                warn!(error = %e, lease = %args.lease_name, namespace = %args.lease_namespace, "cannot set up the Lease yet; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.clone() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    };
+    // A follower that reached the API server is ready: it is a hot standby.
+    health.set_ready(true);
+    let (leading, lease_task) = manager.watch().await;
+    loop {
+        let mut wait_leading = leading.clone();
+        tokio::select! {
+            _ = shutdown.clone() => break,
+            became = wait_leading.wait_for(|l| *l) => {
+                if became.is_err() {
+                    anyhow::bail!("the Lease manager stopped");
                 }
-                futures::future::ready(())
-            })
-    });
-    futures::future::join_all(controllers).await;
-    info!("stopped");
+            }
+        }
+        info!(lease = %args.lease_name, "leading: starting controllers");
+        metrics.set_leader(true);
+        let mut wait_lost = leading.clone();
+        let lost = async move {
+            let _ = wait_lost.wait_for(|l| !*l).await;
+        };
+        let stop = futures::future::select(shutdown.clone(), Box::pin(lost))
+            .map(|_| ())
+            .shared();
+        parts.run_controllers(stop).await;
+        metrics.set_leader(false);
+        if shutdown.clone().now_or_never().is_some() {
+            break;
+        }
+        warn!("lost the Lease: controllers stopped, waiting to lead again");
+    }
+    drop(leading);
+    match lease_task.await {
+        Ok(Ok(_)) => info!("released the Lease"),
+        Ok(Err(e)) => warn!(error = %e, "releasing the Lease failed; it expires by itself"),
+        Err(e) => warn!(error = %e, "the Lease task failed"),
+    }
     Ok(())
+}
+
+/// Seconds a Lease lasts without renewal, and the margin before its end at which the
+/// holder stops counting on it (kube-lease-manager's duration and grace).
+const LEASE_SECONDS: u64 = 15;
+const LEASE_GRACE_SECONDS: u64 = 5;
+/// How long shutdown keeps trying to store a rotated token held in memory.
+const FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+struct Parts {
+    client: Client,
+    tokens: TokenClient,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    health: Health,
+    args: RunArgs,
+}
+
+impl Parts {
+    /// One controller per watched namespace (or one for all) until `stop`; then any
+    /// rotated token still held in memory is stored before returning.
+    async fn run_controllers(
+        &self,
+        stop: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
+    ) {
+        let reporter = Reporter {
+            controller: "eagle-eye-operator".into(),
+            instance: Some(self.args.instance.clone()),
+        };
+        let namespaces: Vec<Option<String>> = if self.args.namespaces.is_empty() {
+            vec![None]
+        } else {
+            self.args.namespaces.iter().cloned().map(Some).collect()
+        };
+        info!(?namespaces, "starting controllers");
+        let mut contexts = Vec::new();
+        let mut stores = Vec::new();
+        let controllers: Vec<_> = namespaces
+            .into_iter()
+            .map(|ns| {
+                let client = self.client.clone();
+                let (crs, secrets): (Api<EagleEyeCredential>, Api<PartialObjectMeta<Secret>>) =
+                    match &ns {
+                        Some(ns) => (
+                            Api::namespaced(client.clone(), ns),
+                            Api::namespaced(client.clone(), ns),
+                        ),
+                        None => (Api::all(client.clone()), Api::all(client.clone())),
+                    };
+                let controller = Controller::new(crs, watcher::Config::default());
+                let store = controller.store();
+                stores.push(store.clone());
+                let ctx = Arc::new(Context::new(
+                    client.clone(),
+                    Recorder::new(client, reporter.clone()),
+                    self.tokens.clone(),
+                    self.settings.clone(),
+                    store.clone(),
+                    self.metrics.clone(),
+                ));
+                contexts.push(ctx.clone());
+                // Metadata only, paged: memory does not grow with the Secrets in the cluster.
+                let secret_events =
+                    watcher::watcher(secrets, watcher::Config::default().page_size(100))
+                        .touched_objects();
+                let metrics = self.metrics.clone();
+                controller
+                    .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {
+                        credentials_naming(&store, &secret)
+                    })
+                    .graceful_shutdown_on(stop.clone())
+                    .run(controller::reconcile, controller::error_policy, ctx)
+                    .for_each(move |result| {
+                        metrics.reconciled(result.is_err());
+                        match result {
+                            Ok((obj, action)) => {
+                                tracing::debug!(credential = %obj, ?action, "reconciled")
+                            }
+                            Err(e) => tracing::debug!(error = %e, "reconcile error"),
+                        }
+                        futures::future::ready(())
+                    })
+            })
+            .collect();
+        let health = self.health.clone();
+        let synced = tokio::spawn(async move {
+            for s in stores {
+                let _ = s.wait_until_ready().await;
+            }
+            health.set_ready(true);
+        });
+        futures::future::join_all(controllers).await;
+        synced.abort();
+        for ctx in contexts {
+            if ctx.has_pending_write_back() {
+                ctx.flush_pending_write_backs(FLUSH_LIMIT).await;
+            }
+        }
+        info!("controllers stopped");
+    }
 }
 
 /// Credentials in the Secret's namespace that read it, or own it as their target.

@@ -95,17 +95,20 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         .create(&PostParams::default(), &credential)
         .await?;
 
-    let run_args = RunArgs {
-        namespaces: vec![NS.into()],
-        allow_insecure_http: false,
-        auth_ca_file: Some(ca.clone()),
-        allowed_api_hosts: vec!["127.0.0.1".into()],
-        refresh_token_idle_lifetime: jiff::SignedDuration::from_hours(14 * 24),
-        refresh_token_chain_lifetime: jiff::SignedDuration::from_hours(90 * 24),
-        relogin_warning: jiff::SignedDuration::from_hours(7 * 24),
-        token_timeout: jiff::SignedDuration::from_secs(30),
-        instance: "sandbox".into(),
-    };
+    let ca_path = ca.to_string_lossy().into_owned();
+    let run_args = RunArgs::from_flags(&[
+        "--namespaces",
+        NS,
+        "--auth-ca-file",
+        &ca_path,
+        "--allowed-api-hosts",
+        "127.0.0.1",
+        "--instance",
+        "sandbox",
+        "--admin-port",
+        "0",
+        "--no-leader-election",
+    ])?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn(crate::operator::run(client.clone(), run_args, async {
         let _ = stopped.await;

@@ -25,7 +25,17 @@ pub struct Operator {
 impl Operator {
     /// Starts `eagle-eye-operator run` for the test's namespace, trusting the stand-in's CA.
     pub async fn start(env: &TestEnv, stand_in: &StandIn, extra: &[&str]) -> Operator {
-        let dir = std::env::temp_dir().join(format!("eagle-eye-op-{}", env.namespace));
+        let mut op = Operator::start_stopped(env, stand_in, extra);
+        op.restart().await;
+        op
+    }
+
+    fn start_stopped(env: &TestEnv, stand_in: &StandIn, extra: &[&str]) -> Operator {
+        let dir = std::env::temp_dir().join(format!(
+            "eagle-eye-op-{}-{:08x}",
+            env.namespace,
+            rand::random::<u32>()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let ca = dir.join("auth-ca.pem");
         std::fs::write(&ca, stand_in.ca_pem().unwrap_or_default()).unwrap();
@@ -35,6 +45,14 @@ impl Operator {
             &env.namespace,
             "--allowed-api-hosts",
             "127.0.0.1,localhost",
+            // Each test's operators elect their leader in the test's own namespace and
+            // serve /metrics on a port of their own (logged at start).
+            "--lease-namespace",
+            &env.namespace,
+            "--admin-port",
+            "0",
+            "--admin-address",
+            "127.0.0.1",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -46,13 +64,24 @@ impl Operator {
             ]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut op = Operator {
+        Operator {
             child: None,
             args,
             kubeconfig: env.plane.kubeconfig_path().to_owned(),
             dir,
             starts: 0,
-        };
+        }
+    }
+
+    /// Like `start`, with another kubeconfig (an impersonating or a broken one).
+    pub async fn start_with_kubeconfig(
+        env: &TestEnv,
+        stand_in: &StandIn,
+        extra: &[&str],
+        kubeconfig: &std::path::Path,
+    ) -> Operator {
+        let mut op = Operator::start_stopped(env, stand_in, extra);
+        op.kubeconfig = kubeconfig.to_owned();
         op.restart().await;
         op
     }
@@ -95,6 +124,34 @@ impl Operator {
             .await
             .expect("exits after SIGTERM")
             .unwrap()
+    }
+
+    /// The admin server's address, from the current process's start-up log line.
+    pub async fn admin_addr(&self) -> std::net::SocketAddr {
+        super::eventually(
+            "the admin server to listen",
+            Duration::from_secs(30),
+            || async {
+                let logs = self.current_logs();
+                let line = logs
+                    .lines()
+                    .find(|l| l.contains("admin server listening"))?;
+                let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+                addr.parse().ok()
+            },
+        )
+        .await
+    }
+
+    /// Changes the arguments and restarts the process with them.
+    pub async fn set_args(&mut self, change: impl FnOnce(&mut Vec<String>)) {
+        self.kill().await;
+        change(&mut self.args);
+        self.restart().await;
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -1,0 +1,317 @@
+//! Test fixtures for single reconcile steps: builder-style objects and an API-server
+//! verifier over `tower_test`, which states call by call what the reconciler must send.
+
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::ObjectMeta;
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::store::Writer;
+
+use crate::controller::{Context, Settings};
+use crate::crd::EagleEyeCredential;
+use crate::status::Lifetimes;
+use crate::token::{TokenClient, TokenClientOptions};
+
+pub const NS: &str = "video";
+const CR_PATH: &str =
+    "/apis/eagle-eye-operator.io/v1alpha1/namespaces/video/eagleeyecredentials/cam";
+
+impl EagleEyeCredential {
+    /// A credential `video/cam` whose Secrets are `cam-client` and `cam-refresh`; its auth
+    /// server is an address nothing listens on, so any token call fails loudly.
+    pub fn test() -> Self {
+        let mut cr: EagleEyeCredential = serde_json::from_value(serde_json::json!({
+            "apiVersion": "eagle-eye-operator.io/v1alpha1",
+            "kind": "EagleEyeCredential",
+            "metadata": {"name": "cam", "namespace": NS, "uid": "uid-cam", "generation": 1},
+            "spec": {
+                "clientSecretRef": {"name": "cam-client"},
+                "refreshTokenSecretRef": {"name": "cam-refresh"},
+                "authUrl": "https://127.0.0.1:1",
+            }
+        }))
+        .expect("valid test credential");
+        cr.metadata.creation_timestamp = None;
+        cr
+    }
+}
+
+pub fn secret(name: &str, data: &[(&str, &str)], annotations: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(NS.into()),
+            resource_version: Some("1".into()),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// Answers the reconciler's requests in the order a scenario expects them.
+pub struct ApiServerVerifier(Handle);
+
+/// A context whose client talks to the returned verifier.
+pub fn testcontext() -> (Arc<Context>, ApiServerVerifier) {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, NS);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "eagle-eye-operator".into(),
+            instance: None,
+        },
+    );
+    let tokens = TokenClient::new(TokenClientOptions {
+        timeout: std::time::Duration::from_secs(2),
+        ..Default::default()
+    })
+    .expect("token client");
+    let settings = Settings {
+        allow_http: false,
+        lifetimes: Lifetimes::default(),
+    };
+    let store = Writer::<EagleEyeCredential>::default().as_reader();
+    (
+        Arc::new(Context::new(client, recorder, tokens, settings, store, Default::default())),
+        ApiServerVerifier(handle),
+    )
+}
+
+impl ApiServerVerifier {
+    /// GET of the credential (each reconcile reads it fresh).
+    pub async fn get_credential(mut self, cr: &EagleEyeCredential) -> Self {
+        let (req, send) = self.0.next_request().await.expect("credential GET");
+        assert_eq!((req.method().as_str(), req.uri().path()), ("GET", CR_PATH));
+        send.send_response(json(StatusCode::OK, &serde_json::to_value(cr).unwrap()));
+        self
+    }
+
+    /// GET of a Secret, answered with `secret` or a 404.
+    pub async fn get_secret(mut self, name: &str, secret: Option<&Secret>) -> Self {
+        let (req, send) = self.0.next_request().await.expect("Secret GET");
+        assert_eq!(
+            (req.method().as_str(), req.uri().path()),
+            (
+                "GET",
+                format!("/api/v1/namespaces/{NS}/secrets/{name}").as_str()
+            )
+        );
+        send.send_response(match secret {
+            Some(s) => json(StatusCode::OK, &serde_json::to_value(s).unwrap()),
+            None => json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("secrets {name:?} not found")}),
+            ),
+        });
+        self
+    }
+
+    /// An Event with `reason`, returned for inspection of its note.
+    pub async fn event(mut self, reason: &str) -> (Self, String) {
+        let (req, send) = self.0.next_request().await.expect("Event POST");
+        assert_eq!(
+            (req.method().as_str(), req.uri().path()),
+            (
+                "POST",
+                format!("/apis/events.k8s.io/v1/namespaces/{NS}/events").as_str()
+            )
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
+        assert_eq!(body["reason"], reason);
+        let note = body["note"].as_str().unwrap_or_default().to_owned();
+        send.send_response(json(StatusCode::CREATED, &body));
+        (self, note)
+    }
+
+    /// The status written by server-side apply, returned for inspection.
+    pub async fn status_apply(mut self) -> (Self, serde_json::Value) {
+        let (req, send) = self.0.next_request().await.expect("status PATCH");
+        assert_eq!(
+            (req.method().as_str(), req.uri().path()),
+            ("PATCH", format!("{CR_PATH}/status").as_str())
+        );
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        assert!(
+            query.contains("fieldManager=eagle-eye-operator") && query.contains("force=true"),
+            "{query}"
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
+        let mut answer = serde_json::to_value(EagleEyeCredential::test()).unwrap();
+        answer["status"] = body["status"].clone();
+        send.send_response(json(StatusCode::OK, &answer));
+        (self, body["status"].clone())
+    }
+
+    /// No further request arrives.
+    pub async fn done(mut self) {
+        let next =
+            tokio::time::timeout(std::time::Duration::from_millis(100), self.0.next_request())
+                .await;
+        assert!(
+            matches!(next, Err(_) | Ok(None)),
+            "unexpected extra request"
+        );
+    }
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .body(Body::from(serde_json::to_vec(v).unwrap()))
+        .unwrap()
+}
+
+fn ready(status: &serde_json::Value) -> (&str, &str, &str) {
+    let c = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .expect("Ready condition");
+    (
+        c["status"].as_str().unwrap(),
+        c["reason"].as_str().unwrap(),
+        c["message"].as_str().unwrap(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::reconcile;
+    use crate::target::{EXPIRES_AT, ISSUED_AT, REFRESH_FINGERPRINT, fingerprint};
+
+    #[tokio::test]
+    async fn missing_client_secret_causes_event_and_secret_not_found_status() {
+        let (ctx, verifier) = testcontext();
+        let cr = EagleEyeCredential::test();
+        let server = tokio::spawn(async move {
+            let v = verifier
+                .get_credential(&EagleEyeCredential::test())
+                .await
+                .get_secret("cam-client", None)
+                .await;
+            let (v, note) = v.event("SecretNotFound").await;
+            assert_eq!(note, "Secret \"cam-client\" not found");
+            let (v, status) = v.status_apply().await;
+            assert_eq!(ready(&status).0, "False");
+            assert_eq!(ready(&status).1, "SecretNotFound");
+            assert_eq!(status["observedGeneration"], 1);
+            v.done().await;
+        });
+        let action = reconcile(Arc::new(cr), ctx)
+            .await
+            .expect("reconcile reports, not fails");
+        assert_eq!(
+            action,
+            kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(30))
+        );
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn valid_published_token_schedules_the_next_refresh_without_calling_the_token_endpoint() {
+        let (ctx, verifier) = testcontext();
+        let now = jiff::Timestamp::now();
+        let expires = now + jiff::SignedDuration::from_hours(12);
+        let issued = now.to_string();
+        let expires_s = expires.to_string();
+        let fp = fingerprint("rt-1");
+        let target = secret(
+            "cam-token",
+            &[("access_token", "at")],
+            &[
+                (ISSUED_AT, &issued),
+                (EXPIRES_AT, &expires_s),
+                (REFRESH_FINGERPRINT, &fp),
+            ],
+        );
+        let server = tokio::spawn(async move {
+            let v = verifier
+                .get_credential(&EagleEyeCredential::test())
+                .await
+                .get_secret(
+                    "cam-client",
+                    Some(&secret(
+                        "cam-client",
+                        &[("client_id", "id"), ("client_secret", "cs")],
+                        &[],
+                    )),
+                )
+                .await
+                .get_secret(
+                    "cam-refresh",
+                    Some(&secret("cam-refresh", &[("refresh_token", "rt-1")], &[])),
+                )
+                .await
+                .get_secret("cam-token", Some(&target))
+                .await;
+            let (v, status) = v.status_apply().await;
+            assert_eq!(ready(&status).0, "True", "{status}");
+            assert!(status["nextRefreshAt"].as_str().is_some());
+            v.done().await;
+        });
+        let action = reconcile(Arc::new(EagleEyeCredential::test()), ctx)
+            .await
+            .unwrap();
+        // Due 30 min (minus jitter) before expiry: between 11 h 29 and 11 h 31 from now.
+        let wait = format!("{action:?}");
+        assert!(wait.contains("requeue_after: Some(41"), "{wait}");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn refresh_token_key_missing_is_reported_without_the_values() {
+        let (ctx, verifier) = testcontext();
+        let server = tokio::spawn(async move {
+            let v = verifier
+                .get_credential(&EagleEyeCredential::test())
+                .await
+                .get_secret(
+                    "cam-client",
+                    Some(&secret(
+                        "cam-client",
+                        &[("client_id", "id"), ("client_secret", "very-secret")],
+                        &[],
+                    )),
+                )
+                .await
+                .get_secret(
+                    "cam-refresh",
+                    Some(&secret("cam-refresh", &[("token", "rt-secret-value")], &[])),
+                )
+                .await;
+            let (v, note) = v.event("SecretKeyMissing").await;
+            assert_eq!(note, "Secret \"cam-refresh\" has no key \"refresh_token\"");
+            let (v, status) = v.status_apply().await;
+            let text = status.to_string();
+            assert!(!text.contains("very-secret") && !text.contains("rt-secret-value"));
+            v.done().await;
+        });
+        reconcile(Arc::new(EagleEyeCredential::test()), ctx)
+            .await
+            .unwrap();
+        server.await.unwrap();
+    }
+}

@@ -1,0 +1,211 @@
+//! Prometheus metrics, in the style of cert-manager's expiry gauges. Labels are namespace and
+//! credential names (and a failure reason): never a token or secret.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::crd::EagleEyeCredentialStatus;
+use crate::status::{self, READY};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Credential {
+    pub namespace: String,
+    pub credential: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Failure {
+    pub namespace: String,
+    pub credential: String,
+    pub reason: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+pub struct Metrics {
+    registry: Registry,
+    ready: Family<Credential, Gauge>,
+    access_token_expiry: Family<Credential, FloatGauge>,
+    refresh_token_deadline: Family<Credential, FloatGauge>,
+    refresh_attempts: Family<Credential, Counter>,
+    refresh_failures: Family<Failure, Counter>,
+    refresh_duration: Histogram,
+    reconciles: Counter,
+    reconcile_errors: Counter,
+    leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("eagle_eye"),
+            ready: Family::default(),
+            access_token_expiry: Family::default(),
+            refresh_token_deadline: Family::default(),
+            refresh_attempts: Family::default(),
+            refresh_failures: Family::default(),
+            refresh_duration: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
+            reconciles: Counter::default(),
+            reconcile_errors: Counter::default(),
+            leader: Gauge::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "credential_ready",
+            "1 when the credential's target Secret holds a valid access token",
+            m.ready.clone(),
+        );
+        r.register(
+            "credential_access_token_expiry_seconds",
+            "When the published access token expires (Unix time)",
+            m.access_token_expiry.clone(),
+        );
+        r.register(
+            "credential_refresh_token_deadline_seconds",
+            "When the refresh token dies and a person must log in again (Unix time)",
+            m.refresh_token_deadline.clone(),
+        );
+        r.register(
+            "refresh_attempts",
+            "Refresh attempts against the token endpoint",
+            m.refresh_attempts.clone(),
+        );
+        r.register(
+            "refresh_failures",
+            "Failed refresh attempts by reason",
+            m.refresh_failures.clone(),
+        );
+        r.register(
+            "refresh_duration_seconds",
+            "Latency of token endpoint calls",
+            m.refresh_duration.clone(),
+        );
+        r.register("reconciles", "Reconciles run", m.reconciles.clone());
+        r.register(
+            "reconcile_errors",
+            "Reconciles that ended in an error (retried)",
+            m.reconcile_errors.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            m.leader.clone(),
+        );
+        m
+    }
+}
+
+impl Metrics {
+    /// Mirrors a credential's status into the gauges.
+    pub fn observe_status(&self, labels: &Credential, s: &EagleEyeCredentialStatus) {
+        let ready = status::condition(&s.conditions, READY).is_some_and(|c| c.status == "True");
+        self.ready.get_or_create(labels).set(i64::from(ready));
+        match &s.access_token_expires_at {
+            Some(t) => {
+                self.access_token_expiry
+                    .get_or_create(labels)
+                    .set(t.0.as_second() as f64);
+            }
+            None => {
+                self.access_token_expiry.remove(labels);
+            }
+        }
+        match &s.refresh_token_deadline {
+            Some(t) => {
+                self.refresh_token_deadline
+                    .get_or_create(labels)
+                    .set(t.0.as_second() as f64);
+            }
+            None => {
+                self.refresh_token_deadline.remove(labels);
+            }
+        }
+    }
+
+    pub fn refresh_attempt(&self, labels: &Credential, seconds: f64) {
+        self.refresh_attempts.get_or_create(labels).inc();
+        self.refresh_duration.observe(seconds);
+    }
+
+    pub fn refresh_failure(&self, labels: &Credential, reason: &str) {
+        let f = Failure {
+            namespace: labels.namespace.clone(),
+            credential: labels.credential.clone(),
+            reason: reason.into(),
+        };
+        self.refresh_failures.get_or_create(&f).inc();
+    }
+
+    /// Drops the series of a deleted credential.
+    pub fn forget(&self, labels: &Credential) {
+        self.ready.remove(labels);
+        self.access_token_expiry.remove(labels);
+        self.refresh_token_deadline.remove(labels);
+        self.refresh_attempts.remove(labels);
+    }
+
+    pub fn reconciled(&self, error: bool) {
+        self.reconciles.inc();
+        if error {
+            self.reconcile_errors.inc();
+        }
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::set_condition;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    #[test]
+    fn status_becomes_gauges_and_deleted_credentials_disappear() {
+        let m = Metrics::default();
+        let labels = Credential {
+            namespace: "video".into(),
+            credential: "cam".into(),
+        };
+        let mut s = EagleEyeCredentialStatus::default();
+        let t = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        set_condition(
+            &mut s.conditions,
+            READY,
+            true,
+            "TokenRefreshed",
+            String::new(),
+            None,
+            t,
+        );
+        s.access_token_expires_at = Some(Time(t));
+        m.observe_status(&labels, &s);
+        m.refresh_failure(&labels, "ServerError");
+        let text = m.encode();
+        assert!(
+            text.contains(r#"eagle_eye_credential_ready{namespace="video",credential="cam"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"eagle_eye_credential_access_token_expiry_seconds{namespace="video",credential="cam"} 1800000000"#), "{text}");
+        assert!(text.contains(r#"eagle_eye_refresh_failures_total{namespace="video",credential="cam",reason="ServerError"} 1"#), "{text}");
+        m.forget(&labels);
+        assert!(!m.encode().contains("eagle_eye_credential_ready{"));
+    }
+}

@@ -1,0 +1,308 @@
+//! Operating the operator: two replicas with one leader, failover after SIGKILL, the Lease
+//! released on SIGTERM, and the admin server's health and metrics.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use eagle_eye_operator::standin::{StandIn, StandInConfig};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::PostParams;
+use support::operator::{
+    Operator, create_secrets, credential, login, secret_data, wait_for_reason,
+};
+use support::{env, eventually};
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    match reqwest::get(format!("http://{addr}{path}")).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// The value of a series in OpenMetrics text, e.g. `eagle_eye_leader`.
+fn series(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[tokio::test]
+async fn one_of_two_replicas_leads_and_the_other_takes_over_after_sigkill_without_reuse() {
+    let env = env().await;
+    let si = StandIn::start(StandInConfig {
+        access_ttl: Duration::from_secs(10),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let login = login(&si, "ha-client", true).await;
+    create_secrets(&env, "ha", &login).await;
+    let mut a = Operator::start(&env, &si, &["--instance", "replica-a"]).await;
+    let mut b = Operator::start(&env, &si, &["--instance", "replica-b"]).await;
+    env.api()
+        .create(
+            &PostParams::default(),
+            &credential("ha", &si, serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    wait_for_reason(&env, "ha", "TokenRefreshed", Duration::from_secs(30)).await;
+
+    let (addr_a, addr_b) = (a.admin_addr().await, b.admin_addr().await);
+    let leaders = eventually("exactly one leader", Duration::from_secs(30), || async {
+        let la = series(&get(addr_a, "/metrics").await.1, "eagle_eye_leader")?;
+        let lb = series(&get(addr_b, "/metrics").await.1, "eagle_eye_leader")?;
+        (la + lb == 1.0).then_some((la, lb))
+    })
+    .await;
+    let (leader, follower) = if leaders.0 == 1.0 {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+
+    // A few rotations under the leader, with the follower watching.
+    let rotations = |n: u64| {
+        let si = &si;
+        async move {
+            let start = si.counters().refreshes;
+            eventually(
+                &format!("{n} more refreshes"),
+                Duration::from_secs(60),
+                || async { (si.counters().refreshes >= start + n).then_some(()) },
+            )
+            .await
+        }
+    };
+    rotations(3).await;
+    assert_eq!(si.counters().reused_refresh_tokens, 0);
+
+    leader.kill().await;
+    let killed = Instant::now();
+    rotations(3).await;
+    println!(
+        "the follower took over and refreshed 3 times within {:?} of the SIGKILL",
+        killed.elapsed()
+    );
+    assert!(follower.is_running());
+    assert_eq!(
+        si.counters().reused_refresh_tokens,
+        0,
+        "no token was spent twice across the failover"
+    );
+    let stored = secret_data(&env, "ha-refresh").await.unwrap();
+    assert!(si.refresh_token_is_live(&stored["refresh_token"]));
+    let target = secret_data(&env, "ha-token").await.unwrap();
+    eventually(
+        "a live token published by the new leader",
+        Duration::from_secs(20),
+        || async {
+            let t = secret_data(&env, "ha-token").await?;
+            si.access_token_is_live(&t["access_token"]).then_some(())
+        },
+    )
+    .await;
+    let _ = target;
+}
+
+#[tokio::test]
+async fn sigterm_releases_the_lease_and_the_follower_takes_over() {
+    let env = env().await;
+    let si = StandIn::start(StandInConfig::default()).await.unwrap();
+    let mut a = Operator::start(&env, &si, &["--instance", "first"]).await;
+    let leases = env.api::<Lease>();
+    eventually(
+        "the first replica to hold the Lease",
+        Duration::from_secs(30),
+        || async {
+            let l = leases.get_opt("eagle-eye-operator").await.ok()??;
+            (l.spec?.holder_identity.as_deref() == Some("first")).then_some(())
+        },
+    )
+    .await;
+    let b = Operator::start(&env, &si, &["--instance", "second"]).await;
+    let addr_b = b.admin_addr().await;
+    assert_eq!(
+        get(addr_b, "/readyz").await.0,
+        200,
+        "a follower is a ready hot standby"
+    );
+    let stopping = Instant::now();
+    assert!(a.terminate().await.success(), "clean exit on SIGTERM");
+    let lease = leases
+        .get("eagle-eye-operator")
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    assert_eq!(
+        lease.holder_identity, None,
+        "the Lease was released on exit, not left to expire"
+    );
+    // The follower looks again when the released Lease would have expired (15 s at most).
+    eventually(
+        "the second replica to lead",
+        Duration::from_secs(30),
+        || async {
+            (series(&get(addr_b, "/metrics").await.1, "eagle_eye_leader")? == 1.0).then_some(())
+        },
+    )
+    .await;
+    println!(
+        "handover after SIGTERM took {:?} (the Lease lasts 15 s)",
+        stopping.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn metrics_show_expiry_deadline_and_failures_without_any_token() {
+    let env = env().await;
+    let si = StandIn::start(StandInConfig::default()).await.unwrap();
+    let good = login(&si, "metrics-good", true).await;
+    create_secrets(&env, "good", &good).await;
+    let bad = login(&si, "metrics-bad", true).await;
+    si.end_chain(&bad.grant.refresh_token);
+    create_secrets(&env, "bad", &bad).await;
+    let op = Operator::start(&env, &si, &[]).await;
+    for name in ["good", "bad"] {
+        env.api()
+            .create(
+                &PostParams::default(),
+                &credential(name, &si, serde_json::json!({})),
+            )
+            .await
+            .unwrap();
+    }
+    let good_cr = wait_for_reason(&env, "good", "TokenRefreshed", Duration::from_secs(30)).await;
+    wait_for_reason(
+        &env,
+        "bad",
+        "ReauthorizationRequired",
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let addr = op.admin_addr().await;
+    let ns = &env.namespace;
+    let text = eventually(
+        "both credentials in /metrics",
+        Duration::from_secs(10),
+        || async {
+            let (code, text) = get(addr, "/metrics").await;
+            (code == 200
+                && text.contains(r#"credential="bad""#)
+                && text.contains(r#"credential="good""#))
+            .then_some(text)
+        },
+    )
+    .await;
+    let l = |c: &str| format!(r#"{{namespace="{ns}",credential="{c}"}}"#);
+    assert_eq!(
+        series(&text, &format!("eagle_eye_credential_ready{}", l("good"))),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(&text, &format!("eagle_eye_credential_ready{}", l("bad"))),
+        Some(0.0)
+    );
+    let status = good_cr.status.unwrap();
+    assert_eq!(
+        series(
+            &text,
+            &format!(
+                "eagle_eye_credential_access_token_expiry_seconds{}",
+                l("good")
+            )
+        ),
+        Some(status.access_token_expires_at.unwrap().0.as_second() as f64)
+    );
+    assert_eq!(
+        series(
+            &text,
+            &format!(
+                "eagle_eye_credential_refresh_token_deadline_seconds{}",
+                l("good")
+            )
+        ),
+        Some(status.refresh_token_deadline.unwrap().0.as_second() as f64)
+    );
+    assert!(series(&text, &format!(r#"eagle_eye_refresh_failures_total{{namespace="{ns}",credential="bad",reason="InvalidGrant"}}"#)).unwrap_or(0.0) >= 1.0, "{text}");
+    assert!(
+        series(
+            &text,
+            &format!("eagle_eye_refresh_attempts_total{}", l("good"))
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(series(&text, "eagle_eye_refresh_duration_seconds_count").unwrap() >= 2.0);
+    assert!(series(&text, "eagle_eye_reconciles_total").unwrap() >= 2.0);
+    assert_eq!(series(&text, "eagle_eye_leader"), Some(1.0));
+    for secret in [
+        &good.client_secret,
+        &good.grant.refresh_token,
+        &good.grant.access_token,
+        &bad.grant.refresh_token,
+    ] {
+        assert!(
+            !text.contains(secret.as_str()),
+            "a secret value is in /metrics"
+        );
+    }
+    let target = secret_data(&env, "good-token").await.unwrap();
+    assert!(!text.contains(&target["access_token"]));
+    println!(
+        "{}",
+        text.lines()
+            .filter(|l| l.starts_with("eagle_eye_credential"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[tokio::test]
+async fn readyz_is_false_until_the_api_server_answers_while_healthz_stays_true() {
+    let env = env().await;
+    let si = StandIn::start(StandInConfig::default()).await.unwrap();
+    // A kubeconfig pointing at a port where nothing listens.
+    let dead = std::env::temp_dir().join(format!("dead-kubeconfig-{}", env.namespace));
+    let text = std::fs::read_to_string(env.plane.kubeconfig_path()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("server:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    std::fs::write(
+        &dead,
+        text.replace(&server, &format!("server: https://127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let op = Operator::start_with_kubeconfig(&env, &si, &[], &dead).await;
+    let addr = op.admin_addr().await;
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+    assert_eq!(
+        get(addr, "/readyz").await.0,
+        503,
+        "not ready without an API server"
+    );
+
+    let live = Operator::start(&env, &si, &[]).await;
+    let addr = live.admin_addr().await;
+    eventually(
+        "the connected operator to be ready",
+        Duration::from_secs(30),
+        || async { (get(addr, "/readyz").await.0 == 200).then_some(()) },
+    )
+    .await;
+}
