@@ -1,0 +1,317 @@
+//! The reconcile loop: the one place where the decision core, the token client and the
+//! Kubernetes API meet. Pipeline per credential:
+//! validate -> read Secrets -> finish any pending write-back -> plan -> refresh ->
+//! write back the rotated refresh token -> apply the target Secret -> status.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::Store;
+use kube::{Client, ResourceExt};
+use tracing::{info, instrument, warn};
+
+use crate::crd::EagleEyeCredential;
+use crate::metrics::{self, Metrics};
+use crate::secrets::{self, SecretError};
+use crate::status::{Lifetimes, reason};
+use crate::token::{TokenClient, TokenGrant};
+
+mod reconciler;
+mod report;
+
+use reconciler::Reconciler;
+
+pub const FIELD_MANAGER: &str = "eagle-eye-operator";
+
+/// How often a credential that waits on a person (dead login, missing Secret, bad spec) is
+/// looked at again even without a watch event.
+const WAITING_RECHECK: Duration = Duration::from_secs(300);
+/// A missing Secret is looked for again this often (its creation also triggers a look).
+const MISSING_SECRET_RECHECK: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub allow_http: bool,
+    pub lifetimes: Lifetimes,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub tokens: TokenClient,
+    pub settings: Settings,
+    pub store: Store<EagleEyeCredential>,
+    pub metrics: Arc<Metrics>,
+    /// Rotated refresh tokens received but not yet stored, by credential. Never spent
+    /// again: the next reconcile stores them first.
+    pending: Mutex<HashMap<String, Pending>>,
+    /// `Retry-After` answers, by credential.
+    retry_not_before: Mutex<HashMap<String, Timestamp>>,
+}
+
+struct Pending {
+    spent_fingerprint: String,
+    grant: TokenGrant,
+    received_at: Timestamp,
+    /// Where it belongs, so that shutdown can store it without a reconcile.
+    namespace: String,
+    secret: String,
+    key: String,
+    credential: String,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        tokens: TokenClient,
+        settings: Settings,
+        store: Store<EagleEyeCredential>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Context {
+            client,
+            recorder,
+            tokens,
+            settings,
+            store,
+            metrics,
+            pending: Mutex::default(),
+            retry_not_before: Mutex::default(),
+        }
+    }
+
+    /// True while some rotated token is held only in memory.
+    pub fn has_pending_write_back(&self) -> bool {
+        !lock(&self.pending).is_empty()
+    }
+
+    /// Stores every rotated token still held in memory, retrying until `limit`. Called at
+    /// shutdown, when no reconcile will come to do it. Returns how many could not be stored.
+    pub async fn flush_pending_write_backs(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let keys: Vec<String> = lock(&self.pending).keys().cloned().collect();
+            for k in keys {
+                let Some(p) = lock(&self.pending).remove(&k) else {
+                    continue;
+                };
+                match self.store_pending(&p).await {
+                    Ok(()) => {
+                        info!(credential = %k, "stored the held refresh token before exiting")
+                    }
+                    Err(e) => {
+                        warn!(credential = %k, error = %e, "could not store the held refresh token yet");
+                        lock(&self.pending).insert(k, p);
+                    }
+                }
+            }
+            let left = lock(&self.pending).len();
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                for k in lock(&self.pending).keys() {
+                    tracing::error!(credential = %k, "exiting with a rotated refresh token that could not be stored: the login is lost and needs a new Phase 1 login");
+                }
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn store_pending(&self, p: &Pending) -> Result<(), kube::Error> {
+        let Some(new) = &p.grant.refresh_token else {
+            return Ok(());
+        };
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &p.namespace);
+        let stored = match secrets::read_refresh_token(&api, &p.secret, &p.key, p.received_at).await
+        {
+            Ok(s) => s,
+            Err(SecretError::Api { source, .. }) => return Err(source),
+            // The Secret is gone or emptied: nothing to protect any more.
+            Err(_) => return Ok(()),
+        };
+        if stored.fingerprint != p.spent_fingerprint {
+            return Ok(());
+        }
+        secrets::write_back(&api, &stored, &p.key, new, &p.credential, p.received_at)
+            .await
+            .map(|_| ())
+    }
+}
+
+#[derive(thiserror::Error, Debug)]
+pub enum Error {
+    #[error("writing the status of {0}: {1}")]
+    Status(String, #[source] kube::Error),
+    #[error("applying target Secret {0}: {1}")]
+    Target(String, #[source] kube::Error),
+    #[error("storing the rotated refresh token in Secret {0}: {1}")]
+    WriteBack(String, #[source] kube::Error),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+/// Retries Kubernetes API failures quickly: a rotated token may be waiting to be stored.
+pub fn error_policy(cr: Arc<EagleEyeCredential>, err: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(credential = %key(&cr), error = %err, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+#[instrument(skip_all, fields(credential = %key(&cr)))]
+pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // The cached object may predate this controller's last status write (a reconcile
+    // triggered by our own Secret writes can outrun the watch). Status is rebuilt from the
+    // object, so read it fresh: a stale copy would roll the status back.
+    let api: Api<EagleEyeCredential> =
+        Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    let fresh = match api.get_opt(&cr.name_any()).await {
+        Ok(Some(fresh)) => fresh,
+        Ok(None) => {
+            ctx.metrics.forget(&labels(&cr));
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(Error::Status(key(&cr), e)),
+    };
+    Reconciler::new(&fresh, &ctx).run().await
+}
+
+/// Checks what the API server cannot: the duration syntax and the operator's own policy.
+fn validate(
+    cr: &EagleEyeCredential,
+    settings: &Settings,
+) -> Result<(url::Url, SignedDuration), String> {
+    let spec = &cr.spec;
+    let url = url::Url::parse(&spec.auth_url)
+        .map_err(|e| format!("authUrl {:?} is not a URL: {e}", spec.auth_url))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if settings.allow_http => {}
+        "http" => {
+            return Err(format!(
+                "authUrl {:?} is plain http; the operator refuses it unless started with --allow-insecure-http",
+                spec.auth_url
+            ));
+        }
+        other => return Err(format!("authUrl scheme {other:?} is not supported")),
+    }
+    let refresh_before: SignedDuration = parse_duration(&spec.refresh_before).ok_or_else(|| {
+        format!(
+            "refreshBefore {:?} is not a duration such as 30m or 1h",
+            spec.refresh_before
+        )
+    })?;
+    if refresh_before.is_negative() {
+        return Err("refreshBefore must not be negative".into());
+    }
+    Ok((url, refresh_before))
+}
+
+/// Durations such as `90s`, `30m`, `1h30m` (as the CEL rule accepts them) or `14d`
+/// (days of 24 hours).
+pub fn parse_duration(s: &str) -> Option<SignedDuration> {
+    let span: jiff::Span = s.trim().parse().ok()?;
+    span.to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .ok()
+}
+
+/// Another credential that references the same refresh-token Secret and came first (by
+/// creation time, then name) owns it.
+fn other_claimant(store: &Store<EagleEyeCredential>, cr: &EagleEyeCredential) -> Option<String> {
+    let order = |c: &EagleEyeCredential| {
+        (
+            c.metadata.creation_timestamp.clone().map(|t| t.0),
+            c.name_any(),
+        )
+    };
+    store
+        .state()
+        .into_iter()
+        .filter(|o| {
+            o.namespace() == cr.namespace()
+                && o.name_any() != cr.name_any()
+                && o.metadata.deletion_timestamp.is_none()
+        })
+        .filter(|o| o.spec.refresh_token_secret_ref.name == cr.spec.refresh_token_secret_ref.name)
+        .filter(|o| order(o) < order(cr))
+        .map(|o| o.name_any())
+        .min()
+}
+
+/// A stable number in [0, 1) per credential, so restarts do not bunch refreshes together.
+fn jitter(cr: &EagleEyeCredential) -> f64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    cr.metadata.uid.hash(&mut h);
+    (h.finish() % 10_000) as f64 / 10_000.0
+}
+
+fn static_reason(r: &str) -> &'static str {
+    [
+        reason::TOKEN_REFRESHED,
+        reason::TOKEN_VALID,
+        reason::SECRET_NOT_FOUND,
+        reason::SECRET_KEY_MISSING,
+        reason::INVALID_SPEC,
+        reason::REFRESH_FAILED,
+        reason::REAUTHORIZATION_REQUIRED,
+        reason::REFRESH_TOKEN_IN_USE,
+        reason::WRITE_BACK_PENDING,
+        reason::SUSPENDED,
+    ]
+    .into_iter()
+    .find(|k| *k == r)
+    .unwrap_or(reason::REFRESH_FAILED)
+}
+
+/// Kubernetes keeps times to the second; rounding down here keeps the status, the target
+/// Secret and the schedule in agreement, and errs towards refreshing early.
+fn whole_seconds(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
+fn labels(cr: &EagleEyeCredential) -> metrics::Credential {
+    metrics::Credential {
+        namespace: cr.namespace().unwrap_or_default(),
+        credential: cr.name_any(),
+    }
+}
+
+fn key(cr: &EagleEyeCredential) -> String {
+    format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any())
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means a reconcile panicked; the map itself is intact.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use jiff::SignedDuration;
+
+    #[test]
+    fn durations_parse_in_kubernetes_and_day_forms() {
+        assert_eq!(parse_duration("30m"), Some(SignedDuration::from_mins(30)));
+        assert_eq!(parse_duration("1h30m"), Some(SignedDuration::from_mins(90)));
+        assert_eq!(parse_duration("90s"), Some(SignedDuration::from_secs(90)));
+        assert_eq!(
+            parse_duration("14d"),
+            Some(SignedDuration::from_hours(14 * 24))
+        );
+        assert_eq!(parse_duration("0s"), Some(SignedDuration::ZERO));
+        assert_eq!(parse_duration("soon"), None);
+    }
+}
