@@ -59,6 +59,36 @@ impl<'a> Reconciler<'a> {
         }
     }
 
+    /// What the target Secret publishes now, if it is there and carries our annotations.
+    async fn published(&self) -> Result<Option<schedule::Published>, SecretError> {
+        let name = target::target_name(self.cr);
+        let secret = self
+            .secrets
+            .get_opt(&name)
+            .await
+            .map_err(|source| SecretError::Api { name, source })?;
+        Ok(secret.as_ref().and_then(target::published))
+    }
+
+    fn schedule_inputs(
+        &self,
+        published: Option<schedule::Published>,
+        stored: &StoredToken,
+        refresh_before: SignedDuration,
+    ) -> Inputs {
+        Inputs {
+            now: self.now,
+            published,
+            stored_fingerprint: stored.fingerprint.clone(),
+            rotation: self.rotation(),
+            refresh_before,
+            failures: self.status.failed_refresh_attempts,
+            last_failure: self.status.last_failure_time.as_ref().map(|t| t.0),
+            retry_not_before: lock(&self.ctx.retry_not_before).get(&self.key).copied(),
+            jitter: jitter(self.cr),
+        }
+    }
+
     pub(super) async fn run(mut self) -> Result<Action, Error> {
         let spec = &self.cr.spec;
         if spec.suspend {
@@ -117,28 +147,8 @@ impl<'a> Reconciler<'a> {
             return Ok(action);
         }
 
-        let target_name = target::target_name(self.cr);
-        let published = self
-            .secrets
-            .get_opt(&target_name)
-            .await
-            .map_err(|e| SecretError::Api {
-                name: target_name.clone(),
-                source: e,
-            })?
-            .as_ref()
-            .and_then(target::published);
-        let inputs = Inputs {
-            now: self.now,
-            published: published.clone(),
-            stored_fingerprint: stored.fingerprint.clone(),
-            rotation: self.rotation(),
-            refresh_before,
-            failures: self.status.failed_refresh_attempts,
-            last_failure: self.status.last_failure_time.as_ref().map(|t| t.0),
-            retry_not_before: lock(&self.ctx.retry_not_before).get(&self.key).copied(),
-            jitter: jitter(self.cr),
-        };
+        let published = self.published().await?;
+        let inputs = self.schedule_inputs(published.clone(), &stored, refresh_before);
         match schedule::plan(&inputs) {
             Plan::RefreshAt(at, _) => {
                 self.status.next_refresh_at = Some(Time(at));
@@ -418,25 +428,9 @@ impl<'a> Reconciler<'a> {
                 )
                 .await;
         }
-        let published = self
-            .secrets
-            .get_opt(&target::target_name(self.cr))
-            .await
-            .ok()
-            .flatten()
-            .as_ref()
-            .and_then(target::published);
-        let inputs = Inputs {
-            now: self.now,
-            published: published.clone(),
-            stored_fingerprint: stored.fingerprint.clone(),
-            rotation: self.rotation(),
-            refresh_before: SignedDuration::ZERO,
-            failures: self.status.failed_refresh_attempts,
-            last_failure: Some(self.now),
-            retry_not_before: lock(&self.ctx.retry_not_before).get(&self.key).copied(),
-            jitter: jitter(self.cr),
-        };
+        // Only the retry time matters here, which refreshBefore does not change.
+        let published = self.published().await.unwrap_or(None);
+        let inputs = self.schedule_inputs(published.clone(), stored, SignedDuration::ZERO);
         let at = match schedule::plan(&inputs) {
             Plan::RefreshAt(at, _) => at,
             Plan::RefreshNow(_) => {
