@@ -247,6 +247,7 @@ pub struct EagleEyeCredentialStatus {
     pub target_secret_name: Option<String>,
     /// Failed refresh attempts since the last success.
     #[serde(default)]
+    #[schemars(with = "i32")]
     pub failed_refresh_attempts: u32,
     /// When the last refresh attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,0 +1,269 @@
+//! The operator binary run on the host as the chart's Deployment would run it, with the
+//! chart's ServiceAccount's permissions only (impersonated): enough to bring a credential to
+//! Ready in both scopes, and nothing outside the watched namespaces in namespaced scope.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use eagle_eye_operator::standin::{StandIn, StandInConfig};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+
+use crate::chart::{
+    alert_metric_names, alert_rules, all_options_on, fullname, install, ok, release_name, render,
+    run, scratch, service_account,
+};
+use crate::support::operator::{
+    create_secrets, credential, login, ready, secret_data, wait_for_reason,
+};
+use crate::support::{TestEnv, env};
+
+/// The chart's operator processes watch credentials in namespaces other tests use: a
+/// cluster-scope one would reconcile the namespaced test's credentials. One at a time.
+static OPERATOR_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test]
+async fn the_operator_with_only_the_cluster_scope_rbac_brings_a_credential_to_ready() {
+    let _one_at_a_time = OPERATOR_TESTS.lock().await;
+    let home = env().await;
+    let apps = env().await;
+    let release = release_name(&home);
+    let port = free_port();
+    install(
+        &home,
+        &release,
+        &host_values(json!({"scope": "cluster"}), port),
+    )
+    .await;
+
+    let si = stand_in().await;
+    let login = login(&si, "helm-cluster", true).await;
+    create_secrets(&apps, "cam", &login).await;
+    let cr = credential("cam", &si, json!({}));
+    apps.api()
+        .create(&PostParams::default(), &cr)
+        .await
+        .unwrap();
+    let pod = ChartPod::start(&home, &release, &si).await;
+
+    wait_for_reason(&apps, "cam", "TokenRefreshed", Duration::from_secs(60)).await;
+    let data = secret_data(&apps, "cam-token")
+        .await
+        .expect("target Secret");
+    assert!(si.access_token_is_live(&data["access_token"]));
+    let lease = Api::<Lease>::namespaced(home.client.clone(), &home.namespace)
+        .get("eagle-eye-operator")
+        .await
+        .expect("the Lease in the release namespace");
+    assert_eq!(
+        lease.spec.unwrap().holder_identity.as_deref(),
+        Some(pod.name.as_str())
+    );
+
+    // Every series the chart's alerts use is exposed, with the labels they aggregate by.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let docs = render(&home, &all_options_on(json!({})), &[]).await;
+    for name in alert_metric_names(&alert_rules(&docs)) {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(&name)),
+            "{name} not in /metrics:\n{metrics}"
+        );
+    }
+    let ready_line = metrics
+        .lines()
+        .find(|l| l.starts_with("eagle_eye_credential_ready{") && l.contains(r#"credential="cam""#))
+        .unwrap_or_else(|| panic!("no ready gauge for cam:\n{metrics}"));
+    assert!(
+        ready_line.contains(&format!(r#"namespace="{}""#, apps.namespace)),
+        "{ready_line}"
+    );
+    assert!(ready_line.ends_with(" 1"), "{ready_line}");
+    pod.assert_never_forbidden();
+}
+
+#[tokio::test]
+async fn the_operator_with_only_the_namespaced_rbac_serves_its_namespaces_and_cannot_read_others() {
+    let _one_at_a_time = OPERATOR_TESTS.lock().await;
+    let home = env().await;
+    let (apps, other) = (env().await, env().await);
+    let release = release_name(&home);
+    let values = json!({"scope": "namespaced", "watchNamespaces": [apps.namespace]});
+    install(&home, &release, &host_values(values, free_port())).await;
+
+    let si = stand_in().await;
+    let theirs = login(&si, "helm-unwatched", true).await;
+    create_secrets(&other, "cam", &theirs).await;
+    let cr = credential("cam", &si, json!({}));
+    other
+        .api()
+        .create(&PostParams::default(), &cr)
+        .await
+        .unwrap();
+    let ours = login(&si, "helm-watched", true).await;
+    create_secrets(&apps, "cam", &ours).await;
+    apps.api()
+        .create(&PostParams::default(), &cr)
+        .await
+        .unwrap();
+    let pod = ChartPod::start(&home, &release, &si).await;
+
+    wait_for_reason(&apps, "cam", "TokenRefreshed", Duration::from_secs(60)).await;
+    // By now the other namespace's credential would have been handled too; it was not.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        ready(&other, "cam").await.is_none(),
+        "a credential outside the scope got a status"
+    );
+    assert!(secret_data(&other, "cam-token").await.is_none());
+    assert!(si.refresh_token_is_live(&theirs.grant.refresh_token));
+    // And could not have: as the operator's identity, the other namespace's Secrets are closed.
+    let sa = service_account(&home, &release);
+    let read = [
+        "get",
+        "secret",
+        "cam-client",
+        "-n",
+        &other.namespace,
+        "--as",
+        &sa,
+    ];
+    let denied = run(&home, "kubectl", &read, None).await;
+    assert!(
+        !denied.ok && denied.stderr.contains("forbidden"),
+        "{}",
+        denied.stderr
+    );
+    let read = [
+        "get",
+        "secret",
+        "cam-client",
+        "-n",
+        &apps.namespace,
+        "--as",
+        &sa,
+        "-o",
+        "name",
+    ];
+    ok(&home, "kubectl", &read, None).await;
+    pod.assert_never_forbidden();
+}
+
+/// The chart's operator container run as a host process: the installed Deployment's args
+/// and env (downward-API fields filled in as the kubelet would), and a kubeconfig that
+/// impersonates the chart's ServiceAccount, so only the chart's RBAC applies.
+struct ChartPod {
+    name: String,
+    log: PathBuf,
+    _child: tokio::process::Child,
+}
+
+impl ChartPod {
+    async fn start(home: &TestEnv, release: &str, stand_in: &StandIn) -> ChartPod {
+        let deployment = Api::<Deployment>::namespaced(home.client.clone(), &home.namespace)
+            .get(&fullname(release))
+            .await
+            .unwrap();
+        let spec = deployment.spec.template.spec.unwrap();
+        let container = &spec.containers[0];
+        let name = format!("{}-0", fullname(release));
+        let mut vars: Vec<(String, String)> = container
+            .env
+            .iter()
+            .flatten()
+            .map(|e| {
+                let field = e.value_from.as_ref().and_then(|v| v.field_ref.as_ref());
+                let value = match field.map(|f| f.field_path.as_str()) {
+                    None => e.value.clone().unwrap_or_default(),
+                    Some("metadata.name") => name.clone(),
+                    Some("metadata.namespace") => home.namespace.clone(),
+                    Some(other) => panic!("no stand-in for the downward-API field {other}"),
+                };
+                (e.name.clone(), value)
+            })
+            .collect();
+        let dir = scratch(home);
+        if let Some(pem) = stand_in.ca_pem() {
+            // In a cluster this is authCaSecret's mount; here a file on the host.
+            let ca = dir.join("auth-ca.pem");
+            std::fs::write(&ca, pem).unwrap();
+            vars.push((
+                "EAGLE_EYE_AUTH_CA_FILE".into(),
+                ca.to_string_lossy().into_owned(),
+            ));
+        }
+        let sa = format!(
+            "system:serviceaccount:{}:{}",
+            home.namespace,
+            spec.service_account_name.unwrap()
+        );
+        let kubeconfig = dir.join("kubeconfig-as-service-account");
+        std::fs::write(
+            &kubeconfig,
+            impersonating(home.plane.kubeconfig_path(), &sa),
+        )
+        .unwrap();
+        let log = dir.join("operator.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_eagle-eye-operator"))
+            .args(container.args.iter().flatten())
+            .envs(vars)
+            .env("KUBECONFIG", &kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting the operator binary");
+        ChartPod {
+            name,
+            log,
+            _child: child,
+        }
+    }
+
+    /// Every API call the operator made was allowed: the chart's RBAC is not merely enough
+    /// eventually, after retries of denied requests.
+    fn assert_never_forbidden(&self) {
+        let logs = std::fs::read_to_string(&self.log).unwrap();
+        assert!(
+            !logs.to_lowercase().contains("forbidden"),
+            "denied API calls:\n{logs}"
+        );
+    }
+}
+
+/// The admin kubeconfig with every user impersonating `user` (the admin may impersonate).
+fn impersonating(kubeconfig: &Path, user: &str) -> String {
+    let mut config: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap();
+    for entry in config["users"].as_sequence_mut().unwrap() {
+        entry["user"]["as"] = user.into();
+    }
+    serde_yaml::to_string(&config).unwrap()
+}
+
+/// Values for an operator run on the host: its own admin port, and the stand-in's loopback
+/// address accepted as an API base.
+fn host_values(mut values: Value, admin_port: u16) -> Value {
+    values["adminPort"] = admin_port.into();
+    values["allowedApiHosts"] = json!(["127.0.0.1", "localhost"]);
+    values["logLevel"] = "info,eagle_eye_operator=debug".into();
+    values
+}
+
+async fn stand_in() -> StandIn {
+    StandIn::start(StandInConfig::default()).await.unwrap()
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
