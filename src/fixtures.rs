@@ -91,7 +91,14 @@ pub fn testcontext() -> (Arc<Context>, ApiServerVerifier) {
     };
     let store = Writer::<EagleEyeCredential>::default().as_reader();
     (
-        Arc::new(Context::new(client, recorder, tokens, settings, store, Default::default())),
+        Arc::new(Context::new(
+            client,
+            recorder,
+            tokens,
+            settings,
+            store,
+            Default::default(),
+        )),
         ApiServerVerifier(handle),
     )
 }
