@@ -124,13 +124,17 @@ up() {
   echo "export KUBECONFIG=$state_dir/kubeconfig"
 }
 
+# Exited processes whose parent is gone stay listed as zombies where init does not reap
+# them; they are not running.
+alive() { [[ -r /proc/$1/status ]] && ! grep -q '^State:.*zombie' "/proc/$1/status"; }
+
 down() {
   if [[ -f "$state_dir/pids" ]]; then
     # Reverse order: controller-manager, then apiserver, then etcd.
     for pid in $(tac "$state_dir/pids"); do kill "$pid" 2>/dev/null || true; done
     for pid in $(tac "$state_dir/pids"); do
-      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.1; done
+      if alive "$pid"; then kill -9 "$pid" 2>/dev/null || true; fi
     done
   fi
   rm -rf "$state_dir"

@@ -47,10 +47,7 @@ fn up_gives_a_real_v1_37_cluster_and_down_leaves_nothing_behind() {
 
     script("down");
     for pid in pids.lines() {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "process {pid} survived `down`"
-        );
+        assert!(!running(pid), "process {pid} survived `down`");
     }
     assert!(!state.exists(), "`down` removes its files");
 }
