@@ -35,6 +35,12 @@ pub enum Command {
     /// Start a throwaway local cluster, an Eagle Eye auth stand-in, the operator and a
     /// sample credential, show the result, and keep refreshing until Ctrl-C.
     Sandbox(crate::sandbox::SandboxArgs),
+    /// Phase 1 login: log in to Eagle Eye in a browser and store the refresh token and the
+    /// EagleEyeCredential for the operator. Run it again for the 90-day re-login.
+    Authorize(crate::authorize::AuthorizeArgs),
+    /// Health of EagleEyeCredentials: a table, or one credential in depth. Exits 3 when
+    /// any credential shown is not Ready.
+    Status(crate::status_cli::StatusArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -48,6 +54,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sandbox(args) => {
             crate::logging::init(cli.log_format);
             crate::sandbox::run(args).await
+        }
+        Command::Authorize(args) => {
+            crate::kubectl::init_logging(cli.log_format);
+            crate::authorize::run(args).await
+        }
+        Command::Status(args) => {
+            crate::kubectl::init_logging(cli.log_format);
+            crate::status_cli::run(args).await
         }
         Command::Crd => {
             print!("{}", crd_yaml());

@@ -3,11 +3,13 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod authorize;
 pub mod cli;
 pub mod controller;
 pub mod crd;
 #[cfg(test)]
 mod fixtures;
+pub mod kubectl;
 pub mod logging;
 pub mod metrics;
 pub mod operator;
@@ -16,6 +18,7 @@ pub mod schedule;
 pub mod secrets;
 pub mod standin;
 pub mod status;
+pub mod status_cli;
 pub mod target;
 pub mod testbed;
 pub mod token;
