@@ -22,6 +22,9 @@ pub struct Cli {
         default_value = "text"
     )]
     pub log_format: crate::logging::Format,
+    /// Log level or filter, e.g. `debug` or `info,eagle_eye_operator=debug`. Overrides RUST_LOG.
+    #[arg(long, global = true, env = "EAGLE_EYE_LOG_LEVEL")]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -46,21 +49,21 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
-            crate::logging::init(cli.log_format);
+            crate::logging::init(cli.log_format, cli.log_level.as_deref());
             let client = kube::Client::try_default().await?;
             crate::operator::run(client, *args, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sandbox(args) => {
-            crate::logging::init(cli.log_format);
+            crate::logging::init(cli.log_format, cli.log_level.as_deref());
             crate::sandbox::run(args).await
         }
         Command::Authorize(args) => {
-            crate::kubectl::init_logging(cli.log_format);
+            crate::kubectl::init_logging(cli.log_format, cli.log_level.as_deref());
             crate::authorize::run(args).await
         }
         Command::Status(args) => {
-            crate::kubectl::init_logging(cli.log_format);
+            crate::kubectl::init_logging(cli.log_format, cli.log_level.as_deref());
             crate::status_cli::run(args).await
         }
         Command::Crd => {

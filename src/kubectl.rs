@@ -59,8 +59,8 @@ impl KubeArgs {
 }
 
 /// The kubectl-like commands talk to a person: they log only when RUST_LOG asks for it.
-pub fn init_logging(format: crate::logging::Format) {
-    if std::env::var_os("RUST_LOG").is_some() {
-        crate::logging::init(format);
+pub fn init_logging(format: crate::logging::Format, level: Option<&str>) {
+    if level.is_some() || std::env::var_os("RUST_LOG").is_some() {
+        crate::logging::init(format, level);
     }
 }

@@ -1,4 +1,5 @@
-//! Log output: human-readable text or JSON lines, level from RUST_LOG. Nothing logged
+//! Log output: human-readable text or JSON lines, level from `--log-level`, else RUST_LOG,
+//! else `info`. Nothing logged
 //! anywhere in the operator carries a token or secret value; tests scan for it.
 
 use tracing_subscriber::EnvFilter;
@@ -10,8 +11,12 @@ pub enum Format {
     Json,
 }
 
-pub fn init(format: Format) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// `level` is a level or a filter such as `info,eagle_eye_operator=debug`.
+pub fn init(format: Format, level: Option<&str>) {
+    let filter = match level {
+        Some(level) => EnvFilter::new(level),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -606,3 +606,32 @@ async fn plain_http_auth_url_is_refused_unless_the_operator_allows_it() {
     let _op = Operator::start(&env, &si, &["--allow-insecure-http"]).await;
     wait_for_reason(&env, "plain", "TokenRefreshed", Duration::from_secs(30)).await;
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_at_the_level_asked_for() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let login = login(&si, "json-client", true).await;
+    create_secrets(&env, "json", &login).await;
+    // The fixture sets RUST_LOG to debug; the flag wins over it.
+    let op = Operator::start(&env, &si, &["--log-format", "json", "--log-level", "info"]).await;
+    env.api()
+        .create(
+            &PostParams::default(),
+            &credential("json", &si, serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    wait_for_reason(&env, "json", "TokenRefreshed", Duration::from_secs(30)).await;
+    let logs = op.logs();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().any(|l| l["message"] == "refreshing"), "{logs}");
+    assert!(
+        lines.iter().all(|l| l["level"] != "DEBUG"),
+        "--log-level info overrides RUST_LOG"
+    );
+}

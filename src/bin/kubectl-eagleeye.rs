@@ -27,7 +27,7 @@ enum PluginCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let plugin = Plugin::parse();
-    eagle_eye_operator::kubectl::init_logging(eagle_eye_operator::logging::Format::Text);
+    eagle_eye_operator::kubectl::init_logging(eagle_eye_operator::logging::Format::Text, None);
     let result = match plugin.command {
         PluginCommand::Authorize(args) => eagle_eye_operator::authorize::run(args).await,
         PluginCommand::Status(args) => eagle_eye_operator::status_cli::run(args).await,
