@@ -12,7 +12,7 @@ use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::store::Writer;
 
-use crate::controller::{Context, Settings};
+use crate::controller::{Context, HeldTokens, Leadership, Settings, Shared};
 use crate::crd::EagleEyeCredential;
 use crate::status::Lifetimes;
 use crate::token::{TokenClient, TokenClientOptions};
@@ -97,7 +97,11 @@ pub fn testcontext() -> (Arc<Context>, ApiServerVerifier) {
             tokens,
             settings,
             store,
-            Default::default(),
+            Shared {
+                metrics: Default::default(),
+                held: HeldTokens::default(),
+                leadership: Leadership::unchecked(),
+            },
         )),
         ApiServerVerifier(handle),
     )
@@ -217,6 +221,11 @@ mod tests {
             let v = verifier
                 .get_credential(&EagleEyeCredential::test())
                 .await
+                .get_secret(
+                    "cam-refresh",
+                    Some(&secret("cam-refresh", &[("refresh_token", "rt-1")], &[])),
+                )
+                .await
                 .get_secret("cam-client", None)
                 .await;
             let (v, note) = v.event("SecretNotFound").await;
@@ -259,17 +268,17 @@ mod tests {
                 .get_credential(&EagleEyeCredential::test())
                 .await
                 .get_secret(
+                    "cam-refresh",
+                    Some(&secret("cam-refresh", &[("refresh_token", "rt-1")], &[])),
+                )
+                .await
+                .get_secret(
                     "cam-client",
                     Some(&secret(
                         "cam-client",
                         &[("client_id", "id"), ("client_secret", "cs")],
                         &[],
                     )),
-                )
-                .await
-                .get_secret(
-                    "cam-refresh",
-                    Some(&secret("cam-refresh", &[("refresh_token", "rt-1")], &[])),
                 )
                 .await
                 .get_secret("cam-token", Some(&target))
@@ -296,17 +305,17 @@ mod tests {
                 .get_credential(&EagleEyeCredential::test())
                 .await
                 .get_secret(
+                    "cam-refresh",
+                    Some(&secret("cam-refresh", &[("token", "rt-secret-value")], &[])),
+                )
+                .await
+                .get_secret(
                     "cam-client",
                     Some(&secret(
                         "cam-client",
                         &[("client_id", "id"), ("client_secret", "very-secret")],
                         &[],
                     )),
-                )
-                .await
-                .get_secret(
-                    "cam-refresh",
-                    Some(&secret("cam-refresh", &[("token", "rt-secret-value")], &[])),
                 )
                 .await;
             let (v, note) = v.event("SecretKeyMissing").await;

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 use crate::admin::{self, Health};
 use crate::metrics::Metrics;
 
-use crate::controller::{self, Context, Settings, parse_duration};
+use crate::controller::{self, Context, HeldTokens, Leadership, Settings, Shared, parse_duration};
 use crate::crd::EagleEyeCredential;
 use crate::status::Lifetimes;
 use crate::token::{EAGLE_EYE_API_HOSTS, TokenClient, TokenClientOptions};
@@ -53,8 +53,9 @@ pub struct RunArgs {
     /// How long before the refresh token's deadline `ReloginSoon` turns true.
     #[arg(long, default_value = "7d", value_parser = duration)]
     pub relogin_warning: jiff::SignedDuration,
-    /// Time limit of one call to the token endpoint.
-    #[arg(long, default_value = "30s", value_parser = duration)]
+    /// Time limit of one call to the token endpoint. With leader election it must stay
+    /// within the Lease's renewal margin, so at most 10s.
+    #[arg(long, default_value = "10s", value_parser = duration)]
     pub token_timeout: jiff::SignedDuration,
     /// Name reported on Events and held in the Lease (the pod name in a cluster).
     #[arg(long, env = "POD_NAME", default_value = "eagle-eye-operator")]
@@ -134,6 +135,30 @@ pub async fn run(
     .await
     .with_context(|| format!("binding the admin port {}", args.admin_port))?;
     info!(%addr, "admin server listening (/healthz, /readyz, /metrics)");
+    let token_timeout =
+        std::time::Duration::try_from(args.token_timeout).context("--token-timeout")?;
+    let leadership = if args.no_leader_election {
+        Leadership::unchecked()
+    } else {
+        // A refresh starts only while the Lease has more than the call's time limit left,
+        // so a follower can never take over in the middle of one.
+        let margin = token_timeout + std::time::Duration::from_secs(1);
+        anyhow::ensure!(
+            margin.as_secs() < LEASE_SECONDS - LEASE_GRACE_SECONDS / 2,
+            "--token-timeout {token_timeout:?} is too long for a {LEASE_SECONDS}s Lease: at most 10s"
+        );
+        Leadership::lease(
+            Api::namespaced(client.clone(), &args.lease_namespace),
+            &args.lease_name,
+            &args.instance,
+            margin,
+        )
+    };
+    let mut namespaces = args.namespaces.clone();
+    namespaces.retain(|n| !n.trim().is_empty());
+    namespaces.sort();
+    namespaces.dedup();
+    let args = RunArgs { namespaces, ..args };
     let parts = Parts {
         client: client.clone(),
         tokens,
@@ -141,12 +166,18 @@ pub async fn run(
         metrics: metrics.clone(),
         health: health.clone(),
         args: args.clone(),
+        shared: Shared {
+            metrics: metrics.clone(),
+            held: HeldTokens::default(),
+            leadership,
+        },
     };
     let shutdown = Box::pin(shutdown).shared();
 
     if args.no_leader_election {
         metrics.set_leader(true);
         parts.run_controllers(shutdown).await;
+        parts.shared.held.report_lost();
         return Ok(());
     }
     // Until the API server answers, /healthz says alive and /readyz says not ready.
@@ -176,8 +207,19 @@ pub async fn run(
     let (leading, lease_task) = manager.watch().await;
     loop {
         let mut wait_leading = leading.clone();
+        // While following, keep trying to store any token held from the last term.
+        let retry_held = async {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                if !parts.shared.held.is_empty() {
+                    let held = &parts.shared.held;
+                    held.flush(&parts.client, std::time::Duration::ZERO).await;
+                }
+            }
+        };
         tokio::select! {
             _ = shutdown.clone() => break,
+            _ = retry_held => {}
             became = wait_leading.wait_for(|l| *l) => {
                 if became.is_err() {
                     anyhow::bail!("the Lease manager stopped");
@@ -200,6 +242,7 @@ pub async fn run(
         }
         warn!("lost the Lease: controllers stopped, waiting to lead again");
     }
+    parts.shared.held.report_lost();
     drop(leading);
     match lease_task.await {
         Ok(Ok(_)) => info!("released the Lease"),
@@ -223,6 +266,7 @@ struct Parts {
     metrics: Arc<Metrics>,
     health: Health,
     args: RunArgs,
+    shared: Shared,
 }
 
 impl Parts {
@@ -242,7 +286,6 @@ impl Parts {
             self.args.namespaces.iter().cloned().map(Some).collect()
         };
         info!(?namespaces, "starting controllers");
-        let mut contexts = Vec::new();
         let mut stores = Vec::new();
         let controllers: Vec<_> = namespaces
             .into_iter()
@@ -265,9 +308,8 @@ impl Parts {
                     self.tokens.clone(),
                     self.settings.clone(),
                     store.clone(),
-                    self.metrics.clone(),
+                    self.shared.clone(),
                 ));
-                contexts.push(ctx.clone());
                 // Metadata only, paged: memory does not grow with the Secrets in the cluster.
                 let secret_events =
                     watcher::watcher(secrets, watcher::Config::default().page_size(100))
@@ -300,10 +342,8 @@ impl Parts {
         });
         futures::future::join_all(controllers).await;
         synced.abort();
-        for ctx in contexts {
-            if ctx.has_pending_write_back() {
-                ctx.flush_pending_write_backs(FLUSH_LIMIT).await;
-            }
+        if !self.shared.held.is_empty() {
+            self.shared.held.flush(&self.client, FLUSH_LIMIT).await;
         }
         info!("controllers stopped");
     }

@@ -66,9 +66,12 @@ pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Longest `Retry-After` honoured; a server asking for more is retried after this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
-/// Non-rotating tokens are renewed this long after expiry (the server returns the active
-/// token until then), and a failed retry aims at least this long before the token dies.
+/// A failed retry aims at least this long before the access token dies.
 pub const EXPIRY_MARGIN: SignedDuration = SignedDuration::from_secs(1);
+/// Non-rotating tokens are renewed this long after their published expiry: the server hands
+/// back the active token until it expires, and the published expiry (whole seconds from the
+/// answer, with the server's rounded-down `expires_in`) can be up to two seconds early.
+pub const NON_ROTATING_RENEW_AFTER: SignedDuration = SignedDuration::from_secs(2);
 /// The most that jitter moves a planned refresh earlier.
 const MAX_JITTER: SignedDuration = SignedDuration::from_secs(30);
 
@@ -94,7 +97,7 @@ pub fn due_at(
     jitter: f64,
 ) -> Timestamp {
     if rotation == Rotation::NonRotating {
-        return p.expires_at + EXPIRY_MARGIN;
+        return p.expires_at + NON_ROTATING_RENEW_AFTER;
     }
     let lifetime = p
         .expires_at
@@ -236,7 +239,7 @@ mod tests {
                     rotation: Rotation::NonRotating,
                     ..inputs(60, Some(published(0, 3600)))
                 },
-                Plan::RefreshAt(t(3601), Why::Due),
+                Plan::RefreshAt(t(3602), Why::Due),
             ),
             (
                 "a refresh Before of zero refreshes at expiry",

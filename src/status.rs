@@ -18,6 +18,7 @@ pub mod reason {
     pub const REAUTHORIZATION_REQUIRED: &str = "ReauthorizationRequired";
     pub const REFRESH_TOKEN_IN_USE: &str = "RefreshTokenInUse";
     pub const WRITE_BACK_PENDING: &str = "WriteBackPending";
+    pub const PUBLISH_FAILED: &str = "PublishFailed";
     pub const SUSPENDED: &str = "Suspended";
     pub const DEADLINE_NEAR: &str = "DeadlineNear";
     pub const DEADLINE_FAR: &str = "DeadlineFar";

@@ -190,6 +190,7 @@ impl TokenClient {
                 operation,
                 field: m.field,
                 problem: m.problem,
+                refresh_token: m.refresh_token,
             }
         })
     }

@@ -635,3 +635,99 @@ async fn json_logs_are_one_object_per_line_at_the_level_asked_for() {
         "--log-level info overrides RUST_LOG"
     );
 }
+
+#[tokio::test]
+async fn a_rotated_token_in_an_answer_that_fails_validation_is_still_stored() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let login = login(&si, "foreign-client", true).await;
+    create_secrets(&env, "foreign", &login).await;
+    // The server rotates the token but names an API host outside the allow-list.
+    si.inject(Fault::ForeignApiHost, 1);
+    let _op = Operator::start(&env, &si, &[]).await;
+    env.api()
+        .create(
+            &PostParams::default(),
+            &credential("foreign", &si, serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    let failing = wait_for_reason(&env, "foreign", "RefreshFailed", Duration::from_secs(30)).await;
+    let message = &failing
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("MalformedResponse") && message.contains("httpsBaseUrl"),
+        "{message}"
+    );
+    let stored = secret_data(&env, "foreign-refresh").await.unwrap();
+    assert_ne!(
+        stored["refresh_token"], login.grant.refresh_token,
+        "the rotated token was stored"
+    );
+    assert!(
+        secret_data(&env, "foreign-token").await.is_none(),
+        "nothing from the foreign answer was published"
+    );
+
+    wait_for_reason(&env, "foreign", "TokenRefreshed", Duration::from_secs(30)).await;
+    assert_eq!(
+        si.counters().reused_refresh_tokens,
+        0,
+        "the dead token was never spent again"
+    );
+    let data = secret_data(&env, "foreign-token").await.unwrap();
+    assert!(api_accepts(&si, &data["base_url"], &data["access_token"]).await);
+}
+
+#[tokio::test]
+async fn a_failed_publish_is_retried_without_spending_the_token_again() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let login = login(&si, "blocked-client", true).await;
+    create_secrets(&env, "blocked", &login).await;
+    // An immutable Secret where the target should go: every apply to it is refused.
+    let mut blocker = secret("blocked-token", &[("access_token", "placeholder")]);
+    blocker.immutable = Some(true);
+    env.api::<Secret>()
+        .create(&PostParams::default(), &blocker)
+        .await
+        .unwrap();
+    let op = Operator::start(&env, &si, &[]).await;
+    env.api()
+        .create(
+            &PostParams::default(),
+            &credential("blocked", &si, serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    wait_for_reason(&env, "blocked", "PublishFailed", Duration::from_secs(30)).await;
+    // Let the error policy retry a few times.
+    eventually(
+        "three failed publish attempts",
+        Duration::from_secs(30),
+        || async {
+            (op.current_logs().matches("applying target Secret").count() >= 3).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        si.counters().refreshes,
+        1,
+        "retries publish the answer they hold; they do not refresh"
+    );
+
+    env.api::<Secret>()
+        .delete("blocked-token", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for_reason(&env, "blocked", "TokenRefreshed", Duration::from_secs(60)).await;
+    assert_eq!(si.counters().refreshes, 1, "the held answer was published");
+    let data = secret_data(&env, "blocked-token").await.unwrap();
+    assert!(api_accepts(&si, &data["base_url"], &data["access_token"]).await);
+}

@@ -9,22 +9,27 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
-use tracing::{info, instrument, warn};
+use tracing::{instrument, warn};
 
 use crate::crd::EagleEyeCredential;
 use crate::metrics::{self, Metrics};
-use crate::secrets::{self, SecretError};
+use crate::schedule;
+use crate::secrets::SecretError;
 use crate::status::{Lifetimes, reason};
-use crate::token::{TokenClient, TokenGrant};
+use crate::token::TokenClient;
 
+mod held;
+mod leadership;
 mod reconciler;
 mod report;
+
+pub use held::HeldTokens;
+pub use leadership::Leadership;
 
 use reconciler::Reconciler;
 
@@ -49,22 +54,22 @@ pub struct Context {
     pub settings: Settings,
     pub store: Store<EagleEyeCredential>,
     pub metrics: Arc<Metrics>,
-    /// Rotated refresh tokens received but not yet stored, by credential. Never spent
-    /// again: the next reconcile stores them first.
-    pending: Mutex<HashMap<String, Pending>>,
+    /// Tokens received but not yet stored or published: settled before anything else.
+    pub held: HeldTokens,
+    /// Whether this replica may spend a refresh token right now.
+    pub leadership: Leadership,
     /// `Retry-After` answers, by credential.
     retry_not_before: Mutex<HashMap<String, Timestamp>>,
+    /// Consecutive Kubernetes API failures, by credential, for the error policy's backoff.
+    api_failures: Mutex<HashMap<String, u32>>,
 }
 
-struct Pending {
-    spent_fingerprint: String,
-    grant: TokenGrant,
-    received_at: Timestamp,
-    /// Where it belongs, so that shutdown can store it without a reconcile.
-    namespace: String,
-    secret: String,
-    key: String,
-    credential: String,
+/// What every controller of the process shares, across leadership terms.
+#[derive(Clone)]
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub held: HeldTokens,
+    pub leadership: Leadership,
 }
 
 impl Context {
@@ -74,7 +79,7 @@ impl Context {
         tokens: TokenClient,
         settings: Settings,
         store: Store<EagleEyeCredential>,
-        metrics: Arc<Metrics>,
+        shared: Shared,
     ) -> Self {
         Context {
             client,
@@ -82,66 +87,12 @@ impl Context {
             tokens,
             settings,
             store,
-            metrics,
-            pending: Mutex::default(),
+            metrics: shared.metrics,
+            held: shared.held,
+            leadership: shared.leadership,
             retry_not_before: Mutex::default(),
+            api_failures: Mutex::default(),
         }
-    }
-
-    /// True while some rotated token is held only in memory.
-    pub fn has_pending_write_back(&self) -> bool {
-        !lock(&self.pending).is_empty()
-    }
-
-    /// Stores every rotated token still held in memory, retrying until `limit`. Called at
-    /// shutdown, when no reconcile will come to do it. Returns how many could not be stored.
-    pub async fn flush_pending_write_backs(&self, limit: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let keys: Vec<String> = lock(&self.pending).keys().cloned().collect();
-            for k in keys {
-                let Some(p) = lock(&self.pending).remove(&k) else {
-                    continue;
-                };
-                match self.store_pending(&p).await {
-                    Ok(()) => {
-                        info!(credential = %k, "stored the held refresh token before exiting")
-                    }
-                    Err(e) => {
-                        warn!(credential = %k, error = %e, "could not store the held refresh token yet");
-                        lock(&self.pending).insert(k, p);
-                    }
-                }
-            }
-            let left = lock(&self.pending).len();
-            if left == 0 || tokio::time::Instant::now() >= deadline {
-                for k in lock(&self.pending).keys() {
-                    tracing::error!(credential = %k, "exiting with a rotated refresh token that could not be stored: the login is lost and needs a new Phase 1 login");
-                }
-                return left;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    async fn store_pending(&self, p: &Pending) -> Result<(), kube::Error> {
-        let Some(new) = &p.grant.refresh_token else {
-            return Ok(());
-        };
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &p.namespace);
-        let stored = match secrets::read_refresh_token(&api, &p.secret, &p.key, p.received_at).await
-        {
-            Ok(s) => s,
-            Err(SecretError::Api { source, .. }) => return Err(source),
-            // The Secret is gone or emptied: nothing to protect any more.
-            Err(_) => return Ok(()),
-        };
-        if stored.fingerprint != p.spent_fingerprint {
-            return Ok(());
-        }
-        secrets::write_back(&api, &stored, &p.key, new, &p.credential, p.received_at)
-            .await
-            .map(|_| ())
     }
 }
 
@@ -157,11 +108,21 @@ pub enum Error {
     Secret(#[from] SecretError),
 }
 
-/// Retries Kubernetes API failures quickly: a rotated token may be waiting to be stored.
-pub fn error_policy(cr: Arc<EagleEyeCredential>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(credential = %key(&cr), error = %err, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(2))
+/// Kubernetes API failures back off from 1 s to at most 30 s: a rotated token may be
+/// waiting to be stored, so the retry must not wait long.
+pub fn error_policy(cr: Arc<EagleEyeCredential>, err: &Error, ctx: Arc<Context>) -> Action {
+    let failures = {
+        let mut map = lock(&ctx.api_failures);
+        let n = map.entry(key(&cr)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let wait = schedule::backoff(failures, jitter(&cr)).min(MAX_API_RETRY);
+    warn!(credential = %key(&cr), error = %err, attempt = failures, retry_in = ?wait, "reconcile failed; retrying");
+    Action::requeue(wait)
 }
+
+const MAX_API_RETRY: Duration = Duration::from_secs(30);
 
 #[instrument(skip_all, fields(credential = %key(&cr)))]
 pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -174,11 +135,19 @@ pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result
         Ok(Some(fresh)) => fresh,
         Ok(None) => {
             ctx.metrics.forget(&labels(&cr));
+            // A token held for a deleted credential still belongs in its Secret.
+            if let Some(held) = ctx.held.take(&key(&cr)) {
+                ctx.held.store_or_keep(&ctx.client, &key(&cr), held).await;
+            }
             return Ok(Action::await_change());
         }
         Err(e) => return Err(Error::Status(key(&cr), e)),
     };
-    Reconciler::new(&fresh, &ctx).run().await
+    let result = Reconciler::new(&fresh, &ctx).run().await;
+    if result.is_ok() {
+        lock(&ctx.api_failures).remove(&key(&cr));
+    }
+    result
 }
 
 /// Checks what the API server cannot: the duration syntax and the operator's own policy.
@@ -187,15 +156,18 @@ fn validate(
     settings: &Settings,
 ) -> Result<(url::Url, SignedDuration), String> {
     let spec = &cr.spec;
-    let url = url::Url::parse(&spec.auth_url)
-        .map_err(|e| format!("authUrl {:?} is not a URL: {e}", spec.auth_url))?;
+    // The URL is not quoted back: a malformed one could carry a password.
+    let url = url::Url::parse(&spec.auth_url).map_err(|e| format!("authUrl is not a URL: {e}"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("authUrl must not contain a user name or password".into());
+    }
     match url.scheme() {
         "https" => {}
         "http" if settings.allow_http => {}
         "http" => {
             return Err(format!(
-                "authUrl {:?} is plain http; the operator refuses it unless started with --allow-insecure-http",
-                spec.auth_url
+                "authUrl {} is plain http; the operator refuses it unless started with --allow-insecure-http",
+                url.origin().ascii_serialization()
             ));
         }
         other => return Err(format!("authUrl scheme {other:?} is not supported")),
@@ -261,6 +233,7 @@ fn static_reason(r: &str) -> &'static str {
         reason::REAUTHORIZATION_REQUIRED,
         reason::REFRESH_TOKEN_IN_USE,
         reason::WRITE_BACK_PENDING,
+        reason::PUBLISH_FAILED,
         reason::SUSPENDED,
     ]
     .into_iter()
@@ -278,6 +251,15 @@ fn labels(cr: &EagleEyeCredential) -> metrics::Credential {
     metrics::Credential {
         namespace: cr.namespace().unwrap_or_default(),
         credential: cr.name_any(),
+    }
+}
+
+/// A Kubernetes error for a condition or Event: the status code and reason of an API
+/// answer, never its message (an admission webhook could echo the object back).
+fn kube_reason(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("the API server answered {} {}", s.code, s.reason),
+        _ => "the API server could not be reached".into(),
     }
 }
 

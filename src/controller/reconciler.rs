@@ -9,18 +9,19 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, info};
 
 use crate::crd::{EagleEyeCredential, EagleEyeCredentialStatus, RotationMode};
 use crate::schedule::{self, Inputs, Plan};
 use crate::secrets::{self, SecretError, StoredToken, WriteBack};
 use crate::status::reason;
-use crate::target::{self, Publication, fingerprint};
+use crate::target::{self, Publication};
 use crate::token::{ErrorClass, TokenError, TokenGrant};
 
+use super::held::Held;
 use super::{
-    Context, Error, FIELD_MANAGER, Pending, WAITING_RECHECK, jitter, key, labels, lock,
+    Context, Error, FIELD_MANAGER, WAITING_RECHECK, jitter, key, kube_reason, labels, lock,
     other_claimant, validate, whole_seconds,
 };
 
@@ -59,6 +60,16 @@ impl<'a> Reconciler<'a> {
         }
     }
 
+    /// The stored refresh token; Kubernetes API failures are errors, a missing Secret or
+    /// key is a result to report.
+    async fn read_refresh_token(&self) -> Result<Result<StoredToken, SecretError>, Error> {
+        let r = &self.cr.spec.refresh_token_secret_ref;
+        match secrets::read_refresh_token(&self.secrets, &r.name, &r.key, self.now).await {
+            Err(e @ SecretError::Api { .. }) => Err(e.into()),
+            other => Ok(other),
+        }
+    }
+
     /// What the target Secret publishes now, if it is there and carries our annotations.
     async fn published(&self) -> Result<Option<schedule::Published>, SecretError> {
         let name = target::target_name(self.cr);
@@ -91,6 +102,19 @@ impl<'a> Reconciler<'a> {
 
     pub(super) async fn run(mut self) -> Result<Action, Error> {
         let spec = &self.cr.spec;
+        let mut first = self.read_refresh_token().await?;
+        // A token held from an earlier attempt comes first, before suspend, spec or client
+        // problems could keep it waiting in memory.
+        let refresh_before = validate(self.cr, &self.ctx.settings)
+            .map(|v| v.1)
+            .unwrap_or(SignedDuration::ZERO);
+        if let (Ok(stored), Some(held)) = (&first, self.ctx.held.take(&self.key)) {
+            if let Some(held) = self.settle(stored, held).await? {
+                return self.publish_held(stored.chain, held, refresh_before).await;
+            }
+            // The Secret may have been written: read it again.
+            first = self.read_refresh_token().await?;
+        }
         if spec.suspend {
             return self
                 .finish(
@@ -136,28 +160,28 @@ impl<'a> Reconciler<'a> {
             Ok(creds) => creds,
             Err(e) => return self.secret_problem(e).await,
         };
-        let r = &spec.refresh_token_secret_ref;
-        let stored =
-            match secrets::read_refresh_token(&self.secrets, &r.name, &r.key, self.now).await {
-                Ok(s) => s,
-                Err(e) => return self.secret_problem(e).await,
-            };
-
-        if let Some(action) = self.finish_pending_write_back(&stored).await? {
-            return Ok(action);
-        }
-
+        let stored = match first {
+            Ok(s) => s,
+            Err(e) => return self.secret_problem(e).await,
+        };
         let published = self.published().await?;
         let inputs = self.schedule_inputs(published.clone(), &stored, refresh_before);
         match schedule::plan(&inputs) {
             Plan::RefreshAt(at, _) => {
                 self.status.next_refresh_at = Some(Time(at));
-                self.update_deadline(&stored);
+                self.set_deadline(stored.chain);
                 let verdict = self.current_verdict(published.as_ref().map(|p| p.expires_at));
                 let action = Action::requeue(schedule::until(self.now, at));
                 self.finish(verdict, action).await
             }
             Plan::RefreshNow(why) => {
+                if let Some(wait) = self.ctx.leadership.not_safe_to_spend().await {
+                    info!(
+                        ?wait,
+                        "not refreshing: this replica's Lease is not fresh enough"
+                    );
+                    return Ok(Action::requeue(wait));
+                }
                 info!(?why, "refreshing");
                 self.refresh(&auth_url, &creds, stored, refresh_before)
                     .await
@@ -180,6 +204,8 @@ impl<'a> Reconciler<'a> {
             .refresh(auth_url, creds, &stored.token, scope)
             .await;
         self.answered_at = Some(std::time::Instant::now());
+        // Times from here on count from the answer: the token's life starts there.
+        self.now = whole_seconds(Timestamp::now());
         let labels = labels(self.cr);
         self.ctx
             .metrics
@@ -187,112 +213,186 @@ impl<'a> Reconciler<'a> {
         match result {
             Ok(grant) => {
                 lock(&self.ctx.retry_not_before).remove(&self.key);
-                self.store_and_publish(&stored, grant, refresh_before).await
+                let held = self.held(&stored, Some(grant), None);
+                match self.store_rotated(&stored, held).await? {
+                    Some(held) => self.publish_held(stored.chain, held, refresh_before).await,
+                    None => Ok(Action::requeue(Duration::ZERO)),
+                }
             }
             Err(e) => {
                 self.ctx.metrics.refresh_failure(&labels, e.reason());
+                // An unusable answer that still carried a new refresh token: the server has
+                // rotated, so the new token must be stored before the failure is reported.
+                if let Some(new) = e.refresh_token() {
+                    let held = self.held(&stored, None, Some(new.clone()));
+                    if held.new_token.is_some()
+                        && self.store_rotated(&stored, held).await?.is_none()
+                    {
+                        return Ok(Action::requeue(Duration::ZERO));
+                    }
+                }
                 self.refresh_failed(e, &stored).await
             }
         }
     }
 
-    /// Rotated tokens are written back before anything else; only then is the access
-    /// token published. A failed write keeps the token in memory for the next attempt.
-    pub(super) async fn store_and_publish(
-        mut self,
+    /// What to keep of an answer until it is stored and published.
+    fn held(
+        &self,
         stored: &StoredToken,
-        grant: TokenGrant,
+        grant: Option<TokenGrant>,
+        token: Option<SecretString>,
+    ) -> Held {
+        let new = token.or_else(|| grant.as_ref().and_then(|g| g.refresh_token.clone()));
+        Held {
+            spent_fingerprint: stored.fingerprint.clone(),
+            new_token: new.filter(|t| t.expose_secret() != stored.token.expose_secret()),
+            grant,
+            received_at: self.now,
+            namespace: self.cr.namespace().unwrap_or_default(),
+            secret: self.cr.spec.refresh_token_secret_ref.name.clone(),
+            key: self.cr.spec.refresh_token_secret_ref.key.clone(),
+            credential: self.cr.name_any(),
+        }
+    }
+
+    /// Writes a rotated refresh token back before anything else. Returns the held answer
+    /// to publish, or `None` when a person stored a new login meanwhile (theirs wins). A
+    /// failed write keeps everything held for the next attempt and reports it.
+    async fn store_rotated(
+        &mut self,
+        stored: &StoredToken,
+        held: Held,
+    ) -> Result<Option<Held>, Error> {
+        let Some(new) = held.new_token.clone() else {
+            return Ok(Some(held));
+        };
+        match secrets::write_back(
+            &self.secrets,
+            stored,
+            &held.key,
+            &new,
+            &held.credential,
+            held.received_at,
+        )
+        .await
+        {
+            Ok(WriteBack::Written) => {
+                // The window in which a crash loses the login: from the token endpoint's
+                // answer until this write is acknowledged.
+                if let Some(answered) = self.answered_at {
+                    let window_ms = answered.elapsed().as_secs_f64() * 1000.0;
+                    debug!(window_ms, "rotated refresh token stored");
+                }
+                Ok(Some(held))
+            }
+            Ok(WriteBack::ReplacedByPerson) => {
+                self.event(
+                    EventType::Normal,
+                    "RefreshTokenReplaced",
+                    "a person stored a new refresh token while a rotated one waited to be stored; using theirs",
+                )
+                .await;
+                Ok(None)
+            }
+            Err(e) => {
+                let name = held.secret.clone();
+                self.ctx.held.put(&self.key, held);
+                let message = format!(
+                    "the rotated refresh token is held in memory until Secret {name:?} can be written: {}",
+                    kube_reason(&e)
+                );
+                self.event(EventType::Warning, reason::WRITE_BACK_PENDING, &message)
+                    .await;
+                let verdict = Verdict {
+                    ready: false,
+                    reason: reason::WRITE_BACK_PENDING,
+                    message,
+                };
+                let _ = self.patch_status(verdict).await;
+                Err(Error::WriteBack(name, e))
+            }
+        }
+    }
+
+    /// A token held from an earlier attempt: stores it if that has not happened yet.
+    /// Returns it when its access token still needs publishing.
+    async fn settle(&mut self, stored: &StoredToken, held: Held) -> Result<Option<Held>, Error> {
+        let new_fp = held.new_fingerprint();
+        let held = if stored.fingerprint == held.spent_fingerprint && held.new_token.is_some() {
+            info!(held_for = %self.now.duration_since(held.received_at), "storing the rotated refresh token held in memory");
+            match self.store_rotated(stored, held).await? {
+                Some(held) => held,
+                None => return Ok(None),
+            }
+        } else if stored.fingerprint == new_fp {
+            held
+        } else {
+            self.event(EventType::Normal, "RefreshTokenReplaced", "a person stored a new refresh token while a rotated one waited to be stored; using theirs").await;
+            return Ok(None);
+        };
+        // An answer without a usable access token, or one that has expired meanwhile, is
+        // not worth publishing: the schedule refreshes with the stored token instead.
+        let live = held.grant.as_ref().is_some_and(|g| {
+            held.received_at
+                + SignedDuration::try_from(g.expires_in).unwrap_or(SignedDuration::ZERO)
+                > self.now
+        });
+        Ok(live.then_some(held))
+    }
+
+    /// Publishes a stored answer's access token, then the status. A failed publish keeps
+    /// the answer held, so the next attempt publishes it instead of refreshing again.
+    async fn publish_held(
+        mut self,
+        mut chain: secrets::Chain,
+        held: Held,
         refresh_before: SignedDuration,
     ) -> Result<Action, Error> {
-        let rotated = grant
-            .refresh_token
-            .as_ref()
-            .is_some_and(|t| t.expose_secret() != stored.token.expose_secret());
-        let refresh_fp = match (&grant.refresh_token, rotated) {
-            (Some(new), true) => {
-                let name = &self.cr.spec.refresh_token_secret_ref.name;
-                match secrets::write_back(
-                    &self.secrets,
-                    stored,
-                    &self.cr.spec.refresh_token_secret_ref.key,
-                    new,
-                    &self.cr.name_any(),
-                    self.now,
-                )
-                .await
-                {
-                    Ok(WriteBack::Written) => {
-                        // The window in which a crash loses the login: from the token
-                        // endpoint's answer until this write is acknowledged.
-                        if let Some(answered) = self.answered_at {
-                            let window_ms = answered.elapsed().as_secs_f64() * 1000.0;
-                            debug!(window_ms, "rotated refresh token stored");
-                        }
-                        fingerprint(new.expose_secret())
-                    }
-                    Ok(WriteBack::ReplacedByPerson) => {
-                        self.event(
-                            EventType::Normal,
-                            "RefreshTokenReplaced",
-                            "a person stored a new refresh token during a refresh; using theirs",
-                        )
-                        .await;
-                        return Ok(Action::requeue(Duration::ZERO));
-                    }
-                    Err(e) => {
-                        lock(&self.ctx.pending).insert(
-                            self.key.clone(),
-                            Pending {
-                                spent_fingerprint: stored.fingerprint.clone(),
-                                grant,
-                                received_at: self.now,
-                                namespace: self.cr.namespace().unwrap_or_default(),
-                                secret: name.clone(),
-                                key: self.cr.spec.refresh_token_secret_ref.key.clone(),
-                                credential: self.cr.name_any(),
-                            },
-                        );
-                        let message = format!(
-                            "the rotated refresh token is held in memory until Secret {name:?} can be written: {e}"
-                        );
-                        self.event(EventType::Warning, reason::WRITE_BACK_PENDING, &message)
-                            .await;
-                        let verdict = Verdict {
-                            ready: false,
-                            reason: reason::WRITE_BACK_PENDING,
-                            message,
-                        };
-                        let _ = self.patch_status(verdict).await;
-                        return Err(Error::WriteBack(name.clone(), e));
-                    }
-                }
-            }
-            _ => stored.fingerprint.clone(),
+        let Some(grant) = held.grant.as_ref() else {
+            return Ok(Action::requeue(Duration::ZERO));
         };
+        let rotated = held.new_token.is_some();
+        let refresh_fp = held.new_fingerprint();
+        let issued_at = held.received_at;
+        let expires_at =
+            issued_at + SignedDuration::try_from(grant.expires_in).unwrap_or(SignedDuration::ZERO);
+        if let Err(e) = self
+            .publish(grant, &refresh_fp, issued_at, expires_at)
+            .await
+        {
+            let message = format!("the refreshed access token could not be published: {e}");
+            self.ctx.held.put(&self.key, held);
+            self.event(EventType::Warning, reason::PUBLISH_FAILED, &message)
+                .await;
+            let _ = self
+                .patch_status(Verdict {
+                    ready: false,
+                    reason: reason::PUBLISH_FAILED,
+                    message,
+                })
+                .await;
+            return Err(e);
+        }
         let rotation = match (self.cr.spec.rotation, rotated, &grant.refresh_token) {
             (RotationMode::Auto, false, Some(_)) => RotationMode::NonRotating,
             (RotationMode::Auto, _, _) => RotationMode::Rotating,
             (explicit, _, _) => explicit,
         };
-        self.publish(&grant, &refresh_fp).await?;
-
-        let expires_at =
-            self.now + SignedDuration::try_from(grant.expires_in).unwrap_or(SignedDuration::ZERO);
         let published = schedule::Published {
-            issued_at: self.now,
+            issued_at,
             expires_at,
             refresh_fingerprint: refresh_fp,
         };
         self.status.rotation = Some(rotation);
         self.status.access_token_expires_at = Some(Time(expires_at));
-        self.status.last_refresh_at = Some(Time(self.now));
+        self.status.last_refresh_at = Some(Time(issued_at));
         self.status.failed_refresh_attempts = 0;
         self.status.last_failure_time = None;
         self.status.base_url = Some(grant.api.base_url());
         self.status.target_secret_name = Some(target::target_name(self.cr));
-        let mut chain = stored.chain;
         if rotated {
-            chain.token_issued_at = self.now;
+            chain.token_issued_at = issued_at;
         }
         self.set_deadline(chain);
         let next = schedule::due_at(&published, self.rotation(), refresh_before, jitter(self.cr));
@@ -309,9 +409,13 @@ impl<'a> Reconciler<'a> {
         self.finish(verdict, action).await
     }
 
-    pub(super) async fn publish(&self, grant: &TokenGrant, refresh_fp: &str) -> Result<(), Error> {
-        let expires_at =
-            self.now + SignedDuration::try_from(grant.expires_in).unwrap_or(SignedDuration::ZERO);
+    pub(super) async fn publish(
+        &self,
+        grant: &TokenGrant,
+        refresh_fp: &str,
+        issued_at: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<(), Error> {
         let base_url = grant.api.base_url();
         let secret = target::build(
             self.cr,
@@ -321,7 +425,7 @@ impl<'a> Reconciler<'a> {
                 hostname: &grant.api.hostname,
                 port: grant.api.port,
                 base_url: &base_url,
-                issued_at: self.now,
+                issued_at,
                 expires_at,
                 refresh_fingerprint: refresh_fp,
             },
@@ -336,55 +440,6 @@ impl<'a> Reconciler<'a> {
             .await
             .map(|_| ())
             .map_err(|e| Error::Target(name, e))
-    }
-
-    /// A rotated token from an earlier attempt that could not be stored is stored now,
-    /// before anything could spend the old one.
-    pub(super) async fn finish_pending_write_back(
-        &mut self,
-        stored: &StoredToken,
-    ) -> Result<Option<Action>, Error> {
-        let Some(pending) = lock(&self.ctx.pending).remove(&self.key) else {
-            return Ok(None);
-        };
-        let new_fp = pending
-            .grant
-            .refresh_token
-            .as_ref()
-            .map(|t| fingerprint(t.expose_secret()));
-        if stored.fingerprint != pending.spent_fingerprint
-            && Some(&stored.fingerprint) != new_fp.as_ref()
-        {
-            self.event(EventType::Normal, "RefreshTokenReplaced", "a person stored a new refresh token while a rotated one waited to be stored; using theirs").await;
-            return Ok(None);
-        }
-        info!(held_for = %self.now.duration_since(pending.received_at), "storing the rotated refresh token held in memory");
-        // Publishing an access token that is older than `now` is fine: its expiry was
-        // measured from when it was received.
-        self.now = pending.received_at;
-        let refresh_before = validate(self.cr, &self.ctx.settings)
-            .map(|v| v.1)
-            .unwrap_or(SignedDuration::ZERO);
-        let spent = StoredToken {
-            token: stored.token.clone(),
-            fingerprint: pending.spent_fingerprint.clone(),
-            secret: stored.secret.clone(),
-            chain: stored.chain,
-        };
-        let outcome = Box::pin(
-            Reconciler {
-                cr: self.cr,
-                ctx: self.ctx,
-                key: self.key.clone(),
-                secrets: self.secrets.clone(),
-                status: self.status.clone(),
-                now: pending.received_at,
-                answered_at: None,
-            }
-            .store_and_publish(&spent, pending.grant, refresh_before),
-        )
-        .await;
-        Ok(Some(outcome?))
     }
 
     pub(super) async fn refresh_failed(

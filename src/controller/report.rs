@@ -10,7 +10,7 @@ use tracing::warn;
 
 use crate::crd::{EagleEyeCredential, RotationMode};
 use crate::schedule::Rotation;
-use crate::secrets::{self, SecretError, StoredToken};
+use crate::secrets::{self, SecretError};
 use crate::status::{self, READY, RELOGIN_SOON, reason};
 
 use super::reconciler::{Reconciler, Verdict};
@@ -97,10 +97,6 @@ impl Reconciler<'_> {
             | (RotationMode::Auto, Some(RotationMode::NonRotating)) => Rotation::NonRotating,
             _ => Rotation::Unknown,
         }
-    }
-
-    pub(super) fn update_deadline(&mut self, stored: &StoredToken) {
-        self.set_deadline(stored.chain);
     }
 
     pub(super) fn set_deadline(&mut self, chain: secrets::Chain) {

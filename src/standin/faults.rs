@@ -26,6 +26,9 @@ pub enum Fault {
     DropConnection,
     /// A normal answer, after this delay.
     Delay(Duration),
+    /// The request is processed (a refresh rotates the token) but the answer names another
+    /// API host than the stand-in, as a spoofed or misrouted response would.
+    ForeignApiHost,
 }
 
 /// Faults waiting to be applied, in the order they were injected.
@@ -65,6 +68,8 @@ pub enum Action {
     Drop,
     /// Wait, then process the request normally.
     Delay(Duration),
+    /// Process the request, but answer with a foreign `httpsBaseUrl.hostname`.
+    ForeignApiHost,
 }
 
 /// How `fault` plays out.
@@ -73,6 +78,7 @@ pub fn action(fault: Fault) -> Action {
         Fault::Hang => return Action::Hang,
         Fault::DropConnection => return Action::Drop,
         Fault::Delay(delay) => return Action::Delay(delay),
+        Fault::ForeignApiHost => return Action::ForeignApiHost,
         Fault::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let body = format!("{status} (fault injected by the stand-in)\n");

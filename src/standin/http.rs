@@ -48,8 +48,10 @@ async fn token(State(shared): State<Arc<Shared>>, request: Request) -> Response 
     let fault = shared.begin_token_request();
     let (parts, body) = request.into_parts();
     let body = read_body(body).await;
+    let mut hostname = "127.0.0.1";
     match fault.map(faults::action) {
         None => {}
+        Some(Action::ForeignApiHost) => hostname = "api.foreign.example",
         Some(Action::Respond(response)) => return response,
         Some(Action::Delay(delay)) => tokio::time::sleep(delay).await,
         Some(Action::Hang) => return std::future::pending().await,
@@ -67,7 +69,7 @@ async fn token(State(shared): State<Arc<Shared>>, request: Request) -> Response 
         None => Err(OAuthError::InvalidRequest),
     };
     match outcome {
-        Ok(grant) => token_response(&grant, shared.port),
+        Ok(grant) => token_response(&grant, hostname, shared.port),
         Err(error) => {
             ledger.counters.rejected += 1;
             tracing::debug!(error = ?error.code(), "stand-in refused a token request");
@@ -158,14 +160,11 @@ struct BaseUrl {
     port: u16,
 }
 
-fn token_response(grant: &Grant, port: u16) -> Response {
+fn token_response(grant: &Grant, hostname: &'static str, port: u16) -> Response {
     let body = TokenBody {
         access_token: &grant.access_token,
         expires_in: grant.expires_in,
-        https_base_url: BaseUrl {
-            hostname: "127.0.0.1",
-            port,
-        },
+        https_base_url: BaseUrl { hostname, port },
         refresh_token: &grant.refresh_token,
         scope: SCOPE,
         token_type: "Bearer",

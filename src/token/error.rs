@@ -93,12 +93,15 @@ pub enum TokenError {
         detail: &'static str,
     },
     /// A success answer that is not a usable token response. `field` names the JSON member,
-    /// never its value.
+    /// never its value. When the answer did carry a refresh token, the server has most
+    /// likely rotated the one sent: it is kept here (never displayed) so that it can be
+    /// stored instead of lost.
     #[error("{operation}: malformed token response: {field} {problem}")]
     MalformedResponse {
         operation: Operation,
         field: &'static str,
         problem: &'static str,
+        refresh_token: Option<secrecy::SecretString>,
     },
     /// The answer was longer than `max_response_bytes`; reading stopped at the limit.
     #[error("{operation}: token response exceeds {limit} bytes")]
@@ -110,6 +113,14 @@ fn code_suffix(code: &Option<OAuthErrorCode>) -> String {
 }
 
 impl TokenError {
+    /// A refresh token that came with an otherwise unusable answer.
+    pub fn refresh_token(&self) -> Option<&secrecy::SecretString> {
+        match self {
+            TokenError::MalformedResponse { refresh_token, .. } => refresh_token.as_ref(),
+            _ => None,
+        }
+    }
+
     pub fn class(&self) -> ErrorClass {
         self.classify().0
     }
@@ -349,6 +360,7 @@ mod tests {
                 operation: op,
                 field: "body",
                 problem: "is not JSON",
+                refresh_token: None,
             },
             TokenError::ResponseTooLarge {
                 operation: op,

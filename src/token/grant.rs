@@ -54,14 +54,27 @@ impl ApiBase {
 }
 
 /// Why a response was refused: the field, and what is wrong with it (never its value).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct Malformed {
     pub field: &'static str,
     pub problem: &'static str,
+    /// The refresh token the answer carried, if it got that far.
+    pub refresh_token: Option<SecretString>,
+}
+
+// Two verdicts are the same when they name the same field and problem.
+impl PartialEq for Malformed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.field, self.problem) == (other.field, other.problem)
+    }
 }
 
 fn malformed(field: &'static str, problem: &'static str) -> Malformed {
-    Malformed { field, problem }
+    Malformed {
+        field,
+        problem,
+        refresh_token: None,
+    }
 }
 
 /// One entry of `allowed_api_hosts`: an exact host, or `*.domain` for any name under it.
@@ -260,20 +273,27 @@ pub(crate) fn parse_grant(
         Ok(_) => return Err(malformed("body", "is not a JSON object")),
         Err(_) => return Err(malformed("body", "is not JSON")),
     };
-    let access_token =
-        take_token(&mut obj, "access_token")?.ok_or(malformed("access_token", "is missing"))?;
+    // The refresh token first: if anything else is wrong, the server has still rotated the
+    // one sent, and the new one must reach the caller to be stored.
     let refresh_token = take_token(&mut obj, "refresh_token")?;
+    let keep = |mut m: Malformed| {
+        m.refresh_token = refresh_token.clone();
+        m
+    };
+    let access_token = take_token(&mut obj, "access_token")
+        .map_err(keep)?
+        .ok_or_else(|| keep(malformed("access_token", "is missing")))?;
     match obj.get("token_type") {
         Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
-        None | Some(Value::Null) => return Err(malformed("token_type", "is missing")),
-        Some(_) => return Err(malformed("token_type", "is not Bearer")),
+        None | Some(Value::Null) => return Err(keep(malformed("token_type", "is missing"))),
+        Some(_) => return Err(keep(malformed("token_type", "is not Bearer"))),
     }
     Ok(TokenGrant {
         access_token,
-        expires_in: expires_in(obj.get("expires_in"))?,
+        expires_in: expires_in(obj.get("expires_in")).map_err(keep)?,
+        api: api_base(obj.get("httpsBaseUrl"), allowed_api_hosts).map_err(keep)?,
+        scope: scope(obj.get("scope"), requested_scope).map_err(keep)?,
         refresh_token,
-        api: api_base(obj.get("httpsBaseUrl"), allowed_api_hosts)?,
-        scope: scope(obj.get("scope"), requested_scope)?,
         token_type: "Bearer".to_owned(),
     })
 }

@@ -1,0 +1,130 @@
+//! Rotated refresh tokens received but not yet stored, and stored tokens whose access token
+//! is not yet published. One map per process, shared by every controller term, so that a
+//! lost Lease, a restarted controller or a deleted credential never silently drops one:
+//! a held token is the only live copy of the login.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::Api;
+use secrecy::{ExposeSecret, SecretString};
+use tracing::{error, info, warn};
+
+use crate::secrets::{self, SecretError};
+use crate::target::fingerprint;
+use crate::token::TokenGrant;
+
+#[derive(Clone, Default)]
+pub struct HeldTokens(Arc<Mutex<HashMap<String, Held>>>);
+
+pub(crate) struct Held {
+    pub spent_fingerprint: String,
+    /// The new refresh token; `None` when the server did not rotate.
+    pub new_token: Option<SecretString>,
+    /// The whole answer when it was usable: its access token is published once stored.
+    pub grant: Option<TokenGrant>,
+    /// When the answer arrived (whole seconds): the access token's life counts from here.
+    pub received_at: Timestamp,
+    pub namespace: String,
+    pub secret: String,
+    pub key: String,
+    pub credential: String,
+}
+
+impl Held {
+    /// Fingerprint of the refresh token that is current once this is stored.
+    pub fn new_fingerprint(&self) -> String {
+        self.new_token
+            .as_ref()
+            .map(|t| fingerprint(t.expose_secret()))
+            .unwrap_or_else(|| self.spent_fingerprint.clone())
+    }
+}
+
+impl HeldTokens {
+    pub(crate) fn take(&self, key: &str) -> Option<Held> {
+        lock(&self.0).remove(key)
+    }
+
+    pub(crate) fn put(&self, key: &str, held: Held) {
+        lock(&self.0).insert(key.to_owned(), held);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        lock(&self.0).is_empty()
+    }
+
+    /// Stores every held refresh token, retrying until `limit`; used when no reconcile will
+    /// come to do it (shutdown, a lost Lease, a deleted credential). Publishing is left to
+    /// the next reconcile: once stored, the token is safe. Returns how many are still held.
+    pub async fn flush(&self, client: &Client, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let keys: Vec<String> = lock(&self.0).keys().cloned().collect();
+            for k in keys {
+                if let Some(held) = self.take(&k) {
+                    self.store_or_keep(client, &k, held).await;
+                }
+            }
+            let left = lock(&self.0).len();
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    pub(crate) async fn store_or_keep(&self, client: &Client, key: &str, held: Held) {
+        match store(client, &held).await {
+            Ok(()) => info!(credential = %key, "stored a held refresh token"),
+            Err(e) => {
+                warn!(credential = %key, error = %e, "could not store a held refresh token yet");
+                self.put(key, held);
+            }
+        }
+    }
+
+    /// Logs, loudly, every token still held when the process exits.
+    pub fn report_lost(&self) {
+        for k in lock(&self.0).keys() {
+            error!(credential = %k, "exiting with a rotated refresh token that could not be stored: the login is lost and needs a new Phase 1 login");
+        }
+    }
+}
+
+/// Stores `held` unless the Secret already holds it or a person replaced the spent token.
+async fn store(client: &Client, held: &Held) -> Result<(), kube::Error> {
+    let Some(new) = &held.new_token else {
+        return Ok(());
+    };
+    let api: Api<Secret> = Api::namespaced(client.clone(), &held.namespace);
+    let stored =
+        match secrets::read_refresh_token(&api, &held.secret, &held.key, held.received_at).await {
+            Ok(s) => s,
+            Err(SecretError::Api { source, .. }) => return Err(source),
+            // The Secret is gone or emptied: there is nothing to store into.
+            Err(_) => return Ok(()),
+        };
+    if stored.fingerprint != held.spent_fingerprint {
+        return Ok(());
+    }
+    secrets::write_back(
+        &api,
+        &stored,
+        &held.key,
+        new,
+        &held.credential,
+        held.received_at,
+    )
+    .await
+    .map(|_| ())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means a task panicked; the map itself is intact.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
