@@ -296,8 +296,9 @@ async fn read_capped(
     Ok(Some(body))
 }
 
-/// A reqwest builder error with its causes; at build time there is no URL or request yet.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+/// An error with its causes. Only for errors that carry no request data (a reqwest builder
+/// error, before any URL or request exists).
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(e) = source {

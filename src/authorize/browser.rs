@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::token::error_chain;
+
 use super::error::AuthorizeError;
 
 /// Sends the authorize request without following its redirect. The auth server checks the
@@ -58,17 +60,6 @@ pub async fn preflight(
         ))),
         _ => Ok(()),
     }
-}
-
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 /// Opens `url` in the desktop's browser, when there is a desktop. Returns whether a browser
