@@ -144,8 +144,8 @@ pub async fn run(
         // so a follower can never take over in the middle of one.
         let margin = token_timeout + std::time::Duration::from_secs(1);
         anyhow::ensure!(
-            margin.as_secs() < LEASE_SECONDS - LEASE_GRACE_SECONDS / 2,
-            "--token-timeout {token_timeout:?} is too long for a {LEASE_SECONDS}s Lease: at most 10s"
+            margin.as_secs() < LEASE_GRACE_SECONDS,
+            "--token-timeout {token_timeout:?} is too long for the Lease: at most 10s"
         );
         Leadership::lease(
             Api::namespaced(client.clone(), &args.lease_namespace),
@@ -252,10 +252,11 @@ pub async fn run(
     Ok(())
 }
 
-/// Seconds a Lease lasts without renewal, and the margin before its end at which the
-/// holder stops counting on it (kube-lease-manager's duration and grace).
+/// Seconds a Lease lasts without renewal, and how long before its end the holder renews it
+/// (kube-lease-manager's duration and grace): renewed every 3 s, a healthy leader always has
+/// at least 12 s left, more than a token call may take (see `Leadership`).
 const LEASE_SECONDS: u64 = 15;
-const LEASE_GRACE_SECONDS: u64 = 5;
+const LEASE_GRACE_SECONDS: u64 = 12;
 /// How long shutdown keeps trying to store a rotated token held in memory.
 const FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
 

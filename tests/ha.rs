@@ -306,3 +306,63 @@ async fn readyz_is_false_until_the_api_server_answers_while_healthz_stays_true()
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_replica_spends_a_token_only_while_its_lease_has_time_left() {
+    use eagle_eye_operator::controller::Leadership;
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use kube::api::{ObjectMeta, Patch, PatchParams};
+
+    let env = env().await;
+    let leases = env.api::<Lease>();
+    let set = |holder: &str, renewed_secs_ago: i64| {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some("check".into()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.into()),
+                lease_duration_seconds: Some(15),
+                renew_time: Some(MicroTime(
+                    jiff::Timestamp::now() - jiff::SignedDuration::from_secs(renewed_secs_ago),
+                )),
+                ..Default::default()
+            }),
+        };
+        let leases = leases.clone();
+        async move {
+            leases
+                .patch(
+                    "check",
+                    &PatchParams::apply("test").force(),
+                    &Patch::Apply(&lease),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let me = Leadership::lease(leases.clone(), "check", "me", Duration::from_secs(11));
+    set("me", 0).await;
+    assert_eq!(
+        me.not_safe_to_spend().await,
+        None,
+        "a freshly renewed Lease of ours"
+    );
+    set("me", 6).await;
+    assert!(
+        me.not_safe_to_spend().await.is_some(),
+        "9 s left is less than the 11 s a call may take"
+    );
+    set("someone-else", 0).await;
+    assert!(
+        me.not_safe_to_spend().await.is_some(),
+        "another replica holds it"
+    );
+    assert_eq!(
+        Leadership::unchecked().not_safe_to_spend().await,
+        None,
+        "no leader election"
+    );
+}
