@@ -40,6 +40,8 @@ pub struct Inputs {
     pub retry_not_before: Option<Timestamp>,
     /// A number in [0, 1) that spreads refreshes of many credentials apart.
     pub jitter: f64,
+    /// When an unused rotating refresh token dies (its idle end); `None` for non-rotating.
+    pub refresh_token_idle_end: Option<Timestamp>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,7 +84,10 @@ pub fn plan(i: &Inputs) -> Plan {
     if published.refresh_fingerprint != i.stored_fingerprint {
         return retry_or_now(i, Why::RefreshTokenChanged);
     }
-    let due = due_at(published, i.rotation, i.refresh_before, i.jitter);
+    let due = before_idle_end(
+        due_at(published, i.rotation, i.refresh_before, i.jitter),
+        i.refresh_token_idle_end,
+    );
     if i.failures > 0 {
         return at_or_now(i.now, retry_at(i, Some(published.expires_at)), Why::Retry);
     }
@@ -106,6 +111,15 @@ pub fn due_at(
     let lead = refresh_before.min(lifetime / 3).max(SignedDuration::ZERO);
     let spread = (lead / 10).min(MAX_JITTER).mul_f64(jitter.clamp(0.0, 1.0));
     p.expires_at - lead - spread
+}
+
+/// A refresh is due at the latest this long before the refresh token's idle end, however
+/// long the access token lives (some accounts get days-long access tokens).
+pub const IDLE_END_MARGIN: SignedDuration = SignedDuration::from_hours(1);
+
+/// `due`, or earlier if the refresh token would otherwise die unused first.
+pub fn before_idle_end(due: Timestamp, idle_end: Option<Timestamp>) -> Timestamp {
+    idle_end.map_or(due, |end| due.min(end - IDLE_END_MARGIN))
 }
 
 /// Exponential backoff for the n-th consecutive failure (n >= 1), jitter in [0, 1) adding
@@ -188,6 +202,7 @@ mod tests {
             last_failure: None,
             retry_not_before: None,
             jitter: 0.0,
+            refresh_token_idle_end: None,
         }
     }
 
@@ -253,6 +268,17 @@ mod tests {
         for (name, input, want) in cases {
             assert_eq!(plan(&input), want, "{name}");
         }
+    }
+
+    #[test]
+    fn a_long_lived_access_token_is_refreshed_before_the_refresh_token_dies_unused() {
+        let day = 86_400;
+        let mut i = inputs(60, Some(published(0, 20 * day)));
+        i.refresh_token_idle_end = Some(t(14 * day));
+        assert_eq!(plan(&i), Plan::RefreshAt(t(14 * day - 3600), Why::Due));
+        // A short token is unaffected.
+        i.published = Some(published(0, 3600));
+        assert_eq!(plan(&i), Plan::RefreshAt(t(2400), Why::Due));
     }
 
     #[test]

@@ -22,8 +22,9 @@ static OUTAGE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 async fn refresh_during_outage(env: &support::TestEnv, si: &StandIn, op: &Operator, name: &str) {
     wait_for_reason(env, name, "TokenRefreshed", Duration::from_secs(30)).await;
     let before = si.counters();
-    // Slow the next answer so that kube-apiserver is down before it arrives.
-    si.inject(Fault::Delay(Duration::from_secs(3)), 1);
+    // Slow the next answer so that kube-apiserver is down before it arrives (stopping it
+    // takes about a second; the operator waits up to 10 s for the answer).
+    si.inject(Fault::Delay(Duration::from_secs(6)), 1);
     eventually(
         "the next scheduled refresh to start",
         Duration::from_secs(30),

@@ -97,6 +97,7 @@ impl<'a> Reconciler<'a> {
             last_failure: self.status.last_failure_time.as_ref().map(|t| t.0),
             retry_not_before: lock(&self.ctx.retry_not_before).get(&self.key).copied(),
             jitter: jitter(self.cr),
+            refresh_token_idle_end: self.idle_end(stored.chain.token_issued_at),
         }
     }
 
@@ -234,6 +235,12 @@ impl<'a> Reconciler<'a> {
                 self.refresh_failed(e, &stored).await
             }
         }
+    }
+
+    /// When the current refresh token dies unused; rotating tokens only.
+    fn idle_end(&self, token_issued_at: Timestamp) -> Option<Timestamp> {
+        (self.rotation() != schedule::Rotation::NonRotating)
+            .then(|| token_issued_at + self.ctx.settings.lifetimes.idle)
     }
 
     /// What to keep of an answer until it is stored and published.
@@ -395,7 +402,10 @@ impl<'a> Reconciler<'a> {
             chain.token_issued_at = issued_at;
         }
         self.set_deadline(chain);
-        let next = schedule::due_at(&published, self.rotation(), refresh_before, jitter(self.cr));
+        let next = schedule::before_idle_end(
+            schedule::due_at(&published, self.rotation(), refresh_before, jitter(self.cr)),
+            self.idle_end(chain.token_issued_at),
+        );
         self.status.next_refresh_at = Some(Time(next));
         let message = format!("access token refreshed; it expires at {expires_at}");
         self.event(EventType::Normal, reason::TOKEN_REFRESHED, &message)
