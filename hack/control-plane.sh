@@ -134,7 +134,10 @@ down() {
     for pid in $(tac "$state_dir/pids"); do kill "$pid" 2>/dev/null || true; done
     for pid in $(tac "$state_dir/pids"); do
       for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.1; done
-      if alive "$pid"; then kill -9 "$pid" 2>/dev/null || true; fi
+      if alive "$pid"; then
+        kill -9 "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do alive "$pid" || break; sleep 0.1; done
+      fi
     done
   fi
   rm -rf "$state_dir"

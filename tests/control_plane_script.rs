@@ -47,7 +47,12 @@ fn up_gives_a_real_v1_37_cluster_and_down_leaves_nothing_behind() {
 
     script("down");
     for pid in pids.lines() {
-        assert!(!running(pid), "process {pid} survived `down`");
+        let state = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let state: Vec<&str> = state
+            .lines()
+            .filter(|l| l.starts_with("Name:") || l.starts_with("State:"))
+            .collect();
+        assert!(!running(pid), "process {pid} survived `down`: {state:?}");
     }
     assert!(!state.exists(), "`down` removes its files");
 }
