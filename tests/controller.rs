@@ -13,7 +13,7 @@ use support::operator::{
     Operator, api_accepts, create_secrets, credential, login, ready, secret, secret_data,
     wait_for_reason,
 };
-use support::{env, eventually};
+use support::{env, eventually, figure};
 
 async fn stand_in(access_ttl: Duration) -> StandIn {
     StandIn::start(StandInConfig {
@@ -41,7 +41,7 @@ async fn credential_becomes_ready_and_publishes_a_token_the_api_accepts() {
         .unwrap();
 
     let cr = wait_for_reason(&env, "cam", "TokenRefreshed", Duration::from_secs(30)).await;
-    println!("Ready after {:?}", started.elapsed());
+    figure(format!("Ready after {:?}", started.elapsed()));
     let data = secret_data(&env, "cam-token").await.expect("target Secret");
     let keys: Vec<&str> = data.keys().map(String::as_str).collect();
     assert_eq!(
@@ -125,11 +125,11 @@ async fn rotating_tokens_rotate_five_times_with_no_reuse_and_no_stale_token() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!(
+    figure(format!(
         "{} refresh tokens, {} access tokens; longest stale target: {worst_dead:?}",
         seen_refresh.len(),
         seen_access.len()
-    );
+    ));
     // Stop the operator the way Kubernetes does, so that no rotation is between the token
     // endpoint's answer and its write-back while the stored token is judged.
     assert!(op.terminate().await.success());
@@ -180,13 +180,13 @@ async fn rotating_tokens_rotate_five_times_with_no_reuse_and_no_stale_token() {
         .collect();
     windows.sort_by(f64::total_cmp);
     assert!(windows.len() >= 5, "{windows:?}");
-    println!(
+    figure(format!(
         "write-back window over {} rotations: min {:.1} ms, median {:.1} ms, max {:.1} ms",
         windows.len(),
         windows[0],
         windows[windows.len() / 2],
         windows[windows.len() - 1]
-    );
+    ));
     op.kill().await;
 }
 

@@ -11,7 +11,7 @@ use kube::api::PostParams;
 use support::operator::{
     Operator, create_secrets, credential, login, secret_data, wait_for_reason,
 };
-use support::{env, eventually};
+use support::{env, eventually, figure};
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     match reqwest::get(format!("http://{addr}{path}")).await {
@@ -85,10 +85,10 @@ async fn one_of_two_replicas_leads_and_the_other_takes_over_after_sigkill_withou
     leader.kill().await;
     let killed = Instant::now();
     rotations(3).await;
-    println!(
+    figure(format!(
         "the follower took over and refreshed 3 times within {:?} of the SIGKILL",
         killed.elapsed()
-    );
+    ));
     assert!(follower.is_running());
     eventually(
         "a live token published by the new leader",
@@ -157,10 +157,10 @@ async fn sigterm_releases_the_lease_and_the_follower_takes_over() {
         },
     )
     .await;
-    println!(
+    figure(format!(
         "handover after SIGTERM took {:?} (the Lease lasts 15 s)",
         stopping.elapsed()
-    );
+    ));
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use eagle_eye_operator::standin::{StandIn, StandInConfig};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ObjectMeta, PostParams};
 use support::operator::{Operator, create_secrets, credential, login, secret, wait_for_reason};
-use support::{env, eventually};
+use support::{env, eventually, figure};
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -90,9 +90,9 @@ async fn memory_does_not_grow_with_a_thousand_unrelated_secrets() {
 
     let after = settled_rss(&env, &si).await;
     let growth = (after as f64 - before as f64) / before as f64 * 100.0;
-    println!(
+    figure(format!(
         "operator RSS: {before} KiB with no unrelated Secrets, {after} KiB with 1000 unrelated 10 KiB Secrets ({growth:+.1}%)"
-    );
+    ));
     assert!(
         growth.abs() <= 10.0,
         "RSS changed by {growth:.1}% ({before} KiB -> {after} KiB)"

@@ -419,15 +419,13 @@ async fn the_kubectl_plugin_answers_as_kubectl_eagleeye() {
     assert!(!help.stdout.contains("sandbox"), "only the day-2 commands");
 
     // Through kubectl itself, which finds plugins on the PATH by their name.
-    let Some(kubectl) = env
+    // The test bed's own kubectl, or the user's for an existing cluster: never skipped.
+    let kubectl = env
         .plane
         .bin_dir()
         .map(|d| d.join("kubectl"))
         .filter(|k| k.exists())
-    else {
-        println!("no kubectl in the test bed; skipped the kubectl round trip");
-        return;
-    };
+        .unwrap_or_else(|| "kubectl".into());
     let path = format!(
         "{}:{}",
         plugin.parent().unwrap().display(),

@@ -91,3 +91,19 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Prints a measured figure and appends it to `target/tmp/figures.txt`, which `.ci/run` shows
+/// after the tests: libtest hides the output of passing tests.
+pub fn figure(line: String) {
+    use std::io::Write;
+    println!("{line}");
+    let test = std::thread::current().name().unwrap_or("?").to_owned();
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("figures.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{test}: {line}");
+    }
+}
