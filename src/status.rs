@@ -17,6 +17,8 @@ pub mod reason {
     pub const REFRESH_FAILED: &str = "RefreshFailed";
     pub const REAUTHORIZATION_REQUIRED: &str = "ReauthorizationRequired";
     pub const REFRESH_TOKEN_IN_USE: &str = "RefreshTokenInUse";
+    /// The refresh-token Secret holds a token this operator already rotated out.
+    pub const REFRESH_TOKEN_REVERTED: &str = "RefreshTokenReverted";
     pub const WRITE_BACK_PENDING: &str = "WriteBackPending";
     pub const PUBLISH_FAILED: &str = "PublishFailed";
     pub const SUSPENDED: &str = "Suspended";

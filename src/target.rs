@@ -19,6 +19,8 @@ pub const CREDENTIAL_LABEL: &str = "eagle-eye-operator.io/credential";
 pub const ISSUED_AT: &str = "eagle-eye-operator.io/issued-at";
 pub const EXPIRES_AT: &str = "eagle-eye-operator.io/expires-at";
 pub const REFRESH_FINGERPRINT: &str = "eagle-eye-operator.io/refresh-token-fingerprint";
+/// Fingerprints of refresh tokens the operator rotated out, newest first, comma-separated.
+pub const SPENT_FINGERPRINTS: &str = "eagle-eye-operator.io/spent-refresh-token-fingerprints";
 
 /// A short one-way fingerprint of a refresh token, to tell whether the stored token is the
 /// one behind the published access token. 64 bits of SHA-256 reveal nothing usable about a
@@ -38,6 +40,7 @@ pub struct Publication<'a> {
     pub issued_at: Timestamp,
     pub expires_at: Timestamp,
     pub refresh_fingerprint: &'a str,
+    pub spent_fingerprints: &'a [String],
 }
 
 pub fn target_name(cr: &EagleEyeCredential) -> String {
@@ -73,6 +76,9 @@ pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>) -> Secret {
     annotations.insert(ISSUED_AT.into(), p.issued_at.to_string());
     annotations.insert(EXPIRES_AT.into(), expires);
     annotations.insert(REFRESH_FINGERPRINT.into(), p.refresh_fingerprint.into());
+    if !p.spent_fingerprints.is_empty() {
+        annotations.insert(SPENT_FINGERPRINTS.into(), p.spent_fingerprints.join(","));
+    }
 
     Secret {
         metadata: ObjectMeta {
@@ -97,6 +103,15 @@ pub fn published(secret: &Secret) -> Option<Published> {
         issued_at: a.get(ISSUED_AT)?.parse().ok()?,
         expires_at: a.get(EXPIRES_AT)?.parse().ok()?,
         refresh_fingerprint: a.get(REFRESH_FINGERPRINT)?.clone(),
+        spent_fingerprints: a
+            .get(SPENT_FINGERPRINTS)
+            .map(|v| {
+                v.split(',')
+                    .filter(|f| !f.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -127,6 +142,7 @@ mod tests {
             issued_at: "2026-11-28T12:00:00Z".parse().unwrap(),
             expires_at: "2026-11-29T00:00:00Z".parse().unwrap(),
             refresh_fingerprint: "00112233",
+            spent_fingerprints: &[],
         }
     }
 
@@ -170,10 +186,15 @@ mod tests {
 
     #[test]
     fn published_state_round_trips_through_annotations() {
-        let p = publication();
+        let mut p = publication();
         let got = published(&build(&credential(), &p)).unwrap();
         assert_eq!((got.issued_at, got.expires_at), (p.issued_at, p.expires_at));
         assert_eq!(got.refresh_fingerprint, "00112233");
+        assert!(got.spent_fingerprints.is_empty());
+        let spent = ["aa".to_owned(), "bb".to_owned()];
+        p.spent_fingerprints = &spent;
+        let got = published(&build(&credential(), &p)).unwrap();
+        assert_eq!(got.spent_fingerprints, spent);
     }
 
     #[test]

@@ -323,14 +323,7 @@ async fn dead_login_requires_reauthorization_and_a_new_refresh_token_recovers_it
 
     // A person logs in again and stores the new refresh token; nothing is restarted.
     let fresh = si.login("relogin-client");
-    env.api::<Secret>()
-        .replace("dead-refresh", &PostParams::default(), &{
-            let mut s = env.api::<Secret>().get("dead-refresh").await.unwrap();
-            s.data = secret("x", &[("refresh_token", &fresh.refresh_token)]).data;
-            s
-        })
-        .await
-        .unwrap();
+    put_refresh_token(&env, "dead-refresh", &fresh.refresh_token).await;
     wait_for_reason(&env, "dead", "TokenRefreshed", Duration::from_secs(30)).await;
     let data = secret_data(&env, "dead-token").await.unwrap();
     assert!(api_accepts(&si, &data["base_url"], &data["access_token"]).await);
@@ -733,4 +726,91 @@ async fn a_failed_publish_is_retried_without_spending_the_token_again() {
     assert_eq!(si.counters().refreshes, 1, "the held answer was published");
     let data = secret_data(&env, "blocked-token").await.unwrap();
     assert!(api_accepts(&si, &data["base_url"], &data["access_token"]).await);
+}
+
+/// Replaces the refresh token in its Secret, as a person or a sync tool would.
+async fn put_refresh_token(env: &support::TestEnv, name: &str, token: &str) {
+    let api = env.api::<Secret>();
+    let mut s = api.get(name).await.unwrap();
+    s.data = secret("x", &[("refresh_token", token)]).data;
+    api.replace(name, &PostParams::default(), &s).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_secret_reverted_to_a_rotated_out_token_is_restored_and_the_dead_token_never_spent() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let login = login(&si, "revert-client", true).await;
+    create_secrets(&env, "rev", &login).await;
+    let mut op = Operator::start(&env, &si, &[]).await;
+    env.api()
+        .create(
+            &PostParams::default(),
+            &credential("rev", &si, serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    wait_for_reason(&env, "rev", "TokenRefreshed", Duration::from_secs(30)).await;
+    let live = secret_data(&env, "rev-refresh").await.unwrap()["refresh_token"].clone();
+    assert_ne!(live, login.grant.refresh_token, "the first refresh rotated");
+
+    // A GitOps or secret-sync tool puts its copy, the login's first token, back.
+    put_refresh_token(&env, "rev-refresh", &login.grant.refresh_token).await;
+    eventually(
+        "the live refresh token written back over the reverted one",
+        Duration::from_secs(30),
+        || async {
+            let now = secret_data(&env, "rev-refresh").await?;
+            (now["refresh_token"] == live).then_some(())
+        },
+    )
+    .await;
+    let note = eventually(
+        "a RefreshTokenRestored event",
+        Duration::from_secs(10),
+        || async {
+            let events = env
+                .api::<k8s_openapi::api::events::v1::Event>()
+                .list(&Default::default())
+                .await
+                .ok()?;
+            events
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("RefreshTokenRestored"))?
+                .note
+        },
+    )
+    .await;
+    assert!(
+        note.contains("GitOps") && note.contains("rev-refresh"),
+        "{note}"
+    );
+    let (ready_now, _, _) = ready(&env, "rev").await.unwrap();
+    assert_eq!(ready_now, "True");
+    assert!(si.refresh_token_is_live(&live));
+
+    // The operator restarted meanwhile, so no live copy is left in memory: the dead token
+    // is still never spent, and the credential says what to do.
+    assert!(op.terminate().await.success());
+    put_refresh_token(&env, "rev-refresh", &login.grant.refresh_token).await;
+    op.restart().await;
+    wait_for_reason(&env, "rev", "RefreshTokenReverted", Duration::from_secs(30)).await;
+    let (_, _, message) = ready(&env, "rev").await.unwrap();
+    assert!(message.contains("Phase 1"), "{message}");
+
+    // A new login brings it back.
+    let fresh = si.login("revert-client");
+    put_refresh_token(&env, "rev-refresh", &fresh.refresh_token).await;
+    wait_for_reason(&env, "rev", "TokenRefreshed", Duration::from_secs(30)).await;
+    assert_eq!(
+        si.counters().reused_refresh_tokens,
+        0,
+        "the rotated-out token was never spent again"
+    );
+    assert_eq!(
+        si.counters().refreshes,
+        2,
+        "one refresh for the first login, one for the new one"
+    );
 }

@@ -1,7 +1,8 @@
 //! Rotated refresh tokens received but not yet stored, and stored tokens whose access token
 //! is not yet published. One map per process, shared by every controller term, so that a
 //! lost Lease, a restarted controller or a deleted credential never silently drops one:
-//! a held token is the only live copy of the login.
+//! a held token is the only live copy of the login. Beside them, the last live token of
+//! each credential, to undo a revert of its Secret to a dead one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,12 @@ use crate::target::fingerprint;
 use crate::token::TokenGrant;
 
 #[derive(Clone, Default)]
-pub struct HeldTokens(Arc<Mutex<HashMap<String, Held>>>);
+pub struct HeldTokens {
+    held: Arc<Mutex<HashMap<String, Held>>>,
+    /// The live refresh token per credential, as last stored or confirmed: the copy that
+    /// puts a login back when something overwrites its Secret with a rotated-out token.
+    live: Arc<Mutex<HashMap<String, SecretString>>>,
+}
 
 pub(crate) struct Held {
     pub spent_fingerprint: String,
@@ -47,15 +53,32 @@ impl Held {
 
 impl HeldTokens {
     pub(crate) fn take(&self, key: &str) -> Option<Held> {
-        lock(&self.0).remove(key)
+        lock(&self.held).remove(key)
     }
 
     pub(crate) fn put(&self, key: &str, held: Held) {
-        lock(&self.0).insert(key.to_owned(), held);
+        lock(&self.held).insert(key.to_owned(), held);
     }
 
     pub fn is_empty(&self) -> bool {
-        lock(&self.0).is_empty()
+        lock(&self.held).is_empty()
+    }
+
+    /// Remembers `token` as the credential's live refresh token.
+    pub(crate) fn remember_live(&self, key: &str, token: &SecretString) {
+        lock(&self.live).insert(key.to_owned(), token.clone());
+    }
+
+    /// The live refresh token remembered for the credential, if its fingerprint is `fp`.
+    pub(crate) fn live(&self, key: &str, fp: &str) -> Option<SecretString> {
+        lock(&self.live)
+            .get(key)
+            .filter(|t| fingerprint(t.expose_secret()) == fp)
+            .cloned()
+    }
+
+    pub(crate) fn forget_live(&self, key: &str) {
+        lock(&self.live).remove(key);
     }
 
     /// Stores every held refresh token, retrying until `limit`; used when no reconcile will
@@ -64,13 +87,13 @@ impl HeldTokens {
     pub async fn flush(&self, client: &Client, limit: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let keys: Vec<String> = lock(&self.0).keys().cloned().collect();
+            let keys: Vec<String> = lock(&self.held).keys().cloned().collect();
             for k in keys {
                 if let Some(held) = self.take(&k) {
                     self.store_or_keep(client, &k, held).await;
                 }
             }
-            let left = lock(&self.0).len();
+            let left = lock(&self.held).len();
             if left == 0 || tokio::time::Instant::now() >= deadline {
                 return left;
             }
@@ -90,7 +113,7 @@ impl HeldTokens {
 
     /// Logs, loudly, every token still held when the process exits.
     pub fn report_lost(&self) {
-        for k in lock(&self.0).keys() {
+        for k in lock(&self.held).keys() {
             error!(credential = %k, "exiting with a rotated refresh token that could not be stored: the login is lost and needs a new Phase 1 login");
         }
     }

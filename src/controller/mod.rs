@@ -135,6 +135,7 @@ pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result
         Ok(Some(fresh)) => fresh,
         Ok(None) => {
             ctx.metrics.forget(&labels(&cr));
+            ctx.held.forget_live(&key(&cr));
             // A token held for a deleted credential still belongs in its Secret.
             if let Some(held) = ctx.held.take(&key(&cr)) {
                 ctx.held.store_or_keep(&ctx.client, &key(&cr), held).await;

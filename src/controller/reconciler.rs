@@ -166,6 +166,14 @@ impl<'a> Reconciler<'a> {
             Err(e) => return self.secret_problem(e).await,
         };
         let published = self.published().await?;
+        if let Some(p) = &published {
+            if schedule::reverted(p, &stored.fingerprint) {
+                return self.undo_revert(stored, p).await;
+            }
+            if p.refresh_fingerprint == stored.fingerprint {
+                self.ctx.held.remember_live(&self.key, &stored.token);
+            }
+        }
         let inputs = self.schedule_inputs(published.clone(), &stored, refresh_before);
         match schedule::plan(&inputs) {
             Plan::RefreshAt(at, _) => {
@@ -237,6 +245,60 @@ impl<'a> Reconciler<'a> {
         }
     }
 
+    /// The Secret holds a refresh token this operator rotated out (a GitOps or secret-sync
+    /// tool put its old copy back). Spending it would fail and could alarm the server, so
+    /// it is never spent: the live token is written back when this process still knows
+    /// it, else the credential waits for a new login.
+    async fn undo_revert(
+        self,
+        stored: StoredToken,
+        published: &schedule::Published,
+    ) -> Result<Action, Error> {
+        let r = &self.cr.spec.refresh_token_secret_ref;
+        let Some(live) = self
+            .ctx
+            .held
+            .live(&self.key, &published.refresh_fingerprint)
+        else {
+            let message = format!(
+                "Secret {:?} holds a refresh token this operator already rotated out (put back by a GitOps or secret-sync tool?) and no live copy is left, so it was not spent; repeat the Phase 1 login and keep key {:?} out of such tools",
+                r.name, r.key
+            );
+            return self
+                .fail_waiting(
+                    reason::REFRESH_TOKEN_REVERTED,
+                    message,
+                    Action::requeue(WAITING_RECHECK),
+                )
+                .await;
+        };
+        // The chain annotations still describe the live token unless they were reverted too.
+        let chain = secrets::chain(&stored.secret, &published.refresh_fingerprint, self.now);
+        let reverted = StoredToken { chain, ..stored };
+        match secrets::write_back(
+            &self.secrets,
+            &reverted,
+            &r.key,
+            &live,
+            &self.cr.name_any(),
+            chain.token_issued_at,
+        )
+        .await
+        {
+            Ok(WriteBack::Written) => {
+                let message = format!(
+                    "Secret {:?} was set back to a refresh token this operator already rotated out (by a GitOps or secret-sync tool?); the live token was written back. Keep key {:?} out of such tools",
+                    r.name, r.key
+                );
+                self.event(EventType::Warning, "RefreshTokenRestored", &message)
+                    .await;
+                Ok(Action::requeue(Duration::ZERO))
+            }
+            Ok(WriteBack::ReplacedByPerson) => Ok(Action::requeue(Duration::ZERO)),
+            Err(e) => Err(Error::WriteBack(r.name.clone(), e)),
+        }
+    }
+
     /// When the current refresh token dies unused; rotating tokens only.
     fn idle_end(&self, token_issued_at: Timestamp) -> Option<Timestamp> {
         (self.rotation() != schedule::Rotation::NonRotating)
@@ -285,6 +347,7 @@ impl<'a> Reconciler<'a> {
         .await
         {
             Ok(WriteBack::Written) => {
+                self.ctx.held.remember_live(&self.key, &new);
                 // The window in which a crash loses the login: from the token endpoint's
                 // answer until this write is acknowledged.
                 if let Some(answered) = self.answered_at {
@@ -326,8 +389,26 @@ impl<'a> Reconciler<'a> {
     /// Returns it when its access token still needs publishing.
     async fn settle(&mut self, stored: &StoredToken, held: Held) -> Result<Option<Held>, Error> {
         let new_fp = held.new_fingerprint();
-        let held = if stored.fingerprint == held.spent_fingerprint && held.new_token.is_some() {
+        // A token this operator rotated out, put back meanwhile, is no person's new login.
+        let reverted = stored.fingerprint != held.spent_fingerprint
+            && stored.fingerprint != new_fp
+            && self
+                .published()
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|p| p.spent_fingerprints.contains(&stored.fingerprint));
+        let held = if (stored.fingerprint == held.spent_fingerprint || reverted)
+            && held.new_token.is_some()
+        {
             info!(held_for = %self.now.duration_since(held.received_at), "storing the rotated refresh token held in memory");
+            // After a revert the chain annotations describe the spent token, not the stored.
+            let stored = &StoredToken {
+                token: stored.token.clone(),
+                fingerprint: stored.fingerprint.clone(),
+                secret: stored.secret.clone(),
+                chain: secrets::chain(&stored.secret, &held.spent_fingerprint, self.now),
+            };
             match self.store_rotated(stored, held).await? {
                 Some(held) => held,
                 None => return Ok(None),
@@ -364,8 +445,15 @@ impl<'a> Reconciler<'a> {
         let issued_at = held.received_at;
         let expires_at =
             issued_at + SignedDuration::try_from(grant.expires_in).unwrap_or(SignedDuration::ZERO);
+        let previous = self.published().await.ok().flatten();
+        let previous = previous.map(|p| p.spent_fingerprints).unwrap_or_default();
+        let spent = if rotated {
+            schedule::spent_after(&previous, &held.spent_fingerprint, &refresh_fp)
+        } else {
+            previous
+        };
         if let Err(e) = self
-            .publish(grant, &refresh_fp, issued_at, expires_at)
+            .publish(grant, &refresh_fp, &spent, issued_at, expires_at)
             .await
         {
             let message = format!("the refreshed access token could not be published: {e}");
@@ -390,6 +478,7 @@ impl<'a> Reconciler<'a> {
             issued_at,
             expires_at,
             refresh_fingerprint: refresh_fp,
+            spent_fingerprints: spent,
         };
         self.status.rotation = Some(rotation);
         self.status.access_token_expires_at = Some(Time(expires_at));
@@ -423,6 +512,7 @@ impl<'a> Reconciler<'a> {
         &self,
         grant: &TokenGrant,
         refresh_fp: &str,
+        spent: &[String],
         issued_at: Timestamp,
         expires_at: Timestamp,
     ) -> Result<(), Error> {
@@ -438,6 +528,7 @@ impl<'a> Reconciler<'a> {
                 issued_at,
                 expires_at,
                 refresh_fingerprint: refresh_fp,
+                spent_fingerprints: spent,
             },
         );
         let name = target::target_name(self.cr);
