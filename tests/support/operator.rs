@@ -92,7 +92,17 @@ impl Operator {
         self.starts += 1;
         let log =
             std::fs::File::create(self.dir.join(format!("operator-{}.log", self.starts))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_eagle-eye-operator"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_eagle-eye-operator"));
+        // A test binary stopped by a signal runs no destructors: the kernel then stops the
+        // operator with it, as the test bed's reaper does the control plane.
+        // SAFETY: prctl is async-signal-safe and touches nothing of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command
             .args(&self.args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info,eagle_eye_operator=debug")
