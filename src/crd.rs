@@ -252,6 +252,11 @@ pub struct EagleEyeCredentialStatus {
     /// When the last refresh attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure_time: Option<Time>,
+    /// One-way fingerprint of the login the auth server refused as dead (auth URL, scope,
+    /// client credentials and refresh token together). The operator does not send it again
+    /// until one of them changes, as a new Phase 1 login does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_login_fingerprint: Option<String>,
 }
 
 fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -324,7 +324,9 @@ async fn dead_login_requires_reauthorization_and_a_new_refresh_token_recovers_it
     // A person logs in again and stores the new refresh token; nothing is restarted.
     let fresh = si.login("relogin-client");
     put_refresh_token(&env, "dead-refresh", &fresh.refresh_token).await;
-    wait_for_reason(&env, "dead", "TokenRefreshed", Duration::from_secs(30)).await;
+    let cr = wait_for_reason(&env, "dead", "TokenRefreshed", Duration::from_secs(30)).await;
+    let status = cr.status.unwrap();
+    assert!(status.refused_login_fingerprint.is_none() && status.failed_refresh_attempts == 0);
     let data = secret_data(&env, "dead-token").await.unwrap();
     assert!(api_accepts(&si, &data["base_url"], &data["access_token"]).await);
 }

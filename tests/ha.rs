@@ -82,6 +82,23 @@ async fn one_of_two_replicas_leads_and_the_other_takes_over_after_sigkill_withou
     rotations(3).await;
     assert_eq!(si.counters().reused_refresh_tokens, 0);
 
+    // SIGKILL between the token endpoint's answer and the write-back would lose the login
+    // (tests/write_back.rs shows that window); this test is about failover, so it kills
+    // the leader while its last rotation is stored and published and no refresh is under way.
+    eventually(
+        "the last rotation stored and published",
+        Duration::from_secs(20),
+        || async {
+            let requests = si.counters().token_requests;
+            let stored = secret_data(&env, "ha-refresh").await?;
+            let target = secret_data(&env, "ha-token").await?;
+            let settled = si.refresh_token_is_live(&stored["refresh_token"])
+                && si.access_token_is_live(&target["access_token"])
+                && si.counters().token_requests == requests;
+            settled.then_some(())
+        },
+    )
+    .await;
     leader.kill().await;
     let killed = Instant::now();
     rotations(3).await;
@@ -131,11 +148,17 @@ async fn sigterm_releases_the_lease_and_the_follower_takes_over() {
     .await;
     let b = Operator::start(&env, &si, &["--instance", "second"]).await;
     let addr_b = b.admin_addr().await;
-    assert_eq!(
-        get(addr_b, "/readyz").await.0,
-        200,
-        "a follower is a ready hot standby"
-    );
+    // The admin server listens before the first API call; readiness follows that call.
+    eventually(
+        "the follower to be a ready hot standby",
+        Duration::from_secs(10),
+        || async {
+            let ready = get(addr_b, "/readyz").await.0 == 200;
+            let following = series(&get(addr_b, "/metrics").await.1, "eagle_eye_leader")? == 0.0;
+            (ready && following).then_some(())
+        },
+    )
+    .await;
     let stopping = Instant::now();
     assert!(a.terminate().await.success(), "clean exit on SIGTERM");
     let lease = leases

@@ -5,8 +5,9 @@ mod support;
 
 use std::time::Duration;
 
+use eagle_eye_operator::crd::EagleEyeCredential;
 use eagle_eye_operator::standin::{Fault, StandIn, StandInConfig};
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use support::operator::{
     Operator, create_secrets, credential, login, ready, secret_data, wait_for_reason,
 };
@@ -139,9 +140,54 @@ async fn killing_the_operator_before_the_write_back_loses_the_login_and_says_so(
     .await;
     let (_, _, message) = ready(&env, "crash").await.unwrap();
     println!("after the crash: {message}");
+    assert!(message.contains("Phase 1"), "{message}");
+
+    // The refused token is never sent again: not on any retry schedule (whose first retry
+    // would be due a second after the failure), nor when the spec changes.
+    let api = env.api::<EagleEyeCredential>();
+    let failed_at = api
+        .get("crash")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .last_failure_time;
+    let failed_at = failed_at.expect("failure time recorded").0;
+    eventually(
+        "three seconds past the failure",
+        Duration::from_secs(10),
+        || async {
+            (jiff::Timestamp::now() > failed_at + jiff::SignedDuration::from_secs(3)).then_some(())
+        },
+    )
+    .await;
+    let changed = api
+        .patch(
+            "crash",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"refreshBefore": "20m"}})),
+        )
+        .await
+        .unwrap();
+    let generation = changed.metadata.generation;
+    let seen = eventually(
+        "the spec change reconciled",
+        Duration::from_secs(30),
+        || async {
+            let cr = api.get("crash").await.ok()?;
+            let status = cr.status?;
+            (status.observed_generation == generation).then_some(status)
+        },
+    )
+    .await;
+    assert!(seen.refused_login_fingerprint.is_some());
+    assert_eq!(
+        ready(&env, "crash").await.unwrap().1,
+        "ReauthorizationRequired"
+    );
     assert_eq!(
         si.counters().reused_refresh_tokens,
         1,
-        "the restarted operator spent the stored, already rotated token once"
+        "the restarted operator spent the stored, already rotated token once, and only once"
     );
 }

@@ -223,6 +223,33 @@ fn jitter(cr: &EagleEyeCredential) -> f64 {
     (h.finish() % 10_000) as f64 / 10_000.0
 }
 
+/// A one-way fingerprint of everything a refresh sends, so that a login the server refused
+/// is not sent again until some part of it changes.
+fn login_fingerprint(
+    auth_url: &url::Url,
+    scope: &str,
+    creds: &crate::token::ClientCredentials,
+    stored: &crate::secrets::StoredToken,
+) -> String {
+    use secrecy::ExposeSecret;
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [
+        auth_url.as_str(),
+        scope,
+        &creds.id,
+        creds.secret.expose_secret(),
+        stored.token.expose_secret(),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn static_reason(r: &str) -> &'static str {
     [
         reason::TOKEN_REFRESHED,
@@ -233,6 +260,7 @@ fn static_reason(r: &str) -> &'static str {
         reason::REFRESH_FAILED,
         reason::REAUTHORIZATION_REQUIRED,
         reason::REFRESH_TOKEN_IN_USE,
+        reason::REFRESH_TOKEN_REVERTED,
         reason::WRITE_BACK_PENDING,
         reason::PUBLISH_FAILED,
         reason::SUSPENDED,
@@ -282,8 +310,43 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{login_fingerprint, parse_duration};
     use jiff::SignedDuration;
+
+    #[test]
+    fn a_refused_login_counts_as_new_once_any_part_of_it_changes() {
+        let fp = |url: &str, scope: &str, id: &str, secret: &str, token: &str| {
+            let creds = crate::token::ClientCredentials {
+                id: id.into(),
+                secret: secret.to_owned().into(),
+            };
+            let stored = crate::secrets::StoredToken {
+                token: token.to_owned().into(),
+                fingerprint: String::new(),
+                secret: Default::default(),
+                chain: crate::secrets::Chain {
+                    started_at: jiff::Timestamp::UNIX_EPOCH,
+                    estimated: false,
+                    token_issued_at: jiff::Timestamp::UNIX_EPOCH,
+                },
+            };
+            login_fingerprint(&url.parse().unwrap(), scope, &creds, &stored)
+        };
+        let base = fp("https://auth.example", "vms.all", "id", "secret", "rt");
+        assert_eq!(base, fp("https://auth.example", "vms.all", "id", "secret", "rt"));
+        for other in [
+            fp("https://auth2.example", "vms.all", "id", "secret", "rt"),
+            fp("https://auth.example", "vms.read", "id", "secret", "rt"),
+            fp("https://auth.example", "vms.all", "id2", "secret", "rt"),
+            fp("https://auth.example", "vms.all", "id", "secret2", "rt"),
+            fp("https://auth.example", "vms.all", "id", "secret", "rt2"),
+            // Parts are length-prefixed: moving a character between them is a change.
+            fp("https://auth.example", "vms.all", "i", "dsecret", "rt"),
+        ] {
+            assert_ne!(base, other);
+        }
+        assert!(!base.contains("secret") && base.len() == 16);
+    }
 
     #[test]
     fn durations_parse_in_kubernetes_and_day_forms() {

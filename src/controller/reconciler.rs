@@ -22,7 +22,7 @@ use crate::token::{ErrorClass, TokenError, TokenGrant};
 use super::held::Held;
 use super::{
     Context, Error, FIELD_MANAGER, WAITING_RECHECK, jitter, key, kube_reason, labels, lock,
-    other_claimant, validate, whole_seconds,
+    login_fingerprint, other_claimant, validate, whole_seconds,
 };
 
 pub(super) struct Reconciler<'a> {
@@ -165,6 +165,13 @@ impl<'a> Reconciler<'a> {
             Ok(s) => s,
             Err(e) => return self.secret_problem(e).await,
         };
+        let login = login_fingerprint(&auth_url, &spec.scope, &creds, &stored);
+        if self.status.refused_login_fingerprint.as_ref() == Some(&login) {
+            // Sending a refused token again cannot succeed, and servers count it as reuse.
+            self.status.next_refresh_at = None;
+            let verdict = self.current_verdict(None);
+            return self.finish(verdict, Action::requeue(WAITING_RECHECK)).await;
+        }
         let published = self.published().await?;
         if let Some(p) = &published {
             if schedule::reverted(p, &stored.fingerprint) {
@@ -192,7 +199,7 @@ impl<'a> Reconciler<'a> {
                     return Ok(Action::requeue(wait));
                 }
                 info!(?why, "refreshing");
-                self.refresh(&auth_url, &creds, stored, refresh_before)
+                self.refresh(&auth_url, &creds, stored, &login, refresh_before)
                     .await
             }
         }
@@ -203,6 +210,7 @@ impl<'a> Reconciler<'a> {
         auth_url: &url::Url,
         creds: &crate::token::ClientCredentials,
         stored: StoredToken,
+        login: &str,
         refresh_before: SignedDuration,
     ) -> Result<Action, Error> {
         let scope = &self.cr.spec.scope;
@@ -240,7 +248,7 @@ impl<'a> Reconciler<'a> {
                         return Ok(Action::requeue(Duration::ZERO));
                     }
                 }
-                self.refresh_failed(e, &stored).await
+                self.refresh_failed(e, &stored, login).await
             }
         }
     }
@@ -485,6 +493,7 @@ impl<'a> Reconciler<'a> {
         self.status.last_refresh_at = Some(Time(issued_at));
         self.status.failed_refresh_attempts = 0;
         self.status.last_failure_time = None;
+        self.status.refused_login_fingerprint = None;
         self.status.base_url = Some(grant.api.base_url());
         self.status.target_secret_name = Some(target::target_name(self.cr));
         if rotated {
@@ -547,6 +556,7 @@ impl<'a> Reconciler<'a> {
         mut self,
         err: TokenError,
         stored: &StoredToken,
+        login: &str,
     ) -> Result<Action, Error> {
         self.status.failed_refresh_attempts = self.status.failed_refresh_attempts.saturating_add(1);
         self.status.last_failure_time = Some(Time(self.now));
@@ -573,6 +583,7 @@ impl<'a> Reconciler<'a> {
             )
             .await;
             self.status.next_refresh_at = None;
+            self.status.refused_login_fingerprint = Some(login.to_owned());
             return self
                 .finish(
                     Verdict {

@@ -297,12 +297,15 @@ pub async fn wait_for_reason(
         &format!("{name} to report Ready reason {reason}"),
         limit,
         || async {
-            let (_, r, _) = ready(env, name).await?;
-            if r == reason {
-                env.api::<EagleEyeCredential>().get_opt(name).await.ok()?
-            } else {
-                None
-            }
+            // One read: the object returned is the one whose condition matched.
+            let cr = env.api::<EagleEyeCredential>().get_opt(name).await.ok()??;
+            let matched = cr
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason == reason);
+            matched.then_some(cr)
         },
     )
     .await
