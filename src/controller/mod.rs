@@ -333,7 +333,10 @@ mod tests {
             login_fingerprint(&url.parse().unwrap(), scope, &creds, &stored)
         };
         let base = fp("https://auth.example", "vms.all", "id", "secret", "rt");
-        assert_eq!(base, fp("https://auth.example", "vms.all", "id", "secret", "rt"));
+        assert_eq!(
+            base,
+            fp("https://auth.example", "vms.all", "id", "secret", "rt")
+        );
         for other in [
             fp("https://auth2.example", "vms.all", "id", "secret", "rt"),
             fp("https://auth.example", "vms.read", "id", "secret", "rt"),

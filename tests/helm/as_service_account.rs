@@ -13,13 +13,13 @@ use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
 use crate::chart::{
-    alert_metric_names, alert_rules, all_options_on, fullname, install, ok, release_name, render,
-    run, scratch, service_account,
+    alert_metric_names, alert_rules, all_options_on, can, fullname, install, ok, release_name,
+    render, run, scratch, service_account,
 };
 use crate::support::operator::{
     create_secrets, credential, login, ready, secret_data, wait_for_reason,
 };
-use crate::support::{TestEnv, env};
+use crate::support::{TestEnv, env, eventually};
 
 /// The chart's operator processes watch credentials in namespaces other tests use: a
 /// cluster-scope one would reconcile the namespaced test's credentials. One at a time.
@@ -31,13 +31,7 @@ async fn the_operator_with_only_the_cluster_scope_rbac_brings_a_credential_to_re
     let home = env().await;
     let apps = env().await;
     let release = release_name(&home);
-    let port = free_port();
-    install(
-        &home,
-        &release,
-        &host_values(json!({"scope": "cluster"}), port),
-    )
-    .await;
+    install(&home, &release, &host_values(json!({"scope": "cluster"}))).await;
 
     let si = stand_in().await;
     let login = login(&si, "helm-cluster", true).await;
@@ -64,6 +58,7 @@ async fn the_operator_with_only_the_cluster_scope_rbac_brings_a_credential_to_re
     );
 
     // Every series the chart's alerts use is exposed, with the labels they aggregate by.
+    let port = pod.admin_port().await;
     let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await
         .unwrap()
@@ -97,7 +92,7 @@ async fn the_operator_with_only_the_namespaced_rbac_serves_its_namespaces_and_ca
     let (apps, other) = (env().await, env().await);
     let release = release_name(&home);
     let values = json!({"scope": "namespaced", "watchNamespaces": [apps.namespace]});
-    install(&home, &release, &host_values(values, free_port())).await;
+    install(&home, &release, &host_values(values)).await;
 
     let si = stand_in().await;
     let theirs = login(&si, "helm-unwatched", true).await;
@@ -211,10 +206,46 @@ impl ChartPod {
             impersonating(home.plane.kubeconfig_path(), &sa),
         )
         .unwrap();
+        // kube-apiserver's RBAC caches trail the install a little; a real pod starts seconds
+        // later. Wait until the grants are in force so that any denial is a real one.
+        let watched: Vec<String> = container
+            .args
+            .iter()
+            .flatten()
+            .find_map(|a| a.strip_prefix("--namespaces="))
+            .map(|n| n.split(',').map(|n| format!("-n={n}")).collect())
+            .unwrap_or_else(|| vec!["-A".into()]);
+        let lease_ns = format!("-n={}", home.namespace);
+        eventually(
+            "the chart's RBAC in force",
+            Duration::from_secs(10),
+            || async {
+                let mut ok = can(home, &sa, &["create", "leases", &lease_ns]).await;
+                for ns in &watched {
+                    ok &= can(
+                        home,
+                        &sa,
+                        &["watch", "eagleeyecredentials.eagle-eye-operator.io", ns],
+                    )
+                    .await;
+                }
+                ok.then_some(())
+            },
+        )
+        .await;
         let log = dir.join("operator.log");
         let out = std::fs::File::create(&log).unwrap();
+        // The one departure from the chart's arguments: on a shared host the admin server
+        // takes any free port (the log says which) instead of a fixed one.
+        let args = container.args.iter().flatten().map(|a| {
+            if a.starts_with("--admin-port=") {
+                "--admin-port=0".to_owned()
+            } else {
+                a.clone()
+            }
+        });
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_eagle-eye-operator"))
-            .args(container.args.iter().flatten())
+            .args(args)
             .envs(vars)
             .env("KUBECONFIG", &kubeconfig)
             .stdin(Stdio::null())
@@ -228,6 +259,25 @@ impl ChartPod {
             log,
             _child: child,
         }
+    }
+
+    /// The admin server's port, from the start-up log line.
+    async fn admin_port(&self) -> u16 {
+        eventually(
+            "the admin server to listen",
+            Duration::from_secs(30),
+            || async {
+                let logs = std::fs::read_to_string(&self.log).ok()?;
+                // The chart logs JSON.
+                let line = logs
+                    .lines()
+                    .find(|l| l.contains("admin server listening"))?;
+                let line: Value = serde_json::from_str(line).ok()?;
+                let addr: std::net::SocketAddr = line["addr"].as_str()?.parse().ok()?;
+                Some(addr.port())
+            },
+        )
+        .await
     }
 
     /// Every API call the operator made was allowed: the chart's RBAC is not merely enough
@@ -251,10 +301,9 @@ fn impersonating(kubeconfig: &Path, user: &str) -> String {
     serde_yaml::to_string(&config).unwrap()
 }
 
-/// Values for an operator run on the host: its own admin port, and the stand-in's loopback
-/// address accepted as an API base.
-fn host_values(mut values: Value, admin_port: u16) -> Value {
-    values["adminPort"] = admin_port.into();
+/// Values for an operator run on the host: the stand-in's loopback address accepted as an
+/// API base.
+fn host_values(mut values: Value) -> Value {
     values["allowedApiHosts"] = json!(["127.0.0.1", "localhost"]);
     values["logLevel"] = "info,eagle_eye_operator=debug".into();
     values
@@ -262,9 +311,4 @@ fn host_values(mut values: Value, admin_port: u16) -> Value {
 
 async fn stand_in() -> StandIn {
     StandIn::start(StandInConfig::default()).await.unwrap()
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
