@@ -13,6 +13,7 @@ use eagle_eye_operator::crd::EagleEyeCredential;
 use eagle_eye_operator::secrets::LOGIN_TIME;
 use eagle_eye_operator::standin::{ClientRegistration, StandIn, StandInConfig};
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::PostParams;
@@ -445,8 +446,14 @@ async fn relogin_after_the_chain_died_makes_it_ready_without_restarting_the_oper
     assert!(second > first);
     let cr = wait_for_reason(&env, "door", "TokenRefreshed", Duration::from_secs(30)).await;
     assert!(op.is_running(), "the operator was not restarted");
-    let target = secret_data(&env, "door-token").await.unwrap();
-    assert!(api_accepts(&si, &target["base_url"], &target["access_token"]).await);
+    // Short-lived tokens rotate every few seconds: read and use the token together.
+    eventually("the published token to work", LIMIT, || async {
+        let target = secret_data(&env, "door-token").await?;
+        api_accepts(&si, &target["base_url"], &target["access_token"])
+            .await
+            .then_some(())
+    })
+    .await;
 
     let new_deadline = second + SignedDuration::from_hours(90 * 24);
     assert_eq!(
@@ -773,6 +780,20 @@ async fn a_user_who_may_not_write_secrets_is_stopped_before_anyone_logs_in() {
         .create(&PostParams::default(), &binding)
         .await
         .unwrap();
+    // kube-apiserver's RBAC caches trail the writes a little: wait until the grant holds.
+    let reviews: kube::Api<SubjectAccessReview> = kube::Api::all(env.client.clone());
+    eventually("the reader's Role in force", LIMIT, || async {
+        let review: SubjectAccessReview = serde_json::from_value(serde_json::json!({
+            "spec": {
+                "user": user,
+                "resourceAttributes": {"namespace": env.namespace, "verb": "get", "resource": "secrets"},
+            },
+        }))
+        .ok()?;
+        let answer = reviews.create(&PostParams::default(), &review).await.ok()?;
+        answer.status?.allowed.then_some(())
+    })
+    .await;
 
     let done = Cli::main(
         &kubeconfig(&env, Some(&user)),

@@ -426,25 +426,27 @@ async fn hostile_responses_leave_the_operator_healthy_with_a_clear_condition() {
         )
         .await
         .unwrap();
-    let mut reasons: Vec<&str> = Vec::new();
-    let limit = std::time::Instant::now() + Duration::from_secs(60);
-    while reasons.len() < 4 {
-        assert!(std::time::Instant::now() < limit, "saw only {reasons:?}");
-        if let Some((_, _, m)) = ready(&env, "hostile").await {
-            for r in [
-                "MalformedResponse",
-                "ResponseTooLarge",
-                "Timeout",
-                "Connect",
-            ] {
-                if m.contains(r) && !reasons.contains(&r) {
-                    reasons.push(r);
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Each failure shows in the Ready condition for a second or so, and in an Event that
+    // stays: the Events are what is checked, once the operator has got through them all.
     wait_for_reason(&env, "hostile", "TokenRefreshed", Duration::from_secs(60)).await;
+    let notes: Vec<String> = env
+        .api::<k8s_openapi::api::events::v1::Event>()
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("RefreshFailed"))
+        .filter_map(|e| e.note)
+        .collect();
+    for r in [
+        "MalformedResponse",
+        "ResponseTooLarge",
+        "Timeout",
+        "Connect",
+    ] {
+        assert!(notes.iter().any(|n| n.contains(r)), "no {r} in {notes:#?}");
+    }
     assert!(op.is_running(), "the operator survived");
     assert_eq!(si.counters().reused_refresh_tokens, 0);
 }
@@ -668,10 +670,13 @@ async fn a_rotated_token_in_an_answer_that_fails_validation_is_still_stored() {
         stored["refresh_token"], login.grant.refresh_token,
         "the rotated token was stored"
     );
-    assert!(
-        secret_data(&env, "foreign-token").await.is_none(),
-        "nothing from the foreign answer was published"
-    );
+    // The retry a second later may already have published its own, good answer.
+    if let Some(published) = secret_data(&env, "foreign-token").await {
+        assert_ne!(
+            published["hostname"], "api.foreign.example",
+            "nothing from the foreign answer was published"
+        );
+    }
 
     wait_for_reason(&env, "foreign", "TokenRefreshed", Duration::from_secs(30)).await;
     assert_eq!(

@@ -25,7 +25,7 @@ async fn refresh_during_outage(env: &support::TestEnv, si: &StandIn, op: &Operat
     let before = si.counters();
     // Slow the next answer so that kube-apiserver is down before it arrives (stopping it
     // takes about a second; the operator waits up to 10 s for the answer).
-    si.inject(Fault::Delay(Duration::from_secs(6)), 1);
+    si.inject(Fault::Delay(Duration::from_secs(8)), 1);
     eventually(
         "the next scheduled refresh to start",
         Duration::from_secs(30),
@@ -33,6 +33,11 @@ async fn refresh_during_outage(env: &support::TestEnv, si: &StandIn, op: &Operat
     )
     .await;
     env.plane.stop_apiserver().await.unwrap();
+    assert_eq!(
+        si.counters().refreshes,
+        before.refreshes,
+        "kube-apiserver stopped before the delayed answer"
+    );
     eventually(
         "the stand-in to rotate the token",
         Duration::from_secs(10),

@@ -505,9 +505,13 @@ impl<'a> Reconciler<'a> {
             self.idle_end(chain.token_issued_at),
         );
         self.status.next_refresh_at = Some(Time(next));
+        self.event(
+            EventType::Normal,
+            reason::TOKEN_REFRESHED,
+            "access token refreshed and published",
+        )
+        .await;
         let message = format!("access token refreshed; it expires at {expires_at}");
-        self.event(EventType::Normal, reason::TOKEN_REFRESHED, &message)
-            .await;
         let verdict = Verdict {
             ready: true,
             reason: reason::TOKEN_REFRESHED,
@@ -618,8 +622,15 @@ impl<'a> Reconciler<'a> {
             self.status.failed_refresh_attempts
         )
         .replace(" ,", ",");
-        self.event(EventType::Warning, reason::REFRESH_FAILED, &message)
-            .await;
+        // One Event series per cause, its note free of counts and times that repeats
+        // would leave stale.
+        self.event_for(
+            EventType::Warning,
+            reason::REFRESH_FAILED,
+            err.reason(),
+            &format!("refresh failed ({}: {err})", err.reason()),
+        )
+        .await;
         let action = Action::requeue(schedule::until(self.now, at));
         self.finish(
             Verdict {

@@ -188,11 +188,18 @@ impl Reconciler<'_> {
     }
 
     pub(super) async fn event(&self, type_: EventType, reason: &str, note: &str) {
+        self.event_for(type_, reason, "Refresh", note).await
+    }
+
+    /// Kubernetes folds an Event that repeats reason and action into a series that keeps
+    /// the first note, so a note must stay true for every repeat: what varies between
+    /// repeats belongs in `action` (or in the status, not the Event).
+    pub(super) async fn event_for(&self, type_: EventType, reason: &str, action: &str, note: &str) {
         let ev = Event {
             type_,
             reason: reason.into(),
             note: Some(truncate(note, 1000)),
-            action: "Refresh".into(),
+            action: action.into(),
             secondary: None,
         };
         if let Err(e) = self
