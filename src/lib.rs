@@ -16,6 +16,7 @@ pub mod operator;
 pub mod sandbox;
 pub mod schedule;
 pub mod secrets;
+pub mod spent;
 pub mod standin;
 pub mod status;
 pub mod status_cli;

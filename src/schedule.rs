@@ -22,37 +22,8 @@ pub struct Published {
     pub expires_at: Timestamp,
     /// Fingerprint of the refresh token that produced it (see `fingerprint`).
     pub refresh_fingerprint: String,
-    /// Fingerprints of refresh tokens this operator rotated out, newest first: dead tokens
-    /// that must never be spent again, however they come back into the Secret.
+    /// Fingerprints of refresh tokens this operator rotated out (see `spent`).
     pub spent_fingerprints: Vec<String>,
-}
-
-/// How many rotated-out fingerprints the target Secret remembers. A sync tool reverting to
-/// its copy brings back the login's first token or a recent one; eight covers both for
-/// days of rotations with the default lifetimes.
-pub const MAX_SPENT: usize = 8;
-
-/// Whether the stored refresh token is one this operator already rotated out: something
-/// (a GitOps or secret-sync tool, a restored backup) put a dead token back.
-pub fn reverted(published: &Published, stored_fingerprint: &str) -> bool {
-    published.refresh_fingerprint != stored_fingerprint
-        && published
-            .spent_fingerprints
-            .iter()
-            .any(|f| f == stored_fingerprint)
-}
-
-/// The rotated-out fingerprints to publish after `spent` was traded for `current`.
-pub fn spent_after(previous: &[String], spent: &str, current: &str) -> Vec<String> {
-    let mut out = vec![spent.to_owned()];
-    for f in previous {
-        if !out.contains(f) && f != current {
-            out.push(f.clone());
-        }
-    }
-    out.retain(|f| f != current);
-    out.truncate(MAX_SPENT);
-    out
 }
 
 /// Everything the schedule depends on.
@@ -373,29 +344,5 @@ mod tests {
         assert_eq!(backoff(1, 0.0), Duration::from_secs(1));
         assert!(backoff(3, 0.99) <= Duration::from_secs_f64(4.0 * 1.2));
         assert_eq!(backoff(100, 0.99), MAX_BACKOFF);
-    }
-
-    #[test]
-    fn a_rotated_out_token_back_in_the_secret_is_a_revert_and_a_new_one_is_not() {
-        let p = published(0, 1000);
-        assert!(reverted(&p, "fp0"), "a token this operator rotated out");
-        assert!(!reverted(&p, "fp1"), "the live token");
-        assert!(!reverted(&p, "fp9"), "a person's new login");
-    }
-
-    #[test]
-    fn spent_fingerprints_are_newest_first_unique_and_bounded() {
-        let mut spent: Vec<String> = Vec::new();
-        for n in 0..20 {
-            spent = spent_after(&spent, &format!("fp{n}"), &format!("fp{}", n + 1));
-        }
-        assert_eq!(spent.len(), MAX_SPENT);
-        assert_eq!(spent[0], "fp19");
-        assert_eq!(spent[MAX_SPENT - 1], "fp12");
-        // Trading a token for one already listed (a restored token rotating on) drops it.
-        let again = spent_after(&spent, "fp19", "fp15");
-        assert_eq!(again[0], "fp19");
-        assert!(!again.contains(&"fp15".to_owned()));
-        assert_eq!(again.iter().filter(|f| *f == "fp19").count(), 1);
     }
 }

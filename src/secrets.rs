@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::spent;
 use crate::target::fingerprint;
 use crate::token::ClientCredentials;
 
@@ -45,6 +46,8 @@ pub struct StoredToken {
     pub fingerprint: String,
     pub secret: Secret,
     pub chain: Chain,
+    /// Refresh tokens this operator rotated out (see `spent`), from the Secret's annotation.
+    pub spent: Vec<String>,
 }
 
 /// Where the token stands in its 90-day chain.
@@ -79,11 +82,13 @@ pub async fn read_refresh_token(
     let token = value(&secret, name, key)?;
     let fingerprint = fingerprint(token.expose_secret());
     let chain = chain(&secret, &fingerprint, now);
+    let spent = spent::read(secret.metadata.annotations.as_ref());
     Ok(StoredToken {
         token,
         fingerprint,
         secret,
         chain,
+        spent,
     })
 }
 
@@ -114,15 +119,17 @@ pub fn chain(secret: &Secret, fingerprint: &str, now: Timestamp) -> Chain {
 }
 
 pub enum WriteBack {
-    Written,
+    /// Stored, with the spent list that now stands beside it.
+    Written(Vec<String>),
     /// The Secret now holds a token that is neither the one spent nor the new one: a person
     /// replaced it (a new login). Theirs wins.
     ReplacedByPerson,
 }
 
-/// Stores a rotated refresh token. The replace carries the resourceVersion of the read that
-/// produced the spent token, so it cannot overwrite a token someone stored meanwhile; when
-/// the precondition fails only because of unrelated edits, it retries on the fresh object.
+/// Stores a rotated refresh token, and in the same write adds the token it replaces to the
+/// spent list. The replace carries the resourceVersion of the read that produced the spent
+/// token, so it cannot overwrite a token someone stored meanwhile; when the precondition
+/// fails only because of unrelated edits, it retries on the fresh object.
 pub async fn write_back(
     api: &Api<Secret>,
     stored: &StoredToken,
@@ -139,8 +146,9 @@ pub async fn write_back(
             .as_ref()
             .and_then(|d| d.get(key))
             .map(|v| fingerprint(&String::from_utf8_lossy(&v.0)));
+        let previous = spent::read(current.metadata.annotations.as_ref());
         match held.as_deref() {
-            Some(fp) if fp == new_fp => return Ok(WriteBack::Written),
+            Some(fp) if fp == new_fp => return Ok(WriteBack::Written(previous)),
             Some(fp) if fp != stored.fingerprint => return Ok(WriteBack::ReplacedByPerson),
             _ => {}
         }
@@ -149,7 +157,9 @@ pub async fn write_back(
             key.into(),
             ByteString(new_token.expose_secret().as_bytes().to_vec()),
         );
+        let spent = spent::after(&previous, &stored.fingerprint, &new_fp);
         let a = next.metadata.annotations.get_or_insert_with(BTreeMap::new);
+        a.insert(spent::ANNOTATION.into(), spent::render(&spent));
         a.insert(CHAIN_STARTED_AT.into(), stored.chain.started_at.to_string());
         a.insert(
             CHAIN_START_ESTIMATED.into(),
@@ -161,7 +171,7 @@ pub async fn write_back(
         next.string_data = None;
         let name = next.metadata.name.clone().unwrap_or_default();
         match api.replace(&name, &PostParams::default(), &next).await {
-            Ok(_) => return Ok(WriteBack::Written),
+            Ok(_) => return Ok(WriteBack::Written(spent)),
             Err(kube::Error::Api(s)) if s.code == 409 => current = api.get(&name).await?,
             Err(e) => return Err(e),
         }

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::crd::EagleEyeCredential;
 use crate::schedule::Published;
+use crate::spent;
 
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "eagle-eye-operator");
 /// Label on target Secrets naming their credential.
@@ -19,8 +20,6 @@ pub const CREDENTIAL_LABEL: &str = "eagle-eye-operator.io/credential";
 pub const ISSUED_AT: &str = "eagle-eye-operator.io/issued-at";
 pub const EXPIRES_AT: &str = "eagle-eye-operator.io/expires-at";
 pub const REFRESH_FINGERPRINT: &str = "eagle-eye-operator.io/refresh-token-fingerprint";
-/// Fingerprints of refresh tokens the operator rotated out, newest first, comma-separated.
-pub const SPENT_FINGERPRINTS: &str = "eagle-eye-operator.io/spent-refresh-token-fingerprints";
 
 /// A short one-way fingerprint of a refresh token, to tell whether the stored token is the
 /// one behind the published access token. 64 bits of SHA-256 reveal nothing usable about a
@@ -77,7 +76,10 @@ pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>) -> Secret {
     annotations.insert(EXPIRES_AT.into(), expires);
     annotations.insert(REFRESH_FINGERPRINT.into(), p.refresh_fingerprint.into());
     if !p.spent_fingerprints.is_empty() {
-        annotations.insert(SPENT_FINGERPRINTS.into(), p.spent_fingerprints.join(","));
+        annotations.insert(
+            spent::ANNOTATION.into(),
+            spent::render(p.spent_fingerprints),
+        );
     }
 
     Secret {
@@ -103,15 +105,7 @@ pub fn published(secret: &Secret) -> Option<Published> {
         issued_at: a.get(ISSUED_AT)?.parse().ok()?,
         expires_at: a.get(EXPIRES_AT)?.parse().ok()?,
         refresh_fingerprint: a.get(REFRESH_FINGERPRINT)?.clone(),
-        spent_fingerprints: a
-            .get(SPENT_FINGERPRINTS)
-            .map(|v| {
-                v.split(',')
-                    .filter(|f| !f.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default(),
+        spent_fingerprints: spent::read(Some(a)),
     })
 }
 

@@ -670,6 +670,22 @@ async fn a_rotated_token_in_an_answer_that_fails_validation_is_still_stored() {
         stored["refresh_token"], login.grant.refresh_token,
         "the rotated token was stored"
     );
+    // ... and in the same write the token it replaced was marked spent, although nothing
+    // was published: a sync tool putting it back now would not get it spent again.
+    let annotations = env
+        .api::<Secret>()
+        .get("foreign-refresh")
+        .await
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap_or_default();
+    assert!(
+        eagle_eye_operator::spent::read(Some(&annotations)).contains(
+            &eagle_eye_operator::target::fingerprint(&login.grant.refresh_token)
+        ),
+        "{annotations:?}"
+    );
     // The retry a second later may already have published its own, good answer.
     if let Some(published) = secret_data(&env, "foreign-token").await {
         assert_ne!(

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use eagle_eye_operator::standin::{ClientRegistration, Fault, StandIn, StandInConfig};
+use eagle_eye_operator::standin::{ClientRegistration, Fault, Gate, StandIn, StandInConfig};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap};
 use reqwest::{Certificate, Client, RequestBuilder, redirect};
 use serde_json::{Value, json};
@@ -626,6 +626,32 @@ async fn delay_fault_answers_normally_after_the_delay() {
         .await
         .text("refresh_token");
     assert!(begun.elapsed() >= Duration::from_millis(300));
+    assert!(h.s.refresh_token_is_live(&rotated));
+    assert_eq!(h.s.counters().refreshes, 1);
+}
+
+#[tokio::test]
+async fn hold_fault_answers_normally_once_the_gate_opens_and_not_before() {
+    let h = Harness::new().await;
+    let grant = h.s.login(&rot().id);
+    let gate = Gate::new();
+    h.s.inject(Fault::Hold(gate.clone()), 1);
+    let client = rot();
+    let refresh = h.refresh(&client, &grant.refresh_token);
+    tokio::pin!(refresh);
+    // The request arrives and waits: nothing is rotated while the gate is shut.
+    tokio::select! {
+        _ = &mut refresh => panic!("answered before the gate opened"),
+        _ = async {
+            while h.s.counters().token_requests == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        } => {}
+    }
+    assert!(h.s.refresh_token_is_live(&grant.refresh_token));
+    assert_eq!(h.s.counters().refreshes, 0);
+    gate.open();
+    let rotated = refresh.await.text("refresh_token");
     assert!(h.s.refresh_token_is_live(&rotated));
     assert_eq!(h.s.counters().refreshes, 1);
 }

@@ -35,6 +35,8 @@ pub(crate) struct Held {
     pub grant: Option<TokenGrant>,
     /// When the answer arrived (whole seconds): the access token's life counts from here.
     pub received_at: Timestamp,
+    /// The spent list beside the refresh token: as read, then as written with the new one.
+    pub spent: Vec<String>,
     pub namespace: String,
     pub secret: String,
     pub key: String,
@@ -69,11 +71,11 @@ impl HeldTokens {
         lock(&self.live).insert(key.to_owned(), token.clone());
     }
 
-    /// The live refresh token remembered for the credential, if its fingerprint is `fp`.
-    pub(crate) fn live(&self, key: &str, fp: &str) -> Option<SecretString> {
+    /// The live refresh token remembered for the credential, unless it is among `dead`.
+    pub(crate) fn live(&self, key: &str, dead: &[String]) -> Option<SecretString> {
         lock(&self.live)
             .get(key)
-            .filter(|t| fingerprint(t.expose_secret()) == fp)
+            .filter(|t| !dead.contains(&fingerprint(t.expose_secret())))
             .cloned()
     }
 
@@ -132,7 +134,11 @@ async fn store(client: &Client, held: &Held) -> Result<(), kube::Error> {
             // The Secret is gone or emptied: there is nothing to store into.
             Err(_) => return Ok(()),
         };
-    if stored.fingerprint != held.spent_fingerprint {
+    // A person's new login wins; a token this operator rotated out, put back meanwhile,
+    // is written over.
+    let reverted =
+        stored.spent.contains(&stored.fingerprint) || held.spent.contains(&stored.fingerprint);
+    if stored.fingerprint != held.spent_fingerprint && !reverted {
         return Ok(());
     }
     secrets::write_back(

@@ -329,6 +329,7 @@ mod tests {
                     estimated: false,
                     token_issued_at: jiff::Timestamp::UNIX_EPOCH,
                 },
+                spent: Vec::new(),
             };
             login_fingerprint(&url.parse().unwrap(), scope, &creds, &stored)
         };

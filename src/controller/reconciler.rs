@@ -15,6 +15,7 @@ use tracing::{debug, info};
 use crate::crd::{EagleEyeCredential, EagleEyeCredentialStatus, RotationMode};
 use crate::schedule::{self, Inputs, Plan};
 use crate::secrets::{self, SecretError, StoredToken, WriteBack};
+use crate::spent;
 use crate::status::reason;
 use crate::target::{self, Publication};
 use crate::token::{ErrorClass, TokenError, TokenGrant};
@@ -109,7 +110,10 @@ impl<'a> Reconciler<'a> {
         let refresh_before = validate(self.cr, &self.ctx.settings)
             .map(|v| v.1)
             .unwrap_or(SignedDuration::ZERO);
-        if let (Ok(stored), Some(held)) = (&first, self.ctx.held.take(&self.key)) {
+        // (Only once the Secret could be read: a held token waits out a missing Secret.)
+        if let Ok(stored) = &first
+            && let Some(held) = self.ctx.held.take(&self.key)
+        {
             if let Some(held) = self.settle(stored, held).await? {
                 return self.publish_held(stored.chain, held, refresh_before).await;
             }
@@ -173,14 +177,16 @@ impl<'a> Reconciler<'a> {
             return self.finish(verdict, Action::requeue(WAITING_RECHECK)).await;
         }
         let published = self.published().await?;
-        if let Some(p) = &published {
-            if schedule::reverted(p, &stored.fingerprint) {
-                return self.undo_revert(stored, p).await;
-            }
-            if p.refresh_fingerprint == stored.fingerprint {
-                self.ctx.held.remember_live(&self.key, &stored.token);
-            }
+        let dead = spent::union(
+            &stored.spent,
+            published
+                .as_ref()
+                .map_or(&[][..], |p| &p.spent_fingerprints),
+        );
+        if dead.contains(&stored.fingerprint) {
+            return self.undo_revert(stored, &dead).await;
         }
+        self.ctx.held.remember_live(&self.key, &stored.token);
         let inputs = self.schedule_inputs(published.clone(), &stored, refresh_before);
         match schedule::plan(&inputs) {
             Plan::RefreshAt(at, _) => {
@@ -257,17 +263,9 @@ impl<'a> Reconciler<'a> {
     /// tool put its old copy back). Spending it would fail and could alarm the server, so
     /// it is never spent: the live token is written back when this process still knows
     /// it, else the credential waits for a new login.
-    async fn undo_revert(
-        self,
-        stored: StoredToken,
-        published: &schedule::Published,
-    ) -> Result<Action, Error> {
+    async fn undo_revert(self, stored: StoredToken, dead: &[String]) -> Result<Action, Error> {
         let r = &self.cr.spec.refresh_token_secret_ref;
-        let Some(live) = self
-            .ctx
-            .held
-            .live(&self.key, &published.refresh_fingerprint)
-        else {
+        let Some(live) = self.ctx.held.live(&self.key, dead) else {
             let message = format!(
                 "Secret {:?} holds a refresh token this operator already rotated out (put back by a GitOps or secret-sync tool?) and no live copy is left, so it was not spent; repeat the Phase 1 login and keep key {:?} out of such tools",
                 r.name, r.key
@@ -281,7 +279,8 @@ impl<'a> Reconciler<'a> {
                 .await;
         };
         // The chain annotations still describe the live token unless they were reverted too.
-        let chain = secrets::chain(&stored.secret, &published.refresh_fingerprint, self.now);
+        let live_fp = target::fingerprint(live.expose_secret());
+        let chain = secrets::chain(&stored.secret, &live_fp, self.now);
         let reverted = StoredToken { chain, ..stored };
         match secrets::write_back(
             &self.secrets,
@@ -293,7 +292,7 @@ impl<'a> Reconciler<'a> {
         )
         .await
         {
-            Ok(WriteBack::Written) => {
+            Ok(WriteBack::Written(_)) => {
                 let message = format!(
                     "Secret {:?} was set back to a refresh token this operator already rotated out (by a GitOps or secret-sync tool?); the live token was written back. Keep key {:?} out of such tools",
                     r.name, r.key
@@ -326,6 +325,7 @@ impl<'a> Reconciler<'a> {
             new_token: new.filter(|t| t.expose_secret() != stored.token.expose_secret()),
             grant,
             received_at: self.now,
+            spent: stored.spent.clone(),
             namespace: self.cr.namespace().unwrap_or_default(),
             secret: self.cr.spec.refresh_token_secret_ref.name.clone(),
             key: self.cr.spec.refresh_token_secret_ref.key.clone(),
@@ -339,7 +339,7 @@ impl<'a> Reconciler<'a> {
     async fn store_rotated(
         &mut self,
         stored: &StoredToken,
-        held: Held,
+        mut held: Held,
     ) -> Result<Option<Held>, Error> {
         let Some(new) = held.new_token.clone() else {
             return Ok(Some(held));
@@ -354,7 +354,8 @@ impl<'a> Reconciler<'a> {
         )
         .await
         {
-            Ok(WriteBack::Written) => {
+            Ok(WriteBack::Written(spent)) => {
+                held.spent = spent;
                 self.ctx.held.remember_live(&self.key, &new);
                 // The window in which a crash loses the login: from the token endpoint's
                 // answer until this write is acknowledged.
@@ -400,12 +401,8 @@ impl<'a> Reconciler<'a> {
         // A token this operator rotated out, put back meanwhile, is no person's new login.
         let reverted = stored.fingerprint != held.spent_fingerprint
             && stored.fingerprint != new_fp
-            && self
-                .published()
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|p| p.spent_fingerprints.contains(&stored.fingerprint));
+            && (stored.spent.contains(&stored.fingerprint)
+                || held.spent.contains(&stored.fingerprint));
         let held = if (stored.fingerprint == held.spent_fingerprint || reverted)
             && held.new_token.is_some()
         {
@@ -416,6 +413,7 @@ impl<'a> Reconciler<'a> {
                 fingerprint: stored.fingerprint.clone(),
                 secret: stored.secret.clone(),
                 chain: secrets::chain(&stored.secret, &held.spent_fingerprint, self.now),
+                spent: stored.spent.clone(),
             };
             match self.store_rotated(stored, held).await? {
                 Some(held) => held,
@@ -453,13 +451,14 @@ impl<'a> Reconciler<'a> {
         let issued_at = held.received_at;
         let expires_at =
             issued_at + SignedDuration::try_from(grant.expires_in).unwrap_or(SignedDuration::ZERO);
-        let previous = self.published().await.ok().flatten();
-        let previous = previous.map(|p| p.spent_fingerprints).unwrap_or_default();
-        let spent = if rotated {
-            schedule::spent_after(&previous, &held.spent_fingerprint, &refresh_fp)
-        } else {
-            previous
-        };
+        // The target keeps a copy of the spent list, for tools that put back annotations
+        // along with the token; the refresh-token Secret's list is the one that counts.
+        let copy = self.published().await.ok().flatten();
+        let copy = copy.map(|p| p.spent_fingerprints).unwrap_or_default();
+        let spent: Vec<String> = spent::union(&held.spent, &copy)
+            .into_iter()
+            .filter(|f| *f != refresh_fp)
+            .collect();
         if let Err(e) = self
             .publish(grant, &refresh_fp, &spent, issued_at, expires_at)
             .await
@@ -587,7 +586,11 @@ impl<'a> Reconciler<'a> {
             )
             .await;
             self.status.next_refresh_at = None;
-            self.status.refused_login_fingerprint = Some(login.to_owned());
+            // Sending a refused non-rotating token again is no reuse, and may work after a
+            // server incident: only rotating logins are held back.
+            if self.rotation() != schedule::Rotation::NonRotating {
+                self.status.refused_login_fingerprint = Some(login.to_owned());
+            }
             return self
                 .finish(
                     Verdict {

@@ -2,6 +2,7 @@
 //! responses they produce. A faulted request is answered here, before the ledger sees it.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -26,10 +27,47 @@ pub enum Fault {
     DropConnection,
     /// A normal answer, after this delay.
     Delay(Duration),
+    /// A normal answer, once the test opens the gate: for lining a request up with
+    /// something else the test does, however long that takes.
+    Hold(Gate),
     /// The request is processed (a refresh rotates the token) but the answer names another
     /// API host than the stand-in, as a spoofed or misrouted response would.
     ForeignApiHost,
 }
+
+/// Holds requests faulted with [`Fault::Hold`] until opened.
+#[derive(Clone, Debug)]
+pub struct Gate(Arc<tokio::sync::Semaphore>);
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate(Arc::new(tokio::sync::Semaphore::new(0)))
+    }
+
+    /// Lets every held request through, now and later.
+    pub fn open(&self) {
+        self.0.close();
+    }
+
+    pub(super) async fn pass(&self) {
+        // A closed semaphore refuses the permit at once: that is the open gate.
+        let _ = self.0.acquire().await;
+    }
+}
+
+impl Default for Gate {
+    fn default() -> Gate {
+        Gate::new()
+    }
+}
+
+impl PartialEq for Gate {
+    fn eq(&self, other: &Gate) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Gate {}
 
 /// Faults waiting to be applied, in the order they were injected.
 #[derive(Debug, Default)]
@@ -68,6 +106,8 @@ pub enum Action {
     Drop,
     /// Wait, then process the request normally.
     Delay(Duration),
+    /// Wait for the gate, then process the request normally.
+    Hold(Gate),
     /// Process the request, but answer with a foreign `httpsBaseUrl.hostname`.
     ForeignApiHost,
 }
@@ -78,6 +118,7 @@ pub fn action(fault: Fault) -> Action {
         Fault::Hang => return Action::Hang,
         Fault::DropConnection => return Action::Drop,
         Fault::Delay(delay) => return Action::Delay(delay),
+        Fault::Hold(gate) => return Action::Hold(gate),
         Fault::ForeignApiHost => return Action::ForeignApiHost,
         Fault::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

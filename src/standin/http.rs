@@ -54,6 +54,7 @@ async fn token(State(shared): State<Arc<Shared>>, request: Request) -> Response 
         Some(Action::ForeignApiHost) => hostname = "api.foreign.example",
         Some(Action::Respond(response)) => return response,
         Some(Action::Delay(delay)) => tokio::time::sleep(delay).await,
+        Some(Action::Hold(gate)) => gate.pass().await,
         Some(Action::Hang) => return std::future::pending().await,
         Some(Action::Drop) => {
             if let Some(kill) = parts.extensions.get::<ConnectionKill>() {

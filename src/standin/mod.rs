@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use url::Url;
 
-pub use faults::Fault;
+pub use faults::{Fault, Gate};
 pub use types::{ClientRegistration, Counters, Grant};
 
 use faults::FaultQueue;
