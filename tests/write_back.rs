@@ -203,4 +203,24 @@ async fn killing_the_operator_before_the_write_back_loses_the_login_and_says_so(
         1,
         "the restarted operator spent the stored, already rotated token once, and only once"
     );
+
+    // The README's way to make the operator try a refused login again anyway (after an
+    // auth-server incident, say): clear the mark in the status.
+    api.patch_status(
+        "crash",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": {"refusedLoginFingerprint": null}})),
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the login tried again, and refused again",
+        Duration::from_secs(30),
+        || async {
+            let status = api.get("crash").await.ok()?.status?;
+            (si.counters().reused_refresh_tokens == 2 && status.refused_login_fingerprint.is_some())
+                .then_some(())
+        },
+    )
+    .await;
 }
