@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use eagle_eye_operator::crd::EagleEyeCredential;
 use eagle_eye_operator::secrets::LOGIN_TIME;
-use eagle_eye_operator::standin::{ClientRegistration, StandIn, StandInConfig};
+use eagle_eye_operator::standin::{ClientRegistration, StandIn};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::PostParams;
-use support::operator::{Operator, api_accepts, secret, secret_data, wait_for_reason};
+use support::operator::{Operator, api_accepts, secret, secret_data, stand_in, wait_for_reason};
 use support::{TestEnv, env, eventually};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpListener;
@@ -27,21 +27,8 @@ use url::Url;
 /// Upper bound for one CLI step; the steps take well under a second when all is well.
 const LIMIT: Duration = Duration::from_secs(60);
 
-async fn stand_in(access_ttl: Duration) -> StandIn {
-    StandIn::start(StandInConfig {
-        access_ttl,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-}
-
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    eagle_eye_operator::testbed::free_port().unwrap()
 }
 
 /// An application registered with the stand-in, its whitelist holding `redirect_uri`.

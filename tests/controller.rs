@@ -10,19 +10,10 @@ use eagle_eye_operator::standin::{Fault, StandIn, StandInConfig};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, PostParams};
 use support::operator::{
-    Operator, api_accepts, create_secrets, credential, login, ready, secret, secret_data,
-    wait_for_reason,
+    Operator, api_accepts, create_credential, create_secrets, credential, login, ready, secret,
+    secret_data, stand_in, wait_for_reason,
 };
 use support::{env, eventually, figure};
-
-async fn stand_in(access_ttl: Duration) -> StandIn {
-    StandIn::start(StandInConfig {
-        access_ttl,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-}
 
 #[tokio::test]
 async fn credential_becomes_ready_and_publishes_a_token_the_api_accepts() {
@@ -32,13 +23,7 @@ async fn credential_becomes_ready_and_publishes_a_token_the_api_accepts() {
     create_secrets(&env, "cam", &login).await;
     let _op = Operator::start(&env, &si, &[]).await;
     let started = Instant::now();
-    env.api()
-        .create(
-            &PostParams::default(),
-            &credential("cam", &si, serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create_credential(&env, "cam", &si, serde_json::json!({})).await;
 
     let cr = wait_for_reason(&env, "cam", "TokenRefreshed", Duration::from_secs(30)).await;
     figure(format!("Ready after {:?}", started.elapsed()));
@@ -85,13 +70,7 @@ async fn rotating_tokens_rotate_five_times_with_no_reuse_and_no_stale_token() {
     let login = login(&si, "rotating-client", true).await;
     create_secrets(&env, "rot", &login).await;
     let mut op = Operator::start(&env, &si, &[]).await;
-    env.api()
-        .create(
-            &PostParams::default(),
-            &credential("rot", &si, serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create_credential(&env, "rot", &si, serde_json::json!({})).await;
 
     let mut seen_refresh = vec![login.grant.refresh_token.clone()];
     let mut seen_access = Vec::new();
@@ -236,13 +215,13 @@ async fn non_rotating_token_is_renewed_across_the_expiry_boundary() {
     let login = login(&si, "permanent-client", false).await;
     create_secrets(&env, "perm", &login).await;
     let _op = Operator::start(&env, &si, &[]).await;
-    env.api()
-        .create(
-            &PostParams::default(),
-            &credential("perm", &si, serde_json::json!({"rotation": "NonRotating"})),
-        )
-        .await
-        .unwrap();
+    create_credential(
+        &env,
+        "perm",
+        &si,
+        serde_json::json!({"rotation": "NonRotating"}),
+    )
+    .await;
 
     let first = eventually("a published token", Duration::from_secs(30), || async {
         secret_data(&env, "perm-token").await
@@ -280,13 +259,7 @@ async fn auto_mode_detects_a_non_rotating_token() {
     let login = login(&si, "auto-client", false).await;
     create_secrets(&env, "auto", &login).await;
     let _op = Operator::start(&env, &si, &[]).await;
-    env.api()
-        .create(
-            &PostParams::default(),
-            &credential("auto", &si, serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create_credential(&env, "auto", &si, serde_json::json!({})).await;
     let cr = wait_for_reason(&env, "auto", "TokenRefreshed", Duration::from_secs(30)).await;
     assert_eq!(
         cr.status.unwrap().rotation,
@@ -303,13 +276,7 @@ async fn dead_login_requires_reauthorization_and_a_new_refresh_token_recovers_it
     si.end_chain(&login.grant.refresh_token);
     create_secrets(&env, "dead", &login).await;
     let _op = Operator::start(&env, &si, &[]).await;
-    env.api()
-        .create(
-            &PostParams::default(),
-            &credential("dead", &si, serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create_credential(&env, "dead", &si, serde_json::json!({})).await;
     let cr = wait_for_reason(
         &env,
         "dead",
@@ -337,13 +304,7 @@ async fn missing_secret_is_reported_and_recovers_once_created() {
     let si = stand_in(Duration::from_secs(3600)).await;
     let login = login(&si, "late-client", true).await;
     let _op = Operator::start(&env, &si, &[]).await;
-    env.api()
-        .create(
-            &PostParams::default(),
-            &credential("late", &si, serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create_credential(&env, "late", &si, serde_json::json!({})).await;
     wait_for_reason(&env, "late", "SecretNotFound", Duration::from_secs(30)).await;
     // The client Secret with a wrong key name: still a clear condition.
     env.api::<Secret>()
@@ -382,13 +343,7 @@ async fn server_errors_and_rate_limits_back_off_and_recover() {
         1,
     );
     let _op = Operator::start(&env, &si, &[]).await;
-    env.api()
-        .create(
-            &PostParams::default(),
-            &credential("flaky", &si, serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create_credential(&env, "flaky", &si, serde_json::json!({})).await;
     let failing = wait_for_reason(&env, "flaky", "RefreshFailed", Duration::from_secs(30)).await;
     assert!(failing.status.unwrap().last_failure_time.is_some());
     let (_, _, message) = ready(&env, "flaky").await.unwrap();
@@ -419,13 +374,7 @@ async fn hostile_responses_leave_the_operator_healthy_with_a_clear_condition() {
     si.inject(Fault::Hang, 1);
     si.inject(Fault::DropConnection, 1);
     let mut op = Operator::start(&env, &si, &["--token-timeout", "2s"]).await;
-    env.api()
-        .create(
-            &PostParams::default(),
-            &credential("hostile", &si, serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create_credential(&env, "hostile", &si, serde_json::json!({})).await;
     // Each failure shows in the Ready condition for a second or so, and in an Event that
     // stays: the Events are what is checked, once the operator has got through them all.
     wait_for_reason(&env, "hostile", "TokenRefreshed", Duration::from_secs(60)).await;
@@ -458,13 +407,7 @@ async fn restarting_the_operator_with_fresh_tokens_causes_no_refresh() {
     let login = login(&si, "restart-client", true).await;
     create_secrets(&env, "rs", &login).await;
     let mut op = Operator::start(&env, &si, &[]).await;
-    env.api()
-        .create(
-            &PostParams::default(),
-            &credential("rs", &si, serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create_credential(&env, "rs", &si, serde_json::json!({})).await;
     wait_for_reason(&env, "rs", "TokenRefreshed", Duration::from_secs(30)).await;
     let before = si.counters().refreshes;
     assert!(op.terminate().await.success(), "clean exit on SIGTERM");
@@ -490,13 +433,7 @@ async fn deleting_the_credential_removes_the_target_secret_but_not_the_refresh_t
     let login = login(&si, "gc-client", true).await;
     create_secrets(&env, "gc", &login).await;
     let _op = Operator::start(&env, &si, &[]).await;
-    env.api()
-        .create(
-            &PostParams::default(),
-            &credential("gc", &si, serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create_credential(&env, "gc", &si, serde_json::json!({})).await;
     wait_for_reason(&env, "gc", "TokenRefreshed", Duration::from_secs(30)).await;
     env.api::<EagleEyeCredential>()
         .delete("gc", &DeleteParams::default())
@@ -525,13 +462,7 @@ async fn a_second_credential_on_the_same_refresh_token_is_refused() {
     let login = login(&si, "shared-client", true).await;
     create_secrets(&env, "first", &login).await;
     let _op = Operator::start(&env, &si, &[]).await;
-    env.api()
-        .create(
-            &PostParams::default(),
-            &credential("first", &si, serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create_credential(&env, "first", &si, serde_json::json!({})).await;
     wait_for_reason(&env, "first", "TokenRefreshed", Duration::from_secs(30)).await;
     let mut second = credential("second", &si, serde_json::json!({}));
     second.spec.client_secret_ref.name = "first-client".into();
@@ -590,13 +521,7 @@ async fn plain_http_auth_url_is_refused_unless_the_operator_allows_it() {
     let login = login(&si, "http-client", true).await;
     create_secrets(&env, "plain", &login).await;
     let mut op = Operator::start(&env, &si, &[]).await;
-    env.api()
-        .create(
-            &PostParams::default(),
-            &credential("plain", &si, serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create_credential(&env, "plain", &si, serde_json::json!({})).await;
     wait_for_reason(&env, "plain", "InvalidSpec", Duration::from_secs(30)).await;
     let (_, _, message) = ready(&env, "plain").await.unwrap();
     assert!(message.contains("--allow-insecure-http"), "{message}");
@@ -615,13 +540,7 @@ async fn json_logs_are_one_object_per_line_at_the_level_asked_for() {
     create_secrets(&env, "json", &login).await;
     // The fixture sets RUST_LOG to debug; the flag wins over it.
     let op = Operator::start(&env, &si, &["--log-format", "json", "--log-level", "info"]).await;
-    env.api()
-        .create(
-            &PostParams::default(),
-            &credential("json", &si, serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create_credential(&env, "json", &si, serde_json::json!({})).await;
     wait_for_reason(&env, "json", "TokenRefreshed", Duration::from_secs(30)).await;
     let logs = op.logs();
     let lines: Vec<serde_json::Value> = logs
@@ -645,13 +564,7 @@ async fn a_rotated_token_in_an_answer_that_fails_validation_is_still_stored() {
     // The server rotates the token but names an API host outside the allow-list.
     si.inject(Fault::ForeignApiHost, 1);
     let _op = Operator::start(&env, &si, &[]).await;
-    env.api()
-        .create(
-            &PostParams::default(),
-            &credential("foreign", &si, serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create_credential(&env, "foreign", &si, serde_json::json!({})).await;
     let failing = wait_for_reason(&env, "foreign", "RefreshFailed", Duration::from_secs(30)).await;
     let message = &failing
         .status
@@ -718,13 +631,7 @@ async fn a_failed_publish_is_retried_without_spending_the_token_again() {
         .await
         .unwrap();
     let op = Operator::start(&env, &si, &[]).await;
-    env.api()
-        .create(
-            &PostParams::default(),
-            &credential("blocked", &si, serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create_credential(&env, "blocked", &si, serde_json::json!({})).await;
     wait_for_reason(&env, "blocked", "PublishFailed", Duration::from_secs(30)).await;
     // Let the error policy retry a few times.
     eventually(
@@ -766,13 +673,7 @@ async fn a_secret_reverted_to_a_rotated_out_token_is_restored_and_the_dead_token
     let login = login(&si, "revert-client", true).await;
     create_secrets(&env, "rev", &login).await;
     let mut op = Operator::start(&env, &si, &[]).await;
-    env.api()
-        .create(
-            &PostParams::default(),
-            &credential("rev", &si, serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create_credential(&env, "rev", &si, serde_json::json!({})).await;
     wait_for_reason(&env, "rev", "TokenRefreshed", Duration::from_secs(30)).await;
     let live = secret_data(&env, "rev-refresh").await.unwrap()["refresh_token"].clone();
     assert_ne!(live, login.grant.refresh_token, "the first refresh rotated");

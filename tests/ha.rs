@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use eagle_eye_operator::standin::{StandIn, StandInConfig};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::PostParams;
 use support::operator::{
-    Operator, create_secrets, credential, login, secret_data, wait_for_reason,
+    Operator, create_credential, create_secrets, login, secret_data, stand_in, wait_for_reason,
 };
 use support::{env, eventually, figure};
 
@@ -34,23 +33,12 @@ fn series(text: &str, name_and_labels: &str) -> Option<f64> {
 #[tokio::test]
 async fn one_of_two_replicas_leads_and_the_other_takes_over_after_sigkill_without_reuse() {
     let env = env().await;
-    let si = StandIn::start(StandInConfig {
-        access_ttl: Duration::from_secs(10),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let si = stand_in(Duration::from_secs(10)).await;
     let login = login(&si, "ha-client", true).await;
     create_secrets(&env, "ha", &login).await;
     let mut a = Operator::start(&env, &si, &["--instance", "replica-a"]).await;
     let mut b = Operator::start(&env, &si, &["--instance", "replica-b"]).await;
-    env.api()
-        .create(
-            &PostParams::default(),
-            &credential("ha", &si, serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create_credential(&env, "ha", &si, serde_json::json!({})).await;
     wait_for_reason(&env, "ha", "TokenRefreshed", Duration::from_secs(30)).await;
 
     let (addr_a, addr_b) = (a.admin_addr().await, b.admin_addr().await);
@@ -197,13 +185,7 @@ async fn metrics_show_expiry_deadline_and_failures_without_any_token() {
     create_secrets(&env, "bad", &bad).await;
     let op = Operator::start(&env, &si, &[]).await;
     for name in ["good", "bad"] {
-        env.api()
-            .create(
-                &PostParams::default(),
-                &credential(name, &si, serde_json::json!({})),
-            )
-            .await
-            .unwrap();
+        create_credential(&env, name, &si, serde_json::json!({})).await;
     }
     let good_cr = wait_for_reason(&env, "good", "TokenRefreshed", Duration::from_secs(30)).await;
     wait_for_reason(

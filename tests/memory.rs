@@ -9,7 +9,9 @@ use std::time::Duration;
 use eagle_eye_operator::standin::{StandIn, StandInConfig};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ObjectMeta, PostParams};
-use support::operator::{Operator, create_secrets, credential, login, secret, wait_for_reason};
+use support::operator::{
+    Operator, create_credential, create_secrets, login, secret, wait_for_reason,
+};
 use support::{env, eventually, figure};
 
 fn rss_kib(pid: u32) -> u64 {
@@ -50,13 +52,7 @@ async fn memory_does_not_grow_with_a_thousand_unrelated_secrets() {
     let si = StandIn::start(StandInConfig::default()).await.unwrap();
     let login = login(&si, "memory-client", true).await;
     create_secrets(&env, "mem", &login).await;
-    env.api()
-        .create(
-            &PostParams::default(),
-            &credential("mem", &si, serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create_credential(&env, "mem", &si, serde_json::json!({})).await;
     let mut first = Operator::start(&env, &si, &[]).await;
     wait_for_reason(&env, "mem", "TokenRefreshed", Duration::from_secs(30)).await;
     first.kill().await;

@@ -6,10 +6,11 @@ mod support;
 use std::time::Duration;
 
 use eagle_eye_operator::crd::EagleEyeCredential;
-use eagle_eye_operator::standin::{Fault, Gate, StandIn, StandInConfig};
-use kube::api::{Patch, PatchParams, PostParams};
+use eagle_eye_operator::standin::{Fault, Gate, StandIn};
+use kube::api::{Patch, PatchParams};
 use support::operator::{
-    Operator, create_secrets, credential, login, ready, secret_data, wait_for_reason,
+    Operator, create_credential, create_secrets, login, ready, secret_data, stand_in,
+    wait_for_reason,
 };
 use support::{env, eventually};
 
@@ -58,12 +59,7 @@ async fn refresh_during_outage(env: &support::TestEnv, si: &StandIn, op: &Operat
 async fn a_rotated_token_is_held_in_memory_through_an_api_server_outage() {
     let _one_at_a_time = OUTAGE.lock().await;
     let env = env().await;
-    let si = StandIn::start(StandInConfig {
-        access_ttl: Duration::from_secs(8),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let si = stand_in(Duration::from_secs(8)).await;
     let login = login(&si, "outage-client", true).await;
     create_secrets(&env, "outage", &login).await;
     let op = Operator::start(
@@ -72,13 +68,7 @@ async fn a_rotated_token_is_held_in_memory_through_an_api_server_outage() {
         &["--no-leader-election", "--token-timeout", "60s"],
     )
     .await;
-    env.api()
-        .create(
-            &PostParams::default(),
-            &credential("outage", &si, serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create_credential(&env, "outage", &si, serde_json::json!({})).await;
     refresh_during_outage(&env, &si, &op, "outage").await;
 
     env.plane.start_apiserver().await.unwrap();
@@ -118,12 +108,7 @@ async fn a_rotated_token_is_held_in_memory_through_an_api_server_outage() {
 async fn killing_the_operator_before_the_write_back_loses_the_login_and_says_so() {
     let _one_at_a_time = OUTAGE.lock().await;
     let env = env().await;
-    let si = StandIn::start(StandInConfig {
-        access_ttl: Duration::from_secs(8),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let si = stand_in(Duration::from_secs(8)).await;
     let login = login(&si, "crash-client", true).await;
     create_secrets(&env, "crash", &login).await;
     let mut op = Operator::start(
@@ -132,13 +117,7 @@ async fn killing_the_operator_before_the_write_back_loses_the_login_and_says_so(
         &["--no-leader-election", "--token-timeout", "60s"],
     )
     .await;
-    env.api()
-        .create(
-            &PostParams::default(),
-            &credential("crash", &si, serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create_credential(&env, "crash", &si, serde_json::json!({})).await;
     refresh_during_outage(&env, &si, &op, "crash").await;
 
     op.kill().await;

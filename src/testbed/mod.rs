@@ -399,7 +399,8 @@ fn kubeconfig_yaml(port: u16, pki: &Pki) -> String {
     )
 }
 
-fn free_port() -> std::io::Result<u16> {
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

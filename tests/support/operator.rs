@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use eagle_eye_operator::crd::EagleEyeCredential;
-use eagle_eye_operator::standin::{ClientRegistration, Grant, StandIn};
+use eagle_eye_operator::standin::{ClientRegistration, Grant, StandIn, StandInConfig};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, PostParams};
@@ -272,6 +272,32 @@ pub fn credential(
         "metadata": {"name": name},
         "spec": spec,
     }))
+    .unwrap()
+}
+
+/// Creates `credential(name, stand_in, extra_spec)` in the test's namespace.
+pub async fn create_credential(
+    env: &TestEnv,
+    name: &str,
+    stand_in: &StandIn,
+    extra_spec: serde_json::Value,
+) {
+    env.api::<EagleEyeCredential>()
+        .create(
+            &PostParams::default(),
+            &credential(name, stand_in, extra_spec),
+        )
+        .await
+        .unwrap();
+}
+
+/// A stand-in whose access tokens live `access_ttl`.
+pub async fn stand_in(access_ttl: Duration) -> StandIn {
+    StandIn::start(StandInConfig {
+        access_ttl,
+        ..Default::default()
+    })
+    .await
     .unwrap()
 }
 
