@@ -217,14 +217,16 @@ pub async fn run(
                 }
             }
         };
-        tokio::select! {
+        let manager_stopped = tokio::select! {
             _ = shutdown.clone() => break,
-            _ = retry_held => {}
-            became = wait_leading.wait_for(|l| *l) => {
-                if became.is_err() {
-                    anyhow::bail!("the Lease manager stopped");
-                }
+            _ = retry_held => false,
+            became = wait_leading.wait_for(|l| *l) => became.is_err(),
+        };
+        if manager_stopped {
+            if parts.shared.held.flush(&parts.client, FLUSH_LIMIT).await > 0 {
+                parts.shared.held.report_lost();
             }
+            anyhow::bail!("the Lease manager stopped");
         }
         info!(lease = %args.lease_name, "leading: starting controllers");
         metrics.set_leader(true);

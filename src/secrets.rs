@@ -32,12 +32,18 @@ pub enum SecretError {
     KeyMissing { name: String, key: String },
     #[error("key {key:?} of Secret {name:?} is empty or not UTF-8 text")]
     BadValue { name: String, key: String },
-    #[error("reading Secret {name:?}: {source}")]
-    Api {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
+    #[error("reading Secret {name:?}: {reason}", reason = kube_reason(source))]
+    Api { name: String, source: kube::Error },
+}
+
+/// A Kubernetes error as it may be shown in logs, conditions and Events: the status code and
+/// reason of an API answer, never its message, which an admission webhook could fill with
+/// the object sent (a Secret with tokens).
+pub fn kube_reason(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("the API server answered {} {}", s.code, s.reason),
+        _ => "the API server could not be reached".into(),
+    }
 }
 
 /// The refresh token as stored, with what its Secret says about its chain.
@@ -121,8 +127,8 @@ pub fn chain(secret: &Secret, fingerprint: &str, now: Timestamp) -> Chain {
 pub enum WriteBack {
     /// Stored, with the spent list that now stands beside it.
     Written(Vec<String>),
-    /// The Secret now holds a token that is neither the one spent nor the new one: a person
-    /// replaced it (a new login). Theirs wins.
+    /// The Secret now holds a token that is neither the one spent, nor the new one, nor one
+    /// known spent: a person replaced it (a new login). Theirs wins.
     ReplacedByPerson,
 }
 
@@ -149,7 +155,13 @@ pub async fn write_back(
         let previous = spent::read(current.metadata.annotations.as_ref());
         match held.as_deref() {
             Some(fp) if fp == new_fp => return Ok(WriteBack::Written(previous)),
-            Some(fp) if fp != stored.fingerprint => return Ok(WriteBack::ReplacedByPerson),
+            // A dead token put back meanwhile (a sync tool) is written over.
+            Some(fp)
+                if fp != stored.fingerprint
+                    && !previous.iter().chain(&stored.spent).any(|d| d == fp) =>
+            {
+                return Ok(WriteBack::ReplacedByPerson);
+            }
             _ => {}
         }
         let mut next = current.clone();
@@ -293,5 +305,86 @@ mod tests {
         assert_eq!(e, "key \"e\" of Secret \"n\" is empty or not UTF-8 text");
         let e = value(&s, "n", "missing").unwrap_err().to_string();
         assert_eq!(e, "Secret \"n\" has no key \"missing\"");
+    }
+
+    /// A write-back whose precondition fails finds `current` in the Secret; the answer to
+    /// the retry's PUT, if one comes, is returned.
+    async fn write_back_meeting(current: &str, spent_before: &[&str]) -> (WriteBack, bool) {
+        use crate::fixtures;
+        let (svc, mut handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let api: Api<Secret> = Api::namespaced(kube::Client::new(svc, fixtures::NS), fixtures::NS);
+        let spent_list = spent::render(
+            &spent_before
+                .iter()
+                .map(|f| fingerprint(f))
+                .collect::<Vec<_>>(),
+        );
+        let read = fixtures::secret("cam-refresh", &[("refresh_token", "T2")], &[]);
+        let stored = StoredToken {
+            token: SecretString::from("T2"),
+            fingerprint: fingerprint("T2"),
+            chain: chain(&read, &fingerprint("T2"), NOW.parse().unwrap()),
+            spent: Vec::new(),
+            secret: read,
+        };
+        let server = async move {
+            let respond = |code: u16, body: serde_json::Value| {
+                http::Response::builder()
+                    .status(code)
+                    .body(kube::client::Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap()
+            };
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!(req.method(), "PUT");
+            send.send_response(respond(409, serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409})));
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!(req.method(), "GET");
+            let now = fixtures::secret(
+                "cam-refresh",
+                &[("refresh_token", current)],
+                &[(spent::ANNOTATION, spent_list.as_str())],
+            );
+            send.send_response(respond(200, serde_json::to_value(&now).unwrap()));
+            match handle.next_request().await {
+                Some((req, send)) => {
+                    assert_eq!(req.method(), "PUT");
+                    send.send_response(respond(200, serde_json::to_value(&now).unwrap()));
+                    true
+                }
+                None => false,
+            }
+        };
+        let client = async move {
+            let out = write_back(
+                &api,
+                &stored,
+                "refresh_token",
+                &SecretString::from("T3"),
+                "cam",
+                NOW.parse().unwrap(),
+            )
+            .await
+            .unwrap();
+            drop(api);
+            out
+        };
+        tokio::join!(client, server)
+    }
+
+    #[tokio::test]
+    async fn a_write_back_writes_over_a_dead_token_put_back_but_yields_to_a_new_login() {
+        let (reverted, put) = write_back_meeting("T1", &["T0", "T1"]).await;
+        assert!(
+            matches!(reverted, WriteBack::Written(_)) && put,
+            "a revert is written over"
+        );
+        let (person, put) = write_back_meeting("NEW", &["T0", "T1"]).await;
+        assert!(
+            matches!(person, WriteBack::ReplacedByPerson) && !put,
+            "a new login wins"
+        );
     }
 }

@@ -30,7 +30,7 @@ pub async fn from_secret(
         .map_err(|e| match e {
             SecretError::Api { source, .. } => AuthorizeError::Kube {
                 what: format!("reading Secret {:?} in namespace {namespace:?}", plan.name),
-                source,
+                error: source,
             },
             other => AuthorizeError::Input(format!(
                 "{other} in namespace {namespace:?}, so there is no client ID and secret to log \

@@ -83,12 +83,10 @@ pub enum AuthorizeError {
         verbs: String,
         namespace: String,
     },
-    #[error("{what}: {source}")]
-    Kube {
-        what: String,
-        #[source]
-        source: kube::Error,
-    },
+    // Only the API's status code and reason: the patch sent carries the tokens, and an
+    // admission webhook could quote it back in its message.
+    #[error("{what}: {reason}", reason = crate::secrets::kube_reason(error))]
+    Kube { what: String, error: kube::Error },
 }
 
 fn tls_hint(detail: &str) -> &'static str {

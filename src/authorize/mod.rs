@@ -319,7 +319,12 @@ impl Login {
 
         let lost = "the new login is lost (nothing else holds its refresh token): fix this and \
                     run authorize again";
-        let stored = |what: String| move |source| AuthorizeError::Kube { what, source };
+        let stored = |what: String| {
+            move |source| AuthorizeError::Kube {
+                what,
+                error: source,
+            }
+        };
         if self.write_client_secret {
             let c = &plan.client;
             let update = write::client_update(&c.id_key, &c.secret_key, &self.client);
@@ -392,7 +397,7 @@ async fn check_claimants(
         Err(source) => {
             return Err(AuthorizeError::Kube {
                 what: format!("listing EagleEyeCredentials in namespace {ns:?}"),
-                source,
+                error: source,
             });
         }
     };

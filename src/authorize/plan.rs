@@ -86,8 +86,13 @@ impl Plan {
         if scope.trim().is_empty() {
             return Err("--scope must not be empty".into());
         }
+        // A URL with a password is refused without being quoted back.
+        let shown = Url::parse(&auth_url)
+            .ok()
+            .filter(|u| !u.username().is_empty() || u.password().is_some())
+            .map_or_else(|| format!("{auth_url:?}"), |_| "given".to_owned());
         let parsed_auth_url = check_auth_url(&auth_url, wanted.allow_insecure_http)
-            .map_err(|problem| format!("auth URL {auth_url:?} {problem}"))?;
+            .map_err(|problem| format!("auth URL {shown} {problem}"))?;
         let credential = match spec {
             None => CredentialChange::Create,
             Some(s)

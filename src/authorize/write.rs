@@ -263,7 +263,10 @@ pub fn read_error(what: String, namespace: &str, source: kube::Error) -> Authori
              and patch on secrets and eagleeyecredentials in namespace {namespace:?}",
             s.message
         )),
-        _ => AuthorizeError::Kube { what, source },
+        _ => AuthorizeError::Kube {
+            what,
+            error: source,
+        },
     }
 }
 

@@ -15,7 +15,7 @@ use kube::api::Api;
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{error, info, warn};
 
-use crate::secrets::{self, SecretError};
+use crate::secrets;
 use crate::target::fingerprint;
 use crate::token::TokenGrant;
 
@@ -103,12 +103,24 @@ impl HeldTokens {
         }
     }
 
+    /// Stores `held`, or puts it back: also when this future is dropped half-way (a
+    /// follower's retry cancelled by shutdown or by leading again).
     pub(crate) async fn store_or_keep(&self, client: &Client, key: &str, held: Held) {
-        match store(client, &held).await {
-            Ok(()) => info!(credential = %key, "stored a held refresh token"),
+        let mut keep = PutBack {
+            tokens: self,
+            key,
+            held: Some(held),
+        };
+        let Some(held) = keep.held.as_ref() else {
+            return;
+        };
+        match store(client, held).await {
+            Ok(()) => {
+                keep.held = None;
+                info!(credential = %key, "stored a held refresh token");
+            }
             Err(e) => {
-                warn!(credential = %key, error = %e, "could not store a held refresh token yet");
-                self.put(key, held);
+                warn!(credential = %key, error = %e, "could not store a held refresh token yet")
             }
         }
     }
@@ -121,19 +133,31 @@ impl HeldTokens {
     }
 }
 
+/// Puts a held token back into its map unless taken out of the guard.
+struct PutBack<'a> {
+    tokens: &'a HeldTokens,
+    key: &'a str,
+    held: Option<Held>,
+}
+
+impl Drop for PutBack<'_> {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take() {
+            self.tokens.put(self.key, held);
+        }
+    }
+}
+
 /// Stores `held` unless the Secret already holds it or a person replaced the spent token.
-async fn store(client: &Client, held: &Held) -> Result<(), kube::Error> {
+/// A Secret that is gone or emptied keeps the token waiting, as a reconcile does.
+async fn store(client: &Client, held: &Held) -> Result<(), String> {
     let Some(new) = &held.new_token else {
         return Ok(());
     };
     let api: Api<Secret> = Api::namespaced(client.clone(), &held.namespace);
-    let stored =
-        match secrets::read_refresh_token(&api, &held.secret, &held.key, held.received_at).await {
-            Ok(s) => s,
-            Err(SecretError::Api { source, .. }) => return Err(source),
-            // The Secret is gone or emptied: there is nothing to store into.
-            Err(_) => return Ok(()),
-        };
+    let stored = secrets::read_refresh_token(&api, &held.secret, &held.key, held.received_at)
+        .await
+        .map_err(|e| e.to_string())?;
     // A person's new login wins; a token this operator rotated out, put back meanwhile,
     // is written over.
     let reverted =
@@ -151,6 +175,7 @@ async fn store(client: &Client, held: &Held) -> Result<(), kube::Error> {
     )
     .await
     .map(|_| ())
+    .map_err(|e| secrets::kube_reason(&e))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

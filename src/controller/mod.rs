@@ -19,7 +19,7 @@ use tracing::{instrument, warn};
 use crate::crd::EagleEyeCredential;
 use crate::metrics::{self, Metrics};
 use crate::schedule;
-use crate::secrets::SecretError;
+use crate::secrets::{SecretError, kube_reason};
 use crate::status::{Lifetimes, reason};
 use crate::token::TokenClient;
 
@@ -98,12 +98,13 @@ impl Context {
 
 #[derive(thiserror::Error, Debug)]
 pub enum Error {
-    #[error("writing the status of {0}: {1}")]
-    Status(String, #[source] kube::Error),
-    #[error("applying target Secret {0}: {1}")]
-    Target(String, #[source] kube::Error),
-    #[error("storing the rotated refresh token in Secret {0}: {1}")]
-    WriteBack(String, #[source] kube::Error),
+    // Kubernetes errors show as `kube_reason`: the requests behind these carried tokens.
+    #[error("writing the status of {0}: {reason}", reason = kube_reason(.1))]
+    Status(String, kube::Error),
+    #[error("applying target Secret {0}: {reason}", reason = kube_reason(.1))]
+    Target(String, kube::Error),
+    #[error("storing the rotated refresh token in Secret {0}: {reason}", reason = kube_reason(.1))]
+    WriteBack(String, kube::Error),
     #[error(transparent)]
     Secret(#[from] SecretError),
 }
@@ -280,15 +281,6 @@ fn labels(cr: &EagleEyeCredential) -> metrics::Credential {
     metrics::Credential {
         namespace: cr.namespace().unwrap_or_default(),
         credential: cr.name_any(),
-    }
-}
-
-/// A Kubernetes error for a condition or Event: the status code and reason of an API
-/// answer, never its message (an admission webhook could echo the object back).
-fn kube_reason(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => format!("the API server answered {} {}", s.code, s.reason),
-        _ => "the API server could not be reached".into(),
     }
 }
 

@@ -14,7 +14,7 @@ use tracing::{debug, info};
 
 use crate::crd::{EagleEyeCredential, EagleEyeCredentialStatus, RotationMode};
 use crate::schedule::{self, Inputs, Plan};
-use crate::secrets::{self, SecretError, StoredToken, WriteBack};
+use crate::secrets::{self, SecretError, StoredToken, WriteBack, kube_reason};
 use crate::spent;
 use crate::status::reason;
 use crate::target::{self, Publication};
@@ -22,8 +22,8 @@ use crate::token::{ErrorClass, TokenError, TokenGrant};
 
 use super::held::Held;
 use super::{
-    Context, Error, FIELD_MANAGER, WAITING_RECHECK, jitter, key, kube_reason, labels, lock,
-    login_fingerprint, other_claimant, validate, whole_seconds,
+    Context, Error, FIELD_MANAGER, WAITING_RECHECK, jitter, key, labels, lock, login_fingerprint,
+    other_claimant, validate, whole_seconds,
 };
 
 pub(super) struct Reconciler<'a> {
@@ -344,6 +344,8 @@ impl<'a> Reconciler<'a> {
         let Some(new) = held.new_token.clone() else {
             return Ok(Some(held));
         };
+        // From the answer on, the new token is the live one (the spent one is dead).
+        self.ctx.held.remember_live(&self.key, &new);
         match secrets::write_back(
             &self.secrets,
             stored,
@@ -356,7 +358,6 @@ impl<'a> Reconciler<'a> {
         {
             Ok(WriteBack::Written(spent)) => {
                 held.spent = spent;
-                self.ctx.held.remember_live(&self.key, &new);
                 // The window in which a crash loses the login: from the token endpoint's
                 // answer until this write is acknowledged.
                 if let Some(answered) = self.answered_at {

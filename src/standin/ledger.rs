@@ -49,7 +49,7 @@ pub enum Standing {
     Live,
 }
 
-#[derive(Debug)]
+// No Debug: it holds tokens.
 struct Chain {
     client_id: String,
     started: SystemTime,
@@ -65,7 +65,7 @@ enum RefreshState {
     Rotated,
 }
 
-#[derive(Debug)]
+// No Debug: it holds tokens.
 struct RefreshRecord {
     chain: usize,
     issued: SystemTime,
@@ -102,7 +102,7 @@ struct CodeRecord {
 }
 
 /// All of the stand-in's state that decides what a request gets.
-#[derive(Debug)]
+// No Debug: its keys are tokens and codes.
 pub struct Ledger {
     lifetimes: Lifetimes,
     clients: HashMap<String, ClientRegistration>,

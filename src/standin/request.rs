@@ -85,7 +85,8 @@ pub fn basic_credentials(
 }
 
 /// A parsed form body whose parameters may each appear at most once.
-#[derive(Debug, Default)]
+// No Debug: it holds tokens and codes.
+#[derive(Default)]
 pub struct Form {
     pairs: Vec<(String, String)>,
 }
