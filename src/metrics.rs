@@ -36,6 +36,8 @@ pub struct Metrics {
     refresh_token_deadline: Family<Credential, FloatGauge>,
     refresh_attempts: Family<Credential, Counter>,
     refresh_failures: Family<Failure, Counter>,
+    /// The failure series created, so that `forget` can find them (a Family cannot be listed).
+    failure_series: std::sync::Mutex<std::collections::HashSet<Failure>>,
     refresh_duration: Histogram,
     reconciles: Counter,
     reconcile_errors: Counter,
@@ -51,6 +53,7 @@ impl Default for Metrics {
             refresh_token_deadline: Family::default(),
             refresh_attempts: Family::default(),
             refresh_failures: Family::default(),
+            failure_series: Default::default(),
             refresh_duration: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
             reconciles: Counter::default(),
             reconcile_errors: Counter::default(),
@@ -141,6 +144,10 @@ impl Metrics {
             reason: reason.into(),
         };
         self.refresh_failures.get_or_create(&f).inc();
+        self.failure_series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(f);
     }
 
     /// Drops the series of a deleted credential.
@@ -149,6 +156,17 @@ impl Metrics {
         self.access_token_expiry.remove(labels);
         self.refresh_token_deadline.remove(labels);
         self.refresh_attempts.remove(labels);
+        let mut series = self
+            .failure_series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        series.retain(|f| {
+            let theirs = f.namespace == labels.namespace && f.credential == labels.credential;
+            if theirs {
+                self.refresh_failures.remove(f);
+            }
+            !theirs
+        });
     }
 
     pub fn reconciled(&self, error: bool) {
@@ -205,7 +223,18 @@ mod tests {
         );
         assert!(text.contains(r#"eagle_eye_credential_access_token_expiry_seconds{namespace="video",credential="cam"} 1800000000"#), "{text}");
         assert!(text.contains(r#"eagle_eye_refresh_failures_total{namespace="video",credential="cam",reason="ServerError"} 1"#), "{text}");
+        let other = Credential {
+            namespace: "video".into(),
+            credential: "door".into(),
+        };
+        m.refresh_failure(&other, "Timeout");
         m.forget(&labels);
-        assert!(!m.encode().contains("eagle_eye_credential_ready{"));
+        let text = m.encode();
+        assert!(!text.contains("eagle_eye_credential_ready{"), "{text}");
+        assert!(!text.contains(r#"credential="cam""#), "{text}");
+        assert!(
+            text.contains(r#"credential="door",reason="Timeout"} 1"#),
+            "{text}"
+        );
     }
 }
