@@ -15,6 +15,7 @@ use kube::api::Api;
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{error, info, warn};
 
+use super::lock;
 use crate::secrets;
 use crate::target::fingerprint;
 use crate::token::TokenGrant;
@@ -176,9 +177,4 @@ async fn store(client: &Client, held: &Held) -> Result<(), String> {
     .await
     .map(|_| ())
     .map_err(|e| secrets::kube_reason(&e))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A poisoned lock only means a task panicked; the map itself is intact.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -107,7 +107,9 @@ impl<'a> Reconciler<'a> {
         let mut first = self.read_refresh_token().await?;
         // A token held from an earlier attempt comes first, before suspend, spec or client
         // problems could keep it waiting in memory.
-        let refresh_before = validate(self.cr, &self.ctx.settings)
+        let validated = validate(self.cr, &self.ctx.settings);
+        let refresh_before = validated
+            .as_ref()
             .map(|v| v.1)
             .unwrap_or(SignedDuration::ZERO);
         // (Only once the Secret could be read: a held token waits out a missing Secret.)
@@ -132,7 +134,7 @@ impl<'a> Reconciler<'a> {
                 )
                 .await;
         }
-        let (auth_url, refresh_before) = match validate(self.cr, &self.ctx.settings) {
+        let (auth_url, refresh_before) = match validated {
             Ok(v) => v,
             Err(message) => {
                 return self
