@@ -35,9 +35,6 @@ pub enum Command {
     Run(Box<crate::operator::RunArgs>),
     /// Print the EagleEyeCredential CustomResourceDefinition as YAML.
     Crd,
-    /// Start a throwaway local cluster, an Eagle Eye auth stand-in, the operator and a
-    /// sample credential, show the result, and keep refreshing until Ctrl-C.
-    Sandbox(crate::sandbox::SandboxArgs),
     /// Phase 1 login: log in to Eagle Eye in a browser and store the refresh token and the
     /// EagleEyeCredential for the operator. Run it again for the 90-day re-login.
     Authorize(crate::authorize::AuthorizeArgs),
@@ -53,10 +50,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = kube::Client::try_default().await?;
             crate::operator::run(client, *args, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
-        }
-        Command::Sandbox(args) => {
-            crate::logging::init(cli.log_format, cli.log_level.as_deref());
-            crate::sandbox::run(args).await
         }
         Command::Authorize(args) => {
             crate::kubectl::init_logging(cli.log_format, cli.log_level.as_deref());

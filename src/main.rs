@@ -1,4 +1,5 @@
-//! The operator binary: `run` the controller, print the `crd`, or start a local `sandbox`.
+//! The operator binary: `run` the controller, print the `crd`, log in (`authorize`), or
+//! show `status`.
 #![forbid(unsafe_code)]
 
 use clap::Parser;

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use eagle_eye_operator::standin::{StandIn, StandInConfig};
+use eagle_eye_testbed::standin::{StandIn, StandInConfig};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ObjectMeta, PostParams};
 use support::operator::{

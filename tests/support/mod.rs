@@ -7,7 +7,7 @@ pub mod operator;
 
 use std::path::Path;
 
-use eagle_eye_operator::testbed::ControlPlane;
+use eagle_eye_testbed::plane::ControlPlane;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use eagle_eye_operator::crd::EagleEyeCredential;
-use eagle_eye_operator::standin::{ClientRegistration, Grant, StandIn, StandInConfig};
+use eagle_eye_testbed::standin::{ClientRegistration, Grant, StandIn, StandInConfig};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, PostParams};

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::chart::CHART;
+use super::chart::CHART;
 
 #[test]
 fn the_dockerfile_builds_with_the_command_ci_runs_into_a_nonroot_distroless_image() {
@@ -19,6 +19,11 @@ fn the_dockerfile_builds_with_the_command_ci_runs_into_a_nonroot_distroless_imag
     assert!(
         ci.lines().any(|l| l.trim() == build),
         ".ci/run must run `{build}` as the image does"
+    );
+    // Cargo refuses to build a workspace with a member missing from the build context.
+    assert!(
+        dockerfile.lines().any(|l| l == "COPY testbed ./testbed"),
+        "the Dockerfile must copy the workspace member testbed/"
     );
     let stages: Vec<&str> = dockerfile
         .lines()

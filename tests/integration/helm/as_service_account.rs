@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use eagle_eye_operator::standin::{StandIn, StandInConfig};
+use eagle_eye_testbed::standin::{StandIn, StandInConfig};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
-use crate::chart::{
+use super::chart::{
     alert_metric_names, alert_rules, all_options_on, can, fullname, install, ok, release_name,
     render, run, scratch, service_account,
 };

@@ -1,19 +1,17 @@
 //! The controller against a real control plane and the auth stand-in, observed as a user
 //! would: the target Secret, the credential's status, the stand-in's view of the tokens.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use eagle_eye_operator::crd::EagleEyeCredential;
-use eagle_eye_operator::standin::{Fault, StandIn, StandInConfig};
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, PostParams};
-use support::operator::{
+use crate::support::operator::{
     Operator, api_accepts, create_credential, create_secrets, credential, login, ready, secret,
     secret_data, stand_in, wait_for_reason,
 };
-use support::{env, eventually, figure};
+use crate::support::{env, eventually, figure};
+use eagle_eye_operator::crd::EagleEyeCredential;
+use eagle_eye_testbed::standin::{Fault, StandIn, StandInConfig};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, PostParams};
 
 #[tokio::test]
 async fn credential_becomes_ready_and_publishes_a_token_the_api_accepts() {
@@ -172,10 +170,10 @@ async fn rotating_tokens_rotate_five_times_with_no_reuse_and_no_stale_token() {
 /// Every secret value the lifecycle produced is absent from logs, events and status.
 async fn assert_no_secret_in(
     logs: &str,
-    env: &support::TestEnv,
+    env: &crate::support::TestEnv,
     name: &str,
     _si: &StandIn,
-    login: &support::operator::Login,
+    login: &crate::support::operator::Login,
     refresh: &[String],
     access: &[String],
 ) {
@@ -659,7 +657,7 @@ async fn a_failed_publish_is_retried_without_spending_the_token_again() {
 }
 
 /// Replaces the refresh token in its Secret, as a person or a sync tool would.
-async fn put_refresh_token(env: &support::TestEnv, name: &str, token: &str) {
+async fn put_refresh_token(env: &crate::support::TestEnv, name: &str, token: &str) {
     let api = env.api::<Secret>();
     let mut s = api.get(name).await.unwrap();
     s.data = secret("x", &[("refresh_token", token)]).data;

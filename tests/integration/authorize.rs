@@ -3,22 +3,22 @@
 //! against the listener on the redirect URI. Observed as a person would: its output and
 //! exit code, the Secrets and credential it writes, and the operator making them Ready.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::operator::{
+    Operator, api_accepts, secret, secret_data, stand_in, wait_for_reason,
+};
+use crate::support::{TestEnv, env, eventually};
 use eagle_eye_operator::crd::EagleEyeCredential;
 use eagle_eye_operator::secrets::LOGIN_TIME;
-use eagle_eye_operator::standin::{ClientRegistration, StandIn};
+use eagle_eye_testbed::standin::{ClientRegistration, StandIn};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::PostParams;
-use support::operator::{Operator, api_accepts, secret, secret_data, stand_in, wait_for_reason};
-use support::{TestEnv, env, eventually};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdout, Command};
@@ -28,7 +28,7 @@ use url::Url;
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn free_port() -> u16 {
-    eagle_eye_operator::testbed::free_port().unwrap()
+    eagle_eye_testbed::plane::free_port().unwrap()
 }
 
 /// An application registered with the stand-in, its whitelist holding `redirect_uri`.

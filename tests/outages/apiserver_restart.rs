@@ -1,15 +1,14 @@
-//! Own test binary, so that stopping kube-apiserver disturbs no other test.
-
-mod support;
+//! The test bed itself: a client survives a kube-apiserver restart.
 
 use std::time::Duration;
 
+use crate::support::{env, eventually};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ObjectMeta, PostParams};
-use support::{env, eventually};
 
 #[tokio::test]
 async fn client_recovers_after_kube_apiserver_restarts_mid_test() {
+    let _one_at_a_time = crate::OUTAGE.lock().await;
     let env = env().await;
     let maps: Api<ConfigMap> = env.api();
     let cm = |name: &str| ConfigMap {

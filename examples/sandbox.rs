@@ -1,35 +1,58 @@
-//! `sandbox`: everything on this machine, nothing to install. A real local control plane
-//! (see `testbed`), the Eagle Eye auth stand-in with a registered client and a Phase 1
-//! login, the operator, and a sample credential whose target Secret and status are shown.
+//! `cargo run --example sandbox`: everything on this machine, nothing to install. A real
+//! local control plane and the Eagle Eye auth stand-in (both from the `eagle-eye-testbed`
+//! crate, which the shipped binary never contains), a registered client and a Phase 1 login,
+//! the operator, and a sample credential whose target Secret and status are shown.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
+use clap::Parser;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
 
-use crate::crd::EagleEyeCredential;
-use crate::operator::RunArgs;
-use crate::standin::{ClientRegistration, StandIn, StandInConfig};
-use crate::testbed::ControlPlane;
+use eagle_eye_operator::crd::EagleEyeCredential;
+use eagle_eye_operator::operator::RunArgs;
+use eagle_eye_testbed::ControlPlane;
+use eagle_eye_testbed::standin::{ClientRegistration, StandIn, StandInConfig};
 
-#[derive(Args, Debug)]
-pub struct SandboxArgs {
+/// Start a throwaway local cluster, an Eagle Eye auth stand-in, the operator and a sample
+/// credential, show the result, and keep refreshing until Ctrl-C.
+#[derive(Parser, Debug)]
+#[command(name = "sandbox")]
+struct SandboxArgs {
     /// Access-token lifetime the stand-in hands out, in seconds (short, to watch refreshes).
     #[arg(long, default_value_t = 60)]
-    pub access_ttl_secs: u64,
+    access_ttl_secs: u64,
     /// Exit once the sample credential is Ready instead of running until Ctrl-C.
     #[arg(long)]
-    pub exit_when_ready: bool,
+    exit_when_ready: bool,
+    /// Log level or filter for the operator running inside, e.g. `debug`. Overrides RUST_LOG.
+    #[arg(long)]
+    log_level: Option<String>,
 }
 
 const NS: &str = "default";
 
-pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = SandboxArgs::parse();
+    eagle_eye_operator::logging::init(
+        eagle_eye_operator::logging::Format::Text,
+        args.log_level.as_deref(),
+    );
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     eprintln!("starting a local control plane (the first run builds it: 15-25 minutes)...");
     let plane = ControlPlane::start()
         .await
@@ -76,7 +99,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
             &opaque(
                 "sample-refresh-token",
                 &[("refresh_token", &login.refresh_token)],
-                Some((crate::secrets::LOGIN_TIME, &now)),
+                Some((eagle_eye_operator::secrets::LOGIN_TIME, &now)),
             ),
         )
         .await?;
@@ -110,9 +133,13 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         "--no-leader-election",
     ])?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let operator = tokio::spawn(crate::operator::run(client.clone(), run_args, async {
-        let _ = stopped.await;
-    }));
+    let operator = tokio::spawn(eagle_eye_operator::operator::run(
+        client.clone(),
+        run_args,
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     let ready = wait_ready(&credentials).await?;
     println!("\nEagleEyeCredential default/sample is Ready:");
@@ -127,22 +154,29 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         };
         println!("  {k}: {shown}");
     }
-    println!("\nexport KUBECONFIG={}", plane.kubeconfig_path().display());
-    if let Some(bins) = plane.bin_dir() {
-        println!("export PATH={}:$PATH   # kubectl and helm", bins.display());
-    }
-    println!(
-        "kubectl get eecred -o wide   # watch refreshes every ~{}s",
-        args.access_ttl_secs * 2 / 3
-    );
-    if !args.exit_when_ready {
+    if args.exit_when_ready {
+        // Everything below is removed as this process exits: print nothing to connect to.
+        println!(
+            "\n--exit-when-ready: stopping the operator and removing the cluster and the stand-in."
+        );
+    } else {
+        println!("\nexport KUBECONFIG={}", plane.kubeconfig_path().display());
+        if let Some(bins) = plane.bin_dir() {
+            println!("export PATH={}:$PATH   # kubectl and helm", bins.display());
+        }
+        println!(
+            "kubectl get eecred -o wide   # watch refreshes every ~{}s",
+            args.access_ttl_secs * 2 / 3
+        );
         println!("press Ctrl-C to stop and remove everything");
-        crate::cli::shutdown_signal().await;
+        eagle_eye_operator::cli::shutdown_signal().await;
     }
     let _ = stop.send(());
     operator.await??;
     let _ = std::fs::remove_file(ca);
-    Ok(ExitCode::SUCCESS)
+    drop(plane);
+    println!("sandbox removed.");
+    Ok(())
 }
 
 async fn wait_ready(api: &Api<EagleEyeCredential>) -> anyhow::Result<EagleEyeCredential> {
@@ -151,7 +185,12 @@ async fn wait_ready(api: &Api<EagleEyeCredential>) -> anyhow::Result<EagleEyeCre
         let ready = cr
             .status
             .as_ref()
-            .and_then(|s| crate::status::condition(&s.conditions, crate::status::READY))
+            .and_then(|s| {
+                eagle_eye_operator::status::condition(
+                    &s.conditions,
+                    eagle_eye_operator::status::READY,
+                )
+            })
             .is_some_and(|c| c.status == "True");
         if ready {
             return Ok(cr);

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use eagle_eye_operator::standin::{ClientRegistration, Fault, Gate, StandIn, StandInConfig};
+use eagle_eye_testbed::standin::{ClientRegistration, Fault, Gate, StandIn, StandInConfig};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap};
 use reqwest::{Certificate, Client, RequestBuilder, redirect};
 use serde_json::{Value, json};

@@ -206,7 +206,7 @@ pub async fn run(env: &TestEnv, tool: &str, args: &[&str], stdin: Option<&str>) 
         .bin_dir()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| {
-            eagle_eye_operator::testbed::binaries().expect("the directory with kubectl and helm")
+            eagle_eye_testbed::plane::binaries().expect("the directory with kubectl and helm")
         });
     // Helm's own state (repositories, cache) stays out of the user's home.
     let helm_home =

@@ -1,17 +1,15 @@
 //! The test bed is a real control plane: CEL validation, garbage collection and watches
 //! behave as on a real cluster.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{env, eventually};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, PostParams};
 use kube::runtime::watcher;
-use support::{env, eventually};
 
 const WIDGET_CRD: &str = r#"
 apiVersion: apiextensions.k8s.io/v1
@@ -40,7 +38,7 @@ spec:
               message: "min must not exceed max"
 "#;
 
-async fn widget_api(env: &support::TestEnv) -> Api<DynamicObject> {
+async fn widget_api(env: &crate::support::TestEnv) -> Api<DynamicObject> {
     let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
     let crd: CustomResourceDefinition = serde_yaml::from_str(WIDGET_CRD).unwrap();
     crds.patch(

@@ -1,11 +1,11 @@
 //! `status`, run as a person or a pipeline runs it, on credentials whose status the test
 //! sets directly (no operator): a deterministic mix of Ready, failing and nearly expired.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::operator::secret;
+use crate::support::{TestEnv, env};
 use eagle_eye_operator::crd::EagleEyeCredential;
 use eagle_eye_operator::secrets::LOGIN_TIME;
 use jiff::{SignedDuration, Timestamp};
@@ -13,8 +13,6 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
 use kube::api::{Patch, PatchParams, PostParams};
-use support::operator::secret;
-use support::{TestEnv, env};
 
 struct Output {
     code: Option<i32>,

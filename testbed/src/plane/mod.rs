@@ -283,7 +283,7 @@ pub fn binaries() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
         return Ok(PathBuf::from(dir));
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/control-plane.sh");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/control-plane.sh");
     let out = Command::new("bash")
         .arg(&script)
         .arg("build")

@@ -1,27 +1,27 @@
-//! The window between receiving a rotated refresh token and storing it. Own test binary:
-//! these tests stop kube-apiserver, which would disturb any test running beside them.
-
-mod support;
+//! The window between receiving a rotated refresh token and storing it: these tests stop
+//! kube-apiserver while a rotated token is held.
 
 use std::time::Duration;
 
-use eagle_eye_operator::crd::EagleEyeCredential;
-use eagle_eye_operator::standin::{Fault, Gate, StandIn};
-use kube::api::{Patch, PatchParams};
-use support::operator::{
+use crate::support::operator::{
     Operator, create_credential, create_secrets, login, ready, secret_data, stand_in,
     wait_for_reason,
 };
-use support::{env, eventually};
-
-/// Both tests stop the shared kube-apiserver: one at a time.
-static OUTAGE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+use crate::support::{env, eventually};
+use eagle_eye_operator::crd::EagleEyeCredential;
+use eagle_eye_testbed::standin::{Fault, Gate, StandIn};
+use kube::api::{Patch, PatchParams};
 
 /// Brings a credential to Ready, then makes its next scheduled refresh land while
 /// kube-apiserver is down: the stand-in rotates the token (the old one is now dead) and
 /// the operator cannot store the new one. Returns once the operator has logged a failed
 /// write-back.
-async fn refresh_during_outage(env: &support::TestEnv, si: &StandIn, op: &Operator, name: &str) {
+async fn refresh_during_outage(
+    env: &crate::support::TestEnv,
+    si: &StandIn,
+    op: &Operator,
+    name: &str,
+) {
     wait_for_reason(env, name, "TokenRefreshed", Duration::from_secs(30)).await;
     let before = si.counters();
     // Hold the next answer until kube-apiserver is down. The operators here wait a minute for
@@ -57,7 +57,7 @@ async fn refresh_during_outage(env: &support::TestEnv, si: &StandIn, op: &Operat
 
 #[tokio::test]
 async fn a_rotated_token_is_held_in_memory_through_an_api_server_outage() {
-    let _one_at_a_time = OUTAGE.lock().await;
+    let _one_at_a_time = crate::OUTAGE.lock().await;
     let env = env().await;
     let si = stand_in(Duration::from_secs(8)).await;
     let login = login(&si, "outage-client", true).await;
@@ -106,7 +106,7 @@ async fn a_rotated_token_is_held_in_memory_through_an_api_server_outage() {
 /// the login is lost; the operator says so plainly instead of retrying forever.
 #[tokio::test]
 async fn killing_the_operator_before_the_write_back_loses_the_login_and_says_so() {
-    let _one_at_a_time = OUTAGE.lock().await;
+    let _one_at_a_time = crate::OUTAGE.lock().await;
     let env = env().await;
     let si = stand_in(Duration::from_secs(8)).await;
     let login = login(&si, "crash-client", true).await;

@@ -5,9 +5,6 @@
 //! impersonating the chart's ServiceAccount, brings a credential to Ready with nothing more.
 //! Also the container image's build contract, which cannot be built here (no Docker engine).
 
-#[path = "../support/mod.rs"]
-mod support;
-
 mod as_service_account;
 mod chart;
 mod image;
@@ -15,11 +12,11 @@ mod image;
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use crate::support::env;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-use support::env;
 
 use chart::{
     CHART, alert_rules, all_options_on, assert_access, docs_to_json_list, find, flatten_rules,
@@ -40,7 +37,7 @@ async fn the_charts_crd_is_byte_identical_to_crds_also_when_packaged() {
         "{}",
         in_chart.display()
     );
-    // Helm follows the symlink (it prints one newline after each CRD file).
+    // Helm prints one newline after each CRD file.
     let shown = ok(&env, "helm", &["show", "crds", CHART], None).await;
     assert_eq!(
         shown.as_bytes(),
@@ -138,7 +135,7 @@ async fn values_with_a_typo_or_a_contradiction_are_refused_at_install() {
 #[tokio::test]
 async fn the_rendered_chart_with_its_crd_passes_a_server_side_dry_run_in_both_scopes() {
     let env = env().await;
-    let watched = support::env().await;
+    let watched = crate::support::env().await;
     for values in [
         all_options_on(json!({"scope": "cluster"})),
         all_options_on(json!({
@@ -169,7 +166,7 @@ async fn the_rendered_chart_with_its_crd_passes_a_server_side_dry_run_in_both_sc
 #[tokio::test]
 async fn install_in_cluster_scope_grants_exactly_the_operators_rules_and_leases_only_at_home() {
     let env = env().await;
-    let elsewhere = support::env().await;
+    let elsewhere = crate::support::env().await;
     let release = release_name(&env);
     // Without the Prometheus Operator's CRDs here; rendered and checked elsewhere.
     let mut values = all_options_on(json!({"scope": "cluster"}));
@@ -238,9 +235,9 @@ async fn install_in_cluster_scope_grants_exactly_the_operators_rules_and_leases_
 async fn install_in_namespaced_scope_grants_secrets_only_in_the_watched_namespaces() {
     let env = env().await;
     let (a, b, unwatched) = (
-        support::env().await,
-        support::env().await,
-        support::env().await,
+        crate::support::env().await,
+        crate::support::env().await,
+        crate::support::env().await,
     );
     let release = release_name(&env);
     let values = json!({"scope": "namespaced", "watchNamespaces": [a.namespace, b.namespace]});

@@ -1,16 +1,14 @@
 //! Operating the operator: two replicas with one leader, failover after SIGKILL, the Lease
 //! released on SIGTERM, and the admin server's health and metrics.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use eagle_eye_operator::standin::{StandIn, StandInConfig};
-use k8s_openapi::api::coordination::v1::Lease;
-use support::operator::{
+use crate::support::operator::{
     Operator, create_credential, create_secrets, login, secret_data, stand_in, wait_for_reason,
 };
-use support::{env, eventually, figure};
+use crate::support::{env, eventually, figure};
+use eagle_eye_testbed::standin::{StandIn, StandInConfig};
+use k8s_openapi::api::coordination::v1::Lease;
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     match reqwest::get(format!("http://{addr}{path}")).await {

@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use eagle_eye_operator::standin::{ClientRegistration, Fault, StandIn, StandInConfig};
 use eagle_eye_operator::token::{
     ClientCredentials, ErrorClass, TokenClient, TokenClientOptions, TokenError, TokenGrant,
 };
+use eagle_eye_testbed::standin::{ClientRegistration, Fault, StandIn, StandInConfig};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 

@@ -1,0 +1,18 @@
+//! The integration tests: one binary, one real control plane (etcd, kube-apiserver,
+//! kube-controller-manager) shared by every test, each test in a namespace of its own. Tests
+//! that stop kube-apiserver live in `tests/outages`, and the memory benchmark in
+//! `tests/memory.rs`: both would disturb the tests running beside them.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod authorize;
+mod control_plane_script;
+mod controller;
+mod crd_drift;
+mod ha;
+mod helm;
+mod standin;
+mod status_cli;
+mod testbed;
+mod token_client;
