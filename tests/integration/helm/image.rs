@@ -25,6 +25,11 @@ fn the_dockerfile_builds_with_the_command_ci_runs_into_a_nonroot_distroless_imag
         dockerfile.lines().any(|l| l == "COPY testbed ./testbed"),
         "the Dockerfile must copy the workspace member testbed/"
     );
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    assert!(
+        ignore.lines().any(|l| l == "!testbed/"),
+        ".dockerignore must let testbed/ into the build context"
+    );
     let stages: Vec<&str> = dockerfile
         .lines()
         .filter(|l| l.starts_with("FROM "))
