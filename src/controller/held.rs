@@ -178,3 +178,358 @@ async fn store(client: &Client, held: &Held) -> Result<(), String> {
     .map(|_| ())
     .map_err(|e| secrets::kube_reason(&e))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The held map on its own, and its store against a scripted API server: a token is
+    //! either in its Secret or still held, whatever the API server answers.
+
+    use std::time::Duration;
+
+    use http::{Request, Response, StatusCode};
+    use jiff::Timestamp;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::Client;
+    use kube::client::Body;
+    use secrecy::{ExposeSecret, SecretString};
+
+    use super::{Held, HeldTokens};
+    use crate::fixtures::{NS, secret};
+    use crate::spent;
+    use crate::target::fingerprint;
+
+    const KEY: &str = "video/cam";
+    const SECRET_PATH: &str = "/api/v1/namespaces/video/secrets/cam-refresh";
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn client() -> (Client, Handle) {
+        let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (Client::new(svc, NS), handle)
+    }
+
+    /// What the operator holds after trading `spent` for `new` (`None`: no rotation).
+    fn held(spent: &str, new: Option<&str>) -> Held {
+        Held {
+            spent_fingerprint: fingerprint(spent),
+            new_token: new.map(|t| SecretString::from(t.to_owned())),
+            grant: None,
+            received_at: "2026-11-28T12:00:00Z".parse::<Timestamp>().unwrap(),
+            spent: Vec::new(),
+            namespace: NS.into(),
+            secret: "cam-refresh".into(),
+            key: "refresh_token".into(),
+            credential: "cam".into(),
+        }
+    }
+
+    fn refresh_secret(token: &str, spent_list: &[&str]) -> Secret {
+        let rendered = spent::render(
+            &spent_list
+                .iter()
+                .map(|t| fingerprint(t))
+                .collect::<Vec<_>>(),
+        );
+        let annotations: Vec<(&str, &str)> = if spent_list.is_empty() {
+            Vec::new()
+        } else {
+            vec![(spent::ANNOTATION, rendered.as_str())]
+        };
+        secret("cam-refresh", &[("refresh_token", token)], &annotations)
+    }
+
+    fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+        Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(v).unwrap()))
+            .unwrap()
+    }
+
+    fn failure(code: u16, reason: &str) -> Response<Body> {
+        json(
+            StatusCode::from_u16(code).unwrap(),
+            &serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": reason, "code": code, "message": reason}),
+        )
+    }
+
+    /// Answers the next request, which must be a GET of the refresh-token Secret.
+    async fn answer_get(handle: &mut Handle, answer: Response<Body>) {
+        let (req, send) = handle.next_request().await.expect("Secret GET");
+        assert_eq!(
+            (req.method().as_str(), req.uri().path()),
+            ("GET", SECRET_PATH)
+        );
+        send.send_response(answer);
+    }
+
+    /// Answers the next request, which must be a replace of the refresh-token Secret, with
+    /// success, and returns the Secret sent.
+    async fn answer_put(handle: &mut Handle) -> Secret {
+        let (req, send) = handle.next_request().await.expect("Secret PUT");
+        assert_eq!(
+            (req.method().as_str(), req.uri().path()),
+            ("PUT", SECRET_PATH)
+        );
+        let body = req.into_body().collect_bytes().await.unwrap();
+        let sent: Secret = serde_json::from_slice(&body).unwrap();
+        send.send_response(json(StatusCode::OK, &serde_json::to_value(&sent).unwrap()));
+        sent
+    }
+
+    /// No further request arrives.
+    async fn no_more_requests(handle: &mut Handle) {
+        let next = tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await;
+        assert!(matches!(next, Err(_) | Ok(None)), "unexpected request");
+    }
+
+    fn stored_token(s: &Secret) -> String {
+        String::from_utf8(s.data.as_ref().unwrap()["refresh_token"].0.clone()).unwrap()
+    }
+
+    #[test]
+    fn a_held_token_is_handed_out_once_and_then_is_gone() {
+        let tokens = HeldTokens::default();
+        assert!(tokens.is_empty());
+        tokens.put(KEY, held("rt-1", Some("rt-2")));
+        assert!(!tokens.is_empty());
+        assert!(tokens.take("video/other").is_none());
+        let taken = tokens.take(KEY).expect("held");
+        assert_eq!(taken.new_token.unwrap().expose_secret(), "rt-2");
+        assert!(tokens.take(KEY).is_none());
+        assert!(tokens.is_empty());
+    }
+
+    #[test]
+    fn every_clone_shares_one_map_so_a_new_controller_term_finds_the_token() {
+        let process = HeldTokens::default();
+        let last_term = process.clone();
+        last_term.put(KEY, held("rt-1", Some("rt-2")));
+        assert!(!process.is_empty());
+        assert!(process.take(KEY).is_some());
+        assert!(last_term.is_empty());
+
+        last_term.remember_live(KEY, &SecretString::from("rt-2"));
+        assert_eq!(process.live(KEY, &[]).unwrap().expose_secret(), "rt-2");
+    }
+
+    #[test]
+    fn the_current_fingerprint_is_the_new_tokens_or_the_spent_ones_without_rotation() {
+        assert_eq!(
+            held("rt-1", Some("rt-2")).new_fingerprint(),
+            fingerprint("rt-2")
+        );
+        assert_eq!(held("rt-1", None).new_fingerprint(), fingerprint("rt-1"));
+    }
+
+    #[test]
+    fn the_live_token_is_never_offered_once_it_is_known_dead() {
+        let tokens = HeldTokens::default();
+        assert!(tokens.live(KEY, &[]).is_none());
+        tokens.remember_live(KEY, &SecretString::from("rt-1"));
+        tokens.remember_live(KEY, &SecretString::from("rt-2"));
+        assert_eq!(tokens.live(KEY, &[]).unwrap().expose_secret(), "rt-2");
+        assert_eq!(
+            tokens
+                .live(KEY, &[fingerprint("rt-1")])
+                .unwrap()
+                .expose_secret(),
+            "rt-2"
+        );
+        assert!(tokens.live(KEY, &[fingerprint("rt-2")]).is_none());
+        assert!(tokens.live("video/other", &[]).is_none());
+        tokens.forget_live(KEY);
+        assert!(tokens.live(KEY, &[]).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_held_token_is_stored_over_the_spent_one_with_the_spent_one_marked() {
+        let (client, mut handle) = client();
+        let tokens = HeldTokens::default();
+        let server = tokio::spawn(async move {
+            answer_get(
+                &mut handle,
+                json(
+                    StatusCode::OK,
+                    &serde_json::to_value(refresh_secret("rt-1", &[])).unwrap(),
+                ),
+            )
+            .await;
+            let sent = answer_put(&mut handle).await;
+            no_more_requests(&mut handle).await;
+            sent
+        });
+        tokens
+            .store_or_keep(&client, KEY, held("rt-1", Some("rt-2")))
+            .await;
+        let sent = server.await.unwrap();
+        assert_eq!(stored_token(&sent), "rt-2");
+        assert_eq!(sent.metadata.resource_version.as_deref(), Some("1"));
+        assert_eq!(
+            spent::read(sent.metadata.annotations.as_ref()),
+            [fingerprint("rt-1")]
+        );
+        assert!(tokens.is_empty(), "stored, so no longer held");
+    }
+
+    #[tokio::test]
+    async fn a_token_put_back_by_a_sync_tool_is_written_over() {
+        let (client, mut handle) = client();
+        let tokens = HeldTokens::default();
+        let server = tokio::spawn(async move {
+            // rt-0 was rotated out before rt-1, which is being traded for rt-2.
+            answer_get(
+                &mut handle,
+                json(
+                    StatusCode::OK,
+                    &serde_json::to_value(refresh_secret("rt-0", &["rt-0"])).unwrap(),
+                ),
+            )
+            .await;
+            answer_put(&mut handle).await
+        });
+        tokens
+            .store_or_keep(&client, KEY, held("rt-1", Some("rt-2")))
+            .await;
+        assert_eq!(stored_token(&server.await.unwrap()), "rt-2");
+        assert!(tokens.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_new_login_stored_by_a_person_wins_over_a_held_token() {
+        let (client, mut handle) = client();
+        let tokens = HeldTokens::default();
+        let server = tokio::spawn(async move {
+            answer_get(
+                &mut handle,
+                json(
+                    StatusCode::OK,
+                    &serde_json::to_value(refresh_secret("person-login", &[])).unwrap(),
+                ),
+            )
+            .await;
+            no_more_requests(&mut handle).await;
+        });
+        tokens
+            .store_or_keep(&client, KEY, held("rt-1", Some("rt-2")))
+            .await;
+        server.await.unwrap();
+        assert!(
+            tokens.is_empty(),
+            "the person's login is kept, nothing held"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_held_token_stays_held_while_its_secret_cannot_be_read_or_written() {
+        for (what, answers) in [
+            ("GET fails", vec![failure(503, "ServiceUnavailable")]),
+            ("Secret gone", vec![failure(404, "NotFound")]),
+            (
+                "PUT fails",
+                vec![
+                    json(
+                        StatusCode::OK,
+                        &serde_json::to_value(refresh_secret("rt-1", &[])).unwrap(),
+                    ),
+                    failure(500, "InternalError"),
+                ],
+            ),
+        ] {
+            let (client, mut handle) = client();
+            let tokens = HeldTokens::default();
+            let server = tokio::spawn(async move {
+                for answer in answers {
+                    let (_, send) = handle.next_request().await.expect("a request");
+                    send.send_response(answer);
+                }
+                no_more_requests(&mut handle).await;
+            });
+            tokens
+                .store_or_keep(&client, KEY, held("rt-1", Some("rt-2")))
+                .await;
+            server.await.unwrap();
+            let kept = tokens.take(KEY).unwrap_or_else(|| panic!("{what}: lost"));
+            assert_eq!(kept.new_token.unwrap().expose_secret(), "rt-2", "{what}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_cancelled_half_way_puts_the_token_back() {
+        let (client, mut handle) = client();
+        let tokens = HeldTokens::default();
+        let mut store = Box::pin(tokens.store_or_keep(&client, KEY, held("rt-1", Some("rt-2"))));
+        // The request reaches the API server, whose answer never comes: then the store is
+        // dropped, as shutdown drops a follower's retry.
+        tokio::select! {
+            _ = &mut store => panic!("the store finished without an answer"),
+            req = handle.next_request() => assert!(req.is_some()),
+        }
+        assert!(tokens.is_empty(), "taken out while being stored");
+        drop(store);
+        let kept = tokens.take(KEY).expect("put back when dropped");
+        assert_eq!(kept.new_token.unwrap().expose_secret(), "rt-2");
+    }
+
+    #[tokio::test]
+    async fn flush_retries_until_the_api_server_answers_within_its_limit() {
+        let (client, mut handle) = client();
+        let tokens = HeldTokens::default();
+        tokens.put(KEY, held("rt-1", Some("rt-2")));
+        let server = tokio::spawn(async move {
+            // Down twice, then back.
+            for _ in 0..2 {
+                answer_get(&mut handle, failure(503, "ServiceUnavailable")).await;
+            }
+            answer_get(
+                &mut handle,
+                json(
+                    StatusCode::OK,
+                    &serde_json::to_value(refresh_secret("rt-1", &[])).unwrap(),
+                ),
+            )
+            .await;
+            let sent = answer_put(&mut handle).await;
+            no_more_requests(&mut handle).await;
+            sent
+        });
+        let left = tokens.flush(&client, Duration::from_secs(30)).await;
+        assert_eq!(left, 0);
+        assert_eq!(stored_token(&server.await.unwrap()), "rt-2");
+        assert!(tokens.is_empty());
+    }
+
+    #[tokio::test]
+    async fn flush_gives_up_at_its_limit_and_says_how_many_tokens_are_still_held() {
+        let (client, mut handle) = client();
+        let tokens = HeldTokens::default();
+        tokens.put(KEY, held("rt-1", Some("rt-2")));
+        tokens.put("video/lobby", held("rt-a", None));
+        let server = tokio::spawn(async move {
+            let mut gets = 0;
+            while let Some((req, send)) = handle.next_request().await {
+                assert_eq!(req.method().as_str(), "GET");
+                gets += 1;
+                send.send_response(failure(503, "ServiceUnavailable"));
+            }
+            gets
+        });
+        let started = tokio::time::Instant::now();
+        let left = tokens.flush(&client, Duration::from_secs(1)).await;
+        let took = started.elapsed();
+        drop(client);
+        let gets = server.await.unwrap();
+        // A token without a rotation needs no write: only the rotated one is left.
+        assert_eq!(left, 1);
+        assert_eq!(
+            tokens.take(KEY).unwrap().new_token.unwrap().expose_secret(),
+            "rt-2"
+        );
+        assert!(tokens.is_empty());
+        assert!(gets >= 2, "retried: {gets} attempts");
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+    }
+}
