@@ -211,7 +211,8 @@ fn ready(status: &serde_json::Value) -> (&str, &str, &str) {
 mod tests {
     use super::*;
     use crate::controller::reconcile;
-    use crate::target::{EXPIRES_AT, ISSUED_AT, REFRESH_FINGERPRINT, fingerprint};
+    use crate::secrets::fingerprint;
+    use crate::target::{EXPIRES_AT, ISSUED_AT, REFRESH_FINGERPRINT};
 
     #[tokio::test]
     async fn missing_client_secret_causes_event_and_secret_not_found_status() {

@@ -9,9 +9,9 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
 
 use crate::spent;
-use crate::target::fingerprint;
 use crate::token::ClientCredentials;
 
 /// Login time of the chain, written by `authorize` (or by hand, RFC 3339).
@@ -44,6 +44,14 @@ pub fn kube_reason(e: &kube::Error) -> String {
         kube::Error::Api(s) => format!("the API server answered {} {}", s.code, s.reason),
         _ => "the API server could not be reached".into(),
     }
+}
+
+/// A short one-way fingerprint of a refresh token: how annotations and the spent list name
+/// a token, and how the target Secret says which stored token is behind its access token.
+/// 64 bits of SHA-256 reveal nothing usable about a high-entropy token.
+pub fn fingerprint(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The refresh token as stored, with what its Secret says about its chain.
@@ -246,6 +254,15 @@ mod tests {
         }
     }
     const NOW: &str = "2026-11-28T12:00:00Z";
+
+    #[test]
+    fn fingerprint_is_short_stable_and_not_the_token() {
+        let f = fingerprint("secret-refresh-token");
+        assert_eq!(f.len(), 16);
+        assert_eq!(f, fingerprint("secret-refresh-token"));
+        assert_ne!(f, fingerprint("secret-refresh-token2"));
+        assert!(!f.contains("secret"));
+    }
 
     #[test]
     fn a_token_of_unknown_origin_starts_an_estimated_chain_now() {

@@ -281,7 +281,7 @@ impl<'a> Reconciler<'a> {
                 .await;
         };
         // The chain annotations still describe the live token unless they were reverted too.
-        let live_fp = target::fingerprint(live.expose_secret());
+        let live_fp = secrets::fingerprint(live.expose_secret());
         let chain = secrets::chain(&stored.secret, &live_fp, self.now);
         let reverted = StoredToken { chain, ..stored };
         match secrets::write_back(
