@@ -103,6 +103,14 @@ pub struct EagleEyeCredentialSpec {
     pub suspend: bool,
 }
 
+/// Durations as `refreshBefore` takes them: `90s`, `30m`, `1h30m` (what its CEL rule
+/// accepts), or `14d` (days of 24 hours). The command-line flags take the same forms.
+pub fn parse_duration(s: &str) -> Option<jiff::SignedDuration> {
+    let span: jiff::Span = s.trim().parse().ok()?;
+    span.to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .ok()
+}
+
 /// Reference to the Secret with the OAuth2 client credentials.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -316,4 +324,23 @@ fn k_expires_at() -> String {
 }
 fn k_token_type() -> String {
     "token_type".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use jiff::SignedDuration;
+
+    #[test]
+    fn durations_parse_in_kubernetes_and_day_forms() {
+        assert_eq!(parse_duration("30m"), Some(SignedDuration::from_mins(30)));
+        assert_eq!(parse_duration("1h30m"), Some(SignedDuration::from_mins(90)));
+        assert_eq!(parse_duration("90s"), Some(SignedDuration::from_secs(90)));
+        assert_eq!(
+            parse_duration("14d"),
+            Some(SignedDuration::from_hours(14 * 24))
+        );
+        assert_eq!(parse_duration("0s"), Some(SignedDuration::ZERO));
+        assert_eq!(parse_duration("soon"), None);
+    }
 }

@@ -24,8 +24,8 @@ use tracing::{info, warn};
 use crate::admin::{self, Health};
 use crate::metrics::Metrics;
 
-use crate::controller::{self, Context, HeldTokens, Leadership, Settings, Shared, parse_duration};
-use crate::crd::EagleEyeCredential;
+use crate::controller::{self, Context, HeldTokens, Leadership, Settings, Shared};
+use crate::crd::{EagleEyeCredential, parse_duration};
 use crate::status::Lifetimes;
 use crate::token::{EAGLE_EYE_API_HOSTS, TokenClient, TokenClientOptions};
 

@@ -89,7 +89,7 @@ pub struct AuthorizeArgs {
 }
 
 fn duration(s: &str) -> Result<SignedDuration, String> {
-    crate::controller::parse_duration(s)
+    crate::crd::parse_duration(s)
         .filter(|d| d.is_positive())
         .ok_or_else(|| format!("{s:?} is not a duration such as 90s, 10m or 1h"))
 }

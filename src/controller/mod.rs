@@ -16,7 +16,7 @@ use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use tracing::{instrument, warn};
 
-use crate::crd::EagleEyeCredential;
+use crate::crd::{EagleEyeCredential, parse_duration};
 use crate::metrics::{self, Metrics};
 use crate::schedule;
 use crate::secrets::{SecretError, kube_reason};
@@ -186,14 +186,6 @@ fn validate(
     Ok((url, refresh_before))
 }
 
-/// Durations such as `90s`, `30m`, `1h30m` (as the CEL rule accepts them) or `14d`
-/// (days of 24 hours).
-pub fn parse_duration(s: &str) -> Option<SignedDuration> {
-    let span: jiff::Span = s.trim().parse().ok()?;
-    span.to_duration(jiff::SpanRelativeTo::days_are_24_hours())
-        .ok()
-}
-
 /// Another credential that references the same refresh-token Secret and came first (by
 /// creation time, then name) owns it.
 fn other_claimant(store: &Store<EagleEyeCredential>, cr: &EagleEyeCredential) -> Option<String> {
@@ -302,8 +294,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use super::{login_fingerprint, parse_duration};
-    use jiff::SignedDuration;
+    use super::login_fingerprint;
 
     #[test]
     fn a_refused_login_counts_as_new_once_any_part_of_it_changes() {
@@ -342,18 +333,5 @@ mod tests {
             assert_ne!(base, other);
         }
         assert!(!base.contains("secret") && base.len() == 16);
-    }
-
-    #[test]
-    fn durations_parse_in_kubernetes_and_day_forms() {
-        assert_eq!(parse_duration("30m"), Some(SignedDuration::from_mins(30)));
-        assert_eq!(parse_duration("1h30m"), Some(SignedDuration::from_mins(90)));
-        assert_eq!(parse_duration("90s"), Some(SignedDuration::from_secs(90)));
-        assert_eq!(
-            parse_duration("14d"),
-            Some(SignedDuration::from_hours(14 * 24))
-        );
-        assert_eq!(parse_duration("0s"), Some(SignedDuration::ZERO));
-        assert_eq!(parse_duration("soon"), None);
     }
 }

@@ -52,7 +52,7 @@ pub enum Output {
 }
 
 fn duration(s: &str) -> Result<SignedDuration, String> {
-    crate::controller::parse_duration(s)
+    crate::crd::parse_duration(s)
         .ok_or_else(|| format!("{s:?} is not a duration such as 12h or 7d"))
 }
 
