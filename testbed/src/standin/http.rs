@@ -15,7 +15,7 @@ use axum::routing::{any, get, post};
 use serde::Serialize;
 
 use super::Shared;
-use super::faults::{self, Action};
+use super::faults::{self, Action, Fault};
 use super::ledger::{AuthorizeError, Ledger};
 use super::oauth_error::OAuthError;
 use super::request::{Form, accepts_json, basic_credentials, is_form};
@@ -45,7 +45,14 @@ async fn read_body(body: Body) -> Option<Bytes> {
 }
 
 async fn token(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    let fault = shared.begin_token_request();
+    let (index, fault) = shared.begin_token_request();
+    let response = answer_token(&shared, fault, request).await;
+    shared.answered(index, response.status().as_u16());
+    response
+}
+
+/// The token endpoint's answer to a request that was dealt `fault`.
+async fn answer_token(shared: &Shared, fault: Option<Fault>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let body = read_body(body).await;
     let mut hostname = "127.0.0.1";

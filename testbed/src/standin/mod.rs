@@ -16,7 +16,7 @@ mod types;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use url::Url;
 
 pub use faults::{Fault, Gate};
-pub use types::{ClientRegistration, Counters, Grant};
+pub use types::{ClientRegistration, Counters, Grant, TokenRequest};
 
 use faults::FaultQueue;
 use ledger::{Ledger, Lifetimes, Standing};
@@ -63,6 +63,8 @@ impl Default for StandInConfig {
 struct Shared {
     ledger: Mutex<Ledger>,
     faults: Mutex<FaultQueue>,
+    /// Every token request so far, in order of arrival.
+    token_requests: Mutex<Vec<TokenRequest>>,
     /// How far `advance_clock` has moved the stand-in's notion of now.
     clock_offset: Mutex<Duration>,
     port: u16,
@@ -88,10 +90,28 @@ impl Shared {
             .expect("stand-in clock offset fits SystemTime")
     }
 
-    /// Counts a token request and takes the fault it should suffer, if any.
-    fn begin_token_request(&self) -> Option<Fault> {
+    /// Counts and records a token request and takes the fault it should suffer, if any.
+    /// Returns the request's place in the record, for [`Shared::answered`].
+    fn begin_token_request(&self) -> (usize, Option<Fault>) {
+        let arrived = Instant::now();
+        let arrived_at = SystemTime::now();
         self.ledger().counters.token_requests += 1;
-        lock(&self.faults).take()
+        let fault = lock(&self.faults).take();
+        let mut requests = lock(&self.token_requests);
+        requests.push(TokenRequest {
+            arrived,
+            arrived_at,
+            fault: fault.clone(),
+            status: None,
+        });
+        (requests.len() - 1, fault)
+    }
+
+    /// Records the status the `index`th token request was answered with.
+    fn answered(&self, index: usize, status: u16) {
+        if let Some(request) = lock(&self.token_requests).get_mut(index) {
+            request.status = Some(status);
+        }
     }
 }
 
@@ -125,6 +145,7 @@ impl StandIn {
         let shared = Arc::new(Shared {
             ledger: Mutex::new(Ledger::new(lifetimes)),
             faults: Mutex::new(FaultQueue::default()),
+            token_requests: Mutex::new(Vec::new()),
             clock_offset: Mutex::new(Duration::ZERO),
             port,
         });
@@ -181,6 +202,12 @@ impl StandIn {
         self.shared.ledger().counters
     }
 
+    /// Every request to `/oauth2/token` so far, in order of arrival, with when it came and
+    /// how it was answered.
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        lock(&self.shared.token_requests).clone()
+    }
+
     /// Whether a refresh grant with this token would succeed now.
     pub fn refresh_token_is_live(&self, refresh_token: &str) -> bool {
         let now = self.shared.now();
@@ -234,5 +261,109 @@ impl Drop for StandIn {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn stand_in_with_login() -> (StandIn, Grant) {
+        let si = StandIn::start(StandInConfig {
+            tls: false,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        si.register_client(ClientRegistration {
+            id: "c".into(),
+            secret: "s".into(),
+            redirect_uris: vec![],
+            rotating: false,
+        });
+        let grant = si.login("c");
+        (si, grant)
+    }
+
+    async fn refresh(si: &StandIn, grant: &Grant) -> u16 {
+        reqwest::Client::new()
+            .post(si.url().join("oauth2/token").unwrap())
+            .basic_auth("c", Some("s"))
+            .header("accept", "application/json")
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &grant.refresh_token),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    #[tokio::test]
+    async fn token_requests_are_recorded_in_order_with_their_time_fault_and_status() {
+        let (si, grant) = stand_in_with_login().await;
+        let rate_limited = Fault::TooManyRequests {
+            retry_after_secs: 7,
+        };
+        si.inject(rate_limited.clone(), 1);
+        si.inject(Fault::Status(503), 1);
+        let before = Instant::now();
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(refresh(&si, &grant).await);
+        }
+        let log = si.token_requests();
+        assert_eq!(statuses, [429, 503, 200]);
+        let recorded: Vec<_> = log.iter().map(|r| (r.fault.clone(), r.status)).collect();
+        assert_eq!(
+            recorded,
+            [
+                (Some(rate_limited), Some(429)),
+                (Some(Fault::Status(503)), Some(503)),
+                (None, Some(200)),
+            ]
+        );
+        assert!(before <= log[0].arrived);
+        assert!(log.windows(2).all(|w| w[0].arrived <= w[1].arrived));
+        assert_eq!(si.counters().token_requests, 3);
+    }
+
+    #[tokio::test]
+    async fn a_held_request_is_recorded_on_arrival_and_its_status_once_answered() {
+        let (si, grant) = stand_in_with_login().await;
+        let gate = Gate::new();
+        si.inject(Fault::Hold(gate.clone()), 1);
+        let answer = tokio::spawn({
+            let url = si.url();
+            let token = grant.refresh_token.clone();
+            async move {
+                reqwest::Client::new()
+                    .post(url.join("oauth2/token").unwrap())
+                    .basic_auth("c", Some("s"))
+                    .header("accept", "application/json")
+                    .form(&[("grant_type", "refresh_token"), ("refresh_token", &token)])
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        });
+        let arrived = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(r) = si.token_requests().pop() {
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the held request arrives");
+        assert_eq!(arrived.status, None, "not answered while held");
+        gate.open();
+        assert_eq!(answer.await.unwrap(), 200);
+        assert_eq!(si.token_requests()[0].status, Some(200));
     }
 }

@@ -2,6 +2,9 @@
 //! of `Debug` output, so a test that logs these values leaks nothing.
 
 use std::fmt;
+use std::time::{Instant, SystemTime};
+
+use super::faults::Fault;
 
 /// An OAuth2 client known to the stand-in, as the vendor's developer portal would hold it.
 #[derive(Clone, PartialEq, Eq)]
@@ -58,4 +61,20 @@ pub struct Counters {
     pub reused_refresh_tokens: u64,
     /// Token requests answered with an OAuth2 error (4xx); injected faults are not counted.
     pub rejected: u64,
+}
+
+/// One request to `/oauth2/token`, with when it came: counters cannot tell a client that
+/// backs off from one that retries at once, the times between these can.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// When it arrived, before its body was read: for gaps between requests.
+    pub arrived: Instant,
+    /// The same moment on the real wall clock (not moved by `advance_clock`): for comparing
+    /// with times a client wrote down.
+    pub arrived_at: SystemTime,
+    /// The fault it was dealt, if any.
+    pub fault: Option<Fault>,
+    /// The HTTP status it was answered with; `None` while it waits (a `Delay` or `Hold`),
+    /// and for good after a `Hang` or `DropConnection`.
+    pub status: Option<u16>,
 }
