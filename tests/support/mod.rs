@@ -74,21 +74,25 @@ impl TestEnv {
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, failing the test with `what` after
-/// `limit`. Tests wait on observable state this way instead of sleeping and hoping.
+/// `limit`. Tests wait on observable state this way instead of sleeping and hoping. The
+/// limit holds even when a check itself never finishes (a stream with no next item, a
+/// request with no answer).
 pub async fn eventually<T, F, Fut>(what: &str, limit: std::time::Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
+    let polling = async {
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {limit:?} waiting for {what}");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    match tokio::time::timeout(limit, polling).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
     }
 }
 
