@@ -10,6 +10,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, PostParams};
 use kube::runtime::watcher;
+use tokio::sync::Mutex;
 
 const WIDGET_CRD: &str = r#"
 apiVersion: apiextensions.k8s.io/v1
@@ -128,7 +129,7 @@ async fn owned_object_is_garbage_collected_after_its_owner_is_deleted() {
     eventually(
         "kube-controller-manager to delete the owned ConfigMap",
         Duration::from_secs(60),
-        || async { maps.get_opt("owned").await.unwrap().is_none().then_some(()) },
+        || async { maps.get_opt("owned").await.ok()?.is_none().then_some(()) },
     )
     .await;
 }
@@ -137,28 +138,39 @@ async fn owned_object_is_garbage_collected_after_its_owner_is_deleted() {
 async fn watch_sees_a_change() {
     let env = env().await;
     let maps: Api<ConfigMap> = env.api();
-    let mut events = watcher::watcher(maps.clone(), watcher::Config::default()).boxed();
+    // Behind a lock so that each of `eventually`'s checks can take the next event.
+    let events = Mutex::new(
+        watcher::watcher(maps.clone(), watcher::Config::default())
+            .boxed()
+            .fuse(),
+    );
+    let events = &events;
     // The first InitDone means the watch is established; only then make the change.
-    loop {
-        if let Some(Ok(watcher::Event::InitDone)) = events.next().await {
-            break;
-        }
-    }
+    eventually(
+        "the watch to be established",
+        Duration::from_secs(20),
+        || async move {
+            let event = events.lock().await.next().await?;
+            matches!(event, Ok(watcher::Event::InitDone)).then_some(())
+        },
+    )
+    .await;
     maps.create(&PostParams::default(), &config_map("watched", None))
         .await
         .unwrap();
-    let seen = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(event) = events.next().await {
-            if let Ok(watcher::Event::Apply(cm)) = event
-                && cm.metadata.name.as_deref() == Some("watched")
-            {
-                return cm;
+    let seen = eventually(
+        "the watch to see the new ConfigMap",
+        Duration::from_secs(20),
+        || async move {
+            match events.lock().await.next().await? {
+                Ok(watcher::Event::Apply(cm)) if cm.metadata.name.as_deref() == Some("watched") => {
+                    Some(cm)
+                }
+                _ => None,
             }
-        }
-        panic!("watch stream ended");
-    })
-    .await
-    .expect("the watch saw the new ConfigMap");
+        },
+    )
+    .await;
     assert_eq!(
         seen.metadata.namespace.as_deref(),
         Some(env.namespace.as_str())
