@@ -1,6 +1,7 @@
 //! The operator's memory does not grow with unrelated Secrets in the cluster: it caches only
 //! its credentials and watches Secret metadata page by page. Own test binary: it watches
-//! all namespaces and creates a thousand Secrets. Prints both figures.
+//! all namespaces and creates a thousand Secrets. Prints both figures; asserts only a gross
+//! bound, as RSS is too noisy for a tight one.
 
 mod support;
 
@@ -20,10 +21,22 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// Starts an operator for all namespaces, waits until it has reconciled the credential,
-/// and returns its peak RSS over the following two seconds of steady state.
-async fn settled_rss(env: &support::TestEnv, si: &StandIn) -> u64 {
-    let mut op = Operator::start(env, si, &["--no-leader-election"]).await;
+/// The RSS of an operator that has seen every Secret in the cluster.
+struct Settled {
+    /// Peak RSS over two seconds of steady state, in KiB.
+    peak_kib: u64,
+    /// Requests it made to list Secrets across the cluster (one per page).
+    list_pages: usize,
+}
+
+/// Starts an operator for all namespaces, waits until it has reconciled the credential and
+/// listed every Secret in the cluster, and measures its RSS over the following two seconds.
+async fn settled_rss(env: &support::TestEnv, si: &StandIn) -> Settled {
+    // Its HTTP requests are logged (kube_client at debug): they show when the Secret watcher
+    // has listed the Secrets.
+    let log_level = "info,eagle_eye_operator=debug,kube_client=debug";
+    let mut op =
+        Operator::start(env, si, &["--no-leader-election", "--log-level", log_level]).await;
     // Started for all namespaces: drop the test's namespace restriction.
     op.set_args(|args| {
         let i = args.iter().position(|a| a == "--namespaces").unwrap();
@@ -36,15 +49,39 @@ async fn settled_rss(env: &support::TestEnv, si: &StandIn) -> u64 {
         || async { op.current_logs().contains("reconciled").then_some(()) },
     )
     .await;
+    // The Secret watcher lists every Secret, page by page, and only then starts to watch: the
+    // watch request is the sign that the whole list has been read.
+    let list_pages = eventually(
+        "the operator to list every Secret and start watching them",
+        Duration::from_secs(120),
+        || async {
+            let logs = op.current_logs();
+            let requests: Vec<&str> = logs
+                .lines()
+                .filter(|l| l.contains("requesting") && l.contains("/api/v1/secrets?"))
+                .collect();
+            let (watches, lists): (Vec<&str>, Vec<&str>) =
+                requests.iter().partition(|l| l.contains("watch=true"));
+            (!watches.is_empty()).then_some(lists.len())
+        },
+    )
+    .await;
     let pid = op.pid().unwrap();
-    let mut peak = 0;
+    let mut peak_kib = 0;
     for _ in 0..20 {
-        peak = peak.max(rss_kib(pid));
+        peak_kib = peak_kib.max(rss_kib(pid));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     op.kill().await;
-    peak
+    Settled {
+        peak_kib,
+        list_pages,
+    }
 }
+
+/// How many unrelated Secrets, and how much data each holds.
+const BULK: usize = 1000;
+const BULK_KIB: u64 = 10;
 
 #[tokio::test]
 async fn memory_does_not_grow_with_a_thousand_unrelated_secrets() {
@@ -74,8 +111,8 @@ async fn memory_does_not_grow_with_a_thousand_unrelated_secrets() {
         .await
         .unwrap();
     let bulk: Api<Secret> = Api::namespaced(env.client.clone(), &other);
-    let payload = "x".repeat(10 * 1024);
-    for i in 0..1000 {
+    let payload = "x".repeat(BULK_KIB as usize * 1024);
+    for i in 0..BULK {
         bulk.create(
             &PostParams::default(),
             &secret(&format!("unrelated-{i}"), &[("data", &payload)]),
@@ -85,12 +122,17 @@ async fn memory_does_not_grow_with_a_thousand_unrelated_secrets() {
     }
 
     let after = settled_rss(&env, &si).await;
-    let growth = (after as f64 - before as f64) / before as f64 * 100.0;
+    let (b, a) = (before.peak_kib, after.peak_kib);
+    let growth = (a as f64 - b as f64) / b as f64 * 100.0;
     figure(format!(
-        "operator RSS: {before} KiB with no unrelated Secrets, {after} KiB with 1000 unrelated 10 KiB Secrets ({growth:+.1}%)"
+        "operator RSS: {b} KiB with no unrelated Secrets ({} list requests), {a} KiB with {BULK} unrelated {BULK_KIB} KiB Secrets ({} list requests): {growth:+.1}%",
+        before.list_pages, after.list_pages
     ));
+    // Only a gross bound: RSS moves by megabytes between runs for reasons of its own. An
+    // operator that held the Secrets (even their data alone) would grow by more than this.
+    let held = BULK as u64 * BULK_KIB;
     assert!(
-        growth.abs() <= 10.0,
-        "RSS changed by {growth:.1}% ({before} KiB -> {after} KiB)"
+        a < b + held,
+        "RSS grew from {b} KiB to {a} KiB, by at least the {held} KiB of data in the unrelated Secrets: they are held in memory"
     );
 }
