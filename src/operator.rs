@@ -339,7 +339,13 @@ impl Parts {
         let health = self.health.clone();
         let synced = tokio::spawn(async move {
             for s in stores {
-                let _ = s.wait_until_ready().await;
+                // The controller waits on the same store, and kube-runtime 5's readiness
+                // signal wakes only the waiter that polled last: poll again each second
+                // rather than wait for a wake-up that may never come.
+                while tokio::time::timeout(std::time::Duration::from_secs(1), s.wait_until_ready())
+                    .await
+                    .is_err()
+                {}
             }
             health.set_ready(true);
         });

@@ -176,10 +176,10 @@ async fn run_operator_until_ready(kubeconfig: &str) {
             "--log-format",
             "json",
             "run",
-            // With leader election (the default), readiness means the API server answered.
-            // (With --no-leader-election /readyz stays 503 even once the caches have synced.)
-            "--lease-namespace",
-            "default",
+            // Without leader election, readiness means the credential cache has synced: the
+            // operator listed and watched through this kubeconfig. (It once stayed 503 here
+            // for good: kube-runtime woke only one of two waiters on the store.)
+            "--no-leader-election",
             "--admin-address",
             "127.0.0.1",
             "--admin-port",
