@@ -330,7 +330,10 @@ impl Parts {
                             Ok((obj, action)) => {
                                 tracing::debug!(credential = %obj, ?action, "reconciled")
                             }
-                            Err(e) => tracing::debug!(error = %e, "reconcile error"),
+                            // The error policy already logged a failed reconcile; anything
+                            // else (a watch the API server refuses, say) is logged here.
+                            Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                            Err(e) => tracing::warn!(error = %e, "controller error"),
                         }
                         futures::future::ready(())
                     })
