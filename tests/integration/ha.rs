@@ -296,10 +296,10 @@ async fn readyz_is_false_until_the_api_server_answers_while_healthz_stays_true()
     )
     .unwrap();
     let op = Operator::start_with_kubeconfig(&env, &si, &[], &dead).await;
-    let addr = op.admin_addr().await;
-    assert_eq!(get(addr, "/healthz").await.0, 200);
+    let cut_off = op.admin_addr().await;
+    assert_eq!(get(cut_off, "/healthz").await.0, 200);
     assert_eq!(
-        get(addr, "/readyz").await.0,
+        get(cut_off, "/readyz").await.0,
         503,
         "not ready without an API server"
     );
@@ -312,6 +312,9 @@ async fn readyz_is_false_until_the_api_server_answers_while_healthz_stays_true()
         || async { (get(addr, "/readyz").await.0 == 200).then_some(()) },
     )
     .await;
+    // Meanwhile the cut-off one kept trying: still alive, still not ready.
+    assert_eq!(get(cut_off, "/healthz").await.0, 200, "healthz stays true");
+    assert_eq!(get(cut_off, "/readyz").await.0, 503, "readyz stays false");
 }
 
 #[tokio::test]
