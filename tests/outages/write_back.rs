@@ -47,8 +47,9 @@ async fn refresh_during_outage(
         "the operator to fail storing the rotated token",
         Duration::from_secs(30),
         || async {
+            // The write-back's own error, not the info line of a later attempt.
             op.current_logs()
-                .contains("storing the rotated refresh token")
+                .contains("storing the rotated refresh token in Secret")
                 .then_some(())
         },
     )
