@@ -586,14 +586,10 @@ async fn hang_fault_times_out_the_client_and_ends_at_shutdown() {
     let before = h.s.counters().token_requests;
 
     let hung = tokio::spawn(request.send());
-    let since = Instant::now();
-    while h.s.counters().token_requests < before + 1 {
-        assert!(
-            since.elapsed() < 5 * SECOND,
-            "the hung request never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    crate::support::eventually("the hung request to arrive", 5 * SECOND, || async {
+        (h.s.counters().token_requests > before).then_some(())
+    })
+    .await;
     h.s.shutdown().await;
     let ended = tokio::time::timeout(2 * SECOND, hung)
         .await
@@ -646,11 +642,9 @@ async fn hold_fault_answers_normally_once_the_gate_opens_and_not_before() {
     // The request arrives and waits: nothing is rotated while the gate is shut.
     tokio::select! {
         _ = &mut refresh => panic!("answered before the gate opened"),
-        _ = async {
-            while h.s.counters().token_requests == 0 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        } => {}
+        _ = crate::support::eventually("the held request to arrive", 5 * SECOND, || async {
+            (h.s.counters().token_requests > 0).then_some(())
+        }) => {}
     }
     assert!(h.s.refresh_token_is_live(&grant.refresh_token));
     assert_eq!(h.s.counters().refreshes, 0);
