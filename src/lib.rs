@@ -5,10 +5,12 @@
 pub mod admin;
 pub mod authorize;
 pub mod cli;
+pub mod content;
 pub mod controller;
 pub mod crd;
 #[cfg(test)]
 mod fixtures;
+pub mod intent;
 pub mod kubectl;
 pub mod logging;
 pub mod metrics;
