@@ -33,6 +33,13 @@ pub enum Fault {
     /// The request is processed (a refresh rotates the token) but the answer names another
     /// API host than the stand-in, as a spoofed or misrouted response would.
     ForeignApiHost,
+    /// The request is processed (a refresh rotates the token) and the normal answer gets an
+    /// extra `padding` member that makes it this many bytes long (never shorter than the
+    /// normal answer plus the empty member), as an appending proxy or a server bug might.
+    Padded { bytes: usize },
+    /// The request is processed (a refresh rotates the token) and the normal answer gets an
+    /// extra member holding bytes that are not UTF-8.
+    InvalidUtf8,
 }
 
 /// Holds requests faulted with [`Fault::Hold`] until opened.
@@ -110,6 +117,40 @@ pub enum Action {
     Hold(Gate),
     /// Process the request, but answer with a foreign `httpsBaseUrl.hostname`.
     ForeignApiHost,
+    /// Process the request, then alter the bytes of a success answer.
+    Mangle(Mangle),
+}
+
+/// How a success answer's body is altered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mangle {
+    /// An extra `"padding":"xxx…"` member, to reach this many bytes.
+    PadTo(usize),
+    /// An extra member whose value holds bytes that are not UTF-8.
+    InvalidUtf8,
+}
+
+impl Mangle {
+    /// `body` is a JSON object; the extra member goes last.
+    pub fn apply(self, body: Vec<u8>) -> Vec<u8> {
+        let mut out = body;
+        // Drop the closing brace (and anything after it) to append one more member.
+        let end = out.iter().rposition(|&b| b == b'}').unwrap_or(out.len());
+        out.truncate(end);
+        match self {
+            Mangle::PadTo(bytes) => {
+                const HEAD: &[u8] = b",\"padding\":\"";
+                const TAIL: &[u8] = b"\"}";
+                let pad = bytes.saturating_sub(out.len() + HEAD.len() + TAIL.len());
+                out.reserve(HEAD.len() + pad + TAIL.len());
+                out.extend_from_slice(HEAD);
+                out.resize(out.len() + pad, b'x');
+                out.extend_from_slice(TAIL);
+            }
+            Mangle::InvalidUtf8 => out.extend_from_slice(b",\"note\":\"\xc3\x28\xff\xfe\"}"),
+        }
+        out
+    }
 }
 
 /// How `fault` plays out.
@@ -120,6 +161,8 @@ pub fn action(fault: Fault) -> Action {
         Fault::Delay(delay) => return Action::Delay(delay),
         Fault::Hold(gate) => return Action::Hold(gate),
         Fault::ForeignApiHost => return Action::ForeignApiHost,
+        Fault::Padded { bytes } => return Action::Mangle(Mangle::PadTo(bytes)),
+        Fault::InvalidUtf8 => return Action::Mangle(Mangle::InvalidUtf8),
         Fault::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let body = format!("{status} (fault injected by the stand-in)\n");
@@ -200,6 +243,26 @@ mod tests {
         }
         assert!(oversized_body(100).starts_with(b"{\"access_token\":\"AAA"));
         assert!(oversized_body(100).ends_with(b"A\"}"));
+    }
+
+    #[test]
+    fn padding_reaches_the_requested_length_and_keeps_the_members() {
+        let body = br#"{"refresh_token":"rt","scope":"vms.all"}"#.to_vec();
+        for n in [0, 10, body.len() + 14, 100, 70_000] {
+            let padded = Mangle::PadTo(n).apply(body.clone());
+            assert_eq!(padded.len(), n.max(body.len() + 13), "{n}");
+            let value: serde_json::Value = serde_json::from_slice(&padded).unwrap();
+            assert_eq!(value["refresh_token"], "rt");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_keeps_the_members_before_it() {
+        let body = br#"{"refresh_token":"rt"}"#.to_vec();
+        let mangled = Mangle::InvalidUtf8.apply(body);
+        assert!(std::str::from_utf8(&mangled).is_err());
+        assert!(mangled.starts_with(br#"{"refresh_token":"rt","note":""#));
+        assert!(mangled.ends_with(b"\"}"));
     }
 
     #[test]

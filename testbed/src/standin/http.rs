@@ -15,7 +15,7 @@ use axum::routing::{any, get, post};
 use serde::Serialize;
 
 use super::Shared;
-use super::faults::{self, Action, Fault};
+use super::faults::{self, Action, Fault, Mangle};
 use super::ledger::{AuthorizeError, Ledger};
 use super::oauth_error::OAuthError;
 use super::request::{Form, accepts_json, basic_credentials, is_form};
@@ -56,9 +56,11 @@ async fn answer_token(shared: &Shared, fault: Option<Fault>, request: Request) -
     let (parts, body) = request.into_parts();
     let body = read_body(body).await;
     let mut hostname = "127.0.0.1";
+    let mut mangle = None;
     match fault.map(faults::action) {
         None => {}
         Some(Action::ForeignApiHost) => hostname = "api.foreign.example",
+        Some(Action::Mangle(how)) => mangle = Some(how),
         Some(Action::Respond(response)) => return response,
         Some(Action::Delay(delay)) => tokio::time::sleep(delay).await,
         Some(Action::Hold(gate)) => gate.pass().await,
@@ -77,7 +79,7 @@ async fn answer_token(shared: &Shared, fault: Option<Fault>, request: Request) -
         None => Err(OAuthError::InvalidRequest),
     };
     match outcome {
-        Ok(grant) => token_response(&grant, hostname, shared.port),
+        Ok(grant) => token_response(&grant, hostname, shared.port, mangle),
         Err(error) => {
             ledger.counters.rejected += 1;
             tracing::debug!(error = ?error.code(), "stand-in refused a token request");
@@ -168,7 +170,12 @@ struct BaseUrl {
     port: u16,
 }
 
-fn token_response(grant: &Grant, hostname: &'static str, port: u16) -> Response {
+fn token_response(
+    grant: &Grant,
+    hostname: &'static str,
+    port: u16,
+    mangle: Option<Mangle>,
+) -> Response {
     let body = TokenBody {
         access_token: &grant.access_token,
         expires_in: grant.expires_in,
@@ -181,7 +188,15 @@ fn token_response(grant: &Grant, hostname: &'static str, port: u16) -> Response 
         (header::CACHE_CONTROL, "no-store"),
         (header::PRAGMA, "no-cache"),
     ];
-    (headers, Json(body)).into_response()
+    match mangle {
+        None => (headers, Json(body)).into_response(),
+        Some(how) => {
+            // Invariant: a struct of strings and numbers always serialises.
+            let json = serde_json::to_vec(&body).expect("token body serialises");
+            let json_type = [(header::CONTENT_TYPE, "application/json")];
+            (headers, json_type, how.apply(json)).into_response()
+        }
+    }
 }
 
 /// A 400 page: with an unknown client or redirect URI there is nowhere safe to redirect to.
