@@ -12,6 +12,7 @@ mod controller;
 mod crd_drift;
 mod ha;
 mod helm;
+mod spec_fields;
 mod standin;
 mod status_cli;
 mod testbed;
