@@ -5,6 +5,7 @@
 mod support;
 
 mod apiserver_restart;
+mod held_on_sigterm;
 mod write_back;
 
 /// Every test here stops the shared kube-apiserver: one at a time.
