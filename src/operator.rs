@@ -57,9 +57,11 @@ pub struct RunArgs {
     /// within the Lease's renewal margin, so at most 10s.
     #[arg(long, default_value = "10s", value_parser = duration)]
     pub token_timeout: jiff::SignedDuration,
-    /// Name reported on Events and held in the Lease (the pod name in a cluster).
-    #[arg(long, env = "POD_NAME", default_value = "eagle-eye-operator")]
-    pub instance: String,
+    /// This replica's name on Events and in the Lease (default: the pod name in a cluster,
+    /// else the host name). A random suffix per process is always added, as client-go
+    /// does: two processes started with the same flags are never one leader.
+    #[arg(long, env = "POD_NAME")]
+    pub instance: Option<String>,
     /// Port of the admin server: `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "EAGLE_EYE_ADMIN_PORT", default_value_t = 8080)]
     pub admin_port: u16,
@@ -135,6 +137,8 @@ pub async fn run(
     .await
     .with_context(|| format!("binding the admin port {}", args.admin_port))?;
     info!(%addr, "admin server listening (/healthz, /readyz, /metrics)");
+    let identity = process_identity(args.instance.as_deref());
+    info!(%identity, "this process's identity in the Lease and on Events");
     let token_timeout =
         std::time::Duration::try_from(args.token_timeout).context("--token-timeout")?;
     let leadership = if args.no_leader_election {
@@ -150,7 +154,7 @@ pub async fn run(
         Leadership::lease(
             Api::namespaced(client.clone(), &args.lease_namespace),
             &args.lease_name,
-            &args.instance,
+            &identity,
             margin,
         )
     };
@@ -161,6 +165,7 @@ pub async fn run(
     let args = RunArgs { namespaces, ..args };
     let parts = Parts {
         client: client.clone(),
+        identity: identity.clone(),
         tokens,
         settings,
         metrics: metrics.clone(),
@@ -185,7 +190,7 @@ pub async fn run(
     let manager = loop {
         let built = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
             .with_namespace(&args.lease_namespace)
-            .with_identity(&args.instance)
+            .with_identity(&identity)
             .with_duration(LEASE_SECONDS)
             .with_grace(LEASE_GRACE_SECONDS)
             .build()
@@ -264,6 +269,8 @@ const FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 struct Parts {
     client: Client,
+    /// Unique to this process (see [`process_identity`]).
+    identity: String,
     tokens: TokenClient,
     settings: Settings,
     metrics: Arc<Metrics>,
@@ -281,7 +288,7 @@ impl Parts {
     ) {
         let reporter = Reporter {
             controller: "eagle-eye-operator".into(),
-            instance: Some(self.args.instance.clone()),
+            instance: Some(self.identity.clone()),
         };
         let namespaces: Vec<Option<String>> = if self.args.namespaces.is_empty() {
             vec![None]
@@ -359,6 +366,23 @@ impl Parts {
         }
         info!("controllers stopped");
     }
+}
+
+/// `instance` (or the host name) and a random suffix: unique per process, so that two
+/// processes never share a Lease holder identity, even when started with the same flags.
+fn process_identity(instance: Option<&str>) -> String {
+    let base = instance
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "eagle-eye-operator".to_owned());
+    format!("{base}_{:08x}", rand::random::<u32>())
 }
 
 /// Credentials in the Secret's namespace that read it, or own it as their target.
