@@ -8,6 +8,7 @@ pub mod cli;
 pub mod content;
 pub mod controller;
 pub mod crd;
+pub mod decide;
 #[cfg(test)]
 mod fixtures;
 pub mod intent;
