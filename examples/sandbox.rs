@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, PostParams};
 
 use eagle_eye_operator::crd::EagleEyeCredential;
 use eagle_eye_operator::operator::RunArgs;
+use eagle_eye_operator::secrets::{LOGIN_TIME, opaque};
 use eagle_eye_testbed::ControlPlane;
 use eagle_eye_testbed::standin::{ClientRegistration, StandIn, StandInConfig};
 
@@ -88,8 +88,8 @@ async fn run(args: SandboxArgs) -> anyhow::Result<()> {
             &PostParams::default(),
             &opaque(
                 "sample-client",
-                &[("client_id", id), ("client_secret", &secret)],
-                None,
+                [("client_id", id), ("client_secret", secret.as_str())],
+                BTreeMap::new(),
             ),
         )
         .await?;
@@ -98,8 +98,8 @@ async fn run(args: SandboxArgs) -> anyhow::Result<()> {
             &PostParams::default(),
             &opaque(
                 "sample-refresh-token",
-                &[("refresh_token", &login.refresh_token)],
-                Some((eagle_eye_operator::secrets::LOGIN_TIME, &now)),
+                [("refresh_token", &login.refresh_token)],
+                BTreeMap::from([(LOGIN_TIME.to_owned(), now)]),
             ),
         )
         .await?;
@@ -201,20 +201,4 @@ async fn wait_ready(api: &Api<EagleEyeCredential>) -> anyhow::Result<EagleEyeCre
         "the sample credential did not become Ready within 30 s: {:?}",
         api.get("sample").await?.status
     )
-}
-
-fn opaque(name: &str, data: &[(&str, &str)], annotation: Option<(&str, &str)>) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            annotations: annotation.map(|(k, v)| BTreeMap::from([(k.to_string(), v.to_string())])),
-            ..Default::default()
-        },
-        data: Some(
-            data.iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                .collect(),
-        ),
-        ..Default::default()
-    }
 }

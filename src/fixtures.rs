@@ -4,16 +4,15 @@
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::ObjectMeta;
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::store::Writer;
 
 use crate::controller::{Context, HeldTokens, Leadership, Settings, Shared};
 use crate::crd::EagleEyeCredential;
+use crate::secrets;
 use crate::status::Lifetimes;
 use crate::token::{TokenClient, TokenClientOptions};
 
@@ -41,27 +40,16 @@ impl EagleEyeCredential {
     }
 }
 
+/// A Secret in the test namespace as the API server would answer with it.
 pub fn secret(name: &str, data: &[(&str, &str)], annotations: &[(&str, &str)]) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(NS.into()),
-            resource_version: Some("1".into()),
-            annotations: Some(
-                annotations
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            ..Default::default()
-        },
-        data: Some(
-            data.iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                .collect(),
-        ),
-        ..Default::default()
-    }
+    let annotations = annotations
+        .iter()
+        .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let mut s = secrets::opaque(name, data.iter().copied(), annotations);
+    s.metadata.namespace = Some(NS.into());
+    s.metadata.resource_version = Some("1".into());
+    s
 }
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;

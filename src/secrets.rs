@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ObjectMeta, PostParams};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
@@ -55,6 +55,34 @@ pub fn fingerprint(token: &str) -> String {
 }
 
 /// The refresh token as stored, with what its Secret says about its chain.
+/// An Opaque Secret named `name` holding `data`, with `annotations` when there are any:
+/// what every Secret this crate writes (or fakes, in tests) starts from. Callers add a
+/// namespace, labels or an owner where they need one.
+pub fn opaque<K, V>(
+    name: &str,
+    data: impl IntoIterator<Item = (K, V)>,
+    annotations: BTreeMap<String, String>,
+) -> Secret
+where
+    K: Into<String>,
+    V: AsRef<[u8]>,
+{
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k.into(), ByteString(v.as_ref().to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
 pub struct StoredToken {
     pub token: SecretString,
     pub fingerprint: String,
@@ -237,21 +265,10 @@ fn value(secret: &Secret, name: &str, key: &str) -> Result<SecretString, SecretE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::api::ObjectMeta;
+    use crate::fixtures;
 
-    fn secret(annotations: &[(&str, &str)]) -> Secret {
-        Secret {
-            metadata: ObjectMeta {
-                annotations: Some(
-                    annotations
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..Default::default()
-            },
-            ..Default::default()
-        }
+    fn annotated(annotations: &[(&str, &str)]) -> Secret {
+        fixtures::secret("cam-refresh", &[], annotations)
     }
     const NOW: &str = "2026-11-28T12:00:00Z";
 
@@ -266,7 +283,7 @@ mod tests {
 
     #[test]
     fn a_token_of_unknown_origin_starts_an_estimated_chain_now() {
-        let c = chain(&secret(&[]), "fp", NOW.parse().unwrap());
+        let c = chain(&annotated(&[]), "fp", NOW.parse().unwrap());
         assert_eq!(
             c,
             Chain {
@@ -280,7 +297,7 @@ mod tests {
     #[test]
     fn a_login_time_annotation_gives_an_exact_chain_start() {
         let c = chain(
-            &secret(&[(LOGIN_TIME, "2026-10-01T00:00:00Z")]),
+            &annotated(&[(LOGIN_TIME, "2026-10-01T00:00:00Z")]),
             "fp",
             NOW.parse().unwrap(),
         );
@@ -292,7 +309,7 @@ mod tests {
 
     #[test]
     fn operator_annotations_count_only_for_the_token_they_describe() {
-        let s = secret(&[
+        let s = annotated(&[
             (CHAIN_STARTED_AT, "2026-09-01T00:00:00Z"),
             (CHAIN_START_ESTIMATED, "false"),
             (TOKEN_ISSUED_AT, "2026-11-28T06:00:00Z"),
@@ -309,14 +326,7 @@ mod tests {
 
     #[test]
     fn values_are_trimmed_and_errors_name_keys_not_values() {
-        let mut s = secret(&[]);
-        s.data = Some(
-            [
-                ("k".to_string(), ByteString(b" tok \n".to_vec())),
-                ("e".to_string(), ByteString(b"  ".to_vec())),
-            ]
-            .into(),
-        );
+        let s = fixtures::secret("n", &[("k", " tok \n"), ("e", "  ")], &[]);
         assert_eq!(value(&s, "n", "k").unwrap().expose_secret(), "tok");
         let e = value(&s, "n", "e").unwrap_err().to_string();
         assert_eq!(e, "key \"e\" of Secret \"n\" is empty or not UTF-8 text");
@@ -327,7 +337,6 @@ mod tests {
     /// A write-back whose precondition fails finds `current` in the Secret; the answer to
     /// the retry's PUT, if one comes, is returned.
     async fn write_back_meeting(current: &str, spent_before: &[&str]) -> (WriteBack, bool) {
-        use crate::fixtures;
         let (svc, mut handle) = tower_test::mock::pair::<
             http::Request<kube::client::Body>,
             http::Response<kube::client::Body>,

@@ -1,16 +1,13 @@
 //! What the target Secret holds: a pure function of the credential and the token grant.
 //! Workloads mount it; annotations carry what the schedule needs after a restart.
 
-use std::collections::BTreeMap;
-
 use jiff::Timestamp;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::EagleEyeCredential;
 use crate::schedule::Published;
+use crate::secrets;
 use crate::spent;
 
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "eagle-eye-operator");
@@ -49,7 +46,7 @@ pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>) -> Secret {
     let keys = &cr.spec.target.keys;
     let port = p.port.to_string();
     let expires = p.expires_at.to_string();
-    let data: BTreeMap<String, ByteString> = [
+    let data = [
         (&keys.access_token, p.access_token),
         (&keys.base_url, p.base_url),
         (&keys.hostname, p.hostname),
@@ -58,16 +55,14 @@ pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>) -> Secret {
         (&keys.token_type, p.token_type),
     ]
     .into_iter()
-    .filter(|(k, _)| !k.is_empty())
-    .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
-    .collect();
+    .filter(|(k, _)| !k.is_empty());
 
     let mut labels = cr.spec.target.labels.clone();
     labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
     labels.insert(CREDENTIAL_LABEL.into(), cr.name_any());
     let mut annotations = cr.spec.target.annotations.clone();
     annotations.insert(ISSUED_AT.into(), p.issued_at.to_string());
-    annotations.insert(EXPIRES_AT.into(), expires);
+    annotations.insert(EXPIRES_AT.into(), expires.clone());
     annotations.insert(REFRESH_FINGERPRINT.into(), p.refresh_fingerprint.into());
     if !p.spent_fingerprints.is_empty() {
         annotations.insert(
@@ -76,19 +71,11 @@ pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>) -> Secret {
         );
     }
 
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(target_name(cr)),
-            namespace: cr.namespace(),
-            labels: Some(labels),
-            annotations: Some(annotations),
-            owner_references: cr.controller_owner_ref(&()).map(|o| vec![o]),
-            ..Default::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some(data),
-        ..Default::default()
-    }
+    let mut secret = secrets::opaque(&target_name(cr), data, annotations);
+    secret.metadata.namespace = cr.namespace();
+    secret.metadata.labels = Some(labels);
+    secret.metadata.owner_references = cr.controller_owner_ref(&()).map(|o| vec![o]);
+    secret
 }
 
 /// What an existing target Secret publishes, from its annotations; `None` when it is

@@ -12,12 +12,13 @@ use k8s_openapi::api::authorization::v1::{
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::crd::EagleEyeCredential;
 use crate::secrets::{
     CHAIN_START_ESTIMATED, CHAIN_STARTED_AT, LOGIN_TIME, OWNER, TOKEN_FINGERPRINT, TOKEN_ISSUED_AT,
+    opaque,
 };
 use crate::token::ClientCredentials;
 
@@ -193,22 +194,14 @@ impl SecretUpdate {
         body
     }
 
+    /// The Secret to create when there is none to patch: the annotations set, none removed.
     pub fn new_secret(&self, name: &str) -> Secret {
-        let annotations: BTreeMap<String, String> = self
+        let annotations = self
             .annotations
             .iter()
             .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
             .collect();
-        Secret {
-            metadata: ObjectMeta {
-                name: Some(name.to_owned()),
-                annotations: (!annotations.is_empty()).then_some(annotations),
-                ..Default::default()
-            },
-            type_: Some("Opaque".into()),
-            data: Some(self.data.clone()),
-            ..Default::default()
-        }
+        opaque(name, self.data.iter().map(|(k, v)| (k, &v.0)), annotations)
     }
 }
 

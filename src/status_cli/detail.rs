@@ -340,26 +340,19 @@ fn indent(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures;
     use crate::status_cli::row::tests::{cond, credential, t};
     use jiff::SignedDuration;
-    use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::ObjectReference;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
-    fn secret(data: &[(&str, &str)]) -> Secret {
-        Secret {
-            data: Some(
-                data.iter()
-                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                    .collect(),
-            ),
-            ..Default::default()
-        }
-    }
-
     #[test]
     fn secrets_show_key_names_and_what_is_missing_never_values() {
-        let read = Ok(Some(secret(&[("client_id", "id-value")])));
+        let read = Ok(Some(fixtures::secret(
+            "een-client",
+            &[("client_id", "id-value")],
+            &[],
+        )));
         let info = secret_info("een-client", &read, &["client_id", "client_secret"], false);
         assert_eq!(info.keys, ["client_id"]);
         assert_eq!(info.missing_keys, ["client_secret"]);
@@ -379,11 +372,16 @@ mod tests {
     #[test]
     fn the_target_token_expiry_comes_from_its_expires_at_key() {
         let cr = credential("een", serde_json::json!({}));
-        let read = Ok(Some(secret(&[
-            ("access_token", "tok"),
-            ("base_url", "https://x"),
-            ("expires_at", &t(-60).to_string()),
-        ])));
+        let expires_at = t(-60).to_string();
+        let read = Ok(Some(fixtures::secret(
+            "een-token",
+            &[
+                ("access_token", "tok"),
+                ("base_url", "https://x"),
+                ("expires_at", &expires_at),
+            ],
+            &[],
+        )));
         let info = target_info(&cr, "een-token", &read, t(0));
         assert_eq!(info.access_token_expires_at, Some(t(-60)));
         assert_eq!(info.access_token_expired, Some(true));
@@ -433,10 +431,12 @@ mod tests {
             }),
         );
         let row = Row::new(&cr, t(0), SignedDuration::from_hours(7 * 24));
-        let target = Ok(Some(secret(&[
-            ("access_token", "tok-value"),
-            ("expires_at", &t(-600).to_string()),
-        ])));
+        let expires_at = t(-600).to_string();
+        let target = Ok(Some(fixtures::secret(
+            "een-token",
+            &[("access_token", "tok-value"), ("expires_at", &expires_at)],
+            &[],
+        )));
         let detail = Detail {
             row,
             conditions: cr
