@@ -283,6 +283,15 @@ mod tests {
         assert!(matches!(next, Err(_) | Ok(None)), "unexpected request");
     }
 
+    /// Ends the scenario: once the client is gone, a request the script still waits for
+    /// fails the test instead of hanging it.
+    async fn finish<T>(client: Client, server: tokio::task::JoinHandle<T>) -> T {
+        drop(client);
+        server
+            .await
+            .expect("the API server saw the requests the scenario expects")
+    }
+
     fn stored_token(s: &Secret) -> String {
         String::from_utf8(s.data.as_ref().unwrap()["refresh_token"].0.clone()).unwrap()
     }
@@ -362,7 +371,7 @@ mod tests {
         tokens
             .store_or_keep(&client, KEY, held("rt-1", Some("rt-2")))
             .await;
-        let sent = server.await.unwrap();
+        let sent = finish(client, server).await;
         assert_eq!(stored_token(&sent), "rt-2");
         assert_eq!(sent.metadata.resource_version.as_deref(), Some("1"));
         assert_eq!(
@@ -391,7 +400,7 @@ mod tests {
         tokens
             .store_or_keep(&client, KEY, held("rt-1", Some("rt-2")))
             .await;
-        assert_eq!(stored_token(&server.await.unwrap()), "rt-2");
+        assert_eq!(stored_token(&finish(client, server).await), "rt-2");
         assert!(tokens.is_empty());
     }
 
@@ -413,7 +422,7 @@ mod tests {
         tokens
             .store_or_keep(&client, KEY, held("rt-1", Some("rt-2")))
             .await;
-        server.await.unwrap();
+        finish(client, server).await;
         assert!(
             tokens.is_empty(),
             "the person's login is kept, nothing held"
@@ -448,7 +457,7 @@ mod tests {
             tokens
                 .store_or_keep(&client, KEY, held("rt-1", Some("rt-2")))
                 .await;
-            server.await.unwrap();
+            finish(client, server).await;
             let kept = tokens.take(KEY).unwrap_or_else(|| panic!("{what}: lost"));
             assert_eq!(kept.new_token.unwrap().expose_secret(), "rt-2", "{what}");
         }
@@ -495,7 +504,7 @@ mod tests {
         });
         let left = tokens.flush(&client, Duration::from_secs(30)).await;
         assert_eq!(left, 0);
-        assert_eq!(stored_token(&server.await.unwrap()), "rt-2");
+        assert_eq!(stored_token(&finish(client, server).await), "rt-2");
         assert!(tokens.is_empty());
     }
 
@@ -517,8 +526,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let left = tokens.flush(&client, Duration::from_secs(1)).await;
         let took = started.elapsed();
-        drop(client);
-        let gets = server.await.unwrap();
+        let gets = finish(client, server).await;
         // A token without a rotation needs no write: only the rotated one is left.
         assert_eq!(left, 1);
         assert_eq!(
