@@ -29,6 +29,19 @@ pub struct Failure {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+// Each metric's name as scraped, defined here only: registration and tests use these, and
+// the chart's PrometheusRule and the README quote them. OpenMetrics appends `_total` to the
+// counters' names.
+pub const CREDENTIAL_READY: &str = "eagle_eye_credential_ready";
+pub const ACCESS_TOKEN_EXPIRY: &str = "eagle_eye_credential_access_token_expiry_seconds";
+pub const REFRESH_TOKEN_DEADLINE: &str = "eagle_eye_credential_refresh_token_deadline_seconds";
+pub const REFRESH_ATTEMPTS: &str = "eagle_eye_refresh_attempts";
+pub const REFRESH_FAILURES: &str = "eagle_eye_refresh_failures";
+pub const REFRESH_DURATION: &str = "eagle_eye_refresh_duration_seconds";
+pub const RECONCILES: &str = "eagle_eye_reconciles";
+pub const RECONCILE_ERRORS: &str = "eagle_eye_reconcile_errors";
+pub const LEADER: &str = "eagle_eye_leader";
+
 pub struct Metrics {
     registry: Registry,
     ready: Family<Credential, Gauge>,
@@ -47,7 +60,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut m = Metrics {
-            registry: Registry::with_prefix("eagle_eye"),
+            registry: Registry::default(),
             ready: Family::default(),
             access_token_expiry: Family::default(),
             refresh_token_deadline: Family::default(),
@@ -61,43 +74,43 @@ impl Default for Metrics {
         };
         let r = &mut m.registry;
         r.register(
-            "credential_ready",
+            CREDENTIAL_READY,
             "1 when the credential's target Secret holds a valid access token",
             m.ready.clone(),
         );
         r.register(
-            "credential_access_token_expiry_seconds",
+            ACCESS_TOKEN_EXPIRY,
             "When the published access token expires (Unix time)",
             m.access_token_expiry.clone(),
         );
         r.register(
-            "credential_refresh_token_deadline_seconds",
+            REFRESH_TOKEN_DEADLINE,
             "When the refresh token dies and a person must log in again (Unix time)",
             m.refresh_token_deadline.clone(),
         );
         r.register(
-            "refresh_attempts",
+            REFRESH_ATTEMPTS,
             "Refresh attempts against the token endpoint",
             m.refresh_attempts.clone(),
         );
         r.register(
-            "refresh_failures",
+            REFRESH_FAILURES,
             "Failed refresh attempts by reason",
             m.refresh_failures.clone(),
         );
         r.register(
-            "refresh_duration_seconds",
+            REFRESH_DURATION,
             "Latency of token endpoint calls",
             m.refresh_duration.clone(),
         );
-        r.register("reconciles", "Reconciles run", m.reconciles.clone());
+        r.register(RECONCILES, "Reconciles run", m.reconciles.clone());
         r.register(
-            "reconcile_errors",
+            RECONCILE_ERRORS,
             "Reconciles that ended in an error (retried)",
             m.reconcile_errors.clone(),
         );
         r.register(
-            "leader",
+            LEADER,
             "1 while this replica holds the leader Lease",
             m.leader.clone(),
         );
@@ -217,12 +230,19 @@ mod tests {
         m.observe_status(&labels, &s);
         m.refresh_failure(&labels, "ServerError");
         let text = m.encode();
+        let cam = r#"{namespace="video",credential="cam""#;
+        let has = |line: String| text.lines().any(|l| l == line);
+        assert!(has(format!("{CREDENTIAL_READY}{cam}}} 1")), "{text}");
         assert!(
-            text.contains(r#"eagle_eye_credential_ready{namespace="video",credential="cam"} 1"#),
+            has(format!("{ACCESS_TOKEN_EXPIRY}{cam}}} 1800000000.0")),
             "{text}"
         );
-        assert!(text.contains(r#"eagle_eye_credential_access_token_expiry_seconds{namespace="video",credential="cam"} 1800000000"#), "{text}");
-        assert!(text.contains(r#"eagle_eye_refresh_failures_total{namespace="video",credential="cam",reason="ServerError"} 1"#), "{text}");
+        assert!(
+            has(format!(
+                r#"{REFRESH_FAILURES}_total{cam},reason="ServerError"}} 1"#
+            )),
+            "{text}"
+        );
         let other = Credential {
             namespace: "video".into(),
             credential: "door".into(),
@@ -230,7 +250,7 @@ mod tests {
         m.refresh_failure(&other, "Timeout");
         m.forget(&labels);
         let text = m.encode();
-        assert!(!text.contains("eagle_eye_credential_ready{"), "{text}");
+        assert!(!text.contains(&format!("{CREDENTIAL_READY}{{")), "{text}");
         assert!(!text.contains(r#"credential="cam""#), "{text}");
         assert!(
             text.contains(r#"credential="door",reason="Timeout"} 1"#),
