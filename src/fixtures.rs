@@ -181,13 +181,17 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
         .unwrap()
 }
 
-fn ready(status: &serde_json::Value) -> (&str, &str, &str) {
-    let c = status["conditions"]
+fn ready_condition(status: &serde_json::Value) -> &serde_json::Value {
+    status["conditions"]
         .as_array()
         .unwrap()
         .iter()
         .find(|c| c["type"] == "Ready")
-        .expect("Ready condition");
+        .expect("Ready condition")
+}
+
+fn ready(status: &serde_json::Value) -> (&str, &str, &str) {
+    let c = ready_condition(status);
     (
         c["status"].as_str().unwrap(),
         c["reason"].as_str().unwrap(),
@@ -198,9 +202,13 @@ fn ready(status: &serde_json::Value) -> (&str, &str, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::reconcile;
+    use crate::controller::{jitter, reconcile};
+    use crate::crd::parse_duration;
+    use crate::schedule::{self, Rotation};
     use crate::secrets::fingerprint;
     use crate::target::{EXPIRES_AT, ISSUED_AT, REFRESH_FINGERPRINT};
+    use kube::runtime::controller::Action;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn missing_client_secret_causes_event_and_secret_not_found_status() {
@@ -228,10 +236,7 @@ mod tests {
         let action = reconcile(Arc::new(cr), ctx)
             .await
             .expect("reconcile reports, not fails");
-        assert_eq!(
-            action,
-            kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(30))
-        );
+        assert_eq!(action, Action::requeue(Duration::from_secs(30)));
         server.await.unwrap();
     }
 
@@ -252,6 +257,7 @@ mod tests {
                 (REFRESH_FINGERPRINT, &fp),
             ],
         );
+        let published = crate::target::published(&target).expect("our annotations");
         let server = tokio::spawn(async move {
             let v = verifier
                 .get_credential(&EagleEyeCredential::test())
@@ -276,14 +282,28 @@ mod tests {
             assert_eq!(ready(&status).0, "True", "{status}");
             assert!(status["nextRefreshAt"].as_str().is_some());
             v.done().await;
+            status
         });
-        let action = reconcile(Arc::new(EagleEyeCredential::test()), ctx)
-            .await
+        let cr = EagleEyeCredential::test();
+        let action = reconcile(Arc::new(cr.clone()), ctx).await.unwrap();
+        let status = server.await.unwrap();
+        // Due 30 min (refreshBefore) before expiry, less up to 30 s of per-credential jitter;
+        // before any refresh, whether the tokens rotate is not known.
+        let refresh_before = parse_duration(&cr.spec.refresh_before).unwrap();
+        let due = schedule::due_at(&published, Rotation::Unknown, refresh_before, jitter(&cr));
+        let lead = expires.duration_since(due);
+        assert!(
+            (refresh_before..=refresh_before + jiff::SignedDuration::from_secs(30)).contains(&lead),
+            "{lead:?}"
+        );
+        // The reconcile waits from its own clock, which its status shows as Ready's
+        // transition time, to exactly that moment.
+        let reconciled_at: jiff::Timestamp = ready_condition(&status)["lastTransitionTime"]
+            .as_str()
+            .unwrap()
+            .parse()
             .unwrap();
-        // Due 30 min (minus jitter) before expiry: between 11 h 29 and 11 h 31 from now.
-        let wait = format!("{action:?}");
-        assert!(wait.contains("requeue_after: Some(41"), "{wait}");
-        server.await.unwrap();
+        assert_eq!(action, Action::requeue(schedule::until(reconciled_at, due)));
     }
 
     #[tokio::test]

@@ -210,7 +210,7 @@ fn other_claimant(store: &Store<EagleEyeCredential>, cr: &EagleEyeCredential) ->
 }
 
 /// A stable number in [0, 1) per credential, so restarts do not bunch refreshes together.
-fn jitter(cr: &EagleEyeCredential) -> f64 {
+pub(crate) fn jitter(cr: &EagleEyeCredential) -> f64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     cr.metadata.uid.hash(&mut h);
     (h.finish() % 10_000) as f64 / 10_000.0
