@@ -17,3 +17,4 @@ mod standin;
 mod status_cli;
 mod testbed;
 mod token_client;
+mod token_safety;
