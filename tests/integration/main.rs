@@ -18,3 +18,4 @@ mod status_cli;
 mod testbed;
 mod token_client;
 mod token_safety;
+mod token_safety_b;

@@ -6,6 +6,7 @@ mod support;
 
 mod apiserver_restart;
 mod held_on_sigterm;
+mod lease_outage;
 mod write_back;
 
 /// Every test here stops the shared kube-apiserver: one at a time.
