@@ -2,10 +2,13 @@
 //!
 //! It speaks HTTP and the vendor's JSON and knows nothing of Kubernetes. Every answer is
 //! size-capped, time-boxed and validated before a [`TokenGrant`] is handed out, and no error
-//! carries response text, tokens or secrets.
+//! carries response text, tokens or secrets. A refresh is never abandoned while the server
+//! may still answer it, and calls are limited in number so a backlog cannot swamp the server.
 
 mod error;
+mod extract;
 mod grant;
+mod options;
 mod wire;
 
 use std::sync::Arc;
@@ -13,19 +16,27 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use secrecy::SecretString;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
 pub use error::{ErrorClass, OAuthErrorCode, Operation, TokenError};
 pub use grant::{ApiBase, MAX_EXPIRES_IN, MAX_TOKEN_BYTES, TokenGrant};
+pub use options::{EAGLE_EYE_API_HOSTS, TokenClientOptions};
 pub use wire::MAX_RETRY_AFTER;
 
-use grant::HostPattern;
+use grant::{HostPattern, Problem};
 
-/// The API hosts the vendor uses; the default allow-list.
-pub const EAGLE_EYE_API_HOSTS: &str = "*.eagleeyenetworks.com";
+/// A call must start within this of its [`CallSlot`] being granted, or it is not made.
+/// The slot's [`CallSlot::deadline`] allows for it.
+pub const MAX_SLOT_HOLD: Duration = Duration::from_secs(30);
 
 /// Error answers are read only this far to find an RFC 6749 `error` code.
 const ERROR_BODY_LIMIT: usize = 8 * 1024;
+/// A success answer over `max_response_bytes` is read on to here, only to find a new
+/// refresh token; what lies beyond is never read.
+const EXTRACT_CEILING: usize = 1024 * 1024;
+/// Longest `connect_timeout` or `answer_timeout` accepted; keeps deadlines representable.
+const MAX_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
 /// The application's OAuth2 client credentials. Debug shows the id, never the secret.
 #[derive(Debug, Clone)]
@@ -34,58 +45,81 @@ pub struct ClientCredentials {
     pub secret: SecretString,
 }
 
-/// Settings of a [`TokenClient`].
-#[derive(Debug, Clone)]
-pub struct TokenClientOptions {
-    /// Limit for a whole call: connect, send, and read the full answer.
-    pub timeout: Duration,
-    pub connect_timeout: Duration,
-    /// Answers longer than this are refused without being read further.
-    pub max_response_bytes: usize,
-    /// Extra PEM CA certificates trusted besides the system roots (private or test CAs).
-    pub extra_ca_pem: Option<Vec<u8>>,
-    /// Hosts a token response may name as the API base: exact names or IPs, or `*.domain`
-    /// for any name below `domain` (not `domain` itself). Empty allows any host.
-    pub allowed_api_hosts: Vec<String>,
-    /// Allow `http://` auth URLs (tests and sandboxes only); otherwise they are refused.
-    pub allow_http: bool,
-}
-
-impl Default for TokenClientOptions {
-    /// Production settings: 30 s per call, 10 s to connect, 64 KiB answers, https only,
-    /// and API hosts limited to [`EAGLE_EYE_API_HOSTS`].
-    fn default() -> Self {
-        TokenClientOptions {
-            timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(10),
-            max_response_bytes: 64 * 1024,
-            extra_ca_pem: None,
-            allowed_api_hosts: vec![EAGLE_EYE_API_HOSTS.to_owned()],
-            allow_http: false,
-        }
-    }
-}
-
-/// Calls the token endpoint. Cheap to clone: clones share one connection pool.
+/// Calls the token endpoint. Cheap to clone: clones share one connection pool and one set
+/// of call slots.
 #[derive(Debug, Clone)]
 pub struct TokenClient {
     http: reqwest::Client,
+    slots: Arc<Semaphore>,
     settings: Arc<Settings>,
 }
 
 #[derive(Debug)]
 struct Settings {
-    timeout: Duration,
+    answer_limit: Duration,
+    max_concurrent_calls: usize,
     max_response_bytes: usize,
     allowed_api_hosts: Vec<HostPattern>,
     allow_http: bool,
 }
 
+/// The right to make one call to the token endpoint, from [`TokenClient::reserve`]; the
+/// slot frees when the call made with it ends, or when it is dropped unused.
+#[derive(Debug)]
+pub struct CallSlot {
+    permit: OwnedSemaphorePermit,
+    start_by: Instant,
+    deadline: Instant,
+}
+
+impl CallSlot {
+    /// The latest moment a call made with this slot may still be waiting for its answer:
+    /// granted + [`MAX_SLOT_HOLD`] + [`TokenClient::answer_limit`]. The client never waits
+    /// past it (the server may still act on the request after it). A record that the
+    /// refresh token may be spent must stay valid at least until then.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Time left until [`CallSlot::deadline`], e.g. to turn it into a wall-clock time.
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+/// How reading a success answer ended.
+enum BodyEnd {
+    Complete,
+    /// The ceiling was reached: the body may go on.
+    Ceiling,
+    Failed(reqwest::Error),
+    TimedOut,
+}
+
+/// A success answer, as far as it was read.
+struct Answer {
+    body: Vec<u8>,
+    end: BodyEnd,
+}
+
 impl TokenClient {
     pub fn new(options: TokenClientOptions) -> Result<Self, TokenError> {
         let config = |msg: String| TokenError::Config(msg);
-        if options.timeout.is_zero() || options.connect_timeout.is_zero() {
+        let limits = [
+            options.timeout,
+            options.connect_timeout,
+            options.answer_timeout,
+        ];
+        if limits.iter().any(Duration::is_zero) {
             return Err(config("timeouts must be longer than zero".into()));
+        }
+        if options.connect_timeout > MAX_LIMIT || options.answer_timeout > MAX_LIMIT {
+            return Err(config(
+                "connect_timeout and answer_timeout must be at most 24 hours".into(),
+            ));
+        }
+        if !(1..=Semaphore::MAX_PERMITS).contains(&options.max_concurrent_calls) {
+            return Err(config("max_concurrent_calls must be more than zero".into()));
         }
         if options.max_response_bytes == 0 {
             return Err(config("max_response_bytes must be more than zero".into()));
@@ -101,10 +135,17 @@ impl TokenClient {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Connecting must end well before an overall ceiling does, or a call cut short
+        // while connecting could not be told from one cut short after sending.
+        let connect_timeout = options.connect_timeout.min(options.timeout / 2);
+        let answer_limit = options
+            .timeout
+            .min(connect_timeout + options.answer_timeout);
 
         let mut builder = reqwest::Client::builder()
-            .timeout(options.timeout)
-            .connect_timeout(options.connect_timeout)
+            // No overall timeout here: each call has its own deadline, and must know
+            // whether it ran out before or after sending.
+            .connect_timeout(connect_timeout)
             // A redirect would re-send the credentials elsewhere; a moved endpoint is a
             // settings problem for a person to fix.
             .redirect(reqwest::redirect::Policy::none())
@@ -123,8 +164,10 @@ impl TokenClient {
             .map_err(|e| config(format!("cannot build the HTTP client: {}", error_chain(&e))))?;
         Ok(TokenClient {
             http,
+            slots: Arc::new(Semaphore::new(options.max_concurrent_calls)),
             settings: Arc::new(Settings {
-                timeout: options.timeout,
+                answer_limit,
+                max_concurrent_calls: options.max_concurrent_calls,
                 max_response_bytes: options.max_response_bytes,
                 allowed_api_hosts,
                 allow_http: options.allow_http,
@@ -132,8 +175,43 @@ impl TokenClient {
         })
     }
 
+    /// The longest a call takes from its start to its end, whatever the server does:
+    /// `min(timeout, connect_timeout + answer_timeout)` (connect_timeout capped at half of
+    /// timeout). Waiting for a call slot comes before it and is not counted.
+    pub fn answer_limit(&self) -> Duration {
+        self.settings.answer_limit
+    }
+
+    /// Calls in progress or waiting to start with a reserved slot, across all clones.
+    pub fn in_flight(&self) -> usize {
+        self.settings.max_concurrent_calls - self.slots.available_permits()
+    }
+
+    /// The most calls that may be in flight at once (`max_concurrent_calls`).
+    pub fn max_concurrent_calls(&self) -> usize {
+        self.settings.max_concurrent_calls
+    }
+
+    /// Waits for a free call slot. Take one before recording that a refresh token is about
+    /// to be spent, so that the record's validity ([`CallSlot::deadline`]) does not include
+    /// the wait; then call [`TokenClient::refresh_with`] within [`MAX_SLOT_HOLD`]. Dropping
+    /// the future or the slot is always safe: nothing has been sent.
+    pub async fn reserve(&self) -> CallSlot {
+        // Invariant: the semaphore is never closed, so acquiring can only wait.
+        let permit = Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .expect("the call semaphore is never closed");
+        let granted = Instant::now();
+        CallSlot {
+            permit,
+            start_by: granted + MAX_SLOT_HOLD,
+            deadline: granted + MAX_SLOT_HOLD + self.settings.answer_limit,
+        }
+    }
+
     /// Trades a refresh token for a new access token (and, when rotating, a new refresh
-    /// token that replaces the one sent, which is then dead).
+    /// token that replaces the one sent, which is then dead). Waits for a call slot first.
     pub async fn refresh(
         &self,
         auth_base: &Url,
@@ -141,8 +219,24 @@ impl TokenClient {
         refresh_token: &SecretString,
         scope: &str,
     ) -> Result<TokenGrant, TokenError> {
+        let slot = self.reserve().await;
+        self.refresh_with(slot, auth_base, creds, refresh_token, scope)
+            .await
+    }
+
+    /// [`TokenClient::refresh`] with a slot taken earlier by [`TokenClient::reserve`].
+    /// Sends nothing, and fails `Transient` ([`TokenError::SlotExpired`]), when the slot
+    /// was held past [`MAX_SLOT_HOLD`]; a slot from another client is a `Config` error.
+    pub async fn refresh_with(
+        &self,
+        slot: CallSlot,
+        auth_base: &Url,
+        creds: &ClientCredentials,
+        refresh_token: &SecretString,
+        scope: &str,
+    ) -> Result<TokenGrant, TokenError> {
         let form = wire::refresh_form(scope, refresh_token);
-        self.grant(Operation::Refresh, auth_base, creds, form, scope)
+        self.grant(slot, Operation::Refresh, auth_base, creds, form, scope)
             .await
     }
 
@@ -157,7 +251,8 @@ impl TokenClient {
         scope: &str,
     ) -> Result<TokenGrant, TokenError> {
         let form = wire::code_form(scope, code, redirect_uri);
-        self.grant(Operation::ExchangeCode, auth_base, creds, form, scope)
+        let slot = self.reserve().await;
+        self.grant(slot, Operation::ExchangeCode, auth_base, creds, form, scope)
             .await
     }
 
@@ -168,63 +263,123 @@ impl TokenClient {
         creds: &ClientCredentials,
         refresh_token: &SecretString,
     ) -> Result<(), TokenError> {
+        let operation = Operation::Revoke;
         let form = wire::revoke_form(refresh_token);
-        self.call(Operation::Revoke, auth_base, "revoke", creds, form)
-            .await
-            .map(drop)
+        let slot = self.reserve().await;
+        // The body means nothing; a cap stops an endless one.
+        let limit = self.settings.max_response_bytes;
+        let answer = self
+            .call(slot, operation, auth_base, "revoke", creds, form, limit + 1)
+            .await?;
+        match answer.end {
+            BodyEnd::Failed(e) => Err(TokenError::from_reqwest(operation, e)),
+            BodyEnd::TimedOut => Err(no_answer_in_time(operation, None)),
+            BodyEnd::Ceiling => Err(TokenError::ResponseTooLarge {
+                operation,
+                limit,
+                refresh_token: None,
+            }),
+            BodyEnd::Complete => Ok(()),
+        }
     }
 
     async fn grant(
         &self,
+        slot: CallSlot,
         operation: Operation,
         auth_base: &Url,
         creds: &ClientCredentials,
         form: String,
         scope: &str,
     ) -> Result<TokenGrant, TokenError> {
-        let body = self
-            .call(operation, auth_base, "token", creds, form)
+        let limit = self.settings.max_response_bytes;
+        let ceiling = EXTRACT_CEILING.max(limit + 1);
+        let answer = self
+            .call(slot, operation, auth_base, "token", creds, form, ceiling)
             .await?;
-        grant::parse_grant(&body, scope, &self.settings.allowed_api_hosts).map_err(|m| {
-            TokenError::MalformedResponse {
-                operation,
-                field: m.field,
-                problem: m.problem,
-                refresh_token: m.refresh_token,
+        // From here on the server has answered 200: it has most likely rotated the token
+        // sent, so whatever else is wrong, a new one in the body is handed on.
+        let carried = || extract::refresh_token(&answer.body).token();
+        match answer.end {
+            BodyEnd::Failed(e) => {
+                return Err(match TokenError::from_reqwest(operation, e) {
+                    TokenError::OutcomeUnknown {
+                        operation, detail, ..
+                    } => TokenError::OutcomeUnknown {
+                        operation,
+                        detail,
+                        refresh_token: carried(),
+                    },
+                    other => other,
+                });
+            }
+            BodyEnd::TimedOut => return Err(no_answer_in_time(operation, carried())),
+            BodyEnd::Complete if answer.body.len() <= limit => {}
+            BodyEnd::Complete | BodyEnd::Ceiling => {
+                return Err(TokenError::ResponseTooLarge {
+                    operation,
+                    limit,
+                    refresh_token: carried(),
+                });
+            }
+        }
+        grant::parse_grant(&answer.body, scope, &self.settings.allowed_api_hosts).map_err(|r| {
+            match r.problem {
+                Problem::Malformed { field, problem } => TokenError::MalformedResponse {
+                    operation,
+                    field,
+                    problem,
+                    refresh_token: r.refresh_token,
+                },
+                Problem::HostNotAllowed { host } => TokenError::ApiHostNotAllowed {
+                    operation,
+                    host,
+                    refresh_token: r.refresh_token,
+                },
             }
         })
     }
 
-    /// POSTs `form` to `{auth_base}/oauth2/{leaf}` and returns a success answer's body.
+    /// POSTs `form` to `{auth_base}/oauth2/{leaf}` and returns a success answer, read up to
+    /// `ceiling` bytes. The slot is held until the call ends.
+    #[allow(clippy::too_many_arguments)]
     async fn call(
         &self,
+        slot: CallSlot,
         operation: Operation,
         auth_base: &Url,
         leaf: &str,
         creds: &ClientCredentials,
         form: String,
-    ) -> Result<Vec<u8>, TokenError> {
+        ceiling: usize,
+    ) -> Result<Answer, TokenError> {
         let url = wire::endpoint(auth_base, leaf, self.settings.allow_http)?;
-        let host = url.host_str().unwrap_or_default().to_owned();
+        if !Arc::ptr_eq(slot.permit.semaphore(), &self.slots) {
+            return Err(TokenError::Config(
+                "the call slot belongs to another token client".into(),
+            ));
+        }
         let started = Instant::now();
-        // reqwest's own timeout covers the body too; this outer one also bounds our
-        // reading loop, whatever the transport does.
-        let result = tokio::time::timeout(
-            self.settings.timeout,
-            self.send(operation, url, creds, form),
-        )
-        .await
-        .unwrap_or(Err(TokenError::Timeout { operation }));
+        if started > slot.start_by {
+            return Err(TokenError::SlotExpired { operation });
+        }
+        // Never past the slot's deadline, which a caller may have promised to others.
+        let deadline = (started + self.settings.answer_limit).min(slot.deadline);
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let result = self
+            .send(operation, url, creds, form, ceiling, deadline)
+            .await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match &result {
             Ok(_) => {
-                tracing::debug!(%operation, %host, elapsed_ms, "token endpoint call succeeded")
+                tracing::debug!(%operation, %host, elapsed_ms, "token endpoint answered")
             }
             Err(err) => tracing::debug!(
                 %operation, %host, elapsed_ms, reason = err.reason(), error = %err,
                 "token endpoint call failed"
             ),
         }
+        drop(slot);
         result
     }
 
@@ -234,25 +389,29 @@ impl TokenClient {
         url: Url,
         creds: &ClientCredentials,
         form: String,
-    ) -> Result<Vec<u8>, TokenError> {
-        let mut response = self
+        ceiling: usize,
+        deadline: Instant,
+    ) -> Result<Answer, TokenError> {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let request = self
             .http
             .post(url)
             .header(ACCEPT, "application/json")
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(AUTHORIZATION, wire::basic_auth(&creds.id, &creds.secret))
             .body(form)
-            .send()
-            .await
-            .map_err(|e| TokenError::from_reqwest(operation, e))?;
+            .send();
+        // Connecting ends (connect_timeout) well before the deadline: running out here
+        // means the request may have been sent.
+        let mut response = match tokio::time::timeout_at(deadline, request).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => return Err(TokenError::from_reqwest(operation, e)),
+            Err(_) => return Err(no_answer_in_time(operation, None)),
+        };
         let status = response.status();
         if status.is_success() {
-            let limit = self.settings.max_response_bytes;
-            return match read_capped(&mut response, limit).await {
-                Ok(Some(body)) => Ok(body),
-                Ok(None) => Err(TokenError::ResponseTooLarge { operation, limit }),
-                Err(e) => Err(TokenError::from_reqwest(operation, e)),
-            };
+            let (body, end) = read_capped(&mut response, ceiling, deadline).await;
+            return Ok(Answer { body, end });
         }
         let retry_after = response
             .headers()
@@ -262,8 +421,8 @@ impl TokenClient {
         // The body only serves to find an OAuth error code: any trouble reading it just
         // means there is none.
         let limit = ERROR_BODY_LIMIT.min(self.settings.max_response_bytes);
-        let error_code = match read_capped(&mut response, limit).await {
-            Ok(Some(body)) => OAuthErrorCode::from_body(&body),
+        let error_code = match read_capped(&mut response, limit + 1, deadline).await {
+            (body, BodyEnd::Complete) if body.len() <= limit => OAuthErrorCode::from_body(&body),
             _ => None,
         };
         Err(TokenError::Status {
@@ -275,25 +434,37 @@ impl TokenClient {
     }
 }
 
-/// Reads the body chunk by chunk; `None` as soon as it would pass `limit` bytes.
+fn no_answer_in_time(operation: Operation, refresh_token: Option<SecretString>) -> TokenError {
+    TokenError::OutcomeUnknown {
+        operation,
+        detail: "no answer came in time",
+        refresh_token,
+    }
+}
+
+/// Reads the body chunk by chunk, keeping at most `ceiling` bytes, until it ends, fails,
+/// or `deadline` passes; what was read is kept in every case.
 async fn read_capped(
     response: &mut reqwest::Response,
-    limit: usize,
-) -> Result<Option<Vec<u8>>, reqwest::Error> {
-    if response
-        .content_length()
-        .is_some_and(|len| len > limit as u64)
-    {
-        return Ok(None);
-    }
+    ceiling: usize,
+    deadline: tokio::time::Instant,
+) -> (Vec<u8>, BodyEnd) {
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > limit {
-            return Ok(None);
+    loop {
+        match tokio::time::timeout_at(deadline, response.chunk()).await {
+            Err(_) => return (body, BodyEnd::TimedOut),
+            Ok(Err(e)) => return (body, BodyEnd::Failed(e)),
+            Ok(Ok(None)) => return (body, BodyEnd::Complete),
+            Ok(Ok(Some(chunk))) => {
+                let room = ceiling - body.len();
+                if chunk.len() > room {
+                    body.extend_from_slice(&chunk[..room]);
+                    return (body, BodyEnd::Ceiling);
+                }
+                body.extend_from_slice(&chunk);
+            }
         }
-        body.extend_from_slice(&chunk);
     }
-    Ok(Some(body))
 }
 
 /// An error with its causes. Only for errors that carry no request data (a reqwest builder
@@ -310,171 +481,4 @@ pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn client_with_default_options_builds() {
-        TokenClient::new(TokenClientOptions::default()).unwrap();
-    }
-
-    #[test]
-    fn bad_allow_list_entries_are_config_errors() {
-        let options = TokenClientOptions {
-            allowed_api_hosts: vec!["https://api.eagleeyenetworks.com".into()],
-            ..TokenClientOptions::default()
-        };
-        let err = TokenClient::new(options).unwrap_err();
-        assert_eq!(
-            (err.class(), err.reason()),
-            (ErrorClass::ClientConfig, "Config")
-        );
-    }
-
-    #[test]
-    fn extra_ca_must_hold_certificates() {
-        for pem in [b"not a pem".to_vec(), Vec::new()] {
-            let options = TokenClientOptions {
-                extra_ca_pem: Some(pem),
-                ..TokenClientOptions::default()
-            };
-            assert!(matches!(
-                TokenClient::new(options),
-                Err(TokenError::Config(_))
-            ));
-        }
-    }
-
-    #[tokio::test]
-    async fn http_auth_url_is_refused_before_any_request() {
-        // Nothing listens on port 9: a request would fail with Connect, not Config.
-        let client = TokenClient::new(TokenClientOptions::default()).unwrap();
-        let creds = ClientCredentials {
-            id: "id".into(),
-            secret: SecretString::from("secret"),
-        };
-        let base = Url::parse("http://127.0.0.1:9").unwrap();
-        let err = client
-            .refresh(&base, &creds, &SecretString::from("rt"), "vms.all")
-            .await
-            .unwrap_err();
-        assert!(matches!(err, TokenError::Config(_)), "{err:?}");
-        let err = client
-            .revoke(&base, &creds, &SecretString::from("rt"))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, TokenError::Config(_)), "{err:?}");
-    }
-
-    /// A plain-HTTP server that answers every connection with `head`, then streams `chunk`
-    /// forever as a chunked body (or nothing more, when `chunk` is empty, leaving it hanging).
-    async fn endless_server(head: &'static str, chunk: &'static [u8]) -> Url {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut request = [0u8; 4096];
-                    let _ = socket.read(&mut request).await;
-                    if socket.write_all(head.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    if chunk.is_empty() {
-                        std::future::pending::<()>().await;
-                    }
-                    let frame =
-                        [format!("{:x}\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat();
-                    // Ends when the client hangs up.
-                    while socket.write_all(&frame).await.is_ok() {}
-                });
-            }
-        });
-        url
-    }
-
-    fn lax_client(timeout: Duration) -> TokenClient {
-        TokenClient::new(TokenClientOptions {
-            allow_http: true,
-            timeout,
-            max_response_bytes: 4096,
-            ..TokenClientOptions::default()
-        })
-        .unwrap()
-    }
-
-    fn creds() -> ClientCredentials {
-        ClientCredentials {
-            id: "id".into(),
-            secret: SecretString::from("secret"),
-        }
-    }
-
-    #[tokio::test]
-    async fn an_endless_body_without_length_is_cut_at_the_cap() {
-        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
-                    transfer-encoding: chunked\r\n\r\n";
-        let base = endless_server(head, &[b'A'; 1000]).await;
-        let err = lax_client(Duration::from_secs(10))
-            .refresh(&base, &creds(), &SecretString::from("rt"), "vms.all")
-            .await
-            .unwrap_err();
-        assert_eq!(err.reason(), "ResponseTooLarge");
-    }
-
-    #[tokio::test]
-    async fn a_body_that_stops_midway_times_out() {
-        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
-                    content-length: 100\r\n\r\n{\"access_token\":";
-        let base = endless_server(head, b"").await;
-        let started = Instant::now();
-        let err = lax_client(Duration::from_millis(500))
-            .refresh(&base, &creds(), &SecretString::from("rt"), "vms.all")
-            .await
-            .unwrap_err();
-        assert_eq!(err.reason(), "Timeout");
-        assert!(started.elapsed() < Duration::from_secs(3));
-    }
-
-    #[tokio::test]
-    async fn an_endless_error_body_still_yields_the_status() {
-        let head = "HTTP/1.1 503 Service Unavailable\r\nretry-after: 30\r\n\
-                    transfer-encoding: chunked\r\n\r\n";
-        let base = endless_server(head, &[b'x'; 1000]).await;
-        let err = lax_client(Duration::from_secs(10))
-            .refresh(&base, &creds(), &SecretString::from("rt"), "vms.all")
-            .await
-            .unwrap_err();
-        assert_eq!((err.status(), err.reason()), (Some(503), "ServerError"));
-        assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
-    }
-
-    #[tokio::test]
-    async fn unreachable_endpoint_is_a_transient_connect_error() {
-        let options = TokenClientOptions {
-            allow_http: true,
-            ..TokenClientOptions::default()
-        };
-        let client = TokenClient::new(options).unwrap();
-        let creds = ClientCredentials {
-            id: "id".into(),
-            secret: SecretString::from("secret"),
-        };
-        // Bind then drop a listener to get a port nobody listens on.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let base = Url::parse(&format!("http://127.0.0.1:{port}")).unwrap();
-        let err = client
-            .refresh(&base, &creds, &SecretString::from("rt"), "vms.all")
-            .await
-            .unwrap_err();
-        assert_eq!(
-            (err.class(), err.reason()),
-            (ErrorClass::Transient, "Connect")
-        );
-        assert!(err.to_string().contains("connection refused"), "{err}");
-    }
-}
+mod tests;

@@ -116,7 +116,11 @@ fn exchange_message(err: &TokenError) -> String {
         (None, Some(401), ErrorClass::Reauthorize) => format!("{CODE}{BARE_401}"),
         (_, _, ErrorClass::Reauthorize) => CODE.to_owned(),
         (_, _, ErrorClass::ClientConfig) => CONFIG.to_owned(),
-        (_, _, ErrorClass::Transient) => TRANSIENT.to_owned(),
+        (
+            _,
+            _,
+            ErrorClass::Transient | ErrorClass::OutcomeUnknown | ErrorClass::RefusedByConfig,
+        ) => TRANSIENT.to_owned(),
     };
     format!("{err}: {hint}. Nothing was stored")
 }

@@ -16,8 +16,21 @@ pub enum ErrorClass {
     /// The client's settings are wrong (credentials, scope, URL): a person must fix them.
     /// Retrying is allowed but should be slow.
     ClientConfig,
-    /// The endpoint or the network misbehaved; retrying with backoff should work.
+    /// The endpoint or the network misbehaved, or the answer was unusable; retrying with
+    /// backoff should work. When the request was sent, the error carries any new refresh
+    /// token the answer held ([`TokenError::refresh_token`]): store it before retrying.
     Transient,
+    /// The request may have reached the server, but no complete answer came back (a timeout
+    /// or a broken connection after sending): the server may have acted on it, and for a
+    /// rotating refresh token that means the token sent may be dead and its successor lost
+    /// with the answer. Not a plain retry: spending the same token again may be a reuse.
+    OutcomeUnknown,
+    /// The server answered, and has most likely rotated the refresh token (the error
+    /// carries the new one: store it), but this client's configuration refuses the answer
+    /// (an API host outside `allowed_api_hosts`). Every further refresh would rotate and be
+    /// refused the same way: report it, and do not spend again until the configuration
+    /// changes.
+    RefusedByConfig,
 }
 
 /// Which token endpoint call failed.
@@ -83,15 +96,28 @@ pub enum TokenError {
         error_code: Option<OAuthErrorCode>,
         retry_after: Option<Duration>,
     },
-    /// No complete answer within the total timeout (or the connect timeout).
-    #[error("{operation}: token endpoint did not answer in time")]
-    Timeout { operation: Operation },
-    /// The connection could not be made or broke before the answer was complete.
+    /// No connection could be made (DNS, refused, TLS handshake, `connect_timeout`), or it
+    /// closed before the request was written: nothing reached the server.
     #[error("{operation}: token endpoint unreachable ({detail})")]
     Connect {
         operation: Operation,
         detail: &'static str,
     },
+    /// The request may have reached the server, but no complete answer came back in the
+    /// answer limit, or the connection broke first. A new refresh token found in a partial
+    /// success answer is kept here (never displayed).
+    #[error(
+        "{operation}: outcome unknown, the request was sent but {detail}; the server may have acted on it"
+    )]
+    OutcomeUnknown {
+        operation: Operation,
+        detail: &'static str,
+        refresh_token: Option<secrecy::SecretString>,
+    },
+    /// The call slot was held past [`crate::token::MAX_SLOT_HOLD`] before the call was
+    /// made, so it was not made: nothing was sent.
+    #[error("{operation}: not sent, its call slot was held too long before the call")]
+    SlotExpired { operation: Operation },
     /// A success answer that is not a usable token response. `field` names the JSON member,
     /// never its value. When the answer did carry a refresh token, the server has most
     /// likely rotated the one sent: it is kept here (never displayed) so that it can be
@@ -103,9 +129,25 @@ pub enum TokenError {
         problem: &'static str,
         refresh_token: Option<secrecy::SecretString>,
     },
-    /// The answer was longer than `max_response_bytes`; reading stopped at the limit.
+    /// The answer was longer than `max_response_bytes`. It was read on (to a fixed ceiling)
+    /// only to find a new refresh token, kept here (never displayed).
     #[error("{operation}: token response exceeds {limit} bytes")]
-    ResponseTooLarge { operation: Operation, limit: usize },
+    ResponseTooLarge {
+        operation: Operation,
+        limit: usize,
+        refresh_token: Option<secrecy::SecretString>,
+    },
+    /// A success answer naming an API host that `allowed_api_hosts` does not allow: a
+    /// settings problem (or a spoofed answer). `host` is a validated bare host name or IP.
+    /// The new refresh token the answer carried is kept here (never displayed).
+    #[error(
+        "{operation}: the token response names API host {host:?} (httpsBaseUrl.hostname), which the allowed API hosts do not include"
+    )]
+    ApiHostNotAllowed {
+        operation: Operation,
+        host: String,
+        refresh_token: Option<secrecy::SecretString>,
+    },
 }
 
 fn code_suffix(code: &Option<OAuthErrorCode>) -> String {
@@ -113,11 +155,19 @@ fn code_suffix(code: &Option<OAuthErrorCode>) -> String {
 }
 
 impl TokenError {
-    /// A refresh token that came with an otherwise unusable answer.
+    /// A new refresh token that came with an otherwise unusable answer (malformed, too
+    /// large, cut short, or naming a disallowed API host). The server has most likely
+    /// rotated the token sent: store this one before anything else.
     pub fn refresh_token(&self) -> Option<&secrecy::SecretString> {
         match self {
-            TokenError::MalformedResponse { refresh_token, .. } => refresh_token.as_ref(),
-            _ => None,
+            TokenError::MalformedResponse { refresh_token, .. }
+            | TokenError::ResponseTooLarge { refresh_token, .. }
+            | TokenError::ApiHostNotAllowed { refresh_token, .. }
+            | TokenError::OutcomeUnknown { refresh_token, .. } => refresh_token.as_ref(),
+            TokenError::Config(_)
+            | TokenError::Status { .. }
+            | TokenError::Connect { .. }
+            | TokenError::SlotExpired { .. } => None,
         }
     }
 
@@ -163,10 +213,14 @@ impl TokenError {
                 error_code,
                 ..
             } => classify_status(*operation, *status, error_code.as_ref().map(|c| c.as_str())),
-            TokenError::Timeout { .. } => (ErrorClass::Transient, "Timeout"),
             TokenError::Connect { .. } => (ErrorClass::Transient, "Connect"),
+            TokenError::SlotExpired { .. } => (ErrorClass::Transient, "SlotExpired"),
+            TokenError::OutcomeUnknown { .. } => (ErrorClass::OutcomeUnknown, "OutcomeUnknown"),
             TokenError::MalformedResponse { .. } => (ErrorClass::Transient, "MalformedResponse"),
             TokenError::ResponseTooLarge { .. } => (ErrorClass::Transient, "ResponseTooLarge"),
+            TokenError::ApiHostNotAllowed { .. } => {
+                (ErrorClass::RefusedByConfig, "ApiHostNotAllowed")
+            }
         }
     }
 
@@ -174,14 +228,47 @@ impl TokenError {
     /// and its sources are third-party messages we do not control).
     pub(crate) fn from_reqwest(operation: Operation, err: reqwest::Error) -> Self {
         let err = err.without_url();
-        if err.is_timeout() {
-            return TokenError::Timeout { operation };
+        if err.is_builder() {
+            return TokenError::Config("the request could not be built".into());
         }
-        TokenError::Connect {
+        if !may_have_been_sent(&err) {
+            let detail = if err.is_timeout() {
+                "connect timed out"
+            } else {
+                transport_detail(&err)
+            };
+            return TokenError::Connect { operation, detail };
+        }
+        let detail = match transport_detail(&err) {
+            _ if err.is_timeout() => "no answer came in time",
+            "connection closed" => "the connection closed before the answer was complete",
+            "TLS certificate rejected" | "TLS handshake failed" => "the TLS session failed",
+            _ => "the connection failed before the answer was complete",
+        };
+        TokenError::OutcomeUnknown {
             operation,
-            detail: transport_detail(&err),
+            detail,
+            refresh_token: None,
         }
     }
+}
+
+/// Whether the request may have reached the server. Only two failures prove it did not: a
+/// failed connect (reqwest's `connect_timeout` included, and TLS, which is part of the
+/// connect), and hyper cancelling a request it never started to write.
+fn may_have_been_sent(err: &reqwest::Error) -> bool {
+    if err.is_connect() {
+        return false;
+    }
+    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = source {
+        // The outermost hyper error is the one that says what became of the request.
+        if let Some(hyper_err) = e.downcast_ref::<hyper::Error>() {
+            return !hyper_err.is_canceled();
+        }
+        source = e.source();
+    }
+    true
 }
 
 fn classify_status(
@@ -351,7 +438,7 @@ mod tests {
     fn transport_and_response_failures_are_transient() {
         let op = Operation::Refresh;
         for err in [
-            TokenError::Timeout { operation: op },
+            TokenError::SlotExpired { operation: op },
             TokenError::Connect {
                 operation: op,
                 detail: "connection refused",
@@ -365,6 +452,7 @@ mod tests {
             TokenError::ResponseTooLarge {
                 operation: op,
                 limit: 10,
+                refresh_token: None,
             },
         ] {
             assert_eq!(err.class(), ErrorClass::Transient, "{err}");
@@ -373,6 +461,72 @@ mod tests {
             TokenError::Config("x".into()).class(),
             ErrorClass::ClientConfig
         );
+    }
+
+    #[test]
+    fn a_request_that_may_have_been_sent_has_an_unknown_outcome() {
+        let err = TokenError::OutcomeUnknown {
+            operation: Operation::Refresh,
+            detail: "no answer came in time",
+            refresh_token: None,
+        };
+        assert_eq!(
+            (err.class(), err.reason()),
+            (ErrorClass::OutcomeUnknown, "OutcomeUnknown")
+        );
+        assert_eq!(
+            err.to_string(),
+            "token refresh: outcome unknown, the request was sent but no answer came in time; \
+             the server may have acted on it"
+        );
+    }
+
+    #[test]
+    fn a_disallowed_api_host_is_refused_by_config_and_keeps_the_new_token() {
+        let err = TokenError::ApiHostNotAllowed {
+            operation: Operation::Refresh,
+            host: "api.foreign.example".into(),
+            refresh_token: Some(secrecy::SecretString::from("n3w-t0ken")),
+        };
+        assert_eq!(
+            (err.class(), err.reason()),
+            (ErrorClass::RefusedByConfig, "ApiHostNotAllowed")
+        );
+        assert!(err.refresh_token().is_some());
+        let text = format!("{err} {err:?}");
+        assert!(text.contains("\"api.foreign.example\""), "{text}");
+        assert!(!text.contains("n3w-t0ken"), "{text}");
+    }
+
+    #[test]
+    fn every_error_that_may_follow_a_rotation_can_carry_the_new_token() {
+        let op = Operation::Refresh;
+        let rt = || Some(secrecy::SecretString::from("rt"));
+        for err in [
+            TokenError::MalformedResponse {
+                operation: op,
+                field: "body",
+                problem: "is not JSON",
+                refresh_token: rt(),
+            },
+            TokenError::ResponseTooLarge {
+                operation: op,
+                limit: 1,
+                refresh_token: rt(),
+            },
+            TokenError::ApiHostNotAllowed {
+                operation: op,
+                host: "h".into(),
+                refresh_token: rt(),
+            },
+            TokenError::OutcomeUnknown {
+                operation: op,
+                detail: "d",
+                refresh_token: rt(),
+            },
+        ] {
+            assert!(err.refresh_token().is_some(), "{err}");
+        }
     }
 
     #[test]

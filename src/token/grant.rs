@@ -6,10 +6,12 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
-/// Longest access or refresh token accepted.
+use super::extract::{self, Carried};
+
+/// Longest access or refresh token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Longest access-token life accepted (the vendor documents 12 h and has been seen at 7 days).
 pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -53,28 +55,27 @@ impl ApiBase {
     }
 }
 
-/// Why a response was refused: the field, and what is wrong with it (never its value).
-#[derive(Debug, Clone)]
-pub(crate) struct Malformed {
-    pub field: &'static str,
-    pub problem: &'static str,
-    /// The refresh token the answer carried, if it got that far.
+/// Why a success answer was refused, with the refresh token it carried when one could be
+/// found: the server has then most likely rotated the one sent, so it must be stored.
+#[derive(Debug)]
+pub(crate) struct Rejected {
+    pub problem: Problem,
     pub refresh_token: Option<SecretString>,
 }
 
-// Two verdicts are the same when they name the same field and problem.
-impl PartialEq for Malformed {
-    fn eq(&self, other: &Self) -> bool {
-        (self.field, self.problem) == (other.field, other.problem)
-    }
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Problem {
+    /// `field` names the JSON member and `problem` says what is wrong, never the value.
+    Malformed {
+        field: &'static str,
+        problem: &'static str,
+    },
+    /// A valid API host, but not one `allowed_api_hosts` lets through.
+    HostNotAllowed { host: String },
 }
 
-fn malformed(field: &'static str, problem: &'static str) -> Malformed {
-    Malformed {
-        field,
-        problem,
-        refresh_token: None,
-    }
+fn malformed(field: &'static str, problem: &'static str) -> Problem {
+    Problem::Malformed { field, problem }
 }
 
 /// One entry of `allowed_api_hosts`: an exact host, or `*.domain` for any name under it.
@@ -164,30 +165,37 @@ fn is_token_char(b: u8) -> bool {
     (0x21..=0x7e).contains(&b)
 }
 
+/// Whether `raw` is plausible as a token: the problem in words otherwise.
+pub(crate) fn check_token(raw: &[u8]) -> Result<(), &'static str> {
+    if raw.is_empty() {
+        Err("is empty")
+    } else if raw.len() > MAX_TOKEN_BYTES {
+        Err("is too long")
+    } else if !raw.iter().all(|&b| is_token_char(b)) {
+        Err("has characters outside visible ASCII")
+    } else {
+        Ok(())
+    }
+}
+
 fn take_token(
     obj: &mut Map<String, Value>,
     field: &'static str,
-) -> Result<Option<SecretString>, Malformed> {
+) -> Result<Option<SecretString>, Problem> {
     match obj.remove(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(token)) => {
             let token = SecretString::from(token);
-            let raw = secrecy::ExposeSecret::expose_secret(&token);
-            if raw.is_empty() {
-                Err(malformed(field, "is empty"))
-            } else if raw.len() >= MAX_TOKEN_BYTES {
-                Err(malformed(field, "is too long"))
-            } else if !raw.bytes().all(is_token_char) {
-                Err(malformed(field, "has characters outside visible ASCII"))
-            } else {
-                Ok(Some(token))
-            }
+            let raw = token.expose_secret();
+            check_token(raw.as_bytes())
+                .map(|()| Some(token))
+                .map_err(|problem| malformed(field, problem))
         }
         Some(_) => Err(malformed(field, "is not a string")),
     }
 }
 
-fn expires_in(value: Option<&Value>) -> Result<Duration, Malformed> {
+fn expires_in(value: Option<&Value>) -> Result<Duration, Problem> {
     let field = "expires_in";
     let secs = match value {
         None | Some(Value::Null) => return Err(malformed(field, "is missing")),
@@ -209,7 +217,7 @@ fn expires_in(value: Option<&Value>) -> Result<Duration, Malformed> {
     }
 }
 
-fn api_base(value: Option<&Value>, allowed: &[HostPattern]) -> Result<ApiBase, Malformed> {
+fn api_base(value: Option<&Value>, allowed: &[HostPattern]) -> Result<ApiBase, Problem> {
     let obj = match value {
         Some(Value::Object(obj)) => obj,
         None | Some(Value::Null) => return Err(malformed("httpsBaseUrl", "is missing")),
@@ -224,10 +232,10 @@ fn api_base(value: Option<&Value>, allowed: &[HostPattern]) -> Result<ApiBase, M
         Some(_) => return Err(malformed("httpsBaseUrl.hostname", "is not a string")),
     };
     if !allowed.is_empty() && !allowed.iter().any(|p| p.matches(&host)) {
-        return Err(malformed(
-            "httpsBaseUrl.hostname",
-            "is not an allowed API host",
-        ));
+        // Safe to show: a bare host name or IP, checked character by character above.
+        return Err(Problem::HostNotAllowed {
+            host: host.into_string(),
+        });
     }
     let port = match obj.get("port") {
         // The vendor always sends it; if it ever does not, it is an https URL.
@@ -245,7 +253,7 @@ fn api_base(value: Option<&Value>, allowed: &[HostPattern]) -> Result<ApiBase, M
     })
 }
 
-fn scope(value: Option<&Value>, requested: &str) -> Result<String, Malformed> {
+fn scope(value: Option<&Value>, requested: &str) -> Result<String, Problem> {
     match value {
         None | Some(Value::Null) => Ok(requested.to_owned()),
         // RFC 6749 §3.3 scope tokens, space separated.
@@ -266,19 +274,46 @@ pub(crate) fn parse_grant(
     body: &[u8],
     requested_scope: &str,
     allowed_api_hosts: &[HostPattern],
-) -> Result<TokenGrant, Malformed> {
+) -> Result<TokenGrant, Rejected> {
+    // The refresh token first, and by a reader that needs no valid JSON: if anything else is
+    // wrong, the server has still rotated the one sent, and the new one must be stored.
+    let carried = extract::refresh_token(body);
+    let carried_token = carried.token();
+    let reject = |problem| Rejected {
+        problem,
+        refresh_token: carried_token.clone(),
+    };
     // serde_json's own messages can quote the input, so they are dropped.
     let mut obj = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(obj)) => obj,
-        Ok(_) => return Err(malformed("body", "is not a JSON object")),
-        Err(_) => return Err(malformed("body", "is not JSON")),
+        Ok(_) => return Err(reject(malformed("body", "is not a JSON object"))),
+        Err(_) => return Err(reject(malformed("body", "is not JSON"))),
     };
-    // The refresh token first: if anything else is wrong, the server has still rotated the
-    // one sent, and the new one must reach the caller to be stored.
-    let refresh_token = take_token(&mut obj, "refresh_token")?;
-    let keep = |mut m: Malformed| {
-        m.refresh_token = refresh_token.clone();
-        m
+    // serde_json's reading is a second opinion: a token is only handed on when both agree
+    // (they differ on repeated members, where serde_json keeps the last).
+    let refused = |problem| Rejected {
+        problem: malformed("refresh_token", problem),
+        refresh_token: None,
+    };
+    let refresh_token = match (carried, take_token(&mut obj, "refresh_token")) {
+        (Carried::Absent, Ok(None)) => None,
+        (Carried::Token(ours), Ok(Some(theirs)))
+            if ours.expose_secret() == theirs.expose_secret() =>
+        {
+            Some(ours)
+        }
+        (Carried::Unusable(problem), _) => return Err(refused(problem)),
+        (_, Err(problem)) => {
+            return Err(Rejected {
+                problem,
+                refresh_token: None,
+            });
+        }
+        _ => return Err(refused("is read two different ways")),
+    };
+    let keep = |problem| Rejected {
+        problem,
+        refresh_token: refresh_token.clone(),
     };
     let access_token = take_token(&mut obj, "access_token")
         .map_err(keep)?
@@ -301,8 +336,16 @@ pub(crate) fn parse_grant(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
     use serde_json::json;
+
+    impl Rejected {
+        fn field(&self) -> &'static str {
+            match &self.problem {
+                Problem::Malformed { field, .. } => field,
+                Problem::HostNotAllowed { .. } => "httpsBaseUrl.hostname",
+            }
+        }
+    }
 
     fn vendor_example() -> Value {
         json!({
@@ -319,7 +362,7 @@ mod tests {
         vec![HostPattern::parse("*.eagleeyenetworks.com").unwrap()]
     }
 
-    fn parse_with(value: Value, allowed: &[HostPattern]) -> Result<TokenGrant, Malformed> {
+    fn parse_with(value: Value, allowed: &[HostPattern]) -> Result<TokenGrant, Rejected> {
         parse_grant(value.to_string().as_bytes(), "vms.all", allowed)
     }
 
@@ -330,7 +373,7 @@ mod tests {
     }
 
     fn rejected_field(body: Value) -> &'static str {
-        parse_with(body, &eagle_eye_only()).unwrap_err().field
+        parse_with(body, &eagle_eye_only()).unwrap_err().field()
     }
 
     #[test]
@@ -380,11 +423,11 @@ mod tests {
         for bad in [
             json!(""),
             json!(42),
-            json!("a".repeat(MAX_TOKEN_BYTES)),
+            json!("a".repeat(MAX_TOKEN_BYTES + 1)),
             json!("tok en"),
         ] {
             let err = parse_with(with("access_token", bad), &[]).unwrap_err();
-            assert_eq!(err.field, "access_token");
+            assert_eq!(err.field(), "access_token");
         }
         assert_eq!(
             rejected_field(with("refresh_token", json!(""))),
@@ -427,7 +470,7 @@ mod tests {
         ] {
             let body = with("httpsBaseUrl", json!({"hostname": bad, "port": 443}));
             let err = parse_with(body, &[]).unwrap_err();
-            assert_eq!(err.field, "httpsBaseUrl.hostname", "{bad:?}");
+            assert_eq!(err.field(), "httpsBaseUrl.hostname", "{bad:?}");
         }
         let body = with("httpsBaseUrl", json!({"hostname": "::1", "port": 8443}));
         assert_eq!(
@@ -446,7 +489,13 @@ mod tests {
             "eagleeyenetworks.com.evil.com",
             "xeagleeyenetworks.com",
         ] {
-            assert_eq!(rejected_field(host(bad)), "httpsBaseUrl.hostname", "{bad}");
+            let err = parse_with(host(bad), &eagle_eye_only()).unwrap_err();
+            assert_eq!(
+                err.problem,
+                Problem::HostNotAllowed {
+                    host: bad.to_owned()
+                }
+            );
         }
         let loopback = [
             HostPattern::parse("127.0.0.1").unwrap(),
@@ -496,6 +545,79 @@ mod tests {
         );
     }
 
+    fn carried(body: &[u8]) -> Option<String> {
+        let err = parse_grant(body, "vms.all", &eagle_eye_only()).unwrap_err();
+        err.refresh_token.map(|t| t.expose_secret().to_owned())
+    }
+
+    #[test]
+    fn every_unusable_answer_that_carries_a_refresh_token_hands_it_on() {
+        let rt = vendor_example()["refresh_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let text = |v: Value| v.to_string().into_bytes();
+        let mut odd_bytes = text(vendor_example());
+        let at = odd_bytes.len() - 1;
+        odd_bytes.splice(at..at, *b",\"note\":\"\xff\xfe\"");
+        let mut deep = text(vendor_example());
+        deep.splice(
+            at..at,
+            [&b",\"x\":"[..], &[b'['; 5000], &[b']'; 5000]].concat(),
+        );
+        let mut trailing = text(vendor_example());
+        trailing.extend_from_slice(b"<html>");
+        for body in [
+            text(with("access_token", json!(""))),
+            text(with("access_token", json!("a b"))),
+            text(with("expires_in", json!("soon"))),
+            text(with("expires_in", json!(0))),
+            text(with("token_type", json!("mac"))),
+            text(with("scope", json!(["vms.all"]))),
+            text(with("httpsBaseUrl", json!({"hostname": "evil.com"}))),
+            text(with("httpsBaseUrl", json!({"hostname": "a/b"}))),
+            odd_bytes,
+            deep,
+            trailing,
+        ] {
+            let shown = String::from_utf8_lossy(&body).into_owned();
+            assert_eq!(carried(&body).as_deref(), Some(rt.as_str()), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_refresh_token_read_two_ways_is_not_handed_on() {
+        let rt = vendor_example()["refresh_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let body = vendor_example().to_string();
+        let twice = body.replacen('{', r#"{"refresh_token":"other-token","#, 1);
+        let err = parse_grant(twice.as_bytes(), "vms.all", &[]).unwrap_err();
+        assert_eq!(err.field(), "refresh_token");
+        assert!(err.refresh_token.is_none());
+        let agreeing = body.replacen('{', &format!(r#"{{"refresh_token":"{rt}","#), 1);
+        let grant = parse_grant(agreeing.as_bytes(), "vms.all", &[]).unwrap();
+        assert_eq!(grant.refresh_token.unwrap().expose_secret(), rt);
+    }
+
+    #[test]
+    fn a_token_of_exactly_the_longest_length_is_accepted() {
+        let longest = "a".repeat(MAX_TOKEN_BYTES);
+        let grant = parse_with(with("refresh_token", json!(longest)), &[]).unwrap();
+        assert_eq!(
+            grant.refresh_token.unwrap().expose_secret().len(),
+            MAX_TOKEN_BYTES
+        );
+        assert_eq!(
+            rejected_field(with(
+                "refresh_token",
+                json!("a".repeat(MAX_TOKEN_BYTES + 1))
+            )),
+            "refresh_token"
+        );
+    }
+
     #[test]
     fn non_json_and_non_object_bodies_are_refused() {
         for body in [
@@ -504,7 +626,10 @@ mod tests {
             b"",
             b"{\"access_token\": \"x\"",
         ] {
-            assert_eq!(parse_grant(body, "vms.all", &[]).unwrap_err().field, "body");
+            assert_eq!(
+                parse_grant(body, "vms.all", &[]).unwrap_err().field(),
+                "body"
+            );
         }
     }
 
