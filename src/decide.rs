@@ -22,7 +22,6 @@ use jiff::Timestamp;
 use crate::content::{self, Content, Pending};
 use crate::intent;
 use crate::schedule::{Plan, Why};
-use crate::secrets::SecretError;
 
 /// An answer received but not yet seen stored and published.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,9 +44,9 @@ pub struct Observed {
     /// Why another credential owns this refresh token, if one does.
     pub claimed_elsewhere: Option<String>,
     /// The client-credentials Secret's problem, if any.
-    pub client: Option<SecretError>,
+    pub client: Option<String>,
     /// Fingerprint of the stored refresh token, or why there is none.
-    pub stored: Result<String, SecretError>,
+    pub stored: Result<String, String>,
     pub pending: Option<PendingAnswer>,
     /// Fingerprints of every token known rotated out.
     pub dead: Vec<String>,
@@ -207,7 +206,7 @@ mod tests {
         let o = Observed {
             suspended: true,
             spec_problem: Some("bad".into()),
-            client: Some(SecretError::NotFound("c".into())),
+            client: Some("c".into()),
             pending: pending("t1", "t2", true),
             ..due()
         };
@@ -217,7 +216,7 @@ mod tests {
     #[test]
     fn a_pending_answer_waits_out_an_unreadable_secret() {
         let o = Observed {
-            stored: Err(SecretError::NotFound("r".into())),
+            stored: Err("r".into()),
             pending: pending("t1", "t2", true),
             ..due()
         };
@@ -295,22 +294,22 @@ mod tests {
             (
                 Observed {
                     claimed_elsewhere: Some("c".into()),
-                    client: Some(SecretError::NotFound("c".into())),
+                    client: Some("c".into()),
                     ..later()
                 },
                 Decision::InUse("c".into()),
             ),
             (
                 Observed {
-                    client: Some(SecretError::NotFound("c".into())),
-                    stored: Err(SecretError::NotFound("r".into())),
+                    client: Some("c".into()),
+                    stored: Err("r".into()),
                     ..later()
                 },
                 Decision::ClientSecretProblem,
             ),
             (
                 Observed {
-                    stored: Err(SecretError::NotFound("r".into())),
+                    stored: Err("r".into()),
                     ..later()
                 },
                 Decision::RefreshSecretProblem,

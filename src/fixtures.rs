@@ -76,6 +76,7 @@ pub fn testcontext() -> (Arc<Context>, ApiServerVerifier) {
     let settings = Settings {
         allow_http: false,
         lifetimes: Lifetimes::default(),
+        identity: "test-process".into(),
     };
     let store = Writer::<EagleEyeCredential>::default().as_reader();
     (
@@ -224,6 +225,9 @@ mod tests {
                 )
                 .await
                 .get_secret("cam-client", None)
+                .await
+                // Everything is read before anything is decided.
+                .get_secret("cam-token", None)
                 .await;
             let (v, note) = v.event("SecretNotFound").await;
             assert_eq!(note, "Secret \"cam-client\" not found");
@@ -326,6 +330,8 @@ mod tests {
                         &[],
                     )),
                 )
+                .await
+                .get_secret("cam-token", None)
                 .await;
             let (v, note) = v.event("SecretKeyMissing").await;
             assert_eq!(note, "Secret \"cam-refresh\" has no key \"refresh_token\"");

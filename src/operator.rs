@@ -53,10 +53,17 @@ pub struct RunArgs {
     /// How long before the refresh token's deadline `ReloginSoon` turns true.
     #[arg(long, default_value = "7d", value_parser = duration)]
     pub relogin_warning: jiff::SignedDuration,
-    /// Time limit of one call to the token endpoint. With leader election it must stay
-    /// within the Lease's renewal margin, so at most 10s.
-    #[arg(long, default_value = "10s", value_parser = duration)]
+    /// How long the auth server may take to answer a token call once it was sent. Generous
+    /// on purpose: the server rotates the refresh token whether or not the operator still
+    /// waits, so giving up early can lose the login. Other replicas wait this long (plus a
+    /// grace) before they may spend a token whose answer is still outstanding.
+    #[arg(long, default_value = "5m", value_parser = duration)]
     pub token_timeout: jiff::SignedDuration,
+    /// Token-endpoint calls in flight at once; more wait their turn (before anything is
+    /// sent). A small number keeps a burst of due credentials (a restart, a failover) from
+    /// slowing the auth server down for all of them.
+    #[arg(long, env = "EAGLE_EYE_MAX_CONCURRENT_REFRESHES", default_value_t = 4)]
+    pub max_concurrent_refreshes: usize,
     /// This replica's name on Events and in the Lease (default: the pod name in a cluster,
     /// else the host name). A random suffix per process is always added, as client-go
     /// does: two processes started with the same flags are never one leader.
@@ -112,14 +119,23 @@ pub async fn run(
         ),
         None => None,
     };
+    anyhow::ensure!(
+        args.max_concurrent_refreshes > 0,
+        "--max-concurrent-refreshes must be at least 1"
+    );
     let tokens = TokenClient::new(TokenClientOptions {
-        timeout: std::time::Duration::try_from(args.token_timeout).context("--token-timeout")?,
+        answer_timeout: std::time::Duration::try_from(args.token_timeout)
+            .context("--token-timeout")?,
+        max_concurrent_calls: args.max_concurrent_refreshes,
         extra_ca_pem,
         allowed_api_hosts: args.allowed_api_hosts.clone(),
         allow_http: args.allow_insecure_http,
         ..Default::default()
     })?;
+    let identity = process_identity(args.instance.as_deref());
+    info!(%identity, "this process's identity in the Lease and on Events");
     let settings = Settings {
+        identity: identity.clone(),
         allow_http: args.allow_insecure_http,
         lifetimes: Lifetimes {
             idle: args.refresh_token_idle_lifetime,
@@ -137,20 +153,14 @@ pub async fn run(
     .await
     .with_context(|| format!("binding the admin port {}", args.admin_port))?;
     info!(%addr, "admin server listening (/healthz, /readyz, /metrics)");
-    let identity = process_identity(args.instance.as_deref());
-    info!(%identity, "this process's identity in the Lease and on Events");
-    let token_timeout =
-        std::time::Duration::try_from(args.token_timeout).context("--token-timeout")?;
     let leadership = if args.no_leader_election {
         Leadership::unchecked()
     } else {
-        // A refresh starts only while the Lease has more than the call's time limit left,
-        // so a follower can never take over in the middle of one.
-        let margin = token_timeout + std::time::Duration::from_secs(1);
-        anyhow::ensure!(
-            margin.as_secs() < LEASE_GRACE_SECONDS,
-            "--token-timeout {token_timeout:?} is too long for the Lease: at most 10s"
-        );
+        // A refresh starts only while this replica holds a fresh Lease. A call may outlast
+        // the Lease (the server takes as long as it takes): the spend intent written before
+        // it keeps a new leader from spending the same token until its answer is stored or
+        // can no longer come (see `intent`).
+        let margin = std::time::Duration::from_secs(2);
         Leadership::lease(
             Api::namespaced(client.clone(), &args.lease_namespace),
             &args.lease_name,

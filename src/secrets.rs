@@ -11,6 +11,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
+use crate::content::{self, Content, Pending};
 use crate::spent;
 use crate::token::ClientCredentials;
 
@@ -54,7 +55,6 @@ pub fn fingerprint(token: &str) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The refresh token as stored, with what its Secret says about its chain.
 /// An Opaque Secret named `name` holding `data`, with `annotations` when there are any:
 /// what every Secret this crate writes (or fakes, in tests) starts from. Callers add a
 /// namespace, labels or an owner where they need one.
@@ -83,6 +83,7 @@ where
     }
 }
 
+/// The refresh token as stored, with what its Secret says about its chain.
 pub struct StoredToken {
     pub token: SecretString,
     pub fingerprint: String,
@@ -140,7 +141,7 @@ pub async fn read_refresh_token(
 pub fn chain(secret: &Secret, fingerprint: &str, now: Timestamp) -> Chain {
     let empty = BTreeMap::new();
     let a = secret.metadata.annotations.as_ref().unwrap_or(&empty);
-    let ts = |k: &str| a.get(k).and_then(|v| v.parse::<Timestamp>().ok());
+    let ts = |k: &str| a.get(k).and_then(|v| plausible_time(v, now));
     let login = ts(LOGIN_TIME);
     let ours = a.get(TOKEN_FINGERPRINT).is_some_and(|f| f == fingerprint);
     if ours {
@@ -157,6 +158,59 @@ pub fn chain(secret: &Secret, fingerprint: &str, now: Timestamp) -> Chain {
             estimated: login.is_none(),
             token_issued_at: login.unwrap_or(now),
         }
+    }
+}
+
+/// A time from an annotation, if it could be true: not before 2000 and not in the future
+/// (beyond a minute of clock skew). Anything else (`9999-12-30T00:00:00Z`, a typo) is
+/// ignored as if absent, so no later arithmetic on it can overflow.
+fn plausible_time(value: &str, now: Timestamp) -> Option<Timestamp> {
+    let t: Timestamp = value.trim().parse().ok()?;
+    let earliest = Timestamp::from_second(946_684_800).ok()?;
+    let latest = now.checked_add(jiff::SignedDuration::from_mins(1)).ok()?;
+    (earliest..=latest).contains(&t).then_some(t)
+}
+
+/// A Secret value as the operator uses it: UTF-8 with surrounding whitespace (a trailing
+/// newline from `echo` or a YAML block, a CRLF) removed; `None` when nothing is left. Every
+/// read and every comparison of stored values goes through here, so a token never differs
+/// from itself by a newline.
+pub fn normalize(raw: &[u8]) -> Option<&str> {
+    std::str::from_utf8(raw)
+        .ok()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// Records on the refresh-token Secret that `intent`'s holder is about to spend the stored
+/// token (see `intent`). The replace carries the resourceVersion of the read that found the
+/// token: `Ok(None)` when the Secret changed since (nothing may be spent on stale
+/// knowledge), else the token as now stored.
+pub async fn record_intent(
+    api: &Api<Secret>,
+    stored: &StoredToken,
+    intent: &crate::intent::Intent,
+) -> Result<Option<StoredToken>, kube::Error> {
+    let mut next = stored.secret.clone();
+    next.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(
+            crate::intent::ANNOTATION.into(),
+            crate::intent::render(intent),
+        );
+    next.string_data = None;
+    let name = next.metadata.name.clone().unwrap_or_default();
+    match api.replace(&name, &PostParams::default(), &next).await {
+        Ok(secret) => Ok(Some(StoredToken {
+            token: stored.token.clone(),
+            fingerprint: stored.fingerprint.clone(),
+            secret,
+            chain: stored.chain,
+            spent: stored.spent.clone(),
+        })),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -182,23 +236,27 @@ pub async fn write_back(
 ) -> Result<WriteBack, kube::Error> {
     let mut current = stored.secret.clone();
     let new_fp = fingerprint(new_token.expose_secret());
+    let pending = Pending {
+        spent: &stored.fingerprint,
+        new: &new_fp,
+    };
     for _ in 0..5 {
-        let held = current
+        let now_stored = current
             .data
             .as_ref()
             .and_then(|d| d.get(key))
-            .map(|v| fingerprint(&String::from_utf8_lossy(&v.0)));
+            .and_then(|v| normalize(&v.0))
+            .map(fingerprint);
         let previous = spent::read(current.metadata.annotations.as_ref());
-        match held.as_deref() {
-            Some(fp) if fp == new_fp => return Ok(WriteBack::Written(previous)),
-            // A dead token put back meanwhile (a sync tool) is written over.
-            Some(fp)
-                if fp != stored.fingerprint
-                    && !previous.iter().chain(&stored.spent).any(|d| d == fp) =>
-            {
-                return Ok(WriteBack::ReplacedByPerson);
+        let dead = spent::union(&previous, &stored.spent);
+        // A missing or emptied value is written over: the new token is the live login.
+        if let Some(fp) = &now_stored {
+            match content::classify(fp, Some(pending), &dead) {
+                Content::StoredByUs => return Ok(WriteBack::Written(previous)),
+                Content::NewLogin => return Ok(WriteBack::ReplacedByPerson),
+                // The spent token, or a dead one put back meanwhile (a sync tool).
+                Content::AwaitingWriteBack | Content::SpentPutBack | Content::Current => {}
             }
-            _ => {}
         }
         let mut next = current.clone();
         next.data.get_or_insert_with(BTreeMap::new).insert(
@@ -216,6 +274,8 @@ pub async fn write_back(
         a.insert(TOKEN_ISSUED_AT.into(), now.to_string());
         a.insert(TOKEN_FINGERPRINT.into(), new_fp.clone());
         a.insert(OWNER.into(), credential.into());
+        // The spend this write concludes is over.
+        a.remove(crate::intent::ANNOTATION);
         next.string_data = None;
         let name = next.metadata.name.clone().unwrap_or_default();
         match api.replace(&name, &PostParams::default(), &next).await {
@@ -253,9 +313,9 @@ fn value(secret: &Secret, name: &str, key: &str) -> Result<SecretString, SecretE
             name: name.into(),
             key: key.into(),
         })?;
-    match std::str::from_utf8(&raw.0).map(str::trim) {
-        Ok(v) if !v.is_empty() => Ok(SecretString::from(v.to_owned())),
-        _ => Err(SecretError::BadValue {
+    match normalize(&raw.0) {
+        Some(v) => Ok(SecretString::from(v.to_owned())),
+        None => Err(SecretError::BadValue {
             name: name.into(),
             key: key.into(),
         }),

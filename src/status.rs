@@ -22,6 +22,9 @@ pub mod reason {
     pub const WRITE_BACK_PENDING: &str = "WriteBackPending";
     pub const PUBLISH_FAILED: &str = "PublishFailed";
     pub const SUSPENDED: &str = "Suspended";
+    /// The server answered, but the operator's configuration refuses the answer (an API
+    /// host outside `--allowed-api-hosts`); nothing is spent until that changes.
+    pub const ANSWER_REFUSED: &str = "AnswerRefused";
     pub const DEADLINE_NEAR: &str = "DeadlineNear";
     pub const DEADLINE_FAR: &str = "DeadlineFar";
     pub const NO_DEADLINE: &str = "NoDeadline";

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::Api;
@@ -16,6 +16,8 @@ use secrecy::{ExposeSecret, SecretString};
 use tracing::{error, info, warn};
 
 use super::lock;
+use crate::content::{self, Content, Pending};
+use crate::decide::PendingAnswer;
 use crate::secrets;
 use crate::target::fingerprint;
 use crate::token::TokenGrant;
@@ -26,6 +28,29 @@ pub struct HeldTokens {
     /// The live refresh token per credential, as last stored or confirmed: the copy that
     /// puts a login back when something overwrites its Secret with a rotated-out token.
     live: Arc<Mutex<HashMap<String, SecretString>>>,
+    /// Logins never to send again until one of their parts changes, per credential: those
+    /// the server refused, and those whose answer the configuration refused. Kept here as
+    /// well as in status, so that a failed status write never lets a dead token be resent.
+    refused: Arc<Mutex<HashMap<String, String>>>,
+    blocked: Arc<Mutex<HashMap<String, String>>>,
+    /// Which credential each refresh token (by fingerprint, live or rotated out) belongs
+    /// to, so that a token copied into a second Secret is never spent by two credentials.
+    claims: Arc<Mutex<Claims>>,
+}
+
+#[derive(Default)]
+struct Claims {
+    by_token: HashMap<String, String>,
+    by_credential: HashMap<String, Vec<String>>,
+}
+
+/// Which list of remembered logins.
+#[derive(Clone, Copy)]
+pub(crate) enum Refusal {
+    /// The auth server refused the login.
+    Server,
+    /// The operator's configuration refused the answer (an API host not allowed).
+    Config,
 }
 
 pub(crate) struct Held {
@@ -45,6 +70,16 @@ pub(crate) struct Held {
 }
 
 impl Held {
+    /// Whether its access token is still worth publishing at `now`.
+    pub fn publishable(&self, now: Timestamp) -> bool {
+        self.grant.as_ref().is_some_and(|g| {
+            SignedDuration::try_from(g.expires_in)
+                .ok()
+                .and_then(|life| self.received_at.checked_add(life).ok())
+                .is_some_and(|expires| expires > now)
+        })
+    }
+
     /// Fingerprint of the refresh token that is current once this is stored.
     pub fn new_fingerprint(&self) -> String {
         self.new_token
@@ -57,6 +92,28 @@ impl Held {
 impl HeldTokens {
     pub(crate) fn take(&self, key: &str) -> Option<Held> {
         lock(&self.held).remove(key)
+    }
+
+    /// What `decide` needs to know of the answer `take_for` would return, with the key it
+    /// is held under and its spent list.
+    pub(crate) fn peek_for(
+        &self,
+        key: &str,
+        namespace: &str,
+        secret: &str,
+        now: Timestamp,
+    ) -> Option<(String, PendingAnswer, Vec<String>)> {
+        let held = lock(&self.held);
+        let (k, h) = held.get_key_value(key).or_else(|| {
+            held.iter()
+                .find(|(_, h)| h.namespace == namespace && h.secret == secret)
+        })?;
+        let pending = PendingAnswer {
+            spent: h.spent_fingerprint.clone(),
+            new: h.new_fingerprint(),
+            publishable: h.publishable(now),
+        };
+        Some((k.clone(), pending, h.spent.clone()))
     }
 
     pub(crate) fn put(&self, key: &str, held: Held) {
@@ -82,6 +139,70 @@ impl HeldTokens {
 
     pub(crate) fn forget_live(&self, key: &str) {
         lock(&self.live).remove(key);
+    }
+
+    fn refusals(&self, which: Refusal) -> &Mutex<HashMap<String, String>> {
+        match which {
+            Refusal::Server => &self.refused,
+            Refusal::Config => &self.blocked,
+        }
+    }
+
+    pub(crate) fn refuse(&self, which: Refusal, key: &str, login: &str) {
+        lock(self.refusals(which)).insert(key.to_owned(), login.to_owned());
+    }
+
+    pub(crate) fn is_refused(&self, which: Refusal, key: &str, login: &str) -> bool {
+        lock(self.refusals(which))
+            .get(key)
+            .is_some_and(|l| l == login)
+    }
+
+    pub(crate) fn clear_refusals(&self, key: &str) {
+        lock(&self.refused).remove(key);
+        lock(&self.blocked).remove(key);
+    }
+
+    /// Claims `tokens` (the stored one first, then those rotated out) for credential `key`,
+    /// unless another credential that `exists` claimed the stored one first: then returns
+    /// that credential's key and claims nothing.
+    pub(crate) fn claim(
+        &self,
+        key: &str,
+        tokens: &[String],
+        exists: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let mut c = lock(&self.claims);
+        if let Some(owner) = tokens.first().and_then(|t| c.by_token.get(t))
+            && owner != key
+            && exists(owner)
+        {
+            return Some(owner.clone());
+        }
+        let old = c.by_credential.remove(key).unwrap_or_default();
+        for t in old.iter().filter(|t| !tokens.contains(t)) {
+            if c.by_token.get(t).is_some_and(|o| o == key) {
+                c.by_token.remove(t);
+            }
+        }
+        for t in tokens {
+            c.by_token.insert(t.clone(), key.to_owned());
+        }
+        c.by_credential.insert(key.to_owned(), tokens.to_vec());
+        None
+    }
+
+    /// Forgets everything remembered about a deleted credential (held tokens excepted:
+    /// those still belong in their Secret).
+    pub(crate) fn forget(&self, key: &str) {
+        self.forget_live(key);
+        self.clear_refusals(key);
+        let mut c = lock(&self.claims);
+        for t in c.by_credential.remove(key).unwrap_or_default() {
+            if c.by_token.get(&t).is_some_and(|o| o == key) {
+                c.by_token.remove(&t);
+            }
+        }
     }
 
     /// Stores every held refresh token, retrying until `limit`; used when no reconcile will
@@ -159,12 +280,17 @@ async fn store(client: &Client, held: &Held) -> Result<(), String> {
     let stored = secrets::read_refresh_token(&api, &held.secret, &held.key, held.received_at)
         .await
         .map_err(|e| e.to_string())?;
-    // A person's new login wins; a token this operator rotated out, put back meanwhile,
-    // is written over.
-    let reverted =
-        stored.spent.contains(&stored.fingerprint) || held.spent.contains(&stored.fingerprint);
-    if stored.fingerprint != held.spent_fingerprint && !reverted {
-        return Ok(());
+    // A person's new login wins, and a token already stored needs nothing; the spent
+    // token, or one rotated out and put back meanwhile, is written over.
+    let new_fp = fingerprint(new.expose_secret());
+    let pending = Pending {
+        spent: &held.spent_fingerprint,
+        new: &new_fp,
+    };
+    let dead = crate::spent::union(&stored.spent, &held.spent);
+    match content::classify(&stored.fingerprint, Some(pending), &dead) {
+        Content::NewLogin | Content::StoredByUs | Content::Current => return Ok(()),
+        Content::AwaitingWriteBack | Content::SpentPutBack => {}
     }
     secrets::write_back(
         &api,

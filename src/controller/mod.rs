@@ -45,6 +45,8 @@ const MISSING_SECRET_RECHECK: Duration = Duration::from_secs(30);
 pub struct Settings {
     pub allow_http: bool,
     pub lifetimes: Lifetimes,
+    /// This process's identity (unique per process): the holder named in spend intents.
+    pub identity: String,
 }
 
 pub struct Context {
@@ -107,6 +109,8 @@ pub enum Error {
     WriteBack(String, kube::Error),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error("reconciling {0} panicked (a bug: please report it)")]
+    Panicked(String),
 }
 
 /// Kubernetes API failures back off from 1 s to at most 30 s: a rotated token may be
@@ -136,7 +140,7 @@ pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result
         Ok(Some(fresh)) => fresh,
         Ok(None) => {
             ctx.metrics.forget(&labels(&cr));
-            ctx.held.forget_live(&key(&cr));
+            ctx.held.forget(&key(&cr));
             // A token held for a deleted credential still belongs in its Secret.
             if let Some(held) = ctx.held.take(&key(&cr)) {
                 ctx.held.store_or_keep(&ctx.client, &key(&cr), held).await;
@@ -145,7 +149,16 @@ pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result
         }
         Err(e) => return Err(Error::Status(key(&cr), e)),
     };
-    let result = Reconciler::new(&fresh, &ctx).run().await;
+    // Nothing a user writes may end the process: a panic (a bug) fails this reconcile only,
+    // and what this process holds stays held for the next attempt.
+    let run = std::panic::AssertUnwindSafe(Reconciler::new(&fresh, &ctx).run());
+    let result = match futures::FutureExt::catch_unwind(run).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::error!(credential = %key(&cr), "reconcile panicked; retrying with backoff");
+            Err(Error::Panicked(key(&cr)))
+        }
+    };
     if result.is_ok() {
         lock(&ctx.api_failures).remove(&key(&cr));
     }
@@ -257,6 +270,7 @@ fn static_reason(r: &str) -> &'static str {
         reason::WRITE_BACK_PENDING,
         reason::PUBLISH_FAILED,
         reason::SUSPENDED,
+        reason::ANSWER_REFUSED,
     ]
     .into_iter()
     .find(|k| *k == r)

@@ -13,18 +13,39 @@ use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, info};
 
 use crate::crd::{EagleEyeCredential, EagleEyeCredentialStatus, RotationMode};
-use crate::schedule::{self, Inputs, Plan};
+use crate::decide::{Decision, Observed, decide};
+use crate::intent;
+use crate::schedule::{self, Inputs};
 use crate::secrets::{self, SecretError, StoredToken, WriteBack, kube_reason};
 use crate::spent;
 use crate::status::reason;
 use crate::target::{self, Publication};
-use crate::token::{ErrorClass, TokenError, TokenGrant};
+use crate::token::{CallSlot, ErrorClass, TokenError, TokenGrant};
 
-use super::held::Held;
+use super::held::{Held, Refusal};
 use super::{
     Context, Error, FIELD_MANAGER, WAITING_RECHECK, jitter, key, labels, lock, login_fingerprint,
     other_claimant, validate, whole_seconds,
 };
+
+/// How long past the token call's own time limit a spend intent still binds other holders:
+/// time for a holder that received an answer while cut off from the API server to store it
+/// once it is back, before anyone else may spend the token it traded in.
+const IN_FLIGHT_GRACE: SignedDuration = SignedDuration::from_mins(5);
+
+/// What `gather` read: the plain facts for `decide`, and what acting on them needs.
+struct Gathered {
+    observed: Observed,
+    stored: Result<StoredToken, SecretError>,
+    creds: Result<crate::token::ClientCredentials, SecretError>,
+    /// Under which key the pending answer is held (another credential's, after a rename).
+    pending_key: Option<String>,
+    published: Option<schedule::Published>,
+    spec: Option<(url::Url, SignedDuration)>,
+    refresh_before: SignedDuration,
+    login: Option<String>,
+    dead: Vec<String>,
+}
 
 pub(super) struct Reconciler<'a> {
     pub(super) cr: &'a EagleEyeCredential,
@@ -102,59 +123,16 @@ impl<'a> Reconciler<'a> {
         }
     }
 
-    pub(super) async fn run(mut self) -> Result<Action, Error> {
+    /// Reads everything once: both Secrets, the published state, what this process holds
+    /// and remembers. Kubernetes API failures are errors (retried with backoff); anything
+    /// else is a fact for `decide`.
+    async fn gather(&self) -> Result<Gathered, Error> {
         let spec = &self.cr.spec;
-        let mut first = self.read_refresh_token().await?;
-        // A token held from an earlier attempt comes first, before suspend, spec or client
-        // problems could keep it waiting in memory.
+        let r = &spec.refresh_token_secret_ref;
+        let ns = self.cr.namespace().unwrap_or_default();
+        let stored = self.read_refresh_token().await?;
+        let pending = self.ctx.held.peek_for(&self.key, &ns, &r.name, self.now);
         let validated = validate(self.cr, &self.ctx.settings);
-        let refresh_before = validated
-            .as_ref()
-            .map(|v| v.1)
-            .unwrap_or(SignedDuration::ZERO);
-        // (Only once the Secret could be read: a held token waits out a missing Secret.)
-        if let Ok(stored) = &first
-            && let Some(held) = self.ctx.held.take(&self.key)
-        {
-            if let Some(held) = self.settle(stored, held).await? {
-                return self.publish_held(stored.chain, held, refresh_before).await;
-            }
-            // The Secret may have been written: read it again.
-            first = self.read_refresh_token().await?;
-        }
-        if spec.suspend {
-            return self
-                .finish(
-                    Verdict {
-                        ready: false,
-                        reason: reason::SUSPENDED,
-                        message: "refreshing is suspended".into(),
-                    },
-                    Action::await_change(),
-                )
-                .await;
-        }
-        let (auth_url, refresh_before) = match validated {
-            Ok(v) => v,
-            Err(message) => {
-                return self
-                    .fail_waiting(reason::INVALID_SPEC, message, Action::await_change())
-                    .await;
-            }
-        };
-        if let Some(other) = other_claimant(&self.ctx.store, self.cr) {
-            let message = format!(
-                "refresh-token Secret {:?} is already refreshed by EagleEyeCredential {other:?}; two credentials spending one rotating token destroy it",
-                spec.refresh_token_secret_ref.name
-            );
-            return self
-                .fail_waiting(
-                    reason::REFRESH_TOKEN_IN_USE,
-                    message,
-                    Action::requeue(WAITING_RECHECK),
-                )
-                .await;
-        }
         let c = &spec.client_secret_ref;
         let creds = match secrets::read_client(
             &self.secrets,
@@ -164,41 +142,266 @@ impl<'a> Reconciler<'a> {
         )
         .await
         {
-            Ok(creds) => creds,
-            Err(e) => return self.secret_problem(e).await,
+            Err(e @ SecretError::Api { .. }) => return Err(e.into()),
+            other => other,
         };
-        let stored = match first {
-            Ok(s) => s,
-            Err(e) => return self.secret_problem(e).await,
-        };
-        let login = login_fingerprint(&auth_url, &spec.scope, &creds, &stored);
-        if self.status.refused_login_fingerprint.as_ref() == Some(&login) {
-            // Sending a refused token again cannot succeed, and servers count it as reuse.
-            self.status.next_refresh_at = None;
-            let verdict = self.current_verdict(None);
-            return self.finish(verdict, Action::requeue(WAITING_RECHECK)).await;
-        }
         let published = self.published().await?;
+        let stored_ok = stored.as_ref().ok();
         let dead = spent::union(
-            &stored.spent,
-            published
-                .as_ref()
-                .map_or(&[][..], |p| &p.spent_fingerprints),
+            &stored_ok.map(|s| s.spent.clone()).unwrap_or_default(),
+            &spent::union(
+                published
+                    .as_ref()
+                    .map_or(&[][..], |p| &p.spent_fingerprints),
+                pending.as_ref().map_or(&[][..], |(_, _, spent)| spent),
+            ),
         );
-        if dead.contains(&stored.fingerprint) {
-            return self.undo_revert(stored, &dead).await;
+        let login = match (&validated, &creds, stored_ok) {
+            (Ok((url, _)), Ok(creds), Some(stored)) => {
+                Some(login_fingerprint(url, &spec.scope, creds, stored))
+            }
+            _ => None,
+        };
+        let remembered = |which: Refusal| {
+            login
+                .as_ref()
+                .is_some_and(|l| self.ctx.held.is_refused(which, &self.key, l))
+        };
+        let refused = login.is_some()
+            && (self.status.refused_login_fingerprint == login || remembered(Refusal::Server));
+        let blocked = remembered(Refusal::Config);
+        let claimed_elsewhere = match (&pending, stored_ok) {
+            (None, Some(stored)) => self.claimed_elsewhere(stored),
+            _ => None,
+        };
+        let me = self.holder();
+        let intent = stored_ok.map_or(intent::Verdict::Free, |s| {
+            intent::verdict(
+                intent::read(s.secret.metadata.annotations.as_ref()).as_ref(),
+                &s.fingerprint,
+                &me,
+                self.now,
+            )
+        });
+        let refresh_before = validated
+            .as_ref()
+            .map(|v| v.1)
+            .unwrap_or(SignedDuration::ZERO);
+        let plan = match stored_ok {
+            Some(stored) => {
+                schedule::plan(&self.schedule_inputs(published.clone(), stored, refresh_before))
+            }
+            None => schedule::Plan::RefreshNow(schedule::Why::NothingPublished),
+        };
+        let live_known = self.ctx.held.live(&self.key, &dead).is_some();
+        let observed = Observed {
+            now: self.now,
+            suspended: spec.suspend,
+            spec_problem: validated.as_ref().err().cloned(),
+            claimed_elsewhere,
+            client: creds.as_ref().err().map(ToString::to_string),
+            stored: stored
+                .as_ref()
+                .map(|s| s.fingerprint.clone())
+                .map_err(ToString::to_string),
+            pending: pending.as_ref().map(|(_, p, _)| p.clone()),
+            dead: dead.clone(),
+            live_known,
+            refused,
+            blocked,
+            intent,
+            plan,
+        };
+        Ok(Gathered {
+            observed,
+            stored,
+            creds,
+            pending_key: pending.map(|(k, _, _)| k),
+            published,
+            spec: validated.ok(),
+            refresh_before,
+            login,
+            dead,
+        })
+    }
+
+    /// Why another credential owns the stored token, if one does: by Secret (same
+    /// namespace, first created wins) or by the token itself (a copy in another Secret).
+    /// Another namespace's names are never revealed.
+    fn claimed_elsewhere(&self, stored: &StoredToken) -> Option<String> {
+        let spec = &self.cr.spec;
+        if let Some(other) = other_claimant(&self.ctx.store, self.cr) {
+            return Some(format!(
+                "refresh-token Secret {:?} is already refreshed by EagleEyeCredential {other:?}; two credentials spending one rotating token destroy it",
+                spec.refresh_token_secret_ref.name
+            ));
         }
-        self.ctx.held.remember_live(&self.key, &stored.token);
-        let inputs = self.schedule_inputs(published.clone(), &stored, refresh_before);
-        match schedule::plan(&inputs) {
-            Plan::RefreshAt(at, _) => {
+        let mut tokens = vec![stored.fingerprint.clone()];
+        tokens.extend(stored.spent.iter().cloned());
+        let store = &self.ctx.store;
+        let owner = self.ctx.held.claim(&self.key, &tokens, |owner| {
+            store
+                .state()
+                .iter()
+                .any(|c| key(c) == owner && c.metadata.deletion_timestamp.is_none())
+        })?;
+        let ns = self.cr.namespace().unwrap_or_default();
+        let who = match owner.split_once('/') {
+            Some((owner_ns, name)) if owner_ns == ns => format!("EagleEyeCredential {name:?}"),
+            _ => "a credential in another namespace".to_owned(),
+        };
+        Some(format!(
+            "Secret {:?} holds the same refresh token as {who}, which refreshes it already; two credentials spending one rotating token destroy it: give each credential its own login",
+            spec.refresh_token_secret_ref.name
+        ))
+    }
+
+    /// This credential's name as a spender, in spend intents.
+    fn holder(&self) -> String {
+        intent::holder(
+            &self.ctx.settings.identity,
+            self.cr.metadata.uid.as_deref().unwrap_or("-"),
+        )
+    }
+
+    pub(super) async fn run(self) -> Result<Action, Error> {
+        let gathered = self.gather().await?;
+        let decision = decide(&gathered.observed);
+        debug!(?decision, "decided");
+        self.act(decision, gathered).await
+    }
+
+    /// Carries out one decision; decides nothing itself.
+    async fn act(mut self, decision: Decision, g: Gathered) -> Result<Action, Error> {
+        let chain = g.stored.as_ref().ok().map(|s| s.chain);
+        match decision {
+            Decision::StorePending => {
+                let (Some(k), Ok(stored)) = (&g.pending_key, &g.stored) else {
+                    return Ok(Action::requeue(Duration::ZERO));
+                };
+                let Some(held) = self.ctx.held.take(k) else {
+                    return Ok(Action::requeue(Duration::ZERO));
+                };
+                info!(held_for = %self.now.duration_since(held.received_at), "storing the rotated refresh token held in memory");
+                // After a revert the chain annotations describe the spent token, not the
+                // one stored.
+                let stored = StoredToken {
+                    token: stored.token.clone(),
+                    fingerprint: stored.fingerprint.clone(),
+                    secret: stored.secret.clone(),
+                    chain: secrets::chain(&stored.secret, &held.spent_fingerprint, self.now),
+                    spent: g.dead.clone(),
+                };
+                let chain = stored.chain;
+                let publishable = held.publishable(self.now);
+                match self.store_rotated(&stored, held).await? {
+                    Some(held) if publishable => {
+                        self.publish_held(chain, held, g.refresh_before).await
+                    }
+                    _ => Ok(Action::requeue(Duration::ZERO)),
+                }
+            }
+            Decision::PublishPending => {
+                let (Some(k), Some(chain)) = (&g.pending_key, chain) else {
+                    return Ok(Action::requeue(Duration::ZERO));
+                };
+                match self.ctx.held.take(k) {
+                    Some(held) => self.publish_held(chain, held, g.refresh_before).await,
+                    None => Ok(Action::requeue(Duration::ZERO)),
+                }
+            }
+            Decision::ForgetPending => {
+                if let Some(k) = &g.pending_key {
+                    self.ctx.held.take(k);
+                }
+                Ok(Action::requeue(Duration::ZERO))
+            }
+            Decision::YieldToNewLogin => {
+                if let Some(k) = &g.pending_key {
+                    self.ctx.held.take(k);
+                }
+                self.event(EventType::Normal, "RefreshTokenReplaced", "a person stored a new refresh token while a rotated one waited to be stored; using theirs").await;
+                Ok(Action::requeue(Duration::ZERO))
+            }
+            Decision::KeepPending | Decision::RefreshSecretProblem => match g.stored {
+                Err(e) => self.secret_problem(e).await,
+                Ok(_) => Ok(Action::requeue(Duration::ZERO)),
+            },
+            Decision::Suspended => {
+                self.finish(
+                    Verdict {
+                        ready: false,
+                        reason: reason::SUSPENDED,
+                        message: "refreshing is suspended".into(),
+                    },
+                    Action::await_change(),
+                )
+                .await
+            }
+            Decision::InvalidSpec(message) => {
+                self.fail_waiting(reason::INVALID_SPEC, message, Action::await_change())
+                    .await
+            }
+            Decision::InUse(message) => {
+                self.fail_waiting(
+                    reason::REFRESH_TOKEN_IN_USE,
+                    message,
+                    Action::requeue(WAITING_RECHECK),
+                )
+                .await
+            }
+            Decision::ClientSecretProblem => match g.creds {
+                Err(e) => self.secret_problem(e).await,
+                Ok(_) => Ok(Action::requeue(Duration::ZERO)),
+            },
+            Decision::WaitForLogin => {
+                // Sending a refused token again cannot succeed, and servers count it as reuse.
+                if let Some(login) = &g.login {
+                    self.ctx.held.refuse(Refusal::Server, &self.key, login);
+                }
+                self.status.next_refresh_at = None;
+                let verdict = self.current_verdict(None);
+                self.finish(verdict, Action::requeue(WAITING_RECHECK)).await
+            }
+            Decision::WaitForConfig => {
+                self.status.next_refresh_at = None;
+                let verdict = self.current_verdict(None);
+                self.finish(verdict, Action::requeue(WAITING_RECHECK)).await
+            }
+            Decision::RestoreLive | Decision::Reverted => match g.stored {
+                Ok(stored) => self.undo_revert(stored, &g.dead).await,
+                Err(_) => Ok(Action::requeue(Duration::ZERO)),
+            },
+            Decision::Deferred { holder, until } => {
+                let message = format!(
+                    "not refreshing until {until}: {holder} may still receive the answer to a refresh it sent with this token, and spending it meanwhile could lose the login"
+                );
+                info!(%holder, %until, "deferring a refresh to another holder's spend intent");
+                self.event(EventType::Normal, "RefreshDeferred", &message)
+                    .await;
+                let verdict = self.current_verdict(g.published.as_ref().map(|p| p.expires_at));
+                let wait = schedule::until(self.now, until) + Duration::from_secs(1);
+                self.finish(verdict, Action::requeue(wait)).await
+            }
+            Decision::WaitUntil(at) => {
                 self.status.next_refresh_at = Some(Time(at));
-                self.set_deadline(stored.chain);
-                let verdict = self.current_verdict(published.as_ref().map(|p| p.expires_at));
+                if let Some(chain) = chain {
+                    self.set_deadline(chain);
+                }
+                if let Ok(stored) = &g.stored {
+                    self.ctx.held.remember_live(&self.key, &stored.token);
+                }
+                let verdict = self.current_verdict(g.published.as_ref().map(|p| p.expires_at));
                 let action = Action::requeue(schedule::until(self.now, at));
                 self.finish(verdict, action).await
             }
-            Plan::RefreshNow(why) => {
+            Decision::Spend(why) => {
+                let (Ok(stored), Ok(creds), Some((auth_url, _)), Some(login)) =
+                    (g.stored, g.creds, g.spec, g.login)
+                else {
+                    return Ok(Action::requeue(Duration::ZERO));
+                };
+                self.ctx.held.remember_live(&self.key, &stored.token);
                 if let Some(wait) = self.ctx.leadership.not_safe_to_spend().await {
                     info!(
                         ?wait,
@@ -207,14 +410,56 @@ impl<'a> Reconciler<'a> {
                     return Ok(Action::requeue(wait));
                 }
                 info!(?why, "refreshing");
-                self.refresh(&auth_url, &creds, stored, &login, refresh_before)
+                self.spend(&auth_url, &creds, stored, &login, g.refresh_before)
                     .await
             }
         }
     }
 
+    /// Records the spend intent on the token's Secret (rotating tokens), then refreshes.
+    /// The intent write carries the resourceVersion of the read that found the token: if
+    /// anything changed since, nothing is spent and the next reconcile looks again.
+    async fn spend(
+        self,
+        auth_url: &url::Url,
+        creds: &crate::token::ClientCredentials,
+        stored: StoredToken,
+        login: &str,
+        refresh_before: SignedDuration,
+    ) -> Result<Action, Error> {
+        let slot = self.ctx.tokens.reserve().await;
+        if self.rotation() == schedule::Rotation::NonRotating {
+            return self
+                .refresh(slot, auth_url, creds, stored, login, refresh_before)
+                .await;
+        }
+        let now = Timestamp::now();
+        let answer_limit =
+            SignedDuration::try_from(self.ctx.tokens.answer_limit()).unwrap_or(SignedDuration::MAX);
+        let until = now
+            .checked_add(answer_limit)
+            .and_then(|t| t.checked_add(IN_FLIGHT_GRACE))
+            .unwrap_or(Timestamp::MAX);
+        let intent = intent::Intent {
+            fingerprint: stored.fingerprint.clone(),
+            holder: self.holder(),
+            until: whole_seconds(until),
+        };
+        let r = &self.cr.spec.refresh_token_secret_ref;
+        match secrets::record_intent(&self.secrets, &stored, &intent).await {
+            Ok(Some(stored)) => {
+                self.refresh(slot, auth_url, creds, stored, login, refresh_before)
+                    .await
+            }
+            // Someone wrote the Secret since it was read: read it again.
+            Ok(None) => Ok(Action::requeue(Duration::ZERO)),
+            Err(e) => Err(Error::WriteBack(r.name.clone(), e)),
+        }
+    }
+
     pub(super) async fn refresh(
         mut self,
+        slot: CallSlot,
         auth_url: &url::Url,
         creds: &crate::token::ClientCredentials,
         stored: StoredToken,
@@ -226,7 +471,7 @@ impl<'a> Reconciler<'a> {
         let result = self
             .ctx
             .tokens
-            .refresh(auth_url, creds, &stored.token, scope)
+            .refresh_with(slot, auth_url, creds, &stored.token, scope)
             .await;
         self.answered_at = Some(std::time::Instant::now());
         // Times from here on count from the answer: the token's life starts there.
@@ -397,47 +642,6 @@ impl<'a> Reconciler<'a> {
         }
     }
 
-    /// A token held from an earlier attempt: stores it if that has not happened yet.
-    /// Returns it when its access token still needs publishing.
-    async fn settle(&mut self, stored: &StoredToken, held: Held) -> Result<Option<Held>, Error> {
-        let new_fp = held.new_fingerprint();
-        // A token this operator rotated out, put back meanwhile, is no person's new login.
-        let reverted = stored.fingerprint != held.spent_fingerprint
-            && stored.fingerprint != new_fp
-            && (stored.spent.contains(&stored.fingerprint)
-                || held.spent.contains(&stored.fingerprint));
-        let held = if (stored.fingerprint == held.spent_fingerprint || reverted)
-            && held.new_token.is_some()
-        {
-            info!(held_for = %self.now.duration_since(held.received_at), "storing the rotated refresh token held in memory");
-            // After a revert the chain annotations describe the spent token, not the stored.
-            let stored = &StoredToken {
-                token: stored.token.clone(),
-                fingerprint: stored.fingerprint.clone(),
-                secret: stored.secret.clone(),
-                chain: secrets::chain(&stored.secret, &held.spent_fingerprint, self.now),
-                spent: stored.spent.clone(),
-            };
-            match self.store_rotated(stored, held).await? {
-                Some(held) => held,
-                None => return Ok(None),
-            }
-        } else if stored.fingerprint == new_fp {
-            held
-        } else {
-            self.event(EventType::Normal, "RefreshTokenReplaced", "a person stored a new refresh token while a rotated one waited to be stored; using theirs").await;
-            return Ok(None);
-        };
-        // An answer without a usable access token, or one that has expired meanwhile, is
-        // not worth publishing: the schedule refreshes with the stored token instead.
-        let live = held.grant.as_ref().is_some_and(|g| {
-            held.received_at
-                + SignedDuration::try_from(g.expires_in).unwrap_or(SignedDuration::ZERO)
-                > self.now
-        });
-        Ok(live.then_some(held))
-    }
-
     /// Publishes a stored answer's access token, then the status. A failed publish keeps
     /// the answer held, so the next attempt publishes it instead of refreshing again.
     async fn publish_held(
@@ -567,10 +771,37 @@ impl<'a> Reconciler<'a> {
         self.status.failed_refresh_attempts = self.status.failed_refresh_attempts.saturating_add(1);
         self.status.last_failure_time = Some(Time(self.now));
         if let Some(after) = err.retry_after() {
-            let at = self.now + SignedDuration::try_from(after).unwrap_or(SignedDuration::ZERO);
+            // From the precise time of the answer: rounding down to the second would retry
+            // up to a second before the server asked.
+            let after = SignedDuration::try_from(after).unwrap_or(SignedDuration::ZERO);
+            let at = Timestamp::now()
+                .checked_add(after)
+                .unwrap_or(Timestamp::MAX);
             lock(&self.ctx.retry_not_before).insert(self.key.clone(), at);
         }
         let r = &self.cr.spec.refresh_token_secret_ref;
+        if err.class() == ErrorClass::RefusedByConfig {
+            // The server answered (and rotated: the new token was stored above), but this
+            // operator may not use the answer. Spending again would only rotate for nothing:
+            // wait until the configuration or the login changes.
+            self.ctx.held.refuse(Refusal::Config, &self.key, login);
+            let message = format!(
+                "the auth server's answer was refused by the operator's configuration ({err}); the rotated refresh token was stored, and no refresh is tried again until the operator's flags (--allowed-api-hosts) or the login change"
+            );
+            self.event(EventType::Warning, reason::ANSWER_REFUSED, &message)
+                .await;
+            self.status.next_refresh_at = None;
+            return self
+                .finish(
+                    Verdict {
+                        ready: false,
+                        reason: reason::ANSWER_REFUSED,
+                        message,
+                    },
+                    Action::requeue(WAITING_RECHECK),
+                )
+                .await;
+        }
         if err.class() == ErrorClass::Reauthorize {
             // Before declaring the login dead, make sure the token spent is still the one
             // stored: if it changed meanwhile, someone logged in again or rotated it.
@@ -593,6 +824,7 @@ impl<'a> Reconciler<'a> {
             // server incident: only rotating logins are held back.
             if self.rotation() != schedule::Rotation::NonRotating {
                 self.status.refused_login_fingerprint = Some(login.to_owned());
+                self.ctx.held.refuse(Refusal::Server, &self.key, login);
             }
             return self
                 .finish(
@@ -609,8 +841,8 @@ impl<'a> Reconciler<'a> {
         let published = self.published().await.unwrap_or(None);
         let inputs = self.schedule_inputs(published.clone(), stored, SignedDuration::ZERO);
         let at = match schedule::plan(&inputs) {
-            Plan::RefreshAt(at, _) => at,
-            Plan::RefreshNow(_) => {
+            schedule::Plan::RefreshAt(at, _) => at,
+            schedule::Plan::RefreshNow(_) => {
                 self.now
                     + SignedDuration::try_from(schedule::MIN_BACKOFF)
                         .unwrap_or(SignedDuration::ZERO)

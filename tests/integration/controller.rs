@@ -435,12 +435,9 @@ async fn hostile_responses_leave_the_operator_healthy_with_a_clear_condition() {
         .filter(|e| e.reason.as_deref() == Some("RefreshFailed"))
         .filter_map(|e| e.note)
         .collect();
-    for r in [
-        "MalformedResponse",
-        "ResponseTooLarge",
-        "Timeout",
-        "Connect",
-    ] {
+    // A hang and a dropped connection come after the request was sent: the server may have
+    // acted on it, so both are an unknown outcome, not a plain transient failure.
+    for r in ["MalformedResponse", "ResponseTooLarge", "OutcomeUnknown"] {
         assert!(notes.iter().any(|n| n.contains(r)), "no {r} in {notes:#?}");
     }
     assert!(op.is_running(), "the operator survived");
@@ -608,9 +605,11 @@ async fn a_rotated_token_in_an_answer_that_fails_validation_is_still_stored() {
     let si = stand_in(Duration::from_secs(3600)).await;
     let login = login(&si, "foreign-client", true).await;
     create_secrets(&env, "foreign", &login).await;
-    // The server rotates the token but names an API host outside the allow-list; the retry
-    // after it is held at the stand-in while the test looks at what was published.
-    si.inject(Fault::ForeignApiHost, 1);
+    // The server rotates the token but its answer is over the size cap (a proxy padding
+    // it); the retry after it is held at the stand-in while the test looks at what was
+    // published. (An API host outside the allow-list is a configuration error instead: see
+    // `token_safety_b`.)
+    si.inject(Fault::Padded { bytes: 100_000 }, 1);
     let retry = Gate::new();
     si.inject(Fault::Hold(retry.clone()), 1);
     let _op = Operator::start(&env, &si, &[]).await;
@@ -624,10 +623,7 @@ async fn a_rotated_token_in_an_answer_that_fails_validation_is_still_stored() {
         .find(|c| c.type_ == "Ready")
         .unwrap()
         .message;
-    assert!(
-        message.contains("MalformedResponse") && message.contains("httpsBaseUrl"),
-        "{message}"
-    );
+    assert!(message.contains("ResponseTooLarge"), "{message}");
     let stored = secret_data(&env, "foreign-refresh").await.unwrap();
     assert_ne!(
         stored["refresh_token"], login.grant.refresh_token,
