@@ -1,12 +1,13 @@
 //! The token client against the auth stand-in, over real HTTPS: success paths, every error
-//! class, every injected fault, and what error and grant text may show.
+//! class, every injected fault, the time limits and call slots, and what error and grant
+//! text may show.
 
 use std::time::{Duration, Instant};
 
 use eagle_eye_operator::token::{
     ClientCredentials, ErrorClass, TokenClient, TokenClientOptions, TokenError, TokenGrant,
 };
-use eagle_eye_testbed::standin::{ClientRegistration, Fault, StandIn, StandInConfig};
+use eagle_eye_testbed::standin::{ClientRegistration, Fault, Gate, StandIn, StandInConfig};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
@@ -312,6 +313,7 @@ async fn an_oversized_answer_is_refused() {
         class_and_reason(&err),
         (ErrorClass::Transient, "ResponseTooLarge")
     );
+    assert!(err.refresh_token().is_none(), "that answer carried none");
 
     // Just over a small cap, so the limit is what refuses it, not luck.
     let env = env_with("plain-secret", |s| TokenClientOptions {
@@ -324,26 +326,57 @@ async fn an_oversized_answer_is_refused() {
     assert_eq!(err.reason(), "ResponseTooLarge");
 }
 
-#[tokio::test]
-async fn a_hanging_endpoint_times_out() {
-    let env = env_with("plain-secret", |s| TokenClientOptions {
-        timeout: Duration::from_secs(1),
+/// Options with short limits, for tests of what happens when they run out.
+fn short_limits(s: &StandIn, connect: Duration, answer: Duration) -> TokenClientOptions {
+    TokenClientOptions {
+        connect_timeout: connect,
+        answer_timeout: answer,
         ..options_for(s)
-    })
-    .await;
-    env.stand_in.inject(Fault::Hang, 1);
-    let started = Instant::now();
-    let err = env.refresh_fresh_login().await.unwrap_err();
-    assert_eq!(class_and_reason(&err), (ErrorClass::Transient, "Timeout"));
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    }
 }
 
 #[tokio::test]
-async fn a_slow_answer_within_the_timeout_is_fine() {
+async fn a_hanging_endpoint_past_the_answer_limit_is_an_unknown_outcome() {
+    let second = Duration::from_secs(1);
+    let env = env_with("plain-secret", |s| short_limits(s, second, second)).await;
+    assert_eq!(env.client.answer_limit(), 2 * second);
+    env.stand_in.inject(Fault::Hang, 1);
+    let started = Instant::now();
+    let err = env.refresh_fresh_login().await.unwrap_err();
+    assert_eq!(
+        class_and_reason(&err),
+        (ErrorClass::OutcomeUnknown, "OutcomeUnknown")
+    );
+    assert!(err.to_string().contains("no answer came in time"), "{err}");
+    assert!(started.elapsed() < 4 * second, "{:?}", started.elapsed());
+    // The request did reach the server, which is why the outcome is unknown.
+    let log = env.stand_in.token_requests();
+    assert_eq!((log.len(), log[0].status), (1, None));
+}
+
+#[tokio::test]
+async fn a_twelve_second_answer_is_received_not_abandoned() {
+    // The case: connecting may take 10 s at most, but the answer may take longer.
+    let env = env_with("plain-secret", |s| TokenClientOptions {
+        answer_timeout: Duration::from_secs(30),
+        ..options_for(s)
+    })
+    .await;
+    env.stand_in
+        .inject(Fault::Delay(Duration::from_secs(12)), 1);
+    let login = env.stand_in.login("operator-test");
+    let started = Instant::now();
+    let grant = env.refresh(&login.refresh_token).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(12));
+    let rotated = grant
+        .refresh_token
+        .expect("a rotating client gets a new one");
+    assert!(env.stand_in.refresh_token_is_live(rotated.expose_secret()));
+    assert!(!env.stand_in.refresh_token_is_live(&login.refresh_token));
+}
+
+#[tokio::test]
+async fn a_slow_answer_within_an_overall_timeout_is_fine() {
     let env = env_with("plain-secret", |s| TokenClientOptions {
         timeout: Duration::from_secs(5),
         ..options_for(s)
@@ -355,24 +388,185 @@ async fn a_slow_answer_within_the_timeout_is_fine() {
 }
 
 #[tokio::test]
-async fn a_dropped_connection_is_a_transient_connect_error() {
-    let env = env().await;
-    env.stand_in.inject(Fault::DropConnection, 1);
+async fn an_overall_timeout_that_cuts_an_answer_short_is_an_unknown_outcome() {
+    let env = env_with("plain-secret", |s| TokenClientOptions {
+        timeout: Duration::from_secs(1),
+        ..options_for(s)
+    })
+    .await;
+    env.stand_in.inject(Fault::Delay(Duration::from_secs(3)), 1);
     let err = env.refresh_fresh_login().await.unwrap_err();
-    assert_eq!(class_and_reason(&err), (ErrorClass::Transient, "Connect"));
-    assert!(err.to_string().contains("connection closed"), "{err}");
+    assert_eq!(err.class(), ErrorClass::OutcomeUnknown);
 }
 
 #[tokio::test]
-async fn an_api_host_outside_the_allow_list_is_refused() {
+async fn a_connection_dropped_after_the_request_was_read_is_an_unknown_outcome() {
+    let env = env().await;
+    env.stand_in.inject(Fault::DropConnection, 1);
+    let err = env.refresh_fresh_login().await.unwrap_err();
+    assert_eq!(
+        class_and_reason(&err),
+        (ErrorClass::OutcomeUnknown, "OutcomeUnknown")
+    );
+    assert!(err.to_string().contains("connection closed"), "{err}");
+    assert_eq!(env.stand_in.token_requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_closed_port_is_transient_because_nothing_was_sent() {
+    let env = env().await;
+    let login = env.stand_in.login("operator-test");
+    let url = env.stand_in.url();
+    env.stand_in.shutdown().await;
+    let token = SecretString::from(login.refresh_token.as_str());
+    let err = env
+        .client
+        .refresh(&url, &env.creds, &token, SCOPE)
+        .await
+        .unwrap_err();
+    assert_eq!(class_and_reason(&err), (ErrorClass::Transient, "Connect"));
+    assert!(err.to_string().contains("connection refused"), "{err}");
+}
+
+#[tokio::test]
+async fn with_two_call_slots_a_third_call_reaches_the_server_only_once_one_frees() {
     let env = env_with("plain-secret", |s| TokenClientOptions {
+        max_concurrent_calls: 2,
+        ..options_for(s)
+    })
+    .await;
+    let gate = Gate::new();
+    env.stand_in.inject(Fault::Hold(gate.clone()), 3);
+    let tokens: Vec<String> = (0..3)
+        .map(|_| env.stand_in.login("operator-test").refresh_token)
+        .collect();
+    let calls = futures::future::join_all(tokens.iter().map(|t| env.refresh(t)));
+    let watch = async {
+        let arrived = tokio::time::timeout(Duration::from_secs(10), async {
+            while env.stand_in.token_requests().len() < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(arrived.is_ok(), "two calls reach the stand-in");
+        // Long enough for a third call to arrive, were it let through.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(env.stand_in.token_requests().len(), 2, "the third waits");
+        assert_eq!(env.client.in_flight(), 2);
+        let opened = Instant::now();
+        gate.open();
+        opened
+    };
+    let (results, opened) = tokio::join!(calls, watch);
+    for result in results {
+        result.unwrap();
+    }
+    let log = env.stand_in.token_requests();
+    assert_eq!(log.len(), 3);
+    assert!(
+        log[2].arrived >= opened,
+        "the third arrived only after the gate opened"
+    );
+    assert_eq!(env.client.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn a_reserved_slot_makes_other_calls_wait_and_a_call_dropped_while_waiting_sends_nothing() {
+    let env = env_with("plain-secret", |s| TokenClientOptions {
+        max_concurrent_calls: 1,
+        ..options_for(s)
+    })
+    .await;
+    let slot = env.client.reserve().await;
+    let deadline = slot.deadline();
+    let waiting = tokio::time::timeout(Duration::from_millis(300), env.refresh_fresh_login());
+    assert!(waiting.await.is_err(), "no slot free: the call waits");
+    assert_eq!(env.stand_in.token_requests().len(), 0);
+
+    let login = env.stand_in.login("operator-test");
+    let token = SecretString::from(login.refresh_token.as_str());
+    let grant = env
+        .client
+        .refresh_with(slot, &env.stand_in.url(), &env.creds, &token, SCOPE)
+        .await
+        .unwrap();
+    assert!(Instant::now() < deadline);
+    assert!(grant.refresh_token.is_some());
+    assert_eq!(env.stand_in.token_requests().len(), 1);
+    env.refresh_fresh_login().await.unwrap();
+}
+
+/// Refreshes a fresh login with `fault` injected; returns the error and the token sent.
+async fn refresh_with_fault(env: &Env, fault: Fault) -> (TokenError, String) {
+    env.stand_in.inject(fault, 1);
+    let login = env.stand_in.login("operator-test");
+    let err = env.refresh(&login.refresh_token).await.unwrap_err();
+    (err, login.refresh_token)
+}
+
+/// The token an error carries is the live one the stand-in rotated to, the one sent dead.
+fn assert_carries_the_rotated_token(env: &Env, err: &TokenError, sent: &str) {
+    let carried = err
+        .refresh_token()
+        .expect("the error carries the new token");
+    assert!(
+        env.stand_in.refresh_token_is_live(carried.expose_secret()),
+        "the carried token is the live one: {err}"
+    );
+    assert!(!env.stand_in.refresh_token_is_live(sent));
+}
+
+#[tokio::test]
+async fn a_rotated_token_in_an_answer_over_the_size_cap_is_handed_on() {
+    let env = env().await;
+    // Over the 64 KiB cap, and over the 1 MiB read ceiling too.
+    for bytes in [100_000, 3 * 1024 * 1024] {
+        let (err, sent) = refresh_with_fault(&env, Fault::Padded { bytes }).await;
+        assert_eq!(
+            class_and_reason(&err),
+            (ErrorClass::Transient, "ResponseTooLarge")
+        );
+        assert_carries_the_rotated_token(&env, &err, &sent);
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_token_in_an_answer_that_is_not_utf8_is_handed_on() {
+    let env = env().await;
+    let (err, sent) = refresh_with_fault(&env, Fault::InvalidUtf8).await;
+    assert_eq!(
+        class_and_reason(&err),
+        (ErrorClass::Transient, "MalformedResponse")
+    );
+    assert_carries_the_rotated_token(&env, &err, &sent);
+}
+
+#[tokio::test]
+async fn an_api_host_outside_the_allow_list_is_a_configuration_refusal_that_keeps_the_token() {
+    let vendor_only = env_with("plain-secret", |s| TokenClientOptions {
         allowed_api_hosts: vec!["*.eagleeyenetworks.com".into()],
         ..options_for(s)
     })
     .await;
-    let err = env.refresh_fresh_login().await.unwrap_err();
-    assert_eq!(err.reason(), "MalformedResponse");
-    assert!(err.to_string().contains("httpsBaseUrl.hostname"), "{err}");
+    let login = vendor_only.stand_in.login("operator-test");
+    let err = vendor_only.refresh(&login.refresh_token).await.unwrap_err();
+    assert_eq!(
+        class_and_reason(&err),
+        (ErrorClass::RefusedByConfig, "ApiHostNotAllowed")
+    );
+    assert!(
+        err.to_string()
+            .contains("\"127.0.0.1\" (httpsBaseUrl.hostname)"),
+        "{err}"
+    );
+    assert_carries_the_rotated_token(&vendor_only, &err, &login.refresh_token);
+
+    // The same when the answer names a foreign host and the list allows only the stand-in.
+    let stand_in_only = env().await;
+    let (err, sent) = refresh_with_fault(&stand_in_only, Fault::ForeignApiHost).await;
+    assert_eq!(err.reason(), "ApiHostNotAllowed");
+    assert!(err.to_string().contains("api.foreign.example"), "{err}");
+    assert_carries_the_rotated_token(&stand_in_only, &err, &sent);
 }
 
 #[tokio::test]
@@ -436,7 +630,8 @@ async fn plain_http_is_refused_unless_allowed() {
 
 #[tokio::test]
 async fn no_error_or_grant_text_shows_secrets_tokens_or_bodies() {
-    let env = env_with(AWKWARD_SECRET, options_for).await;
+    let limit = Duration::from_secs(2);
+    let env = env_with(AWKWARD_SECRET, |s| short_limits(s, limit, limit)).await;
     let mut secrets: Vec<String> = vec![AWKWARD_SECRET.into(), "s3cr".into()];
     let mut texts = Vec::new();
     let mut record =
@@ -448,7 +643,12 @@ async fn no_error_or_grant_text_shows_secrets_tokens_or_bodies() {
                 }
                 texts.push(format!("{grant:?}"));
             }
-            Err(err) => texts.push(format!("{err} | {err:?}")),
+            Err(err) => {
+                if let Some(rt) = err.refresh_token() {
+                    secrets.push(rt.expose_secret().to_owned());
+                }
+                texts.push(format!("{err} | {err:?}"));
+            }
         };
 
     let login = env.stand_in.login("operator-test");
@@ -488,6 +688,12 @@ async fn no_error_or_grant_text_shows_secrets_tokens_or_bodies() {
         Fault::NonJson,
         Fault::Oversized { bytes: 200_000 },
         Fault::DropConnection,
+        Fault::Hang,
+        Fault::ForeignApiHost,
+        Fault::Padded {
+            bytes: 2 * 1024 * 1024,
+        },
+        Fault::InvalidUtf8,
     ] {
         env.stand_in.inject(fault, 1);
         let rt = env.stand_in.login("operator-test").refresh_token;
@@ -505,8 +711,18 @@ async fn no_error_or_grant_text_shows_secrets_tokens_or_bodies() {
         "back soon",
         "html",
         "AAAAAAAA",
+        "xxxxxxxx",
+        "note",
     ];
-    assert!(texts.len() >= 10, "{texts:#?}");
+    assert!(texts.len() >= 14, "{texts:#?}");
+    let carried = texts
+        .iter()
+        .filter(|t| t.contains("refresh_token: Some("))
+        .count();
+    assert!(
+        carried >= 3,
+        "errors carrying a rotated token were checked: {texts:#?}"
+    );
     for text in &texts {
         for secret in &secrets {
             assert!(
