@@ -9,7 +9,7 @@ use crate::support::operator::{
     Operator, create_credential, create_secrets, login, ready, secret_data, stand_in,
     wait_for_reason,
 };
-use crate::support::{env, eventually, figure};
+use crate::support::{TestEnv, env, eventually, figure};
 use eagle_eye_testbed::standin::{Fault, Gate};
 use k8s_openapi::api::coordination::v1::Lease;
 
@@ -30,7 +30,7 @@ where
 }
 
 /// The port kube-apiserver listens on, from the test's kubeconfig.
-fn apiserver_port(env: &crate::support::TestEnv) -> u16 {
+fn apiserver_port(env: &TestEnv) -> u16 {
     let kubeconfig = std::fs::read_to_string(env.plane.kubeconfig_path()).unwrap();
     let server = kubeconfig
         .lines()
@@ -42,7 +42,7 @@ fn apiserver_port(env: &crate::support::TestEnv) -> u16 {
 }
 
 /// The Lease's holder, as `kubectl get lease` shows it.
-async fn lease_holder(env: &crate::support::TestEnv) -> Option<String> {
+async fn lease_holder(env: &TestEnv) -> Option<String> {
     let lease = env
         .api::<Lease>()
         .get_opt("eagle-eye-operator")
@@ -51,31 +51,25 @@ async fn lease_holder(env: &crate::support::TestEnv) -> Option<String> {
     lease.spec?.holder_identity
 }
 
-#[tokio::test]
-#[ignore = "issue 8: fails until the reconcile fix lands"]
-async fn a_token_rotated_just_before_an_outage_longer_than_the_lease_is_kept_and_the_dead_one_never_spent()
- {
-    let _one_at_a_time = crate::OUTAGE.lock().await;
-    let env = env().await;
-    // 10 s tokens: a refresh about every 7 s.
-    let si = stand_in(Duration::from_secs(10)).await;
-    let login = login(&si, "lease-outage-client", true).await;
-    create_secrets(&env, "lo", &login).await;
-    // Leader election as deployed: Lease 15 s, token calls limited to 10 s.
-    let a = Operator::start(&env, &si, &["--instance", "replica-a"]).await;
-    let b = Operator::start(&env, &si, &["--instance", "replica-b"]).await;
-    create_credential(&env, "lo", &si, serde_json::json!({})).await;
-    wait_for_reason(&env, "lo", "TokenRefreshed", Duration::from_secs(30)).await;
-    let leader = eventually("a leader", Duration::from_secs(30), || lease_holder(&env)).await;
+/// One outage: the leader's next scheduled refresh is answered only once kube-apiserver is
+/// unreachable (the stored token is then dead, and the new one exists only in the leader's
+/// memory), and kube-apiserver stays away longer than the Lease. Returns once it is back,
+/// with what went wrong setting the scene, if anything.
+async fn outage_right_after_a_token_answer(
+    env: &TestEnv,
+    si: &eagle_eye_testbed::standin::StandIn,
+    replicas: [&Operator; 2],
+) -> Result<(), String> {
+    let leader = eventually("a leader", Duration::from_secs(30), || lease_holder(env)).await;
     let leader_op = if leader.starts_with("replica-a_") {
-        &a
+        replicas[0]
     } else {
-        &b
+        replicas[1]
     };
-    println!("leader before the outage: {leader}");
-
-    // The leader's next scheduled refresh is answered only once kube-apiserver is down: the
-    // stored token is then dead, and the new one exists only in the leader's memory.
+    // The leader's log line for a failed write-back of a rotated token.
+    const WRITE_BACK_FAILED: &str = "storing the rotated refresh token in Secret";
+    let failed_before = leader_op.current_logs().matches(WRITE_BACK_FAILED).count();
+    let stored = secret_data(env, "lo-refresh").await.unwrap()["refresh_token"].clone();
     let before = si.counters();
     let gate = Gate::new();
     si.inject(Fault::Hold(gate.clone()), 1);
@@ -89,7 +83,7 @@ async fn a_token_rotated_just_before_an_outage_longer_than_the_lease_is_kept_and
     // kube-apiserver stops taking connections at once on SIGTERM, but its process may take
     // 10 s to end (when the harness kills it), as long as the leader's token call may last:
     // the answer is let through as soon as the API is unreachable.
-    let port = apiserver_port(&env);
+    let port = apiserver_port(env);
     let plane = env.plane;
     let stopping = tokio::spawn(async move {
         let stopped = plane.stop_apiserver().await;
@@ -111,12 +105,10 @@ async fn a_token_rotated_just_before_an_outage_longer_than_the_lease_is_kept_and
     .await;
     let write_back_failed = rotated
         && within(Duration::from_secs(30), || async {
-            leader_op
-                .current_logs()
-                .contains("storing the rotated refresh token in Secret")
+            leader_op.current_logs().matches(WRITE_BACK_FAILED).count() > failed_before
         })
         .await;
-    let stored_token_dead = !si.refresh_token_is_live(&login.grant.refresh_token);
+    let stored_token_dead = !si.refresh_token_is_live(&stored);
     let (stop, gone) = match stopping.await {
         Ok((result, at)) => (result.map_err(|e| format!("{e:#}")), at - stopped),
         Err(e) => (Err(e.to_string()), stopped.elapsed()),
@@ -125,66 +117,102 @@ async fn a_token_rotated_just_before_an_outage_longer_than_the_lease_is_kept_and
     // Lease has expired when kube-apiserver returns and both replicas may race for it.
     let outage = Duration::from_secs(25);
     tokio::time::sleep(outage.saturating_sub(stopped.elapsed())).await;
-    env.plane.start_apiserver().await.unwrap();
-    let back = Instant::now();
+    let started = env.plane.start_apiserver().await;
     figure(format!(
         "kube-apiserver unreachable {:?} after the refresh was sent (the call may take 10 s), \
-         its process gone {gone:?} later, back after {:?}",
+         its process gone {gone:?} later, back after {:?}; the leader was {leader}",
         stopped - sent,
-        back - stopped
+        stopped.elapsed()
     ));
-    assert!(stop.is_ok(), "kube-apiserver stopped: {stop:?}");
-    assert!(
-        unreachable,
-        "kube-apiserver refused connections within 8 s of SIGTERM"
-    );
-    assert!(
-        rotated,
-        "the stand-in answered the held refresh during the outage"
-    );
-    assert!(
-        write_back_failed,
-        "the leader received the rotated token during the outage and failed to store it"
-    );
+    started.map_err(|e| format!("kube-apiserver did not start again: {e:#}"))?;
+    let problems = [
+        (stop.is_ok(), "kube-apiserver stopped"),
+        (
+            unreachable,
+            "kube-apiserver refused connections within 8 s of SIGTERM",
+        ),
+        (
+            rotated,
+            "the stand-in answered the held refresh during the outage",
+        ),
+        (
+            write_back_failed,
+            "the leader received the rotated token during the outage and failed to store it",
+        ),
+        (
+            stored_token_dead,
+            "the token stored before the outage was rotated out by the held refresh",
+        ),
+    ];
+    match problems.iter().find(|(ok, _)| !ok) {
+        Some((_, expected)) => Err(format!("expected: {expected} ({stop:?})")),
+        None => Ok(()),
+    }
+}
 
-    // Either a reuse shows, or the credential recovers with the live token stored.
-    let reused = eventually(
-        "the credential Ready with a live token stored, or a reuse",
-        Duration::from_secs(120),
-        || async {
-            if si.counters().reused_refresh_tokens > before.reused_refresh_tokens {
-                return Some(true);
-            }
-            let stored = secret_data(&env, "lo-refresh").await?;
-            let target = secret_data(&env, "lo-token").await?;
-            let (status, _, _) = ready(&env, "lo").await?;
-            let recovered = status == "True"
-                && si.refresh_token_is_live(&stored["refresh_token"])
-                && si.access_token_is_live(&target["access_token"]);
-            recovered.then_some(false)
-        },
-    )
-    .await;
-    let holder = lease_holder(&env).await.unwrap_or_default();
-    println!(
-        "{:?} after kube-apiserver returned: Lease held by {holder}; Ready {:?}",
-        back.elapsed(),
-        ready(&env, "lo").await.map(|(s, r, _)| (s, r))
-    );
-    assert!(
-        stored_token_dead,
-        "the token stored before the outage was rotated out by the held refresh"
-    );
-    assert!(
-        !reused,
-        "a rotated-out refresh token was spent {:?} after kube-apiserver returned (the Lease \
-         was then held by {holder}; the leader before the outage was {leader})",
-        back.elapsed()
-    );
-    figure(format!(
-        "Ready with the live token stored {:?} after kube-apiserver returned",
-        back.elapsed()
-    ));
+/// The leader holds a token the auth server rotated while kube-apiserver was away; when it
+/// returns after the Lease has expired, the follower may win the Lease and read the dead
+/// token from the Secret before the old leader has stored the live one. Which replica wins
+/// is a race, so the outage is repeated: a correct operator loses no login in any round.
+#[tokio::test]
+#[ignore = "issue 8: fails until the reconcile fix lands"]
+async fn a_token_rotated_just_before_an_outage_longer_than_the_lease_is_kept_and_the_dead_one_never_spent()
+ {
+    let _one_at_a_time = crate::OUTAGE.lock().await;
+    let env = env().await;
+    // 10 s tokens: a refresh about every 7 s.
+    let si = stand_in(Duration::from_secs(10)).await;
+    let login = login(&si, "lease-outage-client", true).await;
+    create_secrets(&env, "lo", &login).await;
+    // Leader election as deployed: Lease 15 s, token calls limited to 10 s.
+    let a = Operator::start(&env, &si, &["--instance", "replica-a"]).await;
+    let b = Operator::start(&env, &si, &["--instance", "replica-b"]).await;
+    create_credential(&env, "lo", &si, serde_json::json!({})).await;
+    wait_for_reason(&env, "lo", "TokenRefreshed", Duration::from_secs(30)).await;
+
+    // Three rounds: with the current code about half of them see the follower win.
+    const ROUNDS: usize = 3;
+    for round in 1..=ROUNDS {
+        let reused_before = si.counters().reused_refresh_tokens;
+        if let Err(scene) = outage_right_after_a_token_answer(&env, &si, [&a, &b]).await {
+            panic!("round {round}: {scene}");
+        }
+        let back = Instant::now();
+        // Either a reuse shows, or the credential recovers with the live token stored.
+        let reused = eventually(
+            "the credential Ready with a live token stored, or a reuse",
+            Duration::from_secs(120),
+            || async {
+                if si.counters().reused_refresh_tokens > reused_before {
+                    return Some(true);
+                }
+                let stored = secret_data(&env, "lo-refresh").await?;
+                let target = secret_data(&env, "lo-token").await?;
+                let (status, _, _) = ready(&env, "lo").await?;
+                let recovered = status == "True"
+                    && si.refresh_token_is_live(&stored["refresh_token"])
+                    && si.access_token_is_live(&target["access_token"]);
+                recovered.then_some(false)
+            },
+        )
+        .await;
+        let holder = lease_holder(&env).await.unwrap_or_default();
+        let condition = ready(&env, "lo").await.map(|(s, r, _)| (s, r));
+        println!(
+            "round {round}: {:?} after kube-apiserver returned: Lease held by {holder}; Ready {condition:?}",
+            back.elapsed()
+        );
+        assert!(
+            !reused,
+            "round {round}: a rotated-out refresh token was spent {:?} after kube-apiserver \
+             returned (the Lease was then held by {holder}); Ready is now {condition:?}",
+            back.elapsed()
+        );
+        figure(format!(
+            "round {round}: Ready with the live token stored {:?} after kube-apiserver returned",
+            back.elapsed()
+        ));
+    }
 
     // And it stays so over the next rotations, whichever replica leads them.
     let refreshes = si.counters().refreshes;
@@ -194,7 +222,7 @@ async fn a_token_rotated_just_before_an_outage_longer_than_the_lease_is_kept_and
     .await;
     assert_eq!(
         si.counters().reused_refresh_tokens,
-        before.reused_refresh_tokens,
+        0,
         "no token was spent twice"
     );
     eventually(
