@@ -85,7 +85,8 @@ pub fn testcontext() -> (Arc<Context>, ApiServerVerifier) {
             recorder,
             tokens,
             settings,
-            store,
+            store.clone(),
+            vec![store],
             Shared {
                 metrics: Default::default(),
                 held: HeldTokens::default(),

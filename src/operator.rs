@@ -306,8 +306,7 @@ impl Parts {
             self.args.namespaces.iter().cloned().map(Some).collect()
         };
         info!(?namespaces, "starting controllers");
-        let mut stores = Vec::new();
-        let controllers: Vec<_> = namespaces
+        let built: Vec<_> = namespaces
             .into_iter()
             .map(|ns| {
                 let client = self.client.clone();
@@ -319,15 +318,24 @@ impl Parts {
                         ),
                         None => (Api::all(client.clone()), Api::all(client.clone())),
                     };
-                let controller = Controller::new(crs, watcher::Config::default());
+                (Controller::new(crs, watcher::Config::default()), secrets)
+            })
+            .collect();
+        // Every controller sees every store: a refresh token copied into another watched
+        // namespace is claimed across them.
+        let stores: Vec<_> = built.iter().map(|(c, _)| c.store()).collect();
+        let controllers: Vec<_> = built
+            .into_iter()
+            .map(|(controller, secrets)| {
+                let client = self.client.clone();
                 let store = controller.store();
-                stores.push(store.clone());
                 let ctx = Arc::new(Context::new(
                     client.clone(),
                     Recorder::new(client, reporter.clone()),
                     self.tokens.clone(),
                     self.settings.clone(),
                     store.clone(),
+                    stores.clone(),
                     self.shared.clone(),
                 ));
                 // Metadata only, paged: memory does not grow with the Secrets in the cluster.

@@ -55,6 +55,8 @@ pub struct Context {
     pub tokens: TokenClient,
     pub settings: Settings,
     pub store: Store<EagleEyeCredential>,
+    /// Every controller's store (one per watched namespace, or one for all).
+    pub all_stores: Vec<Store<EagleEyeCredential>>,
     pub metrics: Arc<Metrics>,
     /// Tokens received but not yet stored or published: settled before anything else.
     pub held: HeldTokens,
@@ -81,6 +83,7 @@ impl Context {
         tokens: TokenClient,
         settings: Settings,
         store: Store<EagleEyeCredential>,
+        all_stores: Vec<Store<EagleEyeCredential>>,
         shared: Shared,
     ) -> Self {
         Context {
@@ -89,6 +92,7 @@ impl Context {
             tokens,
             settings,
             store,
+            all_stores,
             metrics: shared.metrics,
             held: shared.held,
             leadership: shared.leadership,
@@ -235,7 +239,7 @@ fn login_fingerprint(
     auth_url: &url::Url,
     scope: &str,
     creds: &crate::token::ClientCredentials,
-    stored: &crate::secrets::StoredToken,
+    refresh_token: &str,
 ) -> String {
     use secrecy::ExposeSecret;
     use sha2::{Digest, Sha256};
@@ -245,7 +249,7 @@ fn login_fingerprint(
         scope,
         &creds.id,
         creds.secret.expose_secret(),
-        stored.token.expose_secret(),
+        refresh_token,
     ] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
@@ -317,18 +321,7 @@ mod tests {
                 id: id.into(),
                 secret: secret.to_owned().into(),
             };
-            let stored = crate::secrets::StoredToken {
-                token: token.to_owned().into(),
-                fingerprint: String::new(),
-                secret: Default::default(),
-                chain: crate::secrets::Chain {
-                    started_at: jiff::Timestamp::UNIX_EPOCH,
-                    estimated: false,
-                    token_issued_at: jiff::Timestamp::UNIX_EPOCH,
-                },
-                spent: Vec::new(),
-            };
-            login_fingerprint(&url.parse().unwrap(), scope, &creds, &stored)
+            login_fingerprint(&url.parse().unwrap(), scope, &creds, token)
         };
         let base = fp("https://auth.example", "vms.all", "id", "secret", "rt");
         assert_eq!(

@@ -157,9 +157,12 @@ impl<'a> Reconciler<'a> {
             ),
         );
         let login = match (&validated, &creds, stored_ok) {
-            (Ok((url, _)), Ok(creds), Some(stored)) => {
-                Some(login_fingerprint(url, &spec.scope, creds, stored))
-            }
+            (Ok((url, _)), Ok(creds), Some(stored)) => Some(login_fingerprint(
+                url,
+                &spec.scope,
+                creds,
+                stored.token.expose_secret(),
+            )),
             _ => None,
         };
         let remembered = |which: Refusal| {
@@ -238,12 +241,14 @@ impl<'a> Reconciler<'a> {
         }
         let mut tokens = vec![stored.fingerprint.clone()];
         tokens.extend(stored.spent.iter().cloned());
-        let store = &self.ctx.store;
+        let stores = &self.ctx.all_stores;
         let owner = self.ctx.held.claim(&self.key, &tokens, |owner| {
-            store
-                .state()
-                .iter()
-                .any(|c| key(c) == owner && c.metadata.deletion_timestamp.is_none())
+            stores.iter().any(|store| {
+                store
+                    .state()
+                    .iter()
+                    .any(|c| key(c) == owner && c.metadata.deletion_timestamp.is_none())
+            })
         })?;
         let ns = self.cr.namespace().unwrap_or_default();
         let who = match owner.split_once('/') {
@@ -493,6 +498,7 @@ impl<'a> Reconciler<'a> {
                 self.ctx.metrics.refresh_failure(&labels, e.reason());
                 // An unusable answer that still carried a new refresh token: the server has
                 // rotated, so the new token must be stored before the failure is reported.
+                let mut login = login.to_owned();
                 if let Some(new) = e.refresh_token() {
                     let held = self.held(&stored, None, Some(new.clone()));
                     if held.new_token.is_some()
@@ -500,8 +506,11 @@ impl<'a> Reconciler<'a> {
                     {
                         return Ok(Action::requeue(Duration::ZERO));
                     }
+                    // From here on the stored login is the one with the new token.
+                    let scope = &self.cr.spec.scope;
+                    login = login_fingerprint(auth_url, scope, creds, new.expose_secret());
                 }
-                self.refresh_failed(e, &stored, login).await
+                self.refresh_failed(e, &stored, &login).await
             }
         }
     }
