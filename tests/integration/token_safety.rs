@@ -210,7 +210,6 @@ async fn forward_tls_records_but_alerts(
 // 0. A slow auth server.
 
 #[tokio::test]
-#[ignore = "issue 8: fails until the reconcile fix lands"]
 async fn a_slow_auth_server_that_answers_after_twelve_seconds_does_not_lose_the_login() {
     let env = env().await;
     let si = stand_in(Duration::from_secs(3600)).await;
@@ -381,19 +380,16 @@ async fn a_padded_refresh_token_survives_rotations(variant: &str, pad: fn(&str) 
 }
 
 #[tokio::test]
-#[ignore = "issue 8: fails until the reconcile fix lands"]
 async fn a_stored_refresh_token_with_a_trailing_newline_survives_rotations_without_hot_requeue() {
     a_padded_refresh_token_survives_rotations("lf", |t| format!("{t}\n")).await;
 }
 
 #[tokio::test]
-#[ignore = "issue 8: fails until the reconcile fix lands"]
 async fn a_stored_refresh_token_with_a_trailing_crlf_survives_rotations_without_hot_requeue() {
     a_padded_refresh_token_survives_rotations("crlf", |t| format!("{t}\r\n")).await;
 }
 
 #[tokio::test]
-#[ignore = "issue 8: fails until the reconcile fix lands"]
 async fn a_stored_refresh_token_with_surrounding_spaces_survives_rotations_without_hot_requeue() {
     a_padded_refresh_token_survives_rotations("spaces", |t| format!("  {t}  ")).await;
 }
@@ -401,7 +397,6 @@ async fn a_stored_refresh_token_with_surrounding_spaces_survives_rotations_witho
 // 2. One tenant's Secret must not stop the operator for the others.
 
 #[tokio::test]
-#[ignore = "issue 8: fails until the reconcile fix lands"]
 async fn a_login_time_near_the_end_of_time_in_one_namespace_does_not_stop_another() {
     let (env_a, env_b) = (env().await, env().await);
     // One auth server for both tenants: the operator trusts one CA file.
@@ -600,7 +595,6 @@ async fn winner_and_refused(
 }
 
 #[tokio::test]
-#[ignore = "issue 8: fails until the reconcile fix lands"]
 async fn a_refresh_token_copied_into_two_secrets_of_one_namespace_is_spent_by_one_credential_only()
 {
     let env = env().await;
@@ -632,7 +626,6 @@ async fn a_refresh_token_copied_into_two_secrets_of_one_namespace_is_spent_by_on
 }
 
 #[tokio::test]
-#[ignore = "issue 8: fails until the reconcile fix lands"]
 async fn a_refresh_token_copied_across_namespaces_is_spent_once_and_the_refusal_names_nothing_of_the_other_tenant()
  {
     let (env_n, env_s) = (env().await, env().await);

@@ -142,7 +142,6 @@ async fn remove_policy(env: &TestEnv, policy_name: &str) {
 /// status could not be written the dead token was sent again at every retry (and
 /// `Retry-After` was skipped). Every such send counts as token reuse at the vendor.
 #[tokio::test]
-#[ignore = "issue 8: fails until the reconcile fix lands"]
 async fn a_refused_login_is_not_sent_again_while_its_status_cannot_be_written() {
     let env = env().await;
     // 30 s tokens: the scheduled refresh comes about 20 s after the first one.
@@ -323,7 +322,6 @@ async fn rotated_token_in_an_unusable_answer_is_stored(name: &str, fault: Fault)
 /// Issue 8, failure 7, body over the cap: `Padded` makes the answer larger than the
 /// operator's 64 KiB limit, with the new refresh token near its start.
 #[tokio::test]
-#[ignore = "issue 8: fails until the reconcile fix lands"]
 async fn a_rotated_token_in_an_answer_over_the_size_cap_is_stored_and_the_next_answer_makes_it_ready()
  {
     rotated_token_in_an_unusable_answer_is_stored("padded", Fault::Padded { bytes: 100_000 }).await;
@@ -332,7 +330,6 @@ async fn a_rotated_token_in_an_answer_over_the_size_cap_is_stored_and_the_next_a
 /// Issue 8, failure 7, a body that is not UTF-8: `InvalidUtf8` appends a member whose bytes
 /// are not UTF-8 after the new refresh token.
 #[tokio::test]
-#[ignore = "issue 8: fails until the reconcile fix lands"]
 async fn a_rotated_token_in_an_answer_that_is_not_utf8_is_stored_and_the_next_answer_makes_it_ready()
  {
     rotated_token_in_an_unusable_answer_is_stored("notutf8", Fault::InvalidUtf8).await;
@@ -352,7 +349,6 @@ fn allow_api_hosts(args: &mut [String], hosts: &str) {
 /// new rotation) without ever publishing. It must store the rotated token, say what is
 /// wrong, and send nothing more until its configuration changes.
 #[tokio::test]
-#[ignore = "issue 8: fails until the reconcile fix lands"]
 async fn an_api_host_outside_the_allow_list_stores_the_rotated_token_says_so_and_refreshes_no_more()
 {
     let env = env().await;

@@ -155,7 +155,6 @@ async fn outage_right_after_a_token_answer(
 /// token from the Secret before the old leader has stored the live one. Which replica wins
 /// is a race, so the outage is repeated: a correct operator loses no login in any round.
 #[tokio::test]
-#[ignore = "issue 8: fails until the reconcile fix lands"]
 async fn a_token_rotated_just_before_an_outage_longer_than_the_lease_is_kept_and_the_dead_one_never_spent()
  {
     let _one_at_a_time = crate::OUTAGE.lock().await;
