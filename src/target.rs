@@ -17,9 +17,6 @@ pub const ISSUED_AT: &str = "eagle-eye-operator.io/issued-at";
 pub const EXPIRES_AT: &str = "eagle-eye-operator.io/expires-at";
 pub const REFRESH_FINGERPRINT: &str = "eagle-eye-operator.io/refresh-token-fingerprint";
 
-// `fingerprint` lived here; the integration tests and `controller::held` still name this path.
-pub use crate::secrets::fingerprint;
-
 /// The access token and API location to publish.
 pub struct Publication<'a> {
     pub access_token: &'a str,

@@ -19,7 +19,7 @@ use super::lock;
 use crate::content::{self, Content, Pending};
 use crate::decide::PendingAnswer;
 use crate::secrets;
-use crate::target::fingerprint;
+use crate::secrets::fingerprint;
 use crate::token::TokenGrant;
 
 #[derive(Clone, Default)]
@@ -321,8 +321,8 @@ mod tests {
 
     use super::{Held, HeldTokens};
     use crate::fixtures::{NS, secret};
+    use crate::secrets::fingerprint;
     use crate::spent;
-    use crate::target::fingerprint;
 
     const KEY: &str = "video/cam";
     const SECRET_PATH: &str = "/api/v1/namespaces/video/secrets/cam-refresh";

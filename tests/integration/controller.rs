@@ -641,7 +641,7 @@ async fn a_rotated_token_in_an_answer_that_fails_validation_is_still_stored() {
         .unwrap_or_default();
     assert!(
         eagle_eye_operator::spent::read(Some(&annotations)).contains(
-            &eagle_eye_operator::target::fingerprint(&login.grant.refresh_token)
+            &eagle_eye_operator::secrets::fingerprint(&login.grant.refresh_token)
         ),
         "{annotations:?}"
     );

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use eagle_eye_operator::crd::EagleEyeCredential;
 use eagle_eye_testbed::standin::{ClientRegistration, Grant, StandIn, StandInConfig};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::PostParams;
 use tokio::process::{Child, Command};
 
 use super::TestEnv;
@@ -214,18 +213,7 @@ pub async fn login(stand_in: &StandIn, client_id: &str, rotating: bool) -> Login
 }
 
 pub fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        data: Some(
-            data.iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                .collect(),
-        ),
-        ..Default::default()
-    }
+    eagle_eye_operator::secrets::opaque(name, data.iter().copied(), Default::default())
 }
 
 pub async fn create_secrets(env: &TestEnv, name: &str, login: &Login) {
