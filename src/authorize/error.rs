@@ -110,19 +110,55 @@ fn exchange_message(err: &TokenError) -> String {
         "check --auth-url, --scope and the client credentials, and run authorize again";
     const TRANSIENT: &str = "the auth server or the network failed; run authorize again (the \
         code may have been spent, so a new login is needed)";
+    const UNKNOWN: &str = "the auth server may have spent the code and issued the login, but \
+        its answer was lost on the way: log in again (run authorize again; a code works only \
+        once). If it keeps happening, look at what sits between here and the auth server (a \
+        proxy or firewall cutting connections, a slow link)";
     let hint = match (err.oauth_error(), err.status(), err.class()) {
         (Some("invalid_client" | "unauthorized_client"), _, _) => CLIENT.to_owned(),
         (Some("invalid_scope"), _, _) | (_, Some(403), _) => SCOPE.to_owned(),
         (None, Some(401), ErrorClass::Reauthorize) => format!("{CODE}{BARE_401}"),
         (_, _, ErrorClass::Reauthorize) => CODE.to_owned(),
         (_, _, ErrorClass::ClientConfig) => CONFIG.to_owned(),
-        (
-            _,
-            _,
-            ErrorClass::Transient | ErrorClass::OutcomeUnknown | ErrorClass::RefusedByConfig,
-        ) => TRANSIENT.to_owned(),
+        (_, _, ErrorClass::Transient) => TRANSIENT.to_owned(),
+        (_, _, ErrorClass::OutcomeUnknown) => UNKNOWN.to_owned(),
+        (_, _, ErrorClass::RefusedByConfig) => format!(
+            "if that host is right for this Eagle Eye account, add it to --allowed-api-hosts \
+             (EAGLE_EYE_ALLOWED_API_HOSTS) here and in the operator's settings (it checks every \
+             answer against its own list), and run authorize again (a new login is needed); \
+             {NOT_EAGLE_EYE}"
+        ),
     };
     format!("{err}: {hint}. Nothing was stored")
+}
+
+/// The other reading of an answer naming an API host outside the allowed ones.
+const NOT_EAGLE_EYE: &str = "if it is not, the answer did not come from Eagle Eye (a \
+    misrouted or spoofed response): find out what answers for the auth URL";
+
+/// The login was stored from an answer that was otherwise unusable (`err` carried its
+/// refresh token): what was wrong, and what it means for the credential. Never the token.
+pub(super) fn stored_from_unusable_answer(err: &TokenError) -> String {
+    let consequence = match err.class() {
+        ErrorClass::RefusedByConfig => format!(
+            "The operator checks answers against its own --allowed-api-hosts \
+             (EAGLE_EYE_ALLOWED_API_HOSTS): unless they allow that host, it refuses them the \
+             same way and stops refreshing this credential (its status says so). If that host \
+             is right for this Eagle Eye account, add it there within 14 days (an unused \
+             refresh token dies); {NOT_EAGLE_EYE}"
+        ),
+        ErrorClass::OutcomeUnknown => "The answer broke off after the refresh token; the \
+            operator will refresh it to get the access token and API host it needs"
+            .to_owned(),
+        _ => "The operator will refresh it; should the auth server keep answering like this \
+            (a proxy altering answers, a server fault), its refreshes fail the same way and the \
+            credential's status says so"
+            .to_owned(),
+    };
+    format!(
+        "the login was stored, but the auth server's answer was unusable: {err}. Do not log in \
+         again: the refresh token it carried is the one stored. {consequence}"
+    )
 }
 
 #[cfg(test)]
@@ -169,6 +205,82 @@ mod tests {
     fn server_failures_say_to_try_again() {
         let text = status(503, None).to_string();
         assert!(text.contains("run authorize again"), "{text}");
+    }
+
+    #[test]
+    fn a_lost_answer_says_the_code_may_be_spent_and_to_log_in_again() {
+        let err = AuthorizeError::Exchange(TokenError::OutcomeUnknown {
+            operation: Operation::ExchangeCode,
+            detail: "no answer came in time",
+            refresh_token: None,
+        });
+        let text = err.to_string();
+        assert!(text.contains("may have spent the code"), "{text}");
+        assert!(text.contains("log in again"), "{text}");
+        assert!(text.contains("Nothing was stored"), "{text}");
+    }
+
+    #[test]
+    fn a_disallowed_api_host_points_at_the_allowed_hosts_of_both_command_and_operator() {
+        let err = AuthorizeError::Exchange(TokenError::ApiHostNotAllowed {
+            operation: Operation::ExchangeCode,
+            host: "api.c099.eagleeyenetworks.com".into(),
+            refresh_token: None,
+        });
+        let text = err.to_string();
+        assert!(text.contains("\"api.c099.eagleeyenetworks.com\""), "{text}");
+        assert!(text.contains("--allowed-api-hosts"), "{text}");
+        assert!(text.contains("the operator's settings"), "{text}");
+        assert!(text.contains("spoofed"), "{text}");
+        assert!(text.contains("Nothing was stored"), "{text}");
+    }
+
+    #[test]
+    fn a_stored_login_from_an_unusable_answer_says_so_without_the_token() {
+        let rt = || Some(secrecy::SecretString::from("n3w-t0ken"));
+        let op = Operation::ExchangeCode;
+        for (err, says) in [
+            (
+                TokenError::ResponseTooLarge {
+                    operation: op,
+                    limit: 65536,
+                    refresh_token: rt(),
+                },
+                "exceeds 65536 bytes",
+            ),
+            (
+                TokenError::MalformedResponse {
+                    operation: op,
+                    field: "body",
+                    problem: "is not JSON",
+                    refresh_token: rt(),
+                },
+                "the operator will refresh it",
+            ),
+            (
+                TokenError::ApiHostNotAllowed {
+                    operation: op,
+                    host: "api.foreign.example".into(),
+                    refresh_token: rt(),
+                },
+                "--allowed-api-hosts",
+            ),
+            (
+                TokenError::OutcomeUnknown {
+                    operation: op,
+                    detail: "the connection closed before the answer was complete",
+                    refresh_token: rt(),
+                },
+                "broke off after the refresh token",
+            ),
+        ] {
+            let text = stored_from_unusable_answer(&err);
+            assert!(text.starts_with("the login was stored"), "{text}");
+            assert!(text.contains("Do not log in again"), "{text}");
+            assert!(text.to_lowercase().contains(says), "{text}");
+            assert!(!text.contains("Nothing was stored"), "{text}");
+            assert!(!text.contains("n3w-t0ken"), "{text}");
+        }
     }
 
     #[test]

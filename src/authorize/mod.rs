@@ -1,7 +1,9 @@
 //! `authorize`: the Phase 1 login, done by a person once and again every 90 days. It checks
 //! everything it can before the browser step, receives the code on the redirect URI (or as a
 //! pasted address), exchanges it at once, and stores the refresh token and its login time
-//! where the operator reads them.
+//! where the operator reads them. An answer that carries a refresh token but is otherwise
+//! unusable is still stored (the code is spent: the login exists nowhere else), then
+//! reported, with exit code [`STORED_FROM_UNUSABLE_ANSWER_EXIT`].
 
 mod browser;
 mod callback;
@@ -34,7 +36,20 @@ use write::read_error;
 /// The vendor's chain lifetime, for the re-login date printed at the end.
 const CHAIN_LIFETIME: SignedDuration = SignedDuration::from_hours(90 * 24);
 
+/// Exit code when the login was stored, but from a token response that was otherwise
+/// unusable: not 1, which tells a person or script that the login failed and must be done
+/// again (this one must not: it would only replace a good token); not 0, since the answer
+/// shows something wrong that may keep the credential from working, which a script must
+/// not carry on past as after a clean login. The same code as `status` gives for a
+/// credential that is not Ready.
+pub const STORED_FROM_UNUSABLE_ANSWER_EXIT: u8 = 3;
+
 #[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Exit status: 0 the login was stored; 3 the login was stored from an \
+    answer that was otherwise unusable (do not log in again; the warning says what to fix); \
+    1 an error (its message says what, if anything, was stored); 2 a usage error."
+)]
 pub struct AuthorizeArgs {
     /// Name of the EagleEyeCredential to create, or to log in again.
     pub name: String,
@@ -303,7 +318,7 @@ impl Login {
         // The chain's 90 days start at the login; the moment before the exchange is the
         // earliest this program can name, so the deadline it implies is never late.
         let login_time = Timestamp::from_second(Timestamp::now().as_second())?;
-        let grant = self
+        let answer = self
             .tokens
             .exchange_code(
                 &plan.auth_url,
@@ -312,13 +327,32 @@ impl Login {
                 self.redirect.as_str(),
                 &plan.scope,
             )
-            .await
-            .map_err(AuthorizeError::Exchange)?;
+            .await;
         drop(code);
-        let refresh_token = grant.refresh_token.ok_or(AuthorizeError::NoRefreshToken)?;
+        // An answer that carries a refresh token but is otherwise unusable (too large, not
+        // UTF-8, an API host not allowed, cut short after the token) still holds the login,
+        // and the code that bought it is spent: the token is stored as from a clean answer,
+        // and what was wrong is reported after that.
+        let (refresh_token, unusable) = match answer {
+            Ok(grant) => (
+                grant.refresh_token.ok_or(AuthorizeError::NoRefreshToken)?,
+                None,
+            ),
+            Err(err) => match err.refresh_token() {
+                Some(token) => (token.clone(), Some(err)),
+                None => return Err(AuthorizeError::Exchange(err).into()),
+            },
+        };
 
-        let lost = "the new login is lost (nothing else holds its refresh token): fix this and \
-                    run authorize again";
+        let lost = match &unusable {
+            None => "the new login is lost (nothing else holds its refresh token): fix this and \
+                     run authorize again"
+                .to_owned(),
+            Some(err) => format!(
+                "the new login is lost (nothing else holds its refresh token; the auth server's \
+                 answer was also unusable: {err}): fix this and run authorize again"
+            ),
+        };
         let stored = |what: String| {
             move |source| AuthorizeError::Kube {
                 what,
@@ -355,13 +389,15 @@ impl Login {
                                             token now, no restart needed"
             }
             change => {
-                write::apply_credential(&self.credentials, plan)
-                    .await
-                    .map_err(stored(format!(
-                        "writing EagleEyeCredential {ns}/{} (the refresh token is stored: run \
-                         authorize again, or point the credential at Secret {:?} by hand)",
-                        plan.name, r.name
-                    )))?;
+                let applied = write::apply_credential(&self.credentials, plan).await;
+                if let (Err(_), Some(err)) = (&applied, &unusable) {
+                    eprintln!("warning: {}", error::stored_from_unusable_answer(err));
+                }
+                applied.map_err(stored(format!(
+                    "writing EagleEyeCredential {ns}/{} (the refresh token is stored: run \
+                     authorize again, or point the credential at Secret {:?} by hand)",
+                    plan.name, r.name
+                )))?;
                 match change {
                     CredentialChange::Create => "created: the operator takes it from here",
                     _ => "updated: the operator takes it from here",
@@ -380,7 +416,13 @@ impl Login {
             (login_time + CHAIN_LIFETIME).strftime("%Y-%m-%d"),
             plan.name
         );
-        Ok(ExitCode::SUCCESS)
+        match unusable {
+            None => Ok(ExitCode::SUCCESS),
+            Some(err) => {
+                eprintln!("warning: {}", error::stored_from_unusable_answer(&err));
+                Ok(ExitCode::from(STORED_FROM_UNUSABLE_ANSWER_EXIT))
+            }
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use crate::support::operator::{
 use crate::support::{TestEnv, env, eventually};
 use eagle_eye_operator::crd::EagleEyeCredential;
 use eagle_eye_operator::secrets::LOGIN_TIME;
-use eagle_eye_testbed::standin::{ClientRegistration, StandIn};
+use eagle_eye_testbed::standin::{ClientRegistration, Fault, StandIn};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::Secret;
@@ -620,6 +620,96 @@ async fn a_code_the_auth_server_does_not_know_is_refused() {
         done.all()
     );
     assert_eq!(si.counters().code_exchanges, 0);
+}
+
+#[tokio::test]
+async fn a_login_whose_answer_is_unusable_but_carries_a_refresh_token_is_stored_not_lost() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    // Each answer is a 200 from a server that has issued the login, its refresh token
+    // readable, but the answer as a whole unusable. The code is spent either way.
+    let cases = [
+        (
+            "padded",
+            Fault::Padded { bytes: 100_000 },
+            "token response exceeds 65536 bytes",
+        ),
+        ("utf", Fault::InvalidUtf8, "malformed token response"),
+        ("foreign", Fault::ForeignApiHost, "\"api.foreign.example\""),
+    ];
+    for (i, (name, fault, problem)) in (1..).zip(cases) {
+        let (cli, location) = started_login(&env, &si, name).await;
+        si.inject(fault.clone(), 1);
+        let (status, _) = deliver(&location).await;
+        assert_eq!(status, 200, "{fault:?}");
+        let done = cli.finish().await;
+        assert_eq!(si.counters().code_exchanges, i, "the code was spent");
+
+        let stored = secret_data(&env, &format!("{name}-refresh-token"))
+            .await
+            .unwrap_or_else(|| panic!("{fault:?}: no refresh token stored\n{}", done.all()));
+        assert!(
+            si.refresh_token_is_live(&stored["refresh_token"]),
+            "{fault:?}: the stored token is the login's"
+        );
+        let age = Timestamp::now()
+            .duration_since(login_time(&env, &format!("{name}-refresh-token")).await);
+        assert!(
+            age >= SignedDuration::ZERO && age < SignedDuration::from_mins(2),
+            "{age:?}"
+        );
+        let cr = env.api::<EagleEyeCredential>().get(name).await.unwrap();
+        assert_eq!(
+            cr.spec.refresh_token_secret_ref.name,
+            format!("{name}-refresh-token")
+        );
+
+        assert_eq!(
+            done.code,
+            Some(3),
+            "{fault:?}: stored, but not a clean login\n{}",
+            done.all()
+        );
+        assert!(
+            done.stdout.contains("Stored the new refresh token"),
+            "{}",
+            done.all()
+        );
+        for said in [
+            "the login was stored",
+            "answer was unusable",
+            problem,
+            "Do not log in again",
+        ] {
+            assert!(
+                done.stderr.contains(said),
+                "{fault:?}: says {said:?}\n{}",
+                done.all()
+            );
+        }
+        assert!(
+            !done.stderr.contains("Nothing was stored"),
+            "{}",
+            done.all()
+        );
+        if fault == Fault::ForeignApiHost {
+            assert!(
+                done.stderr.contains("--allowed-api-hosts"),
+                "{}",
+                done.all()
+            );
+        }
+        let client = secret_data(&env, &format!("{name}-client")).await.unwrap();
+        assert_absent(
+            &done.all(),
+            "CLI output",
+            &[
+                &stored["refresh_token"],
+                &param(&location, "code"),
+                &client["client_secret"],
+            ],
+        );
+    }
 }
 
 /// An auth server for a public client: it approves every login at once and its token
