@@ -169,7 +169,8 @@ async fn a_token_rotated_just_before_an_outage_longer_than_the_lease_is_kept_and
     create_credential(&env, "lo", &si, serde_json::json!({})).await;
     wait_for_reason(&env, "lo", "TokenRefreshed", Duration::from_secs(30)).await;
 
-    // Three rounds: with the current code about half of them see the follower win.
+    // Three rounds: either replica wins about half of them, and before the fix every round
+    // the follower won lost the login.
     const ROUNDS: usize = 3;
     for round in 1..=ROUNDS {
         let reused_before = si.counters().reused_refresh_tokens;
