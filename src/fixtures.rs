@@ -77,6 +77,7 @@ pub fn testcontext() -> (Arc<Context>, ApiServerVerifier) {
         allow_http: false,
         lifetimes: Lifetimes::default(),
         identity: "test-process".into(),
+        in_flight_grace: jiff::SignedDuration::from_mins(5),
     };
     let store = Writer::<EagleEyeCredential>::default().as_reader();
     (

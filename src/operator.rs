@@ -59,6 +59,12 @@ pub struct RunArgs {
     /// grace) before they may spend a token whose answer is still outstanding.
     #[arg(long, default_value = "5m", value_parser = duration)]
     pub token_timeout: jiff::SignedDuration,
+    /// How long past `--token-timeout` another holder's spend intent is still honoured: time
+    /// for a replica that received an answer while cut off from the API server to store it
+    /// before anyone spends the token it replaced. Also how long a replica restarted after a
+    /// crash mid-refresh waits before it tries the token again.
+    #[arg(long, default_value = "5m", value_parser = duration)]
+    pub in_flight_grace: jiff::SignedDuration,
     /// Token-endpoint calls in flight at once; more wait their turn (before anything is
     /// sent). A small number keeps a burst of due credentials (a restart, a failover) from
     /// slowing the auth server down for all of them.
@@ -136,6 +142,7 @@ pub async fn run(
     info!(%identity, "this process's identity in the Lease and on Events");
     let settings = Settings {
         identity: identity.clone(),
+        in_flight_grace: args.in_flight_grace,
         allow_http: args.allow_insecure_http,
         lifetimes: Lifetimes {
             idle: args.refresh_token_idle_lifetime,

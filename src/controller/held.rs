@@ -31,8 +31,8 @@ pub struct HeldTokens {
     /// Logins never to send again until one of their parts changes, per credential: those
     /// the server refused, and those whose answer the configuration refused. Kept here as
     /// well as in status, so that a failed status write never lets a dead token be resent.
-    refused: Arc<Mutex<HashMap<String, String>>>,
-    blocked: Arc<Mutex<HashMap<String, String>>>,
+    refused: Arc<Mutex<HashMap<String, Refused>>>,
+    blocked: Arc<Mutex<HashMap<String, Refused>>>,
     /// Which credential each refresh token (by fingerprint, live or rotated out) belongs
     /// to, so that a token copied into a second Secret is never spent by two credentials.
     claims: Arc<Mutex<Claims>>,
@@ -42,6 +42,14 @@ pub struct HeldTokens {
 struct Claims {
     by_token: HashMap<String, String>,
     by_credential: HashMap<String, Vec<String>>,
+}
+
+/// A login never to send again, and whether the status already says so: once it does, a
+/// person clearing the mark there (to make the operator try once more) clears it here too.
+#[derive(Clone)]
+struct Refused {
+    login: String,
+    in_status: bool,
 }
 
 /// Which list of remembered logins.
@@ -141,7 +149,7 @@ impl HeldTokens {
         lock(&self.live).remove(key);
     }
 
-    fn refusals(&self, which: Refusal) -> &Mutex<HashMap<String, String>> {
+    fn refusals(&self, which: Refusal) -> &Mutex<HashMap<String, Refused>> {
         match which {
             Refusal::Server => &self.refused,
             Refusal::Config => &self.blocked,
@@ -149,13 +157,49 @@ impl HeldTokens {
     }
 
     pub(crate) fn refuse(&self, which: Refusal, key: &str, login: &str) {
-        lock(self.refusals(which)).insert(key.to_owned(), login.to_owned());
+        let mut map = lock(self.refusals(which));
+        if map.get(key).is_none_or(|r| r.login != login) {
+            map.insert(
+                key.to_owned(),
+                Refused {
+                    login: login.to_owned(),
+                    in_status: false,
+                },
+            );
+        }
     }
 
-    pub(crate) fn is_refused(&self, which: Refusal, key: &str, login: &str) -> bool {
-        lock(self.refusals(which))
-            .get(key)
-            .is_some_and(|l| l == login)
+    /// The status now records the server's refusal of `login`.
+    pub(crate) fn refusal_in_status(&self, key: &str, login: &str) {
+        if let Some(r) = lock(&self.refused).get_mut(key)
+            && r.login == login
+        {
+            r.in_status = true;
+        }
+    }
+
+    /// Whether `login` is refused, given what the status says (`in_status`: the status's
+    /// refused-login mark). A refusal the status once recorded and no longer does was
+    /// cleared by a person: it is forgotten.
+    pub(crate) fn is_refused(
+        &self,
+        which: Refusal,
+        key: &str,
+        login: &str,
+        in_status: Option<&str>,
+    ) -> bool {
+        if in_status == Some(login) {
+            return true;
+        }
+        let mut map = lock(self.refusals(which));
+        match map.get(key) {
+            Some(r) if r.login == login && !(r.in_status && in_status.is_none()) => true,
+            Some(r) if r.in_status && in_status.is_none() => {
+                map.remove(key);
+                false
+            }
+            _ => false,
+        }
     }
 
     pub(crate) fn clear_refusals(&self, key: &str) {

@@ -47,6 +47,8 @@ pub struct Settings {
     pub lifetimes: Lifetimes,
     /// This process's identity (unique per process): the holder named in spend intents.
     pub identity: String,
+    /// How long past the token call's own limit a spend intent binds other holders.
+    pub in_flight_grace: jiff::SignedDuration,
 }
 
 pub struct Context {

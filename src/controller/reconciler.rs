@@ -28,11 +28,6 @@ use super::{
     other_claimant, validate, whole_seconds,
 };
 
-/// How long past the token call's own time limit a spend intent still binds other holders:
-/// time for a holder that received an answer while cut off from the API server to store it
-/// once it is back, before anyone else may spend the token it traded in.
-const IN_FLIGHT_GRACE: SignedDuration = SignedDuration::from_mins(5);
-
 /// What `gather` read: the plain facts for `decide`, and what acting on them needs.
 struct Gathered {
     observed: Observed,
@@ -165,14 +160,14 @@ impl<'a> Reconciler<'a> {
             )),
             _ => None,
         };
-        let remembered = |which: Refusal| {
+        let in_status = self.status.refused_login_fingerprint.as_deref();
+        let remembered = |which: Refusal, in_status: Option<&str>| {
             login
                 .as_ref()
-                .is_some_and(|l| self.ctx.held.is_refused(which, &self.key, l))
+                .is_some_and(|l| self.ctx.held.is_refused(which, &self.key, l, in_status))
         };
-        let refused = login.is_some()
-            && (self.status.refused_login_fingerprint == login || remembered(Refusal::Server));
-        let blocked = remembered(Refusal::Config);
+        let refused = remembered(Refusal::Server, in_status);
+        let blocked = remembered(Refusal::Config, None);
         let claimed_elsewhere = match (&pending, stored_ok) {
             (None, Some(stored)) => self.claimed_elsewhere(stored),
             _ => None,
@@ -443,7 +438,9 @@ impl<'a> Reconciler<'a> {
             SignedDuration::try_from(self.ctx.tokens.answer_limit()).unwrap_or(SignedDuration::MAX);
         let until = now
             .checked_add(answer_limit)
-            .and_then(|t| t.checked_add(IN_FLIGHT_GRACE))
+            // Time for a holder that received an answer while cut off from the API server
+            // to store it once it is back, before anyone else may spend the token it traded.
+            .and_then(|t| t.checked_add(self.ctx.settings.in_flight_grace))
             .unwrap_or(Timestamp::MAX);
         let intent = intent::Intent {
             fingerprint: stored.fingerprint.clone(),

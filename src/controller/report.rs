@@ -165,26 +165,29 @@ impl Reconciler<'_> {
         self.ctx
             .metrics
             .observe_status(&labels(self.cr), &self.status);
-        if self.cr.status.as_ref() == Some(&self.status) {
-            return Ok(());
+        if self.cr.status.as_ref() != Some(&self.status) {
+            let api: Api<EagleEyeCredential> = Api::namespaced(
+                self.ctx.client.clone(),
+                &self.cr.namespace().unwrap_or_default(),
+            );
+            let patch = serde_json::json!({
+                "apiVersion": "eagle-eye-operator.io/v1alpha1",
+                "kind": "EagleEyeCredential",
+                "status": self.status,
+            });
+            api.patch_status(
+                &self.cr.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(|e| Error::Status(self.key.clone(), e))?;
         }
-        let api: Api<EagleEyeCredential> = Api::namespaced(
-            self.ctx.client.clone(),
-            &self.cr.namespace().unwrap_or_default(),
-        );
-        let patch = serde_json::json!({
-            "apiVersion": "eagle-eye-operator.io/v1alpha1",
-            "kind": "EagleEyeCredential",
-            "status": self.status,
-        });
-        api.patch_status(
-            &self.cr.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| Error::Status(self.key.clone(), e))
+        // Only once the status says so may a person clear the refusal there.
+        if let Some(login) = &self.status.refused_login_fingerprint {
+            self.ctx.held.refusal_in_status(&self.key, login);
+        }
+        Ok(())
     }
 
     pub(super) async fn event(&self, type_: EventType, reason: &str, note: &str) {

@@ -112,10 +112,18 @@ async fn killing_the_operator_before_the_write_back_loses_the_login_and_says_so(
     let si = stand_in(Duration::from_secs(8)).await;
     let login = login(&si, "crash-client", true).await;
     create_secrets(&env, "crash", &login).await;
+    // The killed process's spend intent binds its successor for --token-timeout plus
+    // --in-flight-grace (70 s here) after the call was sent.
     let mut op = Operator::start(
         &env,
         &si,
-        &["--no-leader-election", "--token-timeout", "60s"],
+        &[
+            "--no-leader-election",
+            "--token-timeout",
+            "60s",
+            "--in-flight-grace",
+            "1s",
+        ],
     )
     .await;
     create_credential(&env, "crash", &si, serde_json::json!({})).await;
@@ -124,11 +132,28 @@ async fn killing_the_operator_before_the_write_back_loses_the_login_and_says_so(
     op.kill().await;
     env.plane.start_apiserver().await.unwrap();
     op.restart().await;
+    // The new process cannot know whether the killed one's answer came: it waits out the
+    // spend intent rather than spend the token at once, and says so.
+    eventually(
+        "a RefreshDeferred Event",
+        Duration::from_secs(30),
+        || async {
+            env.api::<k8s_openapi::api::events::v1::Event>()
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .any(|e| e.reason.as_deref() == Some("RefreshDeferred"))
+                .then_some(())
+        },
+    )
+    .await;
     wait_for_reason(
         &env,
         "crash",
         "ReauthorizationRequired",
-        Duration::from_secs(60),
+        Duration::from_secs(120),
     )
     .await;
     let (_, _, message) = ready(&env, "crash").await.unwrap();
