@@ -2,14 +2,13 @@
 
 use std::time::Duration;
 
-use crate::support::{env, eventually};
+use crate::support::{eventually, own_env};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ObjectMeta, PostParams};
 
 #[tokio::test]
 async fn client_recovers_after_kube_apiserver_restarts_mid_test() {
-    let _one_at_a_time = crate::OUTAGE.lock().await;
-    let env = env().await;
+    let env = own_env().await;
     let maps: Api<ConfigMap> = env.api();
     let cm = |name: &str| ConfigMap {
         metadata: ObjectMeta {

@@ -9,13 +9,12 @@ use crate::support::operator::{
     Operator, create_credential, create_secrets, login, ready, secret_data, stand_in,
     wait_for_reason,
 };
-use crate::support::{env, eventually, figure};
+use crate::support::{eventually, figure, own_env};
 use eagle_eye_testbed::standin::{Fault, Gate};
 
 #[tokio::test]
 async fn sigterm_during_an_api_server_outage_stores_the_held_rotated_token_before_exiting() {
-    let _one_at_a_time = crate::OUTAGE.lock().await;
-    let env = env().await;
+    let env = own_env().await;
     let si = stand_in(Duration::from_secs(8)).await;
     let login = login(&si, "sigterm-client", true).await;
     create_secrets(&env, "term", &login).await;

@@ -9,7 +9,7 @@ use crate::support::operator::{
     Operator, create_credential, create_secrets, login, ready, secret_data, stand_in,
     wait_for_reason,
 };
-use crate::support::{TestEnv, env, eventually, figure};
+use crate::support::{TestEnv, eventually, figure, own_env};
 use eagle_eye_testbed::standin::{Fault, Gate};
 use k8s_openapi::api::coordination::v1::Lease;
 
@@ -157,8 +157,7 @@ async fn outage_right_after_a_token_answer(
 #[tokio::test]
 async fn a_token_rotated_just_before_an_outage_longer_than_the_lease_is_kept_and_the_dead_one_never_spent()
  {
-    let _one_at_a_time = crate::OUTAGE.lock().await;
-    let env = env().await;
+    let env = own_env().await;
     // 10 s tokens: a refresh about every 7 s.
     let si = stand_in(Duration::from_secs(10)).await;
     let login = login(&si, "lease-outage-client", true).await;

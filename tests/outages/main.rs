@@ -1,5 +1,5 @@
-//! Tests that stop the control plane's kube-apiserver. Their own binary, so that an outage
-//! disturbs no other test; within it, one outage at a time (see [`OUTAGE`]).
+//! Tests that stop kube-apiserver. Each runs on a control plane of its own
+//! (`support::own_env`), so that an outage disturbs no other test and they run side by side.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -8,6 +8,3 @@ mod apiserver_restart;
 mod held_on_sigterm;
 mod lease_outage;
 mod write_back;
-
-/// Every test here stops the shared kube-apiserver: one at a time.
-static OUTAGE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -7,7 +7,7 @@ use crate::support::operator::{
     Operator, create_credential, create_secrets, login, ready, secret_data, stand_in,
     wait_for_reason,
 };
-use crate::support::{env, eventually};
+use crate::support::{eventually, own_env};
 use eagle_eye_operator::crd::EagleEyeCredential;
 use eagle_eye_testbed::standin::{Fault, Gate, StandIn};
 use kube::api::{Patch, PatchParams};
@@ -58,8 +58,7 @@ async fn refresh_during_outage(
 
 #[tokio::test]
 async fn a_rotated_token_is_held_in_memory_through_an_api_server_outage() {
-    let _one_at_a_time = crate::OUTAGE.lock().await;
-    let env = env().await;
+    let env = own_env().await;
     let si = stand_in(Duration::from_secs(8)).await;
     let login = login(&si, "outage-client", true).await;
     create_secrets(&env, "outage", &login).await;
@@ -107,8 +106,7 @@ async fn a_rotated_token_is_held_in_memory_through_an_api_server_outage() {
 /// the login is lost; the operator says so plainly instead of retrying forever.
 #[tokio::test]
 async fn killing_the_operator_before_the_write_back_loses_the_login_and_says_so() {
-    let _one_at_a_time = crate::OUTAGE.lock().await;
-    let env = env().await;
+    let env = own_env().await;
     let si = stand_in(Duration::from_secs(8)).await;
     let login = login(&si, "crash-client", true).await;
     create_secrets(&env, "crash", &login).await;

@@ -18,20 +18,29 @@ static PLANE: OnceCell<ControlPlane> = OnceCell::const_new();
 /// The binary's control plane. Panics with instructions when it cannot be had: under
 /// `CI=true` an integration test is never skipped.
 pub async fn plane() -> &'static ControlPlane {
-    PLANE
-        .get_or_init(|| async {
-            let plane = ControlPlane::from_env_or_start()
-                .await
-                .unwrap_or_else(|e| panic!("no control plane for the integration tests: {e:#}"));
-            let client = plane.client().await.expect("admin client");
-            let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-            plane
-                .install_crds(&client, &crds)
-                .await
-                .expect("installing crds/");
-            plane
-        })
+    PLANE.get_or_init(new_plane).await
+}
+
+/// A control plane with the project's CRDs installed.
+async fn new_plane() -> ControlPlane {
+    let plane = ControlPlane::from_env_or_start()
         .await
+        .unwrap_or_else(|e| panic!("no control plane for the integration tests: {e:#}"));
+    let client = plane.client().await.expect("admin client");
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    plane
+        .install_crds(&client, &crds)
+        .await
+        .expect("installing crds/");
+    plane
+}
+
+/// Like [`env`], on a control plane of the test's own: for tests that stop kube-apiserver,
+/// so that they disturb nobody and need not wait for each other. The plane lives until the
+/// test binary exits (the test bed's reaper then removes it).
+pub async fn own_env() -> TestEnv {
+    let plane: &'static ControlPlane = Box::leak(Box::new(new_plane().await));
+    env_on(plane).await
 }
 
 pub struct TestEnv {
@@ -42,7 +51,10 @@ pub struct TestEnv {
 
 /// A fresh namespace on the binary's control plane, with an admin client for this test.
 pub async fn env() -> TestEnv {
-    let plane = plane().await;
+    env_on(plane().await).await
+}
+
+async fn env_on(plane: &'static ControlPlane) -> TestEnv {
     let client = plane.client().await.expect("admin client");
     let namespace = format!("t-{:08x}", rand::random::<u32>());
     let ns = Namespace {
