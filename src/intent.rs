@@ -12,9 +12,8 @@ use jiff::{SignedDuration, Timestamp};
 /// On the refresh-token Secret; removed in the same write that stores the rotated token.
 pub const ANNOTATION: &str = "eagle-eye-operator.io/refresh-in-flight";
 
-/// An intent never binds others for longer than this, whatever its `until` says: a value
-/// put there by hand (or a clock far off) must not stop refreshing for good.
-pub const MAX_HOLD: SignedDuration = SignedDuration::from_hours(1);
+/// How far ahead another replica's clock may be and its intents still count.
+pub const CLOCK_SKEW: SignedDuration = SignedDuration::from_mins(2);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Intent {
@@ -66,16 +65,25 @@ pub enum Verdict {
 /// May `me` spend the stored token with fingerprint `stored` now? An intent for another
 /// token is stale (its answer was stored, or a person replaced the token); one's own intent
 /// is an attempt that has ended; an expired one is an answer that can no longer come.
-pub fn verdict(intent: Option<&Intent>, stored: &str, me: &str, now: Timestamp) -> Verdict {
+/// `max_hold` is the longest any holder's intent can honestly run (the call's limit plus the
+/// grace): an `until` further away than that was not written by a holder spending now (a
+/// hand edit, a clock far ahead) and binds nobody, so it can never stop refreshing for good.
+pub fn verdict(
+    intent: Option<&Intent>,
+    stored: &str,
+    me: &str,
+    now: Timestamp,
+    max_hold: SignedDuration,
+) -> Verdict {
+    let credible = now
+        .checked_add(max_hold.saturating_add(CLOCK_SKEW))
+        .unwrap_or(Timestamp::MAX);
     match intent {
-        Some(i) if i.fingerprint == stored && i.holder != me => {
-            let until = i
-                .until
-                .min(now.checked_add(MAX_HOLD).unwrap_or(Timestamp::MAX));
-            if until > now {
+        Some(i) if i.fingerprint == stored && i.holder != me && i.until > now => {
+            if i.until <= credible {
                 Verdict::HeldElsewhere {
                     holder: i.holder.clone(),
-                    until,
+                    until: i.until,
                 }
             } else {
                 Verdict::Free
@@ -92,6 +100,8 @@ mod tests {
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
     }
+
+    const HOLD: SignedDuration = SignedDuration::from_mins(10);
 
     fn intent(fp: &str, holder: &str, until: &str) -> Intent {
         Intent {
@@ -127,7 +137,7 @@ mod tests {
         let now = t("2026-11-30T10:00:00Z");
         let i = intent("fp1", "other/uid", "2026-11-30T10:05:00Z");
         assert_eq!(
-            verdict(Some(&i), "fp1", "me/uid", now),
+            verdict(Some(&i), "fp1", "me/uid", now, HOLD),
             Verdict::HeldElsewhere {
                 holder: "other/uid".into(),
                 until: t("2026-11-30T10:05:00Z")
@@ -139,32 +149,42 @@ mod tests {
     fn own_stale_and_expired_intents_do_not_block() {
         let now = t("2026-11-30T10:00:00Z");
         let live = intent("fp1", "me/uid", "2026-11-30T10:05:00Z");
-        assert_eq!(verdict(Some(&live), "fp1", "me/uid", now), Verdict::Free);
+        assert_eq!(
+            verdict(Some(&live), "fp1", "me/uid", now, HOLD),
+            Verdict::Free
+        );
         let other_token = intent("fp0", "other/uid", "2026-11-30T10:05:00Z");
         assert_eq!(
-            verdict(Some(&other_token), "fp1", "me/uid", now),
+            verdict(Some(&other_token), "fp1", "me/uid", now, HOLD),
             Verdict::Free
         );
         let expired = intent("fp1", "other/uid", "2026-11-30T10:00:00Z");
-        assert_eq!(verdict(Some(&expired), "fp1", "me/uid", now), Verdict::Free);
-        assert_eq!(verdict(None, "fp1", "me/uid", now), Verdict::Free);
+        assert_eq!(
+            verdict(Some(&expired), "fp1", "me/uid", now, HOLD),
+            Verdict::Free
+        );
+        assert_eq!(verdict(None, "fp1", "me/uid", now, HOLD), Verdict::Free);
     }
 
     #[test]
-    fn a_far_future_intent_binds_for_at_most_an_hour() {
+    fn an_intent_beyond_what_any_holder_could_write_binds_nobody() {
         let now = t("2026-11-30T10:00:00Z");
+        for until in ["2026-11-30T10:12:01Z", "9999-12-30T00:00:00Z"] {
+            let i = intent("fp1", "other/uid", until);
+            // Re-evaluated at every requeue, it never starts to bind either.
+            for later in [now, t("2026-12-30T10:00:00Z")] {
+                assert_eq!(
+                    verdict(Some(&i), "fp1", "me/uid", later, HOLD),
+                    Verdict::Free,
+                    "{until} at {later}"
+                );
+            }
+        }
+        // At the end of time, no arithmetic overflows.
         let i = intent("fp1", "other/uid", "9999-12-30T00:00:00Z");
         assert_eq!(
-            verdict(Some(&i), "fp1", "me/uid", now),
-            Verdict::HeldElsewhere {
-                holder: "other/uid".into(),
-                until: t("2026-11-30T11:00:00Z")
-            }
-        );
-        // Even at the end of time, no arithmetic overflows.
-        assert!(matches!(
-            verdict(Some(&i), "fp1", "me/uid", Timestamp::MAX),
+            verdict(Some(&i), "fp1", "me/uid", Timestamp::MAX, HOLD),
             Verdict::Free
-        ));
+        );
     }
 }

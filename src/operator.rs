@@ -129,6 +129,10 @@ pub async fn run(
         args.max_concurrent_refreshes > 0,
         "--max-concurrent-refreshes must be at least 1"
     );
+    anyhow::ensure!(
+        !args.in_flight_grace.is_negative() && !args.token_timeout.is_negative(),
+        "--in-flight-grace and --token-timeout must not be negative"
+    );
     let tokens = TokenClient::new(TokenClientOptions {
         answer_timeout: std::time::Duration::try_from(args.token_timeout)
             .context("--token-timeout")?,
@@ -407,6 +411,11 @@ fn process_identity(instance: Option<&str>) -> String {
                 .filter(|h| !h.is_empty())
         })
         .unwrap_or_else(|| "eagle-eye-operator".to_owned());
+    // Spend intents name the holder in a space-separated value: no whitespace in it.
+    let base: String = base
+        .chars()
+        .map(|c| if c.is_whitespace() { '-' } else { c })
+        .collect();
     format!("{base}_{:08x}", rand::random::<u32>())
 }
 

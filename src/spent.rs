@@ -15,17 +15,20 @@ pub const ANNOTATION: &str = "eagle-eye-operator.io/spent-refresh-token-fingerpr
 /// tokens, a month with 12-hour ones).
 pub const MAX: usize = 64;
 
+/// The list as written, or as much of it as could be ours: only fingerprints (16 hex
+/// digits), at most [`MAX`]. Whoever may edit the Secret's annotations cannot make the
+/// operator hold or compare more than that.
 pub fn read(annotations: Option<&BTreeMap<String, String>>) -> Vec<String> {
-    annotations
-        .and_then(|a| a.get(ANNOTATION))
-        .map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|f| !f.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
+    let Some(v) = annotations.and_then(|a| a.get(ANNOTATION)) else {
+        return Vec::new();
+    };
+    let fingerprints = v
+        .split(',')
+        .map(str::trim)
+        .filter(|f| f.len() == 16 && f.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    union(&fingerprints, &[])
 }
 
 pub fn render(list: &[String]) -> String {
@@ -75,15 +78,32 @@ mod tests {
         assert!(!after(&list, "fp99", "fp98").contains(&"fp98".to_owned()));
     }
 
+    /// Real fingerprints: 16 hex digits.
+    fn hex(n: std::ops::Range<usize>) -> Vec<String> {
+        n.map(|i| format!("{i:016x}")).collect()
+    }
+
     #[test]
     fn the_annotation_round_trips_and_tolerates_blanks() {
-        let list = fps(0..3);
+        let list = hex(0..3);
         let mut a = BTreeMap::new();
         a.insert(ANNOTATION.to_owned(), render(&list));
         assert_eq!(read(Some(&a)), list);
-        a.insert(ANNOTATION.to_owned(), " fp0, ,fp1,".to_owned());
-        assert_eq!(read(Some(&a)), fps(0..2));
+        a.insert(
+            ANNOTATION.to_owned(),
+            format!(" {}, ,{},", list[0], list[1]),
+        );
+        assert_eq!(read(Some(&a)), hex(0..2));
         assert!(read(None).is_empty());
+    }
+
+    #[test]
+    fn a_hand_made_list_yields_only_fingerprints_and_at_most_max_of_them() {
+        let mut a = BTreeMap::new();
+        let mut value = "not-a-fingerprint,0123,zzzzzzzzzzzzzzzz,".repeat(1000);
+        value.push_str(&render(&hex(0..10_000)));
+        a.insert(ANNOTATION.to_owned(), value);
+        assert_eq!(read(Some(&a)), hex(0..MAX));
     }
 
     #[test]

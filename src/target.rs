@@ -79,9 +79,17 @@ pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>) -> Secret {
 /// missing them (not written by this operator, or edited by hand).
 pub fn published(secret: &Secret) -> Option<Published> {
     let a = secret.metadata.annotations.as_ref()?;
+    // Times no token could have (a hand edit) make the annotations not ours at all: the
+    // credential then refreshes and writes true ones.
+    let plausible = |k: &str| {
+        let t: jiff::Timestamp = a.get(k)?.parse().ok()?;
+        let earliest = jiff::Timestamp::from_second(946_684_800).ok()?;
+        let latest = jiff::Timestamp::from_second(32_503_680_000).ok()?; // 3000-01-01
+        (earliest..=latest).contains(&t).then_some(t)
+    };
     Some(Published {
-        issued_at: a.get(ISSUED_AT)?.parse().ok()?,
-        expires_at: a.get(EXPIRES_AT)?.parse().ok()?,
+        issued_at: plausible(ISSUED_AT)?,
+        expires_at: plausible(EXPIRES_AT)?,
         refresh_fingerprint: a.get(REFRESH_FINGERPRINT)?.clone(),
         spent_fingerprints: spent::read(Some(a)),
     })

@@ -4,7 +4,7 @@
 //! a held token is the only live copy of the login. Beside them, the last live token of
 //! each credential, to undo a revert of its Secret to a dead one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -208,29 +208,43 @@ impl HeldTokens {
     }
 
     /// Claims `tokens` (the stored one first, then those rotated out) for credential `key`,
-    /// unless another credential that `exists` claimed the stored one first: then returns
-    /// that credential's key and claims nothing.
+    /// unless the stored one belongs to another credential: one that rotated it out (it is
+    /// dead), or one that holds it too and `precedes` this one (created first). Then
+    /// returns that credential's key and claims nothing. `precedes(other)` is false for a
+    /// credential that no longer exists.
     pub(crate) fn claim(
         &self,
         key: &str,
         tokens: &[String],
-        exists: impl Fn(&str) -> bool,
+        precedes: impl Fn(&str) -> Option<bool>,
     ) -> Option<String> {
         let mut c = lock(&self.claims);
-        if let Some(owner) = tokens.first().and_then(|t| c.by_token.get(t))
-            && owner != key
-            && exists(owner)
-        {
-            return Some(owner.clone());
+        let stored = tokens.first()?;
+        if let Some(owner) = c.by_token.get(stored).filter(|o| *o != key) {
+            let theirs_is_current = c
+                .by_credential
+                .get(owner)
+                .and_then(|l| l.first())
+                .is_some_and(|t| t == stored);
+            match precedes(owner) {
+                // It exists and rotated this token out, or it holds it and came first.
+                Some(first) if !theirs_is_current || first => return Some(owner.clone()),
+                _ => {}
+            }
         }
+        let new: HashSet<&String> = tokens.iter().collect();
         let old = c.by_credential.remove(key).unwrap_or_default();
-        for t in old.iter().filter(|t| !tokens.contains(t)) {
+        for t in old.iter().filter(|t| !new.contains(t)) {
             if c.by_token.get(t).is_some_and(|o| o == key) {
                 c.by_token.remove(t);
             }
         }
         for t in tokens {
-            c.by_token.insert(t.clone(), key.to_owned());
+            // Never take over another existing credential's claim on a token.
+            let other = c.by_token.get(t).filter(|o| *o != key).cloned();
+            if other.is_none_or(|o| precedes(&o).is_none()) {
+                c.by_token.insert(t.clone(), key.to_owned());
+            }
         }
         c.by_credential.insert(key.to_owned(), tokens.to_vec());
         None

@@ -113,6 +113,8 @@ pub enum Error {
     Target(String, kube::Error),
     #[error("storing the rotated refresh token in Secret {0}: {reason}", reason = kube_reason(.1))]
     WriteBack(String, kube::Error),
+    #[error("recording the spend intent on Secret {0} (so nothing was spent): {reason}", reason = kube_reason(.1))]
+    Intent(String, kube::Error),
     #[error(transparent)]
     Secret(#[from] SecretError),
     #[error("reconciling {0} panicked (a bug: please report it)")]
@@ -155,8 +157,9 @@ pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result
         }
         Err(e) => return Err(Error::Status(key(&cr), e)),
     };
-    // Nothing a user writes may end the process: a panic (a bug) fails this reconcile only,
-    // and what this process holds stays held for the next attempt.
+    // Nothing a user writes may end the process: a panic (a bug) fails this reconcile only.
+    // A held answer stays in the held map until it is stored; one received in this very
+    // reconcile lives on its stack until `store_rotated`, where no user input is parsed.
     let run = std::panic::AssertUnwindSafe(Reconciler::new(&fresh, &ctx).run());
     let result = match futures::FutureExt::catch_unwind(run).await {
         Ok(result) => result,

@@ -179,6 +179,7 @@ impl<'a> Reconciler<'a> {
                 &s.fingerprint,
                 &me,
                 self.now,
+                self.max_hold(),
             )
         });
         let refresh_before = validated
@@ -237,12 +238,16 @@ impl<'a> Reconciler<'a> {
         let mut tokens = vec![stored.fingerprint.clone()];
         tokens.extend(stored.spent.iter().cloned());
         let stores = &self.ctx.all_stores;
+        let order =
+            |c: &EagleEyeCredential| (c.metadata.creation_timestamp.clone().map(|t| t.0), key(c));
+        let mine = order(self.cr);
         let owner = self.ctx.held.claim(&self.key, &tokens, |owner| {
-            stores.iter().any(|store| {
+            stores.iter().find_map(|store| {
                 store
                     .state()
                     .iter()
-                    .any(|c| key(c) == owner && c.metadata.deletion_timestamp.is_none())
+                    .find(|c| key(c) == owner && c.metadata.deletion_timestamp.is_none())
+                    .map(|c| order(c) < mine)
             })
         })?;
         let ns = self.cr.namespace().unwrap_or_default();
@@ -254,6 +259,15 @@ impl<'a> Reconciler<'a> {
             "Secret {:?} holds the same refresh token as {who}, which refreshes it already; two credentials spending one rotating token destroy it: give each credential its own login",
             spec.refresh_token_secret_ref.name
         ))
+    }
+
+    /// How long after it is written a spend intent may bind other holders: the token
+    /// call's limit (a slot is used within `MAX_SLOT_HOLD` of being granted) plus the grace.
+    fn max_hold(&self) -> SignedDuration {
+        let call = self.ctx.tokens.answer_limit() + crate::token::MAX_SLOT_HOLD;
+        SignedDuration::try_from(call)
+            .unwrap_or(SignedDuration::MAX)
+            .saturating_add(self.ctx.settings.in_flight_grace)
     }
 
     /// This credential's name as a spender, in spend intents.
@@ -433,14 +447,14 @@ impl<'a> Reconciler<'a> {
                 .refresh(slot, auth_url, creds, stored, login, refresh_before)
                 .await;
         }
-        let now = Timestamp::now();
-        let answer_limit =
-            SignedDuration::try_from(self.ctx.tokens.answer_limit()).unwrap_or(SignedDuration::MAX);
-        let until = now
-            .checked_add(answer_limit)
-            // Time for a holder that received an answer while cut off from the API server
-            // to store it once it is back, before anyone else may spend the token it traded.
-            .and_then(|t| t.checked_add(self.ctx.settings.in_flight_grace))
+        // The slot's deadline bounds the whole call; the grace is time for a holder that
+        // received an answer while cut off from the API server to store it once it is back,
+        // before anyone else may spend the token it traded.
+        let call = SignedDuration::try_from(slot.remaining()).unwrap_or(SignedDuration::MAX);
+        let until = Timestamp::now()
+            .checked_add(call.saturating_add(self.ctx.settings.in_flight_grace))
+            .unwrap_or(Timestamp::MAX)
+            .checked_add(SignedDuration::from_secs(1))
             .unwrap_or(Timestamp::MAX);
         let intent = intent::Intent {
             fingerprint: stored.fingerprint.clone(),
@@ -455,7 +469,7 @@ impl<'a> Reconciler<'a> {
             }
             // Someone wrote the Secret since it was read: read it again.
             Ok(None) => Ok(Action::requeue(Duration::ZERO)),
-            Err(e) => Err(Error::WriteBack(r.name.clone(), e)),
+            Err(e) => Err(Error::Intent(r.name.clone(), e)),
         }
     }
 
