@@ -171,7 +171,7 @@ mod tests {
         assert_eq!((got.issued_at, got.expires_at), (p.issued_at, p.expires_at));
         assert_eq!(got.refresh_fingerprint, "00112233");
         assert!(got.spent_fingerprints.is_empty());
-        let spent = ["aa".to_owned(), "bb".to_owned()];
+        let spent = ["00000000000000aa".to_owned(), "00000000000000bb".to_owned()];
         p.spent_fingerprints = &spent;
         let got = published(&build(&credential(), &p)).unwrap();
         assert_eq!(got.spent_fingerprints, spent);
