@@ -6,27 +6,9 @@ use std::time::{Duration, Instant};
 use crate::support::operator::{
     Operator, create_credential, create_secrets, login, secret_data, stand_in, wait_for_reason,
 };
-use crate::support::{env, eventually, figure};
+use crate::support::{env, eventually, figure, get, series};
 use eagle_eye_testbed::standin::{StandIn, StandInConfig};
 use k8s_openapi::api::coordination::v1::Lease;
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    match reqwest::get(format!("http://{addr}{path}")).await {
-        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-        Err(_) => (0, String::new()),
-    }
-}
-
-/// The value of a series in OpenMetrics text, e.g. `eagle_eye_leader`.
-fn series(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(name_and_labels)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
 
 #[tokio::test]
 async fn one_of_two_replicas_leads_and_the_other_takes_over_after_sigkill_without_reuse() {

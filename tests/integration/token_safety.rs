@@ -5,9 +5,10 @@
 use std::time::{Duration, Instant};
 
 use crate::support::operator::{
-    Login, Operator, api_accepts, create_credential, login, ready, secret, secret_data, stand_in,
+    Operator, api_accepts, create_credential, create_secrets_holding, login, ready, secret_data,
+    stand_in,
 };
-use crate::support::{TestEnv, env, figure};
+use crate::support::{TestEnv, env, figure, get, series};
 use eagle_eye_testbed::standin::{Fault, StandIn};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::PostParams;
@@ -16,24 +17,6 @@ use kube::api::PostParams;
 const WORKING: [&str; 2] = ["TokenRefreshed", "TokenValid"];
 /// Ready reasons after which only a new Phase 1 login helps.
 const LOST: [&str; 2] = ["ReauthorizationRequired", "RefreshTokenReverted"];
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    match reqwest::get(format!("http://{addr}{path}")).await {
-        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-        Err(_) => (0, String::new()),
-    }
-}
-
-/// The value of a series in OpenMetrics text, e.g. `eagle_eye_leader`.
-fn series(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(name_and_labels)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
 
 /// `text` with every known secret value replaced, so that a failure message never shows one.
 fn redact(text: &str, secrets: &[&str]) -> String {
@@ -88,30 +71,6 @@ async fn describe(env: &TestEnv, name: &str, secrets: &[&str]) -> String {
         Some((s, r, m)) => format!("Ready={s} {r}: {}", redact(&m, secrets)),
         None => "no Ready condition".to_owned(),
     }
-}
-
-/// Creates `{name}-client` and `{name}-refresh`, the latter holding `stored` exactly as given
-/// (a person's paste, a copy from another Secret).
-async fn create_secrets_holding(env: &TestEnv, name: &str, login: &Login, stored: &str) {
-    let api = env.api::<Secret>();
-    api.create(
-        &PostParams::default(),
-        &secret(
-            &format!("{name}-client"),
-            &[
-                ("client_id", &login.client_id),
-                ("client_secret", &login.client_secret),
-            ],
-        ),
-    )
-    .await
-    .unwrap();
-    api.create(
-        &PostParams::default(),
-        &secret(&format!("{name}-refresh"), &[("refresh_token", stored)]),
-    )
-    .await
-    .unwrap();
 }
 
 async fn stored_refresh_token(env: &TestEnv, name: &str) -> Option<String> {

@@ -123,3 +123,22 @@ pub fn figure(line: String) {
         let _ = writeln!(f, "{test}: {line}");
     }
 }
+
+/// GET `path` on a local admin server: status and body, or `(0, "")` when unreachable.
+pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    match reqwest::get(format!("http://{addr}{path}")).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// The value of a series in OpenMetrics text, e.g. `eagle_eye_leader`.
+pub fn series(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

@@ -217,6 +217,12 @@ pub fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
 }
 
 pub async fn create_secrets(env: &TestEnv, name: &str, login: &Login) {
+    create_secrets_holding(env, name, login, &login.grant.refresh_token).await;
+}
+
+/// The client Secret and a refresh-token Secret holding `stored` exactly as given (a
+/// person's paste with a trailing newline, a copy from another Secret).
+pub async fn create_secrets_holding(env: &TestEnv, name: &str, login: &Login, stored: &str) {
     let api = env.api::<Secret>();
     api.create(
         &PostParams::default(),
@@ -232,10 +238,7 @@ pub async fn create_secrets(env: &TestEnv, name: &str, login: &Login) {
     .unwrap();
     api.create(
         &PostParams::default(),
-        &secret(
-            &format!("{name}-refresh"),
-            &[("refresh_token", &login.grant.refresh_token)],
-        ),
+        &secret(&format!("{name}-refresh"), &[("refresh_token", stored)]),
     )
     .await
     .unwrap();
