@@ -15,6 +15,8 @@ pub mod intent;
 pub mod kubectl;
 pub mod logging;
 pub mod metrics;
+#[cfg(test)]
+mod model_tests;
 pub mod operator;
 pub mod schedule;
 pub mod secrets;
