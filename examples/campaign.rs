@@ -66,13 +66,14 @@
 //! - in-window kill or outside the window, for each lost family: take the last refresh the
 //!   stand-in answered with 200 for its client. If its new token was ever seen stored (or is
 //!   stored now), nothing was lost between answer and write-back: outside the window. If it
-//!   never reached the Secret, find who sent it: the spend intent on the token sent names the
-//!   process (identity from its first log line). If that process was SIGKILLed after sending
-//!   (50 ms slack for clocks) and within 10 s of the answer reaching it, it is an in-window
-//!   kill: "in flight" when the kill came before the proxy handed the answer over, "answered"
-//!   after. Anything else (holder not killed, stopped with SIGTERM, killed much later, or still
-//!   running) is outside the window. When no intent names a holder, any SIGKILL from the
-//!   request's arrival to 10 s after its answer counts. A reuse is "after an in-window loss"
+//!   never reached the Secret, find who sent it: the last spend intent on the token sent that
+//!   the watch saw before the request (2 s slack for the watch) names the process (identity
+//!   from its first log line). If that process was SIGKILLed after sending (50 ms slack for
+//!   clocks) and within 10 s of the answer reaching it, it is an in-window kill: "in flight"
+//!   when the kill came before the proxy handed the answer over, "answered" after. Anything
+//!   else (holder not killed, stopped with SIGTERM, killed much later, or still running) is
+//!   outside the window. When no intent names a holder, any SIGKILL from the request's arrival
+//!   to 10 s after its answer counts. A reuse is "after an in-window loss"
 //!   when its token is the one sent for such a lost answer and it came after that answer.
 //! - longest time without a working token: every 100 ms the access token last seen in each
 //!   target Secret is checked at the stand-in (which kills the old access token at every
@@ -119,6 +120,8 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// A kill this long after an answer reached the operator no longer counts as in the window.
 const WINDOW_LIMIT: Duration = Duration::from_secs(10);
 const SLACK: Duration = Duration::from_millis(50);
+/// How much later than the request itself the watch may report the intent written before it.
+const INTENT_LAG: Duration = Duration::from_secs(2);
 /// How long a stopping replica gets before SIGKILL: the chart's terminationGracePeriodSeconds.
 const GRACE: Duration = Duration::from_secs(60);
 
@@ -358,15 +361,27 @@ fn operator_binary() -> Result<PathBuf> {
             bin.display()
         );
     }
-    // A stale binary would test yesterday's operator: say so.
+    // A stale binary would test yesterday's operator: say so. Cargo's dep-info lists the
+    // sources the binary was built from.
     let built = std::fs::metadata(&bin)?.modified()?;
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let newest = newest_mtime(&src);
-    if newest.is_some_and(|n| n > built) {
+    let deps =
+        std::fs::read_to_string(profile_dir.join("eagle-eye-operator.d")).unwrap_or_default();
+    let stale = deps
+        .split_once(": ")
+        .map(|(_, files)| files.replace("\\ ", "\u{0}"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|f| PathBuf::from(f.replace('\u{0}', " ")))
+        .any(|f| {
+            std::fs::metadata(&f)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > built)
+        });
+    if stale {
         say(
             "campaign",
             format!(
-                "warning: {} is older than src/; rebuild it (`cargo build{} --bin eagle-eye-operator`) to test the current sources",
+                "warning: sources of {} changed since it was built; rebuild it (`cargo build{} --bin eagle-eye-operator`) to test them",
                 bin.display(),
                 if profile == "release" {
                     " --release"
@@ -377,22 +392,6 @@ fn operator_binary() -> Result<PathBuf> {
         );
     }
     Ok(bin)
-}
-
-fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let t = if path.is_dir() {
-            newest_mtime(&path)
-        } else {
-            entry.metadata().ok().and_then(|m| m.modified().ok())
-        };
-        if t > newest {
-            newest = t;
-        }
-    }
-    newest
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2278,7 +2277,7 @@ impl<'e> Bed<'e> {
         }
         if deferrals > 0 || lease_lost > 0 {
             ops.push_str(&format!(
-                "; {deferrals} refreshes deferred to another holder's spend intent, Lease lost {lease_lost} times"
+                "; {deferrals} \"deferring a refresh to another holder's spend intent\" log lines, \"lost the Lease\" {lease_lost} times"
             ));
         }
         f.details.insert(0, ops);
@@ -2342,10 +2341,16 @@ fn classify(
     }
     // The last answer never reached the Secret: who sent it, and was it killed meanwhile?
     let sent_fp = fingerprint(sent);
-    let holder = history.iter().rev().find_map(|v| {
-        let i = eagle_eye_operator::intent::read(Some(&v.annotations))?;
-        (i.fingerprint == sent_fp).then_some(i.holder)
-    });
+    // The intent written right before that request (the watch may see it a little after the
+    // request arrived); a later one on the same token is another holder's, after a deferral.
+    let holder = history
+        .iter()
+        .rev()
+        .filter(|v| v.seen <= last.arrived + INTENT_LAG)
+        .find_map(|v| {
+            let i = eagle_eye_operator::intent::read(Some(&v.annotations))?;
+            (i.fingerprint == sent_fp).then_some(i.holder)
+        });
     let identity = holder
         .as_deref()
         .map(|h| h.rsplit_once('/').map_or(h, |(p, _)| p).to_owned());
