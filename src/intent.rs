@@ -15,6 +15,18 @@ pub const ANNOTATION: &str = "eagle-eye-operator.io/refresh-in-flight";
 /// How far ahead another replica's clock may be and its intents still count.
 pub const CLOCK_SKEW: SignedDuration = SignedDuration::from_mins(2);
 
+/// An intent's `until` is whole seconds, rounded up by up to this much (see [`until`]).
+const ROUNDING: SignedDuration = SignedDuration::from_secs(1);
+
+/// The `until` of an intent written at `now` for a spend whose answer may come for `hold`:
+/// whole seconds (the annotation's precision), rounded up so that it never ends early.
+pub fn until(now: Timestamp, hold: SignedDuration) -> Timestamp {
+    let t = now
+        .checked_add(hold.saturating_add(ROUNDING))
+        .unwrap_or(Timestamp::MAX);
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Intent {
     /// Fingerprint of the refresh token being spent.
@@ -76,7 +88,7 @@ pub fn verdict(
     max_hold: SignedDuration,
 ) -> Verdict {
     let credible = now
-        .checked_add(max_hold.saturating_add(CLOCK_SKEW))
+        .checked_add(max_hold.saturating_add(ROUNDING).saturating_add(CLOCK_SKEW))
         .unwrap_or(Timestamp::MAX);
     match intent {
         Some(i) if i.fingerprint == stored && i.holder != me && i.until > now => {
@@ -169,7 +181,7 @@ mod tests {
     #[test]
     fn an_intent_beyond_what_any_holder_could_write_binds_nobody() {
         let now = t("2026-11-30T10:00:00Z");
-        for until in ["2026-11-30T10:12:01Z", "9999-12-30T00:00:00Z"] {
+        for until in ["2026-11-30T10:12:02Z", "9999-12-30T00:00:00Z"] {
             let i = intent("fp1", "other/uid", until);
             // Re-evaluated at every requeue, it never starts to bind either.
             for later in [now, t("2026-12-30T10:00:00Z")] {
@@ -186,5 +198,28 @@ mod tests {
             verdict(Some(&i), "fp1", "me/uid", Timestamp::MAX, HOLD),
             Verdict::Free
         );
+    }
+
+    /// Regression (found by the model tests): `until` is rounded up, which once ate a
+    /// second of the skew allowed, so a reader exactly `CLOCK_SKEW` behind dismissed it.
+    #[test]
+    fn an_intent_written_on_a_clock_up_to_clock_skew_ahead_binds_the_reader() {
+        for writer in ["2026-11-30T10:02:00Z", "2026-11-30T10:02:00.999Z"] {
+            let writer = t(writer);
+            let i = Intent {
+                fingerprint: "fp1".into(),
+                holder: "other/uid".into(),
+                until: until(writer, HOLD),
+            };
+            assert!(i.until >= writer + HOLD, "rounded up, never down");
+            let reader = writer - CLOCK_SKEW;
+            assert!(
+                matches!(
+                    verdict(Some(&i), "fp1", "me/uid", reader, HOLD),
+                    Verdict::HeldElsewhere { .. }
+                ),
+                "a reader {CLOCK_SKEW:#} behind a writer at {writer}"
+            );
+        }
     }
 }

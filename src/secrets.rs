@@ -226,9 +226,19 @@ pub enum WriteBack {
 /// spent list. The replace carries the resourceVersion of the read that produced the spent
 /// token, so it cannot overwrite a token someone stored meanwhile; when the precondition
 /// fails only because of unrelated edits, it retries on the fresh object.
+///
+/// `traded` is the fingerprint of the token the server took for `new_token`. It is the one
+/// `stored` holds, unless a dead token was put back meanwhile: both are listed spent, and
+/// the content is judged against the token traded, so that the traded token put back is
+/// never taken for a person's new login. `stored.spent` is every token known dead.
+///
+/// A spend intent on the token written is kept: another holder may be spending it already
+/// (the live token put back over a revert). Any other intent ends with this write.
+#[allow(clippy::too_many_arguments)]
 pub async fn write_back(
     api: &Api<Secret>,
     stored: &StoredToken,
+    traded: &str,
     key: &str,
     new_token: &SecretString,
     credential: &str,
@@ -237,7 +247,7 @@ pub async fn write_back(
     let mut current = stored.secret.clone();
     let new_fp = fingerprint(new_token.expose_secret());
     let pending = Pending {
-        spent: &stored.fingerprint,
+        spent: traded,
         new: &new_fp,
     };
     for _ in 0..5 {
@@ -263,7 +273,11 @@ pub async fn write_back(
             key.into(),
             ByteString(new_token.expose_secret().as_bytes().to_vec()),
         );
-        let spent = spent::after(&previous, &stored.fingerprint, &new_fp);
+        let spent = spent::after(
+            &spent::after(&previous, &stored.fingerprint, &new_fp),
+            traded,
+            &new_fp,
+        );
         let a = next.metadata.annotations.get_or_insert_with(BTreeMap::new);
         a.insert(spent::ANNOTATION.into(), spent::render(&spent));
         a.insert(CHAIN_STARTED_AT.into(), stored.chain.started_at.to_string());
@@ -274,8 +288,11 @@ pub async fn write_back(
         a.insert(TOKEN_ISSUED_AT.into(), now.to_string());
         a.insert(TOKEN_FINGERPRINT.into(), new_fp.clone());
         a.insert(OWNER.into(), credential.into());
-        // The spend this write concludes is over.
-        a.remove(crate::intent::ANNOTATION);
+        // The spend this write concludes is over; one of the token written is not.
+        let on_new = crate::intent::read(Some(&*a)).is_some_and(|i| i.fingerprint == new_fp);
+        if !on_new {
+            a.remove(crate::intent::ANNOTATION);
+        }
         next.string_data = None;
         let name = next.metadata.name.clone().unwrap_or_default();
         match api.replace(&name, &PostParams::default(), &next).await {
@@ -447,6 +464,7 @@ mod tests {
             let out = write_back(
                 &api,
                 &stored,
+                &stored.fingerprint,
                 "refresh_token",
                 &SecretString::from("T3"),
                 "cam",

@@ -95,6 +95,27 @@ pub fn published(secret: &Secret) -> Option<Published> {
     })
 }
 
+/// Whether `published` is a newer answer than one received at `received_at` that leaves
+/// the refresh token `refresh_fp` current, with `spent` known dead beside it. By the chain
+/// of tokens when it tells (one traded the other's token in), else by arrival. An older
+/// answer is never published over a newer one: with rotating tokens, the older answer's
+/// access token is dead.
+pub fn supersedes(
+    published: &Published,
+    received_at: jiff::Timestamp,
+    refresh_fp: &str,
+    spent: &[String],
+) -> bool {
+    if published.spent_fingerprints.iter().any(|f| f == refresh_fp) {
+        return true;
+    }
+    if spent.contains(&published.refresh_fingerprint) && published.refresh_fingerprint != refresh_fp
+    {
+        return false;
+    }
+    published.issued_at > received_at
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +183,30 @@ mod tests {
         assert_eq!(s.metadata.name.as_deref(), Some("custom"));
         let data = s.data.unwrap();
         assert!(data.contains_key("TOKEN") && !data.contains_key("hostname"));
+    }
+
+    #[test]
+    fn an_older_answer_never_supersedes_a_newer_one_whatever_the_clocks() {
+        let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        let published = |fp: &str, spent: &[&str], issued: &str| Published {
+            issued_at: at(issued),
+            expires_at: at("2026-11-30T11:00:00Z"),
+            refresh_fingerprint: fp.into(),
+            spent_fingerprints: spent.iter().map(|s| s.to_string()).collect(),
+        };
+        let ours = |spent: &[&str]| spent.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let t = at("2026-11-30T10:00:00Z");
+        // The published answer traded our token in: newer, even stamped earlier (a slow clock).
+        let p = published("f2", &["f1", "f0"], "2026-11-30T09:59:00Z");
+        assert!(supersedes(&p, t, "f1", &ours(&["f0"])));
+        // We traded the published answer's token in: ours is newer, even stamped earlier.
+        let p = published("f1", &["f0"], "2026-11-30T10:01:00Z");
+        assert!(!supersedes(&p, t, "f2", &ours(&["f1", "f0"])));
+        // No chain between them (non-rotating, a new login): the later arrival wins.
+        let p = published("n1", &[], "2026-11-30T10:01:00Z");
+        assert!(supersedes(&p, t, "n1", &[]));
+        assert!(!supersedes(&p, at("2026-11-30T10:01:00Z"), "n1", &[]));
+        assert!(!supersedes(&p, at("2026-11-30T10:02:00Z"), "n1", &[]));
     }
 
     #[test]

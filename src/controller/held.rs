@@ -208,29 +208,21 @@ impl HeldTokens {
     }
 
     /// Claims `tokens` (the stored one first, then those rotated out) for credential `key`,
-    /// unless the stored one belongs to another credential: one that rotated it out (it is
-    /// dead), or one that holds it too and `precedes` this one (created first). Then
-    /// returns that credential's key and claims nothing. `precedes(other)` is false for a
-    /// credential that no longer exists.
+    /// unless another credential that still exists (`exists`) claimed the stored one first:
+    /// it rotated it out (the token is dead) or may be spending it right now. Then returns
+    /// that credential's key and claims nothing. The first claim wins, whatever the
+    /// credentials' ages: a claim is made before the spend it guards, under one lock, so
+    /// the first claimant may already be spending.
     pub(crate) fn claim(
         &self,
         key: &str,
         tokens: &[String],
-        precedes: impl Fn(&str) -> Option<bool>,
+        exists: impl Fn(&str) -> bool,
     ) -> Option<String> {
         let mut c = lock(&self.claims);
         let stored = tokens.first()?;
-        if let Some(owner) = c.by_token.get(stored).filter(|o| *o != key) {
-            let theirs_is_current = c
-                .by_credential
-                .get(owner)
-                .and_then(|l| l.first())
-                .is_some_and(|t| t == stored);
-            match precedes(owner) {
-                // It exists and rotated this token out, or it holds it and came first.
-                Some(first) if !theirs_is_current || first => return Some(owner.clone()),
-                _ => {}
-            }
+        if let Some(owner) = c.by_token.get(stored).filter(|o| *o != key && exists(o)) {
+            return Some(owner.clone());
         }
         let new: HashSet<&String> = tokens.iter().collect();
         let old = c.by_credential.remove(key).unwrap_or_default();
@@ -242,7 +234,7 @@ impl HeldTokens {
         for t in tokens {
             // Never take over another existing credential's claim on a token.
             let other = c.by_token.get(t).filter(|o| *o != key).cloned();
-            if other.is_none_or(|o| precedes(&o).is_none()) {
+            if other.is_none_or(|o| !exists(&o)) {
                 c.by_token.insert(t.clone(), key.to_owned());
             }
         }
@@ -350,9 +342,14 @@ async fn store(client: &Client, held: &Held) -> Result<(), String> {
         Content::NewLogin | Content::StoredByUs | Content::Current => return Ok(()),
         Content::AwaitingWriteBack | Content::SpentPutBack => {}
     }
+    let stored = secrets::StoredToken {
+        spent: dead,
+        ..stored
+    };
     secrets::write_back(
         &api,
         &stored,
+        &held.spent_fingerprint,
         &held.key,
         new,
         &held.credential,

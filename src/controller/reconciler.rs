@@ -238,16 +238,12 @@ impl<'a> Reconciler<'a> {
         let mut tokens = vec![stored.fingerprint.clone()];
         tokens.extend(stored.spent.iter().cloned());
         let stores = &self.ctx.all_stores;
-        let order =
-            |c: &EagleEyeCredential| (c.metadata.creation_timestamp.clone().map(|t| t.0), key(c));
-        let mine = order(self.cr);
         let owner = self.ctx.held.claim(&self.key, &tokens, |owner| {
-            stores.iter().find_map(|store| {
+            stores.iter().any(|store| {
                 store
                     .state()
                     .iter()
-                    .find(|c| key(c) == owner && c.metadata.deletion_timestamp.is_none())
-                    .map(|c| order(c) < mine)
+                    .any(|c| key(c) == owner && c.metadata.deletion_timestamp.is_none())
             })
         })?;
         let ns = self.cr.namespace().unwrap_or_default();
@@ -415,6 +411,12 @@ impl<'a> Reconciler<'a> {
                 else {
                     return Ok(Action::requeue(Duration::ZERO));
                 };
+                // The write-back after the call (and a follower's retry of it) must know
+                // every token found dead, the target's copy of the list included.
+                let stored = StoredToken {
+                    spent: g.dead,
+                    ..stored
+                };
                 self.ctx.held.remember_live(&self.key, &stored.token);
                 if let Some(wait) = self.ctx.leadership.not_safe_to_spend().await {
                     info!(
@@ -451,15 +453,13 @@ impl<'a> Reconciler<'a> {
         // received an answer while cut off from the API server to store it once it is back,
         // before anyone else may spend the token it traded.
         let call = SignedDuration::try_from(slot.remaining()).unwrap_or(SignedDuration::MAX);
-        let until = Timestamp::now()
-            .checked_add(call.saturating_add(self.ctx.settings.in_flight_grace))
-            .unwrap_or(Timestamp::MAX)
-            .checked_add(SignedDuration::from_secs(1))
-            .unwrap_or(Timestamp::MAX);
         let intent = intent::Intent {
             fingerprint: stored.fingerprint.clone(),
             holder: self.holder(),
-            until: whole_seconds(until),
+            until: intent::until(
+                Timestamp::now(),
+                call.saturating_add(self.ctx.settings.in_flight_grace),
+            ),
         };
         let r = &self.cr.spec.refresh_token_secret_ref;
         match secrets::record_intent(&self.secrets, &stored, &intent).await {
@@ -552,6 +552,7 @@ impl<'a> Reconciler<'a> {
         match secrets::write_back(
             &self.secrets,
             &reverted,
+            &reverted.fingerprint,
             &r.key,
             &live,
             &self.cr.name_any(),
@@ -609,13 +610,26 @@ impl<'a> Reconciler<'a> {
         mut held: Held,
     ) -> Result<Option<Held>, Error> {
         let Some(new) = held.new_token.clone() else {
-            return Ok(Some(held));
+            // Nothing to store; but a person may have stored a new login while the call was
+            // out, and an answer for the old one is not published over theirs. Unread, it
+            // stays held for the next reconcile to decide.
+            let r = &self.cr.spec.refresh_token_secret_ref;
+            return match secrets::read_refresh_token(&self.secrets, &r.name, &r.key, self.now).await
+            {
+                Ok(now) if now.fingerprint == held.spent_fingerprint => Ok(Some(held)),
+                Ok(_) => Ok(None),
+                Err(_) => {
+                    self.ctx.held.put(&self.key, held);
+                    Ok(None)
+                }
+            };
         };
         // From the answer on, the new token is the live one (the spent one is dead).
         self.ctx.held.remember_live(&self.key, &new);
         match secrets::write_back(
             &self.secrets,
             stored,
+            &held.spent_fingerprint,
             &held.key,
             &new,
             &held.credential,
@@ -679,30 +693,59 @@ impl<'a> Reconciler<'a> {
         let expires_at =
             issued_at + SignedDuration::try_from(grant.expires_in).unwrap_or(SignedDuration::ZERO);
         // The target keeps a copy of the spent list, for tools that put back annotations
-        // along with the token; the refresh-token Secret's list is the one that counts.
-        let copy = self.published().await.ok().flatten();
-        let copy = copy.map(|p| p.spent_fingerprints).unwrap_or_default();
-        let spent: Vec<String> = spent::union(&held.spent, &copy)
-            .into_iter()
-            .filter(|f| *f != refresh_fp)
-            .collect();
-        if let Err(e) = self
-            .publish(grant, &refresh_fp, &spent, issued_at, expires_at)
-            .await
-        {
-            let message = format!("the refreshed access token could not be published: {e}");
-            self.ctx.held.put(&self.key, held);
-            self.event(EventType::Warning, reason::PUBLISH_FAILED, &message)
-                .await;
-            let _ = self
-                .patch_status(Verdict {
-                    ready: false,
-                    reason: reason::PUBLISH_FAILED,
-                    message,
-                })
-                .await;
-            return Err(e);
-        }
+        // along with the token; the refresh-token Secret's list is the one that counts. It
+        // is read once and written with its resourceVersion as a precondition, so an answer
+        // held up in flight never rolls back a newer one published meanwhile.
+        let name = target::target_name(self.cr);
+        let attempt = async {
+            let current = self
+                .secrets
+                .get_opt(&name)
+                .await
+                .map_err(|e| Error::Target(name.clone(), e))?;
+            let copy = current.as_ref().and_then(target::published);
+            if copy
+                .as_ref()
+                .is_some_and(|p| target::supersedes(p, issued_at, &refresh_fp, &held.spent))
+            {
+                return Ok(None);
+            }
+            let copy = copy.map(|p| p.spent_fingerprints).unwrap_or_default();
+            let spent: Vec<String> = spent::union(&held.spent, &copy)
+                .into_iter()
+                .filter(|f| *f != refresh_fp)
+                .collect();
+            let version = current.and_then(|s| s.metadata.resource_version);
+            self.publish(grant, &refresh_fp, &spent, issued_at, expires_at, version)
+                .await?;
+            Ok(Some(spent))
+        };
+        let spent = match attempt.await {
+            Ok(Some(spent)) => spent,
+            Ok(None) => {
+                info!("a newer access token is already published; this older answer is not");
+                return Ok(Action::requeue(Duration::ZERO));
+            }
+            Err(Error::Target(_, kube::Error::Api(s))) if s.code == 409 => {
+                // Published meanwhile: the next reconcile compares again.
+                self.ctx.held.put(&self.key, held);
+                return Ok(Action::requeue(Duration::ZERO));
+            }
+            Err(e) => {
+                let message = format!("the refreshed access token could not be published: {e}");
+                self.ctx.held.put(&self.key, held);
+                self.event(EventType::Warning, reason::PUBLISH_FAILED, &message)
+                    .await;
+                let _ = self
+                    .patch_status(Verdict {
+                        ready: false,
+                        reason: reason::PUBLISH_FAILED,
+                        message,
+                    })
+                    .await;
+                return Err(e);
+            }
+        };
         let rotation = match (self.cr.spec.rotation, rotated, &grant.refresh_token) {
             (RotationMode::Auto, false, Some(_)) => RotationMode::NonRotating,
             (RotationMode::Auto, _, _) => RotationMode::Rotating,
@@ -754,9 +797,10 @@ impl<'a> Reconciler<'a> {
         spent: &[String],
         issued_at: Timestamp,
         expires_at: Timestamp,
+        resource_version: Option<String>,
     ) -> Result<(), Error> {
         let base_url = grant.api.base_url();
-        let secret = target::build(
+        let mut secret = target::build(
             self.cr,
             &Publication {
                 access_token: grant.access_token.expose_secret(),
@@ -770,6 +814,8 @@ impl<'a> Reconciler<'a> {
                 spent_fingerprints: spent,
             },
         );
+        // A precondition: the apply fails with 409 if the target changed since it was read.
+        secret.metadata.resource_version = resource_version;
         let name = target::target_name(self.cr);
         self.secrets
             .patch(
