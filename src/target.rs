@@ -113,7 +113,9 @@ pub fn supersedes(
     {
         return false;
     }
+    // Unrelated answers of one second: the one published stands.
     published.issued_at > received_at
+        || (published.issued_at == received_at && published.refresh_fingerprint != refresh_fp)
 }
 
 #[cfg(test)]
@@ -202,9 +204,11 @@ mod tests {
         // We traded the published answer's token in: ours is newer, even stamped earlier.
         let p = published("f1", &["f0"], "2026-11-30T10:01:00Z");
         assert!(!supersedes(&p, t, "f2", &ours(&["f1", "f0"])));
-        // No chain between them (non-rotating, a new login): the later arrival wins.
+        // No chain between them (non-rotating, a new login): the later arrival wins, and
+        // of one second the one published.
         let p = published("n1", &[], "2026-11-30T10:01:00Z");
         assert!(supersedes(&p, t, "n1", &[]));
+        assert!(supersedes(&p, at("2026-11-30T10:01:00Z"), "o1", &[]));
         assert!(!supersedes(&p, at("2026-11-30T10:01:00Z"), "n1", &[]));
         assert!(!supersedes(&p, at("2026-11-30T10:02:00Z"), "n1", &[]));
     }
