@@ -195,6 +195,10 @@ struct Args {
     /// slow: longest answer delay in seconds [default: 30; --quick: 4].
     #[arg(long)]
     slow_max_secs: Option<f64>,
+    /// slow: the operator's `--max-concurrent-refreshes` [default: the operator's own, 4].
+    /// A cold start of N due credentials takes about N x the mean delay / this.
+    #[arg(long)]
+    slow_max_concurrent_refreshes: Option<usize>,
     /// reverts: sync-tool reverts [default: 20; --quick: 3].
     #[arg(long)]
     reverts: Option<usize>,
@@ -231,6 +235,7 @@ struct Plan {
     outage_credentials: usize,
     credentials: usize,
     slow_secs: (f64, f64),
+    slow_concurrency: Option<usize>,
     reverts: usize,
     new_logins: usize,
     revert_credentials: usize,
@@ -258,6 +263,7 @@ impl Plan {
                 a.slow_min_secs.unwrap_or(if q { 1.0 } else { 5.0 }),
                 a.slow_max_secs.unwrap_or(if q { 4.0 } else { 30.0 }),
             ),
+            slow_concurrency: a.slow_max_concurrent_refreshes,
             reverts: pick(a.reverts, 20, 3),
             new_logins: pick(a.new_logins, 10, 2),
             revert_credentials: pick(a.revert_credentials, 5, 3),
@@ -1147,6 +1153,11 @@ impl<'e> Bed<'e> {
     }
 
     fn start_replicas(&mut self, n: usize) -> Result<()> {
+        self.start_replicas_with(n, &[])
+    }
+
+    /// `n` replicas, each with the campaign's flags and then `extra`.
+    fn start_replicas_with(&mut self, n: usize, extra: &[String]) -> Result<()> {
         let ca_free = [
             "run",
             "--log-format",
@@ -1168,6 +1179,7 @@ impl<'e> Bed<'e> {
             let label = ((b'a' + i as u8) as char).to_string();
             let mut args = ca_free.to_vec();
             args.extend(["--instance".into(), format!("replica-{label}")]);
+            args.extend(extra.iter().cloned());
             let mut r = Replica {
                 label,
                 bin: self.env.operator.clone(),
@@ -1561,7 +1573,10 @@ async fn slow(bed: &mut Bed<'_>, rng: &mut StdRng) -> Result<()> {
     let plan = bed.env.plan.clone();
     let n = plan.credentials;
     let (lo, hi) = plan.slow_secs;
-    bed.faults = format!("every answer after {lo}-{hi} s");
+    bed.faults = match plan.slow_concurrency {
+        Some(c) => format!("every answer after {lo}-{hi} s, {c} concurrent"),
+        None => format!("every answer after {lo}-{hi} s"),
+    };
     bed.create_credentials(n).await?;
     // Keep Delay faults queued ahead of the requests: each request takes the next one.
     let feeding = Arc::new(AtomicBool::new(true));
@@ -1586,10 +1601,19 @@ async fn slow(bed: &mut Bed<'_>, rng: &mut StdRng) -> Result<()> {
         })
     };
     let begun = Instant::now();
-    bed.start_replicas(2)?;
+    let bound = plan
+        .slow_concurrency
+        .map(|c| vec!["--max-concurrent-refreshes".to_owned(), c.to_string()])
+        .unwrap_or_default();
+    bed.start_replicas_with(2, &bound)?;
+    let bound = plan
+        .slow_concurrency
+        .map_or("the default".to_owned(), |c| c.to_string());
     say(
         bed.who,
-        format!("cold start: {n} due credentials, two replicas started"),
+        format!(
+            "cold start: {n} due credentials, two replicas started (concurrent refreshes: {bound})"
+        ),
     );
     let mut sigterm_done = false;
     let mut last_progress = Instant::now();
