@@ -18,6 +18,7 @@ pub mod metrics;
 #[cfg(test)]
 mod model_tests;
 pub mod operator;
+pub mod outcome;
 pub mod schedule;
 pub mod secrets;
 pub mod spent;

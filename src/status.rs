@@ -31,6 +31,24 @@ pub mod reason {
     pub const DEADLINE_PASSED: &str = "DeadlinePassed";
 }
 
+/// Every reason the `Ready` condition carries (the others are `ReloginSoon`'s): a reason
+/// read back from the status is one of these.
+pub const READY_REASONS: [&str; 13] = [
+    reason::TOKEN_REFRESHED,
+    reason::TOKEN_VALID,
+    reason::SECRET_NOT_FOUND,
+    reason::SECRET_KEY_MISSING,
+    reason::INVALID_SPEC,
+    reason::REFRESH_FAILED,
+    reason::REAUTHORIZATION_REQUIRED,
+    reason::REFRESH_TOKEN_IN_USE,
+    reason::REFRESH_TOKEN_REVERTED,
+    reason::WRITE_BACK_PENDING,
+    reason::PUBLISH_FAILED,
+    reason::SUSPENDED,
+    reason::ANSWER_REFUSED,
+];
+
 /// Sets condition `type_`, keeping its lastTransitionTime unless its status changes.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,

@@ -2,6 +2,9 @@
 //! Kubernetes API meet. Pipeline per credential:
 //! validate -> read Secrets -> finish any pending write-back -> plan -> refresh ->
 //! write back the rotated refresh token -> apply the target Secret -> status.
+//! In code: gather -> `decide` (pure, `crate::decide`) -> act -> report: the act layer
+//! ends with an `Outcome`, whose status and Events `crate::outcome` words (pure) and
+//! `report.rs` applies.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -20,7 +23,7 @@ use crate::crd::{EagleEyeCredential, parse_duration};
 use crate::metrics::{self, Metrics};
 use crate::schedule;
 use crate::secrets::{SecretError, kube_reason};
-use crate::status::{Lifetimes, reason};
+use crate::status::Lifetimes;
 use crate::token::TokenClient;
 
 mod held;
@@ -263,27 +266,6 @@ fn login_fingerprint(
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-fn static_reason(r: &str) -> &'static str {
-    [
-        reason::TOKEN_REFRESHED,
-        reason::TOKEN_VALID,
-        reason::SECRET_NOT_FOUND,
-        reason::SECRET_KEY_MISSING,
-        reason::INVALID_SPEC,
-        reason::REFRESH_FAILED,
-        reason::REAUTHORIZATION_REQUIRED,
-        reason::REFRESH_TOKEN_IN_USE,
-        reason::REFRESH_TOKEN_REVERTED,
-        reason::WRITE_BACK_PENDING,
-        reason::PUBLISH_FAILED,
-        reason::SUSPENDED,
-        reason::ANSWER_REFUSED,
-    ]
-    .into_iter()
-    .find(|k| *k == r)
-    .unwrap_or(reason::REFRESH_FAILED)
 }
 
 /// Kubernetes keeps times to the second; rounding down here keeps the status, the target

@@ -8,17 +8,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, info};
 
 use crate::crd::{EagleEyeCredential, EagleEyeCredentialStatus, RotationMode};
 use crate::decide::{Decision, Observed, decide};
 use crate::intent;
+use crate::outcome::{Failure, Outcome};
 use crate::schedule::{self, Inputs};
 use crate::secrets::{self, SecretError, StoredToken, WriteBack, kube_reason};
 use crate::spent;
-use crate::status::reason;
 use crate::target::{self, Publication};
 use crate::token::{CallSlot, ErrorClass, TokenError, TokenGrant};
 
@@ -51,13 +50,6 @@ pub(super) struct Reconciler<'a> {
     pub(super) now: Timestamp,
     /// When the token endpoint answered this round's refresh.
     pub(super) answered_at: Option<std::time::Instant>,
-}
-
-/// The outcome that `Ready` reports.
-pub(super) struct Verdict {
-    pub(super) ready: bool,
-    pub(super) reason: &'static str,
-    pub(super) message: String,
 }
 
 impl<'a> Reconciler<'a> {
@@ -330,35 +322,24 @@ impl<'a> Reconciler<'a> {
                 if let Some(k) = &g.pending_key {
                     self.ctx.held.take(k);
                 }
-                self.event(EventType::Normal, "RefreshTokenReplaced", "a person stored a new refresh token while a rotated one waited to be stored; using theirs").await;
-                Ok(Action::requeue(Duration::ZERO))
+                self.finish(Outcome::ReplacedByPerson, Action::requeue(Duration::ZERO))
+                    .await
             }
             Decision::KeepPending | Decision::RefreshSecretProblem => match g.stored {
                 Err(e) => self.secret_problem(e).await,
                 Ok(_) => Ok(Action::requeue(Duration::ZERO)),
             },
             Decision::Suspended => {
-                self.finish(
-                    Verdict {
-                        ready: false,
-                        reason: reason::SUSPENDED,
-                        message: "refreshing is suspended".into(),
-                    },
-                    Action::await_change(),
-                )
-                .await
+                self.finish(Outcome::Suspended, Action::await_change())
+                    .await
             }
             Decision::InvalidSpec(message) => {
-                self.fail_waiting(reason::INVALID_SPEC, message, Action::await_change())
+                self.finish(Outcome::InvalidSpec(message), Action::await_change())
                     .await
             }
             Decision::InUse(message) => {
-                self.fail_waiting(
-                    reason::REFRESH_TOKEN_IN_USE,
-                    message,
-                    Action::requeue(WAITING_RECHECK),
-                )
-                .await
+                self.finish(Outcome::InUse(message), Action::requeue(WAITING_RECHECK))
+                    .await
             }
             Decision::ClientSecretProblem => match g.creds {
                 Err(e) => self.secret_problem(e).await,
@@ -369,41 +350,42 @@ impl<'a> Reconciler<'a> {
                 if let Some(login) = &g.login {
                     self.ctx.held.refuse(Refusal::Server, &self.key, login);
                 }
-                self.status.next_refresh_at = None;
-                let verdict = self.current_verdict(None);
-                self.finish(verdict, Action::requeue(WAITING_RECHECK)).await
+                self.finish(Outcome::AwaitingLogin, Action::requeue(WAITING_RECHECK))
+                    .await
             }
             Decision::WaitForConfig => {
-                self.status.next_refresh_at = None;
-                let verdict = self.current_verdict(None);
-                self.finish(verdict, Action::requeue(WAITING_RECHECK)).await
+                self.finish(Outcome::AwaitingConfig, Action::requeue(WAITING_RECHECK))
+                    .await
             }
             Decision::RestoreLive | Decision::Reverted => match g.stored {
                 Ok(stored) => self.undo_revert(stored, &g.dead).await,
                 Err(_) => Ok(Action::requeue(Duration::ZERO)),
             },
             Decision::Deferred { holder, until } => {
-                let message = format!(
-                    "not refreshing until {until}: {holder} may still receive the answer to a refresh it sent with this token, and spending it meanwhile could lose the login"
-                );
                 info!(%holder, %until, "deferring a refresh to another holder's spend intent");
-                self.event(EventType::Normal, "RefreshDeferred", &message)
-                    .await;
-                let verdict = self.current_verdict(g.published.as_ref().map(|p| p.expires_at));
+                let standing = self.standing(g.published.as_ref().map(|p| p.expires_at));
                 let wait = schedule::until(self.now, until) + Duration::from_secs(1);
-                self.finish(verdict, Action::requeue(wait)).await
+                let outcome = Outcome::Deferred {
+                    holder,
+                    until,
+                    standing,
+                };
+                self.finish(outcome, Action::requeue(wait)).await
             }
             Decision::WaitUntil(at) => {
-                self.status.next_refresh_at = Some(Time(at));
                 if let Some(chain) = chain {
                     self.set_deadline(chain);
                 }
                 if let Ok(stored) = &g.stored {
                     self.ctx.held.remember_live(&self.key, &stored.token);
                 }
-                let verdict = self.current_verdict(g.published.as_ref().map(|p| p.expires_at));
+                let standing = self.standing(g.published.as_ref().map(|p| p.expires_at));
                 let action = Action::requeue(schedule::until(self.now, at));
-                self.finish(verdict, action).await
+                let outcome = Outcome::Waiting {
+                    until: at,
+                    standing,
+                };
+                self.finish(outcome, action).await
             }
             Decision::Spend(why) => {
                 let (Ok(stored), Ok(creds), Some((auth_url, _)), Some(login)) =
@@ -532,18 +514,10 @@ impl<'a> Reconciler<'a> {
     /// it, else the credential waits for a new login.
     async fn undo_revert(self, stored: StoredToken, dead: &[String]) -> Result<Action, Error> {
         let r = &self.cr.spec.refresh_token_secret_ref;
+        let (secret, key) = (r.name.clone(), r.key.clone());
         let Some(live) = self.ctx.held.live(&self.key, dead) else {
-            let message = format!(
-                "Secret {:?} holds a refresh token this operator already rotated out (put back by a GitOps or secret-sync tool?) and no live copy is left, so it was not spent; repeat the Phase 1 login and keep key {:?} out of such tools",
-                r.name, r.key
-            );
-            return self
-                .fail_waiting(
-                    reason::REFRESH_TOKEN_REVERTED,
-                    message,
-                    Action::requeue(WAITING_RECHECK),
-                )
-                .await;
+            let outcome = Outcome::Reverted { secret, key };
+            return self.finish(outcome, Action::requeue(WAITING_RECHECK)).await;
         };
         // The chain annotations still describe the live token unless they were reverted too.
         let live_fp = secrets::fingerprint(live.expose_secret());
@@ -561,13 +535,8 @@ impl<'a> Reconciler<'a> {
         .await
         {
             Ok(WriteBack::Written(_)) => {
-                let message = format!(
-                    "Secret {:?} was set back to a refresh token this operator already rotated out (by a GitOps or secret-sync tool?); the live token was written back. Keep key {:?} out of such tools",
-                    r.name, r.key
-                );
-                self.event(EventType::Warning, "RefreshTokenRestored", &message)
-                    .await;
-                Ok(Action::requeue(Duration::ZERO))
+                let outcome = Outcome::Restored { secret, key };
+                self.finish(outcome, Action::requeue(Duration::ZERO)).await
             }
             Ok(WriteBack::ReplacedByPerson) => Ok(Action::requeue(Duration::ZERO)),
             Err(e) => Err(Error::WriteBack(r.name.clone(), e)),
@@ -648,29 +617,19 @@ impl<'a> Reconciler<'a> {
                 Ok(Some(held))
             }
             Ok(WriteBack::ReplacedByPerson) => {
-                self.event(
-                    EventType::Normal,
-                    "RefreshTokenReplaced",
-                    "a person stored a new refresh token while a rotated one waited to be stored; using theirs",
-                )
-                .await;
+                // An Event only: no status write that could fail.
+                self.report(&Outcome::ReplacedByPerson).await?;
                 Ok(None)
             }
             Err(e) => {
                 let name = held.secret.clone();
                 self.ctx.held.put(&self.key, held);
-                let message = format!(
-                    "the rotated refresh token is held in memory until Secret {name:?} can be written: {}",
-                    kube_reason(&e)
-                );
-                self.event(EventType::Warning, reason::WRITE_BACK_PENDING, &message)
-                    .await;
-                let verdict = Verdict {
-                    ready: false,
-                    reason: reason::WRITE_BACK_PENDING,
-                    message,
+                let outcome = Outcome::WriteBackPending {
+                    secret: name.clone(),
+                    why: kube_reason(&e),
                 };
-                let _ = self.patch_status(verdict).await;
+                // The write-back's error is the one to retry on, whatever the status write does.
+                let _ = self.report(&outcome).await;
                 Err(Error::WriteBack(name, e))
             }
         }
@@ -732,17 +691,9 @@ impl<'a> Reconciler<'a> {
                 return Ok(Action::requeue(Duration::ZERO));
             }
             Err(e) => {
-                let message = format!("the refreshed access token could not be published: {e}");
                 self.ctx.held.put(&self.key, held);
-                self.event(EventType::Warning, reason::PUBLISH_FAILED, &message)
-                    .await;
-                let _ = self
-                    .patch_status(Verdict {
-                        ready: false,
-                        reason: reason::PUBLISH_FAILED,
-                        message,
-                    })
-                    .await;
+                let outcome = Outcome::PublishFailed { why: e.to_string() };
+                let _ = self.report(&outcome).await;
                 return Err(e);
             }
         };
@@ -773,21 +724,12 @@ impl<'a> Reconciler<'a> {
             schedule::due_at(&published, self.rotation(), refresh_before, jitter(self.cr)),
             self.idle_end(chain.token_issued_at),
         );
-        self.status.next_refresh_at = Some(Time(next));
-        self.event(
-            EventType::Normal,
-            reason::TOKEN_REFRESHED,
-            "access token refreshed and published",
-        )
-        .await;
-        let message = format!("access token refreshed; it expires at {expires_at}");
-        let verdict = Verdict {
-            ready: true,
-            reason: reason::TOKEN_REFRESHED,
-            message,
-        };
         let action = Action::requeue(schedule::until(self.now, next));
-        self.finish(verdict, action).await
+        let outcome = Outcome::Refreshed {
+            expires_at,
+            next_refresh: next,
+        };
+        self.finish(outcome, action).await
     }
 
     pub(super) async fn publish(
@@ -851,22 +793,10 @@ impl<'a> Reconciler<'a> {
             // operator may not use the answer. Spending again would only rotate for nothing:
             // wait until the configuration or the login changes.
             self.ctx.held.refuse(Refusal::Config, &self.key, login);
-            let message = format!(
-                "the auth server's answer was refused by the operator's configuration ({err}); the rotated refresh token was stored, and no refresh is tried again until the operator's flags (--allowed-api-hosts) or the login change"
-            );
-            self.event(EventType::Warning, reason::ANSWER_REFUSED, &message)
-                .await;
-            self.status.next_refresh_at = None;
-            return self
-                .finish(
-                    Verdict {
-                        ready: false,
-                        reason: reason::ANSWER_REFUSED,
-                        message,
-                    },
-                    Action::requeue(WAITING_RECHECK),
-                )
-                .await;
+            let outcome = Outcome::AnswerRefused {
+                failure: Failure::from(&err),
+            };
+            return self.finish(outcome, Action::requeue(WAITING_RECHECK)).await;
         }
         if err.class() == ErrorClass::Reauthorize {
             // Before declaring the login dead, make sure the token spent is still the one
@@ -875,33 +805,17 @@ impl<'a> Reconciler<'a> {
             if again.is_ok_and(|s| s.fingerprint != stored.fingerprint) {
                 return Ok(Action::requeue(Duration::ZERO));
             }
-            let message = format!(
-                "the auth server refused the refresh token ({err}); a person must repeat the Phase 1 login and store the new refresh token in Secret {:?}",
-                r.name
-            );
-            self.event(
-                EventType::Warning,
-                reason::REAUTHORIZATION_REQUIRED,
-                &message,
-            )
-            .await;
-            self.status.next_refresh_at = None;
             // Sending a refused non-rotating token again is no reuse, and may work after a
             // server incident: only rotating logins are held back.
             if self.rotation() != schedule::Rotation::NonRotating {
                 self.status.refused_login_fingerprint = Some(login.to_owned());
                 self.ctx.held.refuse(Refusal::Server, &self.key, login);
             }
-            return self
-                .finish(
-                    Verdict {
-                        ready: false,
-                        reason: reason::REAUTHORIZATION_REQUIRED,
-                        message,
-                    },
-                    Action::requeue(WAITING_RECHECK),
-                )
-                .await;
+            let outcome = Outcome::ReauthorizationRequired {
+                failure: Failure::from(&err),
+                secret: r.name.clone(),
+            };
+            return self.finish(outcome, Action::requeue(WAITING_RECHECK)).await;
         }
         // Only the retry time matters here, which refreshBefore does not change.
         let published = self.published().await.unwrap_or(None);
@@ -914,36 +828,13 @@ impl<'a> Reconciler<'a> {
                         .unwrap_or(SignedDuration::ZERO)
             }
         };
-        self.status.next_refresh_at = Some(Time(at));
-        let valid = published
-            .map(|p| p.expires_at)
-            .filter(|e| *e > self.now)
-            .map(|e| format!("; the published access token stays valid until {e}"))
-            .unwrap_or_else(|| "; no valid access token is published".into());
-        let message = format!(
-            "refresh failed ({}: {err}); attempt {} , next try at {at}{valid}",
-            err.reason(),
-            self.status.failed_refresh_attempts
-        )
-        .replace(" ,", ",");
-        // One Event series per cause, its note free of counts and times that repeats
-        // would leave stale.
-        self.event_for(
-            EventType::Warning,
-            reason::REFRESH_FAILED,
-            err.reason(),
-            &format!("refresh failed ({}: {err})", err.reason()),
-        )
-        .await;
         let action = Action::requeue(schedule::until(self.now, at));
-        self.finish(
-            Verdict {
-                ready: false,
-                reason: reason::REFRESH_FAILED,
-                message,
-            },
-            action,
-        )
-        .await
+        let outcome = Outcome::RefreshFailed {
+            failure: Failure::from(&err),
+            attempt: self.status.failed_refresh_attempts,
+            next_try: at,
+            published_until: published.map(|p| p.expires_at),
+        };
+        self.finish(outcome, action).await
     }
 }

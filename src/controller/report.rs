@@ -1,90 +1,40 @@
-//! What a reconcile reports: the Ready verdict, the status write and Events.
+//! Applies what a reconcile reports (worded in `crate::outcome`): Events, then the status.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::Event;
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
 use crate::crd::{EagleEyeCredential, RotationMode};
+use crate::outcome::{self, Next, Note, Outcome, Standing, Verdict};
 use crate::schedule::Rotation;
 use crate::secrets::{self, SecretError};
-use crate::status::{self, READY, RELOGIN_SOON, reason};
+use crate::status::{self, READY, RELOGIN_SOON};
 
-use super::reconciler::{Reconciler, Verdict};
-use super::{Error, FIELD_MANAGER, MISSING_SECRET_RECHECK, labels, static_reason, truncate};
+use super::reconciler::Reconciler;
+use super::{Error, FIELD_MANAGER, MISSING_SECRET_RECHECK, labels, truncate};
 
 impl Reconciler<'_> {
+    /// A Secret that cannot be used is reported and looked at again soon; a Kubernetes
+    /// API failure is an error, retried with backoff.
     pub(super) async fn secret_problem(self, e: SecretError) -> Result<Action, Error> {
-        let reason = match &e {
-            SecretError::NotFound(_) => reason::SECRET_NOT_FOUND,
-            SecretError::KeyMissing { .. } | SecretError::BadValue { .. } => {
-                reason::SECRET_KEY_MISSING
+        match Outcome::secret_problem(&e) {
+            Some(outcome) => {
+                self.finish(outcome, Action::requeue(MISSING_SECRET_RECHECK))
+                    .await
             }
-            SecretError::Api { .. } => return Err(e.into()),
-        };
-        self.fail_waiting(
-            reason,
-            e.to_string(),
-            Action::requeue(MISSING_SECRET_RECHECK),
-        )
-        .await
-    }
-
-    /// A problem only a person can fix: report it once per change, then wait.
-    pub(super) async fn fail_waiting(
-        self,
-        reason: &'static str,
-        message: String,
-        action: Action,
-    ) -> Result<Action, Error> {
-        let unchanged = self
-            .cr
-            .status
-            .as_ref()
-            .and_then(|s| status::condition(&s.conditions, READY))
-            .is_some_and(|c| c.reason == reason && c.message == message);
-        if !unchanged {
-            self.event(EventType::Warning, reason, &message).await;
+            None => Err(e.into()),
         }
-        self.finish(
-            Verdict {
-                ready: false,
-                reason,
-                message,
-            },
-            action,
-        )
-        .await
     }
 
-    /// `Ready` when nothing was done this round: true while the published token is valid
-    /// and the last attempt did not fail.
-    pub(super) fn current_verdict(&self, expires_at: Option<Timestamp>) -> Verdict {
-        let old = status::condition(&self.status.conditions, READY);
-        match expires_at {
-            Some(e) if e > self.now && self.status.failed_refresh_attempts == 0 => Verdict {
-                ready: true,
-                reason: old
-                    .filter(|c| c.status == "True")
-                    .map(|_| reason::TOKEN_REFRESHED)
-                    .unwrap_or(reason::TOKEN_VALID),
-                message: format!("the published access token is valid until {e}"),
-            },
-            _ => match old {
-                Some(c) if c.status == "False" => Verdict {
-                    ready: false,
-                    reason: static_reason(&c.reason),
-                    message: c.message.clone(),
-                },
-                _ => Verdict {
-                    ready: false,
-                    reason: reason::REFRESH_FAILED,
-                    message: "no valid access token is published".into(),
-                },
-            },
+    /// What stands when this round changed nothing, for `Ready`.
+    pub(super) fn standing(&self, expires_at: Option<Timestamp>) -> Standing {
+        Standing {
+            expires_at,
+            failing: self.status.failed_refresh_attempts > 0,
         }
     }
 
@@ -116,16 +66,36 @@ impl Reconciler<'_> {
         self.status.refresh_token_deadline_is_estimate = chain.estimated;
     }
 
+    /// Reports `outcome`, then lets the controller requeue as `action` says.
     pub(super) async fn finish(
         mut self,
-        verdict: Verdict,
+        outcome: Outcome,
         action: Action,
     ) -> Result<Action, Error> {
-        self.patch_status(verdict).await?;
+        self.report(&outcome).await?;
         Ok(action)
     }
 
-    pub(super) async fn patch_status(&mut self, verdict: Verdict) -> Result<(), Error> {
+    /// Applies the report of `outcome`: its Events first, so that a failed status write
+    /// loses none of them, then the status.
+    pub(super) async fn report(&mut self, outcome: &Outcome) -> Result<(), Error> {
+        let previous = status::condition(&self.status.conditions, READY);
+        let report = outcome::report(outcome, previous, self.now);
+        for note in &report.events {
+            self.event(note).await;
+        }
+        match report.next_refresh {
+            Next::Keep => {}
+            Next::At(at) => self.status.next_refresh_at = Some(Time(at)),
+            Next::Unscheduled => self.status.next_refresh_at = None,
+        }
+        match report.ready {
+            Some(verdict) => self.patch_status(verdict).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn patch_status(&mut self, verdict: Verdict) -> Result<(), Error> {
         let generation = self.cr.metadata.generation;
         status::set_condition(
             &mut self.status.conditions,
@@ -158,9 +128,8 @@ impl Reconciler<'_> {
             generation,
             self.now,
         );
-        if soon && !was_soon {
-            self.event(EventType::Warning, "ReloginSoon", &message)
-                .await;
+        if let Some(note) = outcome::relogin_warning(was_soon, soon, &message) {
+            self.event(&note).await;
         }
         self.ctx
             .metrics
@@ -190,19 +159,12 @@ impl Reconciler<'_> {
         Ok(())
     }
 
-    pub(super) async fn event(&self, type_: EventType, reason: &str, note: &str) {
-        self.event_for(type_, reason, "Refresh", note).await
-    }
-
-    /// Kubernetes folds an Event that repeats reason and action into a series that keeps
-    /// the first note, so a note must stay true for every repeat: what varies between
-    /// repeats belongs in `action` (or in the status, not the Event).
-    pub(super) async fn event_for(&self, type_: EventType, reason: &str, action: &str, note: &str) {
+    async fn event(&self, note: &Note) {
         let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(truncate(note, 1000)),
-            action: action.into(),
+            type_: note.type_,
+            reason: note.reason.into(),
+            note: Some(truncate(&note.note, 1000)),
+            action: note.action.into(),
             secondary: None,
         };
         if let Err(e) = self
