@@ -154,6 +154,18 @@ async fn answer(shared: &Expecting, req: &Request<Incoming>) -> Response<String>
         );
     }
     let outcome = check_callback(query, &shared.state);
+    if matches!(outcome, Err(CallbackError::StateMismatch)) {
+        // Not this run's answer (an old tab, another program, a forged link): it must not
+        // end the wait, or any local page could abort a login.
+        eprintln!(
+            "Ignored a request to the redirect URI that does not carry this run's state value; still waiting for the login."
+        );
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Not this login",
+            "This answer does not carry the state value of the login the terminal is waiting for (an older tab, another program, or a forged link). Nothing was used. Open the URL the terminal shows.",
+        );
+    }
     let first = {
         let mut answered = shared
             .answered

@@ -155,6 +155,10 @@ pub fn check_callback(query: &str, expected_state: &str) -> Result<SecretString,
             _ => continue,
         };
         if slot.replace(value.into_owned()).is_some() {
+            // This run sends one state: a repeated one is not its answer.
+            if name == "state" {
+                return Err(CallbackError::StateMismatch);
+            }
             return Err(CallbackError::Repeated(name));
         }
     }
@@ -331,9 +335,10 @@ mod tests {
             check_callback("code=a&code=b&state=s1", "s1").unwrap_err(),
             CallbackError::Repeated("code")
         );
+        // One state is sent: two, even both ours, are not this run's answer.
         assert_eq!(
             check_callback("code=a&state=s1&state=s1", "s1").unwrap_err(),
-            CallbackError::Repeated("state")
+            CallbackError::StateMismatch
         );
     }
 

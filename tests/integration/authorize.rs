@@ -554,30 +554,35 @@ async fn started_login(env: &TestEnv, si: &StandIn, name: &str) -> (Cli, Url) {
 }
 
 #[tokio::test]
-async fn an_answer_with_another_state_is_refused_and_nothing_is_stored() {
+async fn an_answer_with_another_state_is_refused_without_ending_the_wait_and_the_login_completes() {
     let env = env().await;
     let si = stand_in(Duration::from_secs(3600)).await;
     let (cli, location) = started_login(&env, &si, "forged").await;
-    let (status, page) = deliver(&with_param(&location, "state", "forged-state")).await;
-    assert_eq!(status, 400);
-    assert!(page.contains("state"), "{page}");
+    // Any local page could send these: none may end the wait or spend anything.
+    for forged in [
+        with_param(&location, "state", "forged-state"),
+        with_param(&location, "state", ""),
+        Url::parse(&format!("{}&state=again", location)).unwrap(),
+    ] {
+        let (status, page) = deliver(&forged).await;
+        assert_eq!(status, 400, "{forged}");
+        assert!(page.contains("state value"), "{page}");
+    }
+    assert_eq!(si.counters().code_exchanges, 0, "no code was spent");
+    assert!(secret_data(&env, "forged-refresh-token").await.is_none());
+    // The person's own answer still completes the login.
+    let (status, page) = deliver(&location).await;
+    assert_eq!(status, 200, "{page}");
     let done = cli.finish().await;
-    assert_eq!(done.code, Some(1), "{}", done.all());
+    assert_eq!(done.code, Some(0), "{}", done.all());
     assert!(
         done.stderr
-            .contains("does not carry the state value this run sent"),
+            .contains("does not carry this run's state value; still waiting"),
         "{}",
         done.all()
     );
-    assert_eq!(si.counters().code_exchanges, 0, "the code was not spent");
-    assert!(secret_data(&env, "forged-refresh-token").await.is_none());
-    assert!(
-        env.api::<EagleEyeCredential>()
-            .get_opt("forged")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert_eq!(si.counters().code_exchanges, 1);
+    assert!(secret_data(&env, "forged-refresh-token").await.is_some());
 }
 
 #[tokio::test]
