@@ -14,8 +14,6 @@ use crate::token::TokenError;
 
 /// Reasons of Events that no `Ready` reason names.
 pub mod event {
-    /// Another holder's spend intent is waited out.
-    pub const REFRESH_DEFERRED: &str = "RefreshDeferred";
     /// A person stored a new login while a rotated token waited to be stored.
     pub const REFRESH_TOKEN_REPLACED: &str = "RefreshTokenReplaced";
     /// A rotated-out token was put back, and the live one written over it.
@@ -216,16 +214,21 @@ pub fn report(outcome: &Outcome, previous: Option<&Condition>, now: Timestamp) -
             holder,
             until,
             standing,
-        } => status(
-            current(standing, previous, now),
-            Next::Keep,
-            vec![normal(
-                event::REFRESH_DEFERRED,
-                format!(
-                    "not refreshing until {until}: {holder} may still receive the answer to a refresh it sent with this token, and spending it meanwhile could lose the login"
-                ),
-            )],
-        ),
+        } => {
+            let message = format!(
+                "not refreshing until {until}: {holder} may still receive the answer to a refresh it sent with this token, and spending it meanwhile could lose the login"
+            );
+            // With a valid token published nothing is wrong yet; without one, this is why.
+            let verdict = match current(standing, previous, now) {
+                v if v.ready => v,
+                _ => verdict(false, reason::REFRESH_DEFERRED, message.clone()),
+            };
+            status(
+                verdict,
+                Next::Keep,
+                vec![normal(reason::REFRESH_DEFERRED, message)],
+            )
+        }
         O::AwaitingLogin | O::AwaitingConfig => status(
             current(&NOTHING_VALID, previous, now),
             Next::Unscheduled,
@@ -533,7 +536,17 @@ mod tests {
                 },
                 None,
                 Some((true, reason::TOKEN_VALID)),
-                vec![(Normal, event::REFRESH_DEFERRED)],
+                vec![(Normal, reason::REFRESH_DEFERRED)],
+            ),
+            (
+                O::Deferred {
+                    holder: s("replica-b/uid"),
+                    until: t(NOW + 30),
+                    standing: expired(),
+                },
+                was_ok.clone(),
+                Some((false, reason::REFRESH_DEFERRED)),
+                vec![(Normal, reason::REFRESH_DEFERRED)],
             ),
             (
                 O::AwaitingLogin,

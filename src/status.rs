@@ -25,6 +25,11 @@ pub mod reason {
     /// The server answered, but the operator's configuration refuses the answer (an API
     /// host outside `--allowed-api-hosts`); nothing is spent until that changes.
     pub const ANSWER_REFUSED: &str = "AnswerRefused";
+    /// Due, with no valid access token published, but another process may still receive
+    /// the answer to a refresh it sent with the stored token: spending it meanwhile could
+    /// lose the login, so the refresh waits until that answer is stored or can no longer
+    /// come.
+    pub const REFRESH_DEFERRED: &str = "RefreshDeferred";
     pub const DEADLINE_NEAR: &str = "DeadlineNear";
     pub const DEADLINE_FAR: &str = "DeadlineFar";
     pub const NO_DEADLINE: &str = "NoDeadline";
@@ -33,7 +38,7 @@ pub mod reason {
 
 /// Every reason the `Ready` condition carries (the others are `ReloginSoon`'s): a reason
 /// read back from the status is one of these.
-pub const READY_REASONS: [&str; 13] = [
+pub const READY_REASONS: [&str; 14] = [
     reason::TOKEN_REFRESHED,
     reason::TOKEN_VALID,
     reason::SECRET_NOT_FOUND,
@@ -47,6 +52,7 @@ pub const READY_REASONS: [&str; 13] = [
     reason::PUBLISH_FAILED,
     reason::SUSPENDED,
     reason::ANSWER_REFUSED,
+    reason::REFRESH_DEFERRED,
 ];
 
 /// Sets condition `type_`, keeping its lastTransitionTime unless its status changes.
