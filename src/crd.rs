@@ -30,6 +30,11 @@ pub const DEFAULT_AUTH_URL: &str = "https://auth.eagleeyenetworks.com";
     shortname = "eecred",
     category = "eagleeye",
     doc = "An Eagle Eye Networks Video API v3 login kept alive by the operator.",
+    // The target (named or by default `<name>-token`) is written by the operator: it must
+    // never be one of the Secrets it reads, or publishing would overwrite the login.
+    validation = kube::core::Rule::new(
+        "(has(self.spec.target) && has(self.spec.target.name) ? self.spec.target.name : self.metadata.name + '-token') != self.spec.clientSecretRef.name && (has(self.spec.target) && has(self.spec.target.name) ? self.spec.target.name : self.metadata.name + '-token') != self.spec.refreshTokenSecretRef.name"
+    ).message("the target Secret (spec.target.name, by default <name>-token) must not be the client or refresh-token Secret"),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -178,6 +183,12 @@ pub struct TargetSecret {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("self.accessToken != ''").message("accessToken cannot be left out"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "[self.accessToken, self.baseUrl, self.hostname, self.port, self.expiresAt, self.tokenType].filter(k, k != '').all(k, [self.accessToken, self.baseUrl, self.hostname, self.port, self.expiresAt, self.tokenType].filter(j, j == k).size() == 1)"
+).message("target key names must differ from one another"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "[self.accessToken, self.baseUrl, self.hostname, self.port, self.expiresAt, self.tokenType].all(k, k == '' || (k.size() <= 253 && k.matches('^[-._a-zA-Z0-9]+$')))"
+).message("target key names must be valid Secret keys (letters, digits, '-', '_', '.')"))]
 pub struct TargetKeys {
     /// The access token (send as `Authorization: Bearer <token>`).
     #[serde(default = "k_access_token")]

@@ -541,6 +541,31 @@ async fn api_server_rejects_malformed_specs() {
             serde_json::json!({"clientSecretRef": {"name": ""}}),
             "name must not be empty",
         ),
+        (
+            "a target named like the refresh-token Secret",
+            serde_json::json!({"target": {"name": "bad3-refresh"}}),
+            "must not be the client or refresh-token Secret",
+        ),
+        (
+            "a refresh-token Secret named like the default target",
+            serde_json::json!({"refreshTokenSecretRef": {"name": "bad4-token"}}),
+            "must not be the client or refresh-token Secret",
+        ),
+        (
+            "a target named like the client Secret",
+            serde_json::json!({"target": {"name": "bad5-client"}}),
+            "must not be the client or refresh-token Secret",
+        ),
+        (
+            "two target keys of one name (the access token overwritten by `Bearer`)",
+            serde_json::json!({"target": {"keys": {"tokenType": "access_token"}}}),
+            "target key names must differ",
+        ),
+        (
+            "a target key no Secret can hold",
+            serde_json::json!({"target": {"keys": {"baseUrl": "base url"}}}),
+            "must be valid Secret keys",
+        ),
     ];
     for (i, (what, extra, message)) in cases.into_iter().enumerate() {
         let cr = credential(&format!("bad{i}"), &si, extra);
@@ -550,6 +575,15 @@ async fn api_server_rejects_malformed_specs() {
             .expect_err(what);
         assert!(err.to_string().contains(message), "{what}: {err}");
     }
+    // Left-out keys (empty names) may repeat, and a distinct target name is fine.
+    let fine = credential(
+        "fine",
+        &si,
+        serde_json::json!({"target": {"name": "fine-published", "keys": {"hostname": "", "port": ""}}}),
+    );
+    api.create(&PostParams::default(), &fine)
+        .await
+        .expect("a valid spec");
 }
 
 #[tokio::test]
