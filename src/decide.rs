@@ -7,8 +7,9 @@
 //! 1. An answer still pending in memory comes first: it may be the only live copy of the
 //!    login, so neither suspend, nor a bad spec, nor a missing client Secret may keep it
 //!    waiting. Only a refresh-token Secret that cannot be read makes it wait.
-//! 2. Suspend, then the spec, then a second claimant of the token: each stops spending
-//!    before any Secret content is trusted.
+//! 2. Suspend, then the spec, then a second claimant of the token, then a target Secret
+//!    that is not this credential's to write: each stops spending before any Secret
+//!    content is trusted (a refresh whose answer cannot be published only rotates).
 //! 3. The Secrets' content: missing or unreadable values, then a login the server refused
 //!    or an answer the configuration refused (never sent again until something changes),
 //!    then a rotated-out token put back (never spent).
@@ -43,6 +44,8 @@ pub struct Observed {
     pub spec_problem: Option<String>,
     /// Why another credential owns this refresh token, if one does.
     pub claimed_elsewhere: Option<String>,
+    /// Why the target Secret is not this credential's to write, if it is not.
+    pub target_conflict: Option<String>,
     /// The client-credentials Secret's problem, if any.
     pub client: Option<String>,
     /// Fingerprint of the stored refresh token, or why there is none.
@@ -80,6 +83,7 @@ pub enum Decision {
     Suspended,
     InvalidSpec(String),
     InUse(String),
+    TargetConflict(String),
     ClientSecretProblem,
     RefreshSecretProblem,
     /// The server refused this login: wait for a person's new one.
@@ -130,6 +134,9 @@ pub fn decide(o: &Observed) -> Decision {
     if let Some(why) = &o.claimed_elsewhere {
         return Decision::InUse(why.clone());
     }
+    if let Some(why) = &o.target_conflict {
+        return Decision::TargetConflict(why.clone());
+    }
     if o.client.is_some() {
         return Decision::ClientSecretProblem;
     }
@@ -176,6 +183,7 @@ mod tests {
             suspended: false,
             spec_problem: None,
             claimed_elsewhere: None,
+            target_conflict: None,
             client: None,
             stored: Ok("t1".into()),
             pending: None,
@@ -202,10 +210,11 @@ mod tests {
     }
 
     #[test]
-    fn a_pending_answer_comes_before_suspend_spec_and_client_problems() {
+    fn a_pending_answer_comes_before_suspend_spec_target_and_client_problems() {
         let o = Observed {
             suspended: true,
             spec_problem: Some("bad".into()),
+            target_conflict: Some("t".into()),
             client: Some("c".into()),
             pending: pending("t1", "t2", true),
             ..due()
@@ -294,10 +303,18 @@ mod tests {
             (
                 Observed {
                     claimed_elsewhere: Some("c".into()),
-                    client: Some("c".into()),
+                    target_conflict: Some("t".into()),
                     ..later()
                 },
                 Decision::InUse("c".into()),
+            ),
+            (
+                Observed {
+                    target_conflict: Some("t".into()),
+                    client: Some("c".into()),
+                    ..later()
+                },
+                Decision::TargetConflict("t".into()),
             ),
             (
                 Observed {

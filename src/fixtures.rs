@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::Secret;
-use kube::Client;
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::store::Writer;
+use kube::{Client, Resource};
 
 use crate::controller::{Context, HeldTokens, Leadership, Settings, Shared};
 use crate::crd::EagleEyeCredential;
@@ -254,7 +254,7 @@ mod tests {
         let issued = now.to_string();
         let expires_s = expires.to_string();
         let fp = fingerprint("rt-1");
-        let target = secret(
+        let mut target = secret(
             "cam-token",
             &[("access_token", "at")],
             &[
@@ -263,6 +263,10 @@ mod tests {
                 (REFRESH_FINGERPRINT, &fp),
             ],
         );
+        // Created by this credential: only then are its annotations trusted.
+        target.metadata.owner_references = EagleEyeCredential::test()
+            .controller_owner_ref(&())
+            .map(|o| vec![o]);
         let published = crate::target::published(&target).expect("our annotations");
         let server = tokio::spawn(async move {
             let v = verifier

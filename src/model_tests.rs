@@ -487,6 +487,7 @@ fn decision_name(d: &Decision) -> &'static str {
         Decision::Suspended => "Suspended",
         Decision::InvalidSpec(_) => "InvalidSpec",
         Decision::InUse(_) => "InUse",
+        Decision::TargetConflict(_) => "TargetConflict",
         Decision::ClientSecretProblem => "ClientSecretProblem",
         Decision::RefreshSecretProblem => "RefreshSecretProblem",
         Decision::WaitForLogin => "WaitForLogin",
@@ -704,6 +705,7 @@ impl Model {
             suspended: false,
             spec_problem: None,
             claimed_elsewhere,
+            target_conflict: None,
             client: None,
             stored: stored.as_ref().map(|s| s.fp.clone()).map_err(Clone::clone),
             pending: pending.map(|(p, _)| p),
@@ -793,6 +795,7 @@ impl Model {
             | Decision::Suspended
             | Decision::InvalidSpec(_)
             | Decision::InUse(_)
+            | Decision::TargetConflict(_)
             | Decision::ClientSecretProblem
             | Decision::WaitForConfig
             | Decision::Deferred { .. } => Ok(()),

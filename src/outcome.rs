@@ -80,6 +80,8 @@ pub enum Outcome {
     InvalidSpec(String),
     /// Another credential spends this refresh token; says which, as far as it may.
     InUse(String),
+    /// The target Secret is not this credential's to write (the message says whose).
+    TargetConflict(String),
     /// A Secret is missing (the message names it).
     SecretNotFound(String),
     /// A Secret lacks a key, or its value is unusable.
@@ -241,6 +243,7 @@ pub fn report(outcome: &Outcome, previous: Option<&Condition>, now: Timestamp) -
         ),
         O::InvalidSpec(m) => waiting(previous, reason::INVALID_SPEC, m.clone()),
         O::InUse(m) => waiting(previous, reason::REFRESH_TOKEN_IN_USE, m.clone()),
+        O::TargetConflict(m) => waiting(previous, reason::TARGET_CONFLICT, m.clone()),
         O::SecretNotFound(m) => waiting(previous, reason::SECRET_NOT_FOUND, m.clone()),
         O::SecretKeyMissing(m) => waiting(previous, reason::SECRET_KEY_MISSING, m.clone()),
         O::Reverted { secret, key } => waiting(
@@ -584,6 +587,14 @@ mod tests {
                 None,
                 Some((false, reason::REFRESH_TOKEN_IN_USE)),
                 vec![(Warning, reason::REFRESH_TOKEN_IN_USE)],
+            ),
+            (
+                O::TargetConflict(s(
+                    "Secret \"app\" exists and was not created by this credential",
+                )),
+                None,
+                Some((false, reason::TARGET_CONFLICT)),
+                vec![(Warning, reason::TARGET_CONFLICT)],
             ),
             (
                 O::SecretNotFound(s("Secret \"rt\" not found")),

@@ -30,6 +30,9 @@ pub mod reason {
     /// lose the login, so the refresh waits until that answer is stored or can no longer
     /// come.
     pub const REFRESH_DEFERRED: &str = "RefreshDeferred";
+    /// The target Secret exists and is not this credential's to write (another
+    /// credential's, or anything else's without the opt-in annotation): nothing is written.
+    pub const TARGET_CONFLICT: &str = "TargetConflict";
     pub const DEADLINE_NEAR: &str = "DeadlineNear";
     pub const DEADLINE_FAR: &str = "DeadlineFar";
     pub const NO_DEADLINE: &str = "NoDeadline";
@@ -38,7 +41,7 @@ pub mod reason {
 
 /// Every reason the `Ready` condition carries (the others are `ReloginSoon`'s): a reason
 /// read back from the status is one of these.
-pub const READY_REASONS: [&str; 14] = [
+pub const READY_REASONS: [&str; 15] = [
     reason::TOKEN_REFRESHED,
     reason::TOKEN_VALID,
     reason::SECRET_NOT_FOUND,
@@ -53,6 +56,7 @@ pub const READY_REASONS: [&str; 14] = [
     reason::SUSPENDED,
     reason::ANSWER_REFUSED,
     reason::REFRESH_DEFERRED,
+    reason::TARGET_CONFLICT,
 ];
 
 /// Sets condition `type_`, keeping its lastTransitionTime unless its status changes.

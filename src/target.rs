@@ -16,6 +16,74 @@ pub const CREDENTIAL_LABEL: &str = "eagle-eye-operator.io/credential";
 pub const ISSUED_AT: &str = "eagle-eye-operator.io/issued-at";
 pub const EXPIRES_AT: &str = "eagle-eye-operator.io/expires-at";
 pub const REFRESH_FINGERPRINT: &str = "eagle-eye-operator.io/refresh-token-fingerprint";
+/// Set on an existing Secret by someone who may write it, naming a credential of its
+/// namespace: that credential may publish into it (and never deletes it).
+pub const ADOPT: &str = "eagle-eye-operator.io/adopt";
+
+/// Whose the target Secret is, as far as publishing goes. A credential writes only a
+/// target it created (its controller reference) or one whose writer opted in for it: a
+/// tenant who may create credentials but not Secrets can never make the operator write,
+/// take over or garbage-collect a Secret of someone else's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// There is none: it is created, owned by the credential and deleted with it.
+    Absent,
+    /// The credential created it.
+    Owned,
+    /// Someone with write access to it opted in ([`ADOPT`]): written, never deleted with
+    /// the credential (no owner reference is added).
+    Adopted,
+    /// Anything else: nothing is written; why, in words for the status.
+    Conflict(String),
+}
+
+/// Whose `target` (the Secret named by [`target_name`], if it exists) is for `cr`.
+pub fn ownership(cr: &EagleEyeCredential, target: Option<&Secret>) -> Ownership {
+    let name = target_name(cr);
+    let spec = &cr.spec;
+    if name == spec.client_secret_ref.name || name == spec.refresh_token_secret_ref.name {
+        return Ownership::Conflict(format!(
+            "the target Secret {name:?} is one this credential reads (its client or refresh-token Secret): the operator never publishes into it; set spec.target.name to another name"
+        ));
+    }
+    let Some(target) = target else {
+        return Ownership::Absent;
+    };
+    let controller = target
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    let mine = cr.metadata.uid.as_deref();
+    match controller {
+        Some(o) if mine.is_some_and(|uid| o.uid == uid) => return Ownership::Owned,
+        // A credential's own target stays its own, whatever an annotation says.
+        Some(o)
+            if o.kind == EagleEyeCredential::kind(&())
+                && o.api_version.starts_with(crate::crd::GROUP) =>
+        {
+            return Ownership::Conflict(format!(
+                "Secret {name:?} is the target of EagleEyeCredential {:?}, which created it; set spec.target.name to another name",
+                o.name
+            ));
+        }
+        _ => {}
+    }
+    let opted_in = target
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ADOPT))
+        .is_some_and(|v| v.trim() == cr.name_any());
+    if opted_in {
+        return Ownership::Adopted;
+    }
+    Ownership::Conflict(format!(
+        "Secret {name:?} exists and was not created by this credential, so nothing is written to it; to publish there, someone who may edit that Secret annotates it {ADOPT}={}, or set spec.target.name to another name",
+        cr.name_any()
+    ))
+}
 
 /// The access token and API location to publish.
 pub struct Publication<'a> {
@@ -38,8 +106,9 @@ pub fn target_name(cr: &EagleEyeCredential) -> String {
         .unwrap_or_else(|| format!("{}-token", cr.name_any()))
 }
 
-/// The whole target Secret, for server-side apply.
-pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>) -> Secret {
+/// The whole target Secret, for server-side apply; `owned`: created by the credential,
+/// which is then its controller (and the garbage collector deletes it with the credential).
+pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>, owned: bool) -> Secret {
     let keys = &cr.spec.target.keys;
     let port = p.port.to_string();
     let expires = p.expires_at.to_string();
@@ -71,7 +140,9 @@ pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>) -> Secret {
     let mut secret = secrets::opaque(&target_name(cr), data, annotations);
     secret.metadata.namespace = cr.namespace();
     secret.metadata.labels = Some(labels);
-    secret.metadata.owner_references = cr.controller_owner_ref(&()).map(|o| vec![o]);
+    if owned {
+        secret.metadata.owner_references = cr.controller_owner_ref(&()).map(|o| vec![o]);
+    }
     secret
 }
 
@@ -151,7 +222,7 @@ mod tests {
 
     #[test]
     fn target_secret_holds_the_default_keys_and_is_owned_by_the_credential() {
-        let s = build(&credential(), &publication());
+        let s = build(&credential(), &publication(), true);
         assert_eq!(s.metadata.name.as_deref(), Some("cam-token"));
         let keys: Vec<_> = s.data.as_ref().unwrap().keys().cloned().collect();
         assert_eq!(
@@ -176,12 +247,91 @@ mod tests {
     }
 
     #[test]
+    fn an_adopted_target_gets_no_owner_reference() {
+        let s = build(&credential(), &publication(), false);
+        assert!(s.metadata.owner_references.is_none());
+    }
+
+    /// An existing Secret with `owner` as controller and `annotations`.
+    fn existing(owner: Option<(&str, &str, &str)>, annotations: &[(&str, &str)]) -> Secret {
+        let mut s = crate::secrets::opaque(
+            "cam-token",
+            [("password", "hunter2")],
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        s.metadata.owner_references = owner.map(|(kind, name, uid)| {
+            vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: if kind == "EagleEyeCredential" {
+                        "eagle-eye-operator.io/v1alpha1".into()
+                    } else {
+                        "apps/v1".into()
+                    },
+                    kind: kind.into(),
+                    name: name.into(),
+                    uid: uid.into(),
+                    controller: Some(true),
+                    ..Default::default()
+                },
+            ]
+        });
+        s
+    }
+
+    #[test]
+    fn a_target_is_written_only_when_absent_created_by_the_credential_or_adopted_for_it() {
+        let cr = credential();
+        assert_eq!(ownership(&cr, None), Ownership::Absent);
+        let own = existing(Some(("EagleEyeCredential", "cam", "uid-1")), &[]);
+        assert_eq!(ownership(&cr, Some(&own)), Ownership::Owned);
+        let opted = existing(None, &[(ADOPT, "cam")]);
+        assert_eq!(ownership(&cr, Some(&opted)), Ownership::Adopted);
+        let conflict = |s: &Secret| matches!(ownership(&cr, Some(s)), Ownership::Conflict(_));
+        // Another application's Secret, or one adopted for another credential.
+        assert!(conflict(&existing(None, &[])));
+        assert!(conflict(&existing(None, &[(ADOPT, "other")])));
+        assert!(conflict(&existing(
+            Some(("Deployment", "app", "uid-9")),
+            &[]
+        )));
+        // Another credential's target stays its own, even annotated for this one; so does
+        // the target of a deleted namesake (another UID).
+        let theirs = existing(
+            Some(("EagleEyeCredential", "other", "uid-2")),
+            &[(ADOPT, "cam")],
+        );
+        match ownership(&cr, Some(&theirs)) {
+            Ownership::Conflict(m) => assert!(m.contains("\"other\""), "{m}"),
+            o => panic!("{o:?}"),
+        }
+        let namesake = existing(Some(("EagleEyeCredential", "cam", "uid-0")), &[]);
+        assert!(conflict(&namesake));
+    }
+
+    #[test]
+    fn a_target_that_is_an_input_secret_is_never_written_even_if_absent_or_adopted() {
+        let mut cr = credential();
+        for input in ["client", "refresh"] {
+            cr.spec.target.name = Some(input.into());
+            assert!(matches!(ownership(&cr, None), Ownership::Conflict(m) if m.contains("reads")));
+            let opted = existing(None, &[(ADOPT, "cam")]);
+            assert!(matches!(
+                ownership(&cr, Some(&opted)),
+                Ownership::Conflict(_)
+            ));
+        }
+    }
+
+    #[test]
     fn renamed_and_omitted_keys_are_respected() {
         let mut cr = credential();
         cr.spec.target.keys.access_token = "TOKEN".into();
         cr.spec.target.keys.hostname = String::new();
         cr.spec.target.name = Some("custom".into());
-        let s = build(&cr, &publication());
+        let s = build(&cr, &publication(), true);
         assert_eq!(s.metadata.name.as_deref(), Some("custom"));
         let data = s.data.unwrap();
         assert!(data.contains_key("TOKEN") && !data.contains_key("hostname"));
@@ -216,13 +366,13 @@ mod tests {
     #[test]
     fn published_state_round_trips_through_annotations() {
         let mut p = publication();
-        let got = published(&build(&credential(), &p)).unwrap();
+        let got = published(&build(&credential(), &p, true)).unwrap();
         assert_eq!((got.issued_at, got.expires_at), (p.issued_at, p.expires_at));
         assert_eq!(got.refresh_fingerprint, "00112233");
         assert!(got.spent_fingerprints.is_empty());
         let spent = ["00000000000000aa".to_owned(), "00000000000000bb".to_owned()];
         p.spent_fingerprints = &spent;
-        let got = published(&build(&credential(), &p)).unwrap();
+        let got = published(&build(&credential(), &p, true)).unwrap();
         assert_eq!(got.spent_fingerprints, spent);
     }
 }

@@ -6,7 +6,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, info};
@@ -18,7 +18,7 @@ use crate::outcome::{Failure, Outcome};
 use crate::schedule::{self, Inputs};
 use crate::secrets::{self, SecretError, StoredToken, WriteBack, kube_reason};
 use crate::spent;
-use crate::target::{self, Publication};
+use crate::target::{self, Ownership, Publication};
 use crate::token::{CallSlot, ErrorClass, TokenError, TokenGrant};
 
 use super::held::{Held, Refusal};
@@ -79,15 +79,19 @@ impl<'a> Reconciler<'a> {
         }
     }
 
-    /// What the target Secret publishes now, if it is there and carries our annotations.
-    async fn published(&self) -> Result<Option<schedule::Published>, SecretError> {
+    /// The target Secret, if it exists.
+    async fn target(&self) -> Result<Option<Secret>, SecretError> {
         let name = target::target_name(self.cr);
-        let secret = self
-            .secrets
+        self.secrets
             .get_opt(&name)
             .await
-            .map_err(|source| SecretError::Api { name, source })?;
-        Ok(secret.as_ref().and_then(target::published))
+            .map_err(|source| SecretError::Api { name, source })
+    }
+
+    /// What the target Secret publishes now: only a target this credential may write
+    /// counts (another's annotations must not steer its schedule).
+    async fn published(&self) -> Result<Option<schedule::Published>, SecretError> {
+        Ok(published_by(self.cr, self.target().await?.as_ref()))
     }
 
     fn schedule_inputs(
@@ -132,7 +136,12 @@ impl<'a> Reconciler<'a> {
             Err(e @ SecretError::Api { .. }) => return Err(e.into()),
             other => other,
         };
-        let published = self.published().await?;
+        let target = self.target().await?;
+        let target_conflict = match target::ownership(self.cr, target.as_ref()) {
+            Ownership::Conflict(why) => Some(why),
+            _ => None,
+        };
+        let published = published_by(self.cr, target.as_ref());
         let stored_ok = stored.as_ref().ok();
         let dead = spent::union(
             &stored_ok.map(|s| s.spent.clone()).unwrap_or_default(),
@@ -190,6 +199,7 @@ impl<'a> Reconciler<'a> {
             suspended: spec.suspend,
             spec_problem: validated.as_ref().err().cloned(),
             claimed_elsewhere,
+            target_conflict,
             client: creds.as_ref().err().map(ToString::to_string),
             stored: stored
                 .as_ref()
@@ -340,6 +350,13 @@ impl<'a> Reconciler<'a> {
             Decision::InUse(message) => {
                 self.finish(Outcome::InUse(message), Action::requeue(WAITING_RECHECK))
                     .await
+            }
+            Decision::TargetConflict(message) => {
+                self.finish(
+                    Outcome::TargetConflict(message),
+                    Action::requeue(WAITING_RECHECK),
+                )
+                .await
             }
             Decision::ClientSecretProblem => match g.creds {
                 Err(e) => self.secret_problem(e).await,
@@ -662,12 +679,16 @@ impl<'a> Reconciler<'a> {
                 .get_opt(&name)
                 .await
                 .map_err(|e| Error::Target(name.clone(), e))?;
+            let ownership = target::ownership(self.cr, current.as_ref());
+            if let Ownership::Conflict(why) = ownership {
+                return Ok(Err(why));
+            }
             let copy = current.as_ref().and_then(target::published);
             if copy
                 .as_ref()
                 .is_some_and(|p| target::supersedes(p, issued_at, &refresh_fp, &held.spent))
             {
-                return Ok(None);
+                return Ok(Ok(None));
             }
             let copy = copy.map(|p| p.spent_fingerprints).unwrap_or_default();
             let spent: Vec<String> = spent::union(&held.spent, &copy)
@@ -675,15 +696,34 @@ impl<'a> Reconciler<'a> {
                 .filter(|f| *f != refresh_fp)
                 .collect();
             let version = current.and_then(|s| s.metadata.resource_version);
-            self.publish(grant, &refresh_fp, &spent, issued_at, expires_at, version)
-                .await?;
-            Ok(Some(spent))
+            let publication = Publication {
+                access_token: grant.access_token.expose_secret(),
+                token_type: &grant.token_type,
+                hostname: &grant.api.hostname,
+                port: grant.api.port,
+                base_url: &grant.api.base_url(),
+                issued_at,
+                expires_at,
+                refresh_fingerprint: &refresh_fp,
+                spent_fingerprints: &spent,
+            };
+            self.publish(&publication, &ownership, version).await?;
+            Ok(Ok(Some(spent)))
         };
         let spent = match attempt.await {
-            Ok(Some(spent)) => spent,
-            Ok(None) => {
+            Ok(Ok(Some(spent))) => spent,
+            Ok(Ok(None)) => {
                 info!("a newer access token is already published; this older answer is not");
                 return Ok(Action::requeue(Duration::ZERO));
+            }
+            // The refresh token is stored; its access token cannot be published here.
+            Ok(Err(why)) => {
+                return self
+                    .finish(
+                        Outcome::TargetConflict(why),
+                        Action::requeue(WAITING_RECHECK),
+                    )
+                    .await;
             }
             Err(Error::Target(_, kube::Error::Api(s))) if s.code == 409 => {
                 // Published meanwhile: the next reconcile compares again.
@@ -732,42 +772,36 @@ impl<'a> Reconciler<'a> {
         self.finish(outcome, action).await
     }
 
+    /// Writes the target: creates it when absent (a create, which fails rather than take
+    /// over a Secret made meanwhile), else applies over the version read (409 if it
+    /// changed since). Only a target created by the credential gets its owner reference.
     pub(super) async fn publish(
         &self,
-        grant: &TokenGrant,
-        refresh_fp: &str,
-        spent: &[String],
-        issued_at: Timestamp,
-        expires_at: Timestamp,
+        publication: &Publication<'_>,
+        ownership: &Ownership,
         resource_version: Option<String>,
     ) -> Result<(), Error> {
-        let base_url = grant.api.base_url();
-        let mut secret = target::build(
-            self.cr,
-            &Publication {
-                access_token: grant.access_token.expose_secret(),
-                token_type: &grant.token_type,
-                hostname: &grant.api.hostname,
-                port: grant.api.port,
-                base_url: &base_url,
-                issued_at,
-                expires_at,
-                refresh_fingerprint: refresh_fp,
-                spent_fingerprints: spent,
-            },
-        );
-        // A precondition: the apply fails with 409 if the target changed since it was read.
-        secret.metadata.resource_version = resource_version;
+        let owned = matches!(ownership, Ownership::Absent | Ownership::Owned);
+        let mut secret = target::build(self.cr, publication, owned);
         let name = target::target_name(self.cr);
-        self.secrets
-            .patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&secret),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| Error::Target(name, e))
+        let written = if *ownership == Ownership::Absent {
+            let params = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            };
+            self.secrets.create(&params, &secret).await.map(|_| ())
+        } else {
+            secret.metadata.resource_version = resource_version;
+            self.secrets
+                .patch(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&secret),
+                )
+                .await
+                .map(|_| ())
+        };
+        written.map_err(|e| Error::Target(name, e))
     }
 
     pub(super) async fn refresh_failed(
@@ -836,5 +870,13 @@ impl<'a> Reconciler<'a> {
             published_until: published.map(|p| p.expires_at),
         };
         self.finish(outcome, action).await
+    }
+}
+
+/// What `target` publishes for `cr`, if it is a target `cr` may write.
+fn published_by(cr: &EagleEyeCredential, target: Option<&Secret>) -> Option<schedule::Published> {
+    match target::ownership(cr, target) {
+        Ownership::Owned | Ownership::Adopted => target.and_then(target::published),
+        Ownership::Absent | Ownership::Conflict(_) => None,
     }
 }

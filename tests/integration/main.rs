@@ -15,6 +15,7 @@ mod helm;
 mod spec_fields;
 mod standin;
 mod status_cli;
+mod tenancy;
 mod testbed;
 mod token_client;
 mod token_safety;
