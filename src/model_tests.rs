@@ -1046,9 +1046,11 @@ impl Model {
     fn publish(&mut self, held: &Held) -> Result<(), String> {
         let refresh_fp = held.new_fp();
         // `target::supersedes`, read and applied under one resourceVersion.
-        if self.target.as_ref().is_some_and(|t| {
-            crate::target::supersedes(t, held.received_at, &refresh_fp, &held.spent)
-        }) {
+        if self
+            .target
+            .as_ref()
+            .is_some_and(|t| crate::target::supersedes(t, held.received_at, &refresh_fp))
+        {
             return Ok(());
         }
         // Answers the clocks cannot order (one second, or replicas' clocks apart) whose
@@ -2236,6 +2238,18 @@ fn a_token_one_credential_rotated_out_is_never_spent_by_another() {
     assert_eq!(h.claim("ns/a", &fps(&["t2", "t1"]), |_| true), None);
     assert_eq!(
         h.claim("ns/b", &fps(&["t1"]), |_| true),
+        Some("ns/a".into())
+    );
+}
+
+/// Regression (found in review): the owner of a token it rotated out was deleted; the
+/// token stays dead for a credential holding an old copy of it.
+#[test]
+fn a_token_rotated_out_stays_dead_once_its_credential_is_gone() {
+    let h = HeldTokens::default();
+    assert_eq!(h.claim("ns/a", &fps(&["t2", "t1"]), |_| true), None);
+    assert_eq!(
+        h.claim("ns/b", &fps(&["t1"]), |o| o != "ns/a"),
         Some("ns/a".into())
     );
 }

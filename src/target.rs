@@ -167,26 +167,17 @@ pub fn published(secret: &Secret) -> Option<Published> {
 }
 
 /// Whether `published` is a newer answer than one received at `received_at` that leaves
-/// the refresh token `refresh_fp` current, with `spent` known dead beside it. By the chain
-/// of tokens when it tells (one traded the other's token in), else by arrival. An older
-/// answer is never published over a newer one: with rotating tokens, the older answer's
-/// access token is dead.
-pub fn supersedes(
-    published: &Published,
-    received_at: jiff::Timestamp,
-    refresh_fp: &str,
-    spent: &[String],
-) -> bool {
+/// the refresh token `refresh_fp` current. Answers are published only while their token is
+/// the one stored, so: the published answer is newer when it traded that token in (lists it
+/// spent); an answer for another token is not (it is of an older link of the chain or of a
+/// login since replaced, whatever its clock said); of two answers for one token (it does
+/// not rotate), the later arrival. An older answer is never published over a newer one:
+/// with rotating tokens, the older answer's access token is dead.
+pub fn supersedes(published: &Published, received_at: jiff::Timestamp, refresh_fp: &str) -> bool {
     if published.spent_fingerprints.iter().any(|f| f == refresh_fp) {
         return true;
     }
-    if spent.contains(&published.refresh_fingerprint) && published.refresh_fingerprint != refresh_fp
-    {
-        return false;
-    }
-    // Unrelated answers of one second: the one published stands.
-    published.issued_at > received_at
-        || (published.issued_at == received_at && published.refresh_fingerprint != refresh_fp)
+    published.refresh_fingerprint == refresh_fp && published.issued_at > received_at
 }
 
 #[cfg(test)]
@@ -346,21 +337,21 @@ mod tests {
             refresh_fingerprint: fp.into(),
             spent_fingerprints: spent.iter().map(|s| s.to_string()).collect(),
         };
-        let ours = |spent: &[&str]| spent.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let t = at("2026-11-30T10:00:00Z");
         // The published answer traded our token in: newer, even stamped earlier (a slow clock).
         let p = published("f2", &["f1", "f0"], "2026-11-30T09:59:00Z");
-        assert!(supersedes(&p, t, "f1", &ours(&["f0"])));
-        // We traded the published answer's token in: ours is newer, even stamped earlier.
+        assert!(supersedes(&p, t, "f1"));
+        // Ours traded the published answer's token in, or is for a login stored since: ours
+        // stands, even when the published one is stamped later (a fast clock, a hand edit).
         let p = published("f1", &["f0"], "2026-11-30T10:01:00Z");
-        assert!(!supersedes(&p, t, "f2", &ours(&["f1", "f0"])));
-        // No chain between them (non-rotating, a new login): the later arrival wins, and
-        // of one second the one published.
+        assert!(!supersedes(&p, t, "f2"));
+        let p = published("old-login", &[], "2999-01-01T00:00:00Z");
+        assert!(!supersedes(&p, t, "new-login"));
+        // One token that does not rotate: the later arrival.
         let p = published("n1", &[], "2026-11-30T10:01:00Z");
-        assert!(supersedes(&p, t, "n1", &[]));
-        assert!(supersedes(&p, at("2026-11-30T10:01:00Z"), "o1", &[]));
-        assert!(!supersedes(&p, at("2026-11-30T10:01:00Z"), "n1", &[]));
-        assert!(!supersedes(&p, at("2026-11-30T10:02:00Z"), "n1", &[]));
+        assert!(supersedes(&p, t, "n1"));
+        assert!(!supersedes(&p, at("2026-11-30T10:01:00Z"), "n1"));
+        assert!(!supersedes(&p, at("2026-11-30T10:02:00Z"), "n1"));
     }
 
     #[test]

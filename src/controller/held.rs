@@ -208,11 +208,12 @@ impl HeldTokens {
     }
 
     /// Claims `tokens` (the stored one first, then those rotated out) for credential `key`,
-    /// unless another credential that still exists (`exists`) claimed the stored one first:
-    /// it rotated it out (the token is dead) or may be spending it right now. Then returns
-    /// that credential's key and claims nothing. The first claim wins, whatever the
-    /// credentials' ages: a claim is made before the spend it guards, under one lock, so
-    /// the first claimant may already be spending.
+    /// unless another credential claimed the stored one first: one that rotated it out (the
+    /// token is dead, even once that credential is gone), or one that still exists
+    /// (`exists`) and may be spending it right now. Then returns that credential's key and
+    /// claims nothing. The first claim wins, whatever the credentials' ages: a claim is
+    /// made before the spend it guards, under one lock, so the first claimant may already
+    /// be spending.
     pub(crate) fn claim(
         &self,
         key: &str,
@@ -221,8 +222,15 @@ impl HeldTokens {
     ) -> Option<String> {
         let mut c = lock(&self.claims);
         let stored = tokens.first()?;
-        if let Some(owner) = c.by_token.get(stored).filter(|o| *o != key && exists(o)) {
-            return Some(owner.clone());
+        if let Some(owner) = c.by_token.get(stored).filter(|o| *o != key) {
+            let rotated_out = c
+                .by_credential
+                .get(owner)
+                .and_then(|l| l.first())
+                .is_some_and(|current| current != stored);
+            if rotated_out || exists(owner) {
+                return Some(owner.clone());
+            }
         }
         let new: HashSet<&String> = tokens.iter().collect();
         let old = c.by_credential.remove(key).unwrap_or_default();

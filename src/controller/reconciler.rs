@@ -686,7 +686,7 @@ impl<'a> Reconciler<'a> {
             let copy = current.as_ref().and_then(target::published);
             if copy
                 .as_ref()
-                .is_some_and(|p| target::supersedes(p, issued_at, &refresh_fp, &held.spent))
+                .is_some_and(|p| target::supersedes(p, issued_at, &refresh_fp))
             {
                 return Ok(Ok(None));
             }
