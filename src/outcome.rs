@@ -86,6 +86,8 @@ pub enum Outcome {
     SecretNotFound(String),
     /// A Secret lacks a key, or its value is unusable.
     SecretKeyMissing(String),
+    /// The refresh-token Secret is immutable (the message names it).
+    SecretImmutable(String),
     /// A refresh failed in a way a retry may fix.
     RefreshFailed {
         failure: Failure,
@@ -135,6 +137,7 @@ impl Outcome {
             SecretError::KeyMissing { .. } | SecretError::BadValue { .. } => {
                 Some(Outcome::SecretKeyMissing(e.to_string()))
             }
+            SecretError::Immutable(_) => Some(Outcome::SecretImmutable(e.to_string())),
             SecretError::Api { .. } => None,
         }
     }
@@ -246,6 +249,7 @@ pub fn report(outcome: &Outcome, previous: Option<&Condition>, now: Timestamp) -
         O::TargetConflict(m) => waiting(previous, reason::TARGET_CONFLICT, m.clone()),
         O::SecretNotFound(m) => waiting(previous, reason::SECRET_NOT_FOUND, m.clone()),
         O::SecretKeyMissing(m) => waiting(previous, reason::SECRET_KEY_MISSING, m.clone()),
+        O::SecretImmutable(m) => waiting(previous, reason::SECRET_IMMUTABLE, m.clone()),
         O::Reverted { secret, key } => waiting(
             previous,
             reason::REFRESH_TOKEN_REVERTED,
@@ -589,6 +593,12 @@ mod tests {
                 vec![(Warning, reason::REFRESH_TOKEN_IN_USE)],
             ),
             (
+                O::SecretImmutable(s("Secret \"rt\" is immutable")),
+                None,
+                Some((false, reason::SECRET_IMMUTABLE)),
+                vec![(Warning, reason::SECRET_IMMUTABLE)],
+            ),
+            (
                 O::TargetConflict(s(
                     "Secret \"app\" exists and was not created by this credential",
                 )),
@@ -740,6 +750,8 @@ mod tests {
             Outcome::InUse(s("m")),
             Outcome::SecretNotFound(s("m")),
             Outcome::SecretKeyMissing(s("m")),
+            Outcome::SecretImmutable(s("m")),
+            Outcome::TargetConflict(s("m")),
             Outcome::Reverted {
                 secret: s("rt"),
                 key: s("k"),

@@ -35,6 +35,12 @@ pub enum SecretError {
     BadValue { name: String, key: String },
     #[error("reading Secret {name:?}: {reason}", reason = kube_reason(source))]
     Api { name: String, source: kube::Error },
+    /// A refresh-token Secret that cannot be written: every rotation would leave the new
+    /// token in memory only.
+    #[error(
+        "Secret {0:?} is immutable, and every refresh must write the rotated refresh token back into it, so none is spent; recreate it without `immutable: true`"
+    )]
+    Immutable(String),
 }
 
 /// A Kubernetes error as it may be shown in logs, conditions and Events: the status code and
@@ -123,6 +129,9 @@ pub async fn read_refresh_token(
 ) -> Result<StoredToken, SecretError> {
     let secret = get(api, name).await?;
     let token = value(&secret, name, key)?;
+    if secret.immutable == Some(true) {
+        return Err(SecretError::Immutable(name.into()));
+    }
     let fingerprint = fingerprint(token.expose_secret());
     let chain = chain(&secret, &fingerprint, now);
     let spent = spent::read(secret.metadata.annotations.as_ref());

@@ -13,6 +13,8 @@ pub mod reason {
     pub const TOKEN_VALID: &str = "TokenValid";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
+    /// The refresh-token Secret is immutable: no rotated token could be written back.
+    pub const SECRET_IMMUTABLE: &str = "SecretImmutable";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const REFRESH_FAILED: &str = "RefreshFailed";
     pub const REAUTHORIZATION_REQUIRED: &str = "ReauthorizationRequired";
@@ -41,7 +43,7 @@ pub mod reason {
 
 /// Every reason the `Ready` condition carries (the others are `ReloginSoon`'s): a reason
 /// read back from the status is one of these.
-pub const READY_REASONS: [&str; 15] = [
+pub const READY_REASONS: [&str; 16] = [
     reason::TOKEN_REFRESHED,
     reason::TOKEN_VALID,
     reason::SECRET_NOT_FOUND,
@@ -57,6 +59,7 @@ pub const READY_REASONS: [&str; 15] = [
     reason::ANSWER_REFUSED,
     reason::REFRESH_DEFERRED,
     reason::TARGET_CONFLICT,
+    reason::SECRET_IMMUTABLE,
 ];
 
 /// Sets condition `type_`, keeping its lastTransitionTime unless its status changes.
