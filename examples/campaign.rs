@@ -122,8 +122,32 @@ const WINDOW_LIMIT: Duration = Duration::from_secs(10);
 const SLACK: Duration = Duration::from_millis(50);
 /// How much later than the request itself the watch may report the intent written before it.
 const INTENT_LAG: Duration = Duration::from_secs(2);
-/// How long a stopping replica gets before SIGKILL: the chart's terminationGracePeriodSeconds.
-const GRACE: Duration = Duration::from_secs(60);
+/// How long a stopping replica gets before SIGKILL: the chart's terminationGracePeriodSeconds
+/// (`charts/eagle-eye-operator/values.yaml`, read at build time so the two never drift).
+const GRACE: Duration = Duration::from_secs(chart_grace_seconds());
+
+const fn chart_grace_seconds() -> u64 {
+    let values = include_str!("../charts/eagle-eye-operator/values.yaml").as_bytes();
+    let key = b"\nterminationGracePeriodSeconds: ";
+    let mut i = 0;
+    while i + key.len() <= values.len() {
+        let mut j = 0;
+        while j < key.len() && values[i + j] == key[j] {
+            j += 1;
+        }
+        if j == key.len() {
+            let mut n = 0u64;
+            let mut k = i + key.len();
+            while k < values.len() && values[k].is_ascii_digit() {
+                n = n * 10 + (values[k] - b'0') as u64;
+                k += 1;
+            }
+            return n;
+        }
+        i += 1;
+    }
+    panic!("the chart's values.yaml sets no terminationGracePeriodSeconds")
+}
 
 // ---------------------------------------------------------------------------------------------
 // Command line
@@ -1683,7 +1707,7 @@ async fn slow(bed: &mut Bed<'_>, rng: &mut StdRng) -> Result<()> {
                                 .count(),
                             secs(took),
                             if escalated {
-                                " (did not exit: SIGKILLed after the chart's 60 s grace period)"
+                                " (did not exit: SIGKILLed after the chart's grace period)"
                             } else {
                                 ""
                             }
