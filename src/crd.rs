@@ -73,12 +73,18 @@ pub struct EagleEyeCredentialSpec {
     /// operator rewrites it on every rotation. It may be the same Secret as clientSecretRef.
     pub refresh_token_secret_ref: RefreshTokenSecretRef,
 
-    /// Base URL of the Eagle Eye auth server. Must be https, except for loopback addresses
-    /// (local testing), and plain http needs the operator's --allow-insecure-http flag too.
+    /// Base URL of the Eagle Eye auth server: https, with no user name or password, query
+    /// or fragment (a path prefix is kept). Plain http only to a loopback host (127.0.0.1,
+    /// ::1, localhost), and then only with the operator's --allow-insecure-http. The host
+    /// must also be in the operator's --allowed-auth-hosts (default
+    /// auth.eagleeyenetworks.com), or the credential is InvalidSpec and nothing is sent.
     #[serde(default = "default_auth_url")]
     #[x_kube(validation = kube::core::Rule::new(
-        "isURL(self) && (url(self).getScheme() == 'https' || (url(self).getScheme() == 'http' && url(self).getHostname() in ['127.0.0.1', 'localhost', '::1']))"
+        "isURL(self) && url(self).getHostname() != '' && (url(self).getScheme() == 'https' || (url(self).getScheme() == 'http' && url(self).getHostname() in ['127.0.0.1', 'localhost', '::1']))"
     ).message("authUrl must be https:// (plain http only for loopback)"))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "!self.contains('?') && !self.contains('#') && !self.matches('^[^/]*//[^/?#]*@')"
+    ).message("authUrl must not have a user name or password, query or fragment"))]
     pub auth_url: String,
 
     /// OAuth2 scope requested on every refresh.

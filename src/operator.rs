@@ -27,16 +27,24 @@ use crate::metrics::Metrics;
 use crate::controller::{self, Context, HeldTokens, Leadership, Settings, Shared};
 use crate::crd::{EagleEyeCredential, parse_duration};
 use crate::status::Lifetimes;
-use crate::token::{EAGLE_EYE_API_HOSTS, TokenClient, TokenClientOptions};
+use crate::token::{
+    AuthPolicy, EAGLE_EYE_API_HOSTS, EAGLE_EYE_AUTH_HOSTS, TokenClient, TokenClientOptions,
+};
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Watch only these namespaces (comma-separated). Default: all namespaces.
     #[arg(long, env = "EAGLE_EYE_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
-    /// Allow plain-http auth URLs (local testing only: tokens would cross the network in clear).
+    /// Allow plain-http auth URLs to a loopback host (127.0.0.1, ::1, localhost) for local
+    /// testing; plain http to any other host is refused even with this flag.
     #[arg(long, env = "EAGLE_EYE_ALLOW_INSECURE_HTTP")]
     pub allow_insecure_http: bool,
+    /// Hosts a credential's authUrl may name (`*.domain` for subdomains), matched as
+    /// --allowed-api-hosts is. A credential pointing elsewhere is `InvalidSpec`, and no
+    /// client secret or refresh token is sent there.
+    #[arg(long, env = "EAGLE_EYE_ALLOWED_AUTH_HOSTS", value_delimiter = ',', default_value = EAGLE_EYE_AUTH_HOSTS)]
+    pub allowed_auth_hosts: Vec<String>,
     /// PEM file with extra CA certificates to trust for the auth server (a TLS-inspecting
     /// proxy, or a test server), besides the system roots.
     #[arg(long, env = "EAGLE_EYE_AUTH_CA_FILE")]
@@ -133,12 +141,17 @@ pub async fn run(
         !args.in_flight_grace.is_negative() && !args.token_timeout.is_negative(),
         "--in-flight-grace and --token-timeout must not be negative"
     );
+    let auth_policy = AuthPolicy::new(&args.allowed_auth_hosts, args.allow_insecure_http)
+        .map_err(anyhow::Error::msg)?;
+    // `validate` sees only the controller's settings; the token client checks again.
+    crate::token::set_operator_policy(auth_policy);
     let tokens = TokenClient::new(TokenClientOptions {
         answer_timeout: std::time::Duration::try_from(args.token_timeout)
             .context("--token-timeout")?,
         max_concurrent_calls: args.max_concurrent_refreshes,
         extra_ca_pem,
         allowed_api_hosts: args.allowed_api_hosts.clone(),
+        allowed_auth_hosts: args.allowed_auth_hosts.clone(),
         allow_http: args.allow_insecure_http,
         ..Default::default()
     })?;

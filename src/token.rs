@@ -5,6 +5,7 @@
 //! carries response text, tokens or secrets. A refresh is never abandoned while the server
 //! may still answer it, and calls are limited in number so a backlog cannot swamp the server.
 
+mod auth_url;
 mod error;
 mod extract;
 mod grant;
@@ -19,6 +20,10 @@ use secrecy::SecretString;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
+pub use auth_url::{
+    AuthPolicy, AuthUrl, AuthUrlError, EAGLE_EYE_AUTH_HOSTS, LOOPBACK_HOSTS, operator_policy,
+    set_operator_policy,
+};
 pub use error::{ErrorClass, OAuthErrorCode, Operation, TokenError};
 pub use grant::{ApiBase, MAX_EXPIRES_IN, MAX_TOKEN_BYTES, TokenGrant};
 pub use options::{EAGLE_EYE_API_HOSTS, TokenClientOptions};
@@ -60,7 +65,7 @@ struct Settings {
     max_concurrent_calls: usize,
     max_response_bytes: usize,
     allowed_api_hosts: Vec<HostPattern>,
-    allow_http: bool,
+    auth_policy: AuthPolicy,
 }
 
 /// The right to make one call to the token endpoint, from [`TokenClient::reserve`]; the
@@ -135,6 +140,12 @@ impl TokenClient {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let auth_policy = match options.allowed_auth_hosts.is_empty() {
+            true => AuthPolicy::any_host(options.allow_http),
+            false => {
+                AuthPolicy::new(&options.allowed_auth_hosts, options.allow_http).map_err(config)?
+            }
+        };
         // Connecting must end well before an overall ceiling does, or a call cut short
         // while connecting could not be told from one cut short after sending.
         let connect_timeout = options.connect_timeout.min(options.timeout / 2);
@@ -170,7 +181,7 @@ impl TokenClient {
                 max_concurrent_calls: options.max_concurrent_calls,
                 max_response_bytes: options.max_response_bytes,
                 allowed_api_hosts,
-                allow_http: options.allow_http,
+                auth_policy,
             }),
         })
     }
@@ -353,7 +364,11 @@ impl TokenClient {
         form: String,
         ceiling: usize,
     ) -> Result<Answer, TokenError> {
-        let url = wire::endpoint(auth_base, leaf, self.settings.allow_http)?;
+        // The last check before the credentials leave the process: the same as the
+        // operator's and authorize's, so a URL they accepted is never refused here.
+        let url = AuthUrl::from_url(auth_base, &self.settings.auth_policy)
+            .map_err(|e| TokenError::Config(e.to_string()))?
+            .endpoint(leaf);
         if !Arc::ptr_eq(slot.permit.semaphore(), &self.slots) {
             return Err(TokenError::Config(
                 "the call slot belongs to another token client".into(),

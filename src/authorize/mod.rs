@@ -24,7 +24,9 @@ use secrecy::SecretString;
 
 use crate::crd::EagleEyeCredential;
 use crate::kubectl::{Cluster, KubeArgs};
-use crate::token::{ClientCredentials, EAGLE_EYE_API_HOSTS, TokenClient, TokenClientOptions};
+use crate::token::{
+    ClientCredentials, EAGLE_EYE_API_HOSTS, EAGLE_EYE_AUTH_HOSTS, TokenClient, TokenClientOptions,
+};
 
 pub use error::AuthorizeError;
 pub use plan::{CredentialChange, Plan, Wanted};
@@ -59,8 +61,9 @@ pub struct AuthorizeArgs {
     /// whitelisted it. A plain-http loopback URI is listened on; any other needs --paste.
     #[arg(long, env = "EAGLE_EYE_REDIRECT_URI", default_value = DEFAULT_REDIRECT_URI)]
     pub redirect_uri: String,
-    /// Base URL of the auth server. Default: the credential's authUrl, else the real one
-    /// (https://auth.eagleeyenetworks.com).
+    /// Base URL of the auth server. Default: the credential's authUrl (only when its host is
+    /// in --allowed-auth-hosts), else the real one (https://auth.eagleeyenetworks.com). A URL
+    /// given here is used whatever its host.
     #[arg(long, value_name = "URL")]
     pub auth_url: Option<String>,
     /// OAuth2 scope. Default: the credential's scope, else vms.all.
@@ -95,12 +98,23 @@ pub struct AuthorizeArgs {
     /// proxy), besides the system roots.
     #[arg(long, env = "EAGLE_EYE_AUTH_CA_FILE", value_name = "FILE")]
     pub auth_ca_file: Option<PathBuf>,
-    /// Host names the token response may name as the API base (`*.domain` for subdomains).
-    #[arg(long, env = "EAGLE_EYE_ALLOWED_API_HOSTS", value_delimiter = ',', default_value = EAGLE_EYE_API_HOSTS, value_name = "HOSTS")]
-    pub allowed_api_hosts: Vec<String>,
+    #[command(flatten)]
+    pub hosts: Box<HostArgs>,
     /// Allow a plain-http auth URL on a loopback address (local testing only).
     #[arg(long, env = "EAGLE_EYE_ALLOW_INSECURE_HTTP")]
     pub allow_insecure_http: bool,
+}
+
+/// Where answers and logins may lead (boxed: the command's arguments stay small).
+#[derive(Args, Debug, Clone)]
+pub struct HostArgs {
+    /// Host names the token response may name as the API base (`*.domain` for subdomains).
+    #[arg(long, env = "EAGLE_EYE_ALLOWED_API_HOSTS", value_delimiter = ',', default_value = EAGLE_EYE_API_HOSTS, value_name = "HOSTS")]
+    pub allowed_api_hosts: Vec<String>,
+    /// Hosts the credential's authUrl may name (`*.domain` for subdomains): whoever may edit
+    /// the credential must not choose the page you log in on. --auth-url is not held to it.
+    #[arg(long, env = "EAGLE_EYE_ALLOWED_AUTH_HOSTS", value_delimiter = ',', default_value = EAGLE_EYE_AUTH_HOSTS, value_name = "HOSTS")]
+    pub allowed_auth_hosts: Vec<String>,
 }
 
 fn duration(s: &str) -> Result<SignedDuration, String> {
@@ -135,7 +149,13 @@ pub async fn run(args: AuthorizeArgs) -> anyhow::Result<ExitCode> {
     };
     let tokens = TokenClient::new(TokenClientOptions {
         extra_ca_pem: extra_ca_pem.clone(),
-        allowed_api_hosts: args.allowed_api_hosts.clone(),
+        allowed_api_hosts: args.hosts.allowed_api_hosts.clone(),
+        // The plan holds the credential's authUrl to the allow-list; one given with
+        // --auth-url is the person's choice (empty: any host).
+        allowed_auth_hosts: match args.auth_url {
+            Some(_) => Vec::new(),
+            None => args.hosts.allowed_auth_hosts.clone(),
+        },
         allow_http: args.allow_insecure_http,
         ..Default::default()
     })?;
@@ -268,6 +288,7 @@ impl Login {
                 auth_url: args.auth_url.clone(),
                 scope: args.scope.clone(),
                 allow_insecure_http: args.allow_insecure_http,
+                allowed_auth_hosts: args.hosts.allowed_auth_hosts.clone(),
             },
             existing.as_ref(),
         )

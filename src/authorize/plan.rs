@@ -5,9 +5,10 @@
 use url::Url;
 
 use crate::crd::{DEFAULT_AUTH_URL, EagleEyeCredential};
+use crate::token::{AuthPolicy, AuthUrl, AuthUrlError, EAGLE_EYE_AUTH_HOSTS};
 
 /// What the person asked for on the command line (all optional but the name).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Wanted {
     pub name: String,
     pub client_secret: Option<String>,
@@ -15,6 +16,23 @@ pub struct Wanted {
     pub auth_url: Option<String>,
     pub scope: Option<String>,
     pub allow_insecure_http: bool,
+    /// `--allowed-auth-hosts`: where the credential's authUrl may send the person. An auth
+    /// URL given on the command line is the person's own choice and is not held to it.
+    pub allowed_auth_hosts: Vec<String>,
+}
+
+impl Default for Wanted {
+    fn default() -> Self {
+        Wanted {
+            name: String::new(),
+            client_secret: None,
+            refresh_token_secret: None,
+            auth_url: None,
+            scope: None,
+            allow_insecure_http: false,
+            allowed_auth_hosts: vec![EAGLE_EYE_AUTH_HOSTS.to_owned()],
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,13 +104,23 @@ impl Plan {
         if scope.trim().is_empty() {
             return Err("--scope must not be empty".into());
         }
-        // A URL with a password is refused without being quoted back.
-        let shown = Url::parse(&auth_url)
-            .ok()
-            .filter(|u| !u.username().is_empty() || u.password().is_some())
-            .map_or_else(|| format!("{auth_url:?}"), |_| "given".to_owned());
-        let parsed_auth_url = check_auth_url(&auth_url, wanted.allow_insecure_http)
-            .map_err(|problem| format!("auth URL {shown} {problem}"))?;
+        // Whoever may edit the credential chooses its authUrl: it must be an allowed host,
+        // or the login page (and the client secret, at the code exchange) could be theirs.
+        let policy = AuthPolicy::new(&wanted.allowed_auth_hosts, wanted.allow_insecure_http)?;
+        let (policy, from_credential) = match &wanted.auth_url {
+            Some(_) => (policy.without_host_list(), false),
+            None => (policy, spec.is_some()),
+        };
+        let parsed_auth_url = AuthUrl::parse(&auth_url, &policy)
+            .map_err(|e| match e {
+                AuthUrlError::HostNotAllowed { .. } if from_credential => format!(
+                    "{e}. It is the credential's authUrl, which anyone who may edit the \
+                     credential can change: if it is the right auth server, pass it with \
+                     --auth-url (or add its host to --allowed-auth-hosts)"
+                ),
+                e => e.to_string(),
+            })?
+            .into_url();
         let credential = match spec {
             None => CredentialChange::Create,
             Some(s)
@@ -159,32 +187,6 @@ fn same_url(existing: &str, url: &Url) -> bool {
     Url::parse(existing).is_ok_and(|e| auth_url_text(&e) == auth_url_text(url))
 }
 
-/// https, or plain http to a loopback address when explicitly allowed (local testing), as
-/// the CRD and the operator require.
-fn check_auth_url(raw: &str, allow_http: bool) -> Result<Url, String> {
-    let url = Url::parse(raw).map_err(|e| format!("is not a URL ({e})"))?;
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err("must not have a query or fragment".into());
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("must not carry a user name or password".into());
-    }
-    let loopback = match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => return Err("has no host".into()),
-    };
-    match url.scheme() {
-        "https" => Ok(url),
-        "http" if allow_http && loopback => Ok(url),
-        "http" if loopback => {
-            Err("uses plain http: add --allow-insecure-http (testing only)".into())
-        }
-        _ => Err("must be an https:// URL".into()),
-    }
-}
-
 /// Another credential in the namespace that already refreshes this refresh-token Secret:
 /// two credentials spending one rotating token destroy it.
 pub fn other_claimant<'a>(
@@ -242,7 +244,11 @@ mod tests {
             "refreshTokenSecretRef": {"name": "r", "key": "rt"},
             "authUrl": "https://auth.example.com",
         }));
-        let plan = Plan::resolve(&wanted(), Some(&cr)).unwrap();
+        let w = Wanted {
+            allowed_auth_hosts: vec!["auth.example.com".into()],
+            ..wanted()
+        };
+        let plan = Plan::resolve(&w, Some(&cr)).unwrap();
         assert_eq!(
             plan.client,
             ClientSecretPlan {
@@ -314,10 +320,57 @@ mod tests {
         };
         let err = with("http://127.0.0.1:9000", false).unwrap_err();
         assert!(err.contains("--allow-insecure-http"), "{err}");
+        assert!(with("https://auth.example.com#f", false).is_err());
+        assert!(with("https://u:p@auth.example.com", false).is_err());
         assert!(with("http://127.0.0.1:9000", true).is_ok());
         assert!(with("http://auth.example.com", true).is_err());
         assert!(with("https://auth.example.com?x=1", false).is_err());
         assert!(with("auth.example.com", false).is_err());
+    }
+
+    #[test]
+    fn a_credential_auth_url_outside_the_allow_list_is_refused_unless_given_on_the_command_line() {
+        let cr = existing(serde_json::json!({
+            "clientSecretRef": {"name": "c"},
+            "refreshTokenSecretRef": {"name": "r"},
+            "authUrl": "https://phish.example.com/login",
+        }));
+        let err = Plan::resolve(&wanted(), Some(&cr)).unwrap_err();
+        assert!(err.contains("phish.example.com"), "{err}");
+        assert!(
+            err.contains("--auth-url") && err.contains("--allowed-auth-hosts"),
+            "{err}"
+        );
+        // The person names it: their choice.
+        let w = Wanted {
+            auth_url: Some("https://phish.example.com/login".into()),
+            ..wanted()
+        };
+        let plan = Plan::resolve(&w, Some(&cr)).unwrap();
+        assert_eq!(plan.credential, CredentialChange::Unchanged);
+        // Or allows its host.
+        let w = Wanted {
+            allowed_auth_hosts: vec!["*.example.com".into()],
+            ..wanted()
+        };
+        assert!(Plan::resolve(&w, Some(&cr)).is_ok());
+        // Even given on the command line, the URL itself must still be sound.
+        let w = Wanted {
+            auth_url: Some("http://phish.example.com".into()),
+            allow_insecure_http: true,
+            ..wanted()
+        };
+        assert!(Plan::resolve(&w, None).is_err());
+    }
+
+    #[test]
+    fn a_bad_allow_list_entry_is_refused() {
+        let w = Wanted {
+            allowed_auth_hosts: vec!["https://auth.example.com".into()],
+            ..wanted()
+        };
+        let err = Plan::resolve(&w, None).unwrap_err();
+        assert!(err.contains("--allowed-auth-hosts"), "{err}");
     }
 
     #[test]

@@ -177,28 +177,25 @@ pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result
     result
 }
 
-/// Checks what the API server cannot: the duration syntax and the operator's own policy.
+/// Checks what the API server cannot: the duration syntax and the operator's own policy
+/// (`--allowed-auth-hosts`, `--allow-insecure-http`), before any secret is read for sending.
 fn validate(
     cr: &EagleEyeCredential,
     settings: &Settings,
 ) -> Result<(url::Url, SignedDuration), String> {
+    validate_with(cr, &crate::token::operator_policy(settings.allow_http))
+}
+
+fn validate_with(
+    cr: &EagleEyeCredential,
+    policy: &crate::token::AuthPolicy,
+) -> Result<(url::Url, SignedDuration), String> {
     let spec = &cr.spec;
-    // The URL is not quoted back: a malformed one could carry a password.
-    let url = url::Url::parse(&spec.auth_url).map_err(|e| format!("authUrl is not a URL: {e}"))?;
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("authUrl must not contain a user name or password".into());
-    }
-    match url.scheme() {
-        "https" => {}
-        "http" if settings.allow_http => {}
-        "http" => {
-            return Err(format!(
-                "authUrl {} is plain http; the operator refuses it unless started with --allow-insecure-http",
-                url.origin().ascii_serialization()
-            ));
-        }
-        other => return Err(format!("authUrl scheme {other:?} is not supported")),
-    }
+    // The same check, in the same words, as authorize's and the token client's; it never
+    // quotes a URL that could carry a password.
+    let url = crate::token::AuthUrl::parse(&spec.auth_url, policy)
+        .map_err(|e| e.to_string())?
+        .into_url();
     let refresh_before: SignedDuration = parse_duration(&spec.refresh_before).ok_or_else(|| {
         format!(
             "refreshBefore {:?} is not a duration such as 30m or 1h",
@@ -299,7 +296,51 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use super::login_fingerprint;
+    use super::{login_fingerprint, validate_with};
+    use crate::crd::EagleEyeCredential;
+    use crate::token::{AuthPolicy, EAGLE_EYE_AUTH_HOSTS};
+
+    fn with_auth_url(url: &str) -> EagleEyeCredential {
+        let mut cr = EagleEyeCredential::test();
+        cr.spec.auth_url = url.into();
+        cr
+    }
+
+    #[test]
+    fn an_auth_host_outside_the_allow_list_is_an_invalid_spec_naming_the_flag() {
+        let policy = AuthPolicy::new(&[EAGLE_EYE_AUTH_HOSTS], false).unwrap();
+        assert!(
+            validate_with(&with_auth_url("https://auth.eagleeyenetworks.com"), &policy).is_ok()
+        );
+        let err =
+            validate_with(&with_auth_url("https://evil.example:8443/x"), &policy).unwrap_err();
+        assert!(
+            err.contains("--allowed-auth-hosts") && err.contains("evil.example"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn what_the_token_client_would_refuse_is_an_invalid_spec() {
+        let policy = AuthPolicy::any_host(true);
+        for (url, words) in [
+            ("https://h/?x=1", "query"),
+            ("https://h/#f", "fragment"),
+            ("https://u:hunter2@h", "user name or password"),
+            ("http://auth.example.com", "loopback"),
+        ] {
+            let err = validate_with(&with_auth_url(url), &policy).unwrap_err();
+            assert!(
+                err.starts_with("auth URL ") && err.contains(words),
+                "{url}: {err}"
+            );
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let strict = AuthPolicy::any_host(false);
+        let err = validate_with(&with_auth_url("http://127.0.0.1:9"), &strict).unwrap_err();
+        assert!(err.contains("--allow-insecure-http"), "{err}");
+        assert!(validate_with(&with_auth_url("http://127.0.0.1:9"), &policy).is_ok());
+    }
 
     #[test]
     fn a_refused_login_counts_as_new_once_any_part_of_it_changes() {

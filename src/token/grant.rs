@@ -102,6 +102,19 @@ impl HostPattern {
         }
     }
 
+    /// Whether a URL's host is this one, or below this `*.domain`.
+    pub fn matches_url_host(&self, host: &url::Host<&str>) -> bool {
+        let host = match host {
+            url::Host::Domain(name) => match normalize_host(name) {
+                Some(host) => host,
+                None => return false,
+            },
+            url::Host::Ipv4(ip) => Host::Ip(IpAddr::V4(*ip)),
+            url::Host::Ipv6(ip) => Host::Ip(IpAddr::V6(*ip)),
+        };
+        self.matches(&host)
+    }
+
     fn matches(&self, host: &Host) -> bool {
         match (self, host) {
             (HostPattern::Exact(exact), host) => *exact == host.to_canonical(),

@@ -45,13 +45,19 @@ pub struct TokenClientOptions {
     /// Hosts a token response may name as the API base: exact names or IPs, or `*.domain`
     /// for any name below `domain` (not `domain` itself). Empty allows any host.
     pub allowed_api_hosts: Vec<String>,
-    /// Allow `http://` auth URLs (tests and sandboxes only); otherwise they are refused.
+    /// Hosts the auth URL may name, as `allowed_api_hosts` matches them. Empty (the
+    /// default) allows any host: the operator and `authorize` always pass
+    /// `--allowed-auth-hosts` (default [`EAGLE_EYE_AUTH_HOSTS`](super::EAGLE_EYE_AUTH_HOSTS)).
+    pub allowed_auth_hosts: Vec<String>,
+    /// Allow `http://` auth URLs to a loopback host (tests and sandboxes only); plain http
+    /// to any other host is always refused.
     pub allow_http: bool,
 }
 
 impl Default for TokenClientOptions {
     /// Production settings: 10 s to connect, 300 s to answer, no extra ceiling, 4 calls
-    /// at once, 64 KiB answers, https only, and API hosts limited to [`EAGLE_EYE_API_HOSTS`].
+    /// at once, 64 KiB answers, https only, API hosts limited to [`EAGLE_EYE_API_HOSTS`],
+    /// and any auth host.
     fn default() -> Self {
         TokenClientOptions {
             connect_timeout: Duration::from_secs(10),
@@ -61,6 +67,7 @@ impl Default for TokenClientOptions {
             max_response_bytes: 64 * 1024,
             extra_ca_pem: None,
             allowed_api_hosts: vec![EAGLE_EYE_API_HOSTS.to_owned()],
+            allowed_auth_hosts: Vec::new(),
             allow_http: false,
         }
     }

@@ -1,4 +1,4 @@
-//! The request side of the wire format: endpoint URLs, client authentication, form bodies,
+//! The request side of the wire format: client authentication, form bodies,
 //! and the `Retry-After` header of error answers.
 
 use std::time::Duration;
@@ -7,42 +7,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
-use url::Url;
 use url::form_urlencoded;
-
-use super::error::TokenError;
 
 /// Longest wait honoured from `Retry-After`; anything longer is clamped to it.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
-
-/// `{auth_base}/oauth2/{leaf}`, whether or not `auth_base` ends with `/`.
-/// Refuses URLs that would send credentials somewhere surprising.
-pub(crate) fn endpoint(auth_base: &Url, leaf: &str, allow_http: bool) -> Result<Url, TokenError> {
-    let config = |msg: &str| Err(TokenError::Config(msg.to_owned()));
-    match auth_base.scheme() {
-        "https" => {}
-        "http" if allow_http => {}
-        "http" => return config("auth URL uses http:// but plain HTTP is not allowed"),
-        _ => return config("auth URL must be an https:// URL"),
-    }
-    if auth_base.host().is_none() {
-        return config("auth URL has no host");
-    }
-    if !auth_base.username().is_empty() || auth_base.password().is_some() {
-        return config("auth URL must not contain credentials");
-    }
-    if auth_base.query().is_some() || auth_base.fragment().is_some() {
-        return config("auth URL must not have a query or fragment");
-    }
-    let mut url = auth_base.clone();
-    match url.path_segments_mut() {
-        Ok(mut segments) => {
-            segments.pop_if_empty().extend(["oauth2", leaf]);
-        }
-        Err(()) => return config("auth URL cannot be a base URL"),
-    }
-    Ok(url)
-}
 
 /// `Authorization: Basic …` the RFC 6749 §2.3.1 way: form-url-encode the client id and
 /// secret each, join them with `:`, then base64. Marked sensitive so hyper never logs it.
@@ -143,60 +111,6 @@ mod tests {
             value.to_str().unwrap(),
             "Basic Y2xpZW50SWQ6Y2xpZW50U2VjcmV0"
         );
-    }
-
-    #[test]
-    fn endpoint_joins_paths_with_or_without_trailing_slash() {
-        let join = |base: &str| {
-            endpoint(&Url::parse(base).unwrap(), "token", false)
-                .unwrap()
-                .to_string()
-        };
-        assert_eq!(
-            join("https://auth.eagleeyenetworks.com"),
-            "https://auth.eagleeyenetworks.com/oauth2/token"
-        );
-        assert_eq!(
-            join("https://auth.eagleeyenetworks.com/"),
-            "https://auth.eagleeyenetworks.com/oauth2/token"
-        );
-        assert_eq!(
-            join("https://h:8443/prefix"),
-            "https://h:8443/prefix/oauth2/token"
-        );
-        assert_eq!(join("https://h/prefix/"), "https://h/prefix/oauth2/token");
-        let revoke = endpoint(&Url::parse("https://h/").unwrap(), "revoke", false).unwrap();
-        assert_eq!(revoke.as_str(), "https://h/oauth2/revoke");
-    }
-
-    #[test]
-    fn endpoint_refuses_plain_http_unless_allowed() {
-        let base = Url::parse("http://127.0.0.1:8080").unwrap();
-        assert!(matches!(
-            endpoint(&base, "token", false),
-            Err(TokenError::Config(_))
-        ));
-        assert_eq!(
-            endpoint(&base, "token", true).unwrap().as_str(),
-            "http://127.0.0.1:8080/oauth2/token"
-        );
-    }
-
-    #[test]
-    fn endpoint_refuses_surprising_urls() {
-        for bad in [
-            "ftp://h/",
-            "https://u:p@h/",
-            "https://h/?x=1",
-            "https://h/#f",
-            "mailto:a@b",
-        ] {
-            let url = Url::parse(bad).unwrap();
-            assert!(
-                matches!(endpoint(&url, "token", true), Err(TokenError::Config(_))),
-                "{bad}"
-            );
-        }
     }
 
     #[test]

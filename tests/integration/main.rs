@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod auth_hosts;
 mod authorize;
 mod control_plane_script;
 mod controller;

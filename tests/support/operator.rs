@@ -44,6 +44,9 @@ impl Operator {
             &env.namespace,
             "--allowed-api-hosts",
             "127.0.0.1,localhost",
+            // The stand-ins listen on loopback; the default allows only the vendor's host.
+            "--allowed-auth-hosts",
+            "127.0.0.1,localhost",
             // Each test's operators elect their leader in the test's own namespace and
             // serve /metrics on a port of their own (logged at start).
             "--lease-namespace",

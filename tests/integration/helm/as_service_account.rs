@@ -305,9 +305,10 @@ fn impersonating(kubeconfig: &Path, user: &str) -> String {
 }
 
 /// Values for an operator run on the host: the stand-in's loopback address accepted as an
-/// API base.
+/// API base and as an auth server.
 fn host_values(mut values: Value) -> Value {
     values["allowedApiHosts"] = json!(["127.0.0.1", "localhost"]);
+    values["allowedAuthHosts"] = json!(["127.0.0.1", "localhost"]);
     values["logLevel"] = "info,eagle_eye_operator=debug".into();
     values
 }
