@@ -1192,6 +1192,8 @@ impl<'e> Bed<'e> {
             &self.ns,
             "--allowed-api-hosts",
             "127.0.0.1,localhost",
+            "--allowed-auth-hosts",
+            "127.0.0.1,localhost",
             "--allow-insecure-http",
             "--admin-port",
             "0",

@@ -126,6 +126,8 @@ async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         &ca_path,
         "--allowed-api-hosts",
         "127.0.0.1",
+        "--allowed-auth-hosts",
+        "127.0.0.1",
         "--instance",
         "sandbox",
         "--admin-port",
