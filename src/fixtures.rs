@@ -74,7 +74,7 @@ pub fn testcontext() -> (Arc<Context>, ApiServerVerifier) {
     })
     .expect("token client");
     let settings = Settings {
-        allow_http: false,
+        auth_policy: crate::token::AuthPolicy::new(&["127.0.0.1"], false).expect("a valid policy"),
         lifetimes: Lifetimes::default(),
         identity: "test-process".into(),
         in_flight_grace: jiff::SignedDuration::from_mins(5),

@@ -51,6 +51,8 @@ pub struct Metrics {
     refresh_failures: Family<Failure, Counter>,
     /// The failure series created, so that `forget` can find them (a Family cannot be listed).
     failure_series: std::sync::Mutex<std::collections::HashSet<Failure>>,
+    /// Every credential with series, so that deleted ones can be found and dropped.
+    credentials: std::sync::Mutex<std::collections::HashSet<Credential>>,
     refresh_duration: Histogram,
     reconciles: Counter,
     reconcile_errors: Counter,
@@ -67,6 +69,7 @@ impl Default for Metrics {
             refresh_attempts: Family::default(),
             refresh_failures: Family::default(),
             failure_series: Default::default(),
+            credentials: Default::default(),
             refresh_duration: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
             reconciles: Counter::default(),
             reconcile_errors: Counter::default(),
@@ -120,7 +123,29 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Mirrors a credential's status into the gauges.
+    fn track(&self, labels: &Credential) {
+        let mut known = self.credentials.lock().unwrap_or_else(|e| e.into_inner());
+        if !known.contains(labels) {
+            known.insert(labels.clone());
+        }
+    }
+
+    /// Every credential with series.
+    pub fn credentials(&self) -> Vec<Credential> {
+        let known = self.credentials.lock().unwrap_or_else(|e| e.into_inner());
+        known.iter().cloned().collect()
+    }
+
+    /// Drops every credential's series: a replica that stops leading exports none (a
+    /// frozen `ready` of 1 would hide the leader's real state).
+    pub fn forget_all(&self) {
+        for c in self.credentials() {
+            self.forget(&c);
+        }
+    }
+
     pub fn observe_status(&self, labels: &Credential, s: &EagleEyeCredentialStatus) {
+        self.track(labels);
         let ready = status::condition(&s.conditions, READY).is_some_and(|c| c.status == "True");
         self.ready.get_or_create(labels).set(i64::from(ready));
         match &s.access_token_expires_at {
@@ -146,11 +171,13 @@ impl Metrics {
     }
 
     pub fn refresh_attempt(&self, labels: &Credential, seconds: f64) {
+        self.track(labels);
         self.refresh_attempts.get_or_create(labels).inc();
         self.refresh_duration.observe(seconds);
     }
 
     pub fn refresh_failure(&self, labels: &Credential, reason: &str) {
+        self.track(labels);
         let f = Failure {
             namespace: labels.namespace.clone(),
             credential: labels.credential.clone(),
@@ -165,6 +192,10 @@ impl Metrics {
 
     /// Drops the series of a deleted credential.
     pub fn forget(&self, labels: &Credential) {
+        self.credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(labels);
         self.ready.remove(labels);
         self.access_token_expiry.remove(labels);
         self.refresh_token_deadline.remove(labels);
@@ -256,5 +287,10 @@ mod tests {
             text.contains(r#"credential="door",reason="Timeout"} 1"#),
             "{text}"
         );
+        assert_eq!(m.credentials(), [other]);
+        m.forget_all();
+        let text = m.encode();
+        assert!(!text.contains("credential="), "{text}");
+        assert!(m.credentials().is_empty());
     }
 }

@@ -143,8 +143,6 @@ pub async fn run(
     );
     let auth_policy = AuthPolicy::new(&args.allowed_auth_hosts, args.allow_insecure_http)
         .map_err(anyhow::Error::msg)?;
-    // `validate` sees only the controller's settings; the token client checks again.
-    crate::token::set_operator_policy(auth_policy);
     let tokens = TokenClient::new(TokenClientOptions {
         answer_timeout: std::time::Duration::try_from(args.token_timeout)
             .context("--token-timeout")?,
@@ -160,7 +158,8 @@ pub async fn run(
     let settings = Settings {
         identity: identity.clone(),
         in_flight_grace: args.in_flight_grace,
-        allow_http: args.allow_insecure_http,
+        // Checked by `validate` before anything is sent; the token client checks again.
+        auth_policy,
         lifetimes: Lifetimes {
             idle: args.refresh_token_idle_lifetime,
             chain: args.refresh_token_chain_lifetime,
@@ -212,6 +211,14 @@ pub async fn run(
         },
     };
     let shutdown = Box::pin(shutdown).shared();
+    // From the signal on, no token call starts; those in flight finish and are stored.
+    tokio::spawn({
+        let (shutdown, tokens) = (shutdown.clone(), parts.tokens.clone());
+        async move {
+            shutdown.await;
+            tokens.close();
+        }
+    });
 
     if args.no_leader_election {
         metrics.set_leader(true);
@@ -278,6 +285,8 @@ pub async fn run(
             .shared();
         parts.run_controllers(stop).await;
         metrics.set_leader(false);
+        // A follower exports no credential's series: frozen, they would hide the leader's.
+        metrics.forget_all();
         if shutdown.clone().now_or_never().is_some() {
             break;
         }
@@ -389,8 +398,9 @@ impl Parts {
             })
             .collect();
         let health = self.health.clone();
+        let (shared, client) = (self.shared.clone(), self.client.clone());
         let synced = tokio::spawn(async move {
-            for s in stores {
+            for s in &stores {
                 // The controller waits on the same store, and kube-runtime 5's readiness
                 // signal wakes only the waiter that polled last: poll again each second
                 // rather than wait for a wake-up that may never come.
@@ -400,6 +410,8 @@ impl Parts {
                 {}
             }
             health.set_ready(true);
+            // With the stores in sync, whatever is kept for a deleted credential goes.
+            crate::controller::deleted_credentials(stores, shared, client).await;
         });
         futures::future::join_all(controllers).await;
         synced.abort();

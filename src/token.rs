@@ -20,10 +20,7 @@ use secrecy::SecretString;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
-pub use auth_url::{
-    AuthPolicy, AuthUrl, AuthUrlError, EAGLE_EYE_AUTH_HOSTS, LOOPBACK_HOSTS, operator_policy,
-    set_operator_policy,
-};
+pub use auth_url::{AuthPolicy, AuthUrl, AuthUrlError, EAGLE_EYE_AUTH_HOSTS, LOOPBACK_HOSTS};
 pub use error::{ErrorClass, OAuthErrorCode, Operation, TokenError};
 pub use grant::{ApiBase, MAX_EXPIRES_IN, MAX_TOKEN_BYTES, TokenGrant};
 pub use options::{EAGLE_EYE_API_HOSTS, TokenClientOptions};
@@ -56,6 +53,8 @@ pub struct ClientCredentials {
 pub struct TokenClient {
     http: reqwest::Client,
     slots: Arc<Semaphore>,
+    /// Set when the process stops: calls in flight finish, none starts.
+    closed: Arc<std::sync::atomic::AtomicBool>,
     settings: Arc<Settings>,
 }
 
@@ -176,6 +175,7 @@ impl TokenClient {
         Ok(TokenClient {
             http,
             slots: Arc::new(Semaphore::new(options.max_concurrent_calls)),
+            closed: Arc::default(),
             settings: Arc::new(Settings {
                 answer_limit,
                 max_concurrent_calls: options.max_concurrent_calls,
@@ -191,6 +191,16 @@ impl TokenClient {
     /// timeout). Waiting for a call slot comes before it and is not counted.
     pub fn answer_limit(&self) -> Duration {
         self.settings.answer_limit
+    }
+
+    /// No call may start from now on (the process is stopping): a caller holding or
+    /// waiting for a slot checks [`TokenClient::is_closed`] before it records anything.
+    pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Calls in progress or waiting to start with a reserved slot, across all clones.

@@ -4,7 +4,7 @@
 //! a held token is the only live copy of the login. Beside them, the last live token of
 //! each credential, to undo a revert of its Secret to a dead one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,7 +42,14 @@ pub struct HeldTokens {
 struct Claims {
     by_token: HashMap<String, String>,
     by_credential: HashMap<String, Vec<String>>,
+    /// Deleted credentials whose rotated-out tokens are still claimed, as dead, oldest
+    /// first: at most [`BURIED`].
+    buried: VecDeque<String>,
 }
+
+/// How many deleted credentials' rotated-out tokens stay known dead (at most 65
+/// fingerprints each): a copy of one is never spent, yet churn cannot grow memory forever.
+const BURIED: usize = 1024;
 
 /// A login never to send again, and whether the status already says so: once it does, a
 /// person clearing the mark there (to make the operator try once more) clears it here too.
@@ -222,6 +229,10 @@ impl HeldTokens {
     ) -> Option<String> {
         let mut c = lock(&self.claims);
         let stored = tokens.first()?;
+        if let Some(i) = c.buried.iter().position(|k| k == key) {
+            // Recreated under the same name: its claims are its own again.
+            c.buried.remove(i);
+        }
         if let Some(owner) = c.by_token.get(stored).filter(|o| *o != key) {
             let rotated_out = c
                 .by_credential
@@ -252,15 +263,49 @@ impl HeldTokens {
 
     /// Forgets everything remembered about a deleted credential (held tokens excepted:
     /// those still belong in their Secret).
+    /// The tokens it rotated out stay claimed, as dead, among the last [`BURIED`] deleted
+    /// credentials'; its current token is released (a copy elsewhere may spend it).
     pub(crate) fn forget(&self, key: &str) {
         self.forget_live(key);
         self.clear_refusals(key);
         let mut c = lock(&self.claims);
-        for t in c.by_credential.remove(key).unwrap_or_default() {
-            if c.by_token.get(&t).is_some_and(|o| o == key) {
-                c.by_token.remove(&t);
+        if c.buried.iter().any(|k| k == key) {
+            return;
+        }
+        let Some(list) = c.by_credential.get(key).cloned() else {
+            return;
+        };
+        if let Some(current) = list.first()
+            && c.by_token.get(current).is_some_and(|o| o == key)
+        {
+            c.by_token.remove(current);
+        }
+        c.buried.push_back(key.to_owned());
+        while c.buried.len() > BURIED {
+            let Some(oldest) = c.buried.pop_front() else {
+                break;
+            };
+            for t in c.by_credential.remove(&oldest).unwrap_or_default() {
+                if c.by_token.get(&t).is_some_and(|o| *o == oldest) {
+                    c.by_token.remove(&t);
+                }
             }
         }
+    }
+
+    /// Every credential this process keeps anything about (held answers aside).
+    pub(crate) fn known_keys(&self) -> HashSet<String> {
+        let mut keys: HashSet<String> = lock(&self.live).keys().cloned().collect();
+        keys.extend(lock(&self.refused).keys().cloned());
+        keys.extend(lock(&self.blocked).keys().cloned());
+        let c = lock(&self.claims);
+        keys.extend(
+            c.by_credential
+                .keys()
+                .filter(|k| !c.buried.contains(k))
+                .cloned(),
+        );
+        keys
     }
 
     /// Stores every held refresh token, retrying until `limit`; used when no reconcile will

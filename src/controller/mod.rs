@@ -30,9 +30,11 @@ mod held;
 mod leadership;
 mod reconciler;
 mod report;
+mod sweep;
 
 pub use held::HeldTokens;
 pub use leadership::Leadership;
+pub use sweep::deleted_credentials;
 
 use reconciler::Reconciler;
 
@@ -46,7 +48,9 @@ const MISSING_SECRET_RECHECK: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub allow_http: bool,
+    /// Where a credential's `authUrl` may point (`--allowed-auth-hosts`,
+    /// `--allow-insecure-http`): checked before any secret leaves the process.
+    pub auth_policy: crate::token::AuthPolicy,
     pub lifetimes: Lifetimes,
     /// This process's identity (unique per process): the holder named in spend intents.
     pub identity: String,
@@ -183,7 +187,7 @@ fn validate(
     cr: &EagleEyeCredential,
     settings: &Settings,
 ) -> Result<(url::Url, SignedDuration), String> {
-    validate_with(cr, &crate::token::operator_policy(settings.allow_http))
+    validate_with(cr, &settings.auth_policy)
 }
 
 fn validate_with(

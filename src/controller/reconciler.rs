@@ -417,13 +417,6 @@ impl<'a> Reconciler<'a> {
                     ..stored
                 };
                 self.ctx.held.remember_live(&self.key, &stored.token);
-                if let Some(wait) = self.ctx.leadership.not_safe_to_spend().await {
-                    info!(
-                        ?wait,
-                        "not refreshing: this replica's Lease is not fresh enough"
-                    );
-                    return Ok(Action::requeue(wait));
-                }
                 info!(?why, "refreshing");
                 self.spend(&auth_url, &creds, stored, &login, g.refresh_before)
                     .await
@@ -443,6 +436,20 @@ impl<'a> Reconciler<'a> {
         refresh_before: SignedDuration,
     ) -> Result<Action, Error> {
         let slot = self.ctx.tokens.reserve().await;
+        // The process is stopping: the reconciles queued for a slot (many, under a slow auth
+        // server) start nothing, so that it stops once the calls in flight are answered.
+        if self.ctx.tokens.is_closed() {
+            info!("not refreshing: the operator is stopping");
+            return Ok(Action::await_change());
+        }
+        // Checked once the slot is granted: the wait for it may have outlasted the Lease.
+        if let Some(wait) = self.ctx.leadership.not_safe_to_spend().await {
+            info!(
+                ?wait,
+                "not refreshing: this replica's Lease is not fresh enough"
+            );
+            return Ok(Action::requeue(wait));
+        }
         if self.rotation() == schedule::Rotation::NonRotating {
             return self
                 .refresh(slot, auth_url, creds, stored, login, refresh_before)

@@ -76,25 +76,6 @@ impl AuthPolicy {
     }
 }
 
-/// The running operator's `--allowed-auth-hosts`, for checks that see only the
-/// controller's settings. Set once by `operator::run`; a process that never sets it (unit
-/// tests of the reconcile) restricts no host there, and its token client still applies its own.
-static OPERATOR_POLICY: std::sync::RwLock<Option<AuthPolicy>> = std::sync::RwLock::new(None);
-
-/// Records the operator's policy for [`operator_policy`] (the last call wins).
-pub fn set_operator_policy(policy: AuthPolicy) {
-    *OPERATOR_POLICY.write().unwrap_or_else(|e| e.into_inner()) = Some(policy);
-}
-
-/// The operator's host allow-list with `allow_insecure_http`; any host when none was set.
-pub fn operator_policy(allow_insecure_http: bool) -> AuthPolicy {
-    let set = OPERATOR_POLICY.read().unwrap_or_else(|e| e.into_inner());
-    AuthPolicy {
-        hosts: set.as_ref().and_then(|p| p.hosts.clone()),
-        allow_insecure_http,
-    }
-}
-
 /// Why an auth URL was refused. The words are the same wherever it is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthUrlError {

@@ -708,9 +708,17 @@ async fn a_failed_publish_is_retried_without_spending_the_token_again() {
     let si = stand_in(Duration::from_secs(3600)).await;
     let login = login(&si, "blocked-client", true).await;
     create_secrets(&env, "blocked", &login).await;
-    // An immutable Secret where the target should go: every apply to it is refused.
+    // An immutable Secret where the target should go, opted in for this credential (so it
+    // may be written): every apply to it is refused.
     let mut blocker = secret("blocked-token", &[("access_token", "placeholder")]);
     blocker.immutable = Some(true);
+    blocker.metadata.annotations = Some(
+        [(
+            "eagle-eye-operator.io/adopt".to_owned(),
+            "blocked".to_owned(),
+        )]
+        .into(),
+    );
     env.api::<Secret>()
         .create(&PostParams::default(), &blocker)
         .await

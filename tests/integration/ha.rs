@@ -51,17 +51,28 @@ async fn one_of_two_replicas_leads_and_the_other_takes_over_after_sigkill_withou
     assert_eq!(si.counters().reused_refresh_tokens, 0);
 
     // SIGKILL between the token endpoint's answer and the write-back would lose the login
-    // (tests/write_back.rs shows that window); this test is about failover, so it kills
-    // the leader while its last rotation is stored and published and no refresh is under way.
+    // (tests/write_back.rs shows that window), and one after the spend intent is recorded
+    // makes the follower wait out its bound (minutes); this test is about failover, so it
+    // kills the leader while its last rotation is stored and published and the next refresh
+    // is at least two seconds away.
     eventually(
-        "the last rotation stored and published",
+        "the last rotation stored and published, the next one not imminent",
         Duration::from_secs(20),
         || async {
             let requests = si.counters().token_requests;
             let stored = secret_data(&env, "ha-refresh").await?;
             let target = secret_data(&env, "ha-token").await?;
+            let next = env
+                .api::<eagle_eye_operator::crd::EagleEyeCredential>()
+                .get("ha")
+                .await
+                .ok()?
+                .status?
+                .next_refresh_at?
+                .0;
             let settled = si.refresh_token_is_live(&stored["refresh_token"])
                 && si.access_token_is_live(&target["access_token"])
+                && next > jiff::Timestamp::now() + jiff::SignedDuration::from_secs(2)
                 && si.counters().token_requests == requests;
             settled.then_some(())
         },

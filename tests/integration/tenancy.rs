@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use crate::support::operator::{
-    Operator, create_credential, create_secrets, login, ready, secret_data, stand_in,
+    Operator, create_credential, create_secrets, login, ready, secret, secret_data, stand_in,
     wait_for_reason,
 };
-use crate::support::{TestEnv, env, eventually};
+use crate::support::{TestEnv, env, eventually, figure, get, series};
 use eagle_eye_operator::crd::EagleEyeCredential;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
@@ -214,4 +214,265 @@ async fn of_two_credentials_naming_one_target_the_first_keeps_it() {
     let owner = owners(&env, "first-token").await;
     assert_eq!(owner.len(), 1);
     assert_eq!(owner[0].name, "first");
+}
+
+#[tokio::test]
+async fn a_deleted_credentials_metric_series_are_gone_within_ten_seconds() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let op = Operator::start(&env, &si, &[]).await;
+    login_for(&env, &si, "gone").await;
+    login_for(&env, &si, "stays").await;
+    for name in ["gone", "stays"] {
+        wait_for_reason(&env, name, "TokenRefreshed", Duration::from_secs(30)).await;
+    }
+    let addr = op.admin_addr().await;
+    let ready_of = |name: &str| {
+        format!(
+            r#"eagle_eye_credential_ready{{namespace="{}",credential="{name}"}}"#,
+            env.namespace
+        )
+    };
+    let text = get(addr, "/metrics").await.1;
+    assert_eq!(series(&text, &ready_of("gone")), Some(1.0), "{text}");
+
+    env.api::<EagleEyeCredential>()
+        .delete("gone", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deleted = std::time::Instant::now();
+    let gone = format!(r#"namespace="{}",credential="gone""#, env.namespace);
+    let text = eventually(
+        "no series of the deleted credential",
+        Duration::from_secs(10),
+        || async {
+            let text = get(addr, "/metrics").await.1;
+            (!text.is_empty() && !text.contains(&gone)).then_some(text)
+        },
+    )
+    .await;
+    figure(format!(
+        "a deleted credential's series were gone {:?} after the delete",
+        deleted.elapsed()
+    ));
+    assert_eq!(
+        series(&text, &ready_of("stays")),
+        Some(1.0),
+        "the other credential's series stay"
+    );
+}
+
+#[tokio::test]
+async fn an_immutable_refresh_token_secret_is_refused_before_anything_is_spent() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let login = login(&si, "frozen-client", true).await;
+    let api = env.api::<Secret>();
+    let client = secret(
+        "frozen-client",
+        &[
+            ("client_id", &login.client_id),
+            ("client_secret", &login.client_secret),
+        ],
+    );
+    api.create(&PostParams::default(), &client).await.unwrap();
+    let mut refresh = secret(
+        "frozen-refresh",
+        &[("refresh_token", &login.grant.refresh_token)],
+    );
+    refresh.immutable = Some(true);
+    api.create(&PostParams::default(), &refresh).await.unwrap();
+    let _op = Operator::start(&env, &si, &[]).await;
+    create_credential(&env, "frozen", &si, serde_json::json!({})).await;
+
+    wait_for_reason(&env, "frozen", "SecretImmutable", Duration::from_secs(30)).await;
+    let (_, _, message) = ready(&env, "frozen").await.unwrap();
+    assert!(
+        message.contains("\"frozen-refresh\"") && message.contains("immutable"),
+        "{message}"
+    );
+    assert!(!message.contains(&login.grant.refresh_token));
+    assert_eq!(warnings(&env, "frozen", "SecretImmutable").await, 1);
+    assert_eq!(si.counters().token_requests, 0, "nothing spent");
+}
+
+/// A client acting as `user`, who may create, change and delete credentials in the test's
+/// namespace and do nothing else (in particular, neither read nor write Secrets).
+async fn tenant(env: &TestEnv, user: &str) -> kube::Client {
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "credential-editor"},
+        "rules": [{
+            "apiGroups": ["eagle-eye-operator.io"],
+            "resources": ["eagleeyecredentials"],
+            "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+        }],
+    }))
+    .unwrap();
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "credential-editor"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "credential-editor"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }))
+        .unwrap();
+    env.api()
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    env.api()
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(env.plane.kubeconfig_path()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    config.auth_info.impersonate = Some(user.to_owned());
+    config.default_namespace = env.namespace.clone();
+    kube::Client::try_from(config).unwrap()
+}
+
+/// Issue 9's tenant: may create credentials, not Secrets. Each attack ends in a condition
+/// and an Event (or the API server's refusal), no Secret it did not create is changed or
+/// deleted, and nothing reaches an auth host outside the allow-list.
+#[tokio::test]
+async fn a_tenant_who_may_create_credentials_but_not_secrets_cannot_reach_beyond_them() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let outside =
+        eagle_eye_testbed::standin::StandIn::start(eagle_eye_testbed::standin::StandInConfig {
+            tls: false,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Another application's Secret, and the Secrets the platform team made for the tenant.
+    create_app_secret(&env, "app-password").await;
+    let own = login(&si, "tenant-client", true).await;
+    create_secrets(&env, "mine", &own).await;
+    let mut op = Operator::start(&env, &si, &["--allow-insecure-http"]).await;
+    op.set_args(|args| {
+        let at = args
+            .iter()
+            .position(|a| a == "--allowed-auth-hosts")
+            .unwrap();
+        args[at + 1] = "127.0.0.1".into();
+    })
+    .await;
+    let as_tenant = tenant(&env, "tenant").await;
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(as_tenant.clone(), &env.namespace);
+    let creds: kube::Api<EagleEyeCredential> = kube::Api::namespaced(as_tenant, &env.namespace);
+    let forbidden = secrets
+        .create(&PostParams::default(), &secret("sneaky", &[("k", "v")]))
+        .await
+        .expect_err("the tenant may not write Secrets");
+    assert!(forbidden.to_string().contains("forbidden"), "{forbidden}");
+
+    let spec = |target: Option<&str>, auth_url: String| {
+        let mut spec = serde_json::json!({
+            "clientSecretRef": {"name": "mine-client"},
+            "refreshTokenSecretRef": {"name": "mine-refresh"},
+            "authUrl": auth_url,
+        });
+        if let Some(t) = target {
+            spec["target"] = serde_json::json!({"name": t});
+        }
+        spec
+    };
+    let cr = |name: &str, spec: serde_json::Value| -> EagleEyeCredential {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "eagle-eye-operator.io/v1alpha1",
+            "kind": "EagleEyeCredential",
+            "metadata": {"name": name},
+            "spec": spec,
+        }))
+        .unwrap()
+    };
+    let allowed_url = si.url().to_string();
+
+    // 1. Publish into another application's Secret (and have it deleted with the credential).
+    creds
+        .create(
+            &PostParams::default(),
+            &cr("grab", spec(Some("app-password"), allowed_url.clone())),
+        )
+        .await
+        .unwrap();
+    wait_for_reason(&env, "grab", "TargetConflict", Duration::from_secs(30)).await;
+    assert_eq!(warnings(&env, "grab", "TargetConflict").await, 1);
+
+    // 2. Publish over the very Secret holding the login: the API server refuses it.
+    let refused = creds
+        .create(
+            &PostParams::default(),
+            &cr("self", spec(Some("mine-refresh"), allowed_url.clone())),
+        )
+        .await
+        .expect_err("a target that is an input Secret");
+    assert!(
+        refused
+            .to_string()
+            .contains("must not be the client or refresh-token Secret"),
+        "{refused}"
+    );
+
+    // 3. Send the client secret and refresh token to a server of the tenant's choosing.
+    let port = outside.url().port().unwrap();
+    creds
+        .create(
+            &PostParams::default(),
+            &cr("exfil", spec(None, format!("http://localhost:{port}"))),
+        )
+        .await
+        .unwrap();
+    wait_for_reason(&env, "exfil", "InvalidSpec", Duration::from_secs(30)).await;
+    assert!(warnings(&env, "exfil", "InvalidSpec").await >= 1);
+
+    assert_eq!(
+        outside.counters().token_requests,
+        0,
+        "nothing reached the host outside the allow-list"
+    );
+
+    // The attempts deleted, a legitimate credential on the same Secrets works (so the
+    // operator did reconcile the tenant's objects all along) and creates its own target.
+    for name in ["grab", "exfil"] {
+        creds.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    creds
+        .create(
+            &PostParams::default(),
+            &cr("legit", spec(None, allowed_url.clone())),
+        )
+        .await
+        .unwrap();
+    wait_for_reason(&env, "legit", "TokenRefreshed", Duration::from_secs(30)).await;
+    assert_eq!(outside.counters().token_requests, 0);
+
+    // Deleting what it made removes its own target and nothing else.
+    creds
+        .delete("legit", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the garbage collector deletes the tenant's own target",
+        Duration::from_secs(60),
+        || async {
+            secret_data(&env, "legit-token")
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let app = secret_data(&env, "app-password").await.unwrap();
+    assert_eq!(app.keys().collect::<Vec<_>>(), ["password"]);
+    assert_eq!(app["password"], "hunter2");
+    assert!(owners(&env, "app-password").await.is_empty());
+    for name in ["mine-client", "mine-refresh"] {
+        assert!(
+            secret_data(&env, name).await.is_some(),
+            "{name} is still there"
+        );
+    }
 }
