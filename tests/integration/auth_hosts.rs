@@ -10,17 +10,8 @@ use kube::api::PostParams;
 
 use crate::support::env;
 use crate::support::operator::{
-    Operator, create_secrets, credential, login, ready, stand_in, wait_for_reason,
+    Operator, create_secrets, credential, login, ready, set_flag, stand_in, wait_for_reason,
 };
-
-/// Replaces the operator's `--allowed-auth-hosts` value.
-fn allow_auth_hosts(args: &mut [String], hosts: &str) {
-    let at = args
-        .iter()
-        .position(|a| a == "--allowed-auth-hosts")
-        .expect("Operator::start passes --allowed-auth-hosts");
-    args[at + 1] = hosts.to_owned();
-}
 
 /// A second auth server (plain http, so that nothing but the allow-list could keep the
 /// operator from reaching it) on 127.0.0.1: named as `localhost` it is outside the
@@ -38,7 +29,7 @@ async fn a_credential_whose_auth_host_is_not_allowed_is_invalid_and_nothing_reac
     .unwrap();
     let port = outside.url().port().unwrap();
     let mut op = Operator::start(&env, &si, &["--allow-insecure-http"]).await;
-    op.set_args(|args| allow_auth_hosts(args, "127.0.0.1"))
+    op.set_args(|args| set_flag(args, "--allowed-auth-hosts", "127.0.0.1"))
         .await;
 
     let refused = login(&outside, "outside-client", true).await;

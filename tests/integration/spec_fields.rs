@@ -6,14 +6,13 @@
 use std::time::Duration;
 
 use crate::support::operator::{
-    Operator, api_accepts, create_credential, create_secrets, login, ready, secret_data, stand_in,
-    wait_for_reason,
+    Operator, api_accepts, create_credential, create_secrets, events, login, ready, secret_data,
+    stand_in, wait_for_reason,
 };
 use crate::support::{TestEnv, env, eventually};
 use eagle_eye_operator::crd::EagleEyeCredential;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams};
 
@@ -55,19 +54,6 @@ fn condition(cr: &EagleEyeCredential, type_: &str) -> Condition {
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
         .unwrap_or_else(|| panic!("no {type_} condition in {:?}", cr.status))
         .clone()
-}
-
-/// Events about `credential` with `reason`.
-async fn events(env: &TestEnv, credential: &str, reason: &str) -> Vec<Event> {
-    env.api::<Event>()
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some(reason))
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(credential))
-        .collect()
 }
 
 #[tokio::test]

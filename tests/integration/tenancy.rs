@@ -6,13 +6,12 @@
 use std::time::Duration;
 
 use crate::support::operator::{
-    Operator, create_credential, create_secrets, login, ready, secret, secret_data, stand_in,
-    wait_for_reason,
+    Operator, create_credential, create_secrets, credential, events, login, ready, secret,
+    secret_data, set_flag, stand_in, wait_for_reason,
 };
 use crate::support::{TestEnv, env, eventually, figure, get, series};
 use eagle_eye_operator::crd::EagleEyeCredential;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 
@@ -42,14 +41,10 @@ async fn owners(env: &TestEnv, name: &str) -> Vec<OwnerReference> {
 }
 
 async fn warnings(env: &TestEnv, credential: &str, reason: &str) -> usize {
-    env.api::<Event>()
-        .list(&Default::default())
+    events(env, credential, reason)
         .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some(reason) && e.type_.as_deref() == Some("Warning"))
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(credential))
+        .iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
         .count()
 }
 
@@ -351,14 +346,8 @@ async fn a_tenant_who_may_create_credentials_but_not_secrets_cannot_reach_beyond
     let own = login(&si, "tenant-client", true).await;
     create_secrets(&env, "mine", &own).await;
     let mut op = Operator::start(&env, &si, &["--allow-insecure-http"]).await;
-    op.set_args(|args| {
-        let at = args
-            .iter()
-            .position(|a| a == "--allowed-auth-hosts")
-            .unwrap();
-        args[at + 1] = "127.0.0.1".into();
-    })
-    .await;
+    op.set_args(|args| set_flag(args, "--allowed-auth-hosts", "127.0.0.1"))
+        .await;
     let as_tenant = tenant(&env, "tenant").await;
     let secrets: kube::Api<Secret> = kube::Api::namespaced(as_tenant.clone(), &env.namespace);
     let creds: kube::Api<EagleEyeCredential> = kube::Api::namespaced(as_tenant, &env.namespace);
@@ -368,33 +357,26 @@ async fn a_tenant_who_may_create_credentials_but_not_secrets_cannot_reach_beyond
         .expect_err("the tenant may not write Secrets");
     assert!(forbidden.to_string().contains("forbidden"), "{forbidden}");
 
-    let spec = |target: Option<&str>, auth_url: String| {
+    // The tenant's credentials, on the Secrets made for it, with `extra` in the spec.
+    let cr = |name: &str, extra: serde_json::Value| {
         let mut spec = serde_json::json!({
             "clientSecretRef": {"name": "mine-client"},
             "refreshTokenSecretRef": {"name": "mine-refresh"},
-            "authUrl": auth_url,
         });
-        if let Some(t) = target {
-            spec["target"] = serde_json::json!({"name": t});
+        if let (Some(base), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            base.extend(extra.clone());
         }
-        spec
+        credential(name, &si, spec)
     };
-    let cr = |name: &str, spec: serde_json::Value| -> EagleEyeCredential {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "eagle-eye-operator.io/v1alpha1",
-            "kind": "EagleEyeCredential",
-            "metadata": {"name": name},
-            "spec": spec,
-        }))
-        .unwrap()
-    };
-    let allowed_url = si.url().to_string();
 
     // 1. Publish into another application's Secret (and have it deleted with the credential).
     creds
         .create(
             &PostParams::default(),
-            &cr("grab", spec(Some("app-password"), allowed_url.clone())),
+            &cr(
+                "grab",
+                serde_json::json!({"target": {"name": "app-password"}}),
+            ),
         )
         .await
         .unwrap();
@@ -405,7 +387,10 @@ async fn a_tenant_who_may_create_credentials_but_not_secrets_cannot_reach_beyond
     let refused = creds
         .create(
             &PostParams::default(),
-            &cr("self", spec(Some("mine-refresh"), allowed_url.clone())),
+            &cr(
+                "self",
+                serde_json::json!({"target": {"name": "mine-refresh"}}),
+            ),
         )
         .await
         .expect_err("a target that is an input Secret");
@@ -421,7 +406,10 @@ async fn a_tenant_who_may_create_credentials_but_not_secrets_cannot_reach_beyond
     creds
         .create(
             &PostParams::default(),
-            &cr("exfil", spec(None, format!("http://localhost:{port}"))),
+            &cr(
+                "exfil",
+                serde_json::json!({"authUrl": format!("http://localhost:{port}")}),
+            ),
         )
         .await
         .unwrap();
@@ -440,10 +428,7 @@ async fn a_tenant_who_may_create_credentials_but_not_secrets_cannot_reach_beyond
         creds.delete(name, &DeleteParams::default()).await.unwrap();
     }
     creds
-        .create(
-            &PostParams::default(),
-            &cr("legit", spec(None, allowed_url.clone())),
-        )
+        .create(&PostParams::default(), &cr("legit", serde_json::json!({})))
         .await
         .unwrap();
     wait_for_reason(&env, "legit", "TokenRefreshed", Duration::from_secs(30)).await;

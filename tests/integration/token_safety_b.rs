@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::operator::{
     Login, Operator, api_accepts, create_credential, create_secrets, login, ready, secret_data,
-    stand_in, wait_for_reason,
+    set_flag, stand_in, wait_for_reason,
 };
 use crate::support::{TestEnv, env, eventually, figure};
 use eagle_eye_operator::crd::EagleEyeCredential;
@@ -335,15 +335,6 @@ async fn a_rotated_token_in_an_answer_that_is_not_utf8_is_stored_and_the_next_an
     rotated_token_in_an_unusable_answer_is_stored("notutf8", Fault::InvalidUtf8).await;
 }
 
-/// Replaces the operator's `--allowed-api-hosts` value.
-fn allow_api_hosts(args: &mut [String], hosts: &str) {
-    let at = args
-        .iter()
-        .position(|a| a == "--allowed-api-hosts")
-        .expect("Operator::start passes --allowed-api-hosts");
-    args[at + 1] = hosts.to_owned();
-}
-
 /// Issue 8, failure 8: an answer naming an API host outside `--allowed-api-hosts` was
 /// classed transient, so the operator rotated the token again and again (every retry is a
 /// new rotation) without ever publishing. It must store the rotated token, say what is
@@ -358,7 +349,7 @@ async fn an_api_host_outside_the_allow_list_stores_the_rotated_token_says_so_and
     // One replica, so that the restart below does not wait for a Lease to expire.
     let mut op = Operator::start(&env, &si, &["--no-leader-election"]).await;
     // The stand-in names 127.0.0.1 as the API host; this allow-list does not include it.
-    op.set_args(|args| allow_api_hosts(args, "*.eagleeyenetworks.com"))
+    op.set_args(|args| set_flag(args, "--allowed-api-hosts", "*.eagleeyenetworks.com"))
         .await;
     create_credential(&env, "allow", &si, serde_json::json!({})).await;
     eventually(
@@ -424,7 +415,7 @@ async fn an_api_host_outside_the_allow_list_stores_the_rotated_token_says_so_and
 
     // With the host allowed, the operator finishes the job from the stored token.
     let restarted = Instant::now();
-    op.set_args(|args| allow_api_hosts(args, "127.0.0.1,localhost"))
+    op.set_args(|args| set_flag(args, "--allowed-api-hosts", "127.0.0.1,localhost"))
         .await;
     wait_for_reason(&env, "allow", "TokenRefreshed", Duration::from_secs(30)).await;
     figure(format!(

@@ -362,3 +362,29 @@ pub async fn api_accepts(stand_in: &StandIn, base_url: &str, access_token: &str)
         .unwrap();
     resp.status() == 200
 }
+
+/// Replaces the value of `flag` among the operator's arguments (`Operator::set_args`).
+pub fn set_flag(args: &mut [String], flag: &str, value: &str) {
+    let at = args
+        .iter()
+        .position(|a| a == flag)
+        .unwrap_or_else(|| panic!("Operator::start passes {flag}"));
+    args[at + 1] = value.to_owned();
+}
+
+/// Events about `credential` with `reason`.
+pub async fn events(
+    env: &TestEnv,
+    credential: &str,
+    reason: &str,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    env.api::<k8s_openapi::api::events::v1::Event>()
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(credential))
+        .collect()
+}
