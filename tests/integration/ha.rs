@@ -371,3 +371,62 @@ async fn a_replica_spends_a_token_only_while_its_lease_has_time_left() {
         "no leader election"
     );
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to the operator process.
+fn signal(op: &Operator, signal: &str) {
+    let pid = op.pid().expect("a running operator").to_string();
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+/// A replica frozen past its Lease (a paused VM, a stalled node) comes back as a follower:
+/// it stops exporting the credentials' series, whose frozen `ready` would hide the real
+/// leader's, and the new leader exports them.
+#[tokio::test]
+async fn a_replica_that_loses_the_lease_exports_no_credential_series() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let login = login(&si, "frozen-leader", true).await;
+    create_secrets(&env, "fl", &login).await;
+    let a = Operator::start(&env, &si, &["--instance", "replica-a"]).await;
+    create_credential(&env, "fl", &si, serde_json::json!({})).await;
+    wait_for_reason(&env, "fl", "TokenRefreshed", Duration::from_secs(30)).await;
+    let ready = format!(
+        r#"eagle_eye_credential_ready{{namespace="{}",credential="fl"}}"#,
+        env.namespace
+    );
+    let addr_a = a.admin_addr().await;
+    let text = get(addr_a, "/metrics").await.1;
+    assert_eq!(series(&text, &ready), Some(1.0), "{text}");
+    let b = Operator::start(&env, &si, &["--instance", "replica-b"]).await;
+    let addr_b = b.admin_addr().await;
+    let text = get(addr_b, "/metrics").await.1;
+    assert_eq!(series(&text, "eagle_eye_leader"), Some(0.0), "{text}");
+    assert!(
+        !text.contains("credential="),
+        "a follower exports none: {text}"
+    );
+
+    signal(&a, "STOP");
+    eventually("B leads", Duration::from_secs(40), || async {
+        let text = get(addr_b, "/metrics").await.1;
+        (series(&text, "eagle_eye_leader")? == 1.0 && series(&text, &ready)? == 1.0).then_some(())
+    })
+    .await;
+    signal(&a, "CONT");
+    eventually(
+        "A knows it follows and exports no credential's series",
+        Duration::from_secs(30),
+        || async {
+            let text = get(addr_a, "/metrics").await.1;
+            (series(&text, "eagle_eye_leader")? == 0.0 && !text.contains("credential="))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(si.counters().reused_refresh_tokens, 0);
+}
