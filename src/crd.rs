@@ -128,6 +128,7 @@ pub fn parse_duration(s: &str) -> Option<jiff::SignedDuration> {
 pub struct ClientSecretRef {
     /// Name of the Secret, in the namespace of this resource.
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("name must not be empty"))]
+    #[x_kube(validation = kube::core::Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("must be a Secret name: lowercase letters, digits, '-' and '.'"))]
     pub name: String,
     /// Key holding the client ID.
     #[serde(default = "default_client_id_key")]
@@ -145,6 +146,7 @@ pub struct ClientSecretRef {
 pub struct RefreshTokenSecretRef {
     /// Name of the Secret, in the namespace of this resource.
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("name must not be empty"))]
+    #[x_kube(validation = kube::core::Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("must be a Secret name: lowercase letters, digits, '-' and '.'"))]
     pub name: String,
     /// Key holding the refresh token.
     #[serde(default = "default_refresh_token_key")]
@@ -173,6 +175,7 @@ pub struct TargetSecret {
     /// Name of the Secret. Defaults to `<name of this resource>-token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("name must not be empty when set"))]
+    #[x_kube(validation = kube::core::Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("must be a Secret name: lowercase letters, digits, '-' and '.'"))]
     pub name: Option<String>,
     /// Extra labels on the Secret.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

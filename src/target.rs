@@ -38,12 +38,26 @@ pub enum Ownership {
 }
 
 /// Whose `target` (the Secret named by [`target_name`], if it exists) is for `cr`.
-pub fn ownership(cr: &EagleEyeCredential, target: Option<&Secret>) -> Ownership {
+/// `input_of`: another credential of the namespace that reads a Secret of that name (its
+/// client or refresh-token Secret). `manager`: the operator's field manager, whose data
+/// keys in an adopted Secret are its own to write again.
+pub fn ownership(
+    cr: &EagleEyeCredential,
+    target: Option<&Secret>,
+    input_of: Option<&str>,
+    manager: &str,
+) -> Ownership {
     let name = target_name(cr);
     let spec = &cr.spec;
     if name == spec.client_secret_ref.name || name == spec.refresh_token_secret_ref.name {
         return Ownership::Conflict(format!(
             "the target Secret {name:?} is one this credential reads (its client or refresh-token Secret): the operator never publishes into it; set spec.target.name to another name"
+        ));
+    }
+    // Created here, it would be deleted with this credential, taking the other's login along.
+    if let Some(other) = input_of {
+        return Ownership::Conflict(format!(
+            "Secret {name:?} is one EagleEyeCredential {other:?} reads: the operator never publishes into it; set spec.target.name to another name"
         ));
     }
     let Some(target) = target else {
@@ -63,10 +77,16 @@ pub fn ownership(cr: &EagleEyeCredential, target: Option<&Secret>) -> Ownership 
             if o.kind == EagleEyeCredential::kind(&())
                 && o.api_version.starts_with(crate::crd::GROUP) =>
         {
-            return Ownership::Conflict(format!(
-                "Secret {name:?} is the target of EagleEyeCredential {:?}, which created it; set spec.target.name to another name",
-                o.name
-            ));
+            return Ownership::Conflict(if o.name == cr.name_any() {
+                format!(
+                    "Secret {name:?} is the target of an earlier EagleEyeCredential of this name, deleted since: the garbage collector deletes it shortly, and this credential then creates its own"
+                )
+            } else {
+                format!(
+                    "Secret {name:?} is the target of EagleEyeCredential {:?}, which created it; set spec.target.name to another name",
+                    o.name
+                )
+            });
         }
         _ => {}
     }
@@ -77,12 +97,55 @@ pub fn ownership(cr: &EagleEyeCredential, target: Option<&Secret>) -> Ownership 
         .and_then(|a| a.get(ADOPT))
         .is_some_and(|v| v.trim() == cr.name_any());
     if opted_in {
+        // Only keys it wrote itself, or new ones: never another writer's value.
+        let ours = managed_data_keys(target, manager);
+        let held = target.data.iter().flatten().map(|(k, _)| k);
+        let foreign: Vec<&String> = held
+            .filter(|k| data_keys(cr).contains(&k.as_str()) && !ours.contains(*k))
+            .collect();
+        if !foreign.is_empty() {
+            return Ownership::Conflict(format!(
+                "Secret {name:?} already holds {foreign:?}, written by someone else: the operator never overwrites another writer's keys; choose other names in spec.target.keys"
+            ));
+        }
         return Ownership::Adopted;
     }
     Ownership::Conflict(format!(
         "Secret {name:?} exists and was not created by this credential, so nothing is written to it; to publish there, someone who may edit that Secret annotates it {ADOPT}={}, or set spec.target.name to another name",
         cr.name_any()
     ))
+}
+
+/// The data keys `cr` publishes (those not left out).
+fn data_keys(cr: &EagleEyeCredential) -> Vec<&str> {
+    let k = &cr.spec.target.keys;
+    [
+        &k.access_token,
+        &k.base_url,
+        &k.hostname,
+        &k.port,
+        &k.expires_at,
+        &k.token_type,
+    ]
+    .into_iter()
+    .map(String::as_str)
+    .filter(|k| !k.is_empty())
+    .collect()
+}
+
+/// The data keys field manager `manager` owns in `secret` (from its managedFields).
+fn managed_data_keys(secret: &Secret, manager: &str) -> Vec<String> {
+    secret
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() == Some(manager))
+        .filter_map(|m| m.fields_v1.as_ref()?.0.get("f:data")?.as_object())
+        .flat_map(|data| data.keys())
+        .filter_map(|k| k.strip_prefix("f:"))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The access token and API location to publish.
@@ -123,10 +186,20 @@ pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>, owned: bool) -> Secre
     .into_iter()
     .filter(|(k, _)| !k.is_empty());
 
-    let mut labels = cr.spec.target.labels.clone();
-    labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
-    labels.insert(CREDENTIAL_LABEL.into(), cr.name_any());
-    let mut annotations = cr.spec.target.annotations.clone();
+    // An adopted Secret is someone else's: only the keys and the operator's own
+    // annotations are written, never labels or annotations the spec chose.
+    let (mut labels, mut annotations) = if owned {
+        (
+            cr.spec.target.labels.clone(),
+            cr.spec.target.annotations.clone(),
+        )
+    } else {
+        Default::default()
+    };
+    if owned {
+        labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
+        labels.insert(CREDENTIAL_LABEL.into(), cr.name_any());
+    }
     annotations.insert(ISSUED_AT.into(), p.issued_at.to_string());
     annotations.insert(EXPIRES_AT.into(), expires.clone());
     annotations.insert(REFRESH_FINGERPRINT.into(), p.refresh_fingerprint.into());
@@ -139,7 +212,7 @@ pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>, owned: bool) -> Secre
 
     let mut secret = secrets::opaque(&target_name(cr), data, annotations);
     secret.metadata.namespace = cr.namespace();
-    secret.metadata.labels = Some(labels);
+    secret.metadata.labels = (!labels.is_empty()).then_some(labels);
     if owned {
         secret.metadata.owner_references = cr.controller_owner_ref(&()).map(|o| vec![o]);
     }
@@ -272,15 +345,91 @@ mod tests {
         s
     }
 
+    const MANAGER: &str = "eagle-eye-operator";
+
+    fn own(cr: &EagleEyeCredential, target: Option<&Secret>) -> Ownership {
+        ownership(cr, target, None, MANAGER)
+    }
+
+    /// `s` with its `data` keys `keys` written by field manager `manager`.
+    fn managed(mut s: Secret, manager: &str, keys: &[&str]) -> Secret {
+        let data: serde_json::Map<String, serde_json::Value> = keys
+            .iter()
+            .map(|k| (format!("f:{k}"), serde_json::json!({})))
+            .collect();
+        s.metadata.managed_fields = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+                manager: Some(manager.into()),
+                operation: Some("Apply".into()),
+                fields_type: Some("FieldsV1".into()),
+                fields_v1: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(
+                    serde_json::json!({ "f:data": data }),
+                )),
+                ..Default::default()
+            },
+        ]);
+        s
+    }
+
+    #[test]
+    fn an_adopted_secret_keeps_every_key_another_writer_wrote() {
+        let mut cr = credential();
+        // The tenant renames the access token's key to the application's password key.
+        cr.spec.target.keys.access_token = "password".into();
+        let opted = existing(None, &[(ADOPT, "cam")]);
+        match own(&cr, Some(&opted)) {
+            Ownership::Conflict(m) => assert!(m.contains("\"password\""), "{m}"),
+            o => panic!("{o:?}"),
+        }
+        // Written by the application's own manager: still not ours.
+        let by_app = managed(existing(None, &[(ADOPT, "cam")]), "kubectl", &["password"]);
+        assert!(matches!(own(&cr, Some(&by_app)), Ownership::Conflict(_)));
+        // A key this operator wrote earlier is its own to write again.
+        let by_us = managed(existing(None, &[(ADOPT, "cam")]), MANAGER, &["password"]);
+        assert_eq!(own(&cr, Some(&by_us)), Ownership::Adopted);
+    }
+
+    #[test]
+    fn an_adopted_target_gets_only_keys_and_the_operators_annotations() {
+        let mut cr = credential();
+        cr.spec.target.labels = [("reflector/allowed".to_owned(), "true".to_owned())].into();
+        cr.spec.target.annotations = [("copy-to".to_owned(), "everywhere".to_owned())].into();
+        let s = build(&cr, &publication(), false);
+        assert!(s.metadata.labels.is_none(), "{:?}", s.metadata.labels);
+        let annotations = s.metadata.annotations.unwrap();
+        assert!(
+            annotations
+                .keys()
+                .all(|k| k.starts_with("eagle-eye-operator.io/"))
+        );
+        let owned = build(&cr, &publication(), true);
+        assert!(
+            owned
+                .metadata
+                .labels
+                .unwrap()
+                .contains_key("reflector/allowed")
+        );
+    }
+
+    #[test]
+    fn a_secret_another_credential_reads_is_never_a_target() {
+        let cr = credential();
+        match ownership(&cr, None, Some("other"), MANAGER) {
+            Ownership::Conflict(m) => assert!(m.contains("\"other\" reads"), "{m}"),
+            o => panic!("{o:?}"),
+        }
+    }
+
     #[test]
     fn a_target_is_written_only_when_absent_created_by_the_credential_or_adopted_for_it() {
         let cr = credential();
-        assert_eq!(ownership(&cr, None), Ownership::Absent);
-        let own = existing(Some(("EagleEyeCredential", "cam", "uid-1")), &[]);
-        assert_eq!(ownership(&cr, Some(&own)), Ownership::Owned);
+        assert_eq!(own(&cr, None), Ownership::Absent);
+        let created = existing(Some(("EagleEyeCredential", "cam", "uid-1")), &[]);
+        assert_eq!(own(&cr, Some(&created)), Ownership::Owned);
         let opted = existing(None, &[(ADOPT, "cam")]);
-        assert_eq!(ownership(&cr, Some(&opted)), Ownership::Adopted);
-        let conflict = |s: &Secret| matches!(ownership(&cr, Some(s)), Ownership::Conflict(_));
+        assert_eq!(own(&cr, Some(&opted)), Ownership::Adopted);
+        let conflict = |s: &Secret| matches!(own(&cr, Some(s)), Ownership::Conflict(_));
         // Another application's Secret, or one adopted for another credential.
         assert!(conflict(&existing(None, &[])));
         assert!(conflict(&existing(None, &[(ADOPT, "other")])));
@@ -294,7 +443,7 @@ mod tests {
             Some(("EagleEyeCredential", "other", "uid-2")),
             &[(ADOPT, "cam")],
         );
-        match ownership(&cr, Some(&theirs)) {
+        match own(&cr, Some(&theirs)) {
             Ownership::Conflict(m) => assert!(m.contains("\"other\""), "{m}"),
             o => panic!("{o:?}"),
         }
@@ -307,12 +456,9 @@ mod tests {
         let mut cr = credential();
         for input in ["client", "refresh"] {
             cr.spec.target.name = Some(input.into());
-            assert!(matches!(ownership(&cr, None), Ownership::Conflict(m) if m.contains("reads")));
+            assert!(matches!(own(&cr, None), Ownership::Conflict(m) if m.contains("reads")));
             let opted = existing(None, &[(ADOPT, "cam")]);
-            assert!(matches!(
-                ownership(&cr, Some(&opted)),
-                Ownership::Conflict(_)
-            ));
+            assert!(matches!(own(&cr, Some(&opted)), Ownership::Conflict(_)));
         }
     }
 

@@ -293,9 +293,11 @@ impl HeldTokens {
         }
     }
 
-    /// Every credential this process keeps anything about (held answers aside).
+    /// Every credential this process keeps anything about.
     pub(crate) fn known_keys(&self) -> HashSet<String> {
         let mut keys: HashSet<String> = lock(&self.live).keys().cloned().collect();
+        // A held answer whose store failed is put back: it is looked at again each time.
+        keys.extend(lock(&self.held).keys().cloned());
         keys.extend(lock(&self.refused).keys().cloned());
         keys.extend(lock(&self.blocked).keys().cloned());
         let c = lock(&self.claims);

@@ -200,6 +200,21 @@ fn validate_with(
     let url = crate::token::AuthUrl::parse(&spec.auth_url, policy)
         .map_err(|e| e.to_string())?
         .into_url();
+    let target = crate::target::target_name(cr);
+    for (field, name) in [
+        ("clientSecretRef.name", &spec.client_secret_ref.name),
+        (
+            "refreshTokenSecretRef.name",
+            &spec.refresh_token_secret_ref.name,
+        ),
+        ("the target Secret's name", &target),
+    ] {
+        if !is_secret_name(name) {
+            return Err(format!(
+                "{field} {name:?} is not a Secret name (lowercase letters, digits, '-' and '.', at most 253)"
+            ));
+        }
+    }
     let refresh_before: SignedDuration = parse_duration(&spec.refresh_before).ok_or_else(|| {
         format!(
             "refreshBefore {:?} is not a duration such as 30m or 1h",
@@ -210,6 +225,19 @@ fn validate_with(
         return Err("refreshBefore must not be negative".into());
     }
     Ok((url, refresh_before))
+}
+
+/// A DNS-1123 subdomain, as Secret names are: the API paths the operator builds from a
+/// name must name that Secret and no other.
+fn is_secret_name(name: &str) -> bool {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    name.len() <= 253 && name.split('.').all(label)
 }
 
 /// Another credential that references the same refresh-token Secret and came first (by
@@ -300,7 +328,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use super::{login_fingerprint, validate_with};
+    use super::{is_secret_name, login_fingerprint, validate_with};
+
+    #[test]
+    fn secret_names_are_dns_subdomains_so_no_path_names_another_secret() {
+        for ok in ["een-token", "a", "a.b-c", "x0"] {
+            assert!(is_secret_name(ok), "{ok}");
+        }
+        for bad in [
+            "", "refresh?", "a/b", "..", "a..b", "-a", "a-", "A", "a b", "a%2fb",
+        ] {
+            assert!(!is_secret_name(bad), "{bad}");
+        }
+        assert!(!is_secret_name(&"a".repeat(254)));
+    }
     use crate::crd::EagleEyeCredential;
     use crate::token::{AuthPolicy, EAGLE_EYE_AUTH_HOSTS};
 

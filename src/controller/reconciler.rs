@@ -91,7 +91,34 @@ impl<'a> Reconciler<'a> {
     /// What the target Secret publishes now: only a target this credential may write
     /// counts (another's annotations must not steer its schedule).
     async fn published(&self) -> Result<Option<schedule::Published>, SecretError> {
-        Ok(published_by(self.cr, self.target().await?.as_ref()))
+        Ok(self.published_in(self.target().await?.as_ref()))
+    }
+
+    /// What `target` publishes, if it is a target this credential may write.
+    fn published_in(&self, target: Option<&Secret>) -> Option<schedule::Published> {
+        match self.ownership(target) {
+            Ownership::Owned | Ownership::Adopted => target.and_then(target::published),
+            Ownership::Absent | Ownership::Conflict(_) => None,
+        }
+    }
+
+    /// Whose the target Secret is (see `target::ownership`), given the credentials of this
+    /// namespace that read a Secret of its name.
+    fn ownership(&self, target: Option<&Secret>) -> Ownership {
+        let name = target::target_name(self.cr);
+        let ns = self.cr.namespace();
+        let input_of = self.ctx.store.state().into_iter().find(|c| {
+            c.namespace() == ns
+                && c.metadata.uid != self.cr.metadata.uid
+                && (c.spec.client_secret_ref.name == name
+                    || c.spec.refresh_token_secret_ref.name == name)
+        });
+        target::ownership(
+            self.cr,
+            target,
+            input_of.as_ref().map(|c| c.name_any()).as_deref(),
+            FIELD_MANAGER,
+        )
     }
 
     fn schedule_inputs(
@@ -137,11 +164,22 @@ impl<'a> Reconciler<'a> {
             other => other,
         };
         let target = self.target().await?;
-        let target_conflict = match target::ownership(self.cr, target.as_ref()) {
+        let target_conflict = match self.ownership(target.as_ref()) {
             Ownership::Conflict(why) => Some(why),
-            _ => None,
+            // The login must not live in another credential's target: deleting that one
+            // would delete it.
+            _ => stored
+                .as_ref()
+                .ok()
+                .and_then(|s| controlling_credential(&s.secret))
+                .map(|other| {
+                    format!(
+                        "Secret {:?}, which holds the refresh token, is the target of EagleEyeCredential {other:?}: deleting that credential would delete this login; store the token in a Secret of its own",
+                        r.name
+                    )
+                }),
         };
-        let published = published_by(self.cr, target.as_ref());
+        let published = self.published_in(target.as_ref());
         let stored_ok = stored.as_ref().ok();
         let dead = spent::union(
             &stored_ok.map(|s| s.spent.clone()).unwrap_or_default(),
@@ -686,7 +724,7 @@ impl<'a> Reconciler<'a> {
                 .get_opt(&name)
                 .await
                 .map_err(|e| Error::Target(name.clone(), e))?;
-            let ownership = target::ownership(self.cr, current.as_ref());
+            let ownership = self.ownership(current.as_ref());
             if let Ownership::Conflict(why) = ownership {
                 return Ok(Err(why));
             }
@@ -880,10 +918,13 @@ impl<'a> Reconciler<'a> {
     }
 }
 
-/// What `target` publishes for `cr`, if it is a target `cr` may write.
-fn published_by(cr: &EagleEyeCredential, target: Option<&Secret>) -> Option<schedule::Published> {
-    match target::ownership(cr, target) {
-        Ownership::Owned | Ownership::Adopted => target.and_then(target::published),
-        Ownership::Absent | Ownership::Conflict(_) => None,
-    }
+/// The EagleEyeCredential that controls `secret` (created it as its target), if one does.
+fn controlling_credential(secret: &Secret) -> Option<String> {
+    secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true) && o.kind == "EagleEyeCredential")
+        .map(|o| o.name.clone())
 }

@@ -710,7 +710,7 @@ async fn a_failed_publish_is_retried_without_spending_the_token_again() {
     create_secrets(&env, "blocked", &login).await;
     // An immutable Secret where the target should go, opted in for this credential (so it
     // may be written): every apply to it is refused.
-    let mut blocker = secret("blocked-token", &[("access_token", "placeholder")]);
+    let mut blocker = secret("blocked-token", &[("placeholder", "x")]);
     blocker.immutable = Some(true);
     blocker.metadata.annotations = Some(
         [(

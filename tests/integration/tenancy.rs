@@ -99,6 +99,46 @@ async fn an_existing_secret_is_written_only_once_its_writer_opts_in_and_outlives
     assert!(data.contains_key("access_token"));
     assert!(owners(&env, "app-password").await.is_empty());
 
+    // Whoever may edit the credential cannot turn the opt-in against the application: a
+    // key of its choosing that the application wrote is never written over.
+    let cr = env
+        .api::<EagleEyeCredential>()
+        .patch(
+            "adopter",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"spec": {"target": {"keys": {"accessToken": "password"}}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let generation = cr.metadata.generation;
+    let looked = eventually(
+        "a reconcile of the new keys",
+        Duration::from_secs(30),
+        || async {
+            let status = env
+                .api::<EagleEyeCredential>()
+                .get("adopter")
+                .await
+                .ok()?
+                .status?;
+            (status.observed_generation == generation).then_some(status)
+        },
+    )
+    .await;
+    let ready = looked
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.reason, "TargetConflict", "{}", ready.message);
+    assert!(ready.message.contains("\"password\""), "{}", ready.message);
+    assert_eq!(
+        secret_data(&env, "app-password").await.unwrap()["password"],
+        "hunter2"
+    );
+
     // Deleting both credentials: the garbage collector removes the target the other one
     // created, and leaves the adopted Secret alone.
     login_for(&env, &si, "creator").await;
@@ -460,4 +500,78 @@ async fn a_tenant_who_may_create_credentials_but_not_secrets_cannot_reach_beyond
             "{name} is still there"
         );
     }
+}
+
+/// A name taken as a target is never a login's home, and a login's Secret never becomes a
+/// target: deleting the credential that owns a target would delete the login with it.
+#[tokio::test]
+async fn a_target_and_a_login_never_share_a_secret_whichever_came_first() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let _op = Operator::start(&env, &si, &[]).await;
+    // A credential takes "later-refresh" as its target first.
+    let first = login(&si, "squatter-client", true).await;
+    create_secrets(&env, "squatter", &first).await;
+    create_credential(
+        &env,
+        "squatter",
+        &si,
+        serde_json::json!({"target": {"name": "later-refresh"}}),
+    )
+    .await;
+    wait_for_reason(&env, "squatter", "TokenRefreshed", Duration::from_secs(30)).await;
+    // A person then stores a login in that Secret (as `authorize` merges into an existing
+    // one) and creates a credential reading it.
+    let second = login(&si, "later-client-id", true).await;
+    env.api::<Secret>()
+        .create(
+            &PostParams::default(),
+            &secret(
+                "later-client",
+                &[
+                    ("client_id", &second.client_id),
+                    ("client_secret", &second.client_secret),
+                ],
+            ),
+        )
+        .await
+        .unwrap();
+    env.api::<Secret>()
+        .patch(
+            "later-refresh",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "stringData": {"refresh_token": second.grant.refresh_token},
+            })),
+        )
+        .await
+        .unwrap();
+    let requests = si.counters().token_requests;
+    create_credential(&env, "later", &si, serde_json::json!({})).await;
+    wait_for_reason(&env, "later", "TargetConflict", Duration::from_secs(30)).await;
+    let (_, _, message) = ready(&env, "later").await.unwrap();
+    assert!(
+        message.contains("\"squatter\"") && !message.contains(&second.grant.refresh_token),
+        "{message}"
+    );
+    assert_eq!(
+        si.counters().token_requests,
+        requests,
+        "the login was not spent"
+    );
+
+    // The other way round: a Secret a credential reads is never taken as a target.
+    let third = login(&si, "grabber-client-id", true).await;
+    create_secrets(&env, "grabber", &third).await;
+    create_credential(
+        &env,
+        "grabber",
+        &si,
+        serde_json::json!({"target": {"name": "later-client"}}),
+    )
+    .await;
+    wait_for_reason(&env, "grabber", "TargetConflict", Duration::from_secs(30)).await;
+    let (_, _, message) = ready(&env, "grabber").await.unwrap();
+    assert!(message.contains("\"later\" reads"), "{message}");
+    assert!(owners(&env, "later-client").await.is_empty());
 }
