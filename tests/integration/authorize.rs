@@ -8,7 +8,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::support::operator::{
-    Operator, api_accepts, secret, secret_data, stand_in, wait_for_reason,
+    Operator, api_accepts, create_credential, create_secrets, login, secret, secret_data, stand_in,
+    wait_for_reason,
 };
 use crate::support::{TestEnv, env, eventually};
 use eagle_eye_operator::crd::EagleEyeCredential;
@@ -992,4 +993,46 @@ async fn relogin_replaces_only_the_token_and_keeps_the_secrets_other_contents() 
         !a.contains_key(eagle_eye_operator::secrets::TOKEN_FINGERPRINT),
         "bookkeeping about the old token is dropped"
     );
+}
+
+#[tokio::test]
+async fn a_login_is_never_stored_in_another_credentials_target_secret() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let _op = Operator::start(&env, &si, &[]).await;
+    let owner = login(&si, "owner-client", true).await;
+    create_secrets(&env, "owner", &owner).await;
+    create_credential(&env, "owner", &si, serde_json::json!({})).await;
+    wait_for_reason(&env, "owner", "TokenRefreshed", Duration::from_secs(30)).await;
+    let before = secret_data(&env, "owner-token").await.unwrap();
+
+    let redirect = format!("http://127.0.0.1:{}", free_port());
+    let app = register(&si, "victim", &redirect);
+    create_client_secret(&env, "victim-client", &app).await;
+    let done = Cli::main(
+        &kubeconfig(&env, None),
+        &args(
+            &env,
+            &si,
+            "victim",
+            &redirect,
+            &["--refresh-token-secret-name", "owner-token"],
+        ),
+        &[],
+    )
+    .finish()
+    .await;
+    assert_eq!(done.code, Some(1), "{}", done.all());
+    assert!(
+        done.stderr
+            .contains("is the target Secret of EagleEyeCredential \"owner\""),
+        "{}",
+        done.all()
+    );
+    assert!(
+        !done.stdout.contains("oauth2/authorize"),
+        "stopped before anyone logs in"
+    );
+    assert_eq!(si.counters().code_exchanges, 0);
+    assert_eq!(secret_data(&env, "owner-token").await.unwrap(), before);
 }
