@@ -40,6 +40,44 @@ async fn owners(env: &TestEnv, name: &str) -> Vec<OwnerReference> {
         .unwrap_or_default()
 }
 
+/// Opts Secret `name` in as the target of `credential`, as that Secret's writer would.
+async fn opt_in(env: &TestEnv, name: &str, credential: &str) {
+    env.api::<Secret>()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {ADOPT: credential}}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// Merges `spec` into credential `name` and returns its Ready condition once a reconcile of
+/// the new generation reported: whatever it says was decided after the change.
+async fn change_spec(env: &TestEnv, name: &str, spec: serde_json::Value) -> (String, String) {
+    let api = env.api::<EagleEyeCredential>();
+    let cr = api
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": spec })),
+        )
+        .await
+        .unwrap();
+    let generation = cr.metadata.generation;
+    eventually(
+        "a reconcile of the changed spec",
+        Duration::from_secs(30),
+        || async {
+            let status = api.get(name).await.ok()?.status?;
+            let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+            (status.observed_generation == generation)
+                .then(|| (ready.reason.clone(), ready.message.clone()))
+        },
+    )
+    .await
+}
+
 async fn warnings(env: &TestEnv, credential: &str, reason: &str) -> usize {
     events(env, credential, reason)
         .await
@@ -85,14 +123,7 @@ async fn an_existing_secret_is_written_only_once_its_writer_opts_in_and_outlives
     );
 
     // The Secret's writer opts in: published beside what was there, and never owned.
-    env.api::<Secret>()
-        .patch(
-            "app-password",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {ADOPT: "adopter"}}})),
-        )
-        .await
-        .unwrap();
+    opt_in(&env, "app-password", "adopter").await;
     wait_for_reason(&env, "adopter", "TokenRefreshed", Duration::from_secs(330)).await;
     let data = secret_data(&env, "app-password").await.unwrap();
     assert_eq!(data["password"], "hunter2");
@@ -101,39 +132,14 @@ async fn an_existing_secret_is_written_only_once_its_writer_opts_in_and_outlives
 
     // Whoever may edit the credential cannot turn the opt-in against the application: a
     // key of its choosing that the application wrote is never written over.
-    let cr = env
-        .api::<EagleEyeCredential>()
-        .patch(
-            "adopter",
-            &PatchParams::default(),
-            &Patch::Merge(
-                serde_json::json!({"spec": {"target": {"keys": {"accessToken": "password"}}}}),
-            ),
-        )
-        .await
-        .unwrap();
-    let generation = cr.metadata.generation;
-    let looked = eventually(
-        "a reconcile of the new keys",
-        Duration::from_secs(30),
-        || async {
-            let status = env
-                .api::<EagleEyeCredential>()
-                .get("adopter")
-                .await
-                .ok()?
-                .status?;
-            (status.observed_generation == generation).then_some(status)
-        },
+    let (reason, message) = change_spec(
+        &env,
+        "adopter",
+        serde_json::json!({"target": {"keys": {"accessToken": "password"}}}),
     )
     .await;
-    let ready = looked
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
-    assert_eq!(ready.reason, "TargetConflict", "{}", ready.message);
-    assert!(ready.message.contains("\"password\""), "{}", ready.message);
+    assert_eq!(reason, "TargetConflict", "{message}");
+    assert!(message.contains("\"password\""), "{message}");
     assert_eq!(
         secret_data(&env, "app-password").await.unwrap()["password"],
         "hunter2"
@@ -203,40 +209,10 @@ async fn of_two_credentials_naming_one_target_the_first_keeps_it() {
     );
     // Even an opt-in on it cannot hand another credential's target over: after the
     // annotation, a spec change makes sure a reconcile looked again.
-    env.api::<Secret>()
-        .patch(
-            "first-token",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {ADOPT: "second"}}})),
-        )
-        .await
-        .unwrap();
-    let cr = env
-        .api::<EagleEyeCredential>()
-        .patch(
-            "second",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"refreshBefore": "20m"}})),
-        )
-        .await
-        .unwrap();
-    let generation = cr.metadata.generation;
-    let looked = eventually(
-        "a reconcile of the changed spec",
-        Duration::from_secs(30),
-        || async {
-            let cr = env.api::<EagleEyeCredential>().get("second").await.ok()?;
-            let status = cr.status?;
-            (status.observed_generation == generation).then_some(status)
-        },
-    )
-    .await;
-    let ready = looked
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
-    assert_eq!(ready.reason, "TargetConflict");
+    opt_in(&env, "first-token", "second").await;
+    let (reason, _) =
+        change_spec(&env, "second", serde_json::json!({"refreshBefore": "20m"})).await;
+    assert_eq!(reason, "TargetConflict");
     assert_eq!(
         secret_data(&env, "first-token").await.unwrap()["access_token"],
         published
