@@ -124,29 +124,14 @@ const SLACK: Duration = Duration::from_millis(50);
 const INTENT_LAG: Duration = Duration::from_secs(2);
 /// How long a stopping replica gets before SIGKILL: the chart's terminationGracePeriodSeconds
 /// (`charts/eagle-eye-operator/values.yaml`, read at build time so the two never drift).
-const GRACE: Duration = Duration::from_secs(chart_grace_seconds());
-
-const fn chart_grace_seconds() -> u64 {
-    let values = include_str!("../charts/eagle-eye-operator/values.yaml").as_bytes();
-    let key = b"\nterminationGracePeriodSeconds: ";
-    let mut i = 0;
-    while i + key.len() <= values.len() {
-        let mut j = 0;
-        while j < key.len() && values[i + j] == key[j] {
-            j += 1;
-        }
-        if j == key.len() {
-            let mut n = 0u64;
-            let mut k = i + key.len();
-            while k < values.len() && values[k].is_ascii_digit() {
-                n = n * 10 + (values[k] - b'0') as u64;
-                k += 1;
-            }
-            return n;
-        }
-        i += 1;
-    }
-    panic!("the chart's values.yaml sets no terminationGracePeriodSeconds")
+fn grace() -> Duration {
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(include_str!("../charts/eagle-eye-operator/values.yaml"))
+            .expect("the chart's values.yaml is YAML");
+    let seconds = values["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("the chart's values.yaml sets terminationGracePeriodSeconds");
+    Duration::from_secs(seconds)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1691,7 +1676,7 @@ async fn slow(bed: &mut Bed<'_>, rng: &mut StdRng) -> Result<()> {
                         bed.who,
                         format!("{ready}/{n} Ready: SIGTERM to the leader (a rolling update)"),
                     );
-                    if let Some((sent, took, escalated)) = bed.terminate(l, GRACE).await {
+                    if let Some((sent, took, escalated)) = bed.terminate(l, grace()).await {
                         // Only the stopping leader can send meanwhile: the follower waits
                         // for the Lease, the restarted replica is not started yet.
                         let after: Vec<Exchange> = bed
@@ -2073,7 +2058,7 @@ impl<'e> Bed<'e> {
         let gaps = self.obs.gaps();
         let end = Instant::now();
         for i in 0..self.replicas.len() {
-            if let Some((_, took, escalated)) = self.terminate(i, GRACE).await {
+            if let Some((_, took, escalated)) = self.terminate(i, grace()).await {
                 if escalated {
                     self.notes.push(format!(
                         "replica {} did not exit within 60 s of SIGTERM at the end",
@@ -2432,7 +2417,7 @@ fn classify(
                 (false, false, "SIGKILL") => " (a random kill)".to_owned(),
                 (false, false, _) => {
                     // Escalated at the end of the grace period: when was SIGTERM sent?
-                    let term = k.at.checked_sub(GRACE).unwrap_or(k.at);
+                    let term = k.at.checked_sub(grace()).unwrap_or(k.at);
                     if last.arrived > term {
                         format!(
                             " (the grace period after SIGTERM ran out; this refresh was sent {} after the SIGTERM: the stopping replica was still starting refreshes)",

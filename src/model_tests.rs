@@ -653,15 +653,13 @@ impl Model {
         });
         let published = self.target.clone();
         let stored_ok = stored.as_ref().ok();
-        let dead = spent::union(
-            &stored_ok.map(|s| s.spent.clone()).unwrap_or_default(),
-            &spent::union(
-                published
-                    .as_ref()
-                    .map_or(&[][..], |p| &p.spent_fingerprints),
-                pending.as_ref().map_or(&[][..], |(_, spent)| spent),
-            ),
-        );
+        let dead = spent::known_dead(&[
+            stored_ok.map_or(&[][..], |s| &s.spent),
+            published
+                .as_ref()
+                .map_or(&[][..], |p| &p.spent_fingerprints),
+            pending.as_ref().map_or(&[][..], |(_, spent)| spent),
+        ]);
         // `login_fingerprint`: URL, scope and client are fixed here, so the token tells it.
         let login = stored_ok.map(|s| s.fp.clone());
         let refused =

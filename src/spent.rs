@@ -43,6 +43,14 @@ pub fn after(previous: &[String], spent: &str, current: &str) -> Vec<String> {
         .collect()
 }
 
+/// Every token known dead, from the lists that may name one (the refresh-token Secret's,
+/// the target's copy, a held answer's), in that order of trust, at most `MAX` long.
+pub fn known_dead(lists: &[&[String]]) -> Vec<String> {
+    lists
+        .iter()
+        .fold(Vec::new(), |dead, list| union(&dead, list))
+}
+
 /// `first`, then what `second` adds, without repeats and at most `MAX` long.
 pub fn union(first: &[String], second: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();

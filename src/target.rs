@@ -63,20 +63,11 @@ pub fn ownership(
     let Some(target) = target else {
         return Ownership::Absent;
     };
-    let controller = target
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true));
     let mine = cr.metadata.uid.as_deref();
-    match controller {
+    match controlling_credential(&target.metadata) {
         Some(o) if mine.is_some_and(|uid| o.uid == uid) => return Ownership::Owned,
         // A credential's own target stays its own, whatever an annotation says.
-        Some(o)
-            if o.kind == EagleEyeCredential::kind(&())
-                && o.api_version.starts_with(crate::crd::GROUP) =>
-        {
+        Some(o) => {
             return Ownership::Conflict(if o.name == cr.name_any() {
                 format!(
                     "Secret {name:?} is the target of an earlier EagleEyeCredential of this name, deleted since: the garbage collector deletes it shortly, and this credential then creates its own"
@@ -88,7 +79,7 @@ pub fn ownership(
                 )
             });
         }
-        _ => {}
+        None => {}
     }
     let opted_in = target
         .metadata
@@ -114,6 +105,18 @@ pub fn ownership(
         "Secret {name:?} exists and was not created by this credential, so nothing is written to it; to publish there, someone who may edit that Secret annotates it {ADOPT}={}, or set spec.target.name to another name",
         cr.name_any()
     ))
+}
+
+/// The EagleEyeCredential that controls an object (created it as its target), if one does:
+/// deleting that credential deletes the object.
+pub fn controlling_credential(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    meta.owner_references.iter().flatten().find(|o| {
+        o.controller == Some(true)
+            && o.kind == EagleEyeCredential::kind(&())
+            && o.api_version.starts_with(crate::crd::GROUP)
+    })
 }
 
 /// The data keys `cr` publishes (those not left out).

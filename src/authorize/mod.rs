@@ -307,15 +307,10 @@ impl Login {
                 })?;
                 // A credential's target dies with that credential: a login stored there
                 // would too (and the operator refuses to use it).
-                let target_of = found.as_ref().and_then(|s| {
-                    s.metadata
-                        .owner_references
-                        .iter()
-                        .flatten()
-                        .find(|o| o.controller == Some(true) && o.kind == "EagleEyeCredential")
-                        .map(|o| o.name.clone())
-                });
-                if let Some(owner) = target_of {
+                let target_of = found
+                    .as_ref()
+                    .and_then(|s| crate::target::controlling_credential(&s.metadata));
+                if let Some(owner) = target_of.map(|o| &o.name) {
                     return Err(AuthorizeError::Input(format!(
                         "Secret {ns}/{name} is the target Secret of EagleEyeCredential {owner:?} and is deleted with it; a login stored there would be lost. Choose another Secret with --refresh-token-secret-name (or --client-secret-name)"
                     )));

@@ -171,8 +171,9 @@ impl<'a> Reconciler<'a> {
             _ => stored
                 .as_ref()
                 .ok()
-                .and_then(|s| controlling_credential(&s.secret))
+                .and_then(|s| target::controlling_credential(&s.secret.metadata))
                 .map(|other| {
+                    let other = &other.name;
                     format!(
                         "Secret {:?}, which holds the refresh token, is the target of EagleEyeCredential {other:?}: deleting that credential would delete this login; store the token in a Secret of its own",
                         r.name
@@ -181,15 +182,13 @@ impl<'a> Reconciler<'a> {
         };
         let published = self.published_in(target.as_ref());
         let stored_ok = stored.as_ref().ok();
-        let dead = spent::union(
-            &stored_ok.map(|s| s.spent.clone()).unwrap_or_default(),
-            &spent::union(
-                published
-                    .as_ref()
-                    .map_or(&[][..], |p| &p.spent_fingerprints),
-                pending.as_ref().map_or(&[][..], |(_, _, spent)| spent),
-            ),
-        );
+        let dead = spent::known_dead(&[
+            stored_ok.map_or(&[][..], |s| &s.spent),
+            published
+                .as_ref()
+                .map_or(&[][..], |p| &p.spent_fingerprints),
+            pending.as_ref().map_or(&[][..], |(_, _, spent)| spent),
+        ]);
         let login = match (&validated, &creds, stored_ok) {
             (Ok((url, _)), Ok(creds), Some(stored)) => Some(login_fingerprint(
                 url,
@@ -916,15 +915,4 @@ impl<'a> Reconciler<'a> {
         };
         self.finish(outcome, action).await
     }
-}
-
-/// The EagleEyeCredential that controls `secret` (created it as its target), if one does.
-fn controlling_credential(secret: &Secret) -> Option<String> {
-    secret
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true) && o.kind == "EagleEyeCredential")
-        .map(|o| o.name.clone())
 }

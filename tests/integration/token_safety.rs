@@ -95,11 +95,8 @@ async fn assert_stored_token_is_live(env: &TestEnv, si: &StandIn, name: &str) {
 
 /// Notes of the Events in `env`'s namespace.
 async fn event_notes(env: &TestEnv) -> Vec<String> {
-    env.api::<k8s_openapi::api::events::v1::Event>()
-        .list(&Default::default())
+    crate::support::operator::all_events(env)
         .await
-        .unwrap()
-        .items
         .into_iter()
         .filter_map(|e| e.note)
         .collect()

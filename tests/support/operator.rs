@@ -372,17 +372,23 @@ pub fn set_flag(args: &mut [String], flag: &str, value: &str) {
     args[at + 1] = value.to_owned();
 }
 
+/// Every Event in the test's namespace.
+pub async fn all_events(env: &TestEnv) -> Vec<k8s_openapi::api::events::v1::Event> {
+    env.api::<k8s_openapi::api::events::v1::Event>()
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+}
+
 /// Events about `credential` with `reason`.
 pub async fn events(
     env: &TestEnv,
     credential: &str,
     reason: &str,
 ) -> Vec<k8s_openapi::api::events::v1::Event> {
-    env.api::<k8s_openapi::api::events::v1::Event>()
-        .list(&Default::default())
+    all_events(env)
         .await
-        .unwrap()
-        .items
         .into_iter()
         .filter(|e| e.reason.as_deref() == Some(reason))
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(credential))
