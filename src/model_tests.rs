@@ -1106,6 +1106,14 @@ impl Model {
                 self.store_rotated(p, stored, held, true)
             }
             Some(Answer::Refused) => {
+                // `secrets::withdraw_intent`: the call has ended with nothing to store.
+                let ours = intent::read(Some(&stored.secret.annotations))
+                    .is_some_and(|i| i.holder == self.holder(p) && i.fingerprint == stored.fp);
+                if ours && self.api_up {
+                    let mut next = stored.secret.clone();
+                    next.annotations.remove(intent::ANNOTATION);
+                    self.put(stored.secret.rv, &next)?;
+                }
                 // `refresh_failed`, `Reauthorize`: re-read first; a changed token is no
                 // dead login.
                 if self.api_up && read(&self.secret, self.now).is_ok_and(|s| s.fp != stored.fp) {

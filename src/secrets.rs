@@ -223,6 +223,34 @@ pub async fn record_intent(
     }
 }
 
+/// Withdraws `holder`'s spend intent on the stored token once its call has definitely ended
+/// with nothing to store (the server answered with a refusal or an error, or nothing was
+/// sent): others need not wait out its bound, and a Secret named by mistake keeps no trace.
+/// Only while the Secret is as the intent left it (resourceVersion precondition); a
+/// Secret changed since keeps whatever it holds.
+pub async fn withdraw_intent(
+    api: &Api<Secret>,
+    stored: &StoredToken,
+    holder: &str,
+) -> Result<(), kube::Error> {
+    let ours = crate::intent::read(stored.secret.metadata.annotations.as_ref())
+        .is_some_and(|i| i.holder == holder && i.fingerprint == stored.fingerprint);
+    if !ours {
+        return Ok(());
+    }
+    let mut next = stored.secret.clone();
+    if let Some(a) = next.metadata.annotations.as_mut() {
+        a.remove(crate::intent::ANNOTATION);
+    }
+    next.string_data = None;
+    let name = next.metadata.name.clone().unwrap_or_default();
+    match api.replace(&name, &PostParams::default(), &next).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 pub enum WriteBack {
     /// Stored, with the spent list that now stands beside it.
     Written(Vec<String>),

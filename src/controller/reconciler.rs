@@ -563,6 +563,13 @@ impl<'a> Reconciler<'a> {
                     // From here on the stored login is the one with the new token.
                     let scope = &self.cr.spec.scope;
                     login = login_fingerprint(auth_url, scope, creds, new.expose_secret());
+                } else if e.class() != ErrorClass::OutcomeUnknown {
+                    // The call has ended with nothing to store: no answer can still come.
+                    if let Err(err) =
+                        secrets::withdraw_intent(&self.secrets, &stored, &self.holder()).await
+                    {
+                        debug!(error = %kube_reason(&err), "the spend intent stays until it runs out");
+                    }
                 }
                 self.refresh_failed(e, &stored, &login).await
             }

@@ -417,7 +417,40 @@ async fn a_tenant_who_may_create_credentials_but_not_secrets_cannot_reach_beyond
         "{refused}"
     );
 
-    // 3. Send the client secret and refresh token to a server of the tenant's choosing.
+    // 3. Name another application's Secret as the login: its value is refused by the
+    // allowed auth server, and the Secret keeps its data and annotations (the spend intent
+    // recorded on it is withdrawn once the call has ended).
+    let app_before = env.api::<Secret>().get("app-password").await.unwrap();
+    creds
+        .create(
+            &PostParams::default(),
+            &cr(
+                "borrow",
+                serde_json::json!({"refreshTokenSecretRef": {"name": "app-password", "key": "password"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_for_reason(
+        &env,
+        "borrow",
+        "ReauthorizationRequired",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(warnings(&env, "borrow", "ReauthorizationRequired").await, 1);
+    let app_after = env.api::<Secret>().get("app-password").await.unwrap();
+    assert_eq!(app_after.data, app_before.data);
+    assert_eq!(
+        app_after.metadata.annotations,
+        app_before.metadata.annotations
+    );
+    creds
+        .delete("borrow", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    // 4. Send the client secret and refresh token to a server of the tenant's choosing.
     let port = outside.url().port().unwrap();
     creds
         .create(
