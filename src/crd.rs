@@ -112,6 +112,34 @@ pub struct EagleEyeCredentialSpec {
     /// Stop refreshing. The target Secret is left as it is and will expire.
     #[serde(default)]
     pub suspend: bool,
+
+    /// Pods that read the target Secret, nudged after each new access token so that the
+    /// kubelet rewrites their mounted copy within seconds rather than at its next periodic
+    /// sync (about a minute). Needs the operator's `--nudge-pods` (chart value
+    /// `podNudge.enabled`); without it the condition `PodsNudged` says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<Consumers>,
+
+    /// On deletion, revoke the refresh token at the auth server (`/oauth2/revoke`) before
+    /// the resource goes, so that no copy of it (a backup, an etcd snapshot) can be used
+    /// again. A failed revocation is retried for the operator's `--revoke-retry-for`
+    /// (default 5m), then reported in an Event; deletion is never blocked for longer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoke_on_delete: bool,
+}
+
+/// The pods that consume a credential's target Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Consumers {
+    /// Pods in this namespace to nudge. After each new access token the operator sets
+    /// the annotation `eagle-eye-operator.io/token-issued-at` (the token's issue time,
+    /// never a secret) on each running or pending pod it selects, at most
+    /// `--pod-nudges-per-second` across the operator. Must not be empty.
+    #[x_kube(validation = kube::core::Rule::new(
+        "(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)"
+    ).message("podSelector must not be empty: an empty selector would select every pod of the namespace"))]
+    pub pod_selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
 }
 
 /// Durations as `refreshBefore` takes them: `90s`, `30m`, `1h30m` (what its CEL rule
@@ -285,6 +313,33 @@ pub struct EagleEyeCredentialStatus {
     /// until one of them changes, as a new Phase 1 login does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_login_fingerprint: Option<String>,
+    /// The last nudge of the pods named by spec.consumers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<ConsumersStatus>,
+}
+
+/// What the last nudge of the consuming pods did.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumersStatus {
+    /// Issue time of the access token the pods were nudged for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_issued_at: Option<Time>,
+    /// When the nudge finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_nudge_time: Option<Time>,
+    /// Running or pending pods the selector matched.
+    #[serde(default)]
+    #[schemars(with = "i32")]
+    pub selected_pods: u32,
+    /// Of those, pods that carry the annotation for this token.
+    #[serde(default)]
+    #[schemars(with = "i32")]
+    pub nudged_pods: u32,
+    /// Of those, pods that could not be annotated (see the PodsNudged condition).
+    #[serde(default)]
+    #[schemars(with = "i32")]
+    pub failed_pods: u32,
 }
 
 fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

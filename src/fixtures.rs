@@ -78,6 +78,8 @@ pub fn testcontext() -> (Arc<Context>, ApiServerVerifier) {
         lifetimes: Lifetimes::default(),
         identity: "test-process".into(),
         in_flight_grace: jiff::SignedDuration::from_mins(5),
+        pod_nudge: None,
+        revoke_retry_for: jiff::SignedDuration::from_mins(5),
     };
     let store = Writer::<EagleEyeCredential>::default().as_reader();
     (

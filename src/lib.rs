@@ -15,6 +15,7 @@ pub mod intent;
 pub mod kubectl;
 pub mod logging;
 pub mod metrics;
+pub mod nudge;
 #[cfg(test)]
 mod model_tests;
 pub mod operator;

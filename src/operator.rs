@@ -78,6 +78,20 @@ pub struct RunArgs {
     /// slowing the auth server down for all of them.
     #[arg(long, env = "EAGLE_EYE_MAX_CONCURRENT_REFRESHES", default_value_t = 4)]
     pub max_concurrent_refreshes: usize,
+    /// Nudge the pods a credential names in spec.consumers after each new access token
+    /// (an annotation, so that the kubelet rewrites their Secret volumes at once). Needs
+    /// list and patch on pods where credentials are watched; without this flag such
+    /// credentials report `PodsNudged=False` `PodNudgeDisabled`.
+    #[arg(long, env = "EAGLE_EYE_NUDGE_PODS")]
+    pub nudge_pods: bool,
+    /// Pod annotations written per second at most, by the whole process: a credential
+    /// with thousands of consuming pods never floods the API server.
+    #[arg(long, env = "EAGLE_EYE_POD_NUDGES_PER_SECOND", default_value_t = 20)]
+    pub pod_nudges_per_second: u32,
+    /// How long after a credential with spec.revokeOnDelete is deleted a failed revocation
+    /// is retried (with backoff) before the credential is let go with a Warning Event.
+    #[arg(long, env = "EAGLE_EYE_REVOKE_RETRY_FOR", default_value = "5m", value_parser = duration)]
+    pub revoke_retry_for: jiff::SignedDuration,
     /// This replica's name on Events and in the Lease (default: the pod name in a cluster,
     /// else the host name). A random suffix per process is always added, as client-go
     /// does: two processes started with the same flags are never one leader.
@@ -138,8 +152,14 @@ pub async fn run(
         "--max-concurrent-refreshes must be at least 1"
     );
     anyhow::ensure!(
-        !args.in_flight_grace.is_negative() && !args.token_timeout.is_negative(),
-        "--in-flight-grace and --token-timeout must not be negative"
+        !args.in_flight_grace.is_negative()
+            && !args.token_timeout.is_negative()
+            && !args.revoke_retry_for.is_negative(),
+        "--in-flight-grace, --token-timeout and --revoke-retry-for must not be negative"
+    );
+    anyhow::ensure!(
+        args.pod_nudges_per_second > 0,
+        "--pod-nudges-per-second must be at least 1"
     );
     let auth_policy = AuthPolicy::new(&args.allowed_auth_hosts, args.allow_insecure_http)
         .map_err(anyhow::Error::msg)?;
@@ -158,6 +178,10 @@ pub async fn run(
     let settings = Settings {
         identity: identity.clone(),
         in_flight_grace: args.in_flight_grace,
+        pod_nudge: args
+            .nudge_pods
+            .then(|| Arc::new(crate::nudge::Limiter::new(args.pod_nudges_per_second))),
+        revoke_retry_for: args.revoke_retry_for,
         // Checked by `validate` before anything is sent; the token client checks again.
         auth_policy,
         lifetimes: Lifetimes {

@@ -6,6 +6,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub const READY: &str = "Ready";
 /// True when the refresh token nears its end and a person must repeat the Phase 1 login.
 pub const RELOGIN_SOON: &str = "ReloginSoon";
+/// Present when spec.consumers is set: whether the selected pods carry the annotation of
+/// the latest access token.
+pub const PODS_NUDGED: &str = "PodsNudged";
+
+/// Reasons of the `PodsNudged` condition.
+pub mod pods_reason {
+    pub const PODS_NUDGED: &str = "PodsNudged";
+    /// Listing or patching pods failed (most often: no RBAC on pods).
+    pub const POD_NUDGE_FAILED: &str = "PodNudgeFailed";
+    /// The operator runs without `--nudge-pods`.
+    pub const POD_NUDGE_DISABLED: &str = "PodNudgeDisabled";
+}
 
 /// Reasons of the `Ready` condition.
 pub mod reason {

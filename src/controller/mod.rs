@@ -26,10 +26,12 @@ use crate::secrets::{SecretError, kube_reason};
 use crate::status::Lifetimes;
 use crate::token::TokenClient;
 
+mod consumers;
 mod held;
 mod leadership;
 mod reconciler;
 mod report;
+mod revoke;
 mod sweep;
 
 pub use held::HeldTokens;
@@ -56,6 +58,10 @@ pub struct Settings {
     pub identity: String,
     /// How long past the token call's own limit a spend intent binds other holders.
     pub in_flight_grace: jiff::SignedDuration,
+    /// Pods of spec.consumers are nudged only with `--nudge-pods`, at this process's rate.
+    pub pod_nudge: Option<Arc<crate::nudge::Limiter>>,
+    /// How long after a deletion a failed revocation (spec.revokeOnDelete) is retried.
+    pub revoke_retry_for: jiff::SignedDuration,
 }
 
 pub struct Context {
@@ -75,6 +81,8 @@ pub struct Context {
     retry_not_before: Mutex<HashMap<String, Timestamp>>,
     /// Consecutive Kubernetes API failures, by credential, for the error policy's backoff.
     api_failures: Mutex<HashMap<String, u32>>,
+    /// Revocation attempts of credentials being deleted (spec.revokeOnDelete).
+    revoke_attempts: Mutex<HashMap<String, u32>>,
 }
 
 /// What every controller of the process shares, across leadership terms.
@@ -107,6 +115,7 @@ impl Context {
             leadership: shared.leadership,
             retry_not_before: Mutex::default(),
             api_failures: Mutex::default(),
+            revoke_attempts: Mutex::default(),
         }
     }
 }
@@ -164,6 +173,10 @@ pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result
         }
         Err(e) => return Err(Error::Status(key(&cr), e)),
     };
+    if fresh.metadata.deletion_timestamp.is_some() {
+        return Reconciler::new(&fresh, &ctx).on_deletion().await;
+    }
+    let fresh = revoke::keep_finalizer(fresh, &ctx).await;
     // Nothing a user writes may end the process: a panic (a bug) fails this reconcile only.
     // A held answer stays in the held map until it is stored; one received in this very
     // reconcile lives on its stack until `store_rotated`, where no user input is parsed.

@@ -266,7 +266,7 @@ impl<'a> Reconciler<'a> {
     /// Why another credential owns the stored token, if one does: by Secret (same
     /// namespace, first created wins) or by the token itself (a copy in another Secret).
     /// Another namespace's names are never revealed.
-    fn claimed_elsewhere(&self, stored: &StoredToken) -> Option<String> {
+    pub(super) fn claimed_elsewhere(&self, stored: &StoredToken) -> Option<String> {
         let spec = &self.cr.spec;
         if let Some(other) = other_claimant(&self.ctx.store, self.cr) {
             return Some(format!(
@@ -816,6 +816,7 @@ impl<'a> Reconciler<'a> {
             self.idle_end(chain.token_issued_at),
         );
         let action = Action::requeue(schedule::until(self.now, next));
+        self.nudge_consumers(issued_at).await;
         let outcome = Outcome::Refreshed {
             expires_at,
             next_refresh: next,

@@ -131,6 +131,7 @@ impl Reconciler<'_> {
         if let Some(note) = outcome::relogin_warning(was_soon, soon, &message) {
             self.event(&note).await;
         }
+        self.consumers_condition().await;
         self.ctx
             .metrics
             .observe_status(&labels(self.cr), &self.status);
@@ -159,7 +160,7 @@ impl Reconciler<'_> {
         Ok(())
     }
 
-    async fn event(&self, note: &Note) {
+    pub(super) async fn event(&self, note: &Note) {
         let ev = Event {
             type_: note.type_,
             reason: note.reason.into(),

@@ -5,7 +5,7 @@
 mod detail;
 mod row;
 mod table;
-mod when;
+pub(crate) mod when;
 
 use std::process::ExitCode;
 

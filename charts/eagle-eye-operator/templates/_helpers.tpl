@@ -53,7 +53,8 @@ are the operator's exact API use; tests run the binary with nothing more.
 {{- define "eagle-eye-operator.watchRules" -}}
 - apiGroups: ["eagle-eye-operator.io"]
   resources: ["eagleeyecredentials"]
-  verbs: ["get", "list", "watch"]
+  # patch: the finalizer of spec.revokeOnDelete, added and removed over the version read.
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["eagle-eye-operator.io"]
   resources: ["eagleeyecredentials/status"]
   # Status is written by server-side apply.
@@ -67,4 +68,10 @@ are the operator's exact API use; tests run the binary with nothing more.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.podNudge.enabled }}
+- apiGroups: [""]
+  resources: ["pods"]
+  # The consumer nudge: list the selected pods, merge-patch one annotation on each.
+  verbs: ["list", "patch"]
+{{- end }}
 {{- end }}

@@ -21,6 +21,7 @@ pub fn all_options_on(mut values: Value) -> Value {
             "prometheusRule": {"enabled": true, "reloginWithinDays": 10},
         },
         "podDisruptionBudget": {"enabled": true},
+        "podNudge": {"enabled": true, "perSecond": 50},
         "networkPolicy": {"enabled": true},
         "authCaSecret": {"name": "proxy-ca"},
         "extraEnv": [{"name": "EXTRA", "value": "1"}],
@@ -63,7 +64,7 @@ pub fn operator_rules() -> BTreeSet<String> {
     let grant = [
         (
             "eagle-eye-operator.io/eagleeyecredentials",
-            &["get", "list", "watch"][..],
+            &["get", "list", "watch", "patch"][..],
         ),
         (
             "eagle-eye-operator.io/eagleeyecredentials/status",
@@ -79,6 +80,11 @@ pub fn operator_rules() -> BTreeSet<String> {
         .iter()
         .flat_map(|(r, verbs)| verbs.iter().map(move |v| format!("{r}:{v}")))
         .collect()
+}
+
+/// What `podNudge.enabled` adds to the grant.
+pub fn pod_nudge_rules() -> BTreeSet<String> {
+    ["/pods:list".to_string(), "/pods:patch".to_string()].into()
 }
 
 pub fn alert_rules(docs: &[Value]) -> Vec<Value> {

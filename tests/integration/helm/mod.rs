@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 
 use chart::{
     CHART, alert_rules, all_options_on, assert_access, docs_to_json_list, find, flatten_rules,
-    fullname, install, installed, kinds, ok, operator_rules, release_name, render, run, scratch,
-    service_account, values_file,
+    fullname, install, installed, kinds, ok, operator_rules, pod_nudge_rules, release_name, render,
+    run, scratch, service_account, values_file,
 };
 
 const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/eagleeyecredentials.yaml");
@@ -169,7 +169,8 @@ async fn install_in_cluster_scope_grants_exactly_the_operators_rules_and_leases_
     let elsewhere = crate::support::env().await;
     let release = release_name(&env);
     // Without the Prometheus Operator's CRDs here; rendered and checked elsewhere.
-    let mut values = all_options_on(json!({"scope": "cluster"}));
+    // Pods stay out of the grant unless podNudge is on (the namespaced test turns it on).
+    let mut values = all_options_on(json!({"scope": "cluster", "podNudge": {"enabled": false}}));
     values["metrics"] =
         json!({"serviceMonitor": {"enabled": false}, "prometheusRule": {"enabled": false}});
     install(&env, &release, &values).await;
@@ -211,6 +212,9 @@ async fn install_in_cluster_scope_grants_exactly_the_operators_rules_and_leases_
         ),
         (format!("create events.events.k8s.io -n {there}"), true),
         (format!("delete secrets -n {there}"), false),
+        // Pods only with podNudge.enabled (off here).
+        ("list pods -A".into(), false),
+        (format!("patch pods -n {there}"), false),
         (
             "create eagleeyecredentials.eagle-eye-operator.io -A".into(),
             false,
@@ -240,7 +244,11 @@ async fn install_in_namespaced_scope_grants_secrets_only_in_the_watched_namespac
         crate::support::env().await,
     );
     let release = release_name(&env);
-    let values = json!({"scope": "namespaced", "watchNamespaces": [a.namespace, b.namespace]});
+    let values = json!({
+        "scope": "namespaced",
+        "watchNamespaces": [a.namespace, b.namespace],
+        "podNudge": {"enabled": true, "perSecond": 7},
+    });
     install(&env, &release, &values).await;
 
     let names = installed(&env, &release).await;
@@ -257,11 +265,9 @@ async fn install_in_namespaced_scope_grants_secrets_only_in_the_watched_namespac
         )
         .await;
         let role: Value = serde_json::from_str(&role).unwrap();
-        assert_eq!(
-            flatten_rules(&role["rules"]),
-            operator_rules(),
-            "Role in {ns}"
-        );
+        let mut granted = operator_rules();
+        granted.extend(pod_nudge_rules());
+        assert_eq!(flatten_rules(&role["rules"]), granted, "Role in {ns}");
     }
     let deployment = Api::<Deployment>::namespaced(env.client.clone(), &env.namespace)
         .get(&fullname(&release))
@@ -275,6 +281,9 @@ async fn install_in_namespaced_scope_grants_secrets_only_in_the_watched_namespac
         args.contains(&format!("--namespaces={},{}", a.namespace, b.namespace)),
         "{args:?}"
     );
+    for flag in ["--nudge-pods", "--pod-nudges-per-second=7"] {
+        assert!(args.iter().any(|a| a == flag), "{flag} in {args:?}");
+    }
 
     let (home, a, b, c) = (
         &env.namespace,
@@ -291,6 +300,11 @@ async fn install_in_namespaced_scope_grants_secrets_only_in_the_watched_namespac
             true,
         ),
         (format!("get secrets -n {c}"), false),
+        (format!("patch pods -n {a}"), true),
+        (format!("list pods -n {b}"), true),
+        (format!("patch pods -n {c}"), false),
+        (format!("delete pods -n {a}"), false),
+        ("list pods -A".into(), false),
         (format!("get secrets -n {home}"), false),
         ("list secrets -A".into(), false),
         (

@@ -1,0 +1,284 @@
+//! spec.revokeOnDelete: a finalizer while it is set, and on deletion the refresh token
+//! revoked at the auth server (`/oauth2/revoke`) before the finalizer is removed. A failed
+//! revocation is retried with backoff for `--revoke-retry-for` after the deletion, then
+//! reported in a Warning Event: deletion is never blocked for longer.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use tracing::{info, warn};
+
+use crate::crd::EagleEyeCredential;
+use crate::intent;
+use crate::outcome::Note;
+use crate::schedule;
+use crate::secrets::{self, SecretError, StoredToken};
+use crate::token::ErrorClass;
+
+use super::reconciler::Reconciler;
+use super::{Context, Error, jitter, key, lock, validate};
+
+/// Held on a credential with spec.revokeOnDelete until its refresh token is revoked.
+pub const FINALIZER: &str = "eagle-eye-operator.io/revoke-refresh-token";
+
+/// How a revocation attempt ended.
+enum Attempt {
+    Revoked,
+    /// Worth trying again (the server or the API server misbehaved, or a refresh is out).
+    Retry(String),
+    /// Trying again cannot help: say why and let the credential go.
+    Impossible(String),
+}
+
+fn has_finalizer(cr: &EagleEyeCredential) -> bool {
+    cr.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// Adds or removes the finalizer as spec.revokeOnDelete says, returning the credential as
+/// it now is. A failure is logged and leaves the credential as it was: refreshing goes on.
+pub(super) async fn keep_finalizer(cr: EagleEyeCredential, ctx: &Context) -> EagleEyeCredential {
+    let want = cr.spec.revoke_on_delete;
+    if want == has_finalizer(&cr) || cr.metadata.deletion_timestamp.is_some() {
+        return cr;
+    }
+    match patch_finalizer(&cr, ctx, want).await {
+        Ok(updated) => updated,
+        Err(e) => {
+            warn!(credential = %key(&cr), error = %secrets::kube_reason(&e), "could not update the revoke-on-delete finalizer; retrying at the next reconcile");
+            cr
+        }
+    }
+}
+
+/// Writes the finalizer list with or without ours, over the resourceVersion read: another
+/// writer's change meanwhile fails the patch (409) rather than being undone.
+async fn patch_finalizer(
+    cr: &EagleEyeCredential,
+    ctx: &Context,
+    add: bool,
+) -> Result<EagleEyeCredential, kube::Error> {
+    let mut finalizers: Vec<String> = cr
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    if add {
+        finalizers.push(FINALIZER.to_owned());
+    }
+    let patch = serde_json::json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": cr.metadata.resource_version,
+        }
+    });
+    let api: Api<EagleEyeCredential> =
+        Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    let params = PatchParams {
+        field_manager: Some(super::FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    api.patch(&cr.name_any(), &params, &Patch::Merge(&patch))
+        .await
+}
+
+impl Reconciler<'_> {
+    /// A credential being deleted: nothing is refreshed any more; with the finalizer, its
+    /// refresh token is revoked (or given up on) and the finalizer removed.
+    pub(super) async fn on_deletion(self) -> Result<Action, Error> {
+        if !has_finalizer(self.cr) {
+            return Ok(Action::await_change());
+        }
+        let deleted_at = self
+            .cr
+            .metadata
+            .deletion_timestamp
+            .as_ref()
+            .map_or(self.now, |t| t.0);
+        let retry_for = self.ctx.settings.revoke_retry_for;
+        let give_up_at = deleted_at.checked_add(retry_for).unwrap_or(Timestamp::MAX);
+        let attempt = self.revoke().await;
+        let attempts = {
+            let mut map = lock(&self.ctx.revoke_attempts);
+            let n = map.entry(self.key.clone()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        let note = match attempt {
+            Attempt::Revoked => {
+                info!("revoked the refresh token before deletion");
+                Note {
+                    type_: EventType::Normal,
+                    reason: "RefreshTokenRevoked",
+                    action: "Revoke",
+                    note: format!(
+                        "revoked the refresh token of Secret {:?} at the auth server before deletion: no copy of it works any more",
+                        self.cr.spec.refresh_token_secret_ref.name
+                    ),
+                }
+            }
+            Attempt::Retry(why) if Timestamp::now() < give_up_at => {
+                let wait = schedule::backoff(attempts, jitter(self.cr)).min(MAX_RETRY);
+                let left = give_up_at.duration_since(Timestamp::now());
+                let wait = wait.min(Duration::try_from(left).unwrap_or(Duration::ZERO));
+                warn!(attempt = attempts, retry_in = ?wait, %why, "revoking the refresh token failed; retrying");
+                if attempts == 1 {
+                    self.event(&Note {
+                        type_: EventType::Warning,
+                        reason: "RevokeRetrying",
+                        action: "Revoke",
+                        note: format!(
+                            "revoking the refresh token failed: {why}; retrying until {} ({} after deletion), then the credential goes anyway",
+                            whole(give_up_at),
+                            crate::status_cli::when::span(retry_for)
+                        ),
+                    })
+                    .await;
+                }
+                return Ok(Action::requeue(wait.max(Duration::from_millis(100))));
+            }
+            Attempt::Retry(why) => Note {
+                type_: EventType::Warning,
+                reason: "RevokeFailed",
+                action: "Revoke",
+                note: format!(
+                    "gave up revoking the refresh token after {attempts} attempts over {}: {why}. The token stays valid until it expires (14 days unused, 90 days after the login); revoke it at Eagle Eye if a copy may exist",
+                    crate::status_cli::when::span(retry_for)
+                ),
+            },
+            Attempt::Impossible(why) => Note {
+                type_: EventType::Warning,
+                reason: "RevokeFailed",
+                action: "Revoke",
+                note: format!(
+                    "the refresh token cannot be revoked: {why}. The token stays valid until it expires (14 days unused, 90 days after the login); revoke it at Eagle Eye if a copy may exist"
+                ),
+            },
+        };
+        self.event(&note).await;
+        patch_finalizer(self.cr, self.ctx, false)
+            .await
+            .map_err(|e| Error::Status(self.key.clone(), e))?;
+        lock(&self.ctx.revoke_attempts).remove(&self.key);
+        Ok(Action::await_change())
+    }
+
+    async fn revoke(&self) -> Attempt {
+        // A rotated token received but not stored is the live one: store it first.
+        let ns = self.cr.namespace().unwrap_or_default();
+        let secret = &self.cr.spec.refresh_token_secret_ref.name;
+        let held = |at| self.ctx.held.peek_for(&self.key, &ns, secret, at);
+        if let Some((k, ..)) = held(self.now)
+            && let Some(answer) = self.ctx.held.take(&k)
+        {
+            self.ctx
+                .held
+                .store_or_keep(&self.ctx.client, &k, answer)
+                .await;
+            if held(self.now).is_some() {
+                return Attempt::Retry(
+                    "a rotated refresh token received before the deletion is not stored yet".into(),
+                );
+            }
+        }
+        let (url, _) = match validate(self.cr, &self.ctx.settings) {
+            Ok(v) => v,
+            Err(why) => return Attempt::Impossible(why),
+        };
+        let spec = &self.cr.spec;
+        let r = &spec.refresh_token_secret_ref;
+        let stored = match secrets::read_refresh_token(&self.secrets, &r.name, &r.key, self.now)
+            .await
+        {
+            Ok(s) => s,
+            Err(e @ SecretError::Api { .. }) => return Attempt::Retry(e.to_string()),
+            Err(e) => {
+                return Attempt::Impossible(format!(
+                    "{e} (deleted with the credential? delete the credential first and its Secrets after it)"
+                ));
+            }
+        };
+        // Another credential's login is not this deletion's to end (a duplicate named by
+        // mistake, a copied token): it would die with this one.
+        if let Some(why) = self.login_shared(&stored) {
+            return Attempt::Impossible(format!("not revoked, because the login is shared: {why}"));
+        }
+        let me = intent::holder(
+            &self.ctx.settings.identity,
+            self.cr.metadata.uid.as_deref().unwrap_or("-"),
+        );
+        let max_hold =
+            SignedDuration::try_from(self.ctx.tokens.answer_limit() + crate::token::MAX_SLOT_HOLD)
+                .unwrap_or(SignedDuration::MAX)
+                .saturating_add(self.ctx.settings.in_flight_grace);
+        let annotations = stored.secret.metadata.annotations.as_ref();
+        if let intent::Verdict::HeldElsewhere { until, .. } = intent::verdict(
+            intent::read(annotations).as_ref(),
+            &stored.fingerprint,
+            &me,
+            self.now,
+            max_hold,
+        ) {
+            // Revoking now would revoke a token about to be replaced, and miss its successor.
+            return Attempt::Retry(format!(
+                "another process's refresh of this token may still be answered (until {})",
+                whole(until)
+            ));
+        }
+        let c = &spec.client_secret_ref;
+        let creds = match secrets::read_client(
+            &self.secrets,
+            &c.name,
+            &c.client_id_key,
+            &c.client_secret_key,
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(e @ SecretError::Api { .. }) => return Attempt::Retry(e.to_string()),
+            Err(e) => return Attempt::Impossible(e.to_string()),
+        };
+        match self.ctx.tokens.revoke(&url, &creds, &stored.token).await {
+            Ok(()) => {
+                self.ctx.held.forget_live(&self.key);
+                Attempt::Revoked
+            }
+            Err(e) => match e.class() {
+                ErrorClass::Transient | ErrorClass::OutcomeUnknown => Attempt::Retry(e.to_string()),
+                _ => Attempt::Impossible(e.to_string()),
+            },
+        }
+    }
+}
+
+impl Reconciler<'_> {
+    /// Why the stored login is also another live credential's, if it is: one naming the same
+    /// Secret (in either order of creation), or one refreshing a copy of the token.
+    fn login_shared(&self, stored: &StoredToken) -> Option<String> {
+        let secret = &self.cr.spec.refresh_token_secret_ref.name;
+        let same_secret = self.ctx.store.state().into_iter().find(|c| {
+            c.namespace() == self.cr.namespace()
+                && c.metadata.uid != self.cr.metadata.uid
+                && c.metadata.deletion_timestamp.is_none()
+                && c.spec.refresh_token_secret_ref.name == *secret
+        });
+        match same_secret {
+            Some(other) => Some(format!(
+                "EagleEyeCredential {:?} also reads Secret {secret:?}",
+                other.name_any()
+            )),
+            None => self.claimed_elsewhere(stored),
+        }
+    }
+}
+
+/// Revocations are retried at least this often (the backoff grows to it).
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+fn whole(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
