@@ -15,9 +15,9 @@ pub mod intent;
 pub mod kubectl;
 pub mod logging;
 pub mod metrics;
-pub mod nudge;
 #[cfg(test)]
 mod model_tests;
+pub mod nudge;
 pub mod operator;
 pub mod outcome;
 pub mod schedule;

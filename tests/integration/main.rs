@@ -8,8 +8,8 @@ mod support;
 
 mod auth_hosts;
 mod authorize;
-mod control_plane_script;
 mod consumers;
+mod control_plane_script;
 mod controller;
 mod crd_drift;
 mod ha;
