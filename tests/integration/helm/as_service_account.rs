@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use eagle_eye_operator::crd::EagleEyeCredential;
 use eagle_eye_testbed::standin::{StandIn, StandInConfig};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
@@ -94,7 +96,11 @@ async fn the_operator_with_only_the_namespaced_rbac_serves_its_namespaces_and_ca
     let home = env().await;
     let (apps, other) = (env().await, env().await);
     let release = release_name(&home);
-    let values = json!({"scope": "namespaced", "watchNamespaces": [apps.namespace]});
+    let values = json!({
+        "scope": "namespaced",
+        "watchNamespaces": [apps.namespace],
+        "podNudge": {"enabled": true},
+    });
     install(&home, &release, &host_values(values)).await;
 
     let si = stand_in().await;
@@ -108,13 +114,40 @@ async fn the_operator_with_only_the_namespaced_rbac_serves_its_namespaces_and_ca
         .unwrap();
     let ours = login(&si, "helm-watched", true).await;
     create_secrets(&apps, "cam", &ours).await;
+    // Here with both opt-ins of issue 12, which the chart's RBAC must cover too.
+    let consumer: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "vms", "labels": {"app": "vms"}},
+        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]},
+    }))
+    .unwrap();
+    apps.api::<Pod>()
+        .create(&PostParams::default(), &consumer)
+        .await
+        .unwrap();
+    let opted_in = credential(
+        "cam",
+        &si,
+        json!({"revokeOnDelete": true, "consumers": {"podSelector": {"matchLabels": {"app": "vms"}}}}),
+    );
     apps.api()
-        .create(&PostParams::default(), &cr)
+        .create(&PostParams::default(), &opted_in)
         .await
         .unwrap();
     let pod = ChartPod::start(&home, &release, &si).await;
 
     wait_for_reason(&apps, "cam", "TokenRefreshed", Duration::from_secs(60)).await;
+    eventually(
+        "the consuming pod nudged",
+        Duration::from_secs(30),
+        || async {
+            let p = apps.api::<Pod>().get("vms").await.ok()?;
+            p.metadata
+                .annotations?
+                .contains_key("eagle-eye-operator.io/token-issued-at")
+                .then_some(())
+        },
+    )
+    .await;
     // By now the other namespace's credential would have been handled too; it was not.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
@@ -152,6 +185,21 @@ async fn the_operator_with_only_the_namespaced_rbac_serves_its_namespaces_and_ca
         "name",
     ];
     ok(&home, "kubectl", &read, None).await;
+    let stored = secret_data(&apps, "cam-refresh").await.unwrap()["refresh_token"].clone();
+    apps.api::<EagleEyeCredential>()
+        .delete("cam", &Default::default())
+        .await
+        .unwrap();
+    eventually("the credential gone", Duration::from_secs(30), || async {
+        apps.api::<EagleEyeCredential>()
+            .get_opt("cam")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(!si.refresh_token_is_live(&stored), "not revoked");
     pod.assert_never_forbidden();
 }
 
