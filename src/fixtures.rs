@@ -94,6 +94,7 @@ pub fn testcontext() -> (Arc<Context>, ApiServerVerifier) {
                 metrics: Default::default(),
                 held: HeldTokens::default(),
                 leadership: Leadership::unchecked(),
+                known: Default::default(),
             },
         )),
         ApiServerVerifier(handle),

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// The annotation set on consuming pods: the issue time of the access token last published.
 pub const ANNOTATION: &str = "eagle-eye-operator.io/token-issued-at";
@@ -23,7 +23,7 @@ pub fn value(issued_at: Timestamp) -> String {
 /// What to do with one selected pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Choice {
-    /// Finished or being deleted: the kubelet syncs no volumes for it; not counted.
+    /// Being deleted: the kubelet rewrites no volume for it; not counted.
     Skip,
     /// Already carries this token's annotation.
     Current,
@@ -31,17 +31,13 @@ pub enum Choice {
     Nudge,
 }
 
-pub fn choose(pod: &Pod, value: &str) -> Choice {
-    let finished = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .is_some_and(|p| p == "Succeeded" || p == "Failed");
-    if finished || pod.metadata.deletion_timestamp.is_some() {
+/// What to do with a pod of this metadata (finished pods are left out by the list's
+/// field selector).
+pub fn choose(pod: &ObjectMeta, value: &str) -> Choice {
+    if pod.deletion_timestamp.is_some() {
         return Choice::Skip;
     }
     let current = pod
-        .metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(ANNOTATION))
@@ -67,7 +63,8 @@ pub struct Limiter {
 
 impl Limiter {
     pub fn new(per_second: u32) -> Limiter {
-        let per_second = per_second.max(1);
+        // At most a million a second: the interval must stay longer than zero.
+        let per_second = per_second.clamp(1, 1_000_000);
         let mut interval = tokio::time::interval(Duration::from_secs(1) / per_second);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Limiter {
@@ -96,45 +93,29 @@ impl std::fmt::Debug for Limiter {
 mod tests {
     use super::*;
 
-    fn pod(phase: Option<&str>, annotation: Option<&str>, deleting: bool) -> Pod {
-        let mut p: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "p"},
-            "status": {"phase": phase},
-        }))
-        .unwrap();
+    fn pod(annotation: Option<&str>, deleting: bool) -> ObjectMeta {
+        let mut p = ObjectMeta::default();
         if let Some(a) = annotation {
-            p.metadata.annotations = Some([(ANNOTATION.to_owned(), a.to_owned())].into());
+            p.annotations = Some([(ANNOTATION.to_owned(), a.to_owned())].into());
         }
         if deleting {
-            p.metadata.deletion_timestamp = Some(
-                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
-            );
+            p.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::UNIX_EPOCH,
+            ));
         }
         p
     }
 
     #[test]
-    fn only_live_pods_without_this_tokens_annotation_are_nudged() {
+    fn only_pods_without_this_tokens_annotation_are_nudged() {
         let v = "2026-11-30T08:00:00Z";
-        assert_eq!(choose(&pod(Some("Running"), None, false), v), Choice::Nudge);
-        assert_eq!(choose(&pod(None, None, false), v), Choice::Nudge);
+        assert_eq!(choose(&pod(None, false), v), Choice::Nudge);
         assert_eq!(
-            choose(
-                &pod(Some("Pending"), Some("2026-11-30T07:00:00Z"), false),
-                v
-            ),
+            choose(&pod(Some("2026-11-30T07:00:00Z"), false), v),
             Choice::Nudge
         );
-        assert_eq!(
-            choose(&pod(Some("Running"), Some(v), false), v),
-            Choice::Current
-        );
-        assert_eq!(
-            choose(&pod(Some("Succeeded"), None, false), v),
-            Choice::Skip
-        );
-        assert_eq!(choose(&pod(Some("Failed"), None, false), v), Choice::Skip);
-        assert_eq!(choose(&pod(Some("Running"), None, true), v), Choice::Skip);
+        assert_eq!(choose(&pod(Some(v), false), v), Choice::Current);
+        assert_eq!(choose(&pod(None, true), v), Choice::Skip);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::Args;
 use std::net::SocketAddr;
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
@@ -232,6 +232,7 @@ pub async fn run(
             metrics: metrics.clone(),
             held: HeldTokens::default(),
             leadership,
+            known: Default::default(),
         },
     };
     let shutdown = Box::pin(shutdown).shared();
@@ -363,6 +364,8 @@ impl Parts {
             self.args.namespaces.iter().cloned().map(Some).collect()
         };
         info!(?namespaces, "starting controllers");
+        // A new term looks at every credential once, whatever was known in the last one.
+        self.shared.known.clear();
         let built: Vec<_> = namespaces
             .into_iter()
             .map(|ns| {
@@ -375,7 +378,16 @@ impl Parts {
                         ),
                         None => (Api::all(client.clone()), Api::all(client.clone())),
                     };
-                (Controller::new(crs, watcher::Config::default()), secrets)
+                // Only news triggers a reconcile: not this process's own status writes,
+                // nor objects a re-list shows unchanged (timers and Secrets still do).
+                let (reader, writer) = kube::runtime::reflector::store();
+                let known = self.shared.known.clone();
+                let news = watcher::watcher(crs, watcher::Config::default())
+                    .default_backoff()
+                    .reflect(writer)
+                    .applied_objects()
+                    .try_filter(move |cr| futures::future::ready(known.is_news(cr)));
+                (Controller::for_stream(news, reader), secrets)
             })
             .collect();
         // Every controller sees every store: a refresh token copied into another watched

@@ -17,6 +17,10 @@ pub mod pods_reason {
     pub const POD_NUDGE_FAILED: &str = "PodNudgeFailed";
     /// The operator runs without `--nudge-pods`.
     pub const POD_NUDGE_DISABLED: &str = "PodNudgeDisabled";
+    /// A round was cut short by its time budget; the next one follows within seconds.
+    pub const NUDGE_IN_PROGRESS: &str = "NudgeInProgress";
+    /// The selector matches no running or pending pod.
+    pub const NO_PODS_SELECTED: &str = "NoPodsSelected";
 }
 
 /// Reasons of the `Ready` condition.

@@ -28,6 +28,7 @@ use crate::token::TokenClient;
 
 mod consumers;
 mod held;
+mod known;
 mod leadership;
 mod reconciler;
 mod report;
@@ -35,6 +36,7 @@ mod revoke;
 mod sweep;
 
 pub use held::HeldTokens;
+pub use known::Known;
 pub use leadership::Leadership;
 pub use sweep::deleted_credentials;
 
@@ -77,12 +79,14 @@ pub struct Context {
     pub held: HeldTokens,
     /// Whether this replica may spend a refresh token right now.
     pub leadership: Leadership,
+    /// What this process last saw or wrote of each credential.
+    pub known: Arc<Known>,
     /// `Retry-After` answers, by credential.
     retry_not_before: Mutex<HashMap<String, Timestamp>>,
     /// Consecutive Kubernetes API failures, by credential, for the error policy's backoff.
     api_failures: Mutex<HashMap<String, u32>>,
-    /// Revocation attempts of credentials being deleted (spec.revokeOnDelete).
-    revoke_attempts: Mutex<HashMap<String, u32>>,
+    /// Credentials being deleted with spec.revokeOnDelete, by uid.
+    revokes: Mutex<HashMap<String, revoke::Revocation>>,
 }
 
 /// What every controller of the process shares, across leadership terms.
@@ -91,6 +95,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub held: HeldTokens,
     pub leadership: Leadership,
+    pub known: Arc<Known>,
 }
 
 impl Context {
@@ -113,9 +118,10 @@ impl Context {
             metrics: shared.metrics,
             held: shared.held,
             leadership: shared.leadership,
+            known: shared.known,
             retry_not_before: Mutex::default(),
             api_failures: Mutex::default(),
-            revoke_attempts: Mutex::default(),
+            revokes: Mutex::default(),
         }
     }
 }
@@ -129,6 +135,8 @@ pub enum Error {
     Target(String, kube::Error),
     #[error("storing the rotated refresh token in Secret {0}: {reason}", reason = kube_reason(.1))]
     WriteBack(String, kube::Error),
+    #[error("removing the revoke-on-delete finalizer of {0}: {reason}", reason = kube_reason(.1))]
+    Finalizer(String, kube::Error),
     #[error("recording the spend intent on Secret {0} (so nothing was spent): {reason}", reason = kube_reason(.1))]
     Intent(String, kube::Error),
     #[error(transparent)]
@@ -155,12 +163,18 @@ const MAX_API_RETRY: Duration = Duration::from_secs(30);
 
 #[instrument(skip_all, fields(credential = %key(&cr)))]
 pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
-    // The cached object may predate this controller's last status write (a reconcile
-    // triggered by our own Secret writes can outrun the watch). Status is rebuilt from the
-    // object, so read it fresh: a stale copy would roll the status back.
+    // The cached object may predate this process's last status write (a reconcile
+    // triggered by a Secret's change can outrun the watch). Status is rebuilt from the
+    // object, so a stale copy would roll the status back: read it fresh unless the cache
+    // holds the status last written or seen here.
     let api: Api<EagleEyeCredential> =
         Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
-    let fresh = match api.get_opt(&cr.name_any()).await {
+    let fresh = if ctx.known.is_current(&cr) {
+        Ok(Some(EagleEyeCredential::clone(&cr)))
+    } else {
+        api.get_opt(&cr.name_any()).await
+    };
+    let fresh = match fresh {
         Ok(Some(fresh)) => fresh,
         Ok(None) => {
             ctx.metrics.forget(&labels(&cr));

@@ -50,6 +50,10 @@ pub(super) struct Reconciler<'a> {
     pub(super) now: Timestamp,
     /// When the token endpoint answered this round's refresh.
     pub(super) answered_at: Option<std::time::Instant>,
+    /// Issue and expiry times of the access token published (read, or written this round).
+    pub(super) published_token: Option<(Timestamp, Timestamp)>,
+    /// A nudge of consuming pods was cut short: requeue soon to go on.
+    pub(super) nudge_unfinished: bool,
 }
 
 impl<'a> Reconciler<'a> {
@@ -66,6 +70,8 @@ impl<'a> Reconciler<'a> {
             status,
             now: whole_seconds(Timestamp::now()),
             answered_at: None,
+            published_token: None,
+            nudge_unfinished: false,
         }
     }
 
@@ -181,6 +187,12 @@ impl<'a> Reconciler<'a> {
                 }),
         };
         let published = self.published_in(target.as_ref());
+        debug!(
+            target_exists = target.is_some(),
+            target_version = ?target.as_ref().and_then(|t| t.metadata.resource_version.as_deref()),
+            published = published.is_some(),
+            "read the target Secret"
+        );
         let stored_ok = stored.as_ref().ok();
         let dead = spent::known_dead(&[
             stored_ok.map_or(&[][..], |s| &s.spent),
@@ -313,8 +325,12 @@ impl<'a> Reconciler<'a> {
         )
     }
 
-    pub(super) async fn run(self) -> Result<Action, Error> {
+    pub(super) async fn run(mut self) -> Result<Action, Error> {
         let gathered = self.gather().await?;
+        self.published_token = gathered
+            .published
+            .as_ref()
+            .map(|p| (p.issued_at, p.expires_at));
         let decision = decide(&gathered.observed);
         debug!(?decision, "decided");
         self.act(decision, gathered).await
@@ -816,7 +832,7 @@ impl<'a> Reconciler<'a> {
             self.idle_end(chain.token_issued_at),
         );
         let action = Action::requeue(schedule::until(self.now, next));
-        self.nudge_consumers(issued_at).await;
+        self.published_token = Some((issued_at, expires_at));
         let outcome = Outcome::Refreshed {
             expires_at,
             next_refresh: next,

@@ -73,6 +73,9 @@ impl Reconciler<'_> {
         action: Action,
     ) -> Result<Action, Error> {
         self.report(&outcome).await?;
+        if self.nudge_unfinished {
+            return Ok(Action::requeue(super::consumers::CONTINUE_AFTER));
+        }
         Ok(action)
     }
 
@@ -131,7 +134,7 @@ impl Reconciler<'_> {
         if let Some(note) = outcome::relogin_warning(was_soon, soon, &message) {
             self.event(&note).await;
         }
-        self.consumers_condition().await;
+        self.nudge_unfinished = self.nudge_consumers().await;
         self.ctx
             .metrics
             .observe_status(&labels(self.cr), &self.status);
@@ -145,13 +148,15 @@ impl Reconciler<'_> {
                 "kind": "EagleEyeCredential",
                 "status": self.status,
             });
-            api.patch_status(
-                &self.cr.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .map_err(|e| Error::Status(self.key.clone(), e))?;
+            let written = api
+                .patch_status(
+                    &self.cr.name_any(),
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&patch),
+                )
+                .await
+                .map_err(|e| Error::Status(self.key.clone(), e))?;
+            self.ctx.known.wrote(&written);
         }
         // Only once the status says so may a person clear the refusal there.
         if let Some(login) = &self.status.refused_login_fingerprint {

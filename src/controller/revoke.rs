@@ -28,6 +28,10 @@ pub const FINALIZER: &str = "eagle-eye-operator.io/revoke-refresh-token";
 /// How a revocation attempt ended.
 enum Attempt {
     Revoked,
+    /// The server refused the token as dead already: nothing left to revoke.
+    AlreadyDead(String),
+    /// spec.revokeOnDelete was turned off after the deletion began.
+    NotWanted,
     /// Worth trying again (the server or the API server misbehaved, or a refresh is out).
     Retry(String),
     /// Trying again cannot help: say why and let the credential go.
@@ -46,9 +50,37 @@ pub(super) async fn keep_finalizer(cr: EagleEyeCredential, ctx: &Context) -> Eag
         return cr;
     }
     match patch_finalizer(&cr, ctx, want).await {
-        Ok(updated) => updated,
+        Ok(updated) => {
+            ctx.known.wrote(&updated);
+            updated
+        }
         Err(e) => {
-            warn!(credential = %key(&cr), error = %secrets::kube_reason(&e), "could not update the revoke-on-delete finalizer; retrying at the next reconcile");
+            let why = secrets::kube_reason(&e);
+            warn!(credential = %key(&cr), error = %why, "could not update the revoke-on-delete finalizer; retrying at the next reconcile");
+            // A conflict is a change on its way here; anything else the user should see
+            // (without the finalizer, deleting the credential revokes nothing).
+            if !matches!(&e, kube::Error::Api(s) if s.code == 409) {
+                let event = kube::runtime::events::Event {
+                    type_: EventType::Warning,
+                    reason: "RevokeOnDeleteUnavailable".into(),
+                    note: Some(format!(
+                        "could not {} the finalizer {FINALIZER}: {why}; until it is {}, deleting this credential {} its refresh token (the operator needs patch on eagleeyecredentials)",
+                        if want { "add" } else { "remove" },
+                        if want { "added" } else { "removed" },
+                        if want {
+                            "does not revoke"
+                        } else {
+                            "still tries to revoke"
+                        },
+                    )),
+                    action: "Revoke".into(),
+                    secondary: None,
+                };
+                let at = kube::Resource::object_ref(&cr, &());
+                if let Err(e) = ctx.recorder.publish(&event, &at).await {
+                    warn!(error = %e, "could not publish an event");
+                }
+            }
             cr
         }
     }
@@ -93,6 +125,21 @@ impl Reconciler<'_> {
         if !has_finalizer(self.cr) {
             return Ok(Action::await_change());
         }
+        let uid = self.cr.metadata.uid.clone().unwrap_or_default();
+        // Settled once (revoked or given up): only the finalizer is left to remove, however
+        // often its removal meets a conflict. Never a second revocation.
+        let settled = lock(&self.ctx.revokes).get(&uid).is_some_and(|r| r.settled);
+        if !settled && let Some(requeue) = self.settle_revocation(&uid).await {
+            return Ok(requeue);
+        }
+        self.release().await?;
+        lock(&self.ctx.revokes).remove(&uid);
+        Ok(Action::await_change())
+    }
+
+    /// Tries to revoke, within what is left of `--revoke-retry-for`: `Some(requeue)` to try
+    /// again later, `None` once settled (with its Event emitted).
+    async fn settle_revocation(&self, uid: &str) -> Option<Action> {
         let deleted_at = self
             .cr
             .metadata
@@ -101,12 +148,37 @@ impl Reconciler<'_> {
             .map_or(self.now, |t| t.0);
         let retry_for = self.ctx.settings.revoke_retry_for;
         let give_up_at = deleted_at.checked_add(retry_for).unwrap_or(Timestamp::MAX);
-        let attempt = self.revoke().await;
+        let left = |now: Timestamp| {
+            Duration::try_from(give_up_at.duration_since(now)).unwrap_or(Duration::ZERO)
+        };
+        let attempt = if !self.cr.spec.revoke_on_delete {
+            // Turned off after the deletion began (the login lives on elsewhere, say).
+            Attempt::NotWanted
+        } else {
+            // One attempt never outlasts the retry window (nor MAX_ATTEMPT): a hanging auth
+            // server cannot hold the deletion, or a refresh call slot, for longer.
+            let limit = left(Timestamp::now()).clamp(MIN_ATTEMPT, MAX_ATTEMPT);
+            match tokio::time::timeout(limit, self.revoke()).await {
+                Ok(attempt) => attempt,
+                Err(_) => Attempt::Retry(format!(
+                    "the auth server did not answer within {}",
+                    crate::status_cli::when::span(
+                        SignedDuration::try_from(limit).unwrap_or(SignedDuration::ZERO)
+                    )
+                )),
+            }
+        };
         let attempts = {
-            let mut map = lock(&self.ctx.revoke_attempts);
-            let n = map.entry(self.key.clone()).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
+            let mut map = lock(&self.ctx.revokes);
+            let r = map.entry(uid.to_owned()).or_default();
+            r.attempts = r.attempts.saturating_add(1);
+            r.attempts
+        };
+        let gave_up = |why: &str| {
+            format!(
+                "gave up revoking the refresh token after {attempts} attempt(s) over {}: {why}. The token stays valid until it expires (14 days unused, 90 days after the login); revoke it at Eagle Eye if a copy may exist",
+                crate::status_cli::when::span(retry_for)
+            )
         };
         let note = match attempt {
             Attempt::Revoked => {
@@ -121,10 +193,25 @@ impl Reconciler<'_> {
                     ),
                 }
             }
-            Attempt::Retry(why) if Timestamp::now() < give_up_at => {
-                let wait = schedule::backoff(attempts, jitter(self.cr)).min(MAX_RETRY);
-                let left = give_up_at.duration_since(Timestamp::now());
-                let wait = wait.min(Duration::try_from(left).unwrap_or(Duration::ZERO));
+            Attempt::AlreadyDead(why) => Note {
+                type_: EventType::Normal,
+                reason: "RefreshTokenRevoked",
+                action: "Revoke",
+                note: format!(
+                    "the auth server refused the refresh token as already dead ({why}): no copy of it works"
+                ),
+            },
+            Attempt::NotWanted => Note {
+                type_: EventType::Normal,
+                reason: "RevokeSkipped",
+                action: "Revoke",
+                note: "spec.revokeOnDelete was turned off during the deletion: the refresh token was not revoked".into(),
+            },
+            Attempt::Retry(why) if !left(Timestamp::now()).is_zero() => {
+                let wait = schedule::backoff(attempts, jitter(self.cr))
+                    .min(MAX_RETRY)
+                    .min(left(Timestamp::now()))
+                    .max(Duration::from_millis(100));
                 warn!(attempt = attempts, retry_in = ?wait, %why, "revoking the refresh token failed; retrying");
                 if attempts == 1 {
                     self.event(&Note {
@@ -139,16 +226,13 @@ impl Reconciler<'_> {
                     })
                     .await;
                 }
-                return Ok(Action::requeue(wait.max(Duration::from_millis(100))));
+                return Some(Action::requeue(wait));
             }
             Attempt::Retry(why) => Note {
                 type_: EventType::Warning,
                 reason: "RevokeFailed",
                 action: "Revoke",
-                note: format!(
-                    "gave up revoking the refresh token after {attempts} attempts over {}: {why}. The token stays valid until it expires (14 days unused, 90 days after the login); revoke it at Eagle Eye if a copy may exist",
-                    crate::status_cli::when::span(retry_for)
-                ),
+                note: gave_up(&why),
             },
             Attempt::Impossible(why) => Note {
                 type_: EventType::Warning,
@@ -160,11 +244,44 @@ impl Reconciler<'_> {
             },
         };
         self.event(&note).await;
-        patch_finalizer(self.cr, self.ctx, false)
-            .await
-            .map_err(|e| Error::Status(self.key.clone(), e))?;
-        lock(&self.ctx.revoke_attempts).remove(&self.key);
-        Ok(Action::await_change())
+        lock(&self.ctx.revokes)
+            .entry(uid.to_owned())
+            .or_default()
+            .settled = true;
+        None
+    }
+
+    /// Removes the finalizer; on a conflict (the credential changed meanwhile), reads it
+    /// again and retries, a few times, before leaving it to the next reconcile.
+    async fn release(&self) -> Result<(), Error> {
+        let api: Api<EagleEyeCredential> = Api::namespaced(
+            self.ctx.client.clone(),
+            &self.cr.namespace().unwrap_or_default(),
+        );
+        let mut current = self.cr.clone();
+        for _ in 0..3 {
+            match patch_finalizer(&current, self.ctx, false).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    match api.get_opt(&current.name_any()).await {
+                        Ok(Some(fresh)) if fresh.metadata.uid == current.metadata.uid => {
+                            current = fresh
+                        }
+                        Ok(_) => return Ok(()), // gone already
+                        Err(e) => return Err(Error::Finalizer(self.key.clone(), e)),
+                    }
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+                Err(e) => return Err(Error::Finalizer(self.key.clone(), e)),
+            }
+        }
+        Err(Error::Finalizer(
+            self.key.clone(),
+            kube::Error::Api(Box::new(
+                kube::core::Status::failure("the credential kept changing", "Conflict")
+                    .with_code(409),
+            )),
+        ))
     }
 
     async fn revoke(&self) -> Attempt {
@@ -242,6 +359,10 @@ impl Reconciler<'_> {
             Err(e @ SecretError::Api { .. }) => return Attempt::Retry(e.to_string()),
             Err(e) => return Attempt::Impossible(e.to_string()),
         };
+        if self.ctx.tokens.is_closed() {
+            // Stopping: the next leader revokes.
+            return Attempt::Retry("the operator is stopping".into());
+        }
         match self.ctx.tokens.revoke(&url, &creds, &stored.token).await {
             Ok(()) => {
                 self.ctx.held.forget_live(&self.key);
@@ -249,6 +370,7 @@ impl Reconciler<'_> {
             }
             Err(e) => match e.class() {
                 ErrorClass::Transient | ErrorClass::OutcomeUnknown => Attempt::Retry(e.to_string()),
+                ErrorClass::Reauthorize => Attempt::AlreadyDead(e.to_string()),
                 _ => Attempt::Impossible(e.to_string()),
             },
         }
@@ -278,6 +400,17 @@ impl Reconciler<'_> {
 
 /// Revocations are retried at least this often (the backoff grows to it).
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// Bounds of one attempt (a hanging auth server holds a refresh call slot meanwhile).
+const MAX_ATTEMPT: Duration = Duration::from_secs(30);
+const MIN_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// What is remembered of a credential being deleted, by uid.
+#[derive(Default)]
+pub(super) struct Revocation {
+    attempts: u32,
+    /// Revoked or given up: only the finalizer's removal is left.
+    settled: bool,
+}
 
 fn whole(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)

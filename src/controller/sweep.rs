@@ -31,6 +31,7 @@ pub async fn deleted_credentials(
         // What is kept is read before what exists: a credential created in between is in
         // the stores by the time it is reconciled, so it is never taken for a deleted one.
         let kept = shared.held.known_keys();
+        let known = shared.known.keys();
         let series = shared.metrics.credentials();
         let present: HashSet<String> = stores
             .iter()
@@ -42,6 +43,9 @@ pub async fn deleted_credentials(
             if let Some(held) = shared.held.take(k) {
                 shared.held.store_or_keep(&client, k, held).await;
             }
+        }
+        for k in known.iter().filter(|k| !present.contains(*k)) {
+            shared.known.forget(k);
         }
         for c in series
             .iter()

@@ -73,7 +73,8 @@ async fn nudged_token(
             let refreshed = refreshed.as_str()?.to_owned();
             let nudged =
                 serde_json::to_value(status.consumers.as_ref()?.token_issued_at.as_ref()?).ok()?;
-            (nudged.as_str() == Some(&refreshed) && Some(refreshed.as_str()) != after)
+            let done = pods_condition(&cr).is_some_and(|(_, reason, _)| reason == "PodsNudged");
+            (done && nudged.as_str() == Some(&refreshed) && Some(refreshed.as_str()) != after)
                 .then_some((refreshed, cr))
         },
     )

@@ -47,6 +47,20 @@ async fn delete_and_wait(env: &TestEnv, name: &str, limit: Duration) -> Duration
     started.elapsed()
 }
 
+/// The token stored in refresh-token Secret `name`, once it is live at the stand-in: a
+/// refresh that was under way when its credential was deleted has written back by then.
+async fn settled(env: &TestEnv, stand_in: &StandIn, name: &str) -> String {
+    eventually(
+        "the stored refresh token live",
+        Duration::from_secs(10),
+        || async {
+            let token = secret_data(env, name).await?.get("refresh_token")?.clone();
+            stand_in.refresh_token_is_live(&token).then_some(token)
+        },
+    )
+    .await
+}
+
 /// The stored refresh token sent to the stand-in's token endpoint, as anyone holding a copy
 /// (a backup, an etcd snapshot) would: whether the server refreshes it.
 async fn refresh_works(
@@ -115,20 +129,18 @@ async fn a_deleted_credential_with_revoke_on_delete_leaves_its_refresh_token_ref
             secret_data(env, &format!("{name}-refresh")).await.unwrap()["refresh_token"].clone()
         }
     };
-    let (gone_token, kept_token) = (stored("gone").await, stored("kept").await);
     let access = secret_data(&env, "gone-token").await.unwrap()["access_token"].clone();
     let took = delete_and_wait(&env, "gone", Duration::from_secs(30)).await;
-    delete_and_wait(&env, "kept", Duration::from_secs(30)).await;
     figure(format!(
         "revoke on delete: credential gone {} ms after the delete",
         took.as_millis()
     ));
+    // The Secrets stay (they are the user's); the token in them is the one revoked.
+    let gone_token = stored("gone").await;
 
     // A copy of the revoked login is refused; the access token from it is dead too.
     assert!(!refresh_works(&stand_in, "revoke-on", &revoking.client_secret, &gone_token).await);
     assert!(!stand_in.access_token_is_live(&access));
-    // Without the opt-in the login outlives the credential, as before.
-    assert!(refresh_works(&stand_in, "revoke-off", &keeping.client_secret, &kept_token).await);
     let revoked = events(&env, "gone", "RefreshTokenRevoked").await;
     assert_eq!(revoked.len(), 1);
     let note = revoked[0].note.clone().unwrap_or_default();
@@ -151,7 +163,7 @@ async fn turning_revoke_on_delete_off_removes_the_finalizer_and_deletion_revokes
         serde_json::json!({"revokeOnDelete": true}),
     )
     .await;
-    let _op = Operator::start(&env, &stand_in, &[]).await;
+    let op = Operator::start(&env, &stand_in, &[]).await;
     wait_for_reason(&env, "cam", "TokenRefreshed", Duration::from_secs(30)).await;
     // Another controller's finalizer beside ours is kept as it is.
     env.api::<EagleEyeCredential>()
@@ -176,17 +188,28 @@ async fn turning_revoke_on_delete_off_removes_the_finalizer_and_deletion_revokes
         (finalizers(&env, "cam").await == ["example.com/keep"]).then_some(())
     })
     .await;
-    let token = secret_data(&env, "cam-refresh").await.unwrap()["refresh_token"].clone();
-    env.api::<EagleEyeCredential>()
-        .patch(
-            "cam",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
-        )
-        .await
-        .unwrap();
-    delete_and_wait(&env, "cam", Duration::from_secs(30)).await;
-    assert!(refresh_works(&stand_in, "revoke-toggle", &l.client_secret, &token).await);
+    // Deleted while the other controller's finalizer holds it: the operator refreshes
+    // nothing and revokes nothing for a credential being deleted without its finalizer.
+    let api = env.api::<EagleEyeCredential>();
+    api.delete("cam", &DeleteParams::default()).await.unwrap();
+    eventually("cam terminating", Duration::from_secs(10), || async {
+        let cr = api.get("cam").await.ok()?;
+        cr.metadata.deletion_timestamp.map(|_| ())
+    })
+    .await;
+    let token = settled(&env, &stand_in, "cam-refresh").await;
+    assert!(
+        refresh_works(&stand_in, "revoke-toggle", &l.client_secret, &token).await,
+        "{}",
+        op.logs()
+    );
+    api.patch(
+        "cam",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -242,7 +265,7 @@ async fn deleting_a_duplicate_credential_never_revokes_the_login_another_credent
     create_credential(&env, "dup", &stand_in, same).await;
     wait_for_reason(&env, "dup", "RefreshTokenInUse", Duration::from_secs(30)).await;
     delete_and_wait(&env, "dup", Duration::from_secs(30)).await;
-    let token = secret_data(&env, "cam-refresh").await.unwrap()["refresh_token"].clone();
+    let token = settled(&env, &stand_in, "cam-refresh").await;
     assert!(
         stand_in.refresh_token_is_live(&token),
         "cam's login was revoked"
@@ -254,4 +277,48 @@ async fn deleting_a_duplicate_credential_never_revokes_the_login_another_credent
         note.contains("shared") && note.contains("\"cam\""),
         "{note}"
     );
+}
+
+#[tokio::test]
+async fn a_hanging_auth_server_holds_a_deletion_no_longer_than_the_retry_window() {
+    let env = env().await;
+    let stand_in = stand_in(Duration::from_secs(3600)).await;
+    let l = login(&stand_in, "revoke-hang", true).await;
+    create_secrets(&env, "cam", &l).await;
+    create_credential(
+        &env,
+        "cam",
+        &stand_in,
+        serde_json::json!({"revokeOnDelete": true}),
+    )
+    .await;
+    let flags = ["--revoke-retry-for", "4s", "--allow-insecure-http"];
+    let _op = Operator::start(&env, &stand_in, &flags).await;
+    wait_for_reason(&env, "cam", "TokenRefreshed", Duration::from_secs(30)).await;
+    // An auth server that accepts connections and never answers (the default
+    // --token-timeout would wait 5 minutes for it).
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", hanging.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hanging.accept().await {
+            held.push(socket);
+        }
+    });
+    env.api::<EagleEyeCredential>()
+        .patch(
+            "cam",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"authUrl": url}})),
+        )
+        .await
+        .unwrap();
+    let took = delete_and_wait(&env, "cam", Duration::from_secs(60)).await;
+    figure(format!(
+        "revoke against a hanging auth server, --revoke-retry-for 4s: gone after {} ms",
+        took.as_millis()
+    ));
+    assert!(took <= Duration::from_secs(15), "gone after {took:?}");
+    let failed = events(&env, "cam", "RevokeFailed").await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
 }

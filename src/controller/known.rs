@@ -1,0 +1,134 @@
+//! What this process last knew of each credential: the parts a user changes (its "shape")
+//! and its status, last seen or last written here. The operator's own status writes and
+//! unchanged re-lists then trigger no reconcile, and a reconcile reads the credential from
+//! the API server only when its cached copy may be older than the status written last.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+
+use kube::ResourceExt;
+
+use crate::crd::{EagleEyeCredential, EagleEyeCredentialStatus};
+
+use super::{key, lock};
+
+#[derive(Default)]
+pub struct Known(Mutex<HashMap<String, Entry>>);
+
+struct Entry {
+    shape: u64,
+    status: Option<EagleEyeCredentialStatus>,
+}
+
+/// Everything of a credential but its status and resourceVersion: a change here is a
+/// user's (or a controller's) change, worth a reconcile.
+fn shape(cr: &EagleEyeCredential) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    cr.metadata.uid.hash(&mut h);
+    cr.metadata.generation.hash(&mut h);
+    cr.metadata.deletion_timestamp.is_some().hash(&mut h);
+    cr.finalizers().hash(&mut h);
+    cr.labels().hash(&mut h);
+    cr.annotations().hash(&mut h);
+    h.finish()
+}
+
+impl Known {
+    /// Whether a watch event for `cr` says something this process does not know yet: a
+    /// new credential, a changed shape, or a status someone else wrote. Remembers it.
+    pub fn is_news(&self, cr: &EagleEyeCredential) -> bool {
+        let shape = shape(cr);
+        let mut map = lock(&self.0);
+        let entry = map.insert(
+            key(cr),
+            Entry {
+                shape,
+                status: cr.status.clone(),
+            },
+        );
+        entry.is_none_or(|e| e.shape != shape || e.status != cr.status)
+    }
+
+    /// Remembers the status the API server answered to this process's write.
+    pub fn wrote(&self, cr: &EagleEyeCredential) {
+        lock(&self.0).insert(
+            key(cr),
+            Entry {
+                shape: shape(cr),
+                status: cr.status.clone(),
+            },
+        );
+    }
+
+    /// Whether the cached `cr` holds the last status known here (seen or written): if it
+    /// does, nothing newer was written by this process, and a reconcile may trust it.
+    pub fn is_current(&self, cr: &EagleEyeCredential) -> bool {
+        lock(&self.0)
+            .get(&key(cr))
+            .is_some_and(|e| e.shape == shape(cr) && e.status == cr.status)
+    }
+
+    /// Forgets everything: a new leadership term reconciles every credential once.
+    pub fn clear(&self) {
+        lock(&self.0).clear();
+    }
+
+    pub fn forget(&self, key: &str) {
+        lock(&self.0).remove(key);
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        lock(&self.0).keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Known;
+    use crate::crd::{EagleEyeCredential, EagleEyeCredentialStatus};
+
+    fn cr(generation: i64, status: Option<EagleEyeCredentialStatus>) -> EagleEyeCredential {
+        let mut cr = EagleEyeCredential::test();
+        cr.metadata.generation = Some(generation);
+        cr.metadata.uid = Some("u1".into());
+        cr.status = status;
+        cr
+    }
+
+    fn status(attempts: u32) -> Option<EagleEyeCredentialStatus> {
+        Some(EagleEyeCredentialStatus {
+            failed_refresh_attempts: attempts,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn own_status_writes_and_unchanged_relists_are_not_news_but_others_changes_are() {
+        let known = Known::default();
+        assert!(known.is_news(&cr(1, None)), "first sight");
+        assert!(!known.is_news(&cr(1, None)), "a re-list of the same object");
+        // This process wrote a status: its watch event is not news, and the cache is
+        // trusted only once it holds that status.
+        known.wrote(&cr(1, status(1)));
+        assert!(
+            !known.is_current(&cr(1, None)),
+            "cache older than the write"
+        );
+        assert!(!known.is_news(&cr(1, status(1))));
+        assert!(known.is_current(&cr(1, status(1))));
+        // A person edits the status, or the spec: news.
+        assert!(known.is_news(&cr(1, status(0))));
+        assert!(known.is_news(&cr(2, status(0))));
+        let mut recreated = cr(2, status(0));
+        recreated.metadata.uid = Some("u2".into());
+        assert!(known.is_news(&recreated), "same name, new object");
+        let mut deleting = recreated.clone();
+        deleting.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+        );
+        assert!(known.is_news(&deleting));
+        known.forget(&super::key(&deleting));
+        assert!(!known.is_current(&deleting));
+    }
+}
