@@ -315,7 +315,90 @@ async fn install_in_namespaced_scope_grants_secrets_only_in_the_watched_namespac
         (format!("update {lease} -n {home}"), false),
         (format!("update {lease} -n {a}"), false),
     ];
-    assert_access(&env, &service_account(&env, &release), &expected).await;
+    let sa = service_account(&env, &release);
+    assert_access(&env, &sa, &expected).await;
+
+    // RBAC cannot narrow `patch pods` to one annotation; the chart's admission policy does.
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "app", "labels": {"app": "vms"}, "annotations": {"team": "a"}},
+        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]},
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(env.client.clone(), a)
+        .create(&Default::default(), &pod)
+        .await
+        .unwrap();
+    // What the operator does: a merge patch (no get, which it is not granted), as its
+    // ServiceAccount.
+    let kubeconfig = kube::config::Kubeconfig::read_from(env.plane.kubeconfig_path()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    config.auth_info.impersonate = Some(sa.clone());
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(
+        kube::Client::try_from(config).unwrap(),
+        a,
+    );
+    struct Ran {
+        ok: bool,
+        stderr: String,
+    }
+    let as_operator = |patch: Value| {
+        let pods = &pods;
+        async move {
+            match pods
+                .patch("app", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => Ran {
+                    ok: true,
+                    stderr: String::new(),
+                },
+                Err(e) => Ran {
+                    ok: false,
+                    stderr: e.to_string(),
+                },
+            }
+        }
+    };
+    // A new policy takes a moment to be enforced: wait until a change beyond the
+    // annotation is refused, then check that the annotation alone still passes.
+    let refused = crate::support::eventually(
+        "the admission policy enforced",
+        std::time::Duration::from_secs(30),
+        || async {
+            let r = as_operator(json!({"metadata": {"labels": {"app": "other"}}})).await;
+            (!r.ok).then_some(r.stderr)
+        },
+    )
+    .await;
+    assert!(refused.contains("only the annotation"), "{refused}");
+    for patch in [
+        json!({"metadata": {"annotations": {"team": "b"}}}),
+        json!({"metadata": {"annotations": {"team": null}}}),
+        json!({"metadata": {"finalizers": ["example.com/x"]}}),
+        json!({"spec": {"activeDeadlineSeconds": 5}}),
+    ] {
+        let r = as_operator(patch.clone()).await;
+        assert!(
+            !r.ok && r.stderr.contains("only the annotation"),
+            "{patch}: {}",
+            r.stderr
+        );
+    }
+    let nudge = as_operator(json!({"metadata": {"annotations": {
+        "eagle-eye-operator.io/token-issued-at": "2026-11-30T09:00:00Z"
+    }}}))
+    .await;
+    assert!(nudge.ok, "{}", nudge.stderr);
+    // Anyone else is not concerned by it.
+    ok(
+        &env,
+        "kubectl",
+        &["label", "pod", "app", "app=other", "--overwrite", "-n", a],
+        None,
+    )
+    .await;
 }
 
 #[tokio::test]
