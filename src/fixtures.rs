@@ -95,6 +95,7 @@ pub fn testcontext() -> (Arc<Context>, ApiServerVerifier) {
                 held: HeldTokens::default(),
                 leadership: Leadership::unchecked(),
                 known: Default::default(),
+                own_writes: Default::default(),
             },
         )),
         ApiServerVerifier(handle),

@@ -233,6 +233,7 @@ pub async fn run(
             held: HeldTokens::default(),
             leadership,
             known: Default::default(),
+            own_writes: Default::default(),
         },
     };
     let shutdown = Box::pin(shutdown).shared();
@@ -412,8 +413,12 @@ impl Parts {
                     watcher::watcher(secrets, watcher::Config::default().page_size(100))
                         .touched_objects();
                 let metrics = self.metrics.clone();
+                let own = self.shared.own_writes.clone();
                 controller
                     .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {
+                        if own.is_echo(&secret) {
+                            return Vec::new();
+                        }
                         credentials_naming(&store, &secret)
                     })
                     .graceful_shutdown_on(stop.clone())

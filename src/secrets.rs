@@ -232,11 +232,11 @@ pub async fn withdraw_intent(
     api: &Api<Secret>,
     stored: &StoredToken,
     holder: &str,
-) -> Result<(), kube::Error> {
+) -> Result<Option<Secret>, kube::Error> {
     let ours = crate::intent::read(stored.secret.metadata.annotations.as_ref())
         .is_some_and(|i| i.holder == holder && i.fingerprint == stored.fingerprint);
     if !ours {
-        return Ok(());
+        return Ok(None);
     }
     let mut next = stored.secret.clone();
     if let Some(a) = next.metadata.annotations.as_mut() {
@@ -245,15 +245,16 @@ pub async fn withdraw_intent(
     next.string_data = None;
     let name = next.metadata.name.clone().unwrap_or_default();
     match api.replace(&name, &PostParams::default(), &next).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Ok(written) => Ok(Some(written)),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
         Err(e) => Err(e),
     }
 }
 
 pub enum WriteBack {
-    /// Stored, with the spent list that now stands beside it.
-    Written(Vec<String>),
+    /// Stored, with the spent list that now stands beside it, and the Secret as written
+    /// (`None` when it held the token already).
+    Written(Vec<String>, Option<Box<Secret>>),
     /// The Secret now holds a token that is neither the one spent, nor the new one, nor one
     /// known spent: a person replaced it (a new login). Theirs wins.
     ReplacedByPerson,
@@ -299,7 +300,7 @@ pub async fn write_back(
         // A missing or emptied value is written over: the new token is the live login.
         if let Some(fp) = &now_stored {
             match content::classify(fp, Some(pending), &dead) {
-                Content::StoredByUs => return Ok(WriteBack::Written(previous)),
+                Content::StoredByUs => return Ok(WriteBack::Written(previous, None)),
                 Content::NewLogin => return Ok(WriteBack::ReplacedByPerson),
                 // The spent token, or a dead one put back meanwhile (a sync tool).
                 Content::AwaitingWriteBack | Content::SpentPutBack | Content::Current => {}
@@ -333,7 +334,7 @@ pub async fn write_back(
         next.string_data = None;
         let name = next.metadata.name.clone().unwrap_or_default();
         match api.replace(&name, &PostParams::default(), &next).await {
-            Ok(_) => return Ok(WriteBack::Written(spent)),
+            Ok(written) => return Ok(WriteBack::Written(spent, Some(Box::new(written)))),
             Err(kube::Error::Api(s)) if s.code == 409 => current = api.get(&name).await?,
             Err(e) => return Err(e),
         }
@@ -519,7 +520,7 @@ mod tests {
     async fn a_write_back_writes_over_a_dead_token_put_back_but_yields_to_a_new_login() {
         let (reverted, put) = write_back_meeting("T1", &["T0", "T1"]).await;
         assert!(
-            matches!(reverted, WriteBack::Written(_)) && put,
+            matches!(reverted, WriteBack::Written(..)) && put,
             "a revert is written over"
         );
         let (person, put) = write_back_meeting("NEW", &["T0", "T1"]).await;

@@ -30,6 +30,7 @@ mod consumers;
 mod held;
 mod known;
 mod leadership;
+mod own_writes;
 mod reconciler;
 mod report;
 mod revoke;
@@ -38,6 +39,7 @@ mod sweep;
 pub use held::HeldTokens;
 pub use known::Known;
 pub use leadership::Leadership;
+pub use own_writes::OwnWrites;
 pub use sweep::deleted_credentials;
 
 use reconciler::Reconciler;
@@ -81,6 +83,8 @@ pub struct Context {
     pub leadership: Leadership,
     /// What this process last saw or wrote of each credential.
     pub known: Arc<Known>,
+    /// Versions of this process's own Secret writes.
+    pub own_writes: Arc<OwnWrites>,
     /// `Retry-After` answers, by credential.
     retry_not_before: Mutex<HashMap<String, Timestamp>>,
     /// Consecutive Kubernetes API failures, by credential, for the error policy's backoff.
@@ -96,6 +100,7 @@ pub struct Shared {
     pub held: HeldTokens,
     pub leadership: Leadership,
     pub known: Arc<Known>,
+    pub own_writes: Arc<OwnWrites>,
 }
 
 impl Context {
@@ -119,6 +124,7 @@ impl Context {
             held: shared.held,
             leadership: shared.leadership,
             known: shared.known,
+            own_writes: shared.own_writes,
             retry_not_before: Mutex::default(),
             api_failures: Mutex::default(),
             revokes: Mutex::default(),

@@ -523,6 +523,7 @@ impl<'a> Reconciler<'a> {
         let r = &self.cr.spec.refresh_token_secret_ref;
         match secrets::record_intent(&self.secrets, &stored, &intent).await {
             Ok(Some(stored)) => {
+                self.ctx.own_writes.wrote(&stored.secret);
                 self.refresh(slot, auth_url, creds, stored, login, refresh_before)
                     .await
             }
@@ -581,10 +582,12 @@ impl<'a> Reconciler<'a> {
                     login = login_fingerprint(auth_url, scope, creds, new.expose_secret());
                 } else if e.class() != ErrorClass::OutcomeUnknown {
                     // The call has ended with nothing to store: no answer can still come.
-                    if let Err(err) =
-                        secrets::withdraw_intent(&self.secrets, &stored, &self.holder()).await
-                    {
-                        debug!(error = %kube_reason(&err), "the spend intent stays until it runs out");
+                    match secrets::withdraw_intent(&self.secrets, &stored, &self.holder()).await {
+                        Ok(Some(written)) => self.ctx.own_writes.wrote(&written),
+                        Ok(None) => {}
+                        Err(err) => {
+                            debug!(error = %kube_reason(&err), "the spend intent stays until it runs out")
+                        }
                     }
                 }
                 self.refresh_failed(e, &stored, &login).await
@@ -618,7 +621,10 @@ impl<'a> Reconciler<'a> {
         )
         .await
         {
-            Ok(WriteBack::Written(_)) => {
+            Ok(WriteBack::Written(_, written)) => {
+                if let Some(written) = &written {
+                    self.ctx.own_writes.wrote(written);
+                }
                 let outcome = Outcome::Restored { secret, key };
                 self.finish(outcome, Action::requeue(Duration::ZERO)).await
             }
@@ -690,7 +696,10 @@ impl<'a> Reconciler<'a> {
         )
         .await
         {
-            Ok(WriteBack::Written(spent)) => {
+            Ok(WriteBack::Written(spent, written)) => {
+                if let Some(written) = &written {
+                    self.ctx.own_writes.wrote(written);
+                }
                 held.spent = spent;
                 // The window in which a crash loses the login: from the token endpoint's
                 // answer until this write is acknowledged.
@@ -857,7 +866,7 @@ impl<'a> Reconciler<'a> {
                 field_manager: Some(FIELD_MANAGER.into()),
                 ..PostParams::default()
             };
-            self.secrets.create(&params, &secret).await.map(|_| ())
+            self.secrets.create(&params, &secret).await
         } else {
             secret.metadata.resource_version = resource_version;
             self.secrets
@@ -867,9 +876,10 @@ impl<'a> Reconciler<'a> {
                     &Patch::Apply(&secret),
                 )
                 .await
-                .map(|_| ())
         };
-        written.map_err(|e| Error::Target(name, e))
+        let written = written.map_err(|e| Error::Target(name, e))?;
+        self.ctx.own_writes.wrote(&written);
+        Ok(())
     }
 
     pub(super) async fn refresh_failed(
