@@ -388,7 +388,17 @@ impl Parts {
                     .reflect(writer)
                     .applied_objects()
                     .try_filter(move |cr| futures::future::ready(known.is_news(cr)));
-                (Controller::for_stream(news, reader), secrets)
+                // Reconciles in flight at once: enough to keep every token-call slot busy
+                // and others moving beside them; the rest wait as queued names, not as
+                // futures holding the Secrets they read (1,000 credentials due at a cold
+                // start would otherwise all be in memory at once).
+                let concurrency = (self.args.max_concurrent_refreshes.saturating_mul(2))
+                    .clamp(16, usize::from(u16::MAX)) as u16;
+                let config = kube::runtime::controller::Config::default().concurrency(concurrency);
+                (
+                    Controller::for_stream(news, reader).with_config(config),
+                    secrets,
+                )
             })
             .collect();
         // Every controller sees every store: a refresh token copied into another watched
