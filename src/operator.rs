@@ -234,6 +234,7 @@ pub async fn run(
             leadership,
             known: Default::default(),
             own_writes: Default::default(),
+            clients: Default::default(),
         },
     };
     let shutdown = Box::pin(shutdown).shared();
@@ -365,8 +366,10 @@ impl Parts {
             self.args.namespaces.iter().cloned().map(Some).collect()
         };
         info!(?namespaces, "starting controllers");
-        // A new term looks at every credential once, whatever was known in the last one.
+        // A new term looks at every credential once, whatever was known in the last one,
+        // and reads every Secret afresh.
         self.shared.known.clear();
+        self.shared.clients.clear();
         let built: Vec<_> = namespaces
             .into_iter()
             .map(|ns| {
@@ -424,11 +427,16 @@ impl Parts {
                         .touched_objects();
                 let metrics = self.metrics.clone();
                 let own = self.shared.own_writes.clone();
+                let clients = self.shared.clients.clone();
                 controller
                     .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {
+                        // An echo of the operator's own write changes no client keys.
                         if own.is_echo(&secret) {
                             return Vec::new();
                         }
+                        // Before anything is woken by it: no reconcile reads the old values.
+                        clients
+                            .changed(&secret.namespace().unwrap_or_default(), &secret.name_any());
                         credentials_naming(&store, &secret)
                     })
                     .graceful_shutdown_on(stop.clone())

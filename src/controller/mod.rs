@@ -26,6 +26,7 @@ use crate::secrets::{SecretError, kube_reason};
 use crate::status::Lifetimes;
 use crate::token::TokenClient;
 
+mod clients;
 mod consumers;
 mod held;
 mod known;
@@ -36,6 +37,7 @@ mod report;
 mod revoke;
 mod sweep;
 
+pub use clients::ClientCache;
 pub use held::HeldTokens;
 pub use known::Known;
 pub use leadership::Leadership;
@@ -85,6 +87,8 @@ pub struct Context {
     pub known: Arc<Known>,
     /// Versions of this process's own Secret writes.
     pub own_writes: Arc<OwnWrites>,
+    /// Client credentials read since their Secret last changed.
+    pub clients: Arc<ClientCache>,
     /// `Retry-After` answers, by credential.
     retry_not_before: Mutex<HashMap<String, Timestamp>>,
     /// Consecutive Kubernetes API failures, by credential, for the error policy's backoff.
@@ -101,6 +105,7 @@ pub struct Shared {
     pub leadership: Leadership,
     pub known: Arc<Known>,
     pub own_writes: Arc<OwnWrites>,
+    pub clients: Arc<ClientCache>,
 }
 
 impl Context {
@@ -125,6 +130,7 @@ impl Context {
             leadership: shared.leadership,
             known: shared.known,
             own_writes: shared.own_writes,
+            clients: shared.clients,
             retry_not_before: Mutex::default(),
             api_failures: Mutex::default(),
             revokes: Mutex::default(),

@@ -54,6 +54,9 @@ pub(super) struct Reconciler<'a> {
     pub(super) published_token: Option<(Timestamp, Timestamp)>,
     /// A nudge of consuming pods was cut short: requeue soon to go on.
     pub(super) nudge_unfinished: bool,
+    /// The target Secret as this reconcile read it (or last wrote it), taken by the first
+    /// publish as the version it writes over (a 409 if it changed since: read again).
+    pub(super) target_seen: std::sync::Mutex<Option<Option<Secret>>>,
 }
 
 impl<'a> Reconciler<'a> {
@@ -72,6 +75,7 @@ impl<'a> Reconciler<'a> {
             answered_at: None,
             published_token: None,
             nudge_unfinished: false,
+            target_seen: std::sync::Mutex::new(None),
         }
     }
 
@@ -158,18 +162,23 @@ impl<'a> Reconciler<'a> {
         let pending = self.ctx.held.peek_for(&self.key, &ns, &r.name, self.now);
         let validated = validate(self.cr, &self.ctx.settings);
         let c = &spec.client_secret_ref;
-        let creds = match secrets::read_client(
-            &self.secrets,
-            &c.name,
-            &c.client_id_key,
-            &c.client_secret_key,
-        )
-        .await
-        {
-            Err(e @ SecretError::Api { .. }) => return Err(e.into()),
-            other => other,
+        let (id_key, secret_key) = (&c.client_id_key, &c.client_secret_key);
+        let cache = &self.ctx.clients;
+        let creds = match cache.get(&ns, &c.name, id_key, secret_key) {
+            Ok(creds) => Ok(creds),
+            Err(seen) => {
+                match secrets::read_client(&self.secrets, &c.name, id_key, secret_key).await {
+                    Err(e @ SecretError::Api { .. }) => return Err(e.into()),
+                    Ok(creds) => {
+                        cache.put(&ns, &c.name, id_key, secret_key, creds.clone(), seen);
+                        Ok(creds)
+                    }
+                    other => other,
+                }
+            }
         };
         let target = self.target().await?;
+        *lock(&self.target_seen) = Some(target.clone());
         let target_conflict = match self.ownership(target.as_ref()) {
             Ownership::Conflict(why) => Some(why),
             // The login must not live in another credential's target: deleting that one
@@ -750,11 +759,16 @@ impl<'a> Reconciler<'a> {
         // held up in flight never rolls back a newer one published meanwhile.
         let name = target::target_name(self.cr);
         let attempt = async {
-            let current = self
-                .secrets
-                .get_opt(&name)
-                .await
-                .map_err(|e| Error::Target(name.clone(), e))?;
+            // The version gather read, once; else (a second publish) a fresh read.
+            let seen = lock(&self.target_seen).take();
+            let current = match seen {
+                Some(seen) => seen,
+                None => self
+                    .secrets
+                    .get_opt(&name)
+                    .await
+                    .map_err(|e| Error::Target(name.clone(), e))?,
+            };
             let ownership = self.ownership(current.as_ref());
             if let Ownership::Conflict(why) = ownership {
                 return Ok(Err(why));
