@@ -1,0 +1,1713 @@
+//! `cargo run --release --example scale -- --n 100,1000 [--quick] [flags]`: what the operator
+//! costs at N credentials, each figure next to a floor measured in the same run (issue 10).
+//! Build the operator binary first (`cargo build --release --bin eagle-eye-operator`): the
+//! benchmark runs the real binary, found next to its own executable.
+//!
+//! It starts one local control plane (etcd, kube-apiserver, kube-controller-manager) and, per
+//! N, three namespaces, each with an auth stand-in of its own (plain http, so the operator gets
+//! `--allow-insecure-http`):
+//!
+//! - `floor`: a minimal kube client in this process does, per credential and at
+//!   `--concurrency`, what the operator must: one token call, the refresh-token write-back
+//!   (PUT), the target Secret (server-side apply, the operator's own `target::build`) and the
+//!   status (server-side apply). Once after creating the credential's client Secret,
+//!   refresh-token Secret and EagleEyeCredential (the floor of "apply → all Ready"), once more
+//!   on the objects as they stand (the floor of a cold start).
+//! - `cold`: one-hour access tokens. N credentials are created while no operator runs (all
+//!   due), then one replica starts: cold start until all Ready, peak RSS. Then a window in
+//!   which nothing is due (API requests while idle), single credentials created one at a
+//!   time (apply → Ready p50/p99), and `--unrelated-secrets` Secrets the operator has no
+//!   business with (RSS again).
+//! - `live`: `--access-ttl-secs` tokens. One replica runs first; N credentials are created
+//!   (apply → all Ready). Once every credential has refreshed on its own schedule, a
+//!   `--steady-secs` window: API requests per refresh, by verb and resource, and the seconds
+//!   any target Secret held a token that was expired or no longer live at the stand-in
+//!   (sampled every 250 ms). Then the replica is restarted: token calls in the first
+//!   `--burst-secs` against the steady rate. Then a second replica: SIGTERM handover and
+//!   SIGKILL failover, each until the other replica holds the Lease.
+//!
+//! API requests come from kube-apiserver's own `apiserver_request_total` (`/metrics`),
+//! differenced over a window. The metric has no client label: kube-apiserver's own requests
+//! (its identity Lease in kube-system) and kube-controller-manager's are in it too, so a
+//! `--background-secs` window with no operator running is measured first and shown beside.
+//! The benchmark itself sends nothing during the windows (its watches are open before).
+//! RSS and peak RSS are the operator process's VmRSS and VmHWM from /proc.
+//!
+//! `--quick` (CI, N = 100 in about three minutes on 2 cores) shortens the windows and token
+//! lifetimes; flags given explicitly still win. Every wait is bounded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use tokio::task::JoinHandle;
+
+use eagle_eye_operator::crd::EagleEyeCredential;
+use eagle_eye_operator::secrets::{LOGIN_TIME, fingerprint, opaque};
+use eagle_eye_operator::target::{self, Publication};
+use eagle_eye_testbed::ControlPlane;
+use eagle_eye_testbed::standin::{ClientRegistration, StandIn, StandInConfig};
+
+const LEASE: &str = "eagle-eye-operator";
+const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+const FLOOR_MANAGER: &str = "scale-floor";
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+enum Phase {
+    Floor,
+    Cold,
+    Idle,
+    Singles,
+    Unrelated,
+    Apply,
+    Steady,
+    Burst,
+    Handover,
+}
+
+/// Scale and cost of the operator at N credentials, each next to a floor measured in the same
+/// run; prints one table per N.
+#[derive(Parser, Debug)]
+#[command(name = "scale")]
+struct Args {
+    /// Credential counts, comma-separated: one table each.
+    #[arg(long, value_delimiter = ',', default_value = "100")]
+    n: Vec<usize>,
+    /// Short windows and tokens for CI (N = 100 in about 3 minutes). Explicit flags win.
+    #[arg(long)]
+    quick: bool,
+    /// Phases to run, comma-separated. `idle`, `singles` and `unrelated` need the cold start
+    /// (run whenever any of them is chosen); `steady`, `burst` and `handover` need `apply`.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "floor,cold,idle,singles,unrelated,apply,steady,burst,handover"
+    )]
+    phases: Vec<Phase>,
+    /// Writes in flight at once: the floor's concurrency, the benchmark's own creates, and the
+    /// operator's `--max-concurrent-refreshes`.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Access-token lifetime in the `live` namespace [default: 60; --quick: 30].
+    #[arg(long)]
+    access_ttl_secs: Option<u64>,
+    /// Steady-state window: requests per refresh, expired-token seconds [default: 120;
+    /// --quick: 30]. The issue's expiry figure wants 1800 at N = 1000.
+    #[arg(long)]
+    steady_secs: Option<u64>,
+    /// Window in which nothing is due [default: 120; --quick: 20].
+    #[arg(long)]
+    idle_secs: Option<u64>,
+    /// Window with no operator running, for the requests kube-apiserver and
+    /// kube-controller-manager send by themselves [default: 30; --quick: 10].
+    #[arg(long)]
+    background_secs: Option<u64>,
+    /// Restart burst: token calls counted this long after the restart [default: 60;
+    /// --quick: 20].
+    #[arg(long)]
+    burst_secs: Option<u64>,
+    /// Single credentials created one at a time for apply → Ready [default: 50; --quick: 10].
+    #[arg(long)]
+    singles: Option<usize>,
+    /// Unrelated Secrets added in the watched namespace [default: 10000].
+    #[arg(long)]
+    unrelated_secrets: Option<usize>,
+    /// Bound on every wait for all Ready, in seconds.
+    #[arg(long, default_value_t = 900)]
+    ready_timeout_secs: u64,
+    /// Keep the operator logs (their directory is printed at the start).
+    #[arg(long)]
+    keep_logs: bool,
+    /// RUST_LOG for the operator processes (e.g. `info,kube=debug` to see every request).
+    #[arg(long, default_value = "info")]
+    operator_log: String,
+}
+
+#[derive(Clone, Debug)]
+struct Plan {
+    concurrency: usize,
+    access_ttl: Duration,
+    steady: Duration,
+    idle: Duration,
+    background: Duration,
+    burst: Duration,
+    singles: usize,
+    unrelated: usize,
+    ready_timeout: Duration,
+    phases: Vec<Phase>,
+    operator_log: String,
+}
+
+impl Plan {
+    fn from_args(a: &Args) -> Result<Plan> {
+        let q = a.quick;
+        let secs = |v: Option<u64>, full: u64, quick: u64| {
+            Duration::from_secs(v.unwrap_or(if q { quick } else { full }))
+        };
+        let plan = Plan {
+            concurrency: a.concurrency,
+            access_ttl: secs(a.access_ttl_secs, 60, 30),
+            steady: secs(a.steady_secs, 120, 30),
+            idle: secs(a.idle_secs, 120, 20),
+            background: secs(a.background_secs, 30, 10),
+            burst: secs(a.burst_secs, 60, 20),
+            singles: a.singles.unwrap_or(if q { 10 } else { 50 }),
+            unrelated: a.unrelated_secrets.unwrap_or(10_000),
+            ready_timeout: Duration::from_secs(a.ready_timeout_secs),
+            phases: a.phases.clone(),
+            operator_log: a.operator_log.clone(),
+        };
+        if plan.concurrency == 0 {
+            bail!("--concurrency must be at least 1");
+        }
+        if plan.access_ttl < Duration::from_secs(6) {
+            bail!("--access-ttl-secs must be at least 6");
+        }
+        if a.n.is_empty() || a.n.contains(&0) {
+            bail!("--n takes credential counts of at least 1");
+        }
+        Ok(plan)
+    }
+
+    fn has(&self, p: Phase) -> bool {
+        self.phases.contains(&p)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+static T0: OnceLock<Instant> = OnceLock::new();
+
+fn t0() -> Instant {
+    *T0.get_or_init(Instant::now)
+}
+
+fn say(who: &str, msg: impl std::fmt::Display) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "[{:>7.1}s] {who:<8} {msg}",
+        t0().elapsed().as_secs_f64()
+    );
+    let _ = out.flush();
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn s(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+fn ratio(a: Duration, b: Duration) -> String {
+    if b.is_zero() {
+        "-".into()
+    } else {
+        format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64())
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// The operator binary beside this example's own executable (`target/<profile>/examples/`).
+fn operator_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding this program's path")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("this program is not in target/<profile>/examples")?;
+    let bin = profile_dir.join("eagle-eye-operator");
+    if !bin.is_file() {
+        bail!(
+            "the operator binary {} is missing: build it first with `cargo build --release --bin eagle-eye-operator`",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// VmRSS and VmHWM of a process, in KiB.
+fn rss(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .split_whitespace()
+            .next()?
+            .parse::<u64>()
+            .ok()
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Polls `probe` every `every` until it yields, at most `limit`.
+async fn wait_until<T, F, Fut>(limit: Duration, every: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe().await {
+            return Some(v);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+async fn create_namespace(client: &kube::Client, ns: &str) -> Result<()> {
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.to_owned()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("creating namespace {ns}"))?;
+    Ok(())
+}
+
+/// Deletes a namespace and waits (bounded) until it is gone, so that the namespace
+/// controller's work does not land in a later window.
+async fn delete_namespace(client: &kube::Client, ns: &str) {
+    let api = Api::<Namespace>::all(client.clone());
+    let _ = api.delete(ns, &DeleteParams::background()).await;
+    let started = Instant::now();
+    let gone = wait_until(
+        Duration::from_secs(600),
+        Duration::from_millis(500),
+        || async { matches!(api.get_opt(ns).await, Ok(None)).then_some(()) },
+    )
+    .await;
+    match gone {
+        Some(()) => say(
+            "cleanup",
+            format!("namespace {ns} deleted in {}", s(started.elapsed())),
+        ),
+        None => say(
+            "cleanup",
+            format!("namespace {ns} still there after 600 s; going on"),
+        ),
+    }
+}
+
+/// Waits (at most `limit`) until two successive one-second scrapes show no write by anyone:
+/// the tail of a burst of reconciles is over. Returns how long that took, or `None`.
+async fn wait_quiet(client: &kube::Client, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut quiet = 0;
+    let mut last = scrape(client).await.ok()?;
+    while started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = scrape(client).await.ok()?;
+        let writes = diff(&now, &last)
+            .iter()
+            .filter(|(k, _)| {
+                !k.starts_with("GET ") && !k.starts_with("LIST ") && !k.starts_with("WATCH ")
+            })
+            .filter(|(k, _)| !k.ends_with(" leases"))
+            .map(|(_, v)| *v)
+            .sum::<f64>();
+        last = now;
+        quiet = if writes == 0.0 { quiet + 1 } else { 0 };
+        if quiet >= 2 {
+            return Some(started.elapsed());
+        }
+    }
+    None
+}
+
+fn brief(r: &Requests) -> String {
+    r.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn is_ready(cr: &EagleEyeCredential) -> bool {
+    cr.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// kube-apiserver's own request counter
+
+/// `apiserver_request_total`, summed by verb and resource (with subresource).
+type Requests = BTreeMap<String, f64>;
+
+async fn scrape(client: &kube::Client) -> Result<Requests> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client
+        .request_text(request)
+        .await
+        .context("reading kube-apiserver's /metrics")?;
+    let mut out = Requests::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let mut l: HashMap<&str, &str> = HashMap::new();
+        for pair in labels.split("\",") {
+            if let Some((k, v)) = pair.split_once("=\"") {
+                l.insert(k, v.trim_end_matches('"'));
+            }
+        }
+        let resource = l.get("resource").copied().unwrap_or("");
+        let sub = l.get("subresource").copied().unwrap_or("");
+        let verb = l.get("verb").copied().unwrap_or("");
+        let key = if sub.is_empty() {
+            format!("{verb} {resource}")
+        } else {
+            format!("{verb} {resource}/{sub}")
+        };
+        *out.entry(key).or_default() += value;
+    }
+    Ok(out)
+}
+
+fn diff(after: &Requests, before: &Requests) -> Requests {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect()
+}
+
+/// A window's requests as `verb resource  count (per unit)`, with the background's rate over
+/// the same length beside.
+fn request_rows(
+    table: &mut Table,
+    prefix: &str,
+    window: &Requests,
+    per: f64,
+    unit: &str,
+    background: Option<(&Requests, f64)>,
+) {
+    let mut rows: Vec<(&String, &f64)> = window.iter().collect();
+    rows.sort_by(|a, b| b.1.total_cmp(a.1));
+    for (k, v) in rows {
+        let bg = background
+            .map(|(b, scale)| b.get(k).copied().unwrap_or(0.0) * scale)
+            .unwrap_or(0.0);
+        let value = if per > 0.0 {
+            format!("{:.2} {unit} ({v} in the window)", v / per)
+        } else {
+            format!("{v} requests")
+        };
+        let note = if background.is_some() {
+            format!("background over the same length: {bg:.1}")
+        } else {
+            String::new()
+        };
+        table.row(format!("{prefix} {k}"), value, note);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table
+
+#[derive(Default)]
+struct Table {
+    rows: Vec<(String, String, String)>,
+}
+
+impl Table {
+    fn row(
+        &mut self,
+        figure: impl Into<String>,
+        value: impl Into<String>,
+        note: impl Into<String>,
+    ) {
+        let (figure, value, note) = (figure.into(), value.into(), note.into());
+        say("figure", format!("{figure}: {value} {note}"));
+        self.rows.push((figure, value, note));
+    }
+
+    fn print(&self, n: usize) {
+        let w0 = self
+            .rows
+            .iter()
+            .map(|r| r.0.chars().count())
+            .max()
+            .unwrap_or(6);
+        let w1 = self
+            .rows
+            .iter()
+            .map(|r| r.1.chars().count())
+            .max()
+            .unwrap_or(5);
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "\n### N = {n}\n");
+        let _ = writeln!(
+            out,
+            "| {:<w0$} | {:<w1$} | floor / reference / note |",
+            "figure", "value"
+        );
+        let _ = writeln!(out, "|{}|{}|---|", "-".repeat(w0 + 2), "-".repeat(w1 + 2));
+        for (f, v, n) in &self.rows {
+            let _ = writeln!(out, "| {f:<w0$} | {v:<w1$} | {n} |");
+        }
+        let _ = out.flush();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Credentials
+
+struct Login {
+    name: String,
+    client_id: String,
+    client_secret: String,
+    refresh_token: String,
+}
+
+fn register(si: &StandIn, prefix: &str, n: usize, from: usize) -> Vec<Login> {
+    (from..from + n)
+        .map(|i| {
+            let name = format!("c{i:05}");
+            let client_id = format!("{prefix}-{name}");
+            let client_secret = format!("s{:016x}", rand::random::<u64>());
+            si.register_client(ClientRegistration {
+                id: client_id.clone(),
+                secret: client_secret.clone(),
+                redirect_uris: vec!["http://127.0.0.1:3333".into()],
+                rotating: true,
+            });
+            let grant = si.login(&client_id);
+            Login {
+                name,
+                client_id,
+                client_secret,
+                refresh_token: grant.refresh_token,
+            }
+        })
+        .collect()
+}
+
+fn credential(name: &str, auth_url: &str) -> Result<EagleEyeCredential> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "eagle-eye-operator.io/v1alpha1",
+        "kind": "EagleEyeCredential",
+        "metadata": {"name": name},
+        "spec": {
+            "clientSecretRef": {"name": format!("{name}-client")},
+            "refreshTokenSecretRef": {"name": format!("{name}-refresh")},
+            "authUrl": auth_url,
+        }
+    }))?)
+}
+
+/// The two Secrets of a login; returns the refresh-token Secret as created.
+async fn create_secrets(secrets: &Api<Secret>, l: &Login, now: &str) -> Result<Secret> {
+    let pp = PostParams::default();
+    secrets
+        .create(
+            &pp,
+            &opaque(
+                &format!("{}-client", l.name),
+                [
+                    ("client_id", l.client_id.as_str()),
+                    ("client_secret", &l.client_secret),
+                ],
+                BTreeMap::new(),
+            ),
+        )
+        .await?;
+    Ok(secrets
+        .create(
+            &pp,
+            &opaque(
+                &format!("{}-refresh", l.name),
+                [("refresh_token", l.refresh_token.as_str())],
+                BTreeMap::from([(LOGIN_TIME.to_owned(), now.to_owned())]),
+            ),
+        )
+        .await?)
+}
+
+/// Creates the logins' Secrets and credentials at `concurrency`; returns when the first
+/// create was sent.
+async fn create_credentials(
+    client: &kube::Client,
+    ns: &str,
+    logins: &[Login],
+    auth_url: &str,
+    concurrency: usize,
+) -> Result<Instant> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let crs: Api<EagleEyeCredential> = Api::namespaced(client.clone(), ns);
+    let now = jiff::Timestamp::now().to_string();
+    let done = AtomicUsize::new(0);
+    let started = Instant::now();
+    let results: Vec<Result<()>> = futures::stream::iter(logins)
+        .map(|l| {
+            let (secrets, crs, now, done) = (&secrets, &crs, &now, &done);
+            async move {
+                create_secrets(secrets, l, now).await?;
+                crs.create(&PostParams::default(), &credential(&l.name, auth_url)?)
+                    .await?;
+                let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if d % 1000 == 0 {
+                    say("create", format!("{d} credentials created"));
+                }
+                Ok(())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    results
+        .into_iter()
+        .collect::<Result<Vec<()>>>()
+        .context("creating credentials")?;
+    Ok(started)
+}
+
+/// When each credential of a namespace was first seen Ready, from a watch.
+struct ReadyWatch {
+    first_ready: Arc<Mutex<HashMap<String, Instant>>>,
+    task: JoinHandle<()>,
+}
+
+impl ReadyWatch {
+    fn start(api: Api<EagleEyeCredential>) -> ReadyWatch {
+        let first_ready = Arc::new(Mutex::new(HashMap::new()));
+        let map = first_ready.clone();
+        let task = tokio::spawn(async move {
+            let stream = watcher::watcher(api, watcher::Config::default());
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::Apply(cr) | watcher::Event::InitApply(cr)) => {
+                        if is_ready(&cr)
+                            && let Some(name) = cr.metadata.name.clone()
+                        {
+                            lock(&map).entry(name).or_insert_with(Instant::now);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        ReadyWatch { first_ready, task }
+    }
+
+    fn count(&self) -> usize {
+        lock(&self.first_ready).len()
+    }
+
+    fn at(&self, name: &str) -> Option<Instant> {
+        lock(&self.first_ready).get(name).copied()
+    }
+
+    /// Waits until `n` are Ready; when the last of them became Ready.
+    async fn wait_for(&self, n: usize, limit: Duration, who: &str) -> Result<Instant> {
+        let mut last_said = Instant::now();
+        let got = wait_until(limit, Duration::from_millis(100), || {
+            let map = lock(&self.first_ready);
+            let found = (map.len() >= n)
+                .then(|| map.values().max().copied())
+                .flatten();
+            if found.is_none() && last_said.elapsed() > Duration::from_secs(15) {
+                say(who, format!("{}/{n} Ready", map.len()));
+                last_said = Instant::now();
+            }
+            drop(map);
+            async move { found }
+        })
+        .await;
+        got.with_context(|| format!("only {}/{n} Ready within {}", self.count(), s(limit)))
+    }
+}
+
+impl Drop for ReadyWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The floor: a minimal client doing the same writes
+
+struct FloorCred {
+    login: Login,
+    cr: EagleEyeCredential,
+    refresh: Secret,
+}
+
+/// One refresh done the plain way: token call, write-back PUT, target apply, status apply.
+async fn floor_refresh(
+    http: &reqwest::Client,
+    token_url: &url::Url,
+    secrets: &Api<Secret>,
+    crs: &Api<EagleEyeCredential>,
+    c: &mut FloorCred,
+) -> Result<()> {
+    let answer: serde_json::Value = http
+        .post(token_url.clone())
+        .basic_auth(&c.login.client_id, Some(&c.login.client_secret))
+        .header("accept", "application/json")
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", c.login.refresh_token.as_str()),
+        ])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let field = |k: &str| {
+        answer
+            .get(k)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+            .with_context(|| format!("token answer without {k}"))
+    };
+    let (access, refresh) = (field("access_token")?, field("refresh_token")?);
+    let expires_in = answer
+        .get("expires_in")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    let base = answer.get("httpsBaseUrl");
+    let hostname = base
+        .and_then(|b| b.get("hostname"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("127.0.0.1")
+        .to_owned();
+    let port = base
+        .and_then(|b| b.get("port"))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(443) as u16;
+    let now = jiff::Timestamp::now();
+    let expires_at = now + jiff::SignedDuration::from_secs(expires_in as i64);
+    let refresh_fp = fingerprint(&refresh);
+
+    // 1. Write-back: the rotated refresh token and the annotations the operator keeps.
+    let mut next = c.refresh.clone();
+    next.data.get_or_insert_with(BTreeMap::new).insert(
+        "refresh_token".into(),
+        k8s_openapi::ByteString(refresh.as_bytes().to_vec()),
+    );
+    let a = next.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    a.insert(
+        "eagle-eye-operator.io/token-fingerprint".into(),
+        refresh_fp.clone(),
+    );
+    a.insert(
+        "eagle-eye-operator.io/token-issued-at".into(),
+        now.to_string(),
+    );
+    a.insert(
+        "eagle-eye-operator.io/spent".into(),
+        fingerprint(&c.login.refresh_token),
+    );
+    let name = next.metadata.name.clone().unwrap_or_default();
+    c.refresh = secrets
+        .replace(&name, &PostParams::default(), &next)
+        .await?;
+    c.login.refresh_token = refresh;
+
+    // 2. The target Secret, built as the operator builds it.
+    let base_url = format!("https://{hostname}:{port}");
+    let spent = vec![fingerprint(&c.login.refresh_token)];
+    let publication = Publication {
+        access_token: &access,
+        token_type: "Bearer",
+        hostname: &hostname,
+        port,
+        base_url: &base_url,
+        issued_at: now,
+        expires_at,
+        refresh_fingerprint: &refresh_fp,
+        spent_fingerprints: &spent,
+    };
+    let secret = target::build(&c.cr, &publication, true);
+    let target_name = target::target_name(&c.cr);
+    secrets
+        .patch(
+            &target_name,
+            &PatchParams::apply(FLOOR_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+
+    // 3. The status, of about the operator's size.
+    let t = |ts: jiff::Timestamp| serde_json::to_value(Time(ts)).unwrap_or_default();
+    let status = serde_json::json!({
+        "apiVersion": "eagle-eye-operator.io/v1alpha1",
+        "kind": "EagleEyeCredential",
+        "status": {
+            "observedGeneration": c.cr.metadata.generation,
+            "rotation": "Rotating",
+            "accessTokenExpiresAt": t(expires_at),
+            "lastRefreshAt": t(now),
+            "nextRefreshAt": t(expires_at),
+            "baseUrl": base_url,
+            "targetSecretName": target_name,
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "Refreshed",
+                "message": format!("access token valid until {expires_at}"),
+                "lastTransitionTime": t(now),
+                "observedGeneration": c.cr.metadata.generation,
+            }],
+        }
+    });
+    crs.patch_status(
+        &c.login.name,
+        &PatchParams::apply(FLOOR_MANAGER).force(),
+        &Patch::Apply(&status),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The floor of "apply → all Ready" and of a cold start, in a namespace of its own.
+async fn floor(
+    client: &kube::Client,
+    ns: &str,
+    n: usize,
+    plan: &Plan,
+) -> Result<(Duration, Duration)> {
+    let si = StandIn::start(StandInConfig {
+        access_ttl: Duration::from_secs(3600),
+        tls: false,
+        ..Default::default()
+    })
+    .await?;
+    let token_url = si.url().join("oauth2/token")?;
+    let logins = register(&si, ns, n, 0);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let crs: Api<EagleEyeCredential> = Api::namespaced(client.clone(), ns);
+    let http = reqwest::Client::new();
+    let auth_url = si.url().to_string();
+    let now = jiff::Timestamp::now().to_string();
+
+    // Apply: create the three objects, then refresh, per credential.
+    let started = Instant::now();
+    let results: Vec<Result<FloorCred>> = futures::stream::iter(logins)
+        .map(|login| {
+            let (secrets, crs, http, token_url, auth_url, now) =
+                (&secrets, &crs, &http, &token_url, &auth_url, &now);
+            async move {
+                let refresh = create_secrets(secrets, &login, now).await?;
+                let cr = crs
+                    .create(&PostParams::default(), &credential(&login.name, auth_url)?)
+                    .await?;
+                let mut c = FloorCred { login, cr, refresh };
+                floor_refresh(http, token_url, secrets, crs, &mut c).await?;
+                Ok(c)
+            }
+        })
+        .buffer_unordered(plan.concurrency)
+        .collect()
+        .await;
+    let apply = started.elapsed();
+    let mut creds = results
+        .into_iter()
+        .collect::<Result<Vec<_>>>()
+        .context("the floor's creates and writes")?;
+
+    // Cold start: the same refresh on objects already there.
+    let started = Instant::now();
+    let results: Vec<Result<()>> = futures::stream::iter(creds.iter_mut())
+        .map(|c| {
+            let (secrets, crs, http, token_url) = (&secrets, &crs, &http, &token_url);
+            async move { floor_refresh(http, token_url, secrets, crs, c).await }
+        })
+        .buffer_unordered(plan.concurrency)
+        .collect()
+        .await;
+    let cold = started.elapsed();
+    results
+        .into_iter()
+        .collect::<Result<Vec<()>>>()
+        .context("the floor's refreshes")?;
+    si.shutdown().await;
+    Ok((apply, cold))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator processes
+
+struct Replica {
+    child: tokio::process::Child,
+    pid: u32,
+    log: PathBuf,
+    started: Instant,
+}
+
+struct Operators {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    dir: PathBuf,
+    ns: String,
+    concurrency: usize,
+    log_filter: String,
+    started: usize,
+}
+
+impl Operators {
+    fn start(&mut self) -> Result<Replica> {
+        self.started += 1;
+        let log = self
+            .dir
+            .join(format!("operator-{}-{}.log", self.ns, self.started));
+        let file = std::fs::File::create(&log)?;
+        let mut command = tokio::process::Command::new(&self.bin);
+        // The kernel kills the operator with this process, even on SIGKILL.
+        // SAFETY: prctl is async-signal-safe and touches nothing of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let concurrency = self.concurrency.to_string();
+        let instance = format!("replica-{}", self.started);
+        let child = command
+            .args([
+                "run",
+                "--log-format",
+                "json",
+                "--namespaces",
+                &self.ns,
+                "--lease-namespace",
+                &self.ns,
+                "--allowed-api-hosts",
+                "127.0.0.1,localhost",
+                "--allowed-auth-hosts",
+                "127.0.0.1,localhost",
+                "--allow-insecure-http",
+                "--admin-port",
+                "0",
+                "--admin-address",
+                "127.0.0.1",
+                "--max-concurrent-refreshes",
+                &concurrency,
+                "--instance",
+                &instance,
+            ])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", &self.log_filter)
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        let pid = child.id().context("the operator exited at once")?;
+        Ok(Replica {
+            child,
+            pid,
+            log,
+            started: Instant::now(),
+        })
+    }
+}
+
+impl Replica {
+    /// Its identity in the Lease, from its first log lines.
+    async fn identity(&self) -> Result<String> {
+        let log = self.log.clone();
+        wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let found = text
+                .lines()
+                .filter(|l| l.contains("identity in the Lease"))
+                .find_map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                    v.get("identity")?.as_str().map(str::to_owned)
+                });
+            async move { found }
+        })
+        .await
+        .with_context(|| format!("no identity in {} within 30 s", self.log.display()))
+    }
+
+    fn rss(&self) -> Option<(u64, u64)> {
+        rss(self.pid)
+    }
+
+    /// SIGTERM, SIGKILL after 60 s; how long it took to exit.
+    async fn terminate(mut self) -> Duration {
+        let sent = Instant::now();
+        // SAFETY: signalling our own child, not reaped yet.
+        unsafe {
+            libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
+        }
+        if tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
+        sent.elapsed()
+    }
+
+    async fn kill(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
+    leases.get_opt(LEASE).await.ok()??.spec?.holder_identity
+}
+
+async fn wait_holder(leases: &Api<Lease>, identity: &str, limit: Duration) -> Option<Instant> {
+    wait_until(limit, Duration::from_millis(50), || async {
+        (lease_holder(leases).await.as_deref() == Some(identity)).then(Instant::now)
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expired tokens in target Secrets
+
+#[derive(Default)]
+struct TargetState {
+    /// Per target: access token and the expiry it publishes.
+    current: HashMap<String, (String, Option<jiff::Timestamp>)>,
+    /// Per target: held a live token once (counting starts there).
+    seen_live: HashMap<String, bool>,
+    /// Per target: seconds holding a token not live at the stand-in / past its expiry.
+    dead_secs: HashMap<String, f64>,
+    expired_secs: HashMap<String, f64>,
+    samples: usize,
+}
+
+struct TargetWatch {
+    state: Arc<Mutex<TargetState>>,
+    sampling: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl TargetWatch {
+    fn start(api: Api<Secret>, si: Arc<StandIn>) -> TargetWatch {
+        let state = Arc::new(Mutex::new(TargetState::default()));
+        let sampling = Arc::new(AtomicBool::new(false));
+        let watch = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let stream = watcher::watcher(api, watcher::Config::default());
+                let mut stream = std::pin::pin!(stream);
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
+                            let Some(name) = s.metadata.name.as_deref() else {
+                                continue;
+                            };
+                            if !name.ends_with("-token") {
+                                continue;
+                            }
+                            let get = |k: &str| {
+                                s.data
+                                    .as_ref()?
+                                    .get(k)
+                                    .and_then(|v| String::from_utf8(v.0.clone()).ok())
+                            };
+                            if let Some(token) = get("access_token") {
+                                let exp = get("expires_at").and_then(|e| e.parse().ok());
+                                lock(&state).current.insert(name.to_owned(), (token, exp));
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+            })
+        };
+        let sampler = {
+            let (state, sampling) = (state.clone(), sampling.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SAMPLE_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut last = Instant::now();
+                loop {
+                    tick.tick().await;
+                    let now = Instant::now();
+                    let dt = now.duration_since(last).as_secs_f64();
+                    last = now;
+                    if !sampling.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let wall = jiff::Timestamp::now();
+                    let mut st = lock(&state);
+                    let checked: Vec<(String, bool, bool)> = st
+                        .current
+                        .iter()
+                        .map(|(n, (t, exp))| {
+                            let expired = exp.is_some_and(|e| e <= wall);
+                            (n.clone(), si.access_token_is_live(t), expired)
+                        })
+                        .collect();
+                    st.samples += 1;
+                    for (name, live, expired) in checked {
+                        if live {
+                            st.seen_live.insert(name.clone(), true);
+                        }
+                        if !st.seen_live.get(&name).copied().unwrap_or(false) {
+                            continue;
+                        }
+                        if !live {
+                            *st.dead_secs.entry(name.clone()).or_default() += dt;
+                        }
+                        if expired {
+                            *st.expired_secs.entry(name).or_default() += dt;
+                        }
+                    }
+                }
+            })
+        };
+        TargetWatch {
+            state,
+            sampling,
+            tasks: vec![watch, sampler],
+        }
+    }
+
+    fn set_sampling(&self, on: bool) {
+        self.sampling.store(on, Ordering::Relaxed);
+    }
+
+    /// (total target-seconds not live, targets affected, longest), and the same for expired.
+    fn figures(&self) -> ((f64, usize, f64), (f64, usize, f64), usize) {
+        let st = lock(&self.state);
+        let sum = |m: &HashMap<String, f64>| {
+            (
+                m.values().sum::<f64>(),
+                m.values().filter(|v| **v > 0.0).count(),
+                m.values().copied().fold(0.0, f64::max),
+            )
+        };
+        (sum(&st.dead_secs), sum(&st.expired_secs), st.samples)
+    }
+}
+
+impl Drop for TargetWatch {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One N
+
+struct Env {
+    plane: ControlPlane,
+    client: kube::Client,
+    operator: PathBuf,
+    dir: PathBuf,
+    plan: Plan,
+}
+
+impl Env {
+    fn operators(&self, ns: &str) -> Operators {
+        Operators {
+            bin: self.operator.clone(),
+            kubeconfig: self.plane.kubeconfig_path().to_owned(),
+            dir: self.dir.clone(),
+            ns: ns.to_owned(),
+            concurrency: self.plan.concurrency,
+            log_filter: self.plan.operator_log.clone(),
+            started: 0,
+        }
+    }
+}
+
+async fn run_n(env: &Env, n: usize, table: &mut Table) -> Result<()> {
+    let plan = &env.plan;
+    let client = &env.client;
+    let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+    table.row(
+        "setup",
+        format!("{n} credentials"),
+        format!(
+            "concurrency {}, live tokens {}, windows: steady {}, idle {}, burst {}, background {}",
+            plan.concurrency,
+            s(plan.access_ttl),
+            s(plan.steady),
+            s(plan.idle),
+            s(plan.burst),
+            s(plan.background)
+        ),
+    );
+
+    // Background: nobody but the control plane itself.
+    let before = scrape(client).await?;
+    tokio::time::sleep(plan.background).await;
+    let background = diff(&scrape(client).await?, &before);
+    let bg_total: f64 = background.values().sum();
+    table.row(
+        "background requests (no operator)",
+        format!("{bg_total} requests in {}", s(plan.background)),
+        brief(&background),
+    );
+    let bg_per_sec = plan.background.as_secs_f64();
+
+    let (mut floor_apply, mut floor_cold) = (None, None);
+    if plan.has(Phase::Floor) {
+        let ns = format!("scale-{n}-floor-{tag}");
+        create_namespace(client, &ns).await?;
+        say("floor", format!("{n} credentials in {ns}"));
+        let (apply, cold) = floor(client, &ns, n, plan).await?;
+        table.row(
+            "floor: create 3 objects + token call + 3 writes, all N",
+            s(apply),
+            format!("minimal client at concurrency {}", plan.concurrency),
+        );
+        table.row(
+            "floor: token call + 3 writes on existing objects, all N",
+            s(cold),
+            format!("minimal client at concurrency {}", plan.concurrency),
+        );
+        floor_apply = Some(apply);
+        floor_cold = Some(cold);
+        delete_namespace(client, &ns).await;
+    }
+
+    let cold_group = [Phase::Cold, Phase::Idle, Phase::Singles, Phase::Unrelated]
+        .iter()
+        .any(|p| plan.has(*p));
+    if cold_group {
+        cold(env, n, &tag, table, floor_cold, (&background, bg_per_sec)).await?;
+    }
+    if plan.has(Phase::Apply) {
+        live(env, n, &tag, table, floor_apply, (&background, bg_per_sec)).await?;
+    }
+    Ok(())
+}
+
+async fn cold(
+    env: &Env,
+    n: usize,
+    tag: &str,
+    table: &mut Table,
+    floor_cold: Option<Duration>,
+    background: (&Requests, f64),
+) -> Result<()> {
+    let (plan, client) = (&env.plan, &env.client);
+    let ns = format!("scale-{n}-cold-{tag}");
+    create_namespace(client, &ns).await?;
+    let si = Arc::new(
+        StandIn::start(StandInConfig {
+            access_ttl: Duration::from_secs(3600),
+            tls: false,
+            ..Default::default()
+        })
+        .await?,
+    );
+    let logins = register(&si, &ns, n, 0);
+    let crs: Api<EagleEyeCredential> = Api::namespaced(client.clone(), &ns);
+    let ready = ReadyWatch::start(crs.clone());
+    let started =
+        create_credentials(client, &ns, &logins, si.url().as_ref(), plan.concurrency).await?;
+    say(
+        "cold",
+        format!(
+            "{n} credentials created in {}, no operator running",
+            s(started.elapsed())
+        ),
+    );
+    let mut ops = env.operators(&ns);
+    let before_start = scrape(client).await?;
+    let op = ops.start()?;
+    let last = ready.wait_for(n, plan.ready_timeout, "cold").await?;
+    let took = last.saturating_duration_since(op.started);
+    let (rss_now, hwm) = op.rss().unwrap_or_default();
+    // The reconciles its own writes set off go on after the last Ready: counted in, and the
+    // idle window starts after them.
+    let settled = wait_quiet(client, Duration::from_secs(60)).await;
+    let after_ready = scrape(client).await?;
+    table.row(
+        "cold start, N due: operator start → all Ready",
+        s(took),
+        match floor_cold {
+            Some(f) => format!("floor {} ({} the floor)", s(f), ratio(took, f)),
+            None => "floor not run".into(),
+        },
+    );
+    table.row(
+        "RSS after cold start / peak RSS (VmHWM)",
+        format!("{} / {}", mib(rss_now), mib(hwm)),
+        "",
+    );
+    let cold_requests = diff(&after_ready, &before_start);
+    request_rows(
+        table,
+        "cold start requests (until no writes for 2 s):",
+        &cold_requests,
+        n as f64,
+        "per credential",
+        None,
+    );
+    table.row(
+        "cold start token calls",
+        format!("{}", si.counters().token_requests),
+        format!("refreshes {}", si.counters().refreshes),
+    );
+    table.row(
+        "cold start tail: last Ready → no writes for 2 s",
+        settled.map_or("not within 60 s".into(), s),
+        "cold start requests count until then; the idle window starts after it",
+    );
+
+    if plan.has(Phase::Idle) {
+        // Nothing is due for an hour: every request in the window is overhead. The window
+        // starts once the cold start's own tail of writes is over.
+        let calls_before = si.counters().token_requests;
+        let before = scrape(client).await?;
+        tokio::time::sleep(plan.idle).await;
+        let window = diff(&scrape(client).await?, &before);
+        let total: f64 = window.values().sum();
+        let scale = plan.idle.as_secs_f64() / background.1;
+        table.row(
+            "idle window (nothing due): API requests",
+            format!("{total} requests in {}", s(plan.idle)),
+            format!(
+                "token calls {}; background over the same length {:.1}",
+                si.counters().token_requests - calls_before,
+                background.0.values().sum::<f64>() * scale
+            ),
+        );
+        request_rows(
+            table,
+            "idle:",
+            &window,
+            0.0,
+            "",
+            Some((background.0, scale)),
+        );
+        let (rss_now, hwm) = op.rss().unwrap_or_default();
+        table.row(
+            "RSS at N, idle / peak RSS",
+            format!("{} / {}", mib(rss_now), mib(hwm)),
+            "",
+        );
+    }
+
+    if plan.has(Phase::Singles) && plan.singles > 0 {
+        let singles = register(&si, &ns, plan.singles, n);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let now = jiff::Timestamp::now().to_string();
+        let mut took = Vec::new();
+        for l in &singles {
+            create_secrets(&secrets, l, &now).await?;
+            let sent = Instant::now();
+            crs.create(
+                &PostParams::default(),
+                &credential(&l.name, si.url().as_ref())?,
+            )
+            .await?;
+            let at = wait_until(
+                Duration::from_secs(60),
+                Duration::from_millis(2),
+                || async { ready.at(&l.name) },
+            )
+            .await
+            .with_context(|| format!("single credential {} not Ready within 60 s", l.name))?;
+            took.push(at.saturating_duration_since(sent));
+        }
+        took.sort();
+        let pct = |p: f64| took[((took.len() as f64 - 1.0) * p).round() as usize];
+        table.row(
+            "apply → Ready, single credentials (CR create → Ready seen by a watch)",
+            format!(
+                "p50 {} ms, p99 {} ms, max {} ms",
+                pct(0.5).as_millis(),
+                pct(0.99).as_millis(),
+                took.last().copied().unwrap_or_default().as_millis()
+            ),
+            format!(
+                "{} samples, one at a time, operator otherwise idle",
+                took.len()
+            ),
+        );
+    }
+
+    if plan.has(Phase::Unrelated) && plan.unrelated > 0 {
+        let (rss_before, _) = op.rss().unwrap_or_default();
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let started = Instant::now();
+        let filler = "x".repeat(256);
+        let results: Vec<Result<()>> = futures::stream::iter(0..plan.unrelated)
+            .map(|i| {
+                let (secrets, filler) = (&secrets, &filler);
+                async move {
+                    let s = opaque(
+                        &format!("unrelated-{i:05}"),
+                        [("data", filler.as_str())],
+                        BTreeMap::new(),
+                    );
+                    secrets.create(&PostParams::default(), &s).await?;
+                    Ok(())
+                }
+            })
+            .buffer_unordered(plan.concurrency * 2)
+            .collect()
+            .await;
+        results
+            .into_iter()
+            .collect::<Result<Vec<()>>>()
+            .context("creating unrelated Secrets")?;
+        say(
+            "cold",
+            format!(
+                "{} unrelated Secrets created in {}",
+                plan.unrelated,
+                s(started.elapsed())
+            ),
+        );
+        // The operator's metadata watch has them within moments; watch RSS settle over 10 s.
+        let mut peak_rss = 0;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            peak_rss = peak_rss.max(op.rss().unwrap_or_default().0);
+        }
+        let (rss_after, hwm) = op.rss().unwrap_or_default();
+        table.row(
+            format!(
+                "RSS with {} unrelated Secrets added / peak RSS",
+                plan.unrelated
+            ),
+            format!("{} / {}", mib(rss_after), mib(hwm)),
+            format!(
+                "before adding: {}; highest sample in the 10 s after: {} ({:+.1} %)",
+                mib(rss_before),
+                mib(peak_rss),
+                (rss_after as f64 / rss_before.max(1) as f64 - 1.0) * 100.0
+            ),
+        );
+    }
+    let stop = op.terminate().await;
+    say("cold", format!("operator stopped (SIGTERM) in {}", s(stop)));
+    drop(ready);
+    delete_namespace(client, &ns).await;
+    Ok(())
+}
+
+async fn live(
+    env: &Env,
+    n: usize,
+    tag: &str,
+    table: &mut Table,
+    floor_apply: Option<Duration>,
+    background: (&Requests, f64),
+) -> Result<()> {
+    let (plan, client) = (&env.plan, &env.client);
+    let ns = format!("scale-{n}-live-{tag}");
+    create_namespace(client, &ns).await?;
+    let si = Arc::new(
+        StandIn::start(StandInConfig {
+            access_ttl: plan.access_ttl,
+            tls: false,
+            ..Default::default()
+        })
+        .await?,
+    );
+    let logins = register(&si, &ns, n, 0);
+    let crs: Api<EagleEyeCredential> = Api::namespaced(client.clone(), &ns);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let ready = ReadyWatch::start(crs.clone());
+    let targets = TargetWatch::start(Api::namespaced(client.clone(), &ns), si.clone());
+    let mut ops = env.operators(&ns);
+    let op = ops.start()?;
+    let id = op.identity().await?;
+    wait_holder(&leases, &id, Duration::from_secs(60))
+        .await
+        .context("the operator did not take the Lease within 60 s")?;
+    let first =
+        create_credentials(client, &ns, &logins, si.url().as_ref(), plan.concurrency).await?;
+    let created = first.elapsed();
+    let last = ready.wait_for(n, plan.ready_timeout, "live").await?;
+    let took = last.saturating_duration_since(first);
+    table.row(
+        "apply → all Ready (first create → N-th Ready, operator running)",
+        s(took),
+        match floor_apply {
+            Some(f) => format!(
+                "floor {} ({} the floor); the creates alone took {}",
+                s(f),
+                ratio(took, f),
+                s(created)
+            ),
+            None => format!("floor not run; the creates alone took {}", s(created)),
+        },
+    );
+    let (rss_now, hwm) = op.rss().unwrap_or_default();
+    table.row(
+        "RSS after all Ready (live) / peak RSS",
+        format!("{} / {}", mib(rss_now), mib(hwm)),
+        "",
+    );
+
+    let mut op = op;
+    if plan.has(Phase::Steady) {
+        // Steady state: every credential has refreshed once more on its own schedule.
+        let want = 2 * n as u64;
+        let limit = plan.access_ttl * 3 + plan.ready_timeout;
+        wait_until(limit, Duration::from_millis(200), || async {
+            (si.counters().refreshes >= want).then_some(())
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "only {} refreshes (want {want}) within {}",
+                si.counters().refreshes,
+                s(limit)
+            )
+        })?;
+        let refreshes_before = si.counters().refreshes;
+        let before = scrape(client).await?;
+        targets.set_sampling(true);
+        tokio::time::sleep(plan.steady).await;
+        targets.set_sampling(false);
+        let window = diff(&scrape(client).await?, &before);
+        let refreshes = si.counters().refreshes - refreshes_before;
+        let c = si.counters();
+        table.row(
+            "steady window: refreshes (stand-in)",
+            format!("{refreshes} in {}", s(plan.steady)),
+            format!(
+                "{:.2} per credential per minute; reuse so far {}, rejected {}",
+                refreshes as f64 / n as f64 / plan.steady.as_secs_f64() * 60.0,
+                c.reused_refresh_tokens,
+                c.rejected
+            ),
+        );
+        let scale = plan.steady.as_secs_f64() / background.1;
+        let total: f64 = window.values().sum();
+        let bg_total: f64 = background.0.values().sum::<f64>() * scale;
+        table.row(
+            "steady: API requests per refresh, all",
+            format!(
+                "{:.2} per refresh ({total} requests)",
+                total / refreshes.max(1) as f64
+            ),
+            format!(
+                "minus background: {:.2} per refresh",
+                (total - bg_total) / refreshes.max(1) as f64
+            ),
+        );
+        request_rows(
+            table,
+            "steady per refresh:",
+            &window,
+            refreshes.max(1) as f64,
+            "per refresh",
+            Some((background.0, scale)),
+        );
+        let ((dead, dead_n, dead_max), (exp, exp_n, exp_max), samples) = targets.figures();
+        table.row(
+            "target-seconds holding an expired access token (past its expires_at)",
+            format!("{:.2} s over {n} targets", exp.max(0.0)),
+            format!(
+                "{exp_n} targets affected, longest {exp_max:.2} s; window {}, {samples} samples every {} ms",
+                s(plan.steady),
+                SAMPLE_EVERY.as_millis()
+            ),
+        );
+        table.row(
+            "target-seconds holding a token not live at the stand-in (expired or rotated out)",
+            format!("{dead:.2} s over {n} targets"),
+            format!(
+                "{dead_n} targets affected, longest {dead_max:.2} s (the stand-in kills the old access token at each rotation; a watch adds its delay)"
+            ),
+        );
+        let (rss_now, hwm) = op.rss().unwrap_or_default();
+        table.row(
+            "RSS at N, steady refreshing / peak RSS",
+            format!("{} / {}", mib(rss_now), mib(hwm)),
+            "",
+        );
+
+        if plan.has(Phase::Burst) {
+            let steady_rate = refreshes as f64 / plan.steady.as_secs_f64();
+            let stop = op.terminate().await;
+            op = ops.start()?;
+            let from = op.started;
+            tokio::time::sleep(plan.burst).await;
+            let log = si.token_requests();
+            let within = |d: Duration| {
+                log.iter()
+                    .filter(|r| r.arrived >= from && r.arrived < from + d)
+                    .count()
+            };
+            let calls = within(plan.burst);
+            let early = Duration::from_secs(5).min(plan.burst);
+            table.row(
+                format!("restart burst: token calls in the first {} after a restart", s(plan.burst)),
+                format!("{calls} calls ({} in the first {})", within(early), s(early)),
+                format!(
+                    "steady rate over the same lengths: {:.1} and {:.1}; the old process took {} to stop (SIGTERM)",
+                    steady_rate * plan.burst.as_secs_f64(),
+                    steady_rate * early.as_secs_f64(),
+                    s(stop)
+                ),
+            );
+        }
+    }
+
+    if plan.has(Phase::Handover) {
+        let id_a = op.identity().await?;
+        wait_holder(&leases, &id_a, Duration::from_secs(60))
+            .await
+            .context("the first replica did not hold the Lease")?;
+        let b = ops.start()?;
+        let id_b = b.identity().await?;
+        // The follower is up once it logged its identity and the leader still holds the Lease.
+        let sent = Instant::now();
+        let stop = op.terminate().await;
+        let at = wait_holder(&leases, &id_b, Duration::from_secs(120)).await;
+        match at {
+            Some(at) => table.row(
+                "SIGTERM handover: signal → the other replica holds the Lease",
+                s(at.saturating_duration_since(sent)),
+                format!("the leader took {} to exit", s(stop)),
+            ),
+            None => table.row("SIGTERM handover", "not within 120 s", ""),
+        }
+        let a = ops.start()?;
+        let id_a = a.identity().await?;
+        // Wait until the restarted replica is following: it has read the Lease (logged) and
+        // the holder is b.
+        wait_holder(&leases, &id_b, Duration::from_secs(30))
+            .await
+            .context("b lost the Lease")?;
+        let sent = Instant::now();
+        b.kill().await;
+        let at = wait_holder(&leases, &id_a, Duration::from_secs(120)).await;
+        match at {
+            Some(at) => table.row(
+                "SIGKILL failover: signal → the other replica holds the Lease",
+                s(at.saturating_duration_since(sent)),
+                "Lease duration 15 s",
+            ),
+            None => table.row("SIGKILL failover", "not within 120 s", ""),
+        }
+        op = a;
+    }
+    let _ = op.terminate().await;
+    drop(targets);
+    drop(ready);
+    delete_namespace(client, &ns).await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("scale: cannot start tokio: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("scale: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<bool> {
+    let _ = t0();
+    let command: Vec<String> = std::env::args().collect();
+    println!("command: {}", command.join(" "));
+    let plan = Plan::from_args(&args)?;
+    let operator = operator_binary()?;
+    let dir = std::env::temp_dir().join(format!("eagle-eye-scale-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    say(
+        "scale",
+        format!("operator {}, logs in {}", operator.display(), dir.display()),
+    );
+    let plane = ControlPlane::start()
+        .await
+        .context("starting the control plane")?;
+    let client = plane.client().await?;
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    plane.install_crds(&client, &crds).await?;
+    say("scale", "control plane up, CRDs installed");
+    let env = Env {
+        plane,
+        client,
+        operator,
+        dir: dir.clone(),
+        plan,
+    };
+    let mut ok = true;
+    let mut tables = Vec::new();
+    for &n in &args.n {
+        let mut table = Table::default();
+        if let Err(e) = run_n(&env, n, &mut table).await {
+            table.row(
+                "error",
+                format!("{e:#}"),
+                "the remaining figures of this N were not measured",
+            );
+            ok = false;
+        }
+        table.print(n);
+        tables.push((n, table));
+    }
+    println!("\ncommand: {}", command.join(" "));
+    for (n, table) in &tables {
+        table.print(*n);
+    }
+    if ok && !args.keep_logs {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        println!("operator logs kept in {}", dir.display());
+    }
+    Ok(ok)
+}
