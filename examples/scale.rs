@@ -422,10 +422,17 @@ fn request_rows(
 ) {
     let mut rows: Vec<(&String, &f64)> = window.iter().collect();
     rows.sort_by(|a, b| b.1.total_cmp(a.1));
+    // Below 0.01 per unit: the control plane's own watch restarts and discovery, summed.
+    let (mut rest, mut rest_kinds) = (0.0, 0);
     for (k, v) in rows {
         let bg = background
             .map(|(b, scale)| b.get(k).copied().unwrap_or(0.0) * scale)
             .unwrap_or(0.0);
+        if per > 0.0 && v / per < 0.01 {
+            rest += v;
+            rest_kinds += 1;
+            continue;
+        }
         let value = if per > 0.0 {
             format!("{:.2} {unit} ({v} in the window)", v / per)
         } else {
@@ -437,6 +444,13 @@ fn request_rows(
             String::new()
         };
         table.row(format!("{prefix} {k}"), value, note);
+    }
+    if rest_kinds > 0 {
+        table.row(
+            format!("{prefix} {rest_kinds} other kinds"),
+            format!("{:.3} {unit} ({rest} in the window)", rest / per),
+            "each below 0.01: watch restarts and discovery, mostly the control plane's own",
+        );
     }
 }
 
@@ -1457,6 +1471,12 @@ async fn live(
     wait_holder(&leases, &id, Duration::from_secs(60))
         .await
         .context("the operator did not take the Lease within 60 s")?;
+    let (rss_empty, _) = op.rss().unwrap_or_default();
+    table.row(
+        "RSS leading, no credentials yet",
+        mib(rss_empty),
+        "reference for the RSS rows",
+    );
     let first =
         create_credentials(client, &ns, &logins, si.url().as_ref(), plan.concurrency).await?;
     let created = first.elapsed();
