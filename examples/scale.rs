@@ -976,6 +976,31 @@ impl Replica {
         .with_context(|| format!("no identity in {} within 30 s", self.log.display()))
     }
 
+    /// Waits until its `/readyz` answers 200: it reached the API server and set up its Lease
+    /// manager, which is when the operator calls a follower a hot standby.
+    async fn wait_ready(&self) -> Result<()> {
+        let log = self.log.clone();
+        let http = reqwest::Client::new();
+        wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let addr = text
+                .lines()
+                .filter(|l| l.contains("admin server listening"))
+                .find_map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                    v.get("addr")?.as_str().map(str::to_owned)
+                });
+            let http = http.clone();
+            async move {
+                let url = format!("http://{}/readyz", addr?);
+                let ok = http.get(url).send().await.ok()?.status().is_success();
+                ok.then_some(())
+            }
+        })
+        .await
+        .with_context(|| format!("{} not ready within 30 s", self.log.display()))
+    }
+
     fn rss(&self) -> Option<(u64, u64)> {
         rss(self.pid)
     }
@@ -1616,7 +1641,9 @@ async fn live(
             .context("the first replica did not hold the Lease")?;
         let b = ops.start()?;
         let id_b = b.identity().await?;
-        // The follower is up once it logged its identity and the leader still holds the Lease.
+        b.wait_ready().await?;
+        // The follower is a hot standby once its /readyz answers. Signalled any earlier, it
+        // would find the Lease free at its first look, which is no handover.
         let sent = Instant::now();
         let stop = op.terminate().await;
         let at = wait_holder(&leases, &id_b, Duration::from_secs(120)).await;
@@ -1630,6 +1657,7 @@ async fn live(
         }
         let a = ops.start()?;
         let id_a = a.identity().await?;
+        a.wait_ready().await?;
         // Wait until the restarted replica is following: it has read the Lease (logged) and
         // the holder is b.
         wait_holder(&leases, &id_b, Duration::from_secs(30))
