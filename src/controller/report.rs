@@ -57,12 +57,12 @@ impl Reconciler<'_> {
             return;
         }
         let l = &self.ctx.settings.lifetimes;
-        self.status.chain_started_at = Some(Time(chain.started_at));
-        self.status.refresh_token_deadline = Some(Time(status::deadline(
+        self.status.chain_started_at = Some(Time(super::whole_seconds(chain.started_at)));
+        self.status.refresh_token_deadline = Some(Time(super::whole_seconds(status::deadline(
             l,
             chain.started_at,
             chain.token_issued_at,
-        )));
+        ))));
         self.status.refresh_token_deadline_is_estimate = chain.estimated;
     }
 
@@ -89,7 +89,9 @@ impl Reconciler<'_> {
         }
         match report.next_refresh {
             Next::Keep => {}
-            Next::At(at) => self.status.next_refresh_at = Some(Time(at)),
+            // The API server keeps whole seconds: a fraction here would make every status
+            // differ from the one stored, and every reconcile write it again.
+            Next::At(at) => self.status.next_refresh_at = Some(Time(super::whole_seconds(at))),
             Next::Unscheduled => self.status.next_refresh_at = None,
         }
         match report.ready {
