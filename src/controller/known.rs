@@ -19,6 +19,8 @@ pub struct Known(Mutex<HashMap<String, Entry>>);
 struct Entry {
     shape: u64,
     status: Option<EagleEyeCredentialStatus>,
+    /// The status this process is writing: its watch event may come before the answer.
+    writing: Option<EagleEyeCredentialStatus>,
 }
 
 /// Everything of a credential but its status and resourceVersion: a change here is a
@@ -45,9 +47,21 @@ impl Known {
             Entry {
                 shape,
                 status: cr.status.clone(),
+                writing: None,
             },
         );
-        entry.is_none_or(|e| e.shape != shape || e.status != cr.status)
+        entry.is_none_or(|e| {
+            e.shape != shape
+                || (e.status != cr.status && e.writing.is_none_or(|w| Some(w) != cr.status))
+        })
+    }
+
+    /// Remembers the status this process is about to write, so that the echo of that write
+    /// is no news even when it comes before the API server's answer.
+    pub fn writing(&self, cr: &EagleEyeCredential, status: &EagleEyeCredentialStatus) {
+        if let Some(e) = lock(&self.0).get_mut(&key(cr)) {
+            e.writing = Some(status.clone());
+        }
     }
 
     /// Remembers the status the API server answered to this process's write.
@@ -57,6 +71,7 @@ impl Known {
             Entry {
                 shape: shape(cr),
                 status: cr.status.clone(),
+                writing: None,
             },
         );
     }
@@ -117,6 +132,11 @@ mod tests {
         );
         assert!(!known.is_news(&cr(1, status(1))));
         assert!(known.is_current(&cr(1, status(1))));
+        // The echo of a write may come before its answer.
+        known.writing(&cr(1, status(1)), &status(2).unwrap());
+        assert!(!known.is_news(&cr(1, status(2))));
+        known.wrote(&cr(1, status(2)));
+        assert!(known.is_current(&cr(1, status(2))));
         // A person edits the status, or the spec: news.
         assert!(known.is_news(&cr(1, status(0))));
         assert!(known.is_news(&cr(2, status(0))));

@@ -145,6 +145,7 @@ impl Reconciler<'_> {
                 self.ctx.client.clone(),
                 &self.cr.namespace().unwrap_or_default(),
             );
+            self.ctx.known.writing(self.cr, &self.status);
             let patch = serde_json::json!({
                 "apiVersion": "eagle-eye-operator.io/v1alpha1",
                 "kind": "EagleEyeCredential",
