@@ -319,7 +319,7 @@ impl<'a> Reconciler<'a> {
 
     /// How long after it is written a spend intent may bind other holders: the token
     /// call's limit (a slot is used within `MAX_SLOT_HOLD` of being granted) plus the grace.
-    fn max_hold(&self) -> SignedDuration {
+    pub(super) fn max_hold(&self) -> SignedDuration {
         let call = self.ctx.tokens.answer_limit() + crate::token::MAX_SLOT_HOLD;
         SignedDuration::try_from(call)
             .unwrap_or(SignedDuration::MAX)
@@ -327,7 +327,7 @@ impl<'a> Reconciler<'a> {
     }
 
     /// This credential's name as a spender, in spend intents.
-    fn holder(&self) -> String {
+    pub(super) fn holder(&self) -> String {
         intent::holder(
             &self.ctx.settings.identity,
             self.cr.metadata.uid.as_deref().unwrap_or("-"),

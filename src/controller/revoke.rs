@@ -60,10 +60,11 @@ pub(super) async fn keep_finalizer(cr: EagleEyeCredential, ctx: &Context) -> Eag
             // A conflict is a change on its way here; anything else the user should see
             // (without the finalizer, deleting the credential revokes nothing).
             if !matches!(&e, kube::Error::Api(s) if s.code == 409) {
-                let event = kube::runtime::events::Event {
+                let note = Note {
                     type_: EventType::Warning,
-                    reason: "RevokeOnDeleteUnavailable".into(),
-                    note: Some(format!(
+                    reason: "RevokeOnDeleteUnavailable",
+                    action: "Revoke",
+                    note: format!(
                         "could not {} the finalizer {FINALIZER}: {why}; until it is {}, deleting this credential {} its refresh token (the operator needs patch on eagleeyecredentials)",
                         if want { "add" } else { "remove" },
                         if want { "added" } else { "removed" },
@@ -72,14 +73,9 @@ pub(super) async fn keep_finalizer(cr: EagleEyeCredential, ctx: &Context) -> Eag
                         } else {
                             "still tries to revoke"
                         },
-                    )),
-                    action: "Revoke".into(),
-                    secondary: None,
+                    ),
                 };
-                let at = kube::Resource::object_ref(&cr, &());
-                if let Err(e) = ctx.recorder.publish(&event, &at).await {
-                    warn!(error = %e, "could not publish an event");
-                }
+                Reconciler::new(&cr, ctx).event(&note).await;
             }
             cr
         }
@@ -324,21 +320,13 @@ impl Reconciler<'_> {
         if let Some(why) = self.login_shared(&stored) {
             return Attempt::Impossible(format!("not revoked, because the login is shared: {why}"));
         }
-        let me = intent::holder(
-            &self.ctx.settings.identity,
-            self.cr.metadata.uid.as_deref().unwrap_or("-"),
-        );
-        let max_hold =
-            SignedDuration::try_from(self.ctx.tokens.answer_limit() + crate::token::MAX_SLOT_HOLD)
-                .unwrap_or(SignedDuration::MAX)
-                .saturating_add(self.ctx.settings.in_flight_grace);
         let annotations = stored.secret.metadata.annotations.as_ref();
         if let intent::Verdict::HeldElsewhere { until, .. } = intent::verdict(
             intent::read(annotations).as_ref(),
             &stored.fingerprint,
-            &me,
+            &self.holder(),
             self.now,
-            max_hold,
+            self.max_hold(),
         ) {
             // Revoking now would revoke a token about to be replaced, and miss its successor.
             return Attempt::Retry(format!(

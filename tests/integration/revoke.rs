@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::operator::{
-    Operator, create_credential, create_secrets, events, login, secret_data, stand_in,
+    Login, Operator, create_credential, create_secrets, events, login, secret_data, stand_in,
     wait_for_reason,
 };
 use crate::support::{TestEnv, env, eventually, figure};
@@ -25,6 +25,20 @@ async fn finalizers(env: &TestEnv, name: &str) -> Vec<String> {
         .metadata
         .finalizers
         .unwrap_or_default()
+}
+
+/// Credential "cam" with spec.revokeOnDelete, for a login of client `client` at a stand-in
+/// of its own, Ready under an operator started with `flags`.
+async fn ready_to_revoke(client: &str, flags: &[&str]) -> (TestEnv, StandIn, Login, Operator) {
+    let env = env().await;
+    let stand_in = stand_in(Duration::from_secs(3600)).await;
+    let l = login(&stand_in, client, true).await;
+    create_secrets(&env, "cam", &l).await;
+    let opt_in = serde_json::json!({"revokeOnDelete": true});
+    create_credential(&env, "cam", &stand_in, opt_in).await;
+    let op = Operator::start(&env, &stand_in, flags).await;
+    wait_for_reason(&env, "cam", "TokenRefreshed", Duration::from_secs(30)).await;
+    (env, stand_in, l, op)
 }
 
 /// Deletes credential `name` and waits until the API server no longer has it.
@@ -152,19 +166,7 @@ async fn a_deleted_credential_with_revoke_on_delete_leaves_its_refresh_token_ref
 
 #[tokio::test]
 async fn turning_revoke_on_delete_off_removes_the_finalizer_and_deletion_revokes_nothing() {
-    let env = env().await;
-    let stand_in = stand_in(Duration::from_secs(3600)).await;
-    let l = login(&stand_in, "revoke-toggle", true).await;
-    create_secrets(&env, "cam", &l).await;
-    create_credential(
-        &env,
-        "cam",
-        &stand_in,
-        serde_json::json!({"revokeOnDelete": true}),
-    )
-    .await;
-    let op = Operator::start(&env, &stand_in, &[]).await;
-    wait_for_reason(&env, "cam", "TokenRefreshed", Duration::from_secs(30)).await;
+    let (env, stand_in, l, op) = ready_to_revoke("revoke-toggle", &[]).await;
     // Another controller's finalizer beside ours is kept as it is.
     env.api::<EagleEyeCredential>()
         .patch(
@@ -214,19 +216,8 @@ async fn turning_revoke_on_delete_off_removes_the_finalizer_and_deletion_revokes
 
 #[tokio::test]
 async fn deletion_completes_after_the_bounded_retry_when_the_auth_server_is_down() {
-    let env = env().await;
-    let stand_in = stand_in(Duration::from_secs(3600)).await;
-    let l = login(&stand_in, "revoke-down", true).await;
-    create_secrets(&env, "cam", &l).await;
-    create_credential(
-        &env,
-        "cam",
-        &stand_in,
-        serde_json::json!({"revokeOnDelete": true}),
-    )
-    .await;
-    let _op = Operator::start(&env, &stand_in, &["--revoke-retry-for", "8s"]).await;
-    wait_for_reason(&env, "cam", "TokenRefreshed", Duration::from_secs(30)).await;
+    let (env, stand_in, _l, _op) =
+        ready_to_revoke("revoke-down", &["--revoke-retry-for", "8s"]).await;
     // The auth server goes away: every revocation attempt fails to connect.
     stand_in.shutdown().await;
     let took = delete_and_wait(&env, "cam", Duration::from_secs(60)).await;
@@ -281,20 +272,8 @@ async fn deleting_a_duplicate_credential_never_revokes_the_login_another_credent
 
 #[tokio::test]
 async fn a_hanging_auth_server_holds_a_deletion_no_longer_than_the_retry_window() {
-    let env = env().await;
-    let stand_in = stand_in(Duration::from_secs(3600)).await;
-    let l = login(&stand_in, "revoke-hang", true).await;
-    create_secrets(&env, "cam", &l).await;
-    create_credential(
-        &env,
-        "cam",
-        &stand_in,
-        serde_json::json!({"revokeOnDelete": true}),
-    )
-    .await;
     let flags = ["--revoke-retry-for", "4s", "--allow-insecure-http"];
-    let _op = Operator::start(&env, &stand_in, &flags).await;
-    wait_for_reason(&env, "cam", "TokenRefreshed", Duration::from_secs(30)).await;
+    let (env, _stand_in, _l, _op) = ready_to_revoke("revoke-hang", &flags).await;
     // An auth server that accepts connections and never answers (the default
     // --token-timeout would wait 5 minutes for it).
     let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -334,13 +334,7 @@ async fn tenant(env: &TestEnv, user: &str) -> kube::Client {
         .create(&PostParams::default(), &binding)
         .await
         .unwrap();
-    let kubeconfig = kube::config::Kubeconfig::read_from(env.plane.kubeconfig_path()).unwrap();
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    config.auth_info.impersonate = Some(user.to_owned());
-    config.default_namespace = env.namespace.clone();
-    kube::Client::try_from(config).unwrap()
+    crate::support::client_as(env, user).await
 }
 
 /// Issue 9's tenant: may create credentials, not Secrets. Each attack ends in a condition

@@ -142,3 +142,15 @@ pub fn series(text: &str, name_and_labels: &str) -> Option<f64> {
             .ok()
     })
 }
+
+/// A client of the test's control plane acting as `user` (impersonated by the admin), with
+/// the test's namespace as its default.
+pub async fn client_as(env: &TestEnv, user: &str) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(env.plane.kubeconfig_path()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    config.auth_info.impersonate = Some(user.to_owned());
+    config.default_namespace = env.namespace.clone();
+    kube::Client::try_from(config).unwrap()
+}

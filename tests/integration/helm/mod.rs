@@ -330,13 +330,8 @@ async fn install_in_namespaced_scope_grants_secrets_only_in_the_watched_namespac
         .unwrap();
     // What the operator does: a merge patch (no get, which it is not granted), as its
     // ServiceAccount.
-    let kubeconfig = kube::config::Kubeconfig::read_from(env.plane.kubeconfig_path()).unwrap();
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    config.auth_info.impersonate = Some(sa.clone());
     let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(
-        kube::Client::try_from(config).unwrap(),
+        crate::support::client_as(&env, &sa).await,
         a,
     );
     struct Ran {
