@@ -198,6 +198,18 @@ fn ready_condition(status: &serde_json::Value) -> &serde_json::Value {
         .expect("Ready condition")
 }
 
+/// The wait an `Action` asks for: kube keeps the field private, and shows it only as
+/// `Action { requeue_after: Some(1.5s) }`.
+fn action_wait(action: &kube::runtime::controller::Action) -> std::time::Duration {
+    let shown = format!("{action:?}");
+    let secs = shown
+        .split_once("Some(")
+        .and_then(|(_, rest)| rest.split_once("s)"))
+        .map(|(n, _)| n)
+        .unwrap_or_else(|| panic!("{shown} asks for no wait"));
+    std::time::Duration::from_secs_f64(secs.parse().unwrap())
+}
+
 fn ready(status: &serde_json::Value) -> (&str, &str, &str) {
     let c = ready_condition(status);
     (
@@ -300,8 +312,10 @@ mod tests {
             status
         });
         let cr = EagleEyeCredential::test();
+        let before = jiff::Timestamp::now();
         let action = reconcile(Arc::new(cr.clone()), ctx).await.unwrap();
-        let status = server.await.unwrap();
+        let after = jiff::Timestamp::now();
+        server.await.unwrap();
         // Due 30 min (refreshBefore) before expiry, less up to 30 s of per-credential jitter;
         // before any refresh, whether the tokens rotate is not known.
         let refresh_before = parse_duration(&cr.spec.refresh_before).unwrap();
@@ -311,14 +325,14 @@ mod tests {
             (refresh_before..=refresh_before + jiff::SignedDuration::from_secs(30)).contains(&lead),
             "{lead:?}"
         );
-        // The reconcile waits from its own clock, which its status shows as Ready's
-        // transition time, to exactly that moment.
-        let reconciled_at: jiff::Timestamp = ready_condition(&status)["lastTransitionTime"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert_eq!(action, Action::requeue(schedule::until(reconciled_at, due)));
+        // The reconcile waits until that moment, rounded up to the whole second its clock
+        // reads (woken earlier, it would find nothing due and wait again).
+        let woken = jiff::Timestamp::from_second(due.as_second() + 1).unwrap();
+        let wait = action_wait(&action);
+        assert!(
+            (schedule::until(after, woken)..=schedule::until(before, woken)).contains(&wait),
+            "{wait:?}"
+        );
     }
 
     #[tokio::test]

@@ -342,6 +342,22 @@ fn whole_seconds(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)
 }
 
+/// How long from `now` until the reconciler's clock, which reads whole seconds (see
+/// `Reconciler::now`), reaches `at`: until the first whole second not before it. Waking at
+/// `at` itself would find it not yet due and wait again, a reconcile per remaining fraction
+/// of a second.
+fn wait_until(now: Timestamp, at: Timestamp) -> Duration {
+    let floor = whole_seconds(at);
+    let at = if floor < at {
+        floor
+            .checked_add(SignedDuration::from_secs(1))
+            .unwrap_or(at)
+    } else {
+        at
+    };
+    crate::schedule::until(now, at)
+}
+
 fn labels(cr: &EagleEyeCredential) -> metrics::Credential {
     metrics::Credential {
         namespace: cr.namespace().unwrap_or_default(),
@@ -367,7 +383,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_secret_name, login_fingerprint, validate_with};
+    use super::{is_secret_name, login_fingerprint, validate_with, wait_until, whole_seconds};
+
+    #[test]
+    fn a_wait_ends_when_the_whole_second_clock_reaches_the_time_not_before() {
+        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        let now = t("2026-11-30T11:35:26.404Z");
+        let at = t("2026-11-30T11:35:26.538Z");
+        // Woken at 26.538, the clock still reads 26 and the refresh is not due yet.
+        assert!(whole_seconds(at) < at);
+        assert_eq!(wait_until(now, at).as_millis(), 596);
+        // Whole seconds and the past need no rounding.
+        assert_eq!(wait_until(now, t("2026-11-30T11:35:30Z")).as_millis(), 3596);
+        assert_eq!(wait_until(now, t("2026-11-30T11:35:20.5Z")).as_millis(), 0);
+        assert!(wait_until(now, jiff::Timestamp::MAX).as_secs() > 0);
+    }
 
     #[test]
     fn secret_names_are_dns_subdomains_so_no_path_names_another_secret() {

@@ -24,7 +24,7 @@ use crate::token::{CallSlot, ErrorClass, TokenError, TokenGrant};
 use super::held::{Held, Refusal};
 use super::{
     Context, Error, FIELD_MANAGER, WAITING_RECHECK, jitter, key, labels, lock, login_fingerprint,
-    other_claimant, validate, whole_seconds,
+    other_claimant, validate, wait_until, whole_seconds,
 };
 
 /// What `gather` read: the plain facts for `decide`, and what acting on them needs.
@@ -442,8 +442,14 @@ impl<'a> Reconciler<'a> {
             },
             Decision::Deferred { holder, until } => {
                 info!(%holder, %until, "deferring a refresh to another holder's spend intent");
-                let standing = self.standing(g.published.as_ref().map(|p| p.expires_at));
-                let wait = schedule::until(self.now, until) + Duration::from_secs(1);
+                let expires = g.published.as_ref().map(|p| p.expires_at);
+                let standing = self.standing(expires);
+                // Looked at again when the intent lapses, or sooner when the published token
+                // expires meanwhile, so that Ready says so.
+                let next = expires
+                    .filter(|e| *e > self.now)
+                    .map_or(until, |e| e.min(until));
+                let wait = wait_until(Timestamp::now(), next) + Duration::from_secs(1);
                 let outcome = Outcome::Deferred {
                     holder,
                     until,
@@ -459,7 +465,7 @@ impl<'a> Reconciler<'a> {
                     self.ctx.held.remember_live(&self.key, &stored.token);
                 }
                 let standing = self.standing(g.published.as_ref().map(|p| p.expires_at));
-                let action = Action::requeue(schedule::until(self.now, at));
+                let action = Action::requeue(wait_until(Timestamp::now(), at));
                 let outcome = Outcome::Waiting {
                     until: at,
                     standing,
@@ -854,7 +860,7 @@ impl<'a> Reconciler<'a> {
             schedule::due_at(&published, self.rotation(), refresh_before, jitter(self.cr)),
             self.idle_end(chain.token_issued_at),
         );
-        let action = Action::requeue(schedule::until(self.now, next));
+        let action = Action::requeue(wait_until(Timestamp::now(), next));
         self.published_token = Some((issued_at, expires_at));
         let outcome = Outcome::Refreshed {
             expires_at,
@@ -954,7 +960,7 @@ impl<'a> Reconciler<'a> {
                         .unwrap_or(SignedDuration::ZERO)
             }
         };
-        let action = Action::requeue(schedule::until(self.now, at));
+        let action = Action::requeue(wait_until(Timestamp::now(), at));
         let outcome = Outcome::RefreshFailed {
             failure: Failure::from(&err),
             attempt: self.status.failed_refresh_attempts,
