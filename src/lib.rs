@@ -22,6 +22,7 @@ pub mod operator;
 pub mod outcome;
 pub mod schedule;
 pub mod secrets;
+pub mod shard;
 pub mod spent;
 pub mod status;
 pub mod status_cli;

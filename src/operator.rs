@@ -106,9 +106,18 @@ pub struct RunArgs {
     /// Namespace of the leader-election Lease (the operator's own namespace in a cluster).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
-    /// Name of the leader-election Lease.
-    #[arg(long, default_value = "eagle-eye-operator")]
-    pub lease_name: String,
+    /// Name of the leader-election Lease. Default: `eagle-eye-operator`, or with
+    /// --credential-selector that name and the first 8 hex digits of the selector's SHA-256,
+    /// so that each shard elects its own leader and its replicas share one.
+    #[arg(long, env = "EAGLE_EYE_LEASE_NAME")]
+    pub lease_name: Option<String>,
+    /// Refresh only the credentials this label selector matches (e.g.
+    /// `eagle-eye-operator.io/shard=a`): one shard of several operator deployments that
+    /// split the credentials between them. Default: every credential watched. Relabel a
+    /// credential to move it; the shard it leaves finishes a refresh in flight, and the one
+    /// it joins waits for that answer to be stored before it spends anything.
+    #[arg(long, env = "EAGLE_EYE_CREDENTIAL_SELECTOR")]
+    pub credential_selector: Option<String>,
     /// Refresh without a Lease. Only for a single replica: two replicas refreshing one
     /// rotating token destroy it.
     #[arg(long)]
@@ -200,6 +209,23 @@ pub async fn run(
     .await
     .with_context(|| format!("binding the admin port {}", args.admin_port))?;
     info!(%addr, "admin server listening (/healthz, /readyz, /metrics)");
+    let mut namespaces = args.namespaces.clone();
+    namespaces.retain(|n| !n.trim().is_empty());
+    namespaces.sort();
+    namespaces.dedup();
+    let credential_selector = crate::shard::selector(args.credential_selector.as_deref());
+    if let Some(selector) = &credential_selector {
+        check_selector(&client, &namespaces, selector).await?;
+        info!(%selector, "refreshing only the credentials this selector matches");
+    }
+    let lease_name = crate::shard::selector(args.lease_name.as_deref())
+        .unwrap_or_else(|| crate::shard::lease_name(credential_selector.as_deref()));
+    let args = RunArgs {
+        namespaces,
+        credential_selector,
+        lease_name: Some(lease_name.clone()),
+        ..args
+    };
     let leadership = if args.no_leader_election {
         Leadership::unchecked()
     } else {
@@ -210,16 +236,11 @@ pub async fn run(
         let margin = std::time::Duration::from_secs(2);
         Leadership::lease(
             Api::namespaced(client.clone(), &args.lease_namespace),
-            &args.lease_name,
+            &lease_name,
             &identity,
             margin,
         )
     };
-    let mut namespaces = args.namespaces.clone();
-    namespaces.retain(|n| !n.trim().is_empty());
-    namespaces.sort();
-    namespaces.dedup();
-    let args = RunArgs { namespaces, ..args };
     let parts = Parts {
         client: client.clone(),
         identity: identity.clone(),
@@ -256,7 +277,7 @@ pub async fn run(
     // Until the API server answers, /healthz says alive and /readyz says not ready.
     let mut delay = std::time::Duration::from_millis(500);
     let manager = loop {
-        let built = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        let built = LeaseManagerBuilder::new(client.clone(), &lease_name)
             .with_namespace(&args.lease_namespace)
             .with_identity(&identity)
             .with_duration(LEASE_SECONDS)
@@ -266,7 +287,7 @@ pub async fn run(
         match built {
             Ok(m) => break m,
             Err(e) => {
-                warn!(error = %e, lease = %args.lease_name, namespace = %args.lease_namespace, "cannot set up the Lease yet; retrying")
+                warn!(error = %e, lease = %lease_name, namespace = %args.lease_namespace, "cannot set up the Lease yet; retrying")
             }
         }
         tokio::select! {
@@ -301,7 +322,7 @@ pub async fn run(
             }
             anyhow::bail!("the Lease manager stopped");
         }
-        info!(lease = %args.lease_name, "leading: starting controllers");
+        info!(lease = %lease_name, "leading: starting controllers");
         metrics.set_leader(true);
         let mut wait_lost = leading.clone();
         let lost = async move {
@@ -386,7 +407,11 @@ impl Parts {
                 // nor objects a re-list shows unchanged (timers and Secrets still do).
                 let (reader, writer) = kube::runtime::reflector::store();
                 let known = self.shared.known.clone();
-                let news = watcher::watcher(crs, watcher::Config::default())
+                let mut config = watcher::Config::default();
+                if let Some(selector) = &self.args.credential_selector {
+                    config = config.labels(selector);
+                }
+                let news = watcher::watcher(crs, config)
                     .default_backoff()
                     .reflect(writer)
                     .applied_objects()
@@ -450,6 +475,11 @@ impl Parts {
                             // The error policy already logged a failed reconcile; anything
                             // else (a watch the API server refuses, say) is logged here.
                             Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                            // A look that was scheduled for a credential since deleted, or
+                            // relabelled out of this shard: nothing to do.
+                            Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                                tracing::debug!(credential = %obj, "no longer watched")
+                            }
                             Err(e) => tracing::warn!(error = %e, "controller error"),
                         }
                         futures::future::ready(())
@@ -479,6 +509,34 @@ impl Parts {
         }
         info!("controllers stopped");
     }
+}
+
+/// Refuses a `--credential-selector` the API server refuses (it alone parses selectors as
+/// the watch will), before any Lease is taken; an API server not reachable yet is no reason
+/// to stop: the watch reports its errors later.
+async fn check_selector(
+    client: &Client,
+    namespaces: &[String],
+    selector: &str,
+) -> anyhow::Result<()> {
+    let api: Api<EagleEyeCredential> = match namespaces.first() {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let params = kube::api::ListParams::default().labels(selector).limit(1);
+    match api.list_metadata(&params).await {
+        Err(kube::Error::Api(status)) if status.code == 400 => {
+            anyhow::bail!(
+                "--credential-selector {selector:?} is not a label selector: {}",
+                status.message
+            )
+        }
+        Err(e) => {
+            warn!(error = %crate::secrets::kube_reason(&e), "cannot check --credential-selector yet")
+        }
+        Ok(_) => {}
+    }
+    Ok(())
 }
 
 /// `instance` (or the host name) and a random suffix: unique per process, so that two

@@ -15,6 +15,7 @@ mod crd_drift;
 mod ha;
 mod helm;
 mod revoke;
+mod sharding;
 mod spec_fields;
 mod standin;
 mod status_cli;

@@ -37,6 +37,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* The Lease: as the operator names it by default (src/shard.rs), unless set. */}}
+{{- define "eagle-eye-operator.leaseName" -}}
+{{- $selector := trim .Values.credentialSelector }}
+{{- if .Values.leaderElection.leaseName }}
+{{- .Values.leaderElection.leaseName }}
+{{- else if $selector }}
+{{- printf "eagle-eye-operator-%s" (sha256sum $selector | trunc 8) }}
+{{- else }}
+{{- "eagle-eye-operator" }}
+{{- end }}
+{{- end }}
+
 {{- define "eagle-eye-operator.image" -}}
 {{- $tag := default .Chart.AppVersion .Values.image.tag }}
 {{- if .Values.image.digest }}

@@ -203,6 +203,65 @@ async fn the_operator_with_only_the_namespaced_rbac_serves_its_namespaces_and_ca
     pod.assert_never_forbidden();
 }
 
+#[tokio::test]
+async fn two_releases_with_credential_selectors_split_the_credentials_with_the_charts_rbac_only() {
+    let _one_at_a_time = OPERATOR_TESTS.lock().await;
+    let home = env().await;
+    let apps = env().await;
+    let si = stand_in().await;
+    let label = "eagle-eye-operator.io/shard";
+    let mut pods = Vec::new();
+    for shard in ["a", "b"] {
+        let release = format!("{}-{shard}", release_name(&home));
+        let values = json!({
+            "scope": "namespaced",
+            "watchNamespaces": [apps.namespace],
+            // Spaces as a values file may carry them: the operator and the chart agree.
+            "credentialSelector": format!(" {label}={shard} "),
+        });
+        install(&home, &release, &host_values(values)).await;
+        let login = login(&si, &format!("helm-shard-{shard}"), true).await;
+        let name = format!("cam-{shard}");
+        create_secrets(&apps, &name, &login).await;
+        let mut cr = credential(&name, &si, json!({}));
+        cr.metadata.labels = Some([(label.to_owned(), shard.to_owned())].into());
+        apps.api::<EagleEyeCredential>()
+            .create(&PostParams::default(), &cr)
+            .await
+            .unwrap();
+        pods.push((shard, name, ChartPod::start(&home, &release, &si).await));
+    }
+    for (shard, name, pod) in &pods {
+        wait_for_reason(&apps, name, "TokenRefreshed", Duration::from_secs(60)).await;
+        let by: Vec<String> = crate::support::operator::events(&apps, name, "TokenRefreshed")
+            .await
+            .into_iter()
+            .filter_map(|e| e.reporting_instance)
+            .collect();
+        assert!(
+            !by.is_empty() && by.iter().all(|i| i.starts_with(&format!("{}_", pod.name))),
+            "{name} refreshed by {by:?}, not only by {}",
+            pod.name
+        );
+        // Each release leads in its own Lease, the one its Role names.
+        let lease = eagle_eye_operator::shard::lease_name(Some(&format!("{label}={shard}")));
+        let holder = Api::<Lease>::namespaced(home.client.clone(), &home.namespace)
+            .get(&lease)
+            .await
+            .unwrap_or_else(|e| panic!("Lease {lease}: {e}"))
+            .spec
+            .unwrap()
+            .holder_identity
+            .unwrap_or_default();
+        assert!(
+            holder.starts_with(&format!("{}_", pod.name)),
+            "{lease}: {holder}"
+        );
+        assert!(si.counters().reused_refresh_tokens == 0, "shard {shard}");
+        pod.assert_never_forbidden();
+    }
+}
+
 /// The chart's operator container run as a host process: the installed Deployment's args
 /// and env (downward-API fields filled in as the kubelet would), and a kubeconfig that
 /// impersonates the chart's ServiceAccount, so only the chart's RBAC applies.
