@@ -275,31 +275,26 @@ pub async fn run(
         return Ok(());
     }
     // Until the API server answers, /healthz says alive and /readyz says not ready.
-    let mut delay = std::time::Duration::from_millis(500);
-    let manager = loop {
-        let built = LeaseManagerBuilder::new(client.clone(), &lease_name)
-            .with_namespace(&args.lease_namespace)
-            .with_identity(&identity)
-            .with_duration(LEASE_SECONDS)
-            .with_grace(LEASE_GRACE_SECONDS)
-            .build()
-            .await;
-        match built {
-            Ok(m) => break m,
-            Err(e) => {
-                warn!(error = %e, lease = %lease_name, namespace = %args.lease_namespace, "cannot set up the Lease yet; retrying")
-            }
-        }
-        tokio::select! {
-            _ = shutdown.clone() => return Ok(()),
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    let lease = LeaseSetup {
+        client: client.clone(),
+        name: lease_name.clone(),
+        namespace: args.lease_namespace.clone(),
+        identity: identity.clone(),
+    };
+    let Some(manager) = lease.manager(shutdown.clone()).await else {
+        return Ok(());
     };
     // A follower that reached the API server is ready: it is a hot standby.
     health.set_ready(true);
-    let (leading, lease_task) = manager.watch().await;
+    let (mut leading, mut lease_task) = manager.watch().await;
+    let mut rebuild = false;
     loop {
+        if std::mem::take(&mut rebuild) {
+            let Some(manager) = lease.manager(shutdown.clone()).await else {
+                break;
+            };
+            (leading, lease_task) = manager.watch().await;
+        }
         let mut wait_leading = leading.clone();
         // While following, keep trying to store any token held from the last term.
         let retry_held = async {
@@ -315,6 +310,16 @@ pub async fn run(
             _ = shutdown.clone() => break,
             _ = retry_held => false,
             became = wait_leading.wait_for(|l| *l) => became.is_err(),
+            _ = lease.released() => {
+                // kube-lease-manager's follower looks again only when the holder's term
+                // would end; a Lease released on SIGTERM is free now. A follower holds
+                // nothing: its manager is dropped without a release, and a new one, which
+                // reads the Lease afresh, takes it (or loses the race to another replica).
+                lease_task.abort();
+                info!(lease = %lease_name, "the Lease was released: trying to take it now");
+                rebuild = true;
+                continue;
+            }
         };
         if manager_stopped {
             if parts.shared.held.flush(&parts.client, FLUSH_LIMIT).await > 0 {
@@ -345,9 +350,73 @@ pub async fn run(
     match lease_task.await {
         Ok(Ok(_)) => info!("released the Lease"),
         Ok(Err(e)) => warn!(error = %e, "releasing the Lease failed; it expires by itself"),
+        // Stopped while a follower's manager was being replaced: it held nothing.
+        Err(e) if e.is_cancelled() => {}
         Err(e) => warn!(error = %e, "the Lease task failed"),
     }
     Ok(())
+}
+
+/// Where this process elects its leader, and as whom.
+struct LeaseSetup {
+    client: Client,
+    name: String,
+    namespace: String,
+    identity: String,
+}
+
+impl LeaseSetup {
+    /// A Lease manager once the API server answers (`None` if `shutdown` comes first).
+    async fn manager(
+        &self,
+        shutdown: impl std::future::Future<Output = ()> + Clone,
+    ) -> Option<kube_lease_manager::LeaseManager> {
+        let mut delay = std::time::Duration::from_millis(500);
+        loop {
+            let built = LeaseManagerBuilder::new(self.client.clone(), &self.name)
+                .with_namespace(&self.namespace)
+                .with_identity(&self.identity)
+                .with_duration(LEASE_SECONDS)
+                .with_grace(LEASE_GRACE_SECONDS)
+                .build()
+                .await;
+            match built {
+                Ok(m) => return Some(m),
+                Err(e) => {
+                    warn!(error = %e, lease = %self.name, namespace = %self.namespace, "cannot set up the Lease yet; retrying")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.clone() => return None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(std::time::Duration::from_secs(30));
+        }
+    }
+
+    /// Resolves when the Lease, seen held by another process, is seen with no holder: its
+    /// leader released it (a SIGTERM, a rolling update). Watched by name, so a follower
+    /// sends nothing while the leader renews; never resolves while the watch is refused.
+    async fn released(&self) {
+        let api: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        let leases = watcher::watcher(api, config)
+            .default_backoff()
+            .applied_objects();
+        let mut leases = std::pin::pin!(leases);
+        let mut held_by_another = false;
+        while let Some(seen) = leases.next().await {
+            let Ok(lease) = seen else { continue };
+            let holder = lease.spec.and_then(|s| s.holder_identity);
+            match holder.filter(|h| !h.is_empty()) {
+                Some(h) => held_by_another = h != self.identity,
+                None if held_by_another => return,
+                None => {}
+            }
+        }
+        std::future::pending().await
+    }
 }
 
 /// Seconds a Lease lasts without renewal, and how long before its end the holder renews it

@@ -226,7 +226,7 @@ async fn install_in_cluster_scope_grants_exactly_the_operators_rules_and_leases_
             false,
         ),
     ];
-    for verb in ["get", "patch"] {
+    for verb in ["get", "patch", "watch"] {
         expected.push((format!("{verb} {lease} -n {home}"), true));
         expected.push((format!("{verb} {lease} -n {there}"), false));
         expected.push((format!("{verb} {other_lease} -n {home}"), false));
