@@ -625,7 +625,8 @@ impl Model {
     }
 
     fn may_spend(&self, p: usize) -> bool {
-        // `Leadership::not_safe_to_spend`: a read of the Lease, ours and fresh.
+        // `Leadership::not_safe_to_spend`: the Lease ours and fresh (as last watched, or read
+        // afresh); the spend intent written next needs the API server in any case.
         self.api_up
             && (self.cfg.no_leader_election || self.lease == Some((p, self.procs[p].incarnation)))
     }

@@ -310,7 +310,7 @@ pub async fn run(
             _ = shutdown.clone() => break,
             _ = retry_held => false,
             became = wait_leading.wait_for(|l| *l) => became.is_err(),
-            _ = lease.released() => {
+            _ = parts.shared.leadership.released() => {
                 // kube-lease-manager's follower looks again only when the holder's term
                 // would end; a Lease released on SIGTERM is free now. A follower holds
                 // nothing: its manager is dropped without a release, and a new one, which
@@ -392,30 +392,6 @@ impl LeaseSetup {
             }
             delay = (delay * 2).min(std::time::Duration::from_secs(30));
         }
-    }
-
-    /// Resolves when the Lease, seen held by another process, is seen with no holder: its
-    /// leader released it (a SIGTERM, a rolling update). Watched by name, so a follower
-    /// sends nothing while the leader renews; never resolves while the watch is refused.
-    async fn released(&self) {
-        let api: Api<k8s_openapi::api::coordination::v1::Lease> =
-            Api::namespaced(self.client.clone(), &self.namespace);
-        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
-        let leases = watcher::watcher(api, config)
-            .default_backoff()
-            .applied_objects();
-        let mut leases = std::pin::pin!(leases);
-        let mut held_by_another = false;
-        while let Some(seen) = leases.next().await {
-            let Ok(lease) = seen else { continue };
-            let holder = lease.spec.and_then(|s| s.holder_identity);
-            match holder.filter(|h| !h.is_empty()) {
-                Some(h) => held_by_another = h != self.identity,
-                None if held_by_another => return,
-                None => {}
-            }
-        }
-        std::future::pending().await
     }
 }
 
