@@ -205,10 +205,16 @@ pub fn report(outcome: &Outcome, previous: Option<&Condition>, now: Timestamp) -
                 format!("access token refreshed; it expires at {expires_at}"),
             ),
             Next::At(*next_refresh),
-            vec![normal(
-                reason::TOKEN_REFRESHED,
-                "access token refreshed and published".into(),
-            )],
+            // An Event when tokens flow (again); a routine refresh of a working credential
+            // is no news, and one Event per refresh would be a write per refresh.
+            if previous.is_some_and(|c| c.status == "True") {
+                vec![]
+            } else {
+                vec![normal(
+                    reason::TOKEN_REFRESHED,
+                    "access token refreshed and published; further routine refreshes show in status.lastRefreshAt and eagle_eye_refresh_attempts_total, not as Events".into(),
+                )]
+            },
         ),
         O::Waiting { until, standing } => status(
             current(standing, previous, now),
@@ -491,6 +497,24 @@ mod tests {
                     next_refresh: t(NOW + 3000),
                 },
                 None,
+                Some((true, reason::TOKEN_REFRESHED)),
+                vec![(Normal, reason::TOKEN_REFRESHED)],
+            ),
+            (
+                O::Refreshed {
+                    expires_at: t(NOW + 3600),
+                    next_refresh: t(NOW + 3000),
+                },
+                was_ok.clone(),
+                Some((true, reason::TOKEN_REFRESHED)),
+                vec![],
+            ),
+            (
+                O::Refreshed {
+                    expires_at: t(NOW + 3600),
+                    next_refresh: t(NOW + 3000),
+                },
+                was_refused.clone(),
                 Some((true, reason::TOKEN_REFRESHED)),
                 vec![(Normal, reason::TOKEN_REFRESHED)],
             ),
