@@ -96,7 +96,7 @@ pub fn testcontext() -> (Arc<Context>, ApiServerVerifier) {
                 leadership: Leadership::unchecked(),
                 known: Default::default(),
                 own_writes: Default::default(),
-                clients: Default::default(),
+                reads: Default::default(),
             },
         )),
         ApiServerVerifier(handle),

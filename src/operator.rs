@@ -255,7 +255,7 @@ pub async fn run(
             leadership,
             known: Default::default(),
             own_writes: Default::default(),
-            clients: Default::default(),
+            reads: Default::default(),
         },
     };
     let shutdown = Box::pin(shutdown).shared();
@@ -435,7 +435,7 @@ impl Parts {
         // A new term looks at every credential once, whatever was known in the last one,
         // and reads every Secret afresh.
         self.shared.known.clear();
-        self.shared.clients.clear();
+        self.shared.reads.clear();
         let built: Vec<_> = namespaces
             .into_iter()
             .map(|ns| {
@@ -492,21 +492,28 @@ impl Parts {
                     self.shared.clone(),
                 ));
                 // Metadata only, paged: memory does not grow with the Secrets in the cluster.
+                // A re-list shows no event for a Secret deleted while the watch was down:
+                // what was read from Secrets is read again.
+                let reads = self.shared.reads.clone();
+                let relisted = reads.clone();
                 let secret_events =
                     watcher::watcher(secrets, watcher::Config::default().page_size(100))
+                        .inspect_ok(move |e| {
+                            if matches!(e, watcher::Event::Init) {
+                                relisted.clear()
+                            }
+                        })
                         .touched_objects();
                 let metrics = self.metrics.clone();
                 let own = self.shared.own_writes.clone();
-                let clients = self.shared.clients.clone();
                 controller
                     .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {
-                        // An echo of the operator's own write changes no client keys.
+                        // An echo of the operator's own write changes nothing it read.
                         if own.is_echo(&secret) {
                             return Vec::new();
                         }
                         // Before anything is woken by it: no reconcile reads the old values.
-                        clients
-                            .changed(&secret.namespace().unwrap_or_default(), &secret.name_any());
+                        reads.changed(&secret.namespace().unwrap_or_default(), &secret.name_any());
                         credentials_naming(&store, &secret)
                     })
                     .graceful_shutdown_on(stop.clone())

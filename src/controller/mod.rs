@@ -26,7 +26,7 @@ use crate::secrets::{SecretError, kube_reason};
 use crate::status::Lifetimes;
 use crate::token::TokenClient;
 
-mod clients;
+mod cache;
 mod consumers;
 mod held;
 mod known;
@@ -37,7 +37,7 @@ mod report;
 mod revoke;
 mod sweep;
 
-pub use clients::ClientCache;
+pub use cache::Reads;
 pub use held::HeldTokens;
 pub use known::Known;
 pub use leadership::Leadership;
@@ -87,8 +87,8 @@ pub struct Context {
     pub known: Arc<Known>,
     /// Versions of this process's own Secret writes.
     pub own_writes: Arc<OwnWrites>,
-    /// Client credentials read since their Secret last changed.
-    pub clients: Arc<ClientCache>,
+    /// Secrets read (or written) since they last changed.
+    pub reads: Arc<Reads>,
     /// `Retry-After` answers, by credential.
     retry_not_before: Mutex<HashMap<String, Timestamp>>,
     /// Consecutive Kubernetes API failures, by credential, for the error policy's backoff.
@@ -105,7 +105,7 @@ pub struct Shared {
     pub leadership: Leadership,
     pub known: Arc<Known>,
     pub own_writes: Arc<OwnWrites>,
-    pub clients: Arc<ClientCache>,
+    pub reads: Arc<Reads>,
 }
 
 impl Context {
@@ -130,7 +130,7 @@ impl Context {
             leadership: shared.leadership,
             known: shared.known,
             own_writes: shared.own_writes,
-            clients: shared.clients,
+            reads: shared.reads,
             retry_not_before: Mutex::default(),
             api_failures: Mutex::default(),
             revokes: Mutex::default(),

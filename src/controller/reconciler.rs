@@ -1,5 +1,6 @@
 //! One reconcile, step by step: validate, read, plan, refresh, write back, publish.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -21,6 +22,7 @@ use crate::spent;
 use crate::target::{self, Ownership, Publication};
 use crate::token::{CallSlot, ErrorClass, TokenError, TokenGrant};
 
+use super::cache;
 use super::held::{Held, Refusal};
 use super::{
     Context, Error, FIELD_MANAGER, WAITING_RECHECK, jitter, key, labels, lock, login_fingerprint,
@@ -89,13 +91,29 @@ impl<'a> Reconciler<'a> {
         }
     }
 
-    /// The target Secret, if it exists.
+    /// The target Secret's metadata (see `cache::trimmed`), if it exists: as last read or
+    /// written when it has not changed since.
     async fn target(&self) -> Result<Option<Secret>, SecretError> {
         let name = target::target_name(self.cr);
-        self.secrets
+        let ns = self.cr.namespace().unwrap_or_default();
+        let targets = &self.ctx.reads.targets;
+        let seen = match targets.get(&ns, &name, "") {
+            Ok(target) => return Ok(Some((*target).clone())),
+            Err(seen) => seen,
+        };
+        let target = self
+            .secrets
             .get_opt(&name)
             .await
-            .map_err(|source| SecretError::Api { name, source })
+            .map_err(|source| SecretError::Api {
+                name: name.clone(),
+                source,
+            })?
+            .map(|s| cache::trimmed(&s));
+        if let Some(t) = &target {
+            targets.put(&ns, &name, "", Arc::new(t.clone()), seen);
+        }
+        Ok(target)
     }
 
     /// What the target Secret publishes now: only a target this credential may write
@@ -163,14 +181,15 @@ impl<'a> Reconciler<'a> {
         let validated = validate(self.cr, &self.ctx.settings);
         let c = &spec.client_secret_ref;
         let (id_key, secret_key) = (&c.client_id_key, &c.client_secret_key);
-        let cache = &self.ctx.clients;
-        let creds = match cache.get(&ns, &c.name, id_key, secret_key) {
+        let cache = &self.ctx.reads.clients;
+        let keys = format!("{id_key}/{secret_key}");
+        let creds = match cache.get(&ns, &c.name, &keys) {
             Ok(creds) => Ok(creds),
             Err(seen) => {
                 match secrets::read_client(&self.secrets, &c.name, id_key, secret_key).await {
                     Err(e @ SecretError::Api { .. }) => return Err(e.into()),
                     Ok(creds) => {
-                        cache.put(&ns, &c.name, id_key, secret_key, creds.clone(), seen);
+                        cache.put(&ns, &c.name, &keys, creds.clone(), seen);
                         Ok(creds)
                     }
                     other => other,
@@ -881,6 +900,8 @@ impl<'a> Reconciler<'a> {
         let owned = matches!(ownership, Ownership::Absent | Ownership::Owned);
         let mut secret = target::build(self.cr, publication, owned);
         let name = target::target_name(self.cr);
+        let ns = self.cr.namespace().unwrap_or_default();
+        let seen = self.ctx.reads.targets.seen();
         let written = if *ownership == Ownership::Absent {
             let params = PostParams {
                 field_manager: Some(FIELD_MANAGER.into()),
@@ -897,8 +918,17 @@ impl<'a> Reconciler<'a> {
                 )
                 .await
         };
-        let written = written.map_err(|e| Error::Target(name, e))?;
+        let written = match written {
+            Ok(w) => w,
+            Err(e) => {
+                // A conflict means the copy in memory is out of date, whatever the watch says.
+                self.ctx.reads.targets.changed(&ns, &name);
+                return Err(Error::Target(name, e));
+            }
+        };
         self.ctx.own_writes.wrote(&written);
+        let kept = Arc::new(cache::trimmed(&written));
+        self.ctx.reads.targets.put(&ns, &name, "", kept, seen);
         Ok(())
     }
 

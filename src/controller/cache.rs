@@ -1,0 +1,122 @@
+//! What reconciles read from Secrets that change rarely, as last read or written: client
+//! credentials, and the target Secret's metadata. Every change of such a Secret that is not
+//! this process's own write (a watch event), and every re-list of the Secret watch (a
+//! Secret deleted while the watch was down shows no event), drops what was read from it, so
+//! a reconcile reads it again only after a change.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::Secret;
+
+use super::lock;
+use crate::token::ClientCredentials;
+
+/// Every Secret read a reconcile may take from memory.
+#[derive(Default)]
+pub struct Reads {
+    /// Client credentials, by the keys read.
+    pub clients: SecretCache<ClientCredentials>,
+    /// Target Secrets' metadata (`trimmed`): whose they are and what they publish.
+    pub targets: SecretCache<Arc<Secret>>,
+}
+
+impl Reads {
+    /// Secret `name` of `ns` changed, went, or may have while the watch was down.
+    pub fn changed(&self, ns: &str, name: &str) {
+        self.clients.changed(ns, name);
+        self.targets.changed(ns, name);
+    }
+
+    pub fn clear(&self) {
+        self.clients.clear();
+        self.targets.clear();
+    }
+}
+
+/// What a reconcile uses of a target Secret: its metadata without managedFields, and no
+/// data (the access token is never kept in memory longer than a publish takes).
+pub fn trimmed(secret: &Secret) -> Secret {
+    let mut metadata = secret.metadata.clone();
+    metadata.managed_fields = None;
+    Secret {
+        metadata,
+        ..Default::default()
+    }
+}
+
+/// Namespace, Secret name, and what was read from it (e.g. which keys).
+type Key = (String, String, String);
+
+/// The entries, and how many Secret changes were seen: a read that a change overtook is
+/// not kept (it may hold the old values, and the change's event has passed already).
+pub struct SecretCache<V>(Mutex<(HashMap<Key, V>, u64)>);
+
+impl<V> Default for SecretCache<V> {
+    fn default() -> Self {
+        SecretCache(Mutex::new((HashMap::new(), 0)))
+    }
+}
+
+fn key(ns: &str, name: &str, what: &str) -> Key {
+    (ns.into(), name.into(), what.into())
+}
+
+impl<V: Clone> SecretCache<V> {
+    /// The value, or the count of changes seen so far to hand to `put`.
+    pub fn get(&self, ns: &str, name: &str, what: &str) -> Result<V, u64> {
+        let guard = lock(&self.0);
+        guard.0.get(&key(ns, name, what)).cloned().ok_or(guard.1)
+    }
+
+    /// The count of changes seen so far, for a `put` after a write.
+    pub fn seen(&self) -> u64 {
+        lock(&self.0).1
+    }
+
+    /// Keeps what a read (or write) that started when `get` or `seen` answered `seen`
+    /// returned, unless a change came in between.
+    pub fn put(&self, ns: &str, name: &str, what: &str, value: V, seen: u64) {
+        let mut guard = lock(&self.0);
+        if guard.1 == seen {
+            guard.0.insert(key(ns, name, what), value);
+        }
+    }
+
+    /// Secret `name` of `ns` changed or went: whatever was read from it goes.
+    pub fn changed(&self, ns: &str, name: &str) {
+        let mut guard = lock(&self.0);
+        guard.1 = guard.1.wrapping_add(1);
+        guard.0.retain(|(n, s, _), _| !(n == ns && s == name));
+    }
+
+    pub fn clear(&self) {
+        let mut guard = lock(&self.0);
+        guard.1 = guard.1.wrapping_add(1);
+        guard.0.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_of_the_secret_drops_what_was_read_from_it_and_nothing_else() {
+        let cache = SecretCache::<String>::default();
+        let creds = |id: &str| id.to_owned();
+        let seen = cache.get("n", "a", "id/secret").unwrap_err();
+        cache.put("n", "a", "id/secret", creds("1"), seen);
+        cache.put("n", "b", "id/secret", creds("2"), seen);
+        cache.put("m", "a", "id/secret", creds("3"), seen);
+        cache.changed("n", "a");
+        let seen = cache.get("n", "a", "id/secret").unwrap_err();
+        assert_eq!(cache.get("n", "b", "id/secret").unwrap(), "2");
+        assert_eq!(cache.get("m", "a", "id/secret").unwrap(), "3");
+        assert!(cache.get("n", "b", "other/secret").is_err(), "other keys");
+        // A read overtaken by a change is not kept: its event has passed already.
+        cache.changed("x", "y");
+        cache.put("n", "a", "id/secret", creds("old"), seen);
+        assert!(cache.get("n", "a", "id/secret").is_err());
+    }
+}
