@@ -97,6 +97,7 @@ pub fn testcontext() -> (Arc<Context>, ApiServerVerifier) {
                 known: Default::default(),
                 own_writes: Default::default(),
                 reads: Default::default(),
+                shard: None,
             },
         )),
         ApiServerVerifier(handle),

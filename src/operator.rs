@@ -214,12 +214,21 @@ pub async fn run(
     namespaces.sort();
     namespaces.dedup();
     let credential_selector = crate::shard::selector(args.credential_selector.as_deref());
+    anyhow::ensure!(
+        args.credential_selector.is_none() || credential_selector.is_some(),
+        "--credential-selector is blank: leave it out to refresh every credential watched"
+    );
     if let Some(selector) = &credential_selector {
         check_selector(&client, &namespaces, selector).await?;
         info!(%selector, "refreshing only the credentials this selector matches");
     }
     let lease_name = crate::shard::selector(args.lease_name.as_deref())
         .unwrap_or_else(|| crate::shard::lease_name(credential_selector.as_deref()));
+    anyhow::ensure!(
+        credential_selector.is_none() || lease_name != crate::shard::DEFAULT_LEASE,
+        "--lease-name {} is the Lease of an operator for every credential; a shard (--credential-selector) elects its leader in a Lease of its own: leave --lease-name out, or name one per shard",
+        crate::shard::DEFAULT_LEASE
+    );
     let args = RunArgs {
         namespaces,
         credential_selector,
@@ -256,6 +265,7 @@ pub async fn run(
             known: Default::default(),
             own_writes: Default::default(),
             reads: Default::default(),
+            shard: args.credential_selector.clone(),
         },
     };
     let shutdown = Box::pin(shutdown).shared();
@@ -286,14 +296,16 @@ pub async fn run(
     };
     // A follower that reached the API server is ready: it is a hot standby.
     health.set_ready(true);
-    let (mut leading, mut lease_task) = manager.watch().await;
+    let (mut leading, task) = manager.watch().await;
+    let mut lease_task = Some(task);
     let mut rebuild = false;
     loop {
         if std::mem::take(&mut rebuild) {
             let Some(manager) = lease.manager(shutdown.clone()).await else {
                 break;
             };
-            (leading, lease_task) = manager.watch().await;
+            let (now_leading, task) = manager.watch().await;
+            (leading, lease_task) = (now_leading, Some(task));
         }
         let mut wait_leading = leading.clone();
         // While following, keep trying to store any token held from the last term.
@@ -306,20 +318,31 @@ pub async fn run(
                 }
             }
         };
-        let manager_stopped = tokio::select! {
+        let followed = tokio::select! {
             _ = shutdown.clone() => break,
-            _ = retry_held => false,
-            became = wait_leading.wait_for(|l| *l) => became.is_err(),
-            _ = parts.shared.leadership.released() => {
-                // kube-lease-manager's follower looks again only when the holder's term
-                // would end; a Lease released on SIGTERM is free now. A follower holds
-                // nothing: its manager is dropped without a release, and a new one, which
-                // reads the Lease afresh, takes it (or loses the race to another replica).
-                lease_task.abort();
-                info!(lease = %lease_name, "the Lease was released: trying to take it now");
-                rebuild = true;
-                continue;
+            _ = retry_held => Some(false),
+            became = wait_leading.wait_for(|l| *l) => Some(became.is_err()),
+            _ = parts.shared.leadership.released() => None,
+        };
+        let Some(manager_stopped) = followed else {
+            // kube-lease-manager's follower looks again only when the holder's term would
+            // end; a Lease released on SIGTERM is free now. A follower holds nothing: its
+            // manager is stopped without a release (its requests over before the next one
+            // sends any), and a new one, which reads the Lease afresh, takes it or loses
+            // the race to another replica. First, as kube-lease-manager does after a
+            // release, a random pause: followers seeing one release do not all try at once.
+            if let Some(task) = lease_task.take() {
+                task.abort();
+                let _ = task.await;
             }
+            info!(lease = %lease_name, "the Lease was released: trying to take it now");
+            let pause = std::time::Duration::from_millis(rand::random_range(100..=1000));
+            tokio::select! {
+                _ = shutdown.clone() => break,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            rebuild = true;
+            continue;
         };
         if manager_stopped {
             if parts.shared.held.flush(&parts.client, FLUSH_LIMIT).await > 0 {
@@ -347,12 +370,13 @@ pub async fn run(
     }
     parts.shared.held.report_lost();
     drop(leading);
-    match lease_task.await {
-        Ok(Ok(_)) => info!("released the Lease"),
-        Ok(Err(e)) => warn!(error = %e, "releasing the Lease failed; it expires by itself"),
-        // Stopped while a follower's manager was being replaced: it held nothing.
-        Err(e) if e.is_cancelled() => {}
-        Err(e) => warn!(error = %e, "the Lease task failed"),
+    // None when stopped while a follower's manager was being replaced: it held nothing.
+    if let Some(task) = lease_task {
+        match task.await {
+            Ok(Ok(_)) => info!("released the Lease"),
+            Ok(Err(e)) => warn!(error = %e, "releasing the Lease failed; it expires by itself"),
+            Err(e) => warn!(error = %e, "the Lease task failed"),
+        }
     }
     Ok(())
 }
@@ -456,8 +480,11 @@ impl Parts {
                 if let Some(selector) = &self.args.credential_selector {
                     config = config.labels(selector);
                 }
+                // managedFields are kept out of the store: nothing reads them, and every
+                // writer of a credential (kubectl, the operator's status) adds an entry.
                 let news = watcher::watcher(crs, config)
                     .default_backoff()
+                    .modify(|cr| cr.metadata.managed_fields = None)
                     .reflect(writer)
                     .applied_objects()
                     .try_filter(move |cr| futures::future::ready(known.is_news(cr)));

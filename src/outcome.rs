@@ -82,6 +82,8 @@ pub enum Outcome {
     InUse(String),
     /// The target Secret is not this credential's to write (the message says whose).
     TargetConflict(String),
+    /// Relabelled out of this shard (`--credential-selector`, given here).
+    NotSelected(String),
     /// A Secret is missing (the message names it).
     SecretNotFound(String),
     /// A Secret lacks a key, or its value is unusable.
@@ -253,6 +255,16 @@ pub fn report(outcome: &Outcome, previous: Option<&Condition>, now: Timestamp) -
         O::InvalidSpec(m) => waiting(previous, reason::INVALID_SPEC, m.clone()),
         O::InUse(m) => waiting(previous, reason::REFRESH_TOKEN_IN_USE, m.clone()),
         O::TargetConflict(m) => waiting(previous, reason::TARGET_CONFLICT, m.clone()),
+        O::NotSelected(selector) => Report {
+            next_refresh: Next::Unscheduled,
+            ..waiting(
+                previous,
+                reason::NOT_SELECTED,
+                format!(
+                    "no longer selected by the operator that refreshed it (--credential-selector {selector:?}); nothing refreshes it until an operator's selector matches its labels"
+                ),
+            )
+        },
         O::SecretNotFound(m) => waiting(previous, reason::SECRET_NOT_FOUND, m.clone()),
         O::SecretKeyMissing(m) => waiting(previous, reason::SECRET_KEY_MISSING, m.clone()),
         O::SecretImmutable(m) => waiting(previous, reason::SECRET_IMMUTABLE, m.clone()),
@@ -623,6 +635,12 @@ mod tests {
                 vec![(Warning, reason::SECRET_IMMUTABLE)],
             ),
             (
+                O::NotSelected(s("shard=a")),
+                was_ok.clone(),
+                Some((false, reason::NOT_SELECTED)),
+                vec![(Warning, reason::NOT_SELECTED)],
+            ),
+            (
                 O::TargetConflict(s(
                     "Secret \"app\" exists and was not created by this credential",
                 )),
@@ -776,6 +794,7 @@ mod tests {
             Outcome::SecretKeyMissing(s("m")),
             Outcome::SecretImmutable(s("m")),
             Outcome::TargetConflict(s("m")),
+            Outcome::NotSelected(s("m")),
             Outcome::Reverted {
                 secret: s("rt"),
                 key: s("k"),

@@ -51,6 +51,9 @@ pub mod reason {
     /// The target Secret exists and is not this credential's to write (another
     /// credential's, or anything else's without the opt-in annotation): nothing is written.
     pub const TARGET_CONFLICT: &str = "TargetConflict";
+    /// Relabelled out of the shard (`--credential-selector`) that refreshed it, and not
+    /// (yet) selected by another: nothing refreshes it until an operator's selector matches.
+    pub const NOT_SELECTED: &str = "NotSelected";
     pub const DEADLINE_NEAR: &str = "DeadlineNear";
     pub const DEADLINE_FAR: &str = "DeadlineFar";
     pub const NO_DEADLINE: &str = "NoDeadline";
@@ -59,7 +62,7 @@ pub mod reason {
 
 /// Every reason the `Ready` condition carries (the others are `ReloginSoon`'s): a reason
 /// read back from the status is one of these.
-pub const READY_REASONS: [&str; 16] = [
+pub const READY_REASONS: [&str; 17] = [
     reason::TOKEN_REFRESHED,
     reason::TOKEN_VALID,
     reason::SECRET_NOT_FOUND,
@@ -76,6 +79,7 @@ pub const READY_REASONS: [&str; 16] = [
     reason::REFRESH_DEFERRED,
     reason::TARGET_CONFLICT,
     reason::SECRET_IMMUTABLE,
+    reason::NOT_SELECTED,
 ];
 
 /// Sets condition `type_`, keeping its lastTransitionTime unless its status changes.

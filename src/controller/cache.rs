@@ -34,23 +34,30 @@ impl Reads {
     }
 }
 
-/// What a reconcile uses of a target Secret: its metadata without managedFields, and no
-/// data (the access token is never kept in memory longer than a publish takes).
+/// What a reconcile uses of a target Secret: its metadata (managedFields included: who
+/// wrote which key decides whether an adopted Secret may be written) and the names of its
+/// data keys, with every value blanked: no access token stays in memory longer than a
+/// publish takes.
 pub fn trimmed(secret: &Secret) -> Secret {
-    let mut metadata = secret.metadata.clone();
-    metadata.managed_fields = None;
     Secret {
-        metadata,
+        metadata: secret.metadata.clone(),
+        data: secret.data.as_ref().map(|d| {
+            d.keys()
+                .map(|k| (k.clone(), k8s_openapi::ByteString(Vec::new())))
+                .collect()
+        }),
         ..Default::default()
     }
 }
 
-/// Namespace, Secret name, and what was read from it (e.g. which keys).
-type Key = (String, String, String);
+/// Per Secret (namespace, name), what was read from it (e.g. which keys) and its value.
+type Entries<V> = HashMap<(String, String), HashMap<String, V>>;
 
 /// The entries, and how many Secret changes were seen: a read that a change overtook is
-/// not kept (it may hold the old values, and the change's event has passed already).
-pub struct SecretCache<V>(Mutex<(HashMap<Key, V>, u64)>);
+/// not kept (it may hold the old values, and the change's event has passed already). One
+/// count for all Secrets: under a storm of unrelated Secret changes reads are kept less
+/// often (each costs a GET again), and the count never grows with the Secrets seen.
+pub struct SecretCache<V>(Mutex<(Entries<V>, u64)>);
 
 impl<V> Default for SecretCache<V> {
     fn default() -> Self {
@@ -58,15 +65,20 @@ impl<V> Default for SecretCache<V> {
     }
 }
 
-fn key(ns: &str, name: &str, what: &str) -> Key {
-    (ns.into(), name.into(), what.into())
+fn secret(ns: &str, name: &str) -> (String, String) {
+    (ns.into(), name.into())
 }
 
 impl<V: Clone> SecretCache<V> {
     /// The value, or the count of changes seen so far to hand to `put`.
     pub fn get(&self, ns: &str, name: &str, what: &str) -> Result<V, u64> {
         let guard = lock(&self.0);
-        guard.0.get(&key(ns, name, what)).cloned().ok_or(guard.1)
+        guard
+            .0
+            .get(&secret(ns, name))
+            .and_then(|read| read.get(what))
+            .cloned()
+            .ok_or(guard.1)
     }
 
     /// The count of changes seen so far, for a `put` after a write.
@@ -79,7 +91,8 @@ impl<V: Clone> SecretCache<V> {
     pub fn put(&self, ns: &str, name: &str, what: &str, value: V, seen: u64) {
         let mut guard = lock(&self.0);
         if guard.1 == seen {
-            guard.0.insert(key(ns, name, what), value);
+            let read = guard.0.entry(secret(ns, name)).or_default();
+            read.insert(what.into(), value);
         }
     }
 
@@ -87,7 +100,7 @@ impl<V: Clone> SecretCache<V> {
     pub fn changed(&self, ns: &str, name: &str) {
         let mut guard = lock(&self.0);
         guard.1 = guard.1.wrapping_add(1);
-        guard.0.retain(|(n, s, _), _| !(n == ns && s == name));
+        guard.0.remove(&secret(ns, name));
     }
 
     pub fn clear(&self) {
@@ -100,6 +113,28 @@ impl<V: Clone> SecretCache<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_target_has_its_owners_and_key_names_but_no_values() {
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "t",
+                "annotations": {"a": "b"},
+                "managedFields": [{"manager": "app", "operation": "Apply",
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {"f:password": {}}}}],
+            },
+            "data": {"password": "c2VjcmV0", "access_token": "dG9rZW4="},
+        }))
+        .unwrap();
+        let kept = trimmed(&secret);
+        assert_eq!(kept.metadata, secret.metadata);
+        let data = kept.data.unwrap();
+        assert_eq!(
+            data.keys().collect::<Vec<_>>(),
+            ["access_token", "password"]
+        );
+        assert!(data.values().all(|v| v.0.is_empty()));
+    }
 
     #[test]
     fn a_change_of_the_secret_drops_what_was_read_from_it_and_nothing_else() {

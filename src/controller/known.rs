@@ -16,11 +16,19 @@ use super::{key, lock};
 #[derive(Default)]
 pub struct Known(Mutex<HashMap<String, Entry>>);
 
+/// Digests, not copies: 10,000 credentials' statuses twice over would be megabytes.
 struct Entry {
     shape: u64,
-    status: Option<EagleEyeCredentialStatus>,
+    status: u64,
     /// The status this process is writing: its watch event may come before the answer.
-    writing: Option<EagleEyeCredentialStatus>,
+    writing: Option<u64>,
+}
+
+/// A status's digest (its JSON, hashed: the types hold no float or map of unstable order).
+fn digest(status: Option<&EagleEyeCredentialStatus>) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(&status).unwrap_or_default().hash(&mut h);
+    h.finish()
 }
 
 /// Everything of a credential but its status and resourceVersion: a change here is a
@@ -41,18 +49,18 @@ impl Known {
     /// new credential, a changed shape, or a status someone else wrote. Remembers it.
     pub fn is_news(&self, cr: &EagleEyeCredential) -> bool {
         let shape = shape(cr);
+        let status = digest(cr.status.as_ref());
         let mut map = lock(&self.0);
         let entry = map.insert(
             key(cr),
             Entry {
                 shape,
-                status: cr.status.clone(),
+                status,
                 writing: None,
             },
         );
         entry.is_none_or(|e| {
-            e.shape != shape
-                || (e.status != cr.status && e.writing.is_none_or(|w| Some(w) != cr.status))
+            e.shape != shape || (e.status != status && e.writing.is_none_or(|w| w != status))
         })
     }
 
@@ -60,7 +68,7 @@ impl Known {
     /// is no news even when it comes before the API server's answer.
     pub fn writing(&self, cr: &EagleEyeCredential, status: &EagleEyeCredentialStatus) {
         if let Some(e) = lock(&self.0).get_mut(&key(cr)) {
-            e.writing = Some(status.clone());
+            e.writing = Some(digest(Some(status)));
         }
     }
 
@@ -70,7 +78,7 @@ impl Known {
             key(cr),
             Entry {
                 shape: shape(cr),
-                status: cr.status.clone(),
+                status: digest(cr.status.as_ref()),
                 writing: None,
             },
         );
@@ -81,7 +89,7 @@ impl Known {
     pub fn is_current(&self, cr: &EagleEyeCredential) -> bool {
         lock(&self.0)
             .get(&key(cr))
-            .is_some_and(|e| e.shape == shape(cr) && e.status == cr.status)
+            .is_some_and(|e| e.shape == shape(cr) && e.status == digest(cr.status.as_ref()))
     }
 
     /// Forgets everything: a new leadership term reconciles every credential once.

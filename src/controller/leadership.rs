@@ -94,13 +94,20 @@ impl Check {
             return false;
         };
         let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
-        let fresh_until = spec
+        // Checked: whoever may write the Lease may write any time and duration into it.
+        let left_until = spec
             .renew_time
             .as_ref()
             .map(|t| t.0)
             .zip(spec.lease_duration_seconds)
-            .map(|(renewed, secs)| renewed + SignedDuration::from_secs(i64::from(secs)));
-        ours && fresh_until.is_some_and(|until| until - self.margin > Timestamp::now())
+            .and_then(|(renewed, secs)| {
+                renewed
+                    .checked_add(SignedDuration::from_secs(i64::from(secs)))
+                    .ok()?
+                    .checked_sub(self.margin)
+                    .ok()
+            });
+        ours && left_until.is_some_and(|until| until > Timestamp::now())
     }
 }
 
@@ -118,6 +125,7 @@ async fn follow(api: Api<Lease>, name: String, tx: watch::Sender<Option<Lease>>)
     let events = watcher::watcher(api, config).default_backoff();
     let mut events = std::pin::pin!(events);
     let mut listed = None;
+    let mut warned = false;
     while let Some(event) = events.next().await {
         match event {
             Ok(watcher::Event::Apply(l)) => {
@@ -133,7 +141,11 @@ async fn follow(api: Api<Lease>, name: String, tx: watch::Sender<Option<Lease>>)
             }
             // The watcher retries with backoff; meanwhile the copy ages and the check asks
             // the API server.
-            Err(_) => {}
+            Err(e) => {
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(error = %e, lease = %name, "cannot watch the Lease (needs list and watch on it): its holder is read before each refresh instead, and a released Lease is taken only when it expires");
+                }
+            }
         }
         if tx.is_closed() {
             return;

@@ -106,6 +106,8 @@ pub struct Shared {
     pub known: Arc<Known>,
     pub own_writes: Arc<OwnWrites>,
     pub reads: Arc<Reads>,
+    /// `--credential-selector`, when this process is one shard of several.
+    pub shard: Option<String>,
 }
 
 impl Context {

@@ -529,6 +529,14 @@ impl<'a> Reconciler<'a> {
             info!("not refreshing: the operator is stopping");
             return Ok(Action::await_change());
         }
+        // Gone from the watch meanwhile (relabelled out of this shard, or deleted): the
+        // process that watches it now decides; a spend here would only race it (safely,
+        // through the intent, but for nothing).
+        let watched = kube::runtime::reflector::ObjectRef::from_obj(self.cr);
+        if self.ctx.store.get(&watched).is_none() {
+            info!("not refreshing: the credential is no longer watched by this operator");
+            return Ok(Action::await_change());
+        }
         // Checked once the slot is granted: the wait for it may have outlasted the Lease.
         if let Some(wait) = self.ctx.leadership.not_safe_to_spend().await {
             info!(

@@ -4,15 +4,25 @@
 //! Every few seconds, while the controllers run with their stores in sync, whatever is kept
 //! for a credential no longer in any store is dropped; a rotated token still held for it is
 //! stored first (it belongs in its Secret whether or not the credential exists).
+//!
+//! In a shard (`--credential-selector`), a credential gone from the store may still exist,
+//! relabelled out of the shard: its status then says `NotSelected`, rather than keep this
+//! shard's last word (`Ready=True`) while nothing refreshes it. A shard that selects it
+//! writes its own status over that one.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
+use tracing::warn;
 
-use super::{Shared, key};
+use super::{FIELD_MANAGER, Shared, key};
 use crate::crd::EagleEyeCredential;
+use crate::outcome::{self, Outcome};
+use crate::secrets::kube_reason;
+use crate::status;
 
 /// How often deleted credentials are looked for: their series go within this (plus a scrape).
 pub const EVERY: Duration = Duration::from_secs(5);
@@ -46,6 +56,9 @@ pub async fn deleted_credentials(
         }
         for k in known.iter().filter(|k| !present.contains(*k)) {
             shared.known.forget(k);
+            if let Some(selector) = &shared.shard {
+                left_the_shard(&client, k, selector).await;
+            }
         }
         for c in series
             .iter()
@@ -53,5 +66,51 @@ pub async fn deleted_credentials(
         {
             shared.metrics.forget(c);
         }
+    }
+}
+
+/// Says in the status of credential `key` (`namespace/name`), if it still exists, that this
+/// shard no longer refreshes it. The whole status is applied, with only `Ready` changed:
+/// every shard writes as one field manager.
+async fn left_the_shard(client: &Client, key: &str, selector: &str) {
+    let Some((ns, name)) = key.split_once('/') else {
+        return;
+    };
+    let api: Api<EagleEyeCredential> = Api::namespaced(client.clone(), ns);
+    let Ok(Some(cr)) = api.get_opt(name).await else {
+        return;
+    };
+    if cr.metadata.deletion_timestamp.is_some() {
+        return;
+    }
+    let mut status = cr.status.clone().unwrap_or_default();
+    let now = super::whole_seconds(jiff::Timestamp::now());
+    let previous = status::condition(&status.conditions, status::READY).cloned();
+    let report = outcome::report(
+        &Outcome::NotSelected(selector.to_owned()),
+        previous.as_ref(),
+        now,
+    );
+    let Some(verdict) = report.ready else {
+        return;
+    };
+    status::set_condition(
+        &mut status.conditions,
+        status::READY,
+        verdict.ready,
+        verdict.reason,
+        verdict.message,
+        cr.metadata.generation,
+        now,
+    );
+    status.next_refresh_at = None;
+    let patch = serde_json::json!({
+        "apiVersion": "eagle-eye-operator.io/v1alpha1",
+        "kind": "EagleEyeCredential",
+        "status": status,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    if let Err(e) = api.patch_status(name, &params, &Patch::Apply(&patch)).await {
+        warn!(credential = %key, error = %kube_reason(&e), "could not mark a credential that left this shard");
     }
 }

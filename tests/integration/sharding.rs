@@ -215,27 +215,63 @@ async fn a_credential_moved_between_shards_mid_refresh_is_handed_over_without_re
     )
     .await;
     assert_eq!(ready(&env, "moved").await.unwrap().0, "True");
+
+    // Relabelled into no shard: the shard it left says so instead of keeping Ready=True.
+    env.api::<EagleEyeCredential>()
+        .patch(
+            "moved",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {SHARD_LABEL: "nowhere"}}})),
+        )
+        .await
+        .unwrap();
+    let cr = wait_for_reason(&env, "moved", "NotSelected", Duration::from_secs(30)).await;
+    let status = cr.status.unwrap();
+    assert!(status.next_refresh_at.is_none());
+    let (_, _, message) = ready(&env, "moved").await.unwrap();
+    assert!(
+        message.contains("eagle-eye-operator.io/shard=b"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
-async fn a_selector_the_api_server_refuses_stops_the_operator_at_start_naming_the_flag() {
+async fn a_bad_selector_or_a_shard_in_the_default_lease_stops_the_operator_at_start() {
     let env = env().await;
     let si = stand_in(Duration::from_secs(60)).await;
-    let mut op = Operator::start(&env, &si, &["--credential-selector", "shard in (a"]).await;
-    let mut exited = false;
-    for _ in 0..300 {
-        if !op.is_running() {
-            exited = true;
-            break;
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--credential-selector", "shard in (a"],
+            r#"--credential-selector "shard in (a" is not a label selector"#,
+        ),
+        (
+            &["--credential-selector", " "],
+            "--credential-selector is blank",
+        ),
+        (
+            &[
+                "--credential-selector",
+                "shard=a",
+                "--lease-name",
+                "eagle-eye-operator",
+            ],
+            "a shard (--credential-selector) elects its leader in a Lease of its own",
+        ),
+    ];
+    for (flags, says) in cases {
+        let mut op = Operator::start(&env, &si, flags).await;
+        let mut exited = false;
+        for _ in 0..300 {
+            if !op.is_running() {
+                exited = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let logs = op.logs();
+        assert!(exited, "{flags:?}: still running after 30 s:\n{logs}");
+        assert!(logs.contains(says), "{flags:?}:\n{logs}");
     }
-    assert!(exited, "still running after 30 s:\n{}", op.logs());
-    let logs = op.logs();
-    assert!(
-        logs.contains(r#"--credential-selector "shard in (a" is not a label selector"#),
-        "{logs}"
-    );
     assert!(
         env.api::<Lease>()
             .list(&Default::default())

@@ -113,6 +113,11 @@ async fn values_with_a_typo_or_a_contradiction_are_refused_at_install() {
             "/replicaCount",
         ),
         (json!({"logFormat": "JSON"}), "/logFormat"),
+        // A shard that kept the old default Lease name would share one leader with all.
+        (
+            json!({"credentialSelector": "shard=a", "leaderElection": {"leaseName": "eagle-eye-operator"}}),
+            "a Lease of its own",
+        ),
     ] {
         let file = values_file(&env, "typo", &values);
         let args = [
