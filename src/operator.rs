@@ -645,16 +645,18 @@ fn credentials_naming(
     store: &kube::runtime::reflector::Store<EagleEyeCredential>,
     secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<EagleEyeCredential>> {
-    let name = secret.name_any();
+    // Every credential per Secret event: compared in place, nothing copied but the matches.
+    let (Some(name), ns) = (&secret.metadata.name, &secret.metadata.namespace) else {
+        return Vec::new();
+    };
     store
-        .state()
-        .into_iter()
-        .filter(|cr| cr.namespace() == secret.namespace())
-        .filter(|cr| {
-            cr.spec.client_secret_ref.name == name
-                || cr.spec.refresh_token_secret_ref.name == name
-                || crate::target::target_name(cr) == name
+        .state_filter(|cr| {
+            (cr.spec.client_secret_ref.name == *name
+                || cr.spec.refresh_token_secret_ref.name == *name
+                || crate::target::names_target(cr, name))
+                && cr.metadata.namespace == *ns
         })
-        .map(|cr| ObjectRef::from_obj(&*cr))
+        .iter()
+        .map(|cr| ObjectRef::from_obj(&**cr))
         .collect()
 }

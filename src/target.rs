@@ -172,6 +172,19 @@ pub fn target_name(cr: &EagleEyeCredential) -> String {
         .unwrap_or_else(|| format!("{}-token", cr.name_any()))
 }
 
+/// Whether `name` is `cr`'s target Secret: [`target_name`] without building the name.
+pub fn names_target(cr: &EagleEyeCredential, name: &str) -> bool {
+    match &cr.spec.target.name {
+        Some(target) => target == name,
+        None => cr
+            .metadata
+            .name
+            .as_deref()
+            .and_then(|own| name.strip_prefix(own))
+            .is_some_and(|rest| rest == "-token"),
+    }
+}
+
 /// The whole target Secret, for server-side apply; `owned`: created by the credential,
 /// which is then its controller (and the garbage collector deletes it with the credential).
 pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>, owned: bool) -> Secret {
@@ -259,6 +272,19 @@ pub fn supersedes(published: &Published, received_at: jiff::Timestamp, refresh_f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_target_agrees_with_target_name() {
+        let mut cr = EagleEyeCredential::test();
+        cr.metadata.name = Some("cam".into());
+        for name in ["cam-token", "cam", "cam-tokens", "x-token", "-token", ""] {
+            assert_eq!(names_target(&cr, name), target_name(&cr) == name, "{name}");
+        }
+        cr.spec.target.name = Some("out".into());
+        for name in ["out", "cam-token", "out-token"] {
+            assert_eq!(names_target(&cr, name), target_name(&cr) == name, "{name}");
+        }
+    }
     use crate::crd::EagleEyeCredentialSpec;
 
     pub(crate) fn credential() -> EagleEyeCredential {

@@ -286,19 +286,22 @@ fn is_secret_name(name: &str) -> bool {
 fn other_claimant(store: &Store<EagleEyeCredential>, cr: &EagleEyeCredential) -> Option<String> {
     let order = |c: &EagleEyeCredential| {
         (
-            c.metadata.creation_timestamp.clone().map(|t| t.0),
-            c.name_any(),
+            c.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            c.metadata.name.clone(),
         )
     };
+    // A walk of every credential per reconcile: compared in place, nothing copied but
+    // the matches (10,000 credentials made copies the cold start's largest cost).
+    let (ns, name) = (&cr.metadata.namespace, &cr.metadata.name);
+    let wanted = &cr.spec.refresh_token_secret_ref.name;
     store
-        .state()
-        .into_iter()
-        .filter(|o| {
-            o.namespace() == cr.namespace()
-                && o.name_any() != cr.name_any()
+        .state_filter(|o| {
+            o.spec.refresh_token_secret_ref.name == *wanted
+                && o.metadata.namespace == *ns
+                && o.metadata.name != *name
                 && o.metadata.deletion_timestamp.is_none()
         })
-        .filter(|o| o.spec.refresh_token_secret_ref.name == cr.spec.refresh_token_secret_ref.name)
+        .into_iter()
         .filter(|o| order(o) < order(cr))
         .map(|o| o.name_any())
         .min()

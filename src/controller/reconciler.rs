@@ -134,12 +134,11 @@ impl<'a> Reconciler<'a> {
     /// namespace that read a Secret of its name.
     fn ownership(&self, target: Option<&Secret>) -> Ownership {
         let name = target::target_name(self.cr);
-        let ns = self.cr.namespace();
-        let input_of = self.ctx.store.state().into_iter().find(|c| {
-            c.namespace() == ns
+        let ns = &self.cr.metadata.namespace;
+        let input_of = self.ctx.store.find(|c| {
+            (c.spec.client_secret_ref.name == name || c.spec.refresh_token_secret_ref.name == name)
+                && c.metadata.namespace == *ns
                 && c.metadata.uid != self.cr.metadata.uid
-                && (c.spec.client_secret_ref.name == name
-                    || c.spec.refresh_token_secret_ref.name == name)
         });
         target::ownership(
             self.cr,
