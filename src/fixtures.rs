@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::Secret;
 use kube::client::Body;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::store::Writer;
 use kube::{Client, Resource};
 
@@ -61,13 +61,10 @@ pub struct ApiServerVerifier(Handle);
 pub fn testcontext() -> (Arc<Context>, ApiServerVerifier) {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(svc, NS);
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "eagle-eye-operator".into(),
-            instance: None,
-        },
-    );
+    let reporter = Reporter {
+        controller: "eagle-eye-operator".into(),
+        instance: None,
+    };
     let tokens = TokenClient::new(TokenClientOptions {
         timeout: std::time::Duration::from_secs(2),
         ..Default::default()
@@ -85,7 +82,7 @@ pub fn testcontext() -> (Arc<Context>, ApiServerVerifier) {
     (
         Arc::new(Context::new(
             client,
-            recorder,
+            reporter,
             tokens,
             settings,
             store.clone(),

@@ -13,7 +13,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::runtime::{Controller, WatchStreamExt};
@@ -511,7 +511,7 @@ impl Parts {
                 let store = controller.store();
                 let ctx = Arc::new(Context::new(
                     client.clone(),
-                    Recorder::new(client, reporter.clone()),
+                    reporter.clone(),
                     self.tokens.clone(),
                     self.settings.clone(),
                     store.clone(),

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 
 use super::lock;
 use crate::token::ClientCredentials;
@@ -34,13 +35,28 @@ impl Reads {
     }
 }
 
-/// What a reconcile uses of a target Secret: its metadata (managedFields included: who
-/// wrote which key decides whether an adopted Secret may be written) and the names of its
-/// data keys, with every value blanked: no access token stays in memory longer than a
-/// publish takes.
+/// What a reconcile uses of a target Secret: its metadata, with of managedFields only who
+/// wrote which data key (that decides whether an adopted Secret may be written), and the
+/// names of its data keys, every value blanked: no access token stays in memory longer than
+/// a publish takes.
 pub fn trimmed(secret: &Secret) -> Secret {
+    let mut metadata = secret.metadata.clone();
+    metadata.managed_fields = metadata.managed_fields.map(|entries| {
+        entries
+            .into_iter()
+            .map(|e| ManagedFieldsEntry {
+                fields_v1: e
+                    .fields_v1
+                    .as_ref()
+                    .and_then(|f| f.0.get("f:data"))
+                    .map(|data| FieldsV1(serde_json::json!({ "f:data": data }))),
+                manager: e.manager,
+                ..Default::default()
+            })
+            .collect()
+    });
     Secret {
-        metadata: secret.metadata.clone(),
+        metadata,
         data: secret.data.as_ref().map(|d| {
             d.keys()
                 .map(|k| (k.clone(), k8s_openapi::ByteString(Vec::new())))
@@ -121,13 +137,20 @@ mod tests {
                 "name": "t",
                 "annotations": {"a": "b"},
                 "managedFields": [{"manager": "app", "operation": "Apply",
-                    "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {"f:password": {}}}}],
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {"f:password": {}},
+                    "f:metadata": {"f:annotations": {"f:a": {}}}}}],
             },
             "data": {"password": "c2VjcmV0", "access_token": "dG9rZW4="},
         }))
         .unwrap();
         let kept = trimmed(&secret);
-        assert_eq!(kept.metadata, secret.metadata);
+        assert_eq!(kept.metadata.annotations, secret.metadata.annotations);
+        let owners = kept.metadata.managed_fields.unwrap();
+        assert_eq!(owners[0].manager.as_deref(), Some("app"));
+        assert_eq!(
+            owners[0].fields_v1.as_ref().unwrap().0,
+            serde_json::json!({"f:data": {"f:password": {}}})
+        );
         let data = kept.data.unwrap();
         assert_eq!(
             data.keys().collect::<Vec<_>>(),

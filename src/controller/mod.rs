@@ -14,7 +14,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::Recorder;
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use tracing::{instrument, warn};
@@ -72,7 +72,10 @@ pub struct Settings {
 
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    /// Who publishes Events: a `Recorder` is made per reconcile, as kube intends (its
+    /// cache of every Event published, for series, would otherwise hold one Event per
+    /// credential and be walked on every publish).
+    pub reporter: Reporter,
     pub tokens: TokenClient,
     pub settings: Settings,
     pub store: Store<EagleEyeCredential>,
@@ -113,7 +116,7 @@ pub struct Shared {
 impl Context {
     pub fn new(
         client: Client,
-        recorder: Recorder,
+        reporter: Reporter,
         tokens: TokenClient,
         settings: Settings,
         store: Store<EagleEyeCredential>,
@@ -122,7 +125,7 @@ impl Context {
     ) -> Self {
         Context {
             client,
-            recorder,
+            reporter,
             tokens,
             settings,
             store,

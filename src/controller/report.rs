@@ -176,12 +176,7 @@ impl Reconciler<'_> {
             action: note.action.into(),
             secondary: None,
         };
-        if let Err(e) = self
-            .ctx
-            .recorder
-            .publish(&ev, &self.cr.object_ref(&()))
-            .await
-        {
+        if let Err(e) = self.recorder.publish(&ev, &self.cr.object_ref(&())).await {
             warn!(error = %e, "could not publish an event");
         }
     }
