@@ -54,6 +54,18 @@ async fn create_in_shard(
         .unwrap();
 }
 
+/// Moves credential `name` to `shard`, as `kubectl label --overwrite` would.
+async fn relabel(env: &TestEnv, name: &str, shard: &str) {
+    env.api::<EagleEyeCredential>()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {SHARD_LABEL: shard}}})),
+        )
+        .await
+        .unwrap();
+}
+
 /// `eagle_eye_refresh_attempts_total` of one credential in one process's /metrics.
 async fn attempts(op: &Operator, env: &TestEnv, credential: &str) -> Option<f64> {
     let text = get(op.admin_addr().await, "/metrics").await.1;
@@ -152,14 +164,7 @@ async fn a_credential_moved_between_shards_mid_refresh_is_handed_over_without_re
     .await;
     let requests_while_held = si.counters().token_requests;
     let stored_then = secret_data(&env, "moved-refresh").await.unwrap();
-    env.api::<EagleEyeCredential>()
-        .patch(
-            "moved",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {SHARD_LABEL: "b"}}})),
-        )
-        .await
-        .unwrap();
+    relabel(&env, "moved", "b").await;
     // Once the published token has expired, shard b says why it does not refresh: the
     // answer to shard a's call may still come, and spending the stored token now would
     // lose the login.
@@ -212,14 +217,7 @@ async fn a_credential_moved_between_shards_mid_refresh_is_handed_over_without_re
     assert_eq!(ready(&env, "moved").await.unwrap().0, "True");
 
     // Relabelled into no shard: the shard it left says so instead of keeping Ready=True.
-    env.api::<EagleEyeCredential>()
-        .patch(
-            "moved",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {SHARD_LABEL: "nowhere"}}})),
-        )
-        .await
-        .unwrap();
+    relabel(&env, "moved", "nowhere").await;
     let cr = wait_for_reason(&env, "moved", "NotSelected", Duration::from_secs(30)).await;
     let status = cr.status.unwrap();
     assert!(status.next_refresh_at.is_none());
