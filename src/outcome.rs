@@ -162,9 +162,10 @@ pub enum Next {
     Unscheduled,
 }
 
-/// A Kubernetes Event to emit. Kubernetes folds Events that repeat reason and action into
-/// a series that keeps the first note, so a note must stay true for every repeat: what
-/// varies between repeats belongs in `action` (or in the status, not the Event).
+/// A Kubernetes Event to emit. Repeats of one reason and action within a reconcile fold
+/// into a series that keeps the first note, and across reconciles read alike, so a note must
+/// stay true for every repeat: what varies between repeats belongs in `action` (or in the
+/// status, not the Event).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Note {
     pub type_: EventType,
@@ -294,7 +295,8 @@ pub fn report(outcome: &Outcome, previous: Option<&Condition>, now: Timestamp) -
                     ),
                 ),
                 Next::At(*next_try),
-                // One Event series per cause, its note free of counts and times that
+                // The same Event for every attempt with this cause (one per attempt: a
+                // Recorder lives for one reconcile), its note free of counts and times that
                 // repeats would leave stale.
                 vec![Note {
                     type_: EventType::Warning,
@@ -368,7 +370,8 @@ fn current(standing: &Standing, previous: Option<&Condition>, now: Timestamp) ->
             format!("the published access token is valid until {e}"),
         ),
         _ => match previous {
-            Some(c) if c.status == "False" => {
+            // Another shard's last word on a credential that left it is no reason of ours.
+            Some(c) if c.status == "False" && c.reason != reason::NOT_SELECTED => {
                 verdict(false, ready_reason(&c.reason), c.message.clone())
             }
             _ => verdict(
@@ -811,6 +814,15 @@ mod tests {
             let changed = condition(v.ready, v.reason, "another message");
             assert_eq!(report(&o, Some(&changed), t(NOW)).events.len(), 1);
         }
+    }
+
+    #[test]
+    fn another_shards_not_selected_is_not_carried_forward_by_the_shard_that_selects_it() {
+        let left = condition(false, reason::NOT_SELECTED, "no longer selected by …");
+        let r = report(&Outcome::AwaitingConfig, Some(&left), t(NOW));
+        let ready = r.ready.unwrap();
+        assert_eq!(ready.reason, reason::REFRESH_FAILED);
+        assert!(!ready.message.contains("selected"), "{}", ready.message);
     }
 
     #[test]

@@ -25,7 +25,7 @@ struct Entry {
 }
 
 /// A status's digest (its JSON, hashed: the types hold no float or map of unstable order).
-fn digest(status: Option<&EagleEyeCredentialStatus>) -> u64 {
+pub(super) fn digest(status: Option<&EagleEyeCredentialStatus>) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     serde_json::to_vec(&status).unwrap_or_default().hash(&mut h);
     h.finish()
@@ -95,6 +95,11 @@ impl Known {
     /// Forgets everything: a new leadership term reconciles every credential once.
     pub fn clear(&self) {
         lock(&self.0).clear();
+    }
+
+    /// The digest of the status last seen or written here for credential `key`.
+    pub fn status_digest(&self, key: &str) -> Option<u64> {
+        lock(&self.0).get(key).map(|e| e.status)
     }
 
     pub fn forget(&self, key: &str) {

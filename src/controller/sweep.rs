@@ -55,9 +55,10 @@ pub async fn deleted_credentials(
             }
         }
         for k in known.iter().filter(|k| !present.contains(*k)) {
+            let last_known = shared.known.status_digest(k);
             shared.known.forget(k);
-            if let Some(selector) = &shared.shard {
-                left_the_shard(&client, k, selector).await;
+            if let (Some(selector), Some(last_known)) = (&shared.shard, last_known) {
+                left_the_shard(&client, k, selector, last_known).await;
             }
         }
         for c in series
@@ -70,9 +71,11 @@ pub async fn deleted_credentials(
 }
 
 /// Says in the status of credential `key` (`namespace/name`), if it still exists, that this
-/// shard no longer refreshes it. The whole status is applied, with only `Ready` changed:
-/// every shard writes as one field manager.
-async fn left_the_shard(client: &Client, key: &str, selector: &str) {
+/// shard no longer refreshes it; only while its status is still the one this shard last
+/// knew (`last_known`, a digest): a shard that selects it now has written its own, which
+/// stands. The whole status is applied, with only `Ready` changed (every shard writes as one
+/// field manager), over the version read, so a status written meanwhile stands too.
+async fn left_the_shard(client: &Client, key: &str, selector: &str, last_known: u64) {
     let Some((ns, name)) = key.split_once('/') else {
         return;
     };
@@ -80,7 +83,9 @@ async fn left_the_shard(client: &Client, key: &str, selector: &str) {
     let Ok(Some(cr)) = api.get_opt(name).await else {
         return;
     };
-    if cr.metadata.deletion_timestamp.is_some() {
+    if cr.metadata.deletion_timestamp.is_some()
+        || super::known::digest(cr.status.as_ref()) != last_known
+    {
         return;
     }
     let mut status = cr.status.clone().unwrap_or_default();
@@ -107,10 +112,16 @@ async fn left_the_shard(client: &Client, key: &str, selector: &str) {
     let patch = serde_json::json!({
         "apiVersion": "eagle-eye-operator.io/v1alpha1",
         "kind": "EagleEyeCredential",
+        "metadata": {"resourceVersion": cr.metadata.resource_version},
         "status": status,
     });
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    if let Err(e) = api.patch_status(name, &params, &Patch::Apply(&patch)).await {
-        warn!(credential = %key, error = %kube_reason(&e), "could not mark a credential that left this shard");
+    match api.patch_status(name, &params, &Patch::Apply(&patch)).await {
+        Ok(_) => {}
+        // Written meanwhile by the shard that selects it now: its word stands.
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => {
+            warn!(credential = %key, error = %kube_reason(&e), "could not mark a credential that left this shard")
+        }
     }
 }
