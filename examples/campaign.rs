@@ -125,8 +125,8 @@ const INTENT_LAG: Duration = Duration::from_secs(2);
 /// How long a stopping replica gets before SIGKILL: the chart's terminationGracePeriodSeconds
 /// (`charts/eagle-eye-operator/values.yaml`, read at build time so the two never drift).
 fn grace() -> Duration {
-    let values: serde_yaml::Value =
-        serde_yaml::from_str(include_str!("../charts/eagle-eye-operator/values.yaml"))
+    let values: serde_json::Value =
+        serde_saphyr::from_str(include_str!("../charts/eagle-eye-operator/values.yaml"))
             .expect("the chart's values.yaml is YAML");
     let seconds = values["terminationGracePeriodSeconds"]
         .as_u64()

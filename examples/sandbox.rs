@@ -145,7 +145,7 @@ async fn run(args: SandboxArgs) -> anyhow::Result<()> {
 
     let ready = wait_ready(&credentials).await?;
     println!("\nEagleEyeCredential default/sample is Ready:");
-    println!("{}", serde_yaml::to_string(&ready.status)?);
+    println!("{}", serde_saphyr::to_string(&ready.status)?);
     let target = secrets.get("sample-token").await?;
     println!("Secret default/sample-token holds (values of the token omitted):");
     for (k, v) in target.data.unwrap_or_default() {

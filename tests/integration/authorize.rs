@@ -76,13 +76,13 @@ fn work_dir(env: &TestEnv) -> PathBuf {
 /// person's own kubeconfig would be; acting as `user` (impersonation) when given.
 fn kubeconfig(env: &TestEnv, user: Option<&str>) -> PathBuf {
     let text = std::fs::read_to_string(env.plane.kubeconfig_path()).unwrap();
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let mut doc: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
     doc["contexts"][0]["context"]["namespace"] = env.namespace.clone().into();
     if let Some(user) = user {
         doc["users"][0]["user"]["as"] = user.into();
     }
     let path = work_dir(env).join(format!("kubeconfig-{}", user.unwrap_or("admin")));
-    std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    std::fs::write(&path, serde_saphyr::to_string(&doc).unwrap()).unwrap();
     path
 }
 

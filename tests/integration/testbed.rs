@@ -41,7 +41,7 @@ spec:
 
 async fn widget_api(env: &crate::support::TestEnv) -> Api<DynamicObject> {
     let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
-    let crd: CustomResourceDefinition = serde_yaml::from_str(WIDGET_CRD).unwrap();
+    let crd: CustomResourceDefinition = serde_saphyr::from_str(WIDGET_CRD).unwrap();
     crds.patch(
         "widgets.testbed.example.com",
         &kube::api::PatchParams::apply("testbed-test").force(),

@@ -233,9 +233,9 @@ impl ControlPlane {
         files.sort();
         for file in files {
             let text = std::fs::read_to_string(&file)?;
-            for doc in serde_yaml::Deserializer::from_str(&text) {
-                let crd: CustomResourceDefinition = serde::Deserialize::deserialize(doc)
-                    .with_context(|| format!("parsing {}", file.display()))?;
+            let docs: Vec<CustomResourceDefinition> = serde_saphyr::from_multiple(&text)
+                .with_context(|| format!("parsing {}", file.display()))?;
+            for crd in docs {
                 let name = crd.metadata.name.clone().context("CRD without a name")?;
                 api.patch(
                     &name,
