@@ -122,6 +122,56 @@ pub struct RunArgs {
     /// rotating token destroy it.
     #[arg(long)]
     pub no_leader_election: bool,
+    #[command(flatten)]
+    pub timing: Timing,
+}
+
+/// How long the Lease lasts and how long shutdown may take. Hidden: the production values
+/// (checked by the one test that runs with them) suit every cluster; the test bed shortens
+/// them so that a failover takes seconds, not a Lease term.
+#[derive(Args, Debug, Clone)]
+pub struct Timing {
+    /// How long a Lease lasts without renewal (whole seconds).
+    #[arg(long, hide = true, default_value = "15s", value_parser = duration)]
+    pub lease_duration: jiff::SignedDuration,
+    /// How often the leader renews its Lease (whole seconds). A healthy leader then always
+    /// has `--lease-duration` less this left, which must exceed the margin a refresh needs.
+    #[arg(long, hide = true, default_value = "3s", value_parser = duration)]
+    pub lease_renew_every: jiff::SignedDuration,
+    /// How long shutdown (or a lost Lease manager) keeps trying to store a rotated token
+    /// held in memory.
+    #[arg(long, hide = true, default_value = "20s", value_parser = duration)]
+    pub shutdown_flush_limit: jiff::SignedDuration,
+}
+
+/// A refresh starts only while this much of the Lease is left: a call may outlast the Lease,
+/// but it never starts on one about to end.
+const LEASE_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Timing {
+    /// The Lease's duration and kube-lease-manager's grace (renew this long before the end),
+    /// in seconds, and the flush limit; refused when a healthy leader could not refresh.
+    fn checked(&self) -> anyhow::Result<(u64, u64, std::time::Duration)> {
+        let secs = |d: jiff::SignedDuration, flag: &str| {
+            anyhow::ensure!(
+                d.is_positive() && d.subsec_nanos() == 0,
+                "--{flag} must be a positive whole number of seconds"
+            );
+            Ok(d.as_secs().unsigned_abs())
+        };
+        let duration = secs(self.lease_duration, "lease-duration")?;
+        let every = secs(self.lease_renew_every, "lease-renew-every")?;
+        anyhow::ensure!(
+            duration.saturating_sub(every) > LEASE_MARGIN.as_secs(),
+            "--lease-duration ({duration}s) must exceed --lease-renew-every ({every}s) by more than {}s: a leader must always hold that much of its Lease to start a refresh",
+            LEASE_MARGIN.as_secs()
+        );
+        let flush = std::time::Duration::try_from(self.shutdown_flush_limit)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .context("--shutdown-flush-limit must be positive")?;
+        Ok((duration, duration - every, flush))
+    }
 }
 
 impl RunArgs {
@@ -166,6 +216,7 @@ pub async fn run(
             && !args.revoke_retry_for.is_negative(),
         "--in-flight-grace, --token-timeout and --revoke-retry-for must not be negative"
     );
+    let (lease_seconds, lease_grace_seconds, flush_limit) = args.timing.checked()?;
     anyhow::ensure!(
         args.pod_nudges_per_second > 0,
         "--pod-nudges-per-second must be at least 1"
@@ -242,12 +293,11 @@ pub async fn run(
         // the Lease (the server takes as long as it takes): the spend intent written before
         // it keeps a new leader from spending the same token until its answer is stored or
         // can no longer come (see `intent`).
-        let margin = std::time::Duration::from_secs(2);
         Leadership::lease(
             Api::namespaced(client.clone(), &args.lease_namespace),
             &lease_name,
             &identity,
-            margin,
+            LEASE_MARGIN,
         )
     };
     let parts = Parts {
@@ -258,6 +308,7 @@ pub async fn run(
         metrics: metrics.clone(),
         health: health.clone(),
         args: args.clone(),
+        flush_limit,
         shared: Shared {
             metrics: metrics.clone(),
             held: HeldTokens::default(),
@@ -290,6 +341,8 @@ pub async fn run(
         name: lease_name.clone(),
         namespace: args.lease_namespace.clone(),
         identity: identity.clone(),
+        seconds: lease_seconds,
+        grace_seconds: lease_grace_seconds,
     };
     let Some(manager) = lease.manager(shutdown.clone()).await else {
         return Ok(());
@@ -345,7 +398,13 @@ pub async fn run(
             continue;
         };
         if manager_stopped {
-            if parts.shared.held.flush(&parts.client, FLUSH_LIMIT).await > 0 {
+            if parts
+                .shared
+                .held
+                .flush(&parts.client, parts.flush_limit)
+                .await
+                > 0
+            {
                 parts.shared.held.report_lost();
             }
             anyhow::bail!("the Lease manager stopped");
@@ -387,6 +446,9 @@ struct LeaseSetup {
     name: String,
     namespace: String,
     identity: String,
+    /// kube-lease-manager's duration and grace (renew this long before the end), `--lease-*`.
+    seconds: u64,
+    grace_seconds: u64,
 }
 
 impl LeaseSetup {
@@ -400,8 +462,8 @@ impl LeaseSetup {
             let built = LeaseManagerBuilder::new(self.client.clone(), &self.name)
                 .with_namespace(&self.namespace)
                 .with_identity(&self.identity)
-                .with_duration(LEASE_SECONDS)
-                .with_grace(LEASE_GRACE_SECONDS)
+                .with_duration(self.seconds)
+                .with_grace(self.grace_seconds)
                 .build()
                 .await;
             match built {
@@ -419,14 +481,6 @@ impl LeaseSetup {
     }
 }
 
-/// Seconds a Lease lasts without renewal, and how long before its end the holder renews it
-/// (kube-lease-manager's duration and grace): renewed every 3 s, a healthy leader always has
-/// at least 12 s left, more than a token call may take (see `Leadership`).
-const LEASE_SECONDS: u64 = 15;
-const LEASE_GRACE_SECONDS: u64 = 12;
-/// How long shutdown keeps trying to store a rotated token held in memory.
-const FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
-
 struct Parts {
     client: Client,
     /// Unique to this process (see [`process_identity`]).
@@ -437,6 +491,8 @@ struct Parts {
     health: Health,
     args: RunArgs,
     shared: Shared,
+    /// How long storing held tokens may take on the way out (`--shutdown-flush-limit`).
+    flush_limit: std::time::Duration,
 }
 
 impl Parts {
@@ -584,7 +640,7 @@ impl Parts {
         futures::future::join_all(controllers).await;
         synced.abort();
         if !self.shared.held.is_empty() {
-            self.shared.held.flush(&self.client, FLUSH_LIMIT).await;
+            self.shared.held.flush(&self.client, self.flush_limit).await;
         }
         info!("controllers stopped");
     }
