@@ -1,7 +1,8 @@
 //! The integration tests: one binary, one real control plane (etcd, kube-apiserver,
-//! kube-controller-manager) shared by every test, each test in a namespace of its own. Tests
-//! that stop kube-apiserver live in `tests/outages`, and the memory benchmark in
-//! `tests/memory.rs`: both would disturb the tests running beside them.
+//! kube-controller-manager) shared by every test, each test in a namespace of its own, many
+//! at a time (`RUST_TEST_THREADS` in `.cargo/config.toml`). The few that would disturb the
+//! tests beside them (those in `outages`, which stop kube-apiserver, and `memory`, which
+//! watches every namespace) run on control planes of their own (`support::own_env`).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -14,6 +15,8 @@ mod controller;
 mod crd_drift;
 mod ha;
 mod helm;
+mod memory;
+mod outages;
 mod revoke;
 mod sharding;
 mod spec_fields;

@@ -168,6 +168,18 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Kills kube-apiserver (SIGKILL): an outage that starts at once, as a crash or a lost
+    /// node does, where SIGTERM's graceful shutdown may take seconds.
+    pub async fn kill_apiserver(&self) -> Result<()> {
+        let local = self.local()?;
+        let child = lock(&local.apiserver).take();
+        if let Some(mut child) = child {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
     /// Starts kube-apiserver on the same port and waits until `/readyz` answers.
     pub async fn start_apiserver(&self) -> Result<()> {
         let local = self.local()?;

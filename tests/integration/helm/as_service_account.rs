@@ -23,22 +23,23 @@ use crate::support::operator::{
 };
 use crate::support::{TestEnv, env, eventually};
 
-/// The chart's operator processes watch credentials in namespaces other tests use: a
-/// cluster-scope one would reconcile the namespaced test's credentials. One at a time.
-static OPERATOR_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 #[tokio::test]
 async fn the_operator_with_only_the_cluster_scope_rbac_brings_a_credential_to_ready() {
-    let _one_at_a_time = OPERATOR_TESTS.lock().await;
     let home = env().await;
     let apps = env().await;
     let release = release_name(&home);
-    install(&home, &release, &host_values(json!({"scope": "cluster"}))).await;
+    // Cluster scope watches every namespace, those of the tests running beside this one too:
+    // a selector unique to this test keeps its operator off their credentials.
+    let (label, shard) = ("eagle-eye-operator.io/test", home.namespace.clone());
+    let selector = format!("{label}={shard}");
+    let values = json!({"scope": "cluster", "credentialSelector": selector});
+    install(&home, &release, &host_values(values)).await;
 
     let si = stand_in().await;
     let login = login(&si, "helm-cluster", true).await;
     create_secrets(&apps, "cam", &login).await;
-    let cr = credential("cam", &si, json!({}));
+    let mut cr = credential("cam", &si, json!({}));
+    cr.metadata.labels = Some([(label.to_owned(), shard)].into());
     apps.api()
         .create(&PostParams::default(), &cr)
         .await
@@ -51,9 +52,9 @@ async fn the_operator_with_only_the_cluster_scope_rbac_brings_a_credential_to_re
         .expect("target Secret");
     assert!(si.access_token_is_live(&data["access_token"]));
     let lease = Api::<Lease>::namespaced(home.client.clone(), &home.namespace)
-        .get("eagle-eye-operator")
+        .get(&eagle_eye_operator::shard::lease_name(Some(&selector)))
         .await
-        .expect("the Lease in the release namespace");
+        .expect("the shard's Lease in the release namespace");
     // The pod name (from POD_NAME, as the chart sets it) and a random suffix per process.
     let holder = lease.spec.unwrap().holder_identity.unwrap_or_default();
     assert!(
@@ -92,7 +93,6 @@ async fn the_operator_with_only_the_cluster_scope_rbac_brings_a_credential_to_re
 
 #[tokio::test]
 async fn the_operator_with_only_the_namespaced_rbac_serves_its_namespaces_and_cannot_read_others() {
-    let _one_at_a_time = OPERATOR_TESTS.lock().await;
     let home = env().await;
     let (apps, other) = (env().await, env().await);
     let release = release_name(&home);
@@ -205,7 +205,6 @@ async fn the_operator_with_only_the_namespaced_rbac_serves_its_namespaces_and_ca
 
 #[tokio::test]
 async fn two_releases_with_credential_selectors_split_the_credentials_with_the_charts_rbac_only() {
-    let _one_at_a_time = OPERATOR_TESTS.lock().await;
     let home = env().await;
     let apps = env().await;
     let si = stand_in().await;
@@ -403,12 +402,12 @@ impl ChartPod {
 
 /// The admin kubeconfig with every user impersonating `user` (the admin may impersonate).
 fn impersonating(kubeconfig: &Path, user: &str) -> String {
-    let mut config: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap();
-    for entry in config["users"].as_sequence_mut().unwrap() {
+    let mut config: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap();
+    for entry in config["users"].as_array_mut().unwrap() {
         entry["user"]["as"] = user.into();
     }
-    serde_yaml::to_string(&config).unwrap()
+    serde_saphyr::to_string(&config).unwrap()
 }
 
 /// Values for an operator run on the host: the stand-in's loopback address accepted as an

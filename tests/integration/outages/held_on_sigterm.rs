@@ -1,7 +1,7 @@
 //! What SIGTERM does with a rotated refresh token that exists only in memory: the operator
-//! promises (README, "Replicas" and "The one unclosable window"; `FLUSH_LIMIT` in
-//! `src/operator.rs`) to keep trying to store it for 20 s after its controllers stop, and
-//! only then exit.
+//! promises (docs/how-it-works.md, "The one window it cannot close"; `--shutdown-flush-limit`
+//! in `src/operator.rs`, 20 s in production and here) to keep trying to store it for 20 s
+//! after its controllers stop, and only then exit.
 
 use std::time::{Duration, Instant};
 
@@ -18,12 +18,11 @@ async fn sigterm_during_an_api_server_outage_stores_the_held_rotated_token_befor
     let si = stand_in(Duration::from_secs(8)).await;
     let login = login(&si, "sigterm-client", true).await;
     create_secrets(&env, "term", &login).await;
-    // The held answer below may wait longer than a Lease allows a token call (10 s), so
-    // this operator runs without leader election, as in `write_back.rs`.
+    // Without leader election, as in `write_back.rs`: what is under test is the shutdown.
     let mut op = Operator::start(
         &env,
         &si,
-        &["--no-leader-election", "--token-timeout", "60s"],
+        &["--no-leader-election", "--token-timeout", "10s"],
     )
     .await;
     create_credential(&env, "term", &si, serde_json::json!({})).await;
@@ -46,7 +45,7 @@ async fn sigterm_during_an_api_server_outage_stores_the_held_rotated_token_befor
         .await
         .expect("refresh Secret")["refresh_token"]
         .clone();
-    env.plane.stop_apiserver().await.unwrap();
+    env.plane.kill_apiserver().await.unwrap();
     gate.open();
     eventually(
         "the stand-in to rotate the token",
