@@ -242,6 +242,7 @@ pub async fn run(
             .nudge_pods
             .then(|| Arc::new(crate::nudge::Limiter::new(args.pod_nudges_per_second))),
         revoke_retry_for: args.revoke_retry_for,
+        clock: jiff::Timestamp::now,
         // Checked by `validate` before anything is sent; the token client checks again.
         auth_policy,
         lifetimes: Lifetimes {

@@ -68,6 +68,9 @@ pub struct Settings {
     pub pod_nudge: Option<Arc<crate::nudge::Limiter>>,
     /// How long after a deletion a failed revocation (spec.revokeOnDelete) is retried.
     pub revoke_retry_for: jiff::SignedDuration,
+    /// What a reconcile takes the time to be: the system clock, or a fixed one in unit tests
+    /// so that the waits it asks for are exact.
+    pub clock: fn() -> jiff::Timestamp,
 }
 
 pub struct Context {
