@@ -91,6 +91,11 @@ struct Args {
     /// Short windows and tokens for CI (N = 100 in about 3 minutes). Explicit flags win.
     #[arg(long)]
     quick: bool,
+    /// The operator binary to run [default: `eagle-eye-operator` in this program's target
+    /// profile directory]. CI runs a debug build of this benchmark against the release
+    /// operator, which is what the figures are about.
+    #[arg(long)]
+    operator: Option<PathBuf>,
     /// Phases to run, comma-separated. `idle`, `singles` and `unrelated` need the cold start
     /// (run whenever any of them is chosen); `steady`, `burst` and `handover` need `apply`.
     #[arg(
@@ -230,7 +235,13 @@ fn mib(kib: u64) -> String {
 }
 
 /// The operator binary beside this example's own executable (`target/<profile>/examples/`).
-fn operator_binary() -> Result<PathBuf> {
+fn operator_binary(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(bin) = given {
+        if !bin.is_file() {
+            bail!("--operator {} is not a file", bin.display());
+        }
+        return Ok(bin.to_owned());
+    }
     let exe = std::env::current_exe().context("finding this program's path")?;
     let profile_dir = exe
         .parent()
@@ -1808,7 +1819,7 @@ async fn run(args: Args) -> Result<bool> {
     let command: Vec<String> = std::env::args().collect();
     println!("command: {}", command.join(" "));
     let plan = Plan::from_args(&args)?;
-    let operator = operator_binary()?;
+    let operator = operator_binary(args.operator.as_deref())?;
     let dir = std::env::temp_dir().join(format!("eagle-eye-scale-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     say(
