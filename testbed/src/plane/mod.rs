@@ -58,7 +58,7 @@ impl ControlPlane {
     pub async fn start() -> Result<ControlPlane> {
         let bins = binaries()?;
         let dir = std::env::temp_dir().join(format!("eagle-eye-plane-{}", random_suffix()));
-        std::fs::create_dir_all(dir.join("etcd"))?;
+        std::fs::create_dir_all(&dir)?;
         spawn_reaper(&dir)?;
 
         let pki = Pki::generate()?;
@@ -75,29 +75,20 @@ impl ControlPlane {
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml(api_port, &pki))?;
 
-        let (etcd_port, peer_port) = (free_port()?, free_port()?);
-        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let etcd = spawn(
-            &dir,
-            &bins.join("etcd"),
-            "etcd",
-            &[
-                "--data-dir",
-                &dir.join("etcd").to_string_lossy(),
-                "--listen-client-urls",
-                &etcd_url,
-                "--advertise-client-urls",
-                &etcd_url,
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-                "--initial-cluster",
-                &format!("default={peer_url}"),
-                "--unsafe-no-fsync=true",
-            ],
-        )?;
+        // A port found free a moment ago may be taken by the time etcd binds it (many planes
+        // start at once in the tests), and an etcd that cannot start says little: it is
+        // started again on new ports, three times at most.
+        let mut attempt = 1;
+        let (etcd, etcd_url) = loop {
+            match start_etcd(&dir, &bins, attempt).await {
+                Ok(started) => break started,
+                Err(e) if attempt < 3 => {
+                    tracing::warn!(error = %format!("{e:#}"), attempt, "etcd did not start; trying again on new ports");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let plane = ControlPlane {
             kubeconfig,
             local: Some(LocalPlane {
@@ -111,16 +102,6 @@ impl ControlPlane {
             }),
         };
         let local = plane.local()?;
-        wait_for(
-            "etcd",
-            &local.dir.join("etcd.log"),
-            Duration::from_secs(60),
-            || async {
-                let url = format!("{}/health", local.etcd_url);
-                Ok(reqwest::get(url).await?.status().is_success())
-            },
-        )
-        .await?;
         plane.start_apiserver().await?;
 
         let kcm = spawn(
@@ -409,6 +390,59 @@ fn kubeconfig_yaml(port: u16, pki: &Pki) -> String {
         b64(&pki.admin_cert_pem),
         b64(&pki.admin_key_pem)
     )
+}
+
+/// Starts etcd on free loopback ports with its data in `dir/etcd-<attempt>` and waits until
+/// it is healthy; on failure it is killed and its log tail returned in the error.
+async fn start_etcd(dir: &Path, bins: &Path, attempt: u32) -> Result<(Child, String)> {
+    let (etcd_port, peer_port) = (free_port()?, free_port()?);
+    let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let data = dir.join(format!("etcd-{attempt}"));
+    let mut etcd = spawn(
+        dir,
+        &bins.join("etcd"),
+        "etcd",
+        &[
+            "--data-dir",
+            &data.to_string_lossy(),
+            "--listen-client-urls",
+            &etcd_url,
+            "--advertise-client-urls",
+            &etcd_url,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &format!("default={peer_url}"),
+            "--unsafe-no-fsync=true",
+        ],
+    )?;
+    let ready = wait_for(
+        "etcd",
+        &dir.join("etcd.log"),
+        Duration::from_secs(30),
+        || {
+            let exited = etcd.try_wait().ok().flatten();
+            let url = format!("{etcd_url}/health");
+            async move {
+                if let Some(status) = exited {
+                    bail!("etcd exited ({status})");
+                }
+                Ok(reqwest::get(url).await?.status().is_success())
+            }
+        },
+    )
+    .await;
+    match ready {
+        Ok(()) => Ok((etcd, etcd_url)),
+        Err(e) => {
+            let _ = etcd.kill();
+            let _ = etcd.wait();
+            Err(e)
+        }
+    }
 }
 
 /// A loopback port that was free a moment ago.

@@ -50,13 +50,15 @@ async fn outage_right_after_a_token_answer(
     replicas: [&Operator; 2],
 ) -> Result<(), String> {
     let leader = eventually("a leader", Duration::from_secs(30), || lease_holder(env)).await;
-    let leader_op = if leader.starts_with("replica-a_") {
-        replicas[0]
+    let (leader_op, follower_op) = if leader.starts_with("replica-a_") {
+        (replicas[0], replicas[1])
     } else {
-        replicas[1]
+        (replicas[1], replicas[0])
     };
-    // The leader's log line for a failed write-back of a rotated token.
+    // The leader's log line for a failed write-back of a rotated token, and a replica's for
+    // a refresh it leaves to another holder's spend intent.
     const WRITE_BACK_FAILED: &str = "storing the rotated refresh token in Secret";
+    const DEFERRING: &str = "deferring a refresh to another holder's spend intent";
     let failed_before = leader_op.current_logs().matches(WRITE_BACK_FAILED).count();
     let stored = secret_data(env, "lo-refresh").await.unwrap()["refresh_token"].clone();
     let before = si.counters();
@@ -94,6 +96,8 @@ async fn outage_right_after_a_token_answer(
     // Lease has expired when kube-apiserver returns.
     let outage = Duration::from_secs(8);
     tokio::time::sleep(outage.saturating_sub(stopped.elapsed())).await;
+    // (A follower reconciles nothing: whatever it logs from here on, it logs as the leader.)
+    let deferred_before = follower_op.current_logs().matches(DEFERRING).count();
     let started = env.plane.start_apiserver().await;
     figure(format!(
         "kube-apiserver killed {:?} after the refresh was sent, back after {:?}; the leader \
@@ -106,6 +110,14 @@ async fn outage_right_after_a_token_answer(
             lease_holder(env)
                 .await
                 .is_some_and(|h| !h.is_empty() && h != leader)
+        })
+        .await;
+    // And stays frozen until the new leader has looked at the credential: it either spends
+    // the dead token (a reuse: the bug) or waits out the frozen leader's spend intent.
+    let looked = follower_won
+        && within(Duration::from_secs(30), || async {
+            si.counters().reused_refresh_tokens > before.reused_refresh_tokens
+                || follower_op.current_logs().matches(DEFERRING).count() > deferred_before
         })
         .await;
     leader_op.signal("CONT");
@@ -127,6 +139,10 @@ async fn outage_right_after_a_token_answer(
         (
             follower_won,
             "the follower took the Lease within 30 s of kube-apiserver's return",
+        ),
+        (
+            looked,
+            "the new leader spent the token or deferred to the spend intent within 30 s",
         ),
     ];
     match problems.iter().find(|(ok, _)| !ok) {
