@@ -147,6 +147,8 @@ pub struct Timing {
 /// A refresh starts only while this much of the Lease is left: a call may outlast the Lease,
 /// but it never starts on one about to end.
 const LEASE_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+/// The longest Lease `--lease-duration` accepts.
+const MAX_LEASE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Timing {
     /// The Lease's duration and kube-lease-manager's grace (renew this long before the end),
@@ -161,6 +163,12 @@ impl Timing {
         };
         let duration = secs(self.lease_duration, "lease-duration")?;
         let every = secs(self.lease_renew_every, "lease-renew-every")?;
+        // The Lease stores seconds as a 32-bit number; an hour is already far past any use.
+        anyhow::ensure!(
+            duration <= MAX_LEASE.as_secs(),
+            "--lease-duration ({duration}s) must be at most {}s",
+            MAX_LEASE.as_secs()
+        );
         anyhow::ensure!(
             duration.saturating_sub(every) > LEASE_MARGIN.as_secs(),
             "--lease-duration ({duration}s) must exceed --lease-renew-every ({every}s) by more than {}s: a leader must always hold that much of its Lease to start a refresh",

@@ -23,7 +23,13 @@ pub async fn plane() -> &'static ControlPlane {
 
 /// A control plane with the project's CRDs installed.
 async fn new_plane() -> ControlPlane {
-    let plane = ControlPlane::from_env_or_start()
+    with_crds(ControlPlane::from_env_or_start()).await
+}
+
+async fn with_crds(
+    plane: impl std::future::Future<Output = anyhow::Result<ControlPlane>>,
+) -> ControlPlane {
+    let plane = plane
         .await
         .unwrap_or_else(|e| panic!("no control plane for the integration tests: {e:#}"));
     let client = plane.client().await.expect("admin client");
@@ -39,7 +45,9 @@ async fn new_plane() -> ControlPlane {
 /// so that they disturb nobody and need not wait for each other. The plane lives until the
 /// test binary exits (the test bed's reaper then removes it).
 pub async fn own_env() -> TestEnv {
-    let plane: &'static ControlPlane = Box::leak(Box::new(new_plane().await));
+    // Always a local one, even with EAGLE_EYE_TEST_KUBECONFIG: these tests stop kube-apiserver
+    // or watch every namespace.
+    let plane: &'static ControlPlane = Box::leak(Box::new(with_crds(ControlPlane::start()).await));
     env_on(plane).await
 }
 

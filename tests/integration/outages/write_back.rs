@@ -109,8 +109,8 @@ async fn killing_the_operator_before_the_write_back_loses_the_login_and_says_so(
     let si = stand_in(Duration::from_secs(8)).await;
     let login = login(&si, "crash-client", true).await;
     create_secrets(&env, "crash", &login).await;
-    // The killed process's spend intent binds its successor for --token-timeout plus
-    // --in-flight-grace (11 s here) after the call was sent.
+    // The killed process's spend intent binds its successor for the call's limit (the 30 s a
+    // slot may be held, then --token-timeout) plus --in-flight-grace: about 41 s here.
     let mut op = Operator::start(
         &env,
         &si,
