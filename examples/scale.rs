@@ -390,6 +390,18 @@ const MAX_HANDOVER: Duration = Duration::from_secs(3);
 /// The production Lease (15 s) and 3 s.
 const MAX_FAILOVER: Duration = Duration::from_secs(18);
 
+/// A takeover's row and goal: from the signal until the other replica holds the Lease
+/// (`None`: not within 120 s).
+fn takeover(table: &mut Table, what: &str, took: Option<Duration>, bound: Duration, note: String) {
+    let measured = took.map_or("not within 120 s".into(), s);
+    table.row(
+        format!("{what}: signal → the other replica holds the Lease"),
+        measured.clone(),
+        note,
+    );
+    table.goal(what, measured, s(bound), took.is_some_and(|t| t <= bound));
+}
+
 /// No refresh token spent twice at `si` in the whole of a phase.
 fn reuse_goal(table: &mut Table, phase: &str, si: &StandIn) {
     let reused = si.counters().reused_refresh_tokens;
@@ -1748,20 +1760,12 @@ async fn live(
         let sent = Instant::now();
         let stop = op.terminate().await;
         let at = wait_holder(&leases, &id_b, Duration::from_secs(120)).await;
-        match at {
-            Some(at) => table.row(
-                "SIGTERM handover: signal → the other replica holds the Lease",
-                s(at.saturating_duration_since(sent)),
-                format!("the leader took {} to exit", s(stop)),
-            ),
-            None => table.row("SIGTERM handover", "not within 120 s", ""),
-        }
-        let took = at.map(|at| at.saturating_duration_since(sent));
-        table.goal(
+        takeover(
+            table,
             "SIGTERM handover",
-            took.map_or("not within 120 s".into(), s),
-            s(MAX_HANDOVER),
-            took.is_some_and(|t| t <= MAX_HANDOVER),
+            at.map(|at| at.saturating_duration_since(sent)),
+            MAX_HANDOVER,
+            format!("the leader took {} to exit", s(stop)),
         );
         let a = ops.start()?;
         let id_a = a.identity().await?;
@@ -1774,20 +1778,12 @@ async fn live(
         let sent = Instant::now();
         b.kill().await;
         let at = wait_holder(&leases, &id_a, Duration::from_secs(120)).await;
-        match at {
-            Some(at) => table.row(
-                "SIGKILL failover: signal → the other replica holds the Lease",
-                s(at.saturating_duration_since(sent)),
-                "Lease duration 15 s",
-            ),
-            None => table.row("SIGKILL failover", "not within 120 s", ""),
-        }
-        let took = at.map(|at| at.saturating_duration_since(sent));
-        table.goal(
-            "SIGKILL failover (Lease 15 s)",
-            took.map_or("not within 120 s".into(), s),
-            s(MAX_FAILOVER),
-            took.is_some_and(|t| t <= MAX_FAILOVER),
+        takeover(
+            table,
+            "SIGKILL failover",
+            at.map(|at| at.saturating_duration_since(sent)),
+            MAX_FAILOVER,
+            "Lease duration 15 s".into(),
         );
         op = a;
     }

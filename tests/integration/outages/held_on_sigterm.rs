@@ -26,47 +26,9 @@ async fn sigterm_during_an_api_server_outage_stores_the_held_rotated_token_befor
     )
     .await;
     create_credential(&env, "term", &si, serde_json::json!({})).await;
-    wait_for_reason(&env, "term", "TokenRefreshed", Duration::from_secs(30)).await;
-
     // The next scheduled refresh is answered only once kube-apiserver is down: the old
     // token is then dead and the new one can only be held in memory.
-    let before = si.counters();
-    let gate = Gate::new();
-    si.inject(Fault::Hold(gate.clone()), 1);
-    eventually(
-        "the next scheduled refresh to start",
-        Duration::from_secs(30),
-        || async { (si.counters().token_requests > before.token_requests).then_some(()) },
-    )
-    .await;
-    // The operator read the token it is spending just before sending it; nothing else
-    // writes the Secret.
-    let spending = secret_data(&env, "term-refresh")
-        .await
-        .expect("refresh Secret")["refresh_token"]
-        .clone();
-    env.plane.kill_apiserver().await.unwrap();
-    gate.open();
-    eventually(
-        "the stand-in to rotate the token",
-        Duration::from_secs(10),
-        || async { (si.counters().refreshes > before.refreshes).then_some(()) },
-    )
-    .await;
-    eventually(
-        "the operator to fail storing the rotated token",
-        Duration::from_secs(30),
-        || async {
-            op.current_logs()
-                .contains("storing the rotated refresh token")
-                .then_some(())
-        },
-    )
-    .await;
-    assert!(
-        !si.refresh_token_is_live(&spending),
-        "the stored token is spent: the held one is the only live copy"
-    );
+    let spending = super::refresh_during_outage(&env, &si, &op, "term").await;
 
     // SIGTERM while kube-apiserver is still down. (Sent by hand, not with
     // `Operator::terminate`, so the logs can be watched while the process shuts down.)
