@@ -387,6 +387,10 @@ type Requests = BTreeMap<String, f64>;
 const MAX_WRITES_PER_REFRESH: f64 = 5.5;
 const MAX_READS_PER_REFRESH: f64 = 3.5;
 const MAX_HANDOVER: Duration = Duration::from_secs(3);
+/// How long a replica gets to exit after SIGTERM before it is killed.
+const STOP_LIMIT: Duration = Duration::from_secs(60);
+/// Set when something worth a look happened in a run that otherwise passes.
+static KEEP_LOGS: AtomicBool = AtomicBool::new(false);
 /// The production Lease (15 s) and 3 s.
 const MAX_FAILOVER: Duration = Duration::from_secs(18);
 
@@ -1105,7 +1109,7 @@ impl Replica {
         unsafe {
             libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
         }
-        if tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+        if tokio::time::timeout(STOP_LIMIT, self.child.wait())
             .await
             .is_err()
         {
@@ -1787,7 +1791,20 @@ async fn live(
         );
         op = a;
     }
-    let _ = op.terminate().await;
+    let stop = op.terminate().await;
+    let stuck = stop >= STOP_LIMIT;
+    table.row(
+        "SIGTERM of the last leader: signal → exit",
+        s(stop),
+        if stuck {
+            "did not exit by itself: SIGKILLed, operator logs kept"
+        } else {
+            ""
+        },
+    );
+    if stuck {
+        KEEP_LOGS.store(true, Ordering::Relaxed);
+    }
     // Over the whole run: the steady window, the restart burst, the handover and failover.
     reuse_goal(table, "live", &si);
     drop(targets);
@@ -1875,7 +1892,7 @@ async fn run(args: Args) -> Result<bool> {
         println!("\ngoals MISSED: {}", missed.join("; "));
         ok = false;
     }
-    if ok && !args.keep_logs {
+    if ok && !args.keep_logs && !KEEP_LOGS.load(Ordering::Relaxed) {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
         println!("operator logs kept in {}", dir.display());
