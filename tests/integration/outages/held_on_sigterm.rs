@@ -7,10 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::operator::{
     Operator, create_credential, create_secrets, login, ready, secret_data, stand_in,
-    wait_for_reason,
 };
 use crate::support::{eventually, figure, own_env};
-use eagle_eye_testbed::standin::{Fault, Gate};
 
 #[tokio::test]
 async fn sigterm_during_an_api_server_outage_stores_the_held_rotated_token_before_exiting() {

@@ -9,7 +9,6 @@ use crate::support::operator::{
 };
 use crate::support::{eventually, own_env};
 use eagle_eye_operator::crd::EagleEyeCredential;
-use eagle_eye_testbed::standin::{Fault, Gate, StandIn};
 use kube::api::{Patch, PatchParams};
 
 #[tokio::test]
@@ -25,7 +24,7 @@ async fn a_rotated_token_is_held_in_memory_through_an_api_server_outage() {
     )
     .await;
     create_credential(&env, "outage", &si, serde_json::json!({})).await;
-    refresh_during_outage(&env, &si, &op, "outage").await;
+    super::refresh_during_outage(&env, &si, &op, "outage").await;
 
     env.plane.start_apiserver().await.unwrap();
     let stored = eventually(
@@ -81,7 +80,7 @@ async fn killing_the_operator_before_the_write_back_loses_the_login_and_says_so(
     )
     .await;
     create_credential(&env, "crash", &si, serde_json::json!({})).await;
-    refresh_during_outage(&env, &si, &op, "crash").await;
+    super::refresh_during_outage(&env, &si, &op, "crash").await;
 
     op.kill().await;
     env.plane.start_apiserver().await.unwrap();
