@@ -73,6 +73,13 @@ pub struct Settings {
     pub clock: fn() -> jiff::Timestamp,
 }
 
+impl Settings {
+    /// The time a reconcile takes it to be (`clock`).
+    pub fn now(&self) -> jiff::Timestamp {
+        (self.clock)()
+    }
+}
+
 pub struct Context {
     pub client: Client,
     /// Who publishes Events: a `Recorder` is made per reconcile, as kube intends (its

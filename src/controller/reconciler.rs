@@ -75,7 +75,7 @@ impl<'a> Reconciler<'a> {
             key: key(cr),
             secrets: Api::namespaced(ctx.client.clone(), &ns),
             status,
-            now: whole_seconds((ctx.settings.clock)()),
+            now: whole_seconds(ctx.settings.now()),
             answered_at: None,
             published_token: None,
             nudge_unfinished: false,
@@ -473,7 +473,7 @@ impl<'a> Reconciler<'a> {
                 let next = expires
                     .filter(|e| *e > self.now)
                     .map_or(until, |e| e.min(until));
-                let wait = wait_until((self.ctx.settings.clock)(), next) + Duration::from_secs(1);
+                let wait = wait_until(self.ctx.settings.now(), next) + Duration::from_secs(1);
                 let outcome = Outcome::Deferred {
                     holder,
                     until,
@@ -489,7 +489,7 @@ impl<'a> Reconciler<'a> {
                     self.ctx.held.remember_live(&self.key, &stored.token);
                 }
                 let standing = self.standing(g.published.as_ref().map(|p| p.expires_at));
-                let action = Action::requeue(wait_until((self.ctx.settings.clock)(), at));
+                let action = Action::requeue(wait_until(self.ctx.settings.now(), at));
                 let outcome = Outcome::Waiting {
                     until: at,
                     standing,
@@ -563,7 +563,7 @@ impl<'a> Reconciler<'a> {
             fingerprint: stored.fingerprint.clone(),
             holder: self.holder(),
             until: intent::until(
-                (self.ctx.settings.clock)(),
+                self.ctx.settings.now(),
                 call.saturating_add(self.ctx.settings.in_flight_grace),
             ),
         };
@@ -598,7 +598,7 @@ impl<'a> Reconciler<'a> {
             .await;
         self.answered_at = Some(std::time::Instant::now());
         // Times from here on count from the answer: the token's life starts there.
-        self.now = whole_seconds((self.ctx.settings.clock)());
+        self.now = whole_seconds(self.ctx.settings.now());
         let labels = labels(self.cr);
         self.ctx
             .metrics
@@ -892,7 +892,7 @@ impl<'a> Reconciler<'a> {
             schedule::due_at(&published, self.rotation(), refresh_before, jitter(self.cr)),
             self.idle_end(chain.token_issued_at),
         );
-        let action = Action::requeue(wait_until((self.ctx.settings.clock)(), next));
+        let action = Action::requeue(wait_until(self.ctx.settings.now(), next));
         self.published_token = Some((issued_at, expires_at));
         let outcome = Outcome::Refreshed {
             expires_at,
@@ -957,7 +957,10 @@ impl<'a> Reconciler<'a> {
             // From the precise time of the answer: rounding down to the second would retry
             // up to a second before the server asked.
             let after = SignedDuration::try_from(after).unwrap_or(SignedDuration::ZERO);
-            let at = (self.ctx.settings.clock)()
+            let at = self
+                .ctx
+                .settings
+                .now()
                 .checked_add(after)
                 .unwrap_or(Timestamp::MAX);
             lock(&self.ctx.retry_not_before).insert(self.key.clone(), at);
@@ -1003,7 +1006,7 @@ impl<'a> Reconciler<'a> {
                         .unwrap_or(SignedDuration::ZERO)
             }
         };
-        let action = Action::requeue(wait_until((self.ctx.settings.clock)(), at));
+        let action = Action::requeue(wait_until(self.ctx.settings.now(), at));
         let outcome = Outcome::RefreshFailed {
             failure: Failure::from(&err),
             attempt: self.status.failed_refresh_attempts,
