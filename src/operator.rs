@@ -540,6 +540,11 @@ impl Parts {
                 // Only news triggers a reconcile: not this process's own status writes,
                 // nor objects a re-list shows unchanged (timers and Secrets still do).
                 let (reader, writer) = kube::runtime::reflector::store();
+                // Listed once: the store is then in sync. Told through a channel of our own:
+                // the store's readiness future wakes only its last poller, and the
+                // controller's runner waits on it too (polled here as well, the runner could
+                // sleep through its start, and through a shutdown, until the next event).
+                let (listed_tx, listed) = tokio::sync::watch::channel(false);
                 let known = self.shared.known.clone();
                 let mut config = watcher::Config::default();
                 if let Some(selector) = &self.args.credential_selector {
@@ -551,6 +556,11 @@ impl Parts {
                     .default_backoff()
                     .modify(|cr| cr.metadata.managed_fields = None)
                     .reflect(writer)
+                    .inspect_ok(move |e| {
+                        if matches!(e, watcher::Event::InitDone) {
+                            listed_tx.send_replace(true);
+                        }
+                    })
                     .applied_objects()
                     .try_filter(move |cr| futures::future::ready(known.is_news(cr)));
                 // Reconciles in flight at once: enough to keep every token-call slot busy
@@ -563,15 +573,18 @@ impl Parts {
                 (
                     Controller::for_stream(news, reader).with_config(config),
                     secrets,
+                    listed,
                 )
             })
             .collect();
         // Every controller sees every store: a refresh token copied into another watched
         // namespace is claimed across them.
-        let stores: Vec<_> = built.iter().map(|(c, _)| c.store()).collect();
+        let stores: Vec<_> = built.iter().map(|(c, _, _)| c.store()).collect();
+        let mut listed = Vec::new();
         let controllers: Vec<_> = built
             .into_iter()
-            .map(|(controller, secrets)| {
+            .map(|(controller, secrets, synced)| {
+                listed.push(synced);
                 let client = self.client.clone();
                 let store = controller.store();
                 let ctx = Arc::new(Context::new(
@@ -633,14 +646,10 @@ impl Parts {
         let health = self.health.clone();
         let (shared, client) = (self.shared.clone(), self.client.clone());
         let synced = tokio::spawn(async move {
-            for s in &stores {
-                // The controller waits on the same store, and kube-runtime 5's readiness
-                // signal wakes only the waiter that polled last: poll again each second
-                // rather than wait for a wake-up that may never come.
-                while tokio::time::timeout(std::time::Duration::from_secs(1), s.wait_until_ready())
-                    .await
-                    .is_err()
-                {}
+            for mut l in listed {
+                if l.wait_for(|listed| *listed).await.is_err() {
+                    return;
+                }
             }
             health.set_ready(true);
             // With the stores in sync, whatever is kept for a deleted credential goes.
