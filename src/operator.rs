@@ -584,7 +584,7 @@ impl Parts {
         let controllers: Vec<_> = built
             .into_iter()
             .map(|(controller, secrets, synced)| {
-                listed.push(synced);
+                listed.push(synced.clone());
                 let client = self.client.clone();
                 let store = controller.store();
                 let ctx = Arc::new(Context::new(
@@ -611,7 +611,7 @@ impl Parts {
                         .touched_objects();
                 let metrics = self.metrics.clone();
                 let own = self.shared.own_writes.clone();
-                controller
+                let run = controller
                     .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {
                         // An echo of the operator's own write changes nothing it read.
                         if own.is_echo(&secret) {
@@ -640,7 +640,21 @@ impl Parts {
                             Err(e) => tracing::warn!(error = %e, "controller error"),
                         }
                         futures::future::ready(())
-                    })
+                    });
+                // kube-runtime's graceful shutdown waits for the store to be ready before it
+                // lets the controller end, and a stop before the first list completes stops
+                // the list too: it would wait forever. Before the list nothing has run, so
+                // such a controller is simply dropped.
+                let stopped_unlisted = {
+                    let (stop, mut synced) = (stop.clone(), synced);
+                    async move {
+                        stop.await;
+                        if *synced.borrow_and_update() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                };
+                futures::future::select(Box::pin(run), Box::pin(stopped_unlisted)).map(|_| ())
             })
             .collect();
         let health = self.health.clone();
