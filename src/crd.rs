@@ -79,6 +79,7 @@ pub struct EagleEyeCredentialSpec {
     /// must also be in the operator's --allowed-auth-hosts (default
     /// auth.eagleeyenetworks.com), or the credential is InvalidSpec and nothing is sent.
     #[serde(default = "default_auth_url")]
+    #[schemars(length(max = 512))]
     #[x_kube(validation = kube::core::Rule::new(
         "isURL(self) && url(self).getHostname() != '' && (url(self).getScheme() == 'https' || (url(self).getScheme() == 'http' && url(self).getHostname() in ['127.0.0.1', 'localhost', '::1']))"
     ).message("authUrl must be https:// (plain http only for loopback)"))]
@@ -87,8 +88,9 @@ pub struct EagleEyeCredentialSpec {
     ).message("authUrl must not have a user name or password, query or fragment"))]
     pub auth_url: String,
 
-    /// OAuth2 scope requested on every refresh.
+    /// OAuth2 scope requested on every refresh (at most 512 characters).
     #[serde(default = "default_scope")]
+    #[schemars(length(max = 512))]
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("scope must not be empty"))]
     pub scope: String,
 
@@ -97,6 +99,7 @@ pub struct EagleEyeCredentialSpec {
     /// are refreshed in time. Non-rotating tokens are renewed right after expiry instead,
     /// because the server hands back the still-active token until then.
     #[serde(default = "default_refresh_before")]
+    #[schemars(length(max = 64))]
     #[x_kube(validation = kube::core::Rule::new("duration(self) >= duration('0s')").message("refreshBefore must be a non-negative duration such as 30m"))]
     pub refresh_before: String,
 
@@ -139,6 +142,7 @@ pub struct Consumers {
     #[x_kube(validation = kube::core::Rule::new(
         "(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)"
     ).message("podSelector must not be empty: an empty selector would select every pod of the namespace"))]
+    #[schemars(schema_with = "pod_selector_schema")]
     pub pod_selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
 }
 
@@ -155,15 +159,18 @@ pub fn parse_duration(s: &str) -> Option<jiff::SignedDuration> {
 #[serde(rename_all = "camelCase")]
 pub struct ClientSecretRef {
     /// Name of the Secret, in the namespace of this resource.
+    #[schemars(length(max = 253))]
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("name must not be empty"))]
     #[x_kube(validation = kube::core::Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("must be a Secret name: lowercase letters, digits, '-' and '.'"))]
     pub name: String,
     /// Key holding the client ID.
     #[serde(default = "default_client_id_key")]
+    #[schemars(length(max = 253))]
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("key must not be empty"))]
     pub client_id_key: String,
     /// Key holding the client secret.
     #[serde(default = "default_client_secret_key")]
+    #[schemars(length(max = 253))]
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("key must not be empty"))]
     pub client_secret_key: String,
 }
@@ -173,11 +180,13 @@ pub struct ClientSecretRef {
 #[serde(rename_all = "camelCase")]
 pub struct RefreshTokenSecretRef {
     /// Name of the Secret, in the namespace of this resource.
+    #[schemars(length(max = 253))]
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("name must not be empty"))]
     #[x_kube(validation = kube::core::Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("must be a Secret name: lowercase letters, digits, '-' and '.'"))]
     pub name: String,
     /// Key holding the refresh token.
     #[serde(default = "default_refresh_token_key")]
+    #[schemars(length(max = 253))]
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("key must not be empty"))]
     pub key: String,
 }
@@ -202,14 +211,19 @@ pub enum RotationMode {
 pub struct TargetSecret {
     /// Name of the Secret. Defaults to `<name of this resource>-token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("name must not be empty when set"))]
     #[x_kube(validation = kube::core::Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("must be a Secret name: lowercase letters, digits, '-' and '.'"))]
     pub name: Option<String>,
-    /// Extra labels on the Secret.
+    /// Extra labels on the Secret: at most 16, keys at most 317 characters (a Kubernetes
+    /// qualified name), values at most 63.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "labels_schema")]
     pub labels: BTreeMap<String, String>,
-    /// Extra annotations on the Secret.
+    /// Extra annotations on the Secret: at most 16, keys at most 317 characters, values at
+    /// most 1024.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "annotations_schema")]
     pub annotations: BTreeMap<String, String>,
     /// Names of the keys in the Secret. Set a key's name to the empty string to leave it out.
     #[serde(default)]
@@ -229,21 +243,27 @@ pub struct TargetSecret {
 pub struct TargetKeys {
     /// The access token (send as `Authorization: Bearer <token>`).
     #[serde(default = "k_access_token")]
+    #[schemars(length(max = 253))]
     pub access_token: String,
     /// API base URL: `https://<hostname>` plus `:<port>` when the port is not 443.
     #[serde(default = "k_base_url")]
+    #[schemars(length(max = 253))]
     pub base_url: String,
     /// API host name.
     #[serde(default = "k_hostname")]
+    #[schemars(length(max = 253))]
     pub hostname: String,
     /// API port.
     #[serde(default = "k_port")]
+    #[schemars(length(max = 253))]
     pub port: String,
     /// When the access token expires, RFC 3339.
     #[serde(default = "k_expires_at")]
+    #[schemars(length(max = 253))]
     pub expires_at: String,
     /// Token type, `Bearer`.
     #[serde(default = "k_token_type")]
+    #[schemars(length(max = 253))]
     pub token_type: String,
 }
 
@@ -266,6 +286,7 @@ impl Default for TargetKeys {
 pub struct EagleEyeCredentialStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub observed_generation: Option<i64>,
     /// `Ready`: the target Secret holds a valid access token. `ReloginSoon`: the refresh
     /// token nears its 90-day chain end or 14-day idle end; a person must log in again.
@@ -294,16 +315,18 @@ pub struct EagleEyeCredentialStatus {
     pub chain_started_at: Option<Time>,
     /// API base URL published in the target Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
     pub base_url: Option<String>,
     /// Rotation mode in force: `Rotating` or `NonRotating`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<RotationMode>,
     /// Name of the target Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub target_secret_name: Option<String>,
     /// Failed refresh attempts since the last success.
     #[serde(default)]
-    #[schemars(with = "i32")]
+    #[schemars(with = "i32", range(min = 0, max = 1_000_000_000))]
     pub failed_refresh_attempts: u32,
     /// When the last refresh attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -312,6 +335,7 @@ pub struct EagleEyeCredentialStatus {
     /// client credentials and refresh token together). The operator does not send it again
     /// until one of them changes, as a new Phase 1 login does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub refused_login_fingerprint: Option<String>,
     /// The last nudge of the pods named by spec.consumers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -330,15 +354,15 @@ pub struct ConsumersStatus {
     pub last_nudge_time: Option<Time>,
     /// Running or pending pods the selector matched.
     #[serde(default)]
-    #[schemars(with = "i32")]
+    #[schemars(with = "i32", range(min = 0, max = 1_000_000_000))]
     pub selected_pods: u32,
     /// Of those, pods that carry the annotation for this token.
     #[serde(default)]
-    #[schemars(with = "i32")]
+    #[schemars(with = "i32", range(min = 0, max = 1_000_000_000))]
     pub nudged_pods: u32,
     /// Of those, pods that could not be annotated (see the PodsNudged condition).
     #[serde(default)]
-    #[schemars(with = "i32")]
+    #[schemars(with = "i32", range(min = 0, max = 1_000_000_000))]
     pub failed_pods: u32,
 }
 
@@ -346,18 +370,92 @@ fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     // Conditions are a list-map keyed by type, as Kubernetes API conventions ask.
     serde_json::from_value(serde_json::json!({
         "type": "array",
+        "maxItems": 16,
         "x-kubernetes-list-type": "map",
         "x-kubernetes-list-map-keys": ["type"],
         "items": {
             "type": "object",
             "required": ["type", "status", "lastTransitionTime", "reason", "message"],
             "properties": {
-                "type": {"type": "string", "description": "Condition type."},
+                "type": {"type": "string", "maxLength": 316, "description": "Condition type."},
                 "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-                "observedGeneration": {"type": "integer", "format": "int64"},
+                "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
                 "lastTransitionTime": {"type": "string", "format": "date-time"},
-                "reason": {"type": "string", "description": "CamelCase reason."},
-                "message": {"type": "string", "description": "Human-readable detail."}
+                "reason": {"type": "string", "maxLength": 1024, "description": "CamelCase reason."},
+                "message": {"type": "string", "maxLength": 32768, "description": "Human-readable detail."}
+            }
+        }
+    }))
+    .expect("static schema is valid JSON")
+}
+
+/// Largest `status.failedRefreshAttempts` (and pod count) the CRD accepts; the count stops there.
+pub const MAX_FAILED_ATTEMPTS: u32 = 1_000_000_000;
+
+/// Longest label or annotation key Kubernetes accepts: a 253-character DNS prefix, `/`, and a
+/// 63-character name.
+pub const MAX_KEY_LENGTH: usize = 317;
+/// Most entries in `spec.target.labels`, in `spec.target.annotations`, and in a pod selector.
+pub const MAX_ENTRIES: usize = 16;
+/// Longest value in `spec.target.annotations`.
+pub const MAX_ANNOTATION_VALUE: usize = 1024;
+/// Longest label value Kubernetes accepts.
+pub const MAX_LABEL_VALUE: usize = 63;
+
+/// A bounded map of strings: what a tenant writes into it can neither bloat the operator's
+/// memory nor make the API server's CEL cost estimate unbounded.
+fn bounded_map(value_max: usize) -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "maxProperties": MAX_ENTRIES,
+        "additionalProperties": {"type": "string", "maxLength": value_max},
+        "x-kubernetes-validations": [{
+            "rule": format!("self.all(k, k.size() <= {MAX_KEY_LENGTH})"),
+            "message": format!("keys must be at most {MAX_KEY_LENGTH} characters"),
+        }],
+    })
+}
+
+fn labels_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    serde_json::from_value(bounded_map(MAX_LABEL_VALUE)).expect("static schema is valid JSON")
+}
+
+fn annotations_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    serde_json::from_value(bounded_map(MAX_ANNOTATION_VALUE)).expect("static schema is valid JSON")
+}
+
+/// A Kubernetes label selector with every list, map and string bounded.
+fn pod_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut match_labels = bounded_map(MAX_LABEL_VALUE);
+    match_labels["description"] =
+        "Pods whose labels hold every one of these key-value pairs.".into();
+    serde_json::from_value(serde_json::json!({
+        "type": "object",
+        "description": "A label selector over the pods of this namespace, as Deployments use.",
+        "properties": {
+            "matchLabels": match_labels,
+            "matchExpressions": {
+                "type": "array",
+                "maxItems": MAX_ENTRIES,
+                "description": "Requirements on pod labels, all of which must hold.",
+                "items": {
+                    "type": "object",
+                    "required": ["key", "operator"],
+                    "properties": {
+                        "key": {"type": "string", "maxLength": MAX_KEY_LENGTH, "description": "The label key."},
+                        "operator": {
+                            "type": "string",
+                            "enum": ["In", "NotIn", "Exists", "DoesNotExist"],
+                            "description": "How the key relates to the values."
+                        },
+                        "values": {
+                            "type": "array",
+                            "maxItems": MAX_ENTRIES,
+                            "items": {"type": "string", "maxLength": MAX_LABEL_VALUE},
+                            "description": "Values for In and NotIn; empty for Exists and DoesNotExist."
+                        }
+                    }
+                }
             }
         }
     }))

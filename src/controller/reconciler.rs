@@ -951,7 +951,12 @@ impl<'a> Reconciler<'a> {
         stored: &StoredToken,
         login: &str,
     ) -> Result<Action, Error> {
-        self.status.failed_refresh_attempts = self.status.failed_refresh_attempts.saturating_add(1);
+        // Within the bound the CRD sets, or the status write would be refused.
+        self.status.failed_refresh_attempts = self
+            .status
+            .failed_refresh_attempts
+            .saturating_add(1)
+            .min(crate::crd::MAX_FAILED_ATTEMPTS);
         self.status.last_failure_time = Some(Time(self.now));
         if let Some(after) = err.retry_after() {
             // From the precise time of the answer: rounding down to the second would retry

@@ -15,6 +15,7 @@ mod controller;
 mod crd_drift;
 mod ha;
 mod helm;
+mod hostile;
 mod memory;
 mod outages;
 mod revoke;

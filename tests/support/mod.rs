@@ -62,7 +62,9 @@ pub async fn env() -> TestEnv {
     env_on(plane().await).await
 }
 
-async fn env_on(plane: &'static ControlPlane) -> TestEnv {
+/// A fresh namespace on `plane`, with an admin client for this test: a second tenant beside
+/// the first.
+pub async fn env_on(plane: &'static ControlPlane) -> TestEnv {
     let client = plane.client().await.expect("admin client");
     let namespace = format!("t-{:08x}", rand::random::<u32>());
     let ns = Namespace {
