@@ -295,15 +295,21 @@ pub fn report(outcome: &Outcome, previous: Option<&Condition>, now: Timestamp) -
                     ),
                 ),
                 Next::At(*next_try),
-                // The same Event for every attempt with this cause (one per attempt: a
-                // Recorder lives for one reconcile), its note free of counts and times that
-                // repeats would leave stale.
-                vec![Note {
-                    type_: EventType::Warning,
-                    reason: reason::REFRESH_FAILED,
-                    action: cause,
-                    note: format!("refresh failed ({cause}: {detail})"),
-                }],
+                // Events at attempts 1, 2, 4, 8, ...: a long outage writes a handful per
+                // credential, not one per retry (the status counts every attempt). The note
+                // is free of times that repeats would leave stale.
+                match attempt.is_power_of_two() {
+                    true => vec![Note {
+                        type_: EventType::Warning,
+                        reason: reason::REFRESH_FAILED,
+                        action: cause,
+                        note: format!(
+                            "refresh failed ({cause}: {detail}); attempt {attempt}, the next Event at attempt {}; status.failedRefreshAttempts counts every one",
+                            attempt.saturating_mul(2)
+                        ),
+                    }],
+                    false => vec![],
+                },
             )
         }
         O::ReauthorizationRequired { failure, secret } => failed(
@@ -826,7 +832,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_refresh_is_one_event_series_per_cause_with_a_note_that_stays_true() {
+    fn a_failed_refresh_event_names_its_attempt_and_the_status_keeps_the_next_try() {
         let failed = |attempt, next_try| Outcome::RefreshFailed {
             failure: failure(),
             attempt,
@@ -835,10 +841,15 @@ mod tests {
         };
         let first = report(&failed(1, t(NOW + 30)), None, t(NOW));
         let later = report(&failed(7, t(NOW + 900)), None, t(NOW + 600));
-        assert_eq!(first.events, later.events);
+        assert!(later.events.is_empty(), "{:?}", later.events);
         let e = &first.events[0];
         assert_eq!(e.action, failure().cause);
-        assert!(!e.note.contains("attempt") && !e.note.contains(&t(NOW + 30).to_string()));
+        assert!(
+            e.note.contains("attempt 1, the next Event at attempt 2"),
+            "{}",
+            e.note
+        );
+        assert!(!e.note.contains(&t(NOW + 30).to_string()), "{}", e.note);
         let m = first.ready.unwrap().message;
         assert!(m.contains("attempt 1, next try at"), "{m}");
         assert!(
@@ -848,6 +859,22 @@ mod tests {
         assert_eq!(first.next_refresh, Next::At(t(NOW + 30)));
         let m = later.ready.unwrap().message;
         assert!(m.ends_with("; no valid access token is published"), "{m}");
+    }
+
+    #[test]
+    fn a_long_outage_reports_failed_refreshes_at_attempts_one_two_four_eight() {
+        let with_events: Vec<u32> = (1..=1000)
+            .filter(|&attempt| {
+                let failed = Outcome::RefreshFailed {
+                    failure: failure(),
+                    attempt,
+                    next_try: t(NOW + 30),
+                    published_until: None,
+                };
+                !report(&failed, None, t(NOW)).events.is_empty()
+            })
+            .collect();
+        assert_eq!(with_events, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]);
     }
 
     #[test]
