@@ -24,7 +24,7 @@ use tracing::{info, warn};
 use crate::admin::{self, Health};
 use crate::metrics::Metrics;
 
-use crate::controller::{self, Context, HeldTokens, Leadership, Settings, Shared};
+use crate::controller::{self, Context, HeldTokens, Leadership, LeanCredential, Settings, Shared};
 use crate::crd::{EagleEyeCredential, parse_duration};
 use crate::status::Lifetimes;
 use crate::token::{
@@ -490,6 +490,10 @@ impl LeaseSetup {
     }
 }
 
+/// Credentials per page of a list: a page of padded ones (about 300 KiB each, metadata
+/// included) stays a few MiB in transit; 10,000 ordinary ones (about 3 KiB) take 200 pages.
+const CREDENTIAL_PAGE: u32 = 50;
+
 struct Parts {
     client: Client,
     /// Unique to this process (see [`process_identity`]).
@@ -529,7 +533,7 @@ impl Parts {
             .into_iter()
             .map(|ns| {
                 let client = self.client.clone();
-                let (crs, secrets): (Api<EagleEyeCredential>, Api<PartialObjectMeta<Secret>>) =
+                let (crs, secrets): (Api<LeanCredential>, Api<PartialObjectMeta<Secret>>) =
                     match &ns {
                         Some(ns) => (
                             Api::namespaced(client.clone(), ns),
@@ -546,15 +550,15 @@ impl Parts {
                 // sleep through its start, and through a shutdown, until the next event).
                 let (listed_tx, listed) = tokio::sync::watch::channel(false);
                 let known = self.shared.known.clone();
-                let mut config = watcher::Config::default();
+                let mut config = watcher::Config::default().page_size(CREDENTIAL_PAGE);
                 if let Some(selector) = &self.args.credential_selector {
                     config = config.labels(selector);
                 }
-                // managedFields are kept out of the store: nothing reads them, and every
-                // writer of a credential (kubectl, the operator's status) adds an entry.
+                // The store keeps what a reconcile reads, nothing a tenant can pad.
                 let news = watcher::watcher(crs, config)
                     .default_backoff()
-                    .modify(|cr| cr.metadata.managed_fields = None)
+                    .map_ok(crate::controller::credential_event)
+                    .modify(crate::controller::project)
                     .reflect(writer)
                     .inspect_ok(move |e| {
                         if matches!(e, watcher::Event::InitDone) {

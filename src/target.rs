@@ -270,7 +270,7 @@ pub fn supersedes(published: &Published, received_at: jiff::Timestamp, refresh_f
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]

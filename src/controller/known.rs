@@ -7,8 +7,6 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
-use kube::ResourceExt;
-
 use crate::crd::{EagleEyeCredential, EagleEyeCredentialStatus};
 
 use super::{key, lock};
@@ -31,16 +29,17 @@ pub(super) fn digest(status: Option<&EagleEyeCredentialStatus>) -> u64 {
     h.finish()
 }
 
-/// Everything of a credential but its status and resourceVersion: a change here is a
-/// user's (or a controller's) change, worth a reconcile.
+/// Everything of a credential the reconcile reads, but its status and resourceVersion: a
+/// change here is a user's (or a controller's) change, worth a reconcile. The spec is
+/// covered by the generation.
 fn shape(cr: &EagleEyeCredential) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     cr.metadata.uid.hash(&mut h);
     cr.metadata.generation.hash(&mut h);
     cr.metadata.deletion_timestamp.is_some().hash(&mut h);
-    cr.finalizers().hash(&mut h);
-    cr.labels().hash(&mut h);
-    cr.annotations().hash(&mut h);
+    // What the store keeps of metadata (`super::projection`): a write's answer, which holds
+    // everything, must hash as its projected watch event does.
+    super::projection::has_finalizer(cr).hash(&mut h);
     h.finish()
 }
 

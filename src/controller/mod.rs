@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::Store;
@@ -32,10 +31,13 @@ mod held;
 mod known;
 mod leadership;
 mod own_writes;
+mod projection;
 mod reconciler;
 mod report;
 mod revoke;
 mod sweep;
+
+pub use projection::{LeanCredential, credential_event, project};
 
 pub use cache::Reads;
 pub use held::HeldTokens;
@@ -194,12 +196,15 @@ pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result
     // triggered by a Secret's change can outrun the watch). Status is rebuilt from the
     // object, so a stale copy would roll the status back: read it fresh unless the cache
     // holds the status last written or seen here.
-    let api: Api<EagleEyeCredential> =
-        Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
-    let fresh = if ctx.known.is_current(&cr) {
+    // A copy trimmed in the store (padded target metadata) is read whole as well (though
+    // lean: no metadata beyond what the store keeps).
+    let fresh = if ctx.known.is_current(&cr) && !projection::is_trimmed(&cr) {
         Ok(Some(EagleEyeCredential::clone(&cr)))
     } else {
-        api.get_opt(&cr.name_any()).await
+        projection::api(ctx.client.clone(), &cr.namespace().unwrap_or_default())
+            .get_opt(&cr.name_any())
+            .await
+            .map(|read| read.map(EagleEyeCredential::from))
     };
     let fresh = match fresh {
         Ok(Some(fresh)) => fresh,

@@ -2,13 +2,13 @@
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::Event;
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
-use crate::crd::{EagleEyeCredential, RotationMode};
+use crate::crd::RotationMode;
 use crate::outcome::{self, Next, Note, Outcome, Standing, Verdict};
 use crate::schedule::Rotation;
 use crate::secrets::{self, SecretError};
@@ -141,7 +141,7 @@ impl Reconciler<'_> {
             .metrics
             .observe_status(&labels(self.cr), &self.status);
         if self.cr.status.as_ref() != Some(&self.status) {
-            let api: Api<EagleEyeCredential> = Api::namespaced(
+            let api = super::projection::api(
                 self.ctx.client.clone(),
                 &self.cr.namespace().unwrap_or_default(),
             );
@@ -159,7 +159,7 @@ impl Reconciler<'_> {
                 )
                 .await
                 .map_err(|e| Error::Status(self.key.clone(), e))?;
-            self.ctx.known.wrote(&written);
+            self.ctx.known.wrote(&written.into());
         }
         // Only once the status says so may a person clear the refusal there.
         if let Some(login) = &self.status.refused_login_fingerprint {

@@ -38,9 +38,7 @@ enum Attempt {
     Impossible(String),
 }
 
-fn has_finalizer(cr: &EagleEyeCredential) -> bool {
-    cr.finalizers().iter().any(|f| f == FINALIZER)
-}
+use super::projection::has_finalizer;
 
 /// Adds or removes the finalizer as spec.revokeOnDelete says, returning the credential as
 /// it now is. A failure is logged and leaves the credential as it was: refreshing goes on.
@@ -83,12 +81,24 @@ pub(super) async fn keep_finalizer(cr: EagleEyeCredential, ctx: &Context) -> Eag
 }
 
 /// Writes the finalizer list with or without ours, over the resourceVersion read: another
-/// writer's change meanwhile fails the patch (409) rather than being undone.
+/// writer's change meanwhile fails the patch (409) rather than being undone. The list is
+/// read afresh (the store keeps only this operator's finalizer of it): adding or removing
+/// it happens once per credential, or once per change of spec.revokeOnDelete.
 async fn patch_finalizer(
     cr: &EagleEyeCredential,
     ctx: &Context,
     add: bool,
 ) -> Result<EagleEyeCredential, kube::Error> {
+    let api: Api<EagleEyeCredential> =
+        Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    let read = api.get(&cr.name_any()).await?;
+    // Recreated, or the spec changed its mind meanwhile: the next reconcile decides again.
+    let changed = read.metadata.uid != cr.metadata.uid
+        || (read.metadata.deletion_timestamp.is_none() && read.spec.revoke_on_delete != add);
+    if changed || has_finalizer(&read) == add {
+        return Ok(read);
+    }
+    let cr = read;
     let mut finalizers: Vec<String> = cr
         .finalizers()
         .iter()
@@ -104,8 +114,6 @@ async fn patch_finalizer(
             "resourceVersion": cr.metadata.resource_version,
         }
     });
-    let api: Api<EagleEyeCredential> =
-        Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
     let params = PatchParams {
         field_manager: Some(super::FIELD_MANAGER.into()),
         ..PatchParams::default()

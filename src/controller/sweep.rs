@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use tracing::warn;
 
@@ -79,7 +79,7 @@ async fn left_the_shard(client: &Client, key: &str, selector: &str, last_known: 
     let Some((ns, name)) = key.split_once('/') else {
         return;
     };
-    let api: Api<EagleEyeCredential> = Api::namespaced(client.clone(), ns);
+    let api = super::projection::api(client.clone(), ns);
     let Ok(Some(cr)) = api.get_opt(name).await else {
         return;
     };

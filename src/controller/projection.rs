@@ -1,0 +1,281 @@
+//! What the credential store keeps of a credential: what a reconcile reads, and nothing a
+//! tenant can pad. The spec and status are bounded by the CRD (`crate::crd`); of the
+//! metadata, which is bounded only by the API server's object size (1.5 MiB), only the
+//! identity, generation, deletion time and this operator's own finalizer are kept: no
+//! labels, annotations (`kubectl apply` alone puts a second copy of the spec there),
+//! owner references, managed fields or other finalizers. Everything that needs more reads
+//! the credential afresh (adding or removing the finalizer, a shard's farewell).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::crd::{EagleEyeCredential, EagleEyeCredentialSpec, EagleEyeCredentialStatus};
+
+use super::revoke::FINALIZER;
+
+/// A credential as the operator reads it from the API server (watch, list, get, and the
+/// answers to its writes): metadata other than identity, generation, times and this
+/// operator's finalizer is skipped while the JSON is parsed, never allocated, so a
+/// tenant's 250 KiB of annotations cost the operator no more than the bytes in transit.
+/// Everything else uses it as an [`EagleEyeCredential`].
+#[derive(Deserialize, Serialize, Clone, Debug)]
+pub struct LeanCredential {
+    #[serde(deserialize_with = "lean_metadata")]
+    pub metadata: ObjectMeta,
+    pub spec: EagleEyeCredentialSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<EagleEyeCredentialStatus>,
+}
+
+impl Resource for LeanCredential {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        EagleEyeCredential::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        EagleEyeCredential::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        EagleEyeCredential::version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        EagleEyeCredential::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl From<LeanCredential> for EagleEyeCredential {
+    fn from(lean: LeanCredential) -> Self {
+        EagleEyeCredential {
+            metadata: lean.metadata,
+            spec: lean.spec,
+            status: lean.status,
+        }
+    }
+}
+
+/// A watch event of lean reads, as the store and controller take it.
+pub fn credential_event(
+    event: kube::runtime::watcher::Event<LeanCredential>,
+) -> kube::runtime::watcher::Event<EagleEyeCredential> {
+    use kube::runtime::watcher::Event;
+    match event {
+        Event::Apply(cr) => Event::Apply(cr.into()),
+        Event::Delete(cr) => Event::Delete(cr.into()),
+        Event::Init => Event::Init,
+        Event::InitApply(cr) => Event::InitApply(cr.into()),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
+/// Credentials of `namespace`, read lean.
+pub fn api(client: Client, namespace: &str) -> kube::Api<LeanCredential> {
+    kube::Api::namespaced(client, namespace)
+}
+
+fn lean_metadata<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Lean {
+        name: Option<String>,
+        namespace: Option<String>,
+        uid: Option<String>,
+        resource_version: Option<String>,
+        generation: Option<i64>,
+        creation_timestamp: Option<Time>,
+        deletion_timestamp: Option<Time>,
+        #[serde(default, deserialize_with = "ours_only")]
+        finalizers: Option<Vec<String>>,
+    }
+    let m = Lean::deserialize(d)?;
+    Ok(ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        uid: m.uid,
+        resource_version: m.resource_version,
+        generation: m.generation,
+        creation_timestamp: m.creation_timestamp,
+        deletion_timestamp: m.deletion_timestamp,
+        finalizers: m.finalizers,
+        ..ObjectMeta::default()
+    })
+}
+
+/// The finalizer list with only this operator's own kept (others are only looked at).
+fn ours_only<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    struct List;
+    impl<'de> Visitor<'de> for List {
+        type Value = Option<Vec<String>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of finalizers")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut ours = false;
+            while let Some(is_ours) = seq.next_element::<IsOurs>()? {
+                ours |= is_ours.0;
+            }
+            Ok(Some(if ours {
+                vec![FINALIZER.to_owned()]
+            } else {
+                vec![]
+            }))
+        }
+    }
+    d.deserialize_option(List)
+}
+
+/// Whether one finalizer is this operator's, decided without keeping the string.
+struct IsOurs(bool);
+
+impl<'de> Deserialize<'de> for IsOurs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl Visitor<'_> for Name {
+            type Value = IsOurs;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a finalizer name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<IsOurs, E> {
+                Ok(IsOurs(v == FINALIZER))
+            }
+        }
+        d.deserialize_str(Name)
+    }
+}
+
+/// Marks, in the store only, a credential whose target labels and annotations or pod
+/// selector were left out; never written anywhere.
+const TRIMMED: &str = "eagle-eye-operator.io/trimmed-in-store";
+
+/// Target labels and annotations and pod selector (their JSON) larger than this are left
+/// out of the store; a reconcile of such a credential reads it whole from the API server.
+/// Most credentials have none; a tenant who pads them pays one read per reconcile, and the
+/// store's memory for any credential stays under about 5 KiB.
+pub const KEEP_EXTRAS_UP_TO: usize = 1024;
+
+/// Cuts `cr` down to what the store keeps.
+pub fn project(cr: &mut EagleEyeCredential) {
+    let m = &mut cr.metadata;
+    m.managed_fields = None;
+    m.annotations = None;
+    m.labels = None;
+    m.owner_references = None;
+    if let Some(finalizers) = &mut m.finalizers {
+        finalizers.retain(|f| f == FINALIZER);
+    }
+    let target = &mut cr.spec.target;
+    let size = serde_json::to_vec(&(&target.labels, &target.annotations, &cr.spec.consumers))
+        .map_or(usize::MAX, |json| json.len());
+    if size > KEEP_EXTRAS_UP_TO {
+        target.labels.clear();
+        target.annotations.clear();
+        if let Some(consumers) = &mut cr.spec.consumers {
+            consumers.pod_selector = Default::default();
+        }
+        m.annotations = Some([(TRIMMED.to_owned(), String::new())].into());
+    }
+}
+
+/// Whether the store's copy of `cr` lacks fields a reconcile needs (see [`project`]).
+pub fn is_trimmed(cr: &EagleEyeCredential) -> bool {
+    cr.annotations().contains_key(TRIMMED)
+}
+
+/// Whether `cr` carries this operator's finalizer; the same for a credential and its
+/// projection.
+pub fn has_finalizer(cr: &EagleEyeCredential) -> bool {
+    cr.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_keeps_no_metadata_a_tenant_can_pad() {
+        let mut cr = crate::target::tests::credential();
+        let pad = "x".repeat(100_000);
+        cr.metadata.annotations = Some([("pad".to_owned(), pad.clone())].into());
+        cr.metadata.labels = Some([("l".to_owned(), "v".to_owned())].into());
+        cr.metadata.finalizers = Some(vec![pad.clone(), FINALIZER.to_owned(), pad]);
+        let before = serde_json::to_vec(&cr).unwrap().len();
+        project(&mut cr);
+        let after = serde_json::to_vec(&cr).unwrap().len();
+        assert!(
+            after < 2_000 && before > 300_000,
+            "{before} -> {after} bytes"
+        );
+        assert_eq!(cr.finalizers(), [FINALIZER]);
+        assert!(has_finalizer(&cr));
+        assert_eq!(cr.name_any(), "cam");
+        assert!(!is_trimmed(&cr));
+    }
+
+    #[test]
+    fn a_lean_read_skips_padded_metadata_and_keeps_what_a_reconcile_needs() {
+        let mut cr = crate::target::tests::credential();
+        cr.metadata.annotations = Some([("pad".to_owned(), "x".repeat(1000))].into());
+        cr.metadata.labels = Some([("l".to_owned(), "v".to_owned())].into());
+        cr.metadata.finalizers = Some(vec!["other/f".into(), FINALIZER.into()]);
+        cr.metadata.generation = Some(3);
+        cr.metadata.resource_version = Some("42".into());
+        let json = serde_json::to_vec(&cr).unwrap();
+        let lean: EagleEyeCredential = serde_json::from_slice::<LeanCredential>(&json)
+            .unwrap()
+            .into();
+        let mut projected = cr.clone();
+        project(&mut projected);
+        assert_eq!(
+            serde_json::to_value(&lean).unwrap(),
+            serde_json::to_value(&projected).unwrap()
+        );
+
+        cr.metadata.finalizers = Some(vec!["other/f".into()]);
+        let json = serde_json::to_vec(&cr).unwrap();
+        let lean: LeanCredential = serde_json::from_slice(&json).unwrap();
+        assert_eq!(lean.metadata.finalizers, Some(vec![]));
+        assert!(!has_finalizer(&lean.into()));
+    }
+
+    #[test]
+    fn padded_target_metadata_is_left_out_and_marked_small_metadata_is_kept() {
+        let mut small = crate::target::tests::credential();
+        small.spec.target.labels = [("team".to_owned(), "video".to_owned())].into();
+        let kept = small.spec.clone();
+        project(&mut small);
+        assert_eq!(small.spec, kept);
+        assert!(!is_trimmed(&small));
+
+        let mut padded = crate::target::tests::credential();
+        let pad = "v".repeat(KEEP_EXTRAS_UP_TO);
+        padded.spec.target.annotations = [("a".to_owned(), pad)].into();
+        project(&mut padded);
+        assert!(padded.spec.target.annotations.is_empty());
+        assert!(is_trimmed(&padded));
+        // A reconcile reads the whole credential: what it gets back is never trimmed.
+        let mut read = padded.clone();
+        read.metadata.annotations = None;
+        assert!(!is_trimmed(&read));
+    }
+}
