@@ -84,7 +84,8 @@ fn router<R: Review>(gate: Gate<R>, metrics: Arc<Metrics>) -> Router {
 }
 
 /// 401 without an accepted token, 403 when its owner may not `get /metrics`, 503 when the
-/// API server cannot be asked now.
+/// API server cannot be asked now. A refused request's connection is closed: a client
+/// without a good token cannot keep one of the [`MAX_CONNECTIONS`] for itself by reusing it.
 async fn guarded<R: Review>(State(s): State<Arc<Served<R>>>, headers: HeaderMap) -> Response {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -95,22 +96,23 @@ async fn guarded<R: Review>(State(s): State<Arc<Served<R>>>, headers: HeaderMap)
         })
         .map(str::trim)
         .unwrap_or_default();
-    let unauthorized = || {
-        (
+    let verdict = if token.is_empty() {
+        Ok(Verdict::Unauthenticated)
+    } else {
+        s.gate.check(token).await
+    };
+    let close = (header::CONNECTION, "close");
+    match verdict {
+        Ok(Verdict::Allowed) => crate::admin::metrics_response(&s.metrics).into_response(),
+        Ok(Verdict::Unauthenticated) => (
             StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
+            [(header::WWW_AUTHENTICATE, "Bearer"), close],
             "a bearer token the Kubernetes API server accepts is required\n",
         )
-            .into_response()
-    };
-    if token.is_empty() {
-        return unauthorized();
-    }
-    match s.gate.check(token).await {
-        Ok(Verdict::Allowed) => crate::admin::metrics_response(&s.metrics).into_response(),
-        Ok(Verdict::Unauthenticated) => unauthorized(),
+            .into_response(),
         Ok(Verdict::Forbidden) => (
             StatusCode::FORBIDDEN,
+            [close],
             "not allowed get on the non-resource URL /metrics (bind the metrics-reader ClusterRole)\n",
         )
             .into_response(),
@@ -120,7 +122,7 @@ async fn guarded<R: Review>(State(s): State<Arc<Served<R>>>, headers: HeaderMap)
             }
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, "5")],
+                [(header::RETRY_AFTER, "5"), close],
                 "cannot check the token now\n",
             )
                 .into_response()
@@ -201,6 +203,7 @@ mod tests {
         }
     }
 
+    /// Status and body; a refusal must also close the connection.
     async fn https_get(addr: SocketAddr, token: Option<&str>) -> (u16, String) {
         let http = reqwest::Client::builder()
             .tls_danger_accept_invalid_certs(true)
@@ -211,10 +214,14 @@ mod tests {
             request = request.bearer_auth(token);
         }
         let response = request.send().await.unwrap();
-        (
-            response.status().as_u16(),
-            response.text().await.unwrap_or_default(),
-        )
+        let status = response.status().as_u16();
+        let closes = response.headers().get(header::CONNECTION) == Some(&"close".parse().unwrap());
+        assert_eq!(
+            closes,
+            status != 200,
+            "Connection: close on a refusal only ({status})"
+        );
+        (status, response.text().await.unwrap_or_default())
     }
 
     #[tokio::test]

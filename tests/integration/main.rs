@@ -16,6 +16,7 @@ mod crd_drift;
 mod ha;
 mod helm;
 mod memory;
+mod metrics_access;
 mod outages;
 mod revoke;
 mod sharding;
