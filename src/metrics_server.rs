@@ -1,12 +1,13 @@
 //! `/metrics` over HTTPS on a port of its own, for the holders of a bearer token the API
 //! server accepts and allows `get /metrics` (see [`crate::metrics_auth`]). The certificate is
-//! generated at start (self-signed) or read from `tls.crt`/`tls.key` in a directory.
+//! generated at start (self-signed) or read from `tls.crt`/`tls.key` in a directory, again
+//! whenever they change.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use axum::Router;
@@ -19,8 +20,11 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
@@ -33,20 +37,17 @@ const MAX_CONNECTIONS: usize = 64;
 /// A TLS handshake or a request's headers that take longer end the connection.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often the certificate files are checked for a renewal (cert-manager rewrites the
+/// mounted Secret well before the old certificate expires).
+const CERT_CHECK_EVERY: Duration = Duration::from_secs(10);
+
 /// The server's certificate and key: from `dir` (`tls.crt`, `tls.key`, as cert-manager and
-/// `kubernetes.io/tls` Secrets name them), or generated for this process.
+/// `kubernetes.io/tls` Secrets name them), read again when they change, or generated for this
+/// process.
 pub fn tls_config(dir: Option<&Path>) -> anyhow::Result<ServerConfig> {
-    let (chain, key) = match dir {
-        Some(dir) => {
-            let (crt, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-            let chain = CertificateDer::pem_file_iter(&crt)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .with_context(|| format!("reading {}", crt.display()))?;
-            anyhow::ensure!(!chain.is_empty(), "{} holds no certificate", crt.display());
-            let key = PrivateKeyDer::from_pem_file(&key)
-                .with_context(|| format!("reading {}", key.display()))?;
-            (chain, key)
-        }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let certified = match dir {
+        Some(dir) => CertFiles::load(dir, &provider)?,
         None => {
             // Scrapers of a self-signed certificate skip verification (the ServiceMonitor's
             // insecureSkipVerify); the bearer token, not the certificate, proves who may read.
@@ -58,18 +59,96 @@ pub fn tls_config(dir: Option<&Path>) -> anyhow::Result<ServerConfig> {
             let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
                 generated.signing_key.serialize_der(),
             ));
-            (vec![generated.cert.der().clone()], key)
+            CertifiedKey::from_der(vec![generated.cert.der().clone()], key, &provider)?
         }
     };
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let resolver = CertResolver {
+        files: dir.map(|d| d.to_owned()),
+        provider: provider.clone(),
+        check_every: CERT_CHECK_EVERY,
+        state: Mutex::new(CertState {
+            certified: Arc::new(certified),
+            modified: dir.and_then(CertFiles::modified),
+            checked: Instant::now(),
+        }),
+    };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .context("the metrics server's certificate and key do not match")?;
+        .with_cert_resolver(Arc::new(resolver));
     // The connection loop speaks HTTP/1.1 only.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// `tls.crt` and `tls.key` in a directory.
+struct CertFiles;
+
+impl CertFiles {
+    fn load(dir: &Path, provider: &CryptoProvider) -> anyhow::Result<CertifiedKey> {
+        let (crt, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        let chain = CertificateDer::pem_file_iter(&crt)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .with_context(|| format!("reading {}", crt.display()))?;
+        anyhow::ensure!(!chain.is_empty(), "{} holds no certificate", crt.display());
+        let key = PrivateKeyDer::from_pem_file(&key)
+            .with_context(|| format!("reading {}", key.display()))?;
+        CertifiedKey::from_der(chain, key, provider)
+            .context("the metrics server's certificate and key do not match")
+    }
+
+    /// The later modification time of the two files (through the symlinks a Secret volume
+    /// swaps on update).
+    fn modified(dir: &Path) -> Option<SystemTime> {
+        let time = |f: &str| {
+            std::fs::metadata(dir.join(f))
+                .and_then(|m| m.modified())
+                .ok()
+        };
+        time("tls.crt").max(time("tls.key"))
+    }
+}
+
+/// Hands out the current certificate; with files, looks at most every `check_every` whether
+/// they changed and loads them again (a pair that does not load keeps the old one).
+#[derive(Debug)]
+struct CertResolver {
+    files: Option<PathBuf>,
+    provider: Arc<CryptoProvider>,
+    check_every: Duration,
+    state: Mutex<CertState>,
+}
+
+#[derive(Debug)]
+struct CertState {
+    certified: Arc<CertifiedKey>,
+    modified: Option<SystemTime>,
+    checked: Instant,
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(dir) = &self.files
+            && state.checked.elapsed() >= self.check_every
+        {
+            state.checked = Instant::now();
+            let modified = CertFiles::modified(dir);
+            if modified != state.modified {
+                match CertFiles::load(dir, &self.provider) {
+                    Ok(certified) => {
+                        tracing::info!(dir = %dir.display(), "metrics server: loaded the renewed certificate");
+                        state.certified = Arc::new(certified);
+                        state.modified = modified;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "metrics server: keeping the old certificate")
+                    }
+                }
+            }
+        }
+        Some(state.certified.clone())
+    }
 }
 
 struct Served<R> {
@@ -260,14 +339,79 @@ mod tests {
         assert!(format!("{refused:#}").contains("tls.crt"), "{refused:#}");
     }
 
-    #[test]
-    fn a_certificate_directory_with_tls_crt_and_tls_key_is_served() {
-        let dir = std::env::temp_dir().join(format!("certs-{:08x}", rand::random::<u32>()));
-        std::fs::create_dir_all(&dir).unwrap();
+    /// Writes a new self-signed pair to `dir`; its certificate's DER.
+    fn write_pair(dir: &Path) -> Vec<u8> {
         let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         std::fs::write(dir.join("tls.crt"), made.cert.pem()).unwrap();
         std::fs::write(dir.join("tls.key"), made.signing_key.serialize_pem()).unwrap();
-        tls_config(Some(&dir)).unwrap();
+        made.cert.der().to_vec()
+    }
+
+    /// The certificate the server at `addr` presents.
+    async fn presented(addr: SocketAddr) -> Vec<u8> {
+        let http = reqwest::Client::builder()
+            .tls_danger_accept_invalid_certs(true)
+            .tls_info(true)
+            .build()
+            .unwrap();
+        let response = http
+            .get(format!("https://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        let info = response
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .unwrap();
+        info.peer_certificate().unwrap().to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_renewed_certificate_in_the_directory_is_served_without_a_restart() {
+        let dir = std::env::temp_dir().join(format!("certs-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = write_pair(&dir);
+        let mut config = tls_config(Some(&dir)).unwrap();
+        // Checked on every handshake here, not every 10 s.
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        config.cert_resolver = Arc::new(CertResolver {
+            files: Some(dir.clone()),
+            provider: provider.clone(),
+            check_every: Duration::ZERO,
+            state: Mutex::new(CertState {
+                certified: Arc::new(CertFiles::load(&dir, &provider).unwrap()),
+                modified: CertFiles::modified(&dir),
+                checked: Instant::now(),
+            }),
+        });
+        let gate = Gate::new(Fake, Limits::default());
+        let at = SocketAddr::from(([127, 0, 0, 1], 0));
+        let addr = serve(at, config, gate, Default::default()).await.unwrap();
+        assert_eq!(presented(addr).await, first);
+
+        // Modification times can be coarse: make the renewal's visibly later.
+        std::thread::sleep(Duration::from_millis(20));
+        let renewed = write_pair(&dir);
+        let later = SystemTime::now() + Duration::from_secs(2);
+        for f in ["tls.crt", "tls.key"] {
+            let file = std::fs::File::options()
+                .write(true)
+                .open(dir.join(f))
+                .unwrap();
+            file.set_modified(later).unwrap();
+        }
+        assert_eq!(presented(addr).await, renewed);
+
+        // A half-written renewal (a certificate whose key is not there yet) keeps the last
+        // good pair.
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(dir.join("tls.crt"), other.cert.pem()).unwrap();
+        let file = std::fs::File::options()
+            .write(true)
+            .open(dir.join("tls.crt"))
+            .unwrap();
+        file.set_modified(later + Duration::from_secs(2)).unwrap();
+        assert_eq!(presented(addr).await, renewed);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -140,7 +140,7 @@ pub struct MetricsServing {
     #[arg(long, env = "EAGLE_EYE_METRICS_ADDRESS", default_value = "0.0.0.0")]
     pub metrics_address: std::net::IpAddr,
     /// Directory with `tls.crt` and `tls.key` for the metrics server (a mounted cert-manager
-    /// or `kubernetes.io/tls` Secret), read at start. Default: a self-signed certificate
+    /// or `kubernetes.io/tls` Secret), read again within 10 s of a change. Default: a self-signed certificate
     /// generated at start.
     #[arg(long, env = "EAGLE_EYE_METRICS_CERT_DIR")]
     pub metrics_cert_dir: Option<PathBuf>,
