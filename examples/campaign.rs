@@ -1208,6 +1208,7 @@ impl<'e> Bed<'e> {
             "0",
             "--admin-address",
             "127.0.0.1",
+            "--metrics-insecure",
         ]
         .map(str::to_owned);
         for i in 0..n {

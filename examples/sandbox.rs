@@ -132,6 +132,9 @@ async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         "sandbox",
         "--admin-port",
         "0",
+        "--admin-address",
+        "127.0.0.1",
+        "--metrics-insecure",
         "--no-leader-election",
     ])?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -1031,6 +1031,7 @@ impl Operators {
                 "0",
                 "--admin-address",
                 "127.0.0.1",
+                "--metrics-insecure",
                 "--max-concurrent-refreshes",
                 &concurrency,
                 "--instance",

@@ -15,6 +15,8 @@ pub mod intent;
 pub mod kubectl;
 pub mod logging;
 pub mod metrics;
+pub mod metrics_auth;
+pub mod metrics_server;
 #[cfg(test)]
 mod model_tests;
 pub mod nudge;

@@ -97,12 +97,15 @@ pub struct RunArgs {
     /// does: two processes started with the same flags are never one leader.
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
-    /// Port of the admin server: `/healthz`, `/readyz` and `/metrics`.
+    /// Port of the admin server: `/healthz` and `/readyz`, plain HTTP, for the kubelet's
+    /// probes (and `/metrics` with --metrics-insecure).
     #[arg(long, env = "EAGLE_EYE_ADMIN_PORT", default_value_t = 8080)]
     pub admin_port: u16,
     /// Address the admin server binds.
     #[arg(long, env = "EAGLE_EYE_ADMIN_ADDRESS", default_value = "0.0.0.0")]
     pub admin_address: std::net::IpAddr,
+    #[command(flatten)]
+    pub metrics_serving: MetricsServing,
     /// Namespace of the leader-election Lease (the operator's own namespace in a cluster).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
@@ -124,6 +127,108 @@ pub struct RunArgs {
     pub no_leader_election: bool,
     #[command(flatten)]
     pub timing: Timing,
+}
+
+/// Where `/metrics` is served and to whom.
+#[derive(Args, Debug, Clone)]
+pub struct MetricsServing {
+    /// Port of `/metrics` over HTTPS, for bearer tokens the API server accepts (TokenReview)
+    /// whose owner may `get` the non-resource URL `/metrics` (SubjectAccessReview).
+    #[arg(long, env = "EAGLE_EYE_METRICS_PORT", default_value_t = 8443)]
+    pub metrics_port: u16,
+    /// Address the metrics server binds.
+    #[arg(long, env = "EAGLE_EYE_METRICS_ADDRESS", default_value = "0.0.0.0")]
+    pub metrics_address: std::net::IpAddr,
+    /// Directory with `tls.crt` and `tls.key` for the metrics server (a mounted cert-manager
+    /// or `kubernetes.io/tls` Secret), read again within 10 s of a change. Default: a self-signed certificate
+    /// generated at start.
+    #[arg(long, env = "EAGLE_EYE_METRICS_CERT_DIR")]
+    pub metrics_cert_dir: Option<PathBuf>,
+    /// Local development only: serve `/metrics` without TLS or authentication on the admin
+    /// server, and no metrics port. Refused unless --admin-address is a loopback address:
+    /// the page names every watched credential, its expiry and its failures.
+    #[arg(long)]
+    pub metrics_insecure: bool,
+}
+
+impl MetricsServing {
+    /// Refuses `--metrics-insecure` where anyone but this host could read it.
+    fn check(&self, admin_address: std::net::IpAddr) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.metrics_insecure || admin_address.is_loopback(),
+            "--metrics-insecure serves every credential's name, expiry and failures to anyone who connects: it needs a loopback --admin-address (127.0.0.1 or ::1), not {admin_address}"
+        );
+        anyhow::ensure!(
+            !(self.metrics_insecure && self.metrics_cert_dir.is_some()),
+            "--metrics-cert-dir is for the HTTPS metrics server, which --metrics-insecure turns off"
+        );
+        Ok(())
+    }
+
+    /// Starts the metrics server (unless `/metrics` is on the admin port) and the admin
+    /// server; each logs where it listens.
+    async fn serve(
+        &self,
+        client: &Client,
+        admin: SocketAddr,
+        health: Health,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<()> {
+        self.check(admin.ip())?;
+        if self.metrics_insecure {
+            let addr = admin::serve(admin, health, Some(metrics))
+                .await
+                .with_context(|| format!("binding the admin port {}", admin.port()))?;
+            warn!(%addr, "admin server listening (/healthz, /readyz, /metrics without authentication: --metrics-insecure)");
+            return Ok(());
+        }
+        let tls = crate::metrics_server::tls_config(self.metrics_cert_dir.as_deref())?;
+        let gate = crate::metrics_auth::Gate::new(
+            crate::metrics_auth::KubeReview {
+                client: client.clone(),
+            },
+            crate::metrics_auth::Limits::default(),
+        );
+        let at = SocketAddr::new(self.metrics_address, self.metrics_port);
+        let addr = crate::metrics_server::serve(at, tls, gate, metrics)
+            .await
+            .with_context(|| format!("binding the metrics port {}", self.metrics_port))?;
+        info!(%addr, "metrics server listening (https /metrics, bearer token with get /metrics)");
+        let addr = admin::serve(admin, health, None)
+            .await
+            .with_context(|| format!("binding the admin port {}", admin.port()))?;
+        info!(%addr, "admin server listening (/healthz, /readyz)");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod metrics_serving_tests {
+    use super::*;
+
+    fn serving(flags: &[&str]) -> (MetricsServing, std::net::IpAddr) {
+        let args = RunArgs::from_flags(flags).unwrap();
+        (args.metrics_serving, args.admin_address)
+    }
+
+    #[test]
+    fn metrics_are_served_over_https_with_authentication_by_default() {
+        let (m, admin) = serving(&[]);
+        assert!(!m.metrics_insecure);
+        assert_eq!(m.metrics_port, 8443);
+        m.check(admin).unwrap();
+    }
+
+    #[test]
+    fn metrics_insecure_is_refused_unless_the_admin_address_is_loopback() {
+        let (m, admin) = serving(&["--metrics-insecure"]);
+        let refused = m.check(admin).unwrap_err().to_string();
+        assert!(refused.contains("loopback"), "{refused}");
+        let (m, admin) = serving(&["--metrics-insecure", "--admin-address", "::1"]);
+        m.check(admin).unwrap();
+        let (m, admin) = serving(&["--metrics-insecure", "--admin-address", "127.0.0.1"]);
+        m.check(admin).unwrap();
+    }
 }
 
 /// How long the Lease lasts and how long shutdown may take. Hidden: the production values
@@ -261,14 +366,14 @@ pub async fn run(
     };
     let metrics = Arc::new(Metrics::default());
     let health = Health::default();
-    let addr = admin::serve(
-        SocketAddr::new(args.admin_address, args.admin_port),
-        health.clone(),
-        metrics.clone(),
-    )
-    .await
-    .with_context(|| format!("binding the admin port {}", args.admin_port))?;
-    info!(%addr, "admin server listening (/healthz, /readyz, /metrics)");
+    args.metrics_serving
+        .serve(
+            &client,
+            SocketAddr::new(args.admin_address, args.admin_port),
+            health.clone(),
+            metrics.clone(),
+        )
+        .await?;
     let mut namespaces = args.namespaces.clone();
     namespaces.retain(|n| !n.trim().is_empty());
     namespaces.sort();

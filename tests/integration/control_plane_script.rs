@@ -184,6 +184,7 @@ async fn run_operator_until_ready(kubeconfig: &str) {
             "127.0.0.1",
             "--admin-port",
             "0",
+            "--metrics-insecure",
         ])
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "info")

@@ -17,6 +17,7 @@ mod ha;
 mod helm;
 mod hostile;
 mod memory;
+mod metrics_access;
 mod outages;
 mod revoke;
 mod sharding;

@@ -68,6 +68,11 @@ impl Operator {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // Plain /metrics on the loopback admin port, read with `get`; a test of the
+        // authenticated metrics server passes its own --metrics-port.
+        if !extra.contains(&"--metrics-port") {
+            args.push("--metrics-insecure".to_string());
+        }
         if stand_in.ca_pem().is_some() {
             args.extend([
                 "--auth-ca-file".to_string(),
@@ -164,6 +169,23 @@ impl Operator {
                 let line = logs
                     .lines()
                     .find(|l| l.contains("admin server listening"))?;
+                let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+                addr.parse().ok()
+            },
+        )
+        .await
+    }
+
+    /// The HTTPS metrics server's address, from the current process's start-up log line.
+    pub async fn metrics_addr(&self) -> std::net::SocketAddr {
+        super::eventually(
+            "the metrics server to listen",
+            Duration::from_secs(30),
+            || async {
+                let logs = self.current_logs();
+                let line = logs
+                    .lines()
+                    .find(|l| l.contains("metrics server listening"))?;
                 let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
                 addr.parse().ok()
             },

@@ -9,14 +9,15 @@ use std::time::Duration;
 use eagle_eye_operator::crd::EagleEyeCredential;
 use eagle_eye_testbed::standin::{StandIn, StandInConfig};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
 use super::chart::{
-    alert_metric_names, alert_rules, all_options_on, can, fullname, install, ok, release_name,
-    render, run, scratch, service_account,
+    alert_metric_names, alert_rules, all_options_on, can, find, fullname, install, ok,
+    release_name, render, run, scratch, service_account,
 };
 use crate::support::operator::{
     create_secrets, credential, login, ready, secret_data, wait_for_reason,
@@ -32,7 +33,12 @@ async fn the_operator_with_only_the_cluster_scope_rbac_brings_a_credential_to_re
     // a selector unique to this test keeps its operator off their credentials.
     let (label, shard) = ("eagle-eye-operator.io/test", home.namespace.clone());
     let selector = format!("{label}={shard}");
-    let values = json!({"scope": "cluster", "credentialSelector": selector});
+    // Prometheus's ServiceAccount reads /metrics (the chart binds it to the reader role).
+    let values = json!({
+        "scope": "cluster",
+        "credentialSelector": selector,
+        "metrics": {"readers": [{"kind": "ServiceAccount", "name": "prometheus"}]},
+    });
     install(&home, &release, &host_values(values)).await;
 
     let si = stand_in().await;
@@ -63,15 +69,58 @@ async fn the_operator_with_only_the_cluster_scope_rbac_brings_a_credential_to_re
         pod.name
     );
 
-    // Every series the chart's alerts use is exposed, with the labels they aggregate by.
-    let port = pod.admin_port().await;
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // /metrics as the chart's ServiceMonitor scrapes it: its scheme, path and TLS settings,
+    // and a ServiceAccount's token. The operator (with the chart's RBAC only) asks the API
+    // server who holds the token and whether they may read /metrics.
     let docs = render(&home, &all_options_on(json!({})), &[]).await;
+    let endpoint = &find(&docs, "ServiceMonitor")["spec"]["endpoints"][0];
+    let http = reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(endpoint["tlsConfig"]["insecureSkipVerify"] == true)
+        .build()
+        .unwrap();
+    let url = format!(
+        "{}://127.0.0.1:{}{}",
+        endpoint["scheme"].as_str().unwrap(),
+        pod.metrics_port().await,
+        endpoint["path"].as_str().unwrap()
+    );
+    let scrape = |token: Option<String>| {
+        let mut request = http.get(&url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (prometheus, stranger) = (
+        service_account_token(&home, "prometheus").await,
+        service_account_token(&home, "stranger").await,
+    );
+    assert_eq!(scrape(None).await.0, 401, "no token");
+    assert_eq!(
+        scrape(Some("made-up".into())).await.0,
+        401,
+        "a made-up token"
+    );
+    assert_eq!(
+        scrape(Some(stranger)).await.0,
+        403,
+        "a ServiceAccount without the reader role"
+    );
+    let (code, metrics) = scrape(Some(prometheus)).await;
+    assert_eq!(code, 200, "{metrics}");
+    // Nor is anything served plainly on the probes' port.
+    let plain = reqwest::get(format!(
+        "http://127.0.0.1:{}/metrics",
+        pod.admin_port().await
+    ))
+    .await
+    .unwrap();
+    assert_eq!(plain.status(), 404);
+
+    // Every series the chart's alerts use is exposed, with the labels they aggregate by.
     for name in alert_metric_names(&alert_rules(&docs)) {
         assert!(
             metrics.lines().any(|l| l.starts_with(&name)),
@@ -344,11 +393,13 @@ impl ChartPod {
         .await;
         let log = dir.join("operator.log");
         let out = std::fs::File::create(&log).unwrap();
-        // The one departure from the chart's arguments: on a shared host the admin server
-        // takes any free port (the log says which) instead of a fixed one.
+        // The one departure from the chart's arguments: on a shared host the admin and
+        // metrics servers take any free port (the log says which) instead of a fixed one.
         let args = container.args.iter().flatten().map(|a| {
             if a.starts_with("--admin-port=") {
                 "--admin-port=0".to_owned()
+            } else if a.starts_with("--metrics-port=") {
+                "--metrics-port=0".to_owned()
             } else {
                 a.clone()
             }
@@ -372,20 +423,23 @@ impl ChartPod {
 
     /// The admin server's port, from the start-up log line.
     async fn admin_port(&self) -> u16 {
-        eventually(
-            "the admin server to listen",
-            Duration::from_secs(30),
-            || async {
-                let logs = std::fs::read_to_string(&self.log).ok()?;
-                // The chart logs JSON.
-                let line = logs
-                    .lines()
-                    .find(|l| l.contains("admin server listening"))?;
-                let line: Value = serde_json::from_str(line).ok()?;
-                let addr: std::net::SocketAddr = line["addr"].as_str()?.parse().ok()?;
-                Some(addr.port())
-            },
-        )
+        self.port_logged("admin server listening").await
+    }
+
+    /// The HTTPS metrics server's port, from the start-up log line.
+    async fn metrics_port(&self) -> u16 {
+        self.port_logged("metrics server listening").await
+    }
+
+    async fn port_logged(&self, message: &str) -> u16 {
+        eventually(message, Duration::from_secs(30), || async {
+            let logs = std::fs::read_to_string(&self.log).ok()?;
+            // The chart logs JSON.
+            let line = logs.lines().find(|l| l.contains(message))?;
+            let line: Value = serde_json::from_str(line).ok()?;
+            let addr: std::net::SocketAddr = line["addr"].as_str()?.parse().ok()?;
+            Some(addr.port())
+        })
         .await
     }
 
@@ -398,6 +452,34 @@ impl ChartPod {
             "denied API calls:\n{logs}"
         );
     }
+}
+
+/// A token of a new ServiceAccount `name` in the test's namespace, from the TokenRequest API
+/// (what the kubelet mounts in a pod).
+async fn service_account_token(env: &TestEnv, name: &str) -> String {
+    let accounts = Api::<ServiceAccount>::namespaced(env.client.clone(), &env.namespace);
+    let account = ServiceAccount {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    accounts
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec::default()),
+        ..Default::default()
+    };
+    accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.token)
+        .expect("a token")
 }
 
 /// The admin kubeconfig with every user impersonating `user` (the admin may impersonate).

@@ -19,6 +19,11 @@ pub fn all_options_on(mut values: Value) -> Value {
         "metrics": {
             "serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}},
             "prometheusRule": {"enabled": true, "reloginWithinDays": 10},
+            "certSecret": "metrics-cert",
+            "readers": [
+                {"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"},
+                {"kind": "Group", "name": "metrics-readers"},
+            ],
         },
         "podDisruptionBudget": {"enabled": true},
         "podNudge": {"enabled": true, "perSecond": 50},

@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 
 use chart::{
     CHART, alert_rules, all_options_on, assert_access, docs_to_json_list, find, flatten_rules,
-    fullname, install, installed, kinds, ok, operator_rules, pod_nudge_rules, release_name, render,
-    run, scratch, service_account, values_file,
+    fullname, install, installed, kinds, ok, operator_rules, parse_docs, pod_nudge_rules,
+    release_name, render, run, scratch, service_account, values_file,
 };
 
 const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/eagleeyecredentials.yaml");
@@ -237,7 +237,25 @@ async fn install_in_cluster_scope_grants_exactly_the_operators_rules_and_leases_
         expected.push((format!("{verb} {other_lease} -n {home}"), false));
     }
     expected.push((format!("update {lease} -n {home}"), false));
+    expected.extend(metrics_review_access());
     assert_access(&env, &service_account(&env, &release), &expected).await;
+}
+
+/// The operator may ask who holds a scraper's token and whether they may read /metrics,
+/// and may not read /metrics itself (that is the readers' role).
+fn metrics_review_access() -> [(String, bool); 4] {
+    [
+        ("create tokenreviews.authentication.k8s.io".into(), true),
+        (
+            "create subjectaccessreviews.authorization.k8s.io".into(),
+            true,
+        ),
+        ("get /metrics".into(), false),
+        (
+            "create localsubjectaccessreviews.authorization.k8s.io".into(),
+            false,
+        ),
+    ]
 }
 
 #[tokio::test]
@@ -256,10 +274,35 @@ async fn install_in_namespaced_scope_grants_secrets_only_in_the_watched_namespac
     });
     install(&env, &release, &values).await;
 
-    let names = installed(&env, &release).await;
-    assert!(
-        !names.contains("ClusterRole") && !names.contains("ClusterRoleBinding"),
-        "{names:?}"
+    installed(&env, &release).await;
+    // Cluster-wide grants: only what reviews a metrics scraper's token (it reads nothing)
+    // and the readers' role.
+    let manifest = ok(
+        &env,
+        "helm",
+        &["get", "manifest", &release, "-n", &env.namespace],
+        None,
+    )
+    .await;
+    let cluster_wide: BTreeSet<String> = parse_docs(&manifest)
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding")
+        .map(|d| {
+            format!(
+                "{} {}",
+                d["kind"].as_str().unwrap(),
+                d["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let full = fullname(&release);
+    assert_eq!(
+        cluster_wide,
+        BTreeSet::from([
+            format!("ClusterRole {full}-metrics-auth"),
+            format!("ClusterRoleBinding {full}-metrics-auth"),
+            format!("ClusterRole {full}-metrics-reader"),
+        ])
     );
     for ns in [&a.namespace, &b.namespace] {
         let role = ok(
@@ -320,6 +363,8 @@ async fn install_in_namespaced_scope_grants_secrets_only_in_the_watched_namespac
         (format!("update {lease} -n {home}"), false),
         (format!("update {lease} -n {a}"), false),
     ];
+    let mut expected = expected.to_vec();
+    expected.extend(metrics_review_access());
     let sa = service_account(&env, &release);
     assert_access(&env, &sa, &expected).await;
 
@@ -482,6 +527,46 @@ async fn opt_in_objects_render_only_when_enabled_and_fit_together() {
     let endpoint = &monitor["spec"]["endpoints"][0];
     assert_eq!(endpoint["port"], service["spec"]["ports"][0]["name"]);
     assert_eq!(endpoint["path"], "/metrics");
+    // The Service reaches the HTTPS metrics port, and Prometheus brings its token.
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "metrics");
+    assert_eq!(endpoint["scheme"], "https");
+    assert_eq!(
+        endpoint["bearerTokenFile"],
+        "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    );
+    assert_eq!(endpoint["tlsConfig"], json!({"insecureSkipVerify": true}));
+    let container = &find(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let ports: Vec<&Value> = container["ports"].as_array().unwrap().iter().collect();
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["name"] == "metrics" && p["containerPort"] == 8443)
+    );
+    assert!(
+        container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--metrics-cert-dir=/etc/eagle-eye-operator/metrics-cert"),
+        "certSecret is mounted and named: {container}"
+    );
+    let readers = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "ClusterRoleBinding"
+                && d["roleRef"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("-metrics-reader")
+        })
+        .expect("metrics.readers bound to the reader role");
+    assert_eq!(
+        readers["subjects"],
+        json!([
+            {"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"},
+            {"kind": "Group", "name": "metrics-readers", "apiGroup": "rbac.authorization.k8s.io"},
+        ])
+    );
     assert_eq!(
         endpoint["honorLabels"], true,
         "keeps the credential's namespace label"
@@ -512,6 +597,10 @@ async fn opt_in_objects_render_only_when_enabled_and_fit_together() {
     assert_eq!(
         policy["spec"]["ingress"][0]["ports"],
         json!([{"port": "admin", "protocol": "TCP"}])
+    );
+    assert_eq!(
+        policy["spec"]["ingress"][1]["ports"],
+        json!([{"port": "metrics", "protocol": "TCP"}])
     );
     let egress_ports: BTreeSet<i64> = policy["spec"]["egress"]
         .as_array()
