@@ -29,7 +29,8 @@ async fn a_credential_whose_auth_host_is_not_allowed_is_invalid_and_nothing_reac
     .unwrap();
     let port = outside.url().port().unwrap();
     let mut op = Operator::start(&env, &si, &["--allow-insecure-http"]).await;
-    op.set_args(|args| set_flag(args, "--allowed-auth-hosts", "127.0.0.1"))
+    let allowed = format!("127.0.0.1:{port}");
+    op.set_args(|args| set_flag(args, "--allowed-auth-hosts", &allowed))
         .await;
 
     let refused = login(&outside, "outside-client", true).await;
@@ -164,10 +165,11 @@ async fn authorize_refuses_a_credential_auth_url_outside_its_allow_list() {
     );
     assert_eq!(si.counters().token_requests, 0);
 
-    // Allowing the host gets past the check (to the missing client Secret).
+    // Allowing the host and its port gets past the check (to the missing client Secret).
+    let allowed = format!("127.0.0.1:{}", si.url().port().unwrap());
     let done = tokio::time::timeout(
         Duration::from_secs(60),
-        run(&["--allowed-auth-hosts", "127.0.0.1"]),
+        run(&["--allowed-auth-hosts", &allowed]),
     )
     .await
     .expect("authorize ends at once")
