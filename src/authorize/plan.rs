@@ -117,9 +117,9 @@ impl Plan {
                     if from_credential =>
                 {
                     format!(
-                    "{e}. It is the credential's authUrl, which anyone who may edit the \
-                     credential can change: if it is the right auth server, pass it with \
-                     --auth-url (or add its host to --allowed-auth-hosts)"
+                        "{e}. It is the credential's authUrl, which anyone who may edit the \
+                         credential can change: if it is the right auth server, pass it with \
+                         --auth-url (or add its host and port to --allowed-auth-hosts)"
                     )
                 }
                 e => e.to_string(),

@@ -325,7 +325,11 @@ mod tests {
     }
 
     fn loopback(allow_http: bool) -> AuthPolicy {
-        AuthPolicy::new(&["127.0.0.1:9000", "localhost:9000", "[::1]:9000"], allow_http).unwrap()
+        AuthPolicy::new(
+            &["127.0.0.1:9000", "localhost:9000", "[::1]:9000"],
+            allow_http,
+        )
+        .unwrap()
     }
 
     fn err(raw: &str, policy: &AuthPolicy) -> AuthUrlError {
@@ -560,7 +564,14 @@ mod tests {
             assert_eq!(
                 err(bad, &policy),
                 AuthUrlError::PortNotAllowed {
-                    host: bad.split("//").nth(1).unwrap().split(':').next().unwrap().into(),
+                    host: bad
+                        .split("//")
+                        .nth(1)
+                        .unwrap()
+                        .split(':')
+                        .next()
+                        .unwrap()
+                        .into(),
                     port
                 },
                 "{bad}"

@@ -453,10 +453,12 @@ async fn a_namespace_never_holds_more_than_its_ceiling_across_destinations() {
 #[tokio::test]
 async fn idle_destinations_are_forgotten() {
     let client = client_with_slots(1);
-    let slots: Vec<_> = futures::future::join_all(
+    let all = futures::future::join_all(
         (1..=50).map(|port| client.reserve(&dest(port), &format!("ns{port}"))),
-    )
-    .await;
+    );
+    let slots = tokio::time::timeout(Duration::from_secs(5), all)
+        .await
+        .expect("one slot at each of 50 destinations at once");
     assert_eq!(client.busy_destinations(), 50);
     // A waiter that gives up leaves nothing behind either.
     let gave_up =
