@@ -1191,6 +1191,10 @@ impl<'e> Bed<'e> {
 
     /// `n` replicas, each with the campaign's flags and then `extra`.
     fn start_replicas_with(&mut self, n: usize, extra: &[String]) -> Result<()> {
+        // Only the proxy's port of loopback: an allow-list entry without one means 443 (80
+        // for plain http).
+        let port = self.proxy.url.port_or_known_default().unwrap_or_default();
+        let auth_hosts = format!("127.0.0.1:{port},localhost:{port}");
         let ca_free = [
             "run",
             "--log-format",
@@ -1202,7 +1206,7 @@ impl<'e> Bed<'e> {
             "--allowed-api-hosts",
             "127.0.0.1,localhost",
             "--allowed-auth-hosts",
-            "127.0.0.1,localhost",
+            &auth_hosts,
             "--allow-insecure-http",
             "--admin-port",
             "0",

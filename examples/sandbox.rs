@@ -119,6 +119,11 @@ async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         .await?;
 
     let ca_path = ca.to_string_lossy().into_owned();
+    // The stand-in's own port only: an entry without one means 443.
+    let auth_hosts = format!(
+        "127.0.0.1:{}",
+        stand_in.url().port_or_known_default().unwrap_or_default()
+    );
     let run_args = RunArgs::from_flags(&[
         "--namespaces",
         NS,
@@ -127,7 +132,7 @@ async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         "--allowed-api-hosts",
         "127.0.0.1",
         "--allowed-auth-hosts",
-        "127.0.0.1",
+        &auth_hosts,
         "--instance",
         "sandbox",
         "--admin-port",

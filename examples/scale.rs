@@ -993,6 +993,8 @@ struct Operators {
     concurrency: usize,
     log_filter: String,
     started: usize,
+    /// `--allowed-auth-hosts`: the stand-in's loopback address with its port.
+    auth_hosts: String,
 }
 
 impl Operators {
@@ -1025,7 +1027,7 @@ impl Operators {
                 "--allowed-api-hosts",
                 "127.0.0.1,localhost",
                 "--allowed-auth-hosts",
-                "127.0.0.1,localhost",
+                &self.auth_hosts,
                 "--allow-insecure-http",
                 "--admin-port",
                 "0",
@@ -1278,7 +1280,8 @@ struct Env {
 }
 
 impl Env {
-    fn operators(&self, ns: &str) -> Operators {
+    fn operators(&self, ns: &str, si: &StandIn) -> Operators {
+        let port = si.url().port_or_known_default().unwrap_or_default();
         Operators {
             bin: self.operator.clone(),
             kubeconfig: self.plane.kubeconfig_path().to_owned(),
@@ -1287,6 +1290,7 @@ impl Env {
             concurrency: self.plan.concurrency,
             log_filter: self.plan.operator_log.clone(),
             started: 0,
+            auth_hosts: format!("127.0.0.1:{port},localhost:{port}"),
         }
     }
 }
@@ -1385,7 +1389,7 @@ async fn cold(
             s(started.elapsed())
         ),
     );
-    let mut ops = env.operators(&ns);
+    let mut ops = env.operators(&ns, &si);
     let before_start = scrape(client).await?;
     let op = ops.start()?;
     let last = ready.wait_for(n, plan.ready_timeout, "cold").await?;
@@ -1587,7 +1591,7 @@ async fn live(
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let ready = ReadyWatch::start(crs.clone());
     let targets = TargetWatch::start(Api::namespaced(client.clone(), &ns), si.clone());
-    let mut ops = env.operators(&ns);
+    let mut ops = env.operators(&ns, &si);
     let op = ops.start()?;
     let id = op.identity().await?;
     wait_holder(&leases, &id, Duration::from_secs(60))

@@ -76,8 +76,9 @@ pub struct EagleEyeCredentialSpec {
     /// Base URL of the Eagle Eye auth server: https, with no user name or password, query
     /// or fragment (a path prefix is kept). Plain http only to a loopback host (127.0.0.1,
     /// ::1, localhost), and then only with the operator's --allow-insecure-http. The host
-    /// must also be in the operator's --allowed-auth-hosts (default
-    /// auth.eagleeyenetworks.com), or the credential is InvalidSpec and nothing is sent.
+    /// and port must also be in the operator's --allowed-auth-hosts (default
+    /// auth.eagleeyenetworks.com, port 443), or the credential is InvalidSpec and nothing
+    /// is sent.
     #[serde(default = "default_auth_url")]
     #[schemars(length(max = 512))]
     #[x_kube(validation = kube::core::Rule::new(

@@ -82,7 +82,9 @@ pub fn testcontext_at(clock: fn() -> jiff::Timestamp) -> (Arc<Context>, ApiServe
     })
     .expect("token client");
     let settings = Settings {
-        auth_policy: crate::token::AuthPolicy::new(&["127.0.0.1"], false).expect("a valid policy"),
+        // The fixtures' authUrl, port included.
+        auth_policy: crate::token::AuthPolicy::new(&["127.0.0.1:1"], false)
+            .expect("a valid policy"),
         lifetimes: Lifetimes::default(),
         identity: "test-process".into(),
         in_flight_grace: jiff::SignedDuration::from_mins(5),

@@ -40,9 +40,11 @@ pub struct RunArgs {
     /// testing; plain http to any other host is refused even with this flag.
     #[arg(long, env = "EAGLE_EYE_ALLOW_INSECURE_HTTP")]
     pub allow_insecure_http: bool,
-    /// Hosts a credential's authUrl may name (`*.domain` for subdomains), matched as
-    /// --allowed-api-hosts is. A credential pointing elsewhere is `InvalidSpec`, and no
-    /// client secret or refresh token is sent there.
+    /// Hosts and ports a credential's authUrl may name: `host[:port]`, `[IPv6][:port]` or
+    /// `*.domain[:port]`, hosts matched as --allowed-api-hosts matches them. An entry without
+    /// a port allows only the scheme's default: 443 for https (80 for the plain http
+    /// --allow-insecure-http allows to loopback). A credential pointing elsewhere is
+    /// `InvalidSpec`, and no client secret or refresh token is sent there.
     #[arg(long, env = "EAGLE_EYE_ALLOWED_AUTH_HOSTS", value_delimiter = ',', default_value = EAGLE_EYE_AUTH_HOSTS)]
     pub allowed_auth_hosts: Vec<String>,
     /// PEM file with extra CA certificates to trust for the auth server (a TLS-inspecting
@@ -73,9 +75,11 @@ pub struct RunArgs {
     /// crash mid-refresh waits before it tries the token again.
     #[arg(long, default_value = "5m", value_parser = duration)]
     pub in_flight_grace: jiff::SignedDuration,
-    /// Token-endpoint calls in flight at once; more wait their turn (before anything is
-    /// sent). A small number keeps a burst of due credentials (a restart, a failover) from
-    /// slowing the auth server down for all of them.
+    /// Token-endpoint calls in flight at once to one auth destination (scheme, host, port),
+    /// and for one namespace across all destinations; more wait their turn (before anything
+    /// is sent), a freed slot going to the waiting namespace that holds the fewest. A small
+    /// number keeps a burst of due credentials (a restart, a failover) from slowing the auth
+    /// server down for all of them; an auth port that never answers holds only its own.
     #[arg(long, env = "EAGLE_EYE_MAX_CONCURRENT_REFRESHES", default_value_t = 4)]
     pub max_concurrent_refreshes: usize,
     /// Nudge the pods a credential names in spec.consumers after each new access token
@@ -672,10 +676,13 @@ impl Parts {
                     })
                     .applied_objects()
                     .try_filter(move |cr| futures::future::ready(known.is_news(cr)));
-                // Reconciles in flight at once: enough to keep every token-call slot busy
-                // and others moving beside them; the rest wait as queued names, not as
-                // futures holding the Secrets they read (1,000 credentials due at a cold
-                // start would otherwise all be in memory at once).
+                // Reconciles in flight at once: enough to keep every token-call slot of the
+                // auth server busy and others moving beside them; the rest wait as queued
+                // names, not as futures holding the Secrets they read (1,000 credentials due
+                // at a cold start would otherwise all be in memory at once). A reconcile
+                // waits at most `SLOT_WAIT` (2 s) for a slot, then requeues: a namespace's
+                // calls stuck on a server that never answers hold at most
+                // --max-concurrent-refreshes seats, and the rest turn over within seconds.
                 let concurrency = (self.args.max_concurrent_refreshes.saturating_mul(2))
                     .clamp(16, usize::from(u16::MAX)) as u16;
                 let config = kube::runtime::controller::Config::default().concurrency(concurrency);

@@ -3,13 +3,16 @@
 //! It speaks HTTP and the vendor's JSON and knows nothing of Kubernetes. Every answer is
 //! size-capped, time-boxed and validated before a [`TokenGrant`] is handed out, and no error
 //! carries response text, tokens or secrets. A refresh is never abandoned while the server
-//! may still answer it, and calls are limited in number so a backlog cannot swamp the server.
+//! may still answer it, and calls are limited in number so a backlog cannot swamp the server:
+//! per destination, so a server that never answers holds up only calls to it, and per
+//! tenant, shared fairly (see [`TokenClient::reserve`]).
 
 mod auth_url;
 mod error;
 mod extract;
 mod grant;
 mod options;
+mod slots;
 mod wire;
 
 use std::sync::Arc;
@@ -17,13 +20,13 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use secrecy::SecretString;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
 pub use auth_url::{AuthPolicy, AuthUrl, AuthUrlError, EAGLE_EYE_AUTH_HOSTS, LOOPBACK_HOSTS};
 pub use error::{ErrorClass, OAuthErrorCode, Operation, TokenError};
 pub use grant::{ApiBase, MAX_EXPIRES_IN, MAX_TOKEN_BYTES, TokenGrant};
 pub use options::{EAGLE_EYE_API_HOSTS, TokenClientOptions};
+pub use slots::Destination;
 pub use wire::MAX_RETRY_AFTER;
 
 use grant::{HostPattern, Problem};
@@ -52,7 +55,7 @@ pub struct ClientCredentials {
 #[derive(Debug, Clone)]
 pub struct TokenClient {
     http: reqwest::Client,
-    slots: Arc<Semaphore>,
+    slots: Arc<slots::Slots>,
     /// Set when the process stops: calls in flight finish, none starts.
     closed: Arc<std::sync::atomic::AtomicBool>,
     settings: Arc<Settings>,
@@ -67,11 +70,11 @@ struct Settings {
     auth_policy: AuthPolicy,
 }
 
-/// The right to make one call to the token endpoint, from [`TokenClient::reserve`]; the
+/// The right to make one call to one destination, from [`TokenClient::reserve`]; the
 /// slot frees when the call made with it ends, or when it is dropped unused.
 #[derive(Debug)]
 pub struct CallSlot {
-    permit: OwnedSemaphorePermit,
+    permit: slots::Permit,
     start_by: Instant,
     deadline: Instant,
 }
@@ -88,6 +91,11 @@ impl CallSlot {
     /// Time left until [`CallSlot::deadline`], e.g. to turn it into a wall-clock time.
     pub fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Where a call made with this slot may go.
+    pub fn destination(&self) -> &Destination {
+        self.permit.destination()
     }
 }
 
@@ -122,7 +130,7 @@ impl TokenClient {
                 "connect_timeout and answer_timeout must be at most 24 hours".into(),
             ));
         }
-        if !(1..=Semaphore::MAX_PERMITS).contains(&options.max_concurrent_calls) {
+        if options.max_concurrent_calls == 0 {
             return Err(config("max_concurrent_calls must be more than zero".into()));
         }
         if options.max_response_bytes == 0 {
@@ -174,7 +182,7 @@ impl TokenClient {
             .map_err(|e| config(format!("cannot build the HTTP client: {}", error_chain(&e))))?;
         Ok(TokenClient {
             http,
-            slots: Arc::new(Semaphore::new(options.max_concurrent_calls)),
+            slots: slots::Slots::new(options.max_concurrent_calls, options.max_concurrent_calls),
             closed: Arc::default(),
             settings: Arc::new(Settings {
                 answer_limit,
@@ -203,36 +211,56 @@ impl TokenClient {
         self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Calls in progress or waiting to start with a reserved slot, across all clones.
+    /// Calls in progress or waiting to start with a reserved slot, across all clones and
+    /// destinations.
     pub fn in_flight(&self) -> usize {
-        self.settings.max_concurrent_calls - self.slots.available_permits()
+        self.slots.held()
     }
 
-    /// The most calls that may be in flight at once (`max_concurrent_calls`).
+    /// The most calls that may be in flight at once to one destination, and for one
+    /// tenant across all destinations (`max_concurrent_calls`).
     pub fn max_concurrent_calls(&self) -> usize {
         self.settings.max_concurrent_calls
     }
 
-    /// Waits for a free call slot. Take one before recording that a refresh token is about
-    /// to be spent, so that the record's validity ([`CallSlot::deadline`]) does not include
-    /// the wait; then call [`TokenClient::refresh_with`] within [`MAX_SLOT_HOLD`]. Dropping
-    /// the future or the slot is always safe: nothing has been sent.
-    pub async fn reserve(&self) -> CallSlot {
-        // Invariant: the semaphore is never closed, so acquiring can only wait.
-        let permit = Arc::clone(&self.slots)
-            .acquire_owned()
-            .await
-            .expect("the call semaphore is never closed");
-        let granted = Instant::now();
-        CallSlot {
-            permit,
-            start_by: granted + MAX_SLOT_HOLD,
-            deadline: granted + MAX_SLOT_HOLD + self.settings.answer_limit,
+    /// Destinations with a call in flight or waiting: idle ones are forgotten.
+    pub fn busy_destinations(&self) -> usize {
+        self.slots.destinations()
+    }
+
+    /// Waits for a call slot to `auth_base`'s destination (scheme, host, port) for `tenant`
+    /// (the credential's namespace). Each destination has `max_concurrent_calls` slots of
+    /// its own, so one that never answers holds up only calls to it; a tenant holds at most
+    /// `max_concurrent_calls` across all destinations; a freed slot goes to the waiting
+    /// tenant holding the fewest, the earliest first among equals.
+    ///
+    /// Take a slot before recording that a refresh token is about to be spent, so that the
+    /// record's validity ([`CallSlot::deadline`]) does not include the wait; then call
+    /// [`TokenClient::refresh_with`] within [`MAX_SLOT_HOLD`]. Dropping the future or the
+    /// slot is always safe: nothing has been sent. The wait has no limit here: a caller
+    /// that must not wait long (a reconcile holding a controller seat) bounds it.
+    pub fn reserve(
+        &self,
+        auth_base: &Url,
+        tenant: &str,
+    ) -> impl Future<Output = CallSlot> + Send + use<> {
+        let slots = Arc::clone(&self.slots);
+        let (destination, tenant) = (Destination::of(auth_base), tenant.to_owned());
+        let answer_limit = self.settings.answer_limit;
+        async move {
+            let permit = slots.acquire(destination, &tenant).await;
+            let granted = Instant::now();
+            CallSlot {
+                permit,
+                start_by: granted + MAX_SLOT_HOLD,
+                deadline: granted + MAX_SLOT_HOLD + answer_limit,
+            }
         }
     }
 
     /// Trades a refresh token for a new access token (and, when rotating, a new refresh
-    /// token that replaces the one sent, which is then dead). Waits for a call slot first.
+    /// token that replaces the one sent, which is then dead). Waits for a call slot first,
+    /// as the tenant `""` (callers that serve several tenants use [`TokenClient::reserve`]).
     pub async fn refresh(
         &self,
         auth_base: &Url,
@@ -240,7 +268,7 @@ impl TokenClient {
         refresh_token: &SecretString,
         scope: &str,
     ) -> Result<TokenGrant, TokenError> {
-        let slot = self.reserve().await;
+        let slot = self.reserve(auth_base, "").await;
         self.refresh_with(slot, auth_base, creds, refresh_token, scope)
             .await
     }
@@ -272,21 +300,34 @@ impl TokenClient {
         scope: &str,
     ) -> Result<TokenGrant, TokenError> {
         let form = wire::code_form(scope, code, redirect_uri);
-        let slot = self.reserve().await;
+        let slot = self.reserve(auth_base, "").await;
         self.grant(slot, Operation::ExchangeCode, auth_base, creds, form, scope)
             .await
     }
 
-    /// Revokes a refresh token (and the access token issued from it).
+    /// Revokes a refresh token (and the access token issued from it). Waits for a call
+    /// slot first.
     pub async fn revoke(
         &self,
         auth_base: &Url,
         creds: &ClientCredentials,
         refresh_token: &SecretString,
     ) -> Result<(), TokenError> {
+        let slot = self.reserve(auth_base, "").await;
+        self.revoke_with(slot, auth_base, creds, refresh_token)
+            .await
+    }
+
+    /// [`TokenClient::revoke`] with a slot taken earlier by [`TokenClient::reserve`].
+    pub async fn revoke_with(
+        &self,
+        slot: CallSlot,
+        auth_base: &Url,
+        creds: &ClientCredentials,
+        refresh_token: &SecretString,
+    ) -> Result<(), TokenError> {
         let operation = Operation::Revoke;
         let form = wire::revoke_form(refresh_token);
-        let slot = self.reserve().await;
         // The body means nothing; a cap stops an endless one.
         let limit = self.settings.max_response_bytes;
         let answer = self
@@ -379,10 +420,18 @@ impl TokenClient {
         let url = AuthUrl::from_url(auth_base, &self.settings.auth_policy)
             .map_err(|e| TokenError::Config(e.to_string()))?
             .endpoint(leaf);
-        if !Arc::ptr_eq(slot.permit.semaphore(), &self.slots) {
+        if !slot.permit.belongs_to(&self.slots) {
             return Err(TokenError::Config(
                 "the call slot belongs to another token client".into(),
             ));
+        }
+        // A slot to a healthy destination must not carry a call to another one.
+        if *slot.destination() != Destination::of(&url) {
+            return Err(TokenError::Config(format!(
+                "the call slot was reserved for {}, not {}",
+                slot.destination(),
+                Destination::of(&url)
+            )));
         }
         let started = Instant::now();
         if started > slot.start_by {

@@ -61,8 +61,8 @@ pub struct AuthorizeArgs {
     /// whitelisted it. A plain-http loopback URI is listened on; any other needs --paste.
     #[arg(long, env = "EAGLE_EYE_REDIRECT_URI", default_value = DEFAULT_REDIRECT_URI)]
     pub redirect_uri: String,
-    /// Base URL of the auth server. Default: the credential's authUrl (only when its host is
-    /// in --allowed-auth-hosts), else the real one (https://auth.eagleeyenetworks.com). A URL
+    /// Base URL of the auth server. Default: the credential's authUrl (only when its host
+    /// and port are in --allowed-auth-hosts), else the real one (https://auth.eagleeyenetworks.com). A URL
     /// given here is used whatever its host.
     #[arg(long, value_name = "URL")]
     pub auth_url: Option<String>,
@@ -111,8 +111,10 @@ pub struct HostArgs {
     /// Host names the token response may name as the API base (`*.domain` for subdomains).
     #[arg(long, env = "EAGLE_EYE_ALLOWED_API_HOSTS", value_delimiter = ',', default_value = EAGLE_EYE_API_HOSTS, value_name = "HOSTS")]
     pub allowed_api_hosts: Vec<String>,
-    /// Hosts the credential's authUrl may name (`*.domain` for subdomains): whoever may edit
-    /// the credential must not choose the page you log in on. --auth-url is not held to it.
+    /// Hosts and ports the credential's authUrl may name: `host[:port]`, `[IPv6][:port]` or
+    /// `*.domain[:port]`, an entry without a port allowing only 443 (80 for plain http):
+    /// whoever may edit the credential must not choose the page you log in on. --auth-url is
+    /// not held to it.
     #[arg(long, env = "EAGLE_EYE_ALLOWED_AUTH_HOSTS", value_delimiter = ',', default_value = EAGLE_EYE_AUTH_HOSTS, value_name = "HOSTS")]
     pub allowed_auth_hosts: Vec<String>,
 }

@@ -113,11 +113,15 @@ impl Plan {
         };
         let parsed_auth_url = AuthUrl::parse(&auth_url, &policy)
             .map_err(|e| match e {
-                AuthUrlError::HostNotAllowed { .. } if from_credential => format!(
-                    "{e}. It is the credential's authUrl, which anyone who may edit the \
-                     credential can change: if it is the right auth server, pass it with \
-                     --auth-url (or add its host to --allowed-auth-hosts)"
-                ),
+                AuthUrlError::HostNotAllowed { .. } | AuthUrlError::PortNotAllowed { .. }
+                    if from_credential =>
+                {
+                    format!(
+                        "{e}. It is the credential's authUrl, which anyone who may edit the \
+                         credential can change: if it is the right auth server, pass it with \
+                         --auth-url (or add its host and port to --allowed-auth-hosts)"
+                    )
+                }
                 e => e.to_string(),
             })?
             .into_url();

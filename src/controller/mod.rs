@@ -458,6 +458,17 @@ mod tests {
     }
 
     #[test]
+    fn an_allowed_auth_host_on_another_port_is_an_invalid_spec_naming_the_flag_and_port() {
+        let policy = AuthPolicy::new(&[EAGLE_EYE_AUTH_HOSTS], false).unwrap();
+        let url = "https://auth.eagleeyenetworks.com:8443";
+        let err = validate_with(&with_auth_url(url), &policy).unwrap_err();
+        assert!(
+            err.contains("--allowed-auth-hosts") && err.contains("auth.eagleeyenetworks.com:8443"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn what_the_token_client_would_refuse_is_an_invalid_spec() {
         let policy = AuthPolicy::any_host(true);
         for (url, words) in [

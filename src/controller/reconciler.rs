@@ -29,6 +29,11 @@ use super::{
     other_claimant, validate, wait_until, whole_seconds,
 };
 
+/// The longest a reconcile waits for a token-call slot while it holds a controller seat.
+pub(super) const SLOT_WAIT: Duration = Duration::from_secs(2);
+/// When a reconcile that found no free slot looks again (plus up to as much jitter).
+const SLOT_BUSY_REQUEUE: Duration = Duration::from_secs(3);
+
 /// What `gather` read: the plain facts for `decide`, and what acting on them needs.
 struct Gathered {
     observed: Observed,
@@ -527,7 +532,17 @@ impl<'a> Reconciler<'a> {
         login: &str,
         refresh_before: SignedDuration,
     ) -> Result<Action, Error> {
-        let slot = self.ctx.tokens.reserve().await;
+        // A reconcile holds one of the controller's seats while it waits: the wait is short,
+        // so that credentials stuck behind a destination that never answers cannot fill
+        // every seat and stall every other namespace's reconciles. Busy slots are not this
+        // credential's failure: nothing is written, and it comes back soon.
+        let ns = self.cr.namespace().unwrap_or_default();
+        let reserve = self.ctx.tokens.reserve(auth_url, &ns);
+        let Ok(slot) = tokio::time::timeout(SLOT_WAIT, reserve).await else {
+            debug!(destination = %crate::token::Destination::of(auth_url), "every token-call slot this refresh may take is busy: looking again soon");
+            let again = SLOT_BUSY_REQUEUE.mul_f64(1.0 + jitter(self.cr));
+            return Ok(Action::requeue(again));
+        };
         // The process is stopping: the reconciles queued for a slot (many, under a slow auth
         // server) start nothing, so that it stops once the calls in flight are answered.
         if self.ctx.tokens.is_closed() {

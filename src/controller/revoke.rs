@@ -359,7 +359,21 @@ impl Reconciler<'_> {
             // Stopping: the next leader revokes.
             return Attempt::Retry("the operator is stopping".into());
         }
-        match self.ctx.tokens.revoke(&url, &creds, &stored.token).await {
+        // A short wait for a slot, as a refresh's: the reconcile holds a controller seat.
+        let ns = self.cr.namespace().unwrap_or_default();
+        let reserve = self.ctx.tokens.reserve(&url, &ns);
+        let Ok(slot) = tokio::time::timeout(super::reconciler::SLOT_WAIT, reserve).await else {
+            return Attempt::Retry(format!(
+                "every token-call slot to {} this credential may take is busy",
+                crate::token::Destination::of(&url)
+            ));
+        };
+        match self
+            .ctx
+            .tokens
+            .revoke_with(slot, &url, &creds, &stored.token)
+            .await
+        {
             Ok(()) => {
                 self.ctx.held.forget_live(&self.key);
                 Attempt::Revoked

@@ -19,27 +19,84 @@ pub const EAGLE_EYE_AUTH_HOSTS: &str = "auth.eagleeyenetworks.com";
 /// The hosts plain http may go to with `--allow-insecure-http`: this machine only.
 pub const LOOPBACK_HOSTS: &str = "127.0.0.1, ::1, localhost";
 
-/// Where an auth URL may point: the allowed hosts (`--allowed-auth-hosts`) and whether
-/// plain http to a loopback host is allowed (`--allow-insecure-http`).
+/// Where an auth URL may point: the allowed hosts and ports (`--allowed-auth-hosts`) and
+/// whether plain http to a loopback host is allowed (`--allow-insecure-http`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuthPolicy {
     /// `None`: any host (a library default; the operator and `authorize` always set one).
-    hosts: Option<Vec<HostPattern>>,
+    hosts: Option<Vec<AuthHost>>,
     allow_insecure_http: bool,
 }
 
+/// One `--allowed-auth-hosts` entry: `host[:port]`, `[v6][:port]` or `*.domain[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AuthHost {
+    host: HostPattern,
+    /// `None`: only the default port of the URL's scheme (443 for https; 80 for the plain
+    /// http `--allow-insecure-http` allows to loopback). A host that answers on 443 may
+    /// have other ports that accept a connection and never answer, or another service.
+    port: Option<u16>,
+}
+
+impl AuthHost {
+    fn parse(entry: &str) -> Option<AuthHost> {
+        let (host, port) = match entry.strip_prefix('[') {
+            // `[v6]` or `[v6]:port`
+            Some(rest) => {
+                let (v6, after) = rest.split_once(']')?;
+                let port = match after {
+                    "" => None,
+                    _ => Some(after.strip_prefix(':')?),
+                };
+                (v6, port)
+            }
+            // A bare IPv6 literal (`::1`) has no port: brackets are needed for one.
+            None if entry.matches(':').count() > 1 => (entry, None),
+            None => match entry.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (entry, None),
+            },
+        };
+        let port = match port {
+            None => None,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                Some(p.parse::<u16>().ok().filter(|p| *p != 0)?)
+            }
+            Some(_) => return None,
+        };
+        // `[` and `]` only around an IPv6 literal.
+        if entry.starts_with('[') && host.parse::<Ipv6Addr>().is_err() {
+            return None;
+        }
+        Some(AuthHost {
+            host: HostPattern::parse(host)?,
+            port,
+        })
+    }
+
+    fn allows(&self, url: &Url, host: &url::Host<&str>) -> bool {
+        let port_ok = match self.port {
+            // The URL parser leaves out a scheme's default port, written or not.
+            None => url.port().is_none(),
+            Some(port) => url.port_or_known_default() == Some(port),
+        };
+        port_ok && self.host.matches_url_host(host)
+    }
+}
+
 impl AuthPolicy {
-    /// `hosts` as `--allowed-auth-hosts` takes them: exact host names or IPs, or `*.domain`
-    /// for any name below `domain`, matched as `--allowed-api-hosts` matches. An empty list
-    /// allows no host at all.
+    /// `hosts` as `--allowed-auth-hosts` takes them: `host[:port]`, `[v6][:port]` or
+    /// `*.domain[:port]`, hosts matched as `--allowed-api-hosts` matches them. An entry
+    /// without a port allows only the scheme's default port (443 for https, 80 for plain
+    /// http). An empty list allows no host at all.
     pub fn new<S: AsRef<str>>(hosts: &[S], allow_insecure_http: bool) -> Result<Self, String> {
         let hosts = hosts
             .iter()
             .map(|p| {
                 let p = p.as_ref();
-                HostPattern::parse(p).ok_or_else(|| {
+                AuthHost::parse(p).ok_or_else(|| {
                     format!(
-                        "--allowed-auth-hosts entry {p:?} is not a host, IP or *.domain pattern"
+                        "--allowed-auth-hosts entry {p:?} is not host[:port], [IPv6][:port] or *.domain[:port]"
                     )
                 })
             })
@@ -68,11 +125,22 @@ impl AuthPolicy {
         AuthPolicy::any_host(self.allow_insecure_http)
     }
 
-    fn allows_host(&self, host: &url::Host<&str>) -> bool {
-        match &self.hosts {
-            None => true,
-            Some(patterns) => patterns.iter().any(|p| p.matches_url_host(host)),
+    /// `None` when allowed, else why not: the host is in no entry, or only with other ports.
+    fn refusal(&self, url: &Url, host: &url::Host<&str>) -> Option<AuthUrlError> {
+        let entries = self.hosts.as_ref()?;
+        if entries.iter().any(|e| e.allows(url, host)) {
+            return None;
         }
+        let known_host = entries.iter().any(|e| e.host.matches_url_host(host));
+        let host = host.to_string();
+        Some(match known_host {
+            true => AuthUrlError::PortNotAllowed {
+                host,
+                // Invariant: an http(s) URL always has a known default port.
+                port: url.port_or_known_default().unwrap_or_default(),
+            },
+            false => AuthUrlError::HostNotAllowed { host },
+        })
     }
 }
 
@@ -92,6 +160,11 @@ pub enum AuthUrlError {
     /// A host outside `--allowed-auth-hosts` (safe to show: the URL carries no userinfo).
     HostNotAllowed {
         host: String,
+    },
+    /// An allowed host on a port no `--allowed-auth-hosts` entry names for it.
+    PortNotAllowed {
+        host: String,
+        port: u16,
     },
 }
 
@@ -120,6 +193,12 @@ impl fmt::Display for AuthUrlError {
             AuthUrlError::HostNotAllowed { host } => write!(
                 f,
                 "auth URL host {host} is not in --allowed-auth-hosts, so nothing is sent to it"
+            ),
+            AuthUrlError::PortNotAllowed { host, port } => write!(
+                f,
+                "auth URL port {port} of host {host} is not in --allowed-auth-hosts (an entry \
+                 without a port allows only 443 for https, 80 for plain http; add {host}:{port} \
+                 to allow it), so nothing is sent to it"
             ),
         }
     }
@@ -175,10 +254,8 @@ impl AuthUrl {
                 return Err(AuthUrlError::HttpNeedsFlag);
             }
         }
-        if !policy.allows_host(&host) {
-            return Err(AuthUrlError::HostNotAllowed {
-                host: host.to_string(),
-            });
+        if let Some(refusal) = policy.refusal(&url, &host) {
+            return Err(refusal);
         }
         Ok(AuthUrl(url))
     }
@@ -248,7 +325,11 @@ mod tests {
     }
 
     fn loopback(allow_http: bool) -> AuthPolicy {
-        AuthPolicy::new(&["127.0.0.1", "localhost", "[::1]"], allow_http).unwrap()
+        AuthPolicy::new(
+            &["127.0.0.1:9000", "localhost:9000", "[::1]:9000"],
+            allow_http,
+        )
+        .unwrap()
     }
 
     fn err(raw: &str, policy: &AuthPolicy) -> AuthUrlError {
@@ -345,7 +426,7 @@ mod tests {
         for raw in [
             "http://127.0.0.1:9000",
             "http://localhost:9000",
-            "http://LOCALHOST",
+            "http://LOCALHOST:9000",
             "http://[::1]:9000",
         ] {
             let e = err(raw, &loopback(false));
@@ -358,7 +439,7 @@ mod tests {
     #[test]
     fn ipv6_loopback_is_matched_in_either_spelling() {
         for pattern in ["::1", "[::1]"] {
-            let policy = AuthPolicy::new(&[pattern], true).unwrap();
+            let policy = AuthPolicy::new(&[pattern, "[::1]:8443"], true).unwrap();
             let url = AuthUrl::parse("http://[::1]:8443/", &policy).unwrap();
             assert_eq!(url.host(), "[::1]");
             assert_eq!(
@@ -402,7 +483,7 @@ mod tests {
         for ok in [
             "https://auth.eagleeyenetworks.com",
             "https://AUTH.EagleEyeNetworks.com/",
-            "https://auth.eagleeyenetworks.com:8443/x",
+            "https://auth.eagleeyenetworks.com:443/x",
             "https://a.example.com",
             "https://a.b.Example.COM",
         ] {
@@ -440,7 +521,14 @@ mod tests {
             "",
             "*.",
             "a b",
-            "host:443",
+            "host:0",
+            "host:65536",
+            "host:",
+            "host:https",
+            "host:+443",
+            "[auth.example.com]:443",
+            "[::1]443",
+            "https://host:443",
         ] {
             let e = AuthPolicy::new(&[bad], false).unwrap_err();
             assert!(e.contains("--allowed-auth-hosts"), "{e}");
@@ -454,5 +542,99 @@ mod tests {
             AuthUrl::from_url(&url, &AuthPolicy::any_host(false)).unwrap_err(),
             AuthUrlError::Query
         );
+    }
+
+    #[test]
+    fn an_entry_without_a_port_allows_only_the_default_port_of_the_scheme() {
+        let policy = AuthPolicy::new(&["auth.example.com", "127.0.0.1"], true).unwrap();
+        for ok in [
+            "https://auth.example.com",
+            "https://auth.example.com:443/prefix",
+            "http://127.0.0.1",
+            "http://127.0.0.1:80",
+        ] {
+            assert!(AuthUrl::parse(ok, &policy).is_ok(), "{ok}");
+        }
+        for (bad, port) in [
+            ("https://auth.example.com:8443", 8443),
+            ("https://auth.example.com:80", 80),
+            ("http://127.0.0.1:443", 443),
+            ("http://127.0.0.1:9000", 9000),
+        ] {
+            assert_eq!(
+                err(bad, &policy),
+                AuthUrlError::PortNotAllowed {
+                    host: bad
+                        .split("//")
+                        .nth(1)
+                        .unwrap()
+                        .split(':')
+                        .next()
+                        .unwrap()
+                        .into(),
+                    port
+                },
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_entry_with_a_port_allows_that_port_only() {
+        let policy = AuthPolicy::new(
+            &[
+                "auth.example.com:8443",
+                "*.corp.example:9443",
+                "[::1]:9000",
+                "localhost:9000",
+            ],
+            true,
+        )
+        .unwrap();
+        for ok in [
+            "https://auth.example.com:8443",
+            "https://AUTH.example.com:8443/x/",
+            "https://a.b.corp.example:9443",
+            "http://[::1]:9000",
+            "http://localhost:9000",
+        ] {
+            assert!(AuthUrl::parse(ok, &policy).is_ok(), "{ok}");
+        }
+        for bad in [
+            "https://auth.example.com",
+            "https://auth.example.com:443",
+            "https://auth.example.com:8444",
+            "https://a.corp.example",
+            "http://[::1]:9001",
+            "http://localhost",
+        ] {
+            assert!(
+                matches!(err(bad, &policy), AuthUrlError::PortNotAllowed { .. }),
+                "{bad}"
+            );
+        }
+        // The https entry's port 443 is not plain http's default.
+        let https_only = AuthPolicy::new(&["127.0.0.1:443"], true).unwrap();
+        assert!(AuthUrl::parse("https://127.0.0.1", &https_only).is_ok());
+        assert!(AuthUrl::parse("http://127.0.0.1", &https_only).is_err());
+    }
+
+    #[test]
+    fn a_refused_port_names_the_flag_the_host_and_the_port() {
+        let policy = AuthPolicy::new(&["auth.eagleeyenetworks.com"], false).unwrap();
+        let text = err("https://auth.eagleeyenetworks.com:4443/", &policy).to_string();
+        for part in [
+            "--allowed-auth-hosts",
+            "auth.eagleeyenetworks.com",
+            "4443",
+            "auth.eagleeyenetworks.com:4443",
+        ] {
+            assert!(text.contains(part), "{part}: {text}");
+        }
+        // A host in no entry is still named as such, whatever its port.
+        assert!(matches!(
+            err("https://evil.example:4443", &policy),
+            AuthUrlError::HostNotAllowed { .. }
+        ));
     }
 }

@@ -10,7 +10,8 @@ pub const EAGLE_EYE_API_HOSTS: &str = "*.eagleeyenetworks.com";
 /// Settings of a [`TokenClient`](super::TokenClient).
 ///
 /// A call runs in three stretches, each with its own limit:
-/// 1. waiting for a call slot (`max_concurrent_calls`): no limit here, and nothing sent;
+/// 1. waiting for a call slot (`max_concurrent_calls` per destination and per tenant): no
+///    limit here (a caller that must not wait long bounds it), and nothing sent;
 /// 2. connecting, TCP and TLS (`connect_timeout`): when it runs out nothing was sent, and
 ///    the error is [`Transient`](super::ErrorClass::Transient), safe to retry;
 /// 3. sending and reading the whole answer (`answer_timeout`): when it runs out, or the
@@ -33,9 +34,11 @@ pub struct TokenClientOptions {
     /// connecting is also limited to half of it, so a call it cuts short is one that was
     /// sent.
     pub timeout: Duration,
-    /// Calls to the endpoint at once, across all clones of the client, as
-    /// controller-runtime bounds concurrent reconciles: a backlog of due credentials must
-    /// not all hit the auth server at once. Further calls wait, first come first served.
+    /// Calls at once to one destination (scheme, host and port), across all clones of the
+    /// client: a backlog of due credentials must not all hit the auth server at once, and a
+    /// destination that never answers holds only its own slots. Also the most one tenant
+    /// (namespace) holds across all destinations. Further calls wait; a freed slot goes to
+    /// the waiting tenant that holds the fewest, the earliest among equals.
     pub max_concurrent_calls: usize,
     /// Success answers longer than this are refused (read on only to find a new refresh
     /// token, up to 1 MiB); error answers are read at most 8 KiB, or this if smaller.
@@ -45,8 +48,10 @@ pub struct TokenClientOptions {
     /// Hosts a token response may name as the API base: exact names or IPs, or `*.domain`
     /// for any name below `domain` (not `domain` itself). Empty allows any host.
     pub allowed_api_hosts: Vec<String>,
-    /// Hosts the auth URL may name, as `allowed_api_hosts` matches them. Empty (the
-    /// default) allows any host: the operator and `authorize` always pass
+    /// Hosts the auth URL may name, as `host[:port]`, `[v6][:port]` or `*.domain[:port]`
+    /// (hosts matched as `allowed_api_hosts` matches them; no port: only the scheme's
+    /// default, 443 for https). Empty (the default) allows any host and port: the operator
+    /// and `authorize` always pass
     /// `--allowed-auth-hosts` (default [`EAGLE_EYE_AUTH_HOSTS`](super::EAGLE_EYE_AUTH_HOSTS)).
     pub allowed_auth_hosts: Vec<String>,
     /// Allow `http://` auth URLs to a loopback host (tests and sandboxes only); plain http

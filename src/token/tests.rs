@@ -266,11 +266,12 @@ async fn reserved_slots_count_as_in_flight_until_dropped_or_used() {
     let client = client_with_slots(2);
     let clone = client.clone();
     assert_eq!((client.in_flight(), client.max_concurrent_calls()), (0, 2));
-    let first = client.reserve().await;
-    let second = clone.reserve().await;
+    let port = closed_port();
+    let first = client.reserve(&port, "ns").await;
+    let second = clone.reserve(&port, "ns").await;
     assert_eq!(client.in_flight(), 2);
     // A third waits: both clones share the slots.
-    let third = tokio::time::timeout(Duration::from_millis(100), client.reserve()).await;
+    let third = tokio::time::timeout(Duration::from_millis(100), client.reserve(&port, "ns")).await;
     assert!(third.is_err(), "no third slot while two are held");
     drop(first);
     assert_eq!(clone.in_flight(), 1);
@@ -278,7 +279,7 @@ async fn reserved_slots_count_as_in_flight_until_dropped_or_used() {
     let err = client
         .refresh_with(
             second,
-            &closed_port(),
+            &port,
             &creds(),
             &SecretString::from("rt"),
             "vms.all",
@@ -294,7 +295,7 @@ async fn a_slot_deadline_covers_the_hold_and_the_whole_call() {
     let client = client_with_slots(1);
     assert_eq!(client.answer_limit(), Duration::from_secs(310));
     let before = Instant::now();
-    let slot = client.reserve().await;
+    let slot = client.reserve(&closed_port(), "ns").await;
     let after = Instant::now();
     let span = MAX_SLOT_HOLD + client.answer_limit();
     assert!(slot.deadline() >= before + span && slot.deadline() <= after + span);
@@ -304,17 +305,12 @@ async fn a_slot_deadline_covers_the_hold_and_the_whole_call() {
 #[tokio::test]
 async fn a_slot_held_too_long_sends_nothing() {
     let client = client_with_slots(1);
-    let mut slot = client.reserve().await;
+    let port = closed_port();
+    let mut slot = client.reserve(&port, "ns").await;
     slot.start_by = Instant::now() - Duration::from_millis(1);
     // The port is closed: had anything been tried, this would be a Connect error.
     let err = client
-        .refresh_with(
-            slot,
-            &closed_port(),
-            &creds(),
-            &SecretString::from("rt"),
-            "vms.all",
-        )
+        .refresh_with(slot, &port, &creds(), &SecretString::from("rt"), "vms.all")
         .await
         .unwrap_err();
     assert_eq!(
@@ -328,15 +324,10 @@ async fn a_slot_held_too_long_sends_nothing() {
 async fn a_slot_of_another_client_is_refused() {
     let client = client_with_slots(1);
     let other = client_with_slots(1);
-    let slot = other.reserve().await;
+    let port = closed_port();
+    let slot = other.reserve(&port, "ns").await;
     let err = client
-        .refresh_with(
-            slot,
-            &closed_port(),
-            &creds(),
-            &SecretString::from("rt"),
-            "vms.all",
-        )
+        .refresh_with(slot, &port, &creds(), &SecretString::from("rt"), "vms.all")
         .await
         .unwrap_err();
     assert!(matches!(err, TokenError::Config(_)), "{err:?}");
@@ -388,4 +379,128 @@ fn an_overall_ceiling_bounds_the_answer_limit() {
     assert_eq!(limit(Duration::MAX), Duration::from_secs(310));
     assert_eq!(limit(Duration::from_secs(10)), Duration::from_secs(10));
     assert_eq!(limit(Duration::from_secs(1000)), Duration::from_secs(310));
+}
+
+fn dest(port: u16) -> Url {
+    Url::parse(&format!("https://auth.example.com:{port}/")).unwrap()
+}
+
+/// Polls a reservation once: `Some` when granted at once; else it stays in the queue.
+fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> Option<F::Output> {
+    futures::FutureExt::now_or_never(fut)
+}
+
+#[tokio::test]
+async fn a_freed_slot_goes_to_the_waiting_namespace_holding_the_fewest_not_the_earliest() {
+    let client = client_with_slots(2);
+    let (a1, _a2) = (
+        client.reserve(&dest(443), "a").await,
+        client.reserve(&dest(443), "a").await,
+    );
+    // Namespace a asks first for a third slot, b after it.
+    let mut a3 = Box::pin(client.reserve(&dest(443), "a"));
+    let mut b1 = Box::pin(client.reserve(&dest(443), "b"));
+    assert!(poll_once(&mut a3).is_none() && poll_once(&mut b1).is_none());
+    drop(a1);
+    let granted = poll_once(&mut b1);
+    assert!(granted.is_some(), "b, holding none, gets the freed slot");
+    assert!(poll_once(&mut a3).is_none(), "a, holding one, waits on");
+}
+
+#[tokio::test]
+async fn among_namespaces_holding_as_many_the_earliest_waiter_gets_the_slot() {
+    let client = client_with_slots(1);
+    let held = client.reserve(&dest(443), "x").await;
+    let mut b = Box::pin(client.reserve(&dest(443), "b"));
+    let mut a = Box::pin(client.reserve(&dest(443), "a"));
+    assert!(poll_once(&mut b).is_none() && poll_once(&mut a).is_none());
+    drop(held);
+    let granted = poll_once(&mut b);
+    assert!(granted.is_some());
+    assert!(poll_once(&mut a).is_none());
+}
+
+#[tokio::test]
+async fn a_destination_whose_slots_are_all_held_does_not_delay_calls_to_another() {
+    let client = client_with_slots(2);
+    // Namespace a's calls to a port that never answers hold every slot of that destination.
+    let _stuck = (
+        client.reserve(&dest(9443), "a").await,
+        client.reserve(&dest(9443), "a").await,
+    );
+    let mut more_stuck = Box::pin(client.reserve(&dest(9443), "b"));
+    assert!(poll_once(&mut more_stuck).is_none());
+    // Namespace b's call to the healthy destination starts at once.
+    let mut healthy = Box::pin(client.reserve(&dest(443), "b"));
+    let slot = poll_once(&mut healthy).expect("a slot of its own destination");
+    assert_eq!(slot.destination(), &Destination::of(&dest(443)));
+    assert_eq!(client.in_flight(), 3);
+}
+
+#[tokio::test]
+async fn a_namespace_never_holds_more_than_its_ceiling_across_destinations() {
+    let client = client_with_slots(2);
+    let _held = (
+        client.reserve(&dest(1001), "a").await,
+        client.reserve(&dest(1002), "a").await,
+    );
+    let mut third = Box::pin(client.reserve(&dest(1003), "a"));
+    assert!(poll_once(&mut third).is_none(), "a is at its ceiling of 2");
+    let mut other = Box::pin(client.reserve(&dest(1003), "b"));
+    assert!(poll_once(&mut other).is_some(), "b is not held up by a");
+}
+
+#[tokio::test]
+async fn idle_destinations_are_forgotten() {
+    let client = client_with_slots(1);
+    let all = futures::future::join_all(
+        (1..=50).map(|port| client.reserve(&dest(port), &format!("ns{port}"))),
+    );
+    let slots = tokio::time::timeout(Duration::from_secs(5), all)
+        .await
+        .expect("one slot at each of 50 destinations at once");
+    assert_eq!(client.busy_destinations(), 50);
+    // A waiter that gives up leaves nothing behind either.
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(20), client.reserve(&dest(1), "late")).await;
+    assert!(gave_up.is_err());
+    drop(slots);
+    assert_eq!((client.busy_destinations(), client.in_flight()), (0, 0));
+    let mut late = Box::pin(client.reserve(&dest(1), "late"));
+    assert!(poll_once(&mut late).is_some());
+}
+
+#[tokio::test]
+async fn a_waiter_that_gives_up_hands_its_turn_on() {
+    let client = client_with_slots(1);
+    let held = client.reserve(&dest(443), "a").await;
+    let mut quitter = Box::pin(client.reserve(&dest(443), "b"));
+    let mut next = Box::pin(client.reserve(&dest(443), "c"));
+    assert!(poll_once(&mut quitter).is_none() && poll_once(&mut next).is_none());
+    drop(quitter);
+    drop(held);
+    let granted = poll_once(&mut next);
+    assert!(granted.is_some());
+    assert_eq!(client.in_flight(), 1);
+}
+
+#[tokio::test]
+async fn a_slot_reserved_for_one_destination_carries_no_call_to_another() {
+    let client = client_with_slots(2);
+    let slot = client.reserve(&closed_port(), "ns").await;
+    let err = client
+        .refresh_with(
+            slot,
+            &closed_port(),
+            &creds(),
+            &SecretString::from("rt"),
+            "vms.all",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, TokenError::Config(m) if m.contains("reserved for")),
+        "{err:?}"
+    );
+    assert_eq!(client.in_flight(), 0);
 }

@@ -29,7 +29,8 @@ async fn a_credential_whose_auth_host_is_not_allowed_is_invalid_and_nothing_reac
     .unwrap();
     let port = outside.url().port().unwrap();
     let mut op = Operator::start(&env, &si, &["--allow-insecure-http"]).await;
-    op.set_args(|args| set_flag(args, "--allowed-auth-hosts", "127.0.0.1"))
+    let allowed = format!("127.0.0.1:{port}");
+    op.set_args(|args| set_flag(args, "--allowed-auth-hosts", &allowed))
         .await;
 
     let refused = login(&outside, "outside-client", true).await;
@@ -164,10 +165,11 @@ async fn authorize_refuses_a_credential_auth_url_outside_its_allow_list() {
     );
     assert_eq!(si.counters().token_requests, 0);
 
-    // Allowing the host gets past the check (to the missing client Secret).
+    // Allowing the host and its port gets past the check (to the missing client Secret).
+    let allowed = format!("127.0.0.1:{}", si.url().port().unwrap());
     let done = tokio::time::timeout(
         Duration::from_secs(60),
-        run(&["--allowed-auth-hosts", "127.0.0.1"]),
+        run(&["--allowed-auth-hosts", &allowed]),
     )
     .await
     .expect("authorize ends at once")
@@ -176,4 +178,41 @@ async fn authorize_refuses_a_credential_auth_url_outside_its_allow_list() {
     assert_eq!(done.status.code(), Some(1), "{stderr}");
     assert!(!stderr.contains("--allowed-auth-hosts"), "{stderr}");
     assert!(stderr.contains("phish-client"), "{stderr}");
+}
+
+/// An allowed host on a port no `--allowed-auth-hosts` entry names is refused as a wrong
+/// host is: `InvalidSpec` naming the flag, the host and the port, and nothing sent there.
+#[tokio::test]
+async fn a_credential_on_an_allowed_host_but_another_port_is_invalid_and_nothing_reaches_it() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let other_port = StandIn::start(StandInConfig {
+        tls: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let port = other_port.url().port().unwrap();
+    // The operator allows 127.0.0.1 and localhost on the first stand-in's port only.
+    let _op = Operator::start(&env, &si, &["--allow-insecure-http"]).await;
+    let refused = login(&other_port, "port-client", true).await;
+    create_secrets(&env, "port", &refused).await;
+    let cr = credential(
+        "port",
+        &other_port,
+        serde_json::json!({"authUrl": format!("http://127.0.0.1:{port}")}),
+    );
+    env.api::<EagleEyeCredential>()
+        .create(&PostParams::default(), &cr)
+        .await
+        .unwrap();
+    wait_for_reason(&env, "port", "InvalidSpec", Duration::from_secs(30)).await;
+    let (status, _, message) = ready(&env, "port").await.unwrap();
+    assert_eq!(status, "False");
+    for part in ["--allowed-auth-hosts", "127.0.0.1", &port.to_string()] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+    // Long enough for a refresh to have gone out, had it been allowed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(other_port.counters().token_requests, 0, "nothing was sent");
 }

@@ -13,6 +13,7 @@ mod consumers;
 mod control_plane_script;
 mod controller;
 mod crd_drift;
+mod fair_calls;
 mod ha;
 mod helm;
 mod hostile;

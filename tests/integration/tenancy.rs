@@ -356,7 +356,9 @@ async fn a_tenant_who_may_create_credentials_but_not_secrets_cannot_reach_beyond
     let own = login(&si, "tenant-client", true).await;
     create_secrets(&env, "mine", &own).await;
     let mut op = Operator::start(&env, &si, &["--allow-insecure-http"]).await;
-    op.set_args(|args| set_flag(args, "--allowed-auth-hosts", "127.0.0.1"))
+    // The stand-in's port of 127.0.0.1 only: `localhost` stays outside.
+    let allowed = format!("127.0.0.1:{}", si.url().port().unwrap());
+    op.set_args(|args| set_flag(args, "--allowed-auth-hosts", &allowed))
         .await;
     let as_tenant = tenant(&env, "tenant").await;
     let secrets: kube::Api<Secret> = kube::Api::namespaced(as_tenant.clone(), &env.namespace);

@@ -477,7 +477,7 @@ async fn a_reserved_slot_makes_other_calls_wait_and_a_call_dropped_while_waiting
         ..options_for(s)
     })
     .await;
-    let slot = env.client.reserve().await;
+    let slot = env.client.reserve(&env.stand_in.url(), "").await;
     let deadline = slot.deadline();
     let waiting = tokio::time::timeout(Duration::from_millis(300), env.refresh_fresh_login());
     assert!(waiting.await.is_err(), "no slot free: the call waits");

@@ -176,7 +176,10 @@ async fn a_slow_auth_server_that_answers_after_twelve_seconds_does_not_lose_the_
     // is still waiting for it.
     si.inject(Fault::Delay(Duration::from_secs(12)), 1000);
     let auth_url = finishing_front(&si).await;
-    let _op = Operator::start(&env, &si, &[]).await;
+    // The front's port, besides the stand-in's: an allow-list entry names its port.
+    let front = url::Url::parse(&auth_url).unwrap();
+    let front = format!("127.0.0.1:{}", front.port().unwrap());
+    let _op = Operator::start(&env, &si, &["--allowed-auth-hosts", &front]).await;
     let started = Instant::now();
     create_credential(&env, "slow", &si, serde_json::json!({"authUrl": auth_url})).await;
 

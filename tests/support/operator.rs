@@ -22,6 +22,19 @@ pub const TEST_TIMING: [(&str, &str); 2] =
 /// The production Lease timing, for the test that checks the defaults.
 pub const PRODUCTION_TIMING: [&str; 4] = ["--lease-duration", "15s", "--lease-renew-every", "3s"];
 
+/// `--allowed-auth-hosts` for these stand-ins: `127.0.0.1:PORT,localhost:PORT` for each,
+/// their ports only (an entry without a port allows 443 alone, 80 for plain http).
+pub fn allowed_auth_hosts(stand_ins: &[&StandIn]) -> String {
+    stand_ins
+        .iter()
+        .flat_map(|si| {
+            let port = si.url().port_or_known_default().unwrap_or_default();
+            [format!("127.0.0.1:{port}"), format!("localhost:{port}")]
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 pub struct Operator {
     child: Option<Child>,
     args: Vec<String>,
@@ -47,15 +60,17 @@ impl Operator {
         std::fs::create_dir_all(&dir).unwrap();
         let ca = dir.join("auth-ca.pem");
         std::fs::write(&ca, stand_in.ca_pem().unwrap_or_default()).unwrap();
+        let auth_hosts = allowed_auth_hosts(&[stand_in]);
         let mut args: Vec<String> = [
             "run",
             "--namespaces",
             &env.namespace,
             "--allowed-api-hosts",
             "127.0.0.1,localhost",
-            // The stand-ins listen on loopback; the default allows only the vendor's host.
+            // The stand-in listens on a loopback port; the default allows only the vendor's
+            // host, and an entry without a port only 443.
             "--allowed-auth-hosts",
-            "127.0.0.1,localhost",
+            &auth_hosts,
             // Each test's operators elect their leader in the test's own namespace and
             // serve /metrics on a port of their own (logged at start).
             "--lease-namespace",

@@ -39,9 +39,9 @@ async fn the_operator_with_only_the_cluster_scope_rbac_brings_a_credential_to_re
         "credentialSelector": selector,
         "metrics": {"readers": [{"kind": "ServiceAccount", "name": "prometheus"}]},
     });
-    install(&home, &release, &host_values(values)).await;
-
     let si = stand_in().await;
+    install(&home, &release, &host_values(values, &si)).await;
+
     let login = login(&si, "helm-cluster", true).await;
     create_secrets(&apps, "cam", &login).await;
     let mut cr = credential("cam", &si, json!({}));
@@ -150,9 +150,9 @@ async fn the_operator_with_only_the_namespaced_rbac_serves_its_namespaces_and_ca
         "watchNamespaces": [apps.namespace],
         "podNudge": {"enabled": true},
     });
-    install(&home, &release, &host_values(values)).await;
-
     let si = stand_in().await;
+    install(&home, &release, &host_values(values, &si)).await;
+
     let theirs = login(&si, "helm-unwatched", true).await;
     create_secrets(&other, "cam", &theirs).await;
     let cr = credential("cam", &si, json!({}));
@@ -267,7 +267,7 @@ async fn two_releases_with_credential_selectors_split_the_credentials_with_the_c
             // Spaces as a values file may carry them: the operator and the chart agree.
             "credentialSelector": format!(" {label}={shard} "),
         });
-        install(&home, &release, &host_values(values)).await;
+        install(&home, &release, &host_values(values, &si)).await;
         let login = login(&si, &format!("helm-shard-{shard}"), true).await;
         let name = format!("cam-{shard}");
         create_secrets(&apps, &name, &login).await;
@@ -493,10 +493,11 @@ fn impersonating(kubeconfig: &Path, user: &str) -> String {
 }
 
 /// Values for an operator run on the host: the stand-in's loopback address accepted as an
-/// API base and as an auth server.
-fn host_values(mut values: Value) -> Value {
+/// API base, and with its port as an auth server.
+fn host_values(mut values: Value, si: &StandIn) -> Value {
     values["allowedApiHosts"] = json!(["127.0.0.1", "localhost"]);
-    values["allowedAuthHosts"] = json!(["127.0.0.1", "localhost"]);
+    let auth_hosts = crate::support::operator::allowed_auth_hosts(&[si]);
+    values["allowedAuthHosts"] = json!(auth_hosts.split(',').collect::<Vec<_>>());
     values["logLevel"] = "info,eagle_eye_operator=debug".into();
     values
 }
