@@ -103,12 +103,17 @@ impl<V: Clone> SecretCache<V> {
     }
 
     /// Keeps what a read (or write) that started when `get` or `seen` answered `seen`
-    /// returned, unless a change came in between.
+    /// returned, unless a change came in between. Then what was kept of the Secret goes as
+    /// well: it is older than what this read or write saw (a write's own result, above all,
+    /// must never leave the version before it in place), and changes to any Secret anywhere
+    /// count, so another namespace's busy Secrets would otherwise leave it there.
     pub fn put(&self, ns: &str, name: &str, what: &str, value: V, seen: u64) {
         let mut guard = lock(&self.0);
+        let key = secret(ns, name);
         if guard.1 == seen {
-            let read = guard.0.entry(secret(ns, name)).or_default();
-            read.insert(what.into(), value);
+            guard.0.entry(key).or_default().insert(what.into(), value);
+        } else {
+            guard.0.remove(&key);
         }
     }
 
@@ -176,5 +181,19 @@ mod tests {
         cache.changed("x", "y");
         cache.put("n", "a", "id/secret", creds("old"), seen);
         assert!(cache.get("n", "a", "id/secret").is_err());
+    }
+
+    #[test]
+    fn a_write_overtaken_by_a_change_elsewhere_leaves_no_older_copy_behind() {
+        // A target read at one version, then written: another Secret's change between the
+        // write's start and its answer refuses the write's result, and the copy read before
+        // the write must not stay (it once made a second refresh seconds after the first).
+        let cache = SecretCache::<String>::default();
+        let seen = cache.get("n", "target", "").unwrap_err();
+        cache.put("n", "target", "", "version 1".to_owned(), seen);
+        let before_write = cache.seen();
+        cache.changed("other-namespace", "churned");
+        cache.put("n", "target", "", "version 2".to_owned(), before_write);
+        assert!(cache.get("n", "target", "").is_err());
     }
 }
