@@ -17,7 +17,7 @@ use crate::support::{env, eventually, figure};
 
 /// A loopback port that accepts every connection and never reads or answers: a request
 /// sent there (plain http) is an unknown outcome the operator waits for, `--token-timeout`.
-async fn black_hole() -> (u16, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+pub async fn black_hole() -> (u16, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let accepted = Arc::new(AtomicUsize::new(0));

@@ -193,18 +193,24 @@ async fn the_api_server_refuses_a_credential_padded_past_any_bound_and_accepts_o
     assert!(api.list(&Default::default()).await.is_ok());
 }
 
-/// The token in `target` works at the stand-in, or failed only because it was replaced in
-/// the meantime (a rotation between reading the Secret and calling the API).
-async fn holds_a_working_token(env: &TestEnv, si: &StandIn, target: &str) -> bool {
+/// `Ok` when the token in `target` works at the stand-in, or failed only because it was
+/// replaced in the meantime (a rotation between reading the Secret and calling the API);
+/// else what the sample saw.
+async fn working_token(env: &TestEnv, si: &StandIn, target: &str) -> Result<(), String> {
     let Some(data) = secret_data(env, target).await else {
-        return false;
+        return Err("no target Secret".into());
     };
     if api_accepts(si, &data["base_url"], &data["access_token"]).await {
-        return true;
+        return Ok(());
     }
-    secret_data(env, target)
-        .await
-        .is_some_and(|now| now["access_token"] != data["access_token"])
+    match secret_data(env, target).await {
+        Some(now) if now["access_token"] != data["access_token"] => Ok(()),
+        _ => Err(format!(
+            "a refused token, expiring at {}, still published ({:?} now)",
+            data["expires_at"],
+            jiff::Timestamp::now()
+        )),
+    }
 }
 
 /// How long the hostile tenant keeps at it while the victim is sampled.
@@ -216,12 +222,22 @@ async fn a_victim_keeps_a_working_token_while_another_tenant_pads_floods_and_chu
     let hostile = env_on(victim.plane).await;
     let si = stand_in(Duration::from_secs(10)).await;
     let namespaces = format!("{},{}", victim.namespace, hostile.namespace);
+    // An allowed auth destination that accepts connections and never answers.
+    let (hole, _, _hole_task) = crate::fair_calls::black_hole().await;
+    let hole_entry = format!("127.0.0.1:{hole}");
     // Two shards, as `credentialSelector` makes them: the victim and the tenant share shard a.
     let start = |shard: &'static str| {
-        let (victim, si, namespaces) = (&victim, &si, namespaces.clone());
+        let (victim, si, namespaces, hole) = (&victim, &si, namespaces.clone(), &hole_entry);
         async move {
             let selector = format!("shard={shard}");
-            let mut op = Operator::start(victim, si, &["--credential-selector", &selector]).await;
+            let extra = [
+                "--credential-selector",
+                &selector,
+                "--allow-insecure-http",
+                "--allowed-auth-hosts",
+                hole,
+            ];
+            let mut op = Operator::start(victim, si, &extra).await;
             op.set_args(|args| set_flag(args, "--namespaces", &namespaces))
                 .await;
             op
@@ -247,13 +263,13 @@ async fn a_victim_keeps_a_working_token_while_another_tenant_pads_floods_and_chu
         si.url().to_string(),
         stop.clone(),
     ));
-    let flood = flood(&hostile, &si);
+    let flood = flood(&hostile, &si, hole);
 
     let mut samples = Vec::new();
     let sampling = async {
         for _ in 0..SAMPLE_SECS {
             let t = tokio::time::Instant::now();
-            samples.push(holds_a_working_token(&victim, &si, "victim-token").await);
+            samples.push(working_token(&victim, &si, "victim-token").await);
             tokio::time::sleep_until(t + Duration::from_secs(1)).await;
         }
     };
@@ -261,11 +277,20 @@ async fn a_victim_keeps_a_working_token_while_another_tenant_pads_floods_and_chu
     stop.store(true, Ordering::SeqCst);
     let flips = churn.await.unwrap();
 
-    let working = samples.iter().filter(|ok| **ok).count();
+    let working = samples.iter().filter(|s| s.is_ok()).count();
+    let failed: Vec<(usize, &String)> = samples
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.as_ref().err().map(|e| (i, e)))
+        .collect();
     let share = working as f64 / samples.len() as f64 * 100.0;
     let reuse = si.counters().reused_refresh_tokens;
+    let peak = shard_a.pid().map(peak_rss_kib).unwrap_or_default();
     figure(format!(
-        "victim held a working token in {working} of {} one-second samples ({share:.1}%) while another tenant created {created} credentials ({PADDED} padded to every bound, {DEAD} with dead logins) and churned Secrets and shard labels {flips} times; {reuse} reuse",
+        "the shard serving victim and tenant peaked at {peak} KiB RSS (VmHWM, debug build)"
+    ));
+    figure(format!(
+        "victim held a working token in {working} of {} one-second samples ({share:.1}%) while another tenant created {created} credentials ({PADDED} padded to every bound, {DEAD} with dead logins, {SILENT} aimed at an auth host that never answers) and churned Secrets and shard labels {flips} times; {reuse} reuse",
         samples.len()
     ));
     assert!(
@@ -275,10 +300,19 @@ async fn a_victim_keeps_a_working_token_while_another_tenant_pads_floods_and_chu
     assert_eq!(reuse, 0, "a refresh token was reused");
     assert!(
         share >= 99.0,
-        "the victim held a working token in only {share:.1}% of samples: {samples:?}"
+        "the victim held a working token in only {share:.1}% of samples; failed samples: {failed:?}"
     );
     shard_a.kill().await;
     shard_b.kill().await;
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_default()
 }
 
 fn hostile_env(env: &TestEnv) -> (kube::Client, String) {
@@ -287,10 +321,11 @@ fn hostile_env(env: &TestEnv) -> (kube::Client, String) {
 
 const PADDED: usize = 60;
 const DEAD: usize = 1000;
+const SILENT: usize = 8;
 
-/// Creates the padded credentials and the dead logins, a few at a time; returns how many
-/// credentials it created.
-async fn flood(env: &TestEnv, si: &StandIn) -> usize {
+/// Creates the credentials aimed at the silent port `hole`, the padded credentials and the
+/// dead logins, a few at a time; returns how many credentials it created.
+async fn flood(env: &TestEnv, si: &StandIn, hole: u16) -> usize {
     let shard_a = |mut cr: EagleEyeCredential| {
         cr.metadata
             .labels
@@ -315,6 +350,22 @@ async fn flood(env: &TestEnv, si: &StandIn) -> usize {
     let dead = login(si, "dead-client", true).await;
     create_secrets(env, "dead", &dead).await;
     let secrets = env.api::<Secret>();
+
+    for i in 0..SILENT {
+        let name = format!("silent-{i}");
+        let stored = secret(&format!("{name}-refresh"), &[("refresh_token", "r")]);
+        secrets
+            .create(&PostParams::default(), &stored)
+            .await
+            .unwrap();
+        let spec = serde_json::json!({"authUrl": format!("http://127.0.0.1:{hole}")});
+        let mut cr = shard_a(credential(&name, si, spec));
+        cr.spec.client_secret_ref.name = "dead-client".into();
+        credentials
+            .create(&PostParams::default(), &cr)
+            .await
+            .unwrap();
+    }
     let created = futures::stream::iter(0..DEAD)
         .map(|i| {
             let (secrets, credentials) = (secrets.clone(), credentials.clone());
@@ -335,7 +386,7 @@ async fn flood(env: &TestEnv, si: &StandIn) -> usize {
         .count()
         .await;
     assert_eq!(created, DEAD, "every dead login is created");
-    PADDED + DEAD
+    SILENT + PADDED + DEAD
 }
 
 /// Until `stop`: a credential's Secrets deleted and recreated, and another credential moved
