@@ -10,8 +10,8 @@ use eagle_eye_operator::crd::EagleEyeCredential;
 use kube::api::PostParams;
 
 use crate::support::operator::{
-    Operator, create_credential, create_secrets, credential, login, secret_data, stand_in,
-    wait_for_reason,
+    Operator, create_credential, create_secrets, credential, login, stand_in, wait_for_reason,
+    working_token,
 };
 use crate::support::{env, eventually, figure};
 
@@ -96,8 +96,7 @@ async fn a_namespaces_credentials_stuck_on_a_silent_destination_never_starve_ano
         next += Duration::from_secs(1);
         tokio::time::sleep_until(next).await;
         samples += 1;
-        let data = secret_data(&victim_ns, "victim-token").await;
-        if data.is_some_and(|d| si.access_token_is_live(&d["access_token"])) {
+        if working_token(&victim_ns, &si, "victim-token").await.is_ok() {
             working += 1;
         }
     }

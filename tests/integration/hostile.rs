@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::support::operator::{
-    Operator, api_accepts, create_secrets, credential, login, secret, secret_data, set_flag,
-    stand_in, wait_for_reason,
+    Operator, create_secrets, credential, login, secret, set_flag, stand_in, wait_for_reason,
+    working_token,
 };
 use crate::support::{TestEnv, env, env_on, figure};
 use eagle_eye_operator::crd::EagleEyeCredential;
@@ -191,26 +191,6 @@ async fn the_api_server_refuses_a_credential_padded_past_any_bound_and_accepts_o
         );
     }
     assert!(api.list(&Default::default()).await.is_ok());
-}
-
-/// `Ok` when the token in `target` works at the stand-in, or failed only because it was
-/// replaced in the meantime (a rotation between reading the Secret and calling the API);
-/// else what the sample saw.
-async fn working_token(env: &TestEnv, si: &StandIn, target: &str) -> Result<(), String> {
-    let Some(data) = secret_data(env, target).await else {
-        return Err("no target Secret".into());
-    };
-    if api_accepts(si, &data["base_url"], &data["access_token"]).await {
-        return Ok(());
-    }
-    match secret_data(env, target).await {
-        Some(now) if now["access_token"] != data["access_token"] => Ok(()),
-        _ => Err(format!(
-            "a refused token, expiring at {}, still published ({:?} now)",
-            data["expires_at"],
-            jiff::Timestamp::now()
-        )),
-    }
 }
 
 /// How long the hostile tenant keeps at it while the victim is sampled.

@@ -458,3 +458,34 @@ pub async fn events(
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(credential))
         .collect()
 }
+
+/// The longest a rotation may leave a dead token published: the stand-in kills the old
+/// access token when it answers, and the operator publishes the new one a write later.
+pub const ROTATION_GAP: Duration = Duration::from_secs(2);
+
+/// One sample of what a workload reading `target` holds: `Ok` when its access token is
+/// live at the stand-in, or when a dead one is replaced by a live one within
+/// [`ROTATION_GAP`] (a rotation in progress, not a starved refresh); else what it saw.
+pub async fn working_token(env: &TestEnv, si: &StandIn, target: &str) -> Result<(), String> {
+    let Some(data) = secret_data(env, target).await else {
+        return Err("no target Secret".into());
+    };
+    if si.access_token_is_live(&data["access_token"]) {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + ROTATION_GAP;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(now) = secret_data(env, target).await
+            && now["access_token"] != data["access_token"]
+            && si.access_token_is_live(&now["access_token"])
+        {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "a dead token (expiring at {}) still published {ROTATION_GAP:?} later, at {}",
+        data["expires_at"],
+        jiff::Timestamp::now()
+    ))
+}
