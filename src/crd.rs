@@ -78,7 +78,7 @@ pub struct EagleEyeCredentialSpec {
     /// ::1, localhost), and then only with the operator's --allow-insecure-http. The host
     /// and port must also be in the operator's --allowed-auth-hosts (default
     /// auth.eagleeyenetworks.com, port 443), or the credential is InvalidSpec and nothing
-    /// is sent.
+    /// is sent. At most 512 characters.
     #[serde(default = "default_auth_url")]
     #[schemars(length(max = 512))]
     #[x_kube(validation = kube::core::Rule::new(
@@ -98,7 +98,8 @@ pub struct EagleEyeCredentialSpec {
     /// How long before the access token expires to refresh it, as a duration such as
     /// `30m` or `1h`. Clamped to a third of the token's lifetime, so that short-lived tokens
     /// are refreshed in time. Non-rotating tokens are renewed right after expiry instead,
-    /// because the server hands back the still-active token until then.
+    /// because the server hands back the still-active token until then. At most 64
+    /// characters.
     #[serde(default = "default_refresh_before")]
     #[schemars(length(max = 64))]
     #[x_kube(validation = kube::core::Rule::new("duration(self) >= duration('0s')").message("refreshBefore must be a non-negative duration such as 30m"))]
@@ -139,7 +140,8 @@ pub struct Consumers {
     /// Pods in this namespace to nudge. After each new access token the operator sets
     /// the annotation `eagle-eye-operator.io/token-issued-at` (the token's issue time,
     /// never a secret) on each running or pending pod it selects, at most
-    /// `--pod-nudges-per-second` across the operator. Must not be empty.
+    /// `--pod-nudges-per-second` across the operator. Must not be empty; at most 16
+    /// matchLabels (values up to 63 characters) and 16 matchExpressions of up to 16 values.
     #[x_kube(validation = kube::core::Rule::new(
         "(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)"
     ).message("podSelector must not be empty: an empty selector would select every pod of the namespace"))]
@@ -159,17 +161,17 @@ pub fn parse_duration(s: &str) -> Option<jiff::SignedDuration> {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientSecretRef {
-    /// Name of the Secret, in the namespace of this resource.
+    /// Name of the Secret, in the namespace of this resource (at most 253 characters).
     #[schemars(length(max = 253))]
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("name must not be empty"))]
     #[x_kube(validation = kube::core::Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("must be a Secret name: lowercase letters, digits, '-' and '.'"))]
     pub name: String,
-    /// Key holding the client ID.
+    /// Key holding the client ID (at most 253 characters).
     #[serde(default = "default_client_id_key")]
     #[schemars(length(max = 253))]
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("key must not be empty"))]
     pub client_id_key: String,
-    /// Key holding the client secret.
+    /// Key holding the client secret (at most 253 characters).
     #[serde(default = "default_client_secret_key")]
     #[schemars(length(max = 253))]
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("key must not be empty"))]
@@ -180,12 +182,12 @@ pub struct ClientSecretRef {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RefreshTokenSecretRef {
-    /// Name of the Secret, in the namespace of this resource.
+    /// Name of the Secret, in the namespace of this resource (at most 253 characters).
     #[schemars(length(max = 253))]
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("name must not be empty"))]
     #[x_kube(validation = kube::core::Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("must be a Secret name: lowercase letters, digits, '-' and '.'"))]
     pub name: String,
-    /// Key holding the refresh token.
+    /// Key holding the refresh token (at most 253 characters). Values are read up to 16 KiB.
     #[serde(default = "default_refresh_token_key")]
     #[schemars(length(max = 253))]
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("key must not be empty"))]
@@ -210,7 +212,8 @@ pub enum RotationMode {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetSecret {
-    /// Name of the Secret. Defaults to `<name of this resource>-token`.
+    /// Name of the Secret. Defaults to `<name of this resource>-token`. At most 253
+    /// characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("name must not be empty when set"))]
@@ -226,7 +229,8 @@ pub struct TargetSecret {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "annotations_schema")]
     pub annotations: BTreeMap<String, String>,
-    /// Names of the keys in the Secret. Set a key's name to the empty string to leave it out.
+    /// Names of the keys in the Secret (each at most 253 characters). Set a key's name to the
+    /// empty string to leave it out.
     #[serde(default)]
     pub keys: TargetKeys,
 }

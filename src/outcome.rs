@@ -136,7 +136,9 @@ impl Outcome {
     pub fn secret_problem(e: &SecretError) -> Option<Outcome> {
         match e {
             SecretError::NotFound(_) => Some(Outcome::SecretNotFound(e.to_string())),
-            SecretError::KeyMissing { .. } | SecretError::BadValue { .. } => {
+            SecretError::KeyMissing { .. }
+            | SecretError::BadValue { .. }
+            | SecretError::TooLong { .. } => {
                 Some(Outcome::SecretKeyMissing(e.to_string()))
             }
             SecretError::Immutable(_) => Some(Outcome::SecretImmutable(e.to_string())),

@@ -33,6 +33,14 @@ pub enum SecretError {
     KeyMissing { name: String, key: String },
     #[error("key {key:?} of Secret {name:?} is empty or not UTF-8 text")]
     BadValue { name: String, key: String },
+    #[error(
+        "key {key:?} of Secret {name:?} holds {bytes} bytes, more than a client ID, client secret or refresh token can ({MAX_VALUE_BYTES} at most)"
+    )]
+    TooLong {
+        name: String,
+        key: String,
+        bytes: usize,
+    },
     #[error("reading Secret {name:?}: {reason}", reason = kube_reason(source))]
     Api { name: String, source: kube::Error },
     /// A refresh-token Secret that cannot be written: every rotation would leave the new
@@ -359,6 +367,10 @@ async fn get(api: &Api<Secret>, name: &str) -> Result<Secret, SecretError> {
     }
 }
 
+/// The longest value read as a client ID, client secret or refresh token (Eagle Eye's are
+/// well under 1 KiB): what the operator keeps of a tenant's Secret stays small.
+pub const MAX_VALUE_BYTES: usize = 16 * 1024;
+
 fn value(secret: &Secret, name: &str, key: &str) -> Result<SecretString, SecretError> {
     let raw = secret
         .data
@@ -368,6 +380,13 @@ fn value(secret: &Secret, name: &str, key: &str) -> Result<SecretString, SecretE
             name: name.into(),
             key: key.into(),
         })?;
+    if raw.0.len() > MAX_VALUE_BYTES {
+        return Err(SecretError::TooLong {
+            name: name.into(),
+            key: key.into(),
+            bytes: raw.0.len(),
+        });
+    }
     match normalize(&raw.0) {
         Some(v) => Ok(SecretString::from(v.to_owned())),
         None => Err(SecretError::BadValue {
@@ -447,6 +466,15 @@ mod tests {
         assert_eq!(e, "key \"e\" of Secret \"n\" is empty or not UTF-8 text");
         let e = value(&s, "n", "missing").unwrap_err().to_string();
         assert_eq!(e, "Secret \"n\" has no key \"missing\"");
+    }
+
+    #[test]
+    fn a_value_longer_than_any_credential_is_refused_by_size_never_shown() {
+        let long = "x".repeat(MAX_VALUE_BYTES + 1);
+        let s = fixtures::secret("n", &[("k", &long), ("ok", &"y".repeat(MAX_VALUE_BYTES))], &[]);
+        let e = value(&s, "n", "k").unwrap_err().to_string();
+        assert!(e.contains("16385 bytes") && !e.contains("xxx"), "{e}");
+        assert!(value(&s, "n", "ok").is_ok());
     }
 
     /// A write-back whose precondition fails finds `current` in the Secret; the answer to

@@ -35,12 +35,24 @@ impl Reads {
     }
 }
 
+/// Annotations of a target longer than this are not the operator's (its longest, the spent
+/// list, is about 1 KiB) and are not kept.
+const MAX_KEPT_ANNOTATION: usize = 4 * 1024;
+
 /// What a reconcile uses of a target Secret: its metadata, with of managedFields only who
-/// wrote which data key (that decides whether an adopted Secret may be written), and the
+/// wrote which data key (that decides whether an adopted Secret may be written), of its
+/// annotations only the operator's own and no labels (whoever may write the Secret may pad
+/// the rest: `kubectl apply` alone copies the whole Secret into an annotation), and the
 /// names of its data keys, every value blanked: no access token stays in memory longer than
 /// a publish takes.
 pub fn trimmed(secret: &Secret) -> Secret {
     let mut metadata = secret.metadata.clone();
+    metadata.labels = None;
+    if let Some(annotations) = &mut metadata.annotations {
+        annotations.retain(|k, v| {
+            k.starts_with("eagle-eye-operator.io/") && v.len() <= MAX_KEPT_ANNOTATION
+        });
+    }
     metadata.managed_fields = metadata.managed_fields.map(|entries| {
         entries
             .into_iter()
@@ -136,11 +148,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_kept_target_has_its_owners_and_key_names_but_no_values() {
+    fn a_kept_target_has_its_owners_key_names_and_the_operators_annotations_only() {
         let secret: Secret = serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": "t",
-                "annotations": {"a": "b"},
+                "annotations": {"eagle-eye-operator.io/issued-at": "b",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"data\": ...}"},
+                "labels": {"l": "v"},
                 "managedFields": [{"manager": "app", "operation": "Apply",
                     "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {"f:password": {}},
                     "f:metadata": {"f:annotations": {"f:a": {}}}}}],
@@ -149,7 +163,12 @@ mod tests {
         }))
         .unwrap();
         let kept = trimmed(&secret);
-        assert_eq!(kept.metadata.annotations, secret.metadata.annotations);
+        let annotations = kept.metadata.annotations.as_ref().unwrap();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            ["eagle-eye-operator.io/issued-at"]
+        );
+        assert!(kept.metadata.labels.is_none());
         let owners = kept.metadata.managed_fields.unwrap();
         assert_eq!(owners[0].manager.as_deref(), Some("app"));
         assert_eq!(

@@ -5,8 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use kube::api::{Api, ObjectMeta, PostParams};
 
@@ -15,21 +13,11 @@ use crate::support::{TestEnv, env, figure, get};
 
 /// A new ServiceAccount's token (TokenRequest API), bound to a reader role when `reader`.
 async fn account(env: &TestEnv, name: &str, reader: bool) -> String {
-    let accounts = Api::<ServiceAccount>::namespaced(env.client.clone(), &env.namespace);
+    let token = crate::support::service_account_token(env, name).await;
     let meta = |name: String| ObjectMeta {
         name: Some(name),
         ..Default::default()
     };
-    accounts
-        .create(
-            &PostParams::default(),
-            &ServiceAccount {
-                metadata: meta(name.into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
     if reader {
         let role = format!("{}-{name}-metrics-reader", env.namespace);
         Api::<ClusterRole>::all(env.client.clone())
@@ -68,17 +56,7 @@ async fn account(env: &TestEnv, name: &str, reader: bool) -> String {
             .await
             .unwrap();
     }
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec::default()),
-        ..Default::default()
-    };
-    accounts
-        .create_token_request(name, &PostParams::default(), &request)
-        .await
-        .unwrap()
-        .status
-        .and_then(|s| s.token)
-        .expect("a token")
+    token
 }
 
 /// TokenReviews kube-apiserver has answered so far (its own `apiserver_request_total`).

@@ -164,3 +164,31 @@ pub async fn client_as(env: &TestEnv, user: &str) -> kube::Client {
     config.default_namespace = env.namespace.clone();
     kube::Client::try_from(config).unwrap()
 }
+
+/// A token of a new ServiceAccount `name` in the test's namespace, from the TokenRequest API
+/// (what the kubelet mounts in a pod).
+pub async fn service_account_token(env: &TestEnv, name: &str) -> String {
+    let accounts = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(env.client.clone(), &env.namespace);
+    let account = k8s_openapi::api::core::v1::ServiceAccount {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    accounts
+        .create(&kube::api::PostParams::default(), &account)
+        .await
+        .unwrap();
+    let request = k8s_openapi::api::authentication::v1::TokenRequest {
+        spec: Some(Default::default()),
+        ..Default::default()
+    };
+    accounts
+        .create_token_request(name, &kube::api::PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.token)
+        .expect("a token")
+}

@@ -9,9 +9,8 @@ use std::time::Duration;
 use eagle_eye_operator::crd::EagleEyeCredential;
 use eagle_eye_testbed::standin::{StandIn, StandInConfig};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
@@ -95,8 +94,8 @@ async fn the_operator_with_only_the_cluster_scope_rbac_brings_a_credential_to_re
         }
     };
     let (prometheus, stranger) = (
-        service_account_token(&home, "prometheus").await,
-        service_account_token(&home, "stranger").await,
+        crate::support::service_account_token(&home, "prometheus").await,
+        crate::support::service_account_token(&home, "stranger").await,
     );
     assert_eq!(scrape(None).await.0, 401, "no token");
     assert_eq!(
@@ -452,34 +451,6 @@ impl ChartPod {
             "denied API calls:\n{logs}"
         );
     }
-}
-
-/// A token of a new ServiceAccount `name` in the test's namespace, from the TokenRequest API
-/// (what the kubelet mounts in a pod).
-async fn service_account_token(env: &TestEnv, name: &str) -> String {
-    let accounts = Api::<ServiceAccount>::namespaced(env.client.clone(), &env.namespace);
-    let account = ServiceAccount {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.to_owned()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    accounts
-        .create(&PostParams::default(), &account)
-        .await
-        .unwrap();
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec::default()),
-        ..Default::default()
-    };
-    accounts
-        .create_token_request(name, &PostParams::default(), &request)
-        .await
-        .unwrap()
-        .status
-        .and_then(|s| s.token)
-        .expect("a token")
 }
 
 /// The admin kubeconfig with every user impersonating `user` (the admin may impersonate).
