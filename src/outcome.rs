@@ -138,9 +138,7 @@ impl Outcome {
             SecretError::NotFound(_) => Some(Outcome::SecretNotFound(e.to_string())),
             SecretError::KeyMissing { .. }
             | SecretError::BadValue { .. }
-            | SecretError::TooLong { .. } => {
-                Some(Outcome::SecretKeyMissing(e.to_string()))
-            }
+            | SecretError::TooLong { .. } => Some(Outcome::SecretKeyMissing(e.to_string())),
             SecretError::Immutable(_) => Some(Outcome::SecretImmutable(e.to_string())),
             SecretError::Api { .. } => None,
         }

@@ -471,7 +471,11 @@ mod tests {
     #[test]
     fn a_value_longer_than_any_credential_is_refused_by_size_never_shown() {
         let long = "x".repeat(MAX_VALUE_BYTES + 1);
-        let s = fixtures::secret("n", &[("k", &long), ("ok", &"y".repeat(MAX_VALUE_BYTES))], &[]);
+        let s = fixtures::secret(
+            "n",
+            &[("k", &long), ("ok", &"y".repeat(MAX_VALUE_BYTES))],
+            &[],
+        );
         let e = value(&s, "n", "k").unwrap_err().to_string();
         assert!(e.contains("16385 bytes") && !e.contains("xxx"), "{e}");
         assert!(value(&s, "n", "ok").is_ok());

@@ -168,7 +168,10 @@ pub async fn client_as(env: &TestEnv, user: &str) -> kube::Client {
 /// A token of a new ServiceAccount `name` in the test's namespace, from the TokenRequest API
 /// (what the kubelet mounts in a pod).
 pub async fn service_account_token(env: &TestEnv, name: &str) -> String {
-    let accounts = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(env.client.clone(), &env.namespace);
+    let accounts = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+        env.client.clone(),
+        &env.namespace,
+    );
     let account = k8s_openapi::api::core::v1::ServiceAccount {
         metadata: kube::api::ObjectMeta {
             name: Some(name.to_owned()),
