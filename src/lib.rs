@@ -9,6 +9,7 @@ pub mod content;
 pub mod controller;
 pub mod crd;
 pub mod decide;
+mod fair;
 #[cfg(test)]
 mod fixtures;
 pub mod intent;

@@ -676,16 +676,10 @@ impl Parts {
                     })
                     .applied_objects()
                     .try_filter(move |cr| futures::future::ready(known.is_news(cr)));
-                // Reconciles in flight at once: enough to keep every token-call slot of the
-                // auth server busy and others moving beside them; the rest wait as queued
-                // names, not as futures holding the Secrets they read (1,000 credentials due
-                // at a cold start would otherwise all be in memory at once). A reconcile
-                // waits at most `SLOT_WAIT` (2 s) for a slot, then requeues: a namespace's
-                // calls stuck on a server that never answers hold at most
-                // --max-concurrent-refreshes seats, and the rest turn over within seconds.
-                let concurrency = (self.args.max_concurrent_refreshes.saturating_mul(2))
-                    .clamp(16, usize::from(u16::MAX)) as u16;
-                let config = kube::runtime::controller::Config::default().concurrency(concurrency);
+                // Every due credential is let in at once, as a small future waiting for a
+                // seat: the seats (`controller::reconcile`) are shared fairly between
+                // namespaces, which kube-runtime's own limit, first come first served, is not.
+                let config = kube::runtime::controller::Config::default().concurrency(0);
                 (
                     Controller::for_stream(news, reader).with_config(config),
                     secrets,
@@ -703,15 +697,23 @@ impl Parts {
                 listed.push(synced.clone());
                 let client = self.client.clone();
                 let store = controller.store();
-                let ctx = Arc::new(Context::new(
-                    client.clone(),
-                    reporter.clone(),
-                    self.tokens.clone(),
-                    self.settings.clone(),
-                    store.clone(),
-                    stores.clone(),
-                    self.shared.clone(),
-                ));
+                // Reconciles at once: enough to keep every token-call slot of the auth server
+                // busy and others moving beside them; the rest wait for a seat, holding
+                // nothing they read (1,000 credentials due at a cold start would otherwise all
+                // be in memory at once).
+                let seats = self.args.max_concurrent_refreshes.saturating_mul(2).max(16);
+                let ctx = Arc::new(
+                    Context::new(
+                        client.clone(),
+                        reporter.clone(),
+                        self.tokens.clone(),
+                        self.settings.clone(),
+                        store.clone(),
+                        stores.clone(),
+                        self.shared.clone(),
+                    )
+                    .with_seats(seats),
+                );
                 // Metadata only, paged: memory does not grow with the Secrets in the cluster.
                 // A re-list shows no event for a Secret deleted while the watch was down:
                 // what was read from Secrets is read again.
@@ -727,7 +729,10 @@ impl Parts {
                         .touched_objects();
                 let metrics = self.metrics.clone();
                 let own = self.shared.own_writes.clone();
+                // A credential granted a call slot while parked is reconciled to use it.
+                let woken = ctx.take_wakes();
                 let run = controller
+                    .reconcile_on(woken)
                     .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {
                         // An echo of the operator's own write changes nothing it read.
                         if own.is_echo(&secret) {

@@ -72,6 +72,12 @@ pub enum Outcome {
         until: Timestamp,
         standing: Standing,
     },
+    /// Due, and every token-call slot to `destination` this credential may take is busy;
+    /// it is woken when the fair queue grants it one.
+    AwaitingCallSlot {
+        destination: String,
+        standing: Standing,
+    },
     /// The server refused this very login before: nothing is sent until it changes.
     AwaitingLogin,
     /// The configuration refused the answer to this very login before.
@@ -224,6 +230,24 @@ pub fn report(outcome: &Outcome, previous: Option<&Condition>, now: Timestamp) -
             Next::At(*until),
             vec![],
         ),
+        O::AwaitingCallSlot {
+            destination,
+            standing,
+        } => {
+            // With a valid token published nothing is wrong yet; without one, this is why.
+            // No Event: waits come and go with other credentials' calls.
+            let verdict = match current(standing, previous, now) {
+                v if v.ready => v,
+                _ => verdict(
+                    false,
+                    reason::AWAITING_CALL_SLOT,
+                    format!(
+                        "due, and waiting for a call slot to {destination}: every slot this credential may take is busy with other calls (at most --max-concurrent-refreshes at once per auth destination and per namespace); it refreshes as soon as one is granted"
+                    ),
+                ),
+            };
+            status(verdict, Next::Keep, vec![])
+        }
         O::Deferred {
             holder,
             until,
@@ -599,6 +623,24 @@ mod tests {
                 was_ok.clone(),
                 Some((false, reason::REFRESH_DEFERRED)),
                 vec![(Normal, reason::REFRESH_DEFERRED)],
+            ),
+            (
+                O::AwaitingCallSlot {
+                    destination: s("https://auth.example.com:443"),
+                    standing: valid(),
+                },
+                was_ok.clone(),
+                Some((true, reason::TOKEN_REFRESHED)),
+                vec![],
+            ),
+            (
+                O::AwaitingCallSlot {
+                    destination: s("https://auth.example.com:443"),
+                    standing: expired(),
+                },
+                was_ok.clone(),
+                Some((false, reason::AWAITING_CALL_SLOT)),
+                vec![],
             ),
             (
                 O::AwaitingLogin,

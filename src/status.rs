@@ -48,6 +48,9 @@ pub mod reason {
     /// lose the login, so the refresh waits until that answer is stored or can no longer
     /// come.
     pub const REFRESH_DEFERRED: &str = "RefreshDeferred";
+    /// Due, and every token-call slot this credential may take is busy; shown only once
+    /// the published token has expired (before that, `Ready` stays as it was).
+    pub const AWAITING_CALL_SLOT: &str = "AwaitingCallSlot";
     /// The target Secret exists and is not this credential's to write (another
     /// credential's, or anything else's without the opt-in annotation): nothing is written.
     pub const TARGET_CONFLICT: &str = "TargetConflict";
@@ -62,7 +65,7 @@ pub mod reason {
 
 /// Every reason the `Ready` condition carries (the others are `ReloginSoon`'s): a reason
 /// read back from the status is one of these.
-pub const READY_REASONS: [&str; 17] = [
+pub const READY_REASONS: [&str; 18] = [
     reason::TOKEN_REFRESHED,
     reason::TOKEN_VALID,
     reason::SECRET_NOT_FOUND,
@@ -77,6 +80,7 @@ pub const READY_REASONS: [&str; 17] = [
     reason::SUSPENDED,
     reason::ANSWER_REFUSED,
     reason::REFRESH_DEFERRED,
+    reason::AWAITING_CALL_SLOT,
     reason::TARGET_CONFLICT,
     reason::SECRET_IMMUTABLE,
     reason::NOT_SELECTED,

@@ -8,11 +8,11 @@
 //! tenant, shared fairly (see [`TokenClient::reserve`]).
 
 mod auth_url;
+mod destination;
 mod error;
 mod extract;
 mod grant;
 mod options;
-mod slots;
 mod wire;
 
 use std::sync::Arc;
@@ -23,10 +23,10 @@ use secrecy::SecretString;
 use url::Url;
 
 pub use auth_url::{AuthPolicy, AuthUrl, AuthUrlError, EAGLE_EYE_AUTH_HOSTS, LOOPBACK_HOSTS};
+pub use destination::Destination;
 pub use error::{ErrorClass, OAuthErrorCode, Operation, TokenError};
 pub use grant::{ApiBase, MAX_EXPIRES_IN, MAX_TOKEN_BYTES, TokenGrant};
 pub use options::{EAGLE_EYE_API_HOSTS, TokenClientOptions};
-pub use slots::Destination;
 pub use wire::MAX_RETRY_AFTER;
 
 use grant::{HostPattern, Problem};
@@ -55,7 +55,7 @@ pub struct ClientCredentials {
 #[derive(Debug, Clone)]
 pub struct TokenClient {
     http: reqwest::Client,
-    slots: Arc<slots::Slots>,
+    slots: Arc<crate::fair::Slots<Destination>>,
     /// Set when the process stops: calls in flight finish, none starts.
     closed: Arc<std::sync::atomic::AtomicBool>,
     settings: Arc<Settings>,
@@ -74,7 +74,7 @@ struct Settings {
 /// slot frees when the call made with it ends, or when it is dropped unused.
 #[derive(Debug)]
 pub struct CallSlot {
-    permit: slots::Permit,
+    permit: crate::fair::Permit<Destination>,
     start_by: Instant,
     deadline: Instant,
 }
@@ -86,6 +86,12 @@ impl CallSlot {
     /// refresh token may be spent must stay valid at least until then.
     pub fn deadline(&self) -> Instant {
         self.deadline
+    }
+
+    /// Whether a call may still start with this slot ([`MAX_SLOT_HOLD`] since it was
+    /// granted has not passed).
+    pub fn usable(&self) -> bool {
+        Instant::now() < self.start_by
     }
 
     /// Time left until [`CallSlot::deadline`], e.g. to turn it into a wall-clock time.
@@ -182,7 +188,10 @@ impl TokenClient {
             .map_err(|e| config(format!("cannot build the HTTP client: {}", error_chain(&e))))?;
         Ok(TokenClient {
             http,
-            slots: slots::Slots::new(options.max_concurrent_calls, options.max_concurrent_calls),
+            slots: crate::fair::Slots::new(
+                options.max_concurrent_calls,
+                options.max_concurrent_calls,
+            ),
             closed: Arc::default(),
             settings: Arc::new(Settings {
                 answer_limit,

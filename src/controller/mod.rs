@@ -31,6 +31,7 @@ mod held;
 mod known;
 mod leadership;
 mod own_writes;
+mod parked;
 mod projection;
 mod reconciler;
 mod report;
@@ -110,6 +111,12 @@ pub struct Context {
     api_failures: Mutex<HashMap<String, u32>>,
     /// Credentials being deleted with spec.revokeOnDelete, by uid.
     revokes: Mutex<HashMap<String, revoke::Revocation>>,
+    /// Credentials waiting for a token-call slot outside the controller's seats.
+    pub parked: Arc<parked::Parked>,
+    /// The controller's reconcile seats, shared fairly between namespaces.
+    seats: Arc<crate::fair::Slots<()>>,
+    /// The reconciles `parked` wakes, for the controller to take once (`take_wakes`).
+    wakes: Mutex<Option<futures::channel::mpsc::UnboundedReceiver<parked::Wake>>>,
 }
 
 /// What every controller of the process shares, across leadership terms.
@@ -135,7 +142,11 @@ impl Context {
         all_stores: Vec<Store<EagleEyeCredential>>,
         shared: Shared,
     ) -> Self {
+        let (parked, wakes) = parked::Parked::new();
         Context {
+            parked,
+            seats: crate::fair::Slots::new(DEFAULT_SEATS, DEFAULT_SEATS),
+            wakes: Mutex::new(Some(wakes)),
             client,
             reporter,
             tokens,
@@ -151,6 +162,29 @@ impl Context {
             retry_not_before: Mutex::default(),
             api_failures: Mutex::default(),
             revokes: Mutex::default(),
+        }
+    }
+}
+
+/// Reconciles at once per controller, unless `Context::with_seats` says otherwise.
+pub const DEFAULT_SEATS: usize = 16;
+
+impl Context {
+    /// `seats` reconciles at once, shared fairly between namespaces.
+    pub fn with_seats(mut self, seats: usize) -> Self {
+        self.seats = crate::fair::Slots::new(seats.max(1), seats.max(1));
+        self
+    }
+
+    /// The reconciles woken by granted call slots (`Controller::reconcile_on`); once.
+    pub fn take_wakes(
+        &self,
+    ) -> futures::stream::BoxStream<'static, kube::runtime::reflector::ObjectRef<EagleEyeCredential>>
+    {
+        use futures::StreamExt;
+        match lock(&self.wakes).take() {
+            Some(wakes) => wakes.boxed(),
+            None => futures::stream::empty().boxed(),
         }
     }
 }
@@ -190,8 +224,22 @@ pub fn error_policy(cr: Arc<EagleEyeCredential>, err: &Error, ctx: Arc<Context>)
 
 const MAX_API_RETRY: Duration = Duration::from_secs(30);
 
-#[instrument(skip_all, fields(credential = %key(&cr)))]
+/// Reconciles `cr` once it holds one of the controller's seats. Seats are shared fairly
+/// between namespaces (`crate::fair`): a freed seat goes to the waiting namespace holding
+/// the fewest, so a namespace with a thousand credentials due at once, or reconciles that
+/// take long, delays another namespace's next reconcile by one reconcile at most, not by
+/// its whole backlog. Waiting for a seat holds nothing read: the reconcile proper (boxed,
+/// so that a waiting future stays small) starts only with the seat.
 pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _seat = ctx
+        .seats
+        .acquire((), &cr.namespace().unwrap_or_default())
+        .await;
+    Box::pin(reconcile_seated(cr, ctx)).await
+}
+
+#[instrument(skip_all, fields(credential = %key(&cr)))]
+async fn reconcile_seated(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
     // The cached object may predate this process's last status write (a reconcile
     // triggered by a Secret's change can outrun the watch). Status is rebuilt from the
     // object, so a stale copy would roll the status back: read it fresh unless the cache

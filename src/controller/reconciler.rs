@@ -22,6 +22,8 @@ use crate::spent;
 use crate::target::{self, Ownership, Publication};
 use crate::token::{CallSlot, ErrorClass, TokenError, TokenGrant};
 
+use futures::FutureExt;
+
 use super::cache;
 use super::held::{Held, Refusal};
 use super::{
@@ -29,10 +31,9 @@ use super::{
     other_claimant, validate, wait_until, whole_seconds,
 };
 
-/// The longest a reconcile waits for a token-call slot while it holds a controller seat.
-pub(super) const SLOT_WAIT: Duration = Duration::from_secs(2);
-/// When a reconcile that found no free slot looks again (plus up to as much jitter).
-const SLOT_BUSY_REQUEUE: Duration = Duration::from_secs(3);
+/// A credential parked for a call slot is looked at again after this at the latest (it is
+/// woken when the slot is granted; this only bounds a lost wake-up, and shows an expiry).
+const PARKED_RECHECK: Duration = Duration::from_secs(60);
 
 /// What `gather` read: the plain facts for `decide`, and what acting on them needs.
 struct Gathered {
@@ -514,8 +515,12 @@ impl<'a> Reconciler<'a> {
                     ..stored
                 };
                 self.ctx.held.remember_live(&self.key, &stored.token);
+                let expires = g.published.as_ref().map(|p| p.expires_at);
+                let Some(slot) = self.call_slot(&auth_url) else {
+                    return self.awaiting_slot(&auth_url, expires).await;
+                };
                 info!(?why, "refreshing");
-                self.spend(&auth_url, &creds, stored, &login, g.refresh_before)
+                self.spend(slot, &auth_url, &creds, stored, &login, g.refresh_before)
                     .await
             }
         }
@@ -524,25 +529,64 @@ impl<'a> Reconciler<'a> {
     /// Records the spend intent on the token's Secret (rotating tokens), then refreshes.
     /// The intent write carries the resourceVersion of the read that found the token: if
     /// anything changed since, nothing is spent and the next reconcile looks again.
+    /// A token-call slot for a refresh to `auth_url`: one granted while this credential was
+    /// parked, or a free one now. `None` parks the credential: its wait for a slot, in the
+    /// fair queue, is a task of its own, and no controller seat is held meanwhile, so
+    /// however many credentials wait behind silent destinations, every other reconcile
+    /// runs; the grant wakes this credential's reconcile.
+    pub(super) fn call_slot(&self, auth_url: &url::Url) -> Option<CallSlot> {
+        if let Some(slot) = self.ctx.parked.take(&self.key) {
+            return Some(slot);
+        }
+        if self.ctx.parked.is_waiting(&self.key) {
+            return None;
+        }
+        let ns = self.cr.namespace().unwrap_or_default();
+        if let Some(slot) = self.ctx.tokens.reserve(auth_url, &ns).now_or_never() {
+            return Some(slot);
+        }
+        let me = kube::runtime::reflector::ObjectRef::from_obj(self.cr);
+        let (store, watched) = (self.ctx.store.clone(), me.clone());
+        self.ctx.parked.park(
+            self.key.clone(),
+            me,
+            self.ctx.tokens.reserve(auth_url, &ns),
+            move || store.get(&watched).is_some(),
+        );
+        debug!(destination = %crate::token::Destination::of(auth_url), "every token-call slot this refresh may take is busy: parked until one is granted");
+        None
+    }
+
+    /// Due, parked for a call slot: nothing is written while the published token is valid;
+    /// once it has expired, `Ready` says why no new one comes.
+    async fn awaiting_slot(
+        self,
+        auth_url: &url::Url,
+        expires: Option<Timestamp>,
+    ) -> Result<Action, Error> {
+        let standing = self.standing(expires);
+        let recheck = expires
+            .filter(|e| *e > self.now)
+            .map_or(PARKED_RECHECK, |e| {
+                wait_until(self.ctx.settings.now(), e) + Duration::from_secs(1)
+            })
+            .min(PARKED_RECHECK);
+        let outcome = Outcome::AwaitingCallSlot {
+            destination: crate::token::Destination::of(auth_url).to_string(),
+            standing,
+        };
+        self.finish(outcome, Action::requeue(recheck)).await
+    }
+
     async fn spend(
         self,
+        slot: CallSlot,
         auth_url: &url::Url,
         creds: &crate::token::ClientCredentials,
         stored: StoredToken,
         login: &str,
         refresh_before: SignedDuration,
     ) -> Result<Action, Error> {
-        // A reconcile holds one of the controller's seats while it waits: the wait is short,
-        // so that credentials stuck behind a destination that never answers cannot fill
-        // every seat and stall every other namespace's reconciles. Busy slots are not this
-        // credential's failure: nothing is written, and it comes back soon.
-        let ns = self.cr.namespace().unwrap_or_default();
-        let reserve = self.ctx.tokens.reserve(auth_url, &ns);
-        let Ok(slot) = tokio::time::timeout(SLOT_WAIT, reserve).await else {
-            debug!(destination = %crate::token::Destination::of(auth_url), "every token-call slot this refresh may take is busy: looking again soon");
-            let again = SLOT_BUSY_REQUEUE.mul_f64(1.0 + jitter(self.cr));
-            return Ok(Action::requeue(again));
-        };
         // The process is stopping: the reconciles queued for a slot (many, under a slow auth
         // server) start nothing, so that it stops once the calls in flight are answered.
         if self.ctx.tokens.is_closed() {

@@ -359,12 +359,10 @@ impl Reconciler<'_> {
             // Stopping: the next leader revokes.
             return Attempt::Retry("the operator is stopping".into());
         }
-        // A short wait for a slot, as a refresh's: the reconcile holds a controller seat.
-        let ns = self.cr.namespace().unwrap_or_default();
-        let reserve = self.ctx.tokens.reserve(&url, &ns);
-        let Ok(slot) = tokio::time::timeout(super::reconciler::SLOT_WAIT, reserve).await else {
+        // Parked for a slot as a refresh is: no controller seat is held meanwhile.
+        let Some(slot) = self.call_slot(&url) else {
             return Attempt::Retry(format!(
-                "every token-call slot to {} this credential may take is busy",
+                "every token-call slot to {} this credential may take is busy; it is queued for one",
                 crate::token::Destination::of(&url)
             ));
         };

@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::support::operator::{
-    Operator, create_secrets, credential, login, secret, set_flag, stand_in, wait_for_reason,
-    working_token,
+    Operator, create_secrets, credential, login, secret, stand_in, wait_for_reason, working_token,
 };
 use crate::support::{TestEnv, env, env_on, figure};
 use eagle_eye_operator::crd::EagleEyeCredential;
@@ -201,13 +200,13 @@ async fn a_victim_keeps_a_working_token_while_another_tenant_pads_floods_and_chu
     let victim = crate::support::own_env().await;
     let hostile = env_on(victim.plane).await;
     let si = stand_in(Duration::from_secs(10)).await;
-    let namespaces = format!("{},{}", victim.namespace, hostile.namespace);
     // An allowed auth destination that accepts connections and never answers.
     let (hole, _, _hole_task) = crate::fair_calls::black_hole().await;
     let hole_entry = format!("127.0.0.1:{hole}");
-    // Two shards, as `credentialSelector` makes them: the victim and the tenant share shard a.
+    // Two shards, as `credentialSelector` makes them, each for all namespaces: the victim
+    // and the tenant share shard a.
     let start = |shard: &'static str| {
-        let (victim, si, namespaces, hole) = (&victim, &si, namespaces.clone(), &hole_entry);
+        let (victim, si, hole) = (&victim, &si, &hole_entry);
         async move {
             let selector = format!("shard={shard}");
             let extra = [
@@ -218,8 +217,13 @@ async fn a_victim_keeps_a_working_token_while_another_tenant_pads_floods_and_chu
                 hole,
             ];
             let mut op = Operator::start(victim, si, &extra).await;
-            op.set_args(|args| set_flag(args, "--namespaces", &namespaces))
-                .await;
+            // Cluster scope, as the chart installs it by default: one controller, one set
+            // of reconcile seats, for every namespace.
+            op.set_args(|args| {
+                let at = args.iter().position(|a| a == "--namespaces").unwrap();
+                args.drain(at..at + 2);
+            })
+            .await;
             op
         }
     };
@@ -301,7 +305,7 @@ fn hostile_env(env: &TestEnv) -> (kube::Client, String) {
 
 const PADDED: usize = 60;
 const DEAD: usize = 1000;
-const SILENT: usize = 8;
+const SILENT: usize = 200;
 
 /// Creates the credentials aimed at the silent port `hole`, the padded credentials and the
 /// dead logins, a few at a time; returns how many credentials it created.

@@ -1,60 +1,45 @@
-//! Token-call slots, shared fairly: each destination (scheme, host, port) has its own
-//! `max_concurrent_calls`, so a destination that never answers holds only its own slots;
-//! a namespace holds at most `max_concurrent_calls` across all destinations; and a freed
-//! slot goes to the waiting namespace that holds the fewest, ties by arrival (fair queuing
-//! between flows, as API Priority and Fairness does in kube-apiserver).
+//! Slots shared fairly between tenants (namespaces): each destination `D` has its own
+//! `per_destination` slots, so a destination whose holders never finish holds only its own;
+//! a tenant holds at most `per_tenant` across all destinations; and a freed slot goes to the
+//! waiting tenant that holds the fewest, ties by arrival (fair queuing between flows, as
+//! API Priority and Fairness does in kube-apiserver). Token calls use it per auth
+//! destination (`crate::token`); reconciles per controller (`crate::controller`).
 
 use std::collections::HashMap;
-use std::fmt;
+use std::fmt::Debug;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
-use url::Url;
 
-/// Where a call goes: what one connection pool serves, and what a hung server holds up.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Destination {
-    scheme: String,
-    host: String,
-    port: u16,
-}
-
-impl Destination {
-    /// The destination of a URL: its scheme, its host as the URL parser normalised it
-    /// (lower case, IPv6 in brackets), and its port, the scheme's default when none is given.
-    pub fn of(url: &Url) -> Destination {
-        Destination {
-            scheme: url.scheme().to_owned(),
-            host: url.host_str().unwrap_or_default().to_owned(),
-            port: url.port_or_known_default().unwrap_or_default(),
-        }
-    }
-}
-
-impl fmt::Display for Destination {
-    /// Safe to show: scheme, host and port carry no userinfo, path or query.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
-    }
-}
-
-/// The slots of one [`TokenClient`](super::TokenClient) and all its clones.
+/// Fairly shared slots, by destination `D`.
 #[derive(Debug)]
-pub(crate) struct Slots {
-    state: Mutex<State>,
+pub(crate) struct Slots<D> {
+    state: Mutex<State<D>>,
     per_destination: usize,
     per_tenant: usize,
 }
 
-#[derive(Debug, Default)]
-struct State {
+#[derive(Debug)]
+struct State<D> {
     next_ticket: u64,
     held: usize,
     /// Slots held per tenant; a tenant holding none has no entry.
     tenants: HashMap<Arc<str>, usize>,
     /// Destinations with a slot held or a waiter; an idle one has no entry, so the map
     /// never holds more than the calls in flight and waiting.
-    destinations: HashMap<Destination, Queue>,
+    destinations: HashMap<D, Queue>,
+}
+
+impl<D> Default for State<D> {
+    fn default() -> Self {
+        State {
+            next_ticket: 0,
+            held: 0,
+            tenants: HashMap::new(),
+            destinations: HashMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -72,23 +57,27 @@ struct Waiter {
 
 /// One granted slot; frees (and is handed on) when dropped.
 #[derive(Debug)]
-pub(crate) struct Permit {
-    slots: Arc<Slots>,
-    destination: Destination,
+pub(crate) struct Permit<D: Key> {
+    slots: Arc<Slots<D>>,
+    destination: D,
     tenant: Arc<str>,
 }
 
-impl Permit {
-    pub fn belongs_to(&self, slots: &Arc<Slots>) -> bool {
+/// What a destination must be.
+pub(crate) trait Key: Clone + Eq + Hash + Debug + Send + Sync + 'static {}
+impl<T: Clone + Eq + Hash + Debug + Send + Sync + 'static> Key for T {}
+
+impl<D: Key> Permit<D> {
+    pub fn belongs_to(&self, slots: &Arc<Slots<D>>) -> bool {
         Arc::ptr_eq(&self.slots, slots)
     }
 
-    pub fn destination(&self) -> &Destination {
+    pub fn destination(&self) -> &D {
         &self.destination
     }
 }
 
-impl Drop for Permit {
+impl<D: Key> Drop for Permit<D> {
     fn drop(&mut self) {
         let mut state = self.slots.lock();
         state.release(&self.destination, &self.tenant);
@@ -98,9 +87,9 @@ impl Drop for Permit {
 
 /// A waiter's place in its queue: leaving it (the future dropped) takes the place out, or
 /// hands on a slot granted meanwhile.
-struct Place<'a> {
-    slots: &'a Arc<Slots>,
-    destination: &'a Destination,
+struct Place<'a, D: Key> {
+    slots: &'a Arc<Slots<D>>,
+    destination: &'a D,
     tenant: &'a Arc<str>,
     ticket: u64,
     /// Told of the grant, under the lock: alive as long as the place, so a grant never
@@ -109,7 +98,7 @@ struct Place<'a> {
     armed: bool,
 }
 
-impl Drop for Place<'_> {
+impl<D: Key> Drop for Place<'_, D> {
     fn drop(&mut self) {
         if !self.armed {
             return;
@@ -129,8 +118,8 @@ impl Drop for Place<'_> {
     }
 }
 
-impl Slots {
-    pub fn new(per_destination: usize, per_tenant: usize) -> Arc<Slots> {
+impl<D: Key> Slots<D> {
+    pub fn new(per_destination: usize, per_tenant: usize) -> Arc<Slots<D>> {
         Arc::new(Slots {
             state: Mutex::default(),
             per_destination,
@@ -138,14 +127,14 @@ impl Slots {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State<D>> {
         // Nothing panics while the lock is held; a poisoned lock still holds whole counts.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Waits for a slot to `destination` for `tenant`. Dropping the future gives up the
     /// place in the queue (or the slot, if it was granted meanwhile).
-    pub async fn acquire(self: &Arc<Self>, destination: Destination, tenant: &str) -> Permit {
+    pub async fn acquire(self: &Arc<Self>, destination: D, tenant: &str) -> Permit<D> {
         let tenant: Arc<str> = Arc::from(tenant);
         let (tx, rx) = oneshot::channel();
         let ticket = {
@@ -198,9 +187,9 @@ impl Slots {
     /// Grants free slots, one at a time, each to the waiter whose tenant holds the fewest
     /// slots (then the earliest), among the destinations with a free slot and the tenants
     /// below their ceiling.
-    fn dispatch(&self, state: &mut State) {
+    fn dispatch(&self, state: &mut State<D>) {
         loop {
-            let mut best: Option<(usize, u64, &Destination, usize)> = None;
+            let mut best: Option<(usize, u64, &D, usize)> = None;
             for (destination, queue) in &state.destinations {
                 if queue.held >= self.per_destination {
                     continue;
@@ -236,8 +225,8 @@ impl Slots {
     }
 }
 
-impl State {
-    fn release(&mut self, destination: &Destination, tenant: &Arc<str>) {
+impl<D: Key> State<D> {
+    fn release(&mut self, destination: &D, tenant: &Arc<str>) {
         self.held = self.held.saturating_sub(1);
         if let Some(queue) = self.destinations.get_mut(destination) {
             queue.held = queue.held.saturating_sub(1);
@@ -251,7 +240,7 @@ impl State {
         }
     }
 
-    fn forget_if_idle(&mut self, destination: &Destination) {
+    fn forget_if_idle(&mut self, destination: &D) {
         if self
             .destinations
             .get(destination)
