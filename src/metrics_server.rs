@@ -3,8 +3,9 @@
 //! generated at start (self-signed) or read from `tls.crt`/`tls.key` in a directory, again
 //! whenever they change.
 
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -25,17 +26,27 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::Metrics;
 use crate::metrics_auth::{Gate, GateError, Review, Verdict};
 
-/// Connections served at once; more are closed on accept. Prometheus keeps one open per
-/// target; the bound keeps a flood of idle or slow connections from holding memory.
+/// Connections open at once. Prometheus keeps one open per target; the bound keeps a flood
+/// of idle or slow connections from holding memory. When it is reached, a new connection
+/// closes an unauthenticated one to make room (see [`Connections::admit`]); only when every
+/// open connection is authenticated is the new one closed on accept.
 const MAX_CONNECTIONS: usize = 64;
-/// A TLS handshake or a request's headers that take longer end the connection.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Unauthenticated connections one source address may hold; its next one closes its oldest.
+/// A client, or a pod, that never authenticates thus keeps at most this many of the
+/// [`MAX_CONNECTIONS`], however fast it connects.
+const MAX_UNAUTHENTICATED_PER_PEER: usize = 8;
+/// A TLS handshake that takes longer ends the connection (a scraper's takes milliseconds).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A request's headers that take longer end the connection; also how long an idle
+/// keep-alive connection stays open (hyper's header timer runs while waiting for the next
+/// request).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the certificate files are checked for a renewal (cert-manager rewrites the
 /// mounted Secret well before the old certificate expires).
@@ -164,7 +175,8 @@ fn router<R: Review>(gate: Gate<R>, metrics: Arc<Metrics>) -> Router {
 
 /// 401 without an accepted token, 403 when its owner may not `get /metrics`, 503 when the
 /// API server cannot be asked now. A refused request's connection is closed: a client
-/// without a good token cannot keep one of the [`MAX_CONNECTIONS`] for itself by reusing it.
+/// without a good token cannot keep one of the [`MAX_CONNECTIONS`] for itself by reusing it;
+/// a connection that served a `200` is authenticated and never closed to make room.
 async fn guarded<R: Review>(State(s): State<Arc<Served<R>>>, headers: HeaderMap) -> Response {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -209,6 +221,113 @@ async fn guarded<R: Review>(State(s): State<Arc<Served<R>>>, headers: HeaderMap)
     }
 }
 
+/// The open connections, oldest first, and which of them have been authenticated (served a
+/// `200`: a request whose token was reviewed and allowed).
+///
+/// A connection that has not authenticated yet may be closed to make room for a new one:
+/// whoever can reach the port (any pod, unless `networkPolicy.metricsFrom` says otherwise)
+/// could otherwise hold every connection, without a token, and lock the scrapers out.
+struct Connections {
+    max: usize,
+    per_peer: usize,
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    next: u64,
+    /// By admission order: the smallest id is the oldest.
+    by_id: BTreeMap<u64, Conn>,
+}
+
+struct Conn {
+    peer: IpAddr,
+    authenticated: bool,
+    /// Dropped (the entry removed) to close the connection.
+    _close: oneshot::Sender<()>,
+}
+
+/// An admitted connection's place; forgotten when dropped.
+struct Slot {
+    connections: Arc<Connections>,
+    id: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.connections.lock().by_id.remove(&self.id);
+    }
+}
+
+impl Connections {
+    fn new(max: usize, per_peer: usize) -> Arc<Self> {
+        Arc::new(Connections {
+            max,
+            per_peer,
+            open: Mutex::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a connection from `peer`, closing an unauthenticated one if a bound is reached:
+    /// - `peer` already holds `per_peer` unauthenticated connections: its oldest;
+    /// - `max` are open: the oldest unauthenticated one of the peer that holds the most
+    ///   (the newcomer counted), so one that connects often pays for it, not a scraper that
+    ///   opens one connection now and then;
+    /// - every open connection is authenticated: none, and the newcomer is refused (`None`).
+    ///
+    /// The receiver resolves when the connection is to be closed to make room.
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<(Slot, oneshot::Receiver<()>)> {
+        let mut open = self.lock();
+        let unauthenticated = || open.by_id.iter().filter(|(_, c)| !c.authenticated);
+        let mut counts = HashMap::<IpAddr, usize>::new();
+        for (_, c) in unauthenticated() {
+            *counts.entry(c.peer).or_default() += 1;
+        }
+        let victim = if counts.get(&peer).copied().unwrap_or(0) >= self.per_peer {
+            unauthenticated().find(|(_, c)| c.peer == peer)
+        } else if open.by_id.len() >= self.max {
+            *counts.entry(peer).or_default() += 1;
+            let most = counts.values().copied().max().unwrap_or(0);
+            // None: every open connection is authenticated, the newcomer is refused.
+            Some(unauthenticated().find(|(_, c)| counts[&c.peer] == most)?)
+        } else {
+            None
+        }
+        .map(|(id, _)| *id);
+        if let Some(id) = victim {
+            tracing::debug!(%peer, "metrics server: closing an unauthenticated connection to make room");
+            open.by_id.remove(&id);
+        }
+        let (close, closed) = oneshot::channel();
+        let id = open.next;
+        open.next += 1;
+        open.by_id.insert(
+            id,
+            Conn {
+                peer,
+                authenticated: false,
+                _close: close,
+            },
+        );
+        drop(open);
+        let slot = Slot {
+            connections: self.clone(),
+            id,
+        };
+        Some((slot, closed))
+    }
+
+    fn authenticated(&self, id: u64) {
+        if let Some(c) = self.lock().by_id.get_mut(&id) {
+            c.authenticated = true;
+        }
+    }
+}
+
 /// Binds `addr`; serving runs until the process exits.
 pub async fn serve<R: Review>(
     addr: SocketAddr,
@@ -220,10 +339,10 @@ pub async fn serve<R: Review>(
     let bound = listener.local_addr()?;
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let service = TowerToHyperService::new(router(gate, metrics));
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = Connections::new(MAX_CONNECTIONS, MAX_UNAUTHENTICATED_PER_PEER);
     tokio::spawn(async move {
         loop {
-            let (tcp, _) = match listener.accept().await {
+            let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(error = %e, "metrics server: accept failed");
@@ -231,32 +350,45 @@ pub async fn serve<R: Review>(
                     continue;
                 }
             };
-            let Ok(permit) = connections.clone().try_acquire_owned() else {
+            let Some((slot, closed)) = connections.admit(peer.ip().to_canonical()) else {
                 continue; // dropped: closed at once
             };
             let (acceptor, service) = (acceptor.clone(), service.clone());
             tokio::spawn(async move {
-                let _permit = permit;
-                let Ok(Ok(tls)) =
-                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-                else {
-                    return;
+                let (connections, id) = (slot.connections.clone(), slot.id);
+                let serving = async move {
+                    let Ok(Ok(tls)) =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                    else {
+                        return;
+                    };
+                    let service =
+                        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                            let (service, connections) = (service.clone(), connections.clone());
+                            async move {
+                                let response =
+                                    hyper::service::Service::call(&service, request).await;
+                                let response = response.unwrap_or_else(|never| match never {});
+                                if response.status() == StatusCode::OK {
+                                    connections.authenticated(id);
+                                }
+                                Ok::<_, Infallible>(response)
+                            }
+                        });
+                    let mut builder = http1::Builder::new();
+                    builder
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT);
+                    if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
+                        tracing::debug!(error = %e, "metrics connection ended with an error");
+                    }
                 };
-                let service =
-                    hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-                        let service = service.clone();
-                        async move {
-                            let response = hyper::service::Service::call(&service, request).await;
-                            Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
-                        }
-                    });
-                let mut builder = http1::Builder::new();
-                builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HANDSHAKE_TIMEOUT);
-                if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
-                    tracing::debug!(error = %e, "metrics connection ended with an error");
+                // Closed to make room: dropping the connection closes its socket.
+                tokio::select! {
+                    _ = closed => {}
+                    () = serving => {}
                 }
+                drop(slot);
             });
         }
     });
@@ -330,6 +462,56 @@ mod tests {
             .unwrap();
         let plain = reqwest::get(format!("http://{addr}/metrics")).await;
         assert!(plain.is_err(), "{plain:?}");
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    /// Whether the connection was told to close.
+    fn is_closed(closed: &mut oneshot::Receiver<()>) -> bool {
+        !matches!(closed.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+    }
+
+    #[test]
+    fn a_peer_that_never_authenticates_keeps_only_its_own_few_connections() {
+        let connections = Connections::new(6, 2);
+        let mut a: Vec<_> = (0..2).map(|_| connections.admit(ip(1)).unwrap()).collect();
+        // Its third closes its first; another peer's are not touched.
+        let mut b = connections.admit(ip(2)).unwrap();
+        a.push(connections.admit(ip(1)).unwrap());
+        assert!(is_closed(&mut a[0].1));
+        assert!(!is_closed(&mut a[1].1) && !is_closed(&mut a[2].1));
+        assert!(!is_closed(&mut b.1));
+        drop(a.remove(0));
+        assert_eq!(connections.lock().by_id.len(), 3);
+    }
+
+    #[test]
+    fn a_full_server_closes_the_oldest_unauthenticated_connection_of_the_busiest_peer() {
+        let connections = Connections::new(4, 8);
+        let mut scraper = connections.admit(ip(1)).unwrap();
+        let mut flood: Vec<_> = (0..3).map(|_| connections.admit(ip(2)).unwrap()).collect();
+        // Full: a newcomer from a third peer closes the flood's oldest, not the scraper's
+        // older connection.
+        let _new = connections.admit(ip(3)).unwrap();
+        assert!(is_closed(&mut flood[0].1));
+        assert!(!is_closed(&mut scraper.1) && !is_closed(&mut flood[1].1));
+        assert_eq!(connections.lock().by_id.len(), 4);
+    }
+
+    #[test]
+    fn authenticated_connections_are_never_closed_to_make_room() {
+        let connections = Connections::new(2, 8);
+        let mut reader: Vec<_> = (0..2).map(|_| connections.admit(ip(1)).unwrap()).collect();
+        connections.authenticated(reader[0].0.id);
+        let _new = connections.admit(ip(2)).unwrap();
+        assert!(!is_closed(&mut reader[0].1));
+        assert!(is_closed(&mut reader[1].1));
+        connections.authenticated(_new.0.id);
+        // Every open connection authenticated: the newcomer is refused.
+        assert!(connections.admit(ip(3)).is_none());
+        assert!(!is_closed(&mut reader[0].1));
     }
 
     #[test]
