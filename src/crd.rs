@@ -300,16 +300,20 @@ pub struct EagleEyeCredentialStatus {
     pub conditions: Vec<Condition>,
     /// When the published access token expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = DATE_TIME_PATTERN))]
     pub access_token_expires_at: Option<Time>,
     /// When the operator plans its next refresh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = DATE_TIME_PATTERN))]
     pub next_refresh_at: Option<Time>,
     /// When the last successful refresh happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = DATE_TIME_PATTERN))]
     pub last_refresh_at: Option<Time>,
     /// When the refresh token dies (the earlier of its idle end and its chain end), after
     /// which a person must repeat the Phase 1 login. Empty for non-rotating tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = DATE_TIME_PATTERN))]
     pub refresh_token_deadline: Option<Time>,
     /// True when the deadline rests on the time the operator first saw the refresh token,
     /// because the Secret had no login-time annotation.
@@ -317,6 +321,7 @@ pub struct EagleEyeCredentialStatus {
     pub refresh_token_deadline_is_estimate: bool,
     /// Start of the refresh-token chain (the Phase 1 login).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = DATE_TIME_PATTERN))]
     pub chain_started_at: Option<Time>,
     /// API base URL published in the target Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -335,6 +340,7 @@ pub struct EagleEyeCredentialStatus {
     pub failed_refresh_attempts: u32,
     /// When the last refresh attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = DATE_TIME_PATTERN))]
     pub last_failure_time: Option<Time>,
     /// One-way fingerprint of the login the auth server refused as dead (auth URL, scope,
     /// client credentials and refresh token together). The operator does not send it again
@@ -353,9 +359,11 @@ pub struct EagleEyeCredentialStatus {
 pub struct ConsumersStatus {
     /// Issue time of the access token the pods were nudged for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = DATE_TIME_PATTERN))]
     pub token_issued_at: Option<Time>,
     /// When the nudge finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = DATE_TIME_PATTERN))]
     pub last_nudge_time: Option<Time>,
     /// Running or pending pods the selector matched.
     #[serde(default)]
@@ -385,7 +393,7 @@ fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
                 "type": {"type": "string", "maxLength": 316, "description": "Condition type."},
                 "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
                 "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
-                "lastTransitionTime": {"type": "string", "format": "date-time"},
+                "lastTransitionTime": {"type": "string", "format": "date-time", "pattern": DATE_TIME_PATTERN},
                 "reason": {"type": "string", "maxLength": 1024, "description": "CamelCase reason."},
                 "message": {"type": "string", "maxLength": 32768, "description": "Human-readable detail."}
             }
@@ -393,6 +401,13 @@ fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     }))
     .expect("static schema is valid JSON")
 }
+
+/// RFC 3339 times as the operator's decoder reads them, years 0000 to 9998. The API server's
+/// `date-time` check alone lets through times no decoder of the type can read (a stray
+/// character before the fraction, more than nine fraction digits, or 9999-12-31, past the
+/// last instant jiff represents): one such status write would make every list and watch of
+/// credentials fail, in every namespace.
+pub const DATE_TIME_PATTERN: &str = r"^([0-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$";
 
 /// Largest `status.failedRefreshAttempts` (and pod count) the CRD accepts; the count stops there.
 pub const MAX_FAILED_ATTEMPTS: u32 = 1_000_000_000;

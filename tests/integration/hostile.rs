@@ -189,6 +189,30 @@ async fn the_api_server_refuses_a_credential_padded_past_any_bound_and_accepts_o
             "failedRefreshAttempts {attempts} was not refused"
         );
     }
+    // So is a time the API server's own date-time check lets through but no decoder of the
+    // type reads: a stray character before the fraction, ten or more fraction digits.
+    for (field, time) in [
+        ("lastRefreshAt", "2026-01-01T00:00:00x1Z"),
+        ("lastRefreshAt", "2026-01-01T00:00:00.1234567890123Z"),
+        ("accessTokenExpiresAt", "2026-01-01t00:00:00z"),
+        ("refreshTokenDeadline", "9999-12-31T23:59:59Z"),
+    ] {
+        let patch = serde_json::json!({"status": {field: time}});
+        let result = api
+            .patch_status("at-bounds", &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
+        assert!(refused(result).is_some(), "{field}: {time} was not refused");
+    }
+    // Times people and tools really write still go in, far-future ones included.
+    for time in ["9998-12-31T23:59:59Z", "2026-12-06T10:00:00.123456+01:00"] {
+        let patch = serde_json::json!({"status": {"lastRefreshAt": time}});
+        api.patch_status("at-bounds", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap_or_else(|e| panic!("{time}: {e}"));
+    }
+    let lean: kube::Api<eagle_eye_operator::controller::LeanCredential> =
+        kube::Api::namespaced(env.client.clone(), &env.namespace);
+    assert!(lean.list(&Default::default()).await.is_ok());
     assert!(api.list(&Default::default()).await.is_ok());
 }
 
