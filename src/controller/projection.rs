@@ -190,9 +190,9 @@ pub fn project(cr: &mut EagleEyeCredential) {
     if size > KEEP_EXTRAS_UP_TO {
         target.labels.clear();
         target.annotations.clear();
-        if let Some(consumers) = &mut cr.spec.consumers {
-            consumers.pod_selector = Default::default();
-        }
+        // None, never an empty selector (which would select every pod): nothing reads the
+        // store's copy for it, and a reconcile reads the credential whole.
+        cr.spec.consumers = None;
         m.annotations = Some([(TRIMMED.to_owned(), String::new())].into());
     }
 }
