@@ -85,6 +85,7 @@ impl Parked {
                 state.granted.insert(key.clone(), (grant, slot));
                 grant
             };
+            tracing::debug!(credential = %key, "call slot granted to a parked credential; waking its reconcile");
             if parked.wake.unbounded_send(credential).is_err() {
                 lock(&parked.state).granted.remove(&key);
                 return;
