@@ -231,10 +231,16 @@ const MAX_API_RETRY: Duration = Duration::from_secs(30);
 /// its whole backlog. Waiting for a seat holds nothing read: the reconcile proper (boxed,
 /// so that a waiting future stays small) starts only with the seat.
 pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _seat = ctx
-        .seats
-        .acquire((), &cr.namespace().unwrap_or_default())
-        .await;
+    // One woken to use a call slot granted to it skips the queue: it holds a slot others
+    // wait for, and call slots bound such reconciles already.
+    let _seat = match ctx.parked.has_grant(&key(&cr)) {
+        true => None,
+        false => Some(
+            ctx.seats
+                .acquire((), &cr.namespace().unwrap_or_default())
+                .await,
+        ),
+    };
     Box::pin(reconcile_seated(cr, ctx)).await
 }
 

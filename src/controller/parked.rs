@@ -52,6 +52,11 @@ impl Parked {
         slot.usable().then_some(slot)
     }
 
+    /// Whether a slot was granted to `key` and waits for its reconcile.
+    pub fn has_grant(&self, key: &str) -> bool {
+        lock(&self.state).granted.contains_key(key)
+    }
+
     /// Whether `key` waits for a slot (a reconcile woken for another reason then ends).
     pub fn is_waiting(&self, key: &str) -> bool {
         lock(&self.state).waiting.contains(key)
@@ -141,7 +146,9 @@ mod tests {
         drop(held);
         assert_eq!(woken.next().await, Some(credential("a")));
         assert!(!parked.is_waiting("ns/a"));
+        assert!(parked.has_grant("ns/a"));
         let slot = parked.take("ns/a").expect("the granted slot");
+        assert!(!parked.has_grant("ns/a"));
         assert!(parked.take("ns/a").is_none(), "taken once");
         drop(slot);
         // The slot went back: another caller gets it at once.
