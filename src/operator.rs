@@ -731,6 +731,16 @@ impl Parts {
                 let own = self.shared.own_writes.clone();
                 // A credential granted a call slot while parked is reconciled to use it.
                 let woken = ctx.take_wakes();
+                // Stopping: reconciles waiting for a seat and parked waits give up at once.
+                tokio::spawn({
+                    let (stop, ctx) = (stop.clone(), Arc::downgrade(&ctx));
+                    async move {
+                        stop.await;
+                        if let Some(ctx) = ctx.upgrade() {
+                            ctx.stop();
+                        }
+                    }
+                });
                 let run = controller
                     .reconcile_on(woken)
                     .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {

@@ -94,6 +94,11 @@ impl CallSlot {
         Instant::now() < self.start_by
     }
 
+    /// Whether a call may still start with this slot `margin` from now.
+    pub fn usable_for(&self, margin: Duration) -> bool {
+        Instant::now() + margin < self.start_by
+    }
+
     /// Time left until [`CallSlot::deadline`], e.g. to turn it into a wall-clock time.
     pub fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())

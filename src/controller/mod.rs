@@ -115,6 +115,11 @@ pub struct Context {
     pub parked: Arc<parked::Parked>,
     /// The controller's reconcile seats, shared fairly between namespaces.
     seats: Arc<crate::fair::Slots<()>>,
+    /// Turned true when the controller stops (`Context::stop`): reconciles still waiting for
+    /// a seat, and credentials parked for a call slot, give up at once, so that stopping
+    /// (and storing what is held) waits only for the reconciles already seated.
+    stop: tokio::sync::watch::Sender<bool>,
+    stopping: tokio::sync::watch::Receiver<bool>,
     /// The reconciles `parked` wakes, for the controller to take once (`take_wakes`).
     wakes: Mutex<Option<futures::channel::mpsc::UnboundedReceiver<parked::Wake>>>,
 }
@@ -142,8 +147,11 @@ impl Context {
         all_stores: Vec<Store<EagleEyeCredential>>,
         shared: Shared,
     ) -> Self {
-        let (parked, wakes) = parked::Parked::new();
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let (parked, wakes) = parked::Parked::new(stopping.clone());
         Context {
+            stop,
+            stopping,
             parked,
             seats: crate::fair::Slots::new(DEFAULT_SEATS, DEFAULT_SEATS),
             wakes: Mutex::new(Some(wakes)),
@@ -174,6 +182,11 @@ impl Context {
     pub fn with_seats(mut self, seats: usize) -> Self {
         self.seats = crate::fair::Slots::new(seats.max(1), seats.max(1));
         self
+    }
+
+    /// The controller stops: see `Context::stop`'s field.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
     }
 
     /// The reconciles woken by granted call slots (`Controller::reconcile_on`); once.
@@ -233,15 +246,23 @@ const MAX_API_RETRY: Duration = Duration::from_secs(30);
 pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
     // One woken to use a call slot granted to it skips the queue: it holds a slot others
     // wait for, and call slots bound such reconciles already.
-    let _seat = match ctx.parked.has_grant(&key(&cr)) {
+    let key = key(&cr);
+    let _seat = match ctx.parked.has_grant(&key) {
         true => None,
-        false => Some(
-            ctx.seats
-                .acquire((), &cr.namespace().unwrap_or_default())
-                .await,
-        ),
+        false => {
+            let ns = cr.namespace().unwrap_or_default();
+            let seat = ctx.seats.acquire((), &ns);
+            let mut stopping = ctx.stopping.clone();
+            tokio::select! {
+                seat = seat => Some(seat),
+                _ = stopping.wait_for(|stop| *stop) => return Ok(Action::await_change()),
+            }
+        }
     };
-    Box::pin(reconcile_seated(cr, ctx)).await
+    let result = Box::pin(reconcile_seated(cr, ctx.clone())).await;
+    // A slot granted to it and not used (not due after all, an API error) goes back now.
+    ctx.parked.release(&key);
+    result
 }
 
 #[instrument(skip_all, fields(credential = %key(&cr)))]

@@ -10,97 +10,144 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::channel::mpsc;
 use kube::runtime::reflector::ObjectRef;
+use tokio::sync::watch;
 
 use super::lock;
 use crate::crd::EagleEyeCredential;
-use crate::token::{CallSlot, MAX_SLOT_HOLD};
+use crate::token::{CallSlot, Destination};
 
 /// A credential's reconcile, woken by a granted slot.
 pub type Wake = ObjectRef<EagleEyeCredential>;
 
+/// A granted slot is handed over only with this much of its start window left: the woken
+/// reconcile still reads, checks its Lease and records its spend intent before the call.
+const HANDOVER_MARGIN: Duration = Duration::from_secs(10);
+
 pub struct Parked {
     state: Mutex<State>,
     wake: mpsc::UnboundedSender<Wake>,
+    /// True once the controller stops: every wait ends, its place in the queue given up.
+    stopping: watch::Receiver<bool>,
 }
+
+/// A credential and where its call goes: a credential whose authUrl changed while it
+/// waited waits afresh for the new destination.
+type Key = (String, Destination);
 
 #[derive(Default)]
 struct State {
     /// Credentials whose wait for a slot is in progress.
-    waiting: HashSet<String>,
+    waiting: HashSet<Key>,
     /// Slots granted to parked credentials, not yet taken by their reconcile; each with the
     /// number of its grant, so that a late clean-up never drops a newer one.
-    granted: HashMap<String, (u64, CallSlot)>,
+    granted: HashMap<Key, (u64, CallSlot)>,
     grants: u64,
 }
 
+/// What [`Parked::claim`] found for a credential.
+pub enum Claim {
+    /// A slot: granted while parked, or free now.
+    Slot(CallSlot),
+    /// None free: the credential waits for one (it was parked now, or already waited).
+    Parked,
+}
+
 impl Parked {
-    /// The parking lot, and the stream of reconciles it wakes (for `Controller::reconcile_on`).
-    pub fn new() -> (Arc<Parked>, mpsc::UnboundedReceiver<Wake>) {
+    /// The parking lot of a controller that stops when `stopping` turns true, and the
+    /// stream of reconciles it wakes (for `Controller::reconcile_on`).
+    pub fn new(stopping: watch::Receiver<bool>) -> (Arc<Parked>, mpsc::UnboundedReceiver<Wake>) {
         let (wake, woken) = mpsc::unbounded();
         let parked = Parked {
             state: Mutex::default(),
             wake,
+            stopping,
         };
         (Arc::new(parked), woken)
     }
 
-    /// The slot granted to `key` while it was parked, if it can still carry a call.
-    pub fn take(&self, key: &str) -> Option<CallSlot> {
-        let (_, slot) = lock(&self.state).granted.remove(key)?;
-        slot.usable().then_some(slot)
-    }
-
-    /// Whether a slot was granted to `key` and waits for its reconcile.
-    pub fn has_grant(&self, key: &str) -> bool {
-        lock(&self.state).granted.contains_key(key)
-    }
-
-    /// Whether `key` waits for a slot (a reconcile woken for another reason then ends).
-    pub fn is_waiting(&self, key: &str) -> bool {
-        lock(&self.state).waiting.contains(key)
-    }
-
-    /// Waits for `slot` for `key` in a task of its own, unless it waits already; when it is
-    /// granted, keeps it for the credential (for `MAX_SLOT_HOLD` at most: unclaimed, it goes
-    /// back) and wakes `credential`'s reconcile, as long as `watched` says the credential is
-    /// still this process's to refresh.
-    pub fn park(
+    /// A slot to `destination` for credential `key`: one granted while it was parked (with
+    /// time enough left to use it), else a free one now, else it is parked: `wait` (a
+    /// place in the fair queue) is awaited in a task of its own, and when it is granted the
+    /// slot is kept for the credential and `credential`'s reconcile woken, as long as
+    /// `watched` says it is still this process's to refresh. One lock for all of it, so a
+    /// grant landing meanwhile is never missed nor doubled.
+    pub fn claim<W>(
         self: &Arc<Self>,
-        key: String,
+        key: &str,
+        destination: Destination,
         credential: Wake,
-        slot: impl Future<Output = CallSlot> + Send + 'static,
+        free_now: impl FnOnce() -> Option<CallSlot>,
+        wait: impl FnOnce() -> W,
         watched: impl Fn() -> bool + Send + 'static,
-    ) {
-        if !lock(&self.state).waiting.insert(key.clone()) {
-            return;
+    ) -> Claim
+    where
+        W: Future<Output = CallSlot> + Send + 'static,
+    {
+        let k: Key = (key.to_owned(), destination);
+        let mut state = lock(&self.state);
+        if let Some((_, slot)) = state.granted.remove(&k)
+            && slot.usable_for(HANDOVER_MARGIN)
+        {
+            return Claim::Slot(slot);
         }
+        if state.waiting.contains(&k) {
+            return Claim::Parked;
+        }
+        if let Some(slot) = free_now() {
+            return Claim::Slot(slot);
+        }
+        state.waiting.insert(k.clone());
+        drop(state);
         let parked = Arc::clone(self);
+        let wait = wait();
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
-            let slot = slot.await;
+            let stopped = stopping.wait_for(|stop| *stop).map(|_| ());
+            let slot = tokio::select! {
+                slot = wait => slot,
+                () = stopped => {
+                    lock(&parked.state).waiting.remove(&k);
+                    return;
+                }
+            };
+            let watched = watched();
             let grant = {
                 let mut state = lock(&parked.state);
-                state.waiting.remove(&key);
-                if !watched() {
+                state.waiting.remove(&k);
+                if !watched {
                     return;
                 }
                 state.grants += 1;
                 let grant = state.grants;
-                state.granted.insert(key.clone(), (grant, slot));
+                state.granted.insert(k.clone(), (grant, slot));
                 grant
             };
-            tracing::debug!(credential = %key, "call slot granted to a parked credential; waking its reconcile");
+            tracing::debug!(credential = %k.0, destination = %k.1, "call slot granted to a parked credential; waking its reconcile");
             if parked.wake.unbounded_send(credential).is_err() {
-                lock(&parked.state).granted.remove(&key);
+                lock(&parked.state).granted.remove(&k);
                 return;
             }
-            tokio::time::sleep(MAX_SLOT_HOLD + Duration::from_secs(1)).await;
+            tokio::time::sleep(crate::token::MAX_SLOT_HOLD + Duration::from_secs(1)).await;
             let mut state = lock(&parked.state);
-            if state.granted.get(&key).is_some_and(|(g, _)| *g == grant) {
-                state.granted.remove(&key);
+            if state.granted.get(&k).is_some_and(|(g, _)| *g == grant) {
+                state.granted.remove(&k);
             }
         });
+        Claim::Parked
+    }
+
+    /// Whether a slot was granted to `key` and waits for its reconcile.
+    pub fn has_grant(&self, key: &str) -> bool {
+        lock(&self.state).granted.keys().any(|(k, _)| k == key)
+    }
+
+    /// Gives back any slot granted to `key` and not used: its reconcile ended without a
+    /// call (not due after all, deleted, an API error).
+    pub fn release(&self, key: &str) {
+        lock(&self.state).granted.retain(|(k, _), _| k != key);
     }
 }
 
@@ -122,50 +169,64 @@ mod tests {
         ObjectRef::new(name).within("ns")
     }
 
+    fn url() -> url::Url {
+        "https://auth.example.com".parse().unwrap()
+    }
+
+    fn claim(parked: &Arc<Parked>, tokens: &TokenClient, key: &str, url: &url::Url) -> Claim {
+        let (t1, t2, u1, u2) = (tokens.clone(), tokens.clone(), url.clone(), url.clone());
+        let name = key.rsplit('/').next().unwrap().to_owned();
+        parked.claim(
+            key,
+            Destination::of(url),
+            credential(&name),
+            move || t1.reserve(&u1, "ns").now_or_never(),
+            move || t2.reserve(&u2, "ns"),
+            || true,
+        )
+    }
+
     #[tokio::test]
     async fn a_parked_credential_is_woken_with_its_slot_once_one_frees() {
-        let tokens = client();
-        let url: url::Url = "https://auth.example.com".parse().unwrap();
+        let (tokens, url) = (client(), url());
         let held = tokens.reserve(&url, "other").await;
-        let (parked, mut woken) = Parked::new();
-        parked.park(
-            "ns/a".into(),
-            credential("a"),
-            tokens.reserve(&url, "ns"),
-            || true,
-        );
-        // A second park of the same credential while it waits starts no second wait.
-        parked.park(
-            "ns/a".into(),
-            credential("a"),
-            tokens.reserve(&url, "ns"),
-            || true,
-        );
-        assert!(parked.is_waiting("ns/a"));
-        assert!(parked.take("ns/a").is_none());
+        let (_stop, stopping) = watch::channel(false);
+        let (parked, mut woken) = Parked::new(stopping);
+        assert!(matches!(
+            claim(&parked, &tokens, "ns/a", &url),
+            Claim::Parked
+        ));
+        // Claimed again while it waits: no second wait.
+        assert!(matches!(
+            claim(&parked, &tokens, "ns/a", &url),
+            Claim::Parked
+        ));
         drop(held);
         assert_eq!(woken.next().await, Some(credential("a")));
-        assert!(!parked.is_waiting("ns/a"));
         assert!(parked.has_grant("ns/a"));
-        let slot = parked.take("ns/a").expect("the granted slot");
+        let Claim::Slot(slot) = claim(&parked, &tokens, "ns/a", &url) else {
+            panic!("the granted slot");
+        };
         assert!(!parked.has_grant("ns/a"));
-        assert!(parked.take("ns/a").is_none(), "taken once");
         drop(slot);
         // The slot went back: another caller gets it at once.
-        let again = futures::FutureExt::now_or_never(tokens.reserve(&url, "ns"));
-        assert!(again.is_some());
+        assert!(tokens.reserve(&url, "ns").now_or_never().is_some());
     }
 
     #[tokio::test]
     async fn a_slot_granted_to_a_credential_no_longer_watched_goes_back_at_once() {
-        let tokens = client();
-        let url: url::Url = "https://auth.example.com".parse().unwrap();
+        let (tokens, url) = (client(), url());
         let held = tokens.reserve(&url, "other").await;
-        let (parked, _woken) = Parked::new();
-        parked.park(
-            "ns/gone".into(),
+        let (_stop, stopping) = watch::channel(false);
+        let (parked, _woken) = Parked::new(stopping);
+        let t = tokens.clone();
+        let u = url.clone();
+        parked.claim(
+            "ns/gone",
+            Destination::of(&url),
             credential("gone"),
-            tokens.reserve(&url, "ns"),
+            || None,
+            move || t.reserve(&u, "ns"),
             || false,
         );
         drop(held);
@@ -173,25 +234,72 @@ mod tests {
             .await
             .expect("the slot is not kept for a credential that is gone");
         drop(next);
-        assert!(parked.take("ns/gone").is_none());
+        assert!(!parked.has_grant("ns/gone"));
+    }
+
+    #[tokio::test]
+    async fn an_unused_grant_is_released_when_its_reconcile_ends() {
+        let (tokens, url) = (client(), url());
+        let held = tokens.reserve(&url, "other").await;
+        let (_stop, stopping) = watch::channel(false);
+        let (parked, mut woken) = Parked::new(stopping);
+        claim(&parked, &tokens, "ns/a", &url);
+        drop(held);
+        woken.next().await.unwrap();
+        assert!(tokens.reserve(&url, "x").now_or_never().is_none());
+        parked.release("ns/a");
+        assert!(tokens.reserve(&url, "x").now_or_never().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_credential_whose_auth_url_changed_waits_for_the_new_destination() {
+        let (tokens, url) = (client(), url());
+        let other: url::Url = "https://auth.example.com:8443".parse().unwrap();
+        let held = tokens.reserve(&url, "other").await;
+        let (_stop, stopping) = watch::channel(false);
+        let (parked, _woken) = Parked::new(stopping);
+        assert!(matches!(
+            claim(&parked, &tokens, "ns/a", &url),
+            Claim::Parked
+        ));
+        // The new destination is free: its slot is not held up by the old wait.
+        assert!(matches!(
+            claim(&parked, &tokens, "ns/a", &other),
+            Claim::Slot(_)
+        ));
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_stopping_controller_gives_up_every_wait() {
+        let (tokens, url) = (client(), url());
+        let held = tokens.reserve(&url, "other").await;
+        let (stop, stopping) = watch::channel(false);
+        let (parked, mut woken) = Parked::new(stopping);
+        claim(&parked, &tokens, "ns/a", &url);
+        stop.send_replace(true);
+        // The wait ends without a grant: the freed slot goes to the next caller, and no
+        // reconcile is woken.
+        tokio::task::yield_now().await;
+        drop(held);
+        let next = tokio::time::timeout(Duration::from_secs(5), tokens.reserve(&url, "x")).await;
+        assert!(next.is_ok());
+        assert!(woken.next().now_or_never().flatten().is_none());
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_unclaimed_slot_goes_back_after_the_longest_hold() {
-        let tokens = client();
-        let url: url::Url = "https://auth.example.com".parse().unwrap();
-        let (parked, mut woken) = Parked::new();
-        parked.park(
-            "ns/a".into(),
-            credential("a"),
-            tokens.reserve(&url, "ns"),
-            || true,
-        );
+        let (tokens, url) = (client(), url());
+        let (_stop, stopping) = watch::channel(false);
+        let (parked, mut woken) = Parked::new(stopping);
+        let held = tokens.reserve(&url, "other").await;
+        claim(&parked, &tokens, "ns/a", &url);
+        drop(held);
         woken.next().await.unwrap();
-        assert!(futures::FutureExt::now_or_never(tokens.reserve(&url, "x")).is_none());
-        tokio::time::sleep(MAX_SLOT_HOLD + Duration::from_secs(2)).await;
+        assert!(tokens.reserve(&url, "x").now_or_never().is_none());
+        tokio::time::sleep(crate::token::MAX_SLOT_HOLD + Duration::from_secs(2)).await;
         let next = tokio::time::timeout(Duration::from_secs(1), tokens.reserve(&url, "x")).await;
         assert!(next.is_ok(), "the unclaimed slot went back");
-        assert!(parked.take("ns/a").is_none());
+        assert!(!parked.has_grant("ns/a"));
     }
 }

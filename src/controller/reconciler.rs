@@ -526,35 +526,31 @@ impl<'a> Reconciler<'a> {
         }
     }
 
-    /// Records the spend intent on the token's Secret (rotating tokens), then refreshes.
-    /// The intent write carries the resourceVersion of the read that found the token: if
-    /// anything changed since, nothing is spent and the next reconcile looks again.
     /// A token-call slot for a refresh to `auth_url`: one granted while this credential was
     /// parked, or a free one now. `None` parks the credential: its wait for a slot, in the
     /// fair queue, is a task of its own, and no controller seat is held meanwhile, so
     /// however many credentials wait behind silent destinations, every other reconcile
     /// runs; the grant wakes this credential's reconcile.
     pub(super) fn call_slot(&self, auth_url: &url::Url) -> Option<CallSlot> {
-        if let Some(slot) = self.ctx.parked.take(&self.key) {
-            return Some(slot);
-        }
-        if self.ctx.parked.is_waiting(&self.key) {
-            return None;
-        }
         let ns = self.cr.namespace().unwrap_or_default();
-        if let Some(slot) = self.ctx.tokens.reserve(auth_url, &ns).now_or_never() {
-            return Some(slot);
-        }
         let me = kube::runtime::reflector::ObjectRef::from_obj(self.cr);
         let (store, watched) = (self.ctx.store.clone(), me.clone());
-        self.ctx.parked.park(
-            self.key.clone(),
+        let destination = crate::token::Destination::of(auth_url);
+        let claim = self.ctx.parked.claim(
+            &self.key,
+            destination.clone(),
             me,
-            self.ctx.tokens.reserve(auth_url, &ns),
+            || self.ctx.tokens.reserve(auth_url, &ns).now_or_never(),
+            || self.ctx.tokens.reserve(auth_url, &ns),
             move || store.get(&watched).is_some(),
         );
-        debug!(destination = %crate::token::Destination::of(auth_url), "every token-call slot this refresh may take is busy: parked until one is granted");
-        None
+        match claim {
+            super::parked::Claim::Slot(slot) => Some(slot),
+            super::parked::Claim::Parked => {
+                debug!(%destination, "every token-call slot this refresh may take is busy: parked until one is granted");
+                None
+            }
+        }
     }
 
     /// Due, parked for a call slot: nothing is written while the published token is valid;
@@ -578,6 +574,9 @@ impl<'a> Reconciler<'a> {
         self.finish(outcome, Action::requeue(recheck)).await
     }
 
+    /// Records the spend intent on the token's Secret (rotating tokens), then refreshes.
+    /// The intent write carries the resourceVersion of the read that found the token: if
+    /// anything changed since, nothing is spent and the next reconcile looks again.
     async fn spend(
         self,
         slot: CallSlot,
