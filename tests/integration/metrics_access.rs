@@ -10,6 +10,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 
 use crate::support::operator::{Operator, stand_in};
 use crate::support::{TestEnv, env, figure, get};
+use eagle_eye_testbed::standin::StandIn;
 
 /// A new ServiceAccount's token (TokenRequest API), bound to a reader role when `reader`.
 async fn account(env: &TestEnv, name: &str, reader: bool) -> String {
@@ -81,16 +82,18 @@ async fn scrape(http: &reqwest::Client, url: &str, token: Option<&str>) -> Optio
     Some(request.send().await.ok()?.status().as_u16())
 }
 
+/// An operator serving /metrics as the chart does (HTTPS, reviewed tokens), on loopback, and
+/// the stand-in it is configured for.
+async fn with_secure_metrics(env: &TestEnv) -> (Operator, StandIn) {
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let args = ["--metrics-port", "0", "--metrics-address", "127.0.0.1"];
+    (Operator::start(env, &si, &args).await, si)
+}
+
 #[tokio::test]
 async fn metrics_need_a_token_allowed_to_read_them_and_a_flood_of_made_up_tokens_is_bounded() {
     let env = env().await;
-    let si = stand_in(Duration::from_secs(3600)).await;
-    let op = Operator::start(
-        &env,
-        &si,
-        &["--metrics-port", "0", "--metrics-address", "127.0.0.1"],
-    )
-    .await;
+    let (op, _si) = with_secure_metrics(&env).await;
     let (reader, stranger) = (
         account(&env, "reader", true).await,
         account(&env, "stranger", false).await,
@@ -205,13 +208,7 @@ impl Drop for IdleFlood {
 #[tokio::test]
 async fn idle_connections_that_never_authenticate_do_not_lock_a_reader_out() {
     let env = env().await;
-    let si = stand_in(Duration::from_secs(3600)).await;
-    let op = Operator::start(
-        &env,
-        &si,
-        &["--metrics-port", "0", "--metrics-address", "127.0.0.1"],
-    )
-    .await;
+    let (op, _si) = with_secure_metrics(&env).await;
     let reader = account(&env, "reader", true).await;
     let addr = op.metrics_addr().await;
     let url = format!("https://{addr}/metrics");
