@@ -50,7 +50,9 @@ pub fn trimmed(secret: &Secret) -> Secret {
     metadata.labels = None;
     if let Some(annotations) = &mut metadata.annotations {
         annotations.retain(|k, v| {
-            k.starts_with("eagle-eye-operator.io/") && v.len() <= MAX_KEPT_ANNOTATION
+            k.strip_prefix(crate::crd::GROUP)
+                .is_some_and(|rest| rest.starts_with('/'))
+                && v.len() <= MAX_KEPT_ANNOTATION
         });
     }
     metadata.managed_fields = metadata.managed_fields.map(|entries| {

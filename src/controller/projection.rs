@@ -168,10 +168,10 @@ impl<'de> Deserialize<'de> for IsOurs {
 /// selector were left out; never written anywhere.
 const TRIMMED: &str = "eagle-eye-operator.io/trimmed-in-store";
 
-/// Target labels and annotations and pod selector (their JSON) larger than this are left
-/// out of the store; a reconcile of such a credential reads it whole from the API server.
-/// Most credentials have none; a tenant who pads them pays one read per reconcile, and the
-/// store's memory for any credential stays under about 5 KiB.
+/// Target labels and annotations (their keys and values) and pod selector (its JSON) larger
+/// than this are left out of the store; a reconcile of such a credential reads it whole from
+/// the API server. Most credentials have none; a tenant who pads them pays one read per
+/// reconcile, and the store's memory for any credential stays under about 5 KiB.
 pub const KEEP_EXTRAS_UP_TO: usize = 1024;
 
 /// Cuts `cr` down to what the store keeps.
@@ -185,8 +185,16 @@ pub fn project(cr: &mut EagleEyeCredential) {
         finalizers.retain(|f| f == FINALIZER);
     }
     let target = &mut cr.spec.target;
-    let size = serde_json::to_vec(&(&target.labels, &target.annotations, &cr.spec.consumers))
-        .map_or(usize::MAX, |json| json.len());
+    let text = |map: &std::collections::BTreeMap<String, String>| -> usize {
+        map.iter().map(|(k, v)| k.len() + v.len()).sum()
+    };
+    // The selector is rare: its JSON is counted only when there is one.
+    let selector = cr.spec.consumers.as_ref().map_or(0, |c| {
+        serde_json::to_vec(&c.pod_selector).map_or(usize::MAX, |json| json.len())
+    });
+    let size = text(&target.labels)
+        .saturating_add(text(&target.annotations))
+        .saturating_add(selector);
     if size > KEEP_EXTRAS_UP_TO {
         target.labels.clear();
         target.annotations.clear();

@@ -293,7 +293,10 @@ async fn a_victim_keeps_a_working_token_while_another_tenant_pads_floods_and_chu
         .collect();
     let share = working as f64 / samples.len() as f64 * 100.0;
     let reuse = si.counters().reused_refresh_tokens;
-    let peak = shard_a.pid().map(peak_rss_kib).unwrap_or_default();
+    let peak = shard_a
+        .pid()
+        .map(|pid| crate::support::proc_kib(pid, "VmHWM"))
+        .unwrap_or_default();
     figure(format!(
         "the shard serving victim and tenant peaked at {peak} KiB RSS (VmHWM, debug build)"
     ));
@@ -318,15 +321,6 @@ async fn a_victim_keeps_a_working_token_while_another_tenant_pads_floods_and_chu
     );
     shard_a.kill().await;
     shard_b.kill().await;
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_default()
 }
 
 fn hostile_env(env: &TestEnv) -> (kube::Client, String) {

@@ -13,12 +13,6 @@ use eagle_eye_testbed::standin::{StandIn, StandInConfig};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ObjectMeta, PostParams};
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// The RSS of an operator that has seen every Secret in the cluster.
 struct Settled {
     /// Peak RSS over two seconds of steady state, in KiB.
@@ -67,7 +61,7 @@ async fn settled_rss(env: &crate::support::TestEnv, si: &StandIn) -> Settled {
     let pid = op.pid().unwrap();
     let mut peak_kib = 0;
     for _ in 0..20 {
-        peak_kib = peak_kib.max(rss_kib(pid));
+        peak_kib = peak_kib.max(crate::support::proc_kib(pid, "VmRSS"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     op.kill().await;

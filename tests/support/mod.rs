@@ -195,3 +195,13 @@ pub async fn service_account_token(env: &TestEnv, name: &str) -> String {
         .and_then(|s| s.token)
         .expect("a token")
 }
+
+/// A figure of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`), 0 once the process is gone.
+pub fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_default()
+}

@@ -176,31 +176,23 @@ impl Operator {
 
     /// The admin server's address, from the current process's start-up log line.
     pub async fn admin_addr(&self) -> std::net::SocketAddr {
-        super::eventually(
-            "the admin server to listen",
-            Duration::from_secs(30),
-            || async {
-                let logs = self.current_logs();
-                let line = logs
-                    .lines()
-                    .find(|l| l.contains("admin server listening"))?;
-                let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
-                addr.parse().ok()
-            },
-        )
-        .await
+        self.listening("admin server").await
     }
 
     /// The HTTPS metrics server's address, from the current process's start-up log line.
     pub async fn metrics_addr(&self) -> std::net::SocketAddr {
+        self.listening("metrics server").await
+    }
+
+    /// The address `server` logged it listens on, in the current process's log.
+    async fn listening(&self, server: &str) -> std::net::SocketAddr {
+        let needle = format!("{server} listening");
         super::eventually(
-            "the metrics server to listen",
+            &format!("the {server} to listen"),
             Duration::from_secs(30),
             || async {
                 let logs = self.current_logs();
-                let line = logs
-                    .lines()
-                    .find(|l| l.contains("metrics server listening"))?;
+                let line = logs.lines().find(|l| l.contains(&needle))?;
                 let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
                 addr.parse().ok()
             },
