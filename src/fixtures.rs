@@ -10,7 +10,7 @@ use kube::runtime::events::Reporter;
 use kube::runtime::reflector::store::Writer;
 use kube::{Client, Resource};
 
-use crate::controller::{Context, HeldTokens, Leadership, Settings, Shared};
+use crate::controller::{Context, Leadership, Memory, Settings, Shared};
 use crate::crd::EagleEyeCredential;
 use crate::secrets;
 use crate::status::Lifetimes;
@@ -103,7 +103,7 @@ pub fn testcontext_at(clock: fn() -> jiff::Timestamp) -> (Arc<Context>, ApiServe
             vec![store],
             Shared {
                 metrics: Default::default(),
-                held: HeldTokens::default(),
+                memory: Memory::default(),
                 leadership: Leadership::unchecked(),
                 known: Default::default(),
                 own_writes: Default::default(),

@@ -32,7 +32,7 @@ use proptest::test_runner::{Config, FileFailurePersistence, RngSeed};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::content::{self, Content, Pending};
-use crate::controller::HeldTokens;
+use crate::controller::Memory;
 use crate::decide::{self, Decision, Observed, PendingAnswer};
 use crate::intent;
 use crate::schedule::{self, Inputs, Plan, Published, Rotation};
@@ -301,10 +301,10 @@ struct Proc {
     /// Runs controllers (believes it leads).
     leading: bool,
     /// The real map of live tokens and claims.
-    mem: HeldTokens,
+    mem: Memory,
     /// The held-answer map, for the one credential.
     held: Option<Held>,
-    /// `HeldTokens::refuse(Refusal::Server, ..)`.
+    /// `Memory::refuse(Refusal::Server, ..)`.
     refused: Option<String>,
     pc: Pc,
 }
@@ -315,7 +315,7 @@ impl Proc {
             alive: true,
             incarnation,
             leading,
-            mem: HeldTokens::default(),
+            mem: Memory::default(),
             held: None,
             refused: None,
             pc: Pc::Idle,
@@ -669,7 +669,7 @@ impl Model {
             (None, Some(s)) => {
                 let mut tokens = vec![s.fp.clone()];
                 tokens.extend(s.spent.iter().cloned());
-                proc.mem.claim(KEY, &tokens, |_| true)
+                proc.mem.claim(KEY, &tokens, 1, true, |_| true)
             }
             _ => None,
         };
@@ -894,7 +894,7 @@ impl Model {
         )
     }
 
-    /// `held::store` from `HeldTokens::flush`: a follower stores what it holds.
+    /// `held::store` from `Memory::flush`: a follower stores what it holds.
     fn flush(&mut self, p: usize) -> Result<(), String> {
         let Some(held) = self.procs[p].held.take() else {
             return Ok(());
@@ -2216,7 +2216,7 @@ fn the_model_reaches_every_decision_it_can_and_every_kind_of_loss() {
 }
 
 // ---------------------------------------------------------------------------------------
-// `HeldTokens::claim`: which credential may spend a token found in two Secrets.
+// `Memory::claim`: which credential may spend a token found in two Secrets.
 
 fn fps(l: &[&str]) -> Vec<String> {
     l.iter().map(|s| s.to_string()).collect()
@@ -2224,27 +2224,30 @@ fn fps(l: &[&str]) -> Vec<String> {
 
 #[test]
 fn the_first_credential_to_claim_a_token_keeps_it_from_a_later_one() {
-    let h = HeldTokens::default();
-    assert_eq!(h.claim("ns/a", &fps(&["t1"]), |_| true), None);
+    let h = Memory::default();
+    assert_eq!(h.claim("ns/a", &fps(&["t1"]), 1, true, |_| true), None);
     assert_eq!(
-        h.claim("ns/b", &fps(&["t1"]), |_| true),
+        h.claim("ns/b", &fps(&["t1"]), 1, true, |_| true),
         Some("ns/a".into())
     );
     // Claiming again changes nothing, for either.
-    assert_eq!(h.claim("ns/a", &fps(&["t1"]), |_| true), None);
+    assert_eq!(h.claim("ns/a", &fps(&["t1"]), 1, true, |_| true), None);
     assert_eq!(
-        h.claim("ns/b", &fps(&["t1"]), |_| true),
+        h.claim("ns/b", &fps(&["t1"]), 1, true, |_| true),
         Some("ns/a".into())
     );
 }
 
 #[test]
 fn a_token_one_credential_rotated_out_is_never_spent_by_another() {
-    let h = HeldTokens::default();
-    assert_eq!(h.claim("ns/a", &fps(&["t1"]), |_| true), None);
-    assert_eq!(h.claim("ns/a", &fps(&["t2", "t1"]), |_| true), None);
+    let h = Memory::default();
+    assert_eq!(h.claim("ns/a", &fps(&["t1"]), 1, true, |_| true), None);
     assert_eq!(
-        h.claim("ns/b", &fps(&["t1"]), |_| true),
+        h.claim("ns/a", &fps(&["t2", "t1"]), 1, true, |_| true),
+        None
+    );
+    assert_eq!(
+        h.claim("ns/b", &fps(&["t1"]), 1, true, |_| true),
         Some("ns/a".into())
     );
 }
@@ -2253,33 +2256,45 @@ fn a_token_one_credential_rotated_out_is_never_spent_by_another() {
 /// token stays dead for a credential holding an old copy of it.
 #[test]
 fn a_token_rotated_out_stays_dead_once_its_credential_is_gone() {
-    let h = HeldTokens::default();
-    assert_eq!(h.claim("ns/a", &fps(&["t2", "t1"]), |_| true), None);
+    let h = Memory::default();
     assert_eq!(
-        h.claim("ns/b", &fps(&["t1"]), |o| o != "ns/a"),
+        h.claim("ns/a", &fps(&["t2", "t1"]), 1, true, |_| true),
+        None
+    );
+    assert_eq!(
+        h.claim("ns/b", &fps(&["t1"]), 1, true, |o| o != "ns/a"),
         Some("ns/a".into())
     );
 }
 
 #[test]
 fn a_deleted_credentials_claim_binds_nobody() {
-    let h = HeldTokens::default();
-    assert_eq!(h.claim("ns/a", &fps(&["t1"]), |_| true), None);
-    assert_eq!(h.claim("ns/b", &fps(&["t1"]), |o| o != "ns/a"), None);
+    let h = Memory::default();
+    assert_eq!(h.claim("ns/a", &fps(&["t1"]), 1, true, |_| true), None);
+    assert_eq!(
+        h.claim("ns/b", &fps(&["t1"]), 1, true, |o| o != "ns/a"),
+        None
+    );
     // "ns/b" took the claim over: a credential recreated as "ns/a" comes second.
     assert_eq!(
-        h.claim("ns/a", &fps(&["t1"]), |_| true),
+        h.claim("ns/a", &fps(&["t1"]), 1, true, |_| true),
         Some("ns/b".into())
     );
 }
 
 #[test]
 fn claims_on_tokens_no_longer_held_are_released() {
-    let h = HeldTokens::default();
-    assert_eq!(h.claim("ns/a", &fps(&["t1", "t0"]), |_| true), None);
+    let h = Memory::default();
+    assert_eq!(
+        h.claim("ns/a", &fps(&["t1", "t0"]), 1, true, |_| true),
+        None
+    );
     // A new login in "ns/a"'s Secret: t1 and t0 are no longer its.
-    assert_eq!(h.claim("ns/a", &fps(&["n1"]), |_| true), None);
-    assert_eq!(h.claim("ns/b", &fps(&["t1", "t0"]), |_| true), None);
+    assert_eq!(h.claim("ns/a", &fps(&["n1"]), 1, true, |_| true), None);
+    assert_eq!(
+        h.claim("ns/b", &fps(&["t1", "t0"]), 1, true, |_| true),
+        None
+    );
 }
 
 /// Regression (found by the issue 8 tests, and once in CI): the credential created later
@@ -2287,11 +2302,11 @@ fn claims_on_tokens_no_longer_held_are_released() {
 /// not spend too. Creation order once decided this, and let both through.
 #[test]
 fn a_credential_reconciled_second_never_spends_a_token_the_first_claimed_whatever_their_ages() {
-    let h = HeldTokens::default();
-    assert_eq!(h.claim("ns/b", &fps(&["t1"]), |_| true), None);
+    let h = Memory::default();
+    assert_eq!(h.claim("ns/b", &fps(&["t1"]), 1, true, |_| true), None);
     assert_eq!(
-        h.claim("ns/a", &fps(&["t1"]), |_| true),
+        h.claim("ns/a", &fps(&["t1"]), 1, true, |_| true),
         Some("ns/b".into())
     );
-    assert_eq!(h.claim("ns/b", &fps(&["t1"]), |_| true), None);
+    assert_eq!(h.claim("ns/b", &fps(&["t1"]), 1, true, |_| true), None);
 }

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 use crate::admin::{self, Health};
 use crate::metrics::Metrics;
 
-use crate::controller::{self, Context, HeldTokens, Leadership, LeanCredential, Settings, Shared};
+use crate::controller::{self, Context, Leadership, LeanCredential, Memory, Settings, Shared};
 use crate::crd::{EagleEyeCredential, parse_duration};
 use crate::status::Lifetimes;
 use crate::token::{
@@ -429,7 +429,7 @@ pub async fn run(
         flush_limit,
         shared: Shared {
             metrics: metrics.clone(),
-            held: HeldTokens::default(),
+            memory: Memory::default(),
             leadership,
             known: Default::default(),
             own_writes: Default::default(),
@@ -450,7 +450,7 @@ pub async fn run(
     if args.no_leader_election {
         metrics.set_leader(true);
         parts.run_controllers(shutdown).await;
-        parts.shared.held.report_lost();
+        parts.shared.memory.report_lost();
         return Ok(());
     }
     // Until the API server answers, /healthz says alive and /readyz says not ready.
@@ -483,8 +483,8 @@ pub async fn run(
         let retry_held = async {
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-                if !parts.shared.held.is_empty() {
-                    let held = &parts.shared.held;
+                if !parts.shared.memory.is_empty() {
+                    let held = &parts.shared.memory;
                     held.flush(&parts.client, std::time::Duration::ZERO).await;
                 }
             }
@@ -518,12 +518,12 @@ pub async fn run(
         if manager_stopped {
             if parts
                 .shared
-                .held
+                .memory
                 .flush(&parts.client, parts.flush_limit)
                 .await
                 > 0
             {
-                parts.shared.held.report_lost();
+                parts.shared.memory.report_lost();
             }
             anyhow::bail!("the Lease manager stopped");
         }
@@ -545,7 +545,7 @@ pub async fn run(
         }
         warn!("lost the Lease: controllers stopped, waiting to lead again");
     }
-    parts.shared.held.report_lost();
+    parts.shared.memory.report_lost();
     drop(leading);
     // None when stopped while a follower's manager was being replaced: it held nothing.
     if let Some(task) = lease_task {
@@ -802,8 +802,11 @@ impl Parts {
         });
         futures::future::join_all(controllers).await;
         synced.abort();
-        if !self.shared.held.is_empty() {
-            self.shared.held.flush(&self.client, self.flush_limit).await;
+        if !self.shared.memory.is_empty() {
+            self.shared
+                .memory
+                .flush(&self.client, self.flush_limit)
+                .await;
         }
         info!("controllers stopped");
     }

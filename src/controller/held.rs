@@ -1,11 +1,7 @@
-//! Rotated refresh tokens received but not yet stored, and stored tokens whose access token
-//! is not yet published. One map per process, shared by every controller term, so that a
-//! lost Lease, a restarted controller or a deleted credential never silently drops one:
-//! a held token is the only live copy of the login. Beside them, the last live token of
-//! each credential, to undo a revert of its Secret to a dead one.
+//! An answer received but not yet stored and published, and how it is stored when no
+//! reconcile will come to do it (shutdown, a lost Lease, a deleted credential): retried, and
+//! put back in memory when the attempt is dropped half-way, so it is never silently lost.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -13,60 +9,13 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::Api;
 use secrecy::{ExposeSecret, SecretString};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
-use super::lock;
+use super::memory::Memory;
 use crate::content::{self, Content, Pending};
-use crate::decide::PendingAnswer;
 use crate::secrets;
 use crate::secrets::fingerprint;
 use crate::token::TokenGrant;
-
-#[derive(Clone, Default)]
-pub struct HeldTokens {
-    held: Arc<Mutex<HashMap<String, Held>>>,
-    /// The live refresh token per credential, as last stored or confirmed: the copy that
-    /// puts a login back when something overwrites its Secret with a rotated-out token.
-    live: Arc<Mutex<HashMap<String, SecretString>>>,
-    /// Logins never to send again until one of their parts changes, per credential: those
-    /// the server refused, and those whose answer the configuration refused. Kept here as
-    /// well as in status, so that a failed status write never lets a dead token be resent.
-    refused: Arc<Mutex<HashMap<String, Refused>>>,
-    blocked: Arc<Mutex<HashMap<String, Refused>>>,
-    /// Which credential each refresh token (by fingerprint, live or rotated out) belongs
-    /// to, so that a token copied into a second Secret is never spent by two credentials.
-    claims: Arc<Mutex<Claims>>,
-}
-
-#[derive(Default)]
-struct Claims {
-    by_token: HashMap<String, String>,
-    by_credential: HashMap<String, Vec<String>>,
-    /// Deleted credentials whose rotated-out tokens are still claimed, as dead, oldest
-    /// first: at most [`BURIED`].
-    buried: VecDeque<String>,
-}
-
-/// How many deleted credentials' rotated-out tokens stay known dead (at most 65
-/// fingerprints each): a copy of one is never spent, yet churn cannot grow memory forever.
-const BURIED: usize = 1024;
-
-/// A login never to send again, and whether the status already says so: once it does, a
-/// person clearing the mark there (to make the operator try once more) clears it here too.
-#[derive(Clone)]
-struct Refused {
-    login: String,
-    in_status: bool,
-}
-
-/// Which list of remembered logins.
-#[derive(Clone, Copy)]
-pub(crate) enum Refusal {
-    /// The auth server refused the login.
-    Server,
-    /// The operator's configuration refused the answer (an API host not allowed).
-    Config,
-}
 
 pub(crate) struct Held {
     pub spent_fingerprint: String,
@@ -104,225 +53,20 @@ impl Held {
     }
 }
 
-impl HeldTokens {
-    pub(crate) fn take(&self, key: &str) -> Option<Held> {
-        lock(&self.held).remove(key)
-    }
-
-    /// What `decide` needs to know of the answer `take_for` would return, with the key it
-    /// is held under and its spent list.
-    pub(crate) fn peek_for(
-        &self,
-        key: &str,
-        namespace: &str,
-        secret: &str,
-        now: Timestamp,
-    ) -> Option<(String, PendingAnswer, Vec<String>)> {
-        let held = lock(&self.held);
-        let (k, h) = held.get_key_value(key).or_else(|| {
-            held.iter()
-                .find(|(_, h)| h.namespace == namespace && h.secret == secret)
-        })?;
-        let pending = PendingAnswer {
-            spent: h.spent_fingerprint.clone(),
-            new: h.new_fingerprint(),
-            publishable: h.publishable(now),
-        };
-        Some((k.clone(), pending, h.spent.clone()))
-    }
-
-    pub(crate) fn put(&self, key: &str, held: Held) {
-        lock(&self.held).insert(key.to_owned(), held);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        lock(&self.held).is_empty()
-    }
-
-    /// Remembers `token` as the credential's live refresh token.
-    pub(crate) fn remember_live(&self, key: &str, token: &SecretString) {
-        lock(&self.live).insert(key.to_owned(), token.clone());
-    }
-
-    /// The live refresh token remembered for the credential, unless it is among `dead`.
-    pub(crate) fn live(&self, key: &str, dead: &[String]) -> Option<SecretString> {
-        lock(&self.live)
-            .get(key)
-            .filter(|t| !dead.contains(&fingerprint(t.expose_secret())))
-            .cloned()
-    }
-
-    pub(crate) fn forget_live(&self, key: &str) {
-        lock(&self.live).remove(key);
-    }
-
-    fn refusals(&self, which: Refusal) -> &Mutex<HashMap<String, Refused>> {
-        match which {
-            Refusal::Server => &self.refused,
-            Refusal::Config => &self.blocked,
-        }
-    }
-
-    pub(crate) fn refuse(&self, which: Refusal, key: &str, login: &str) {
-        let mut map = lock(self.refusals(which));
-        if map.get(key).is_none_or(|r| r.login != login) {
-            map.insert(
-                key.to_owned(),
-                Refused {
-                    login: login.to_owned(),
-                    in_status: false,
-                },
-            );
-        }
-    }
-
-    /// The status now records the server's refusal of `login`.
-    pub(crate) fn refusal_in_status(&self, key: &str, login: &str) {
-        if let Some(r) = lock(&self.refused).get_mut(key)
-            && r.login == login
-        {
-            r.in_status = true;
-        }
-    }
-
-    /// Whether `login` is refused, given what the status says (`in_status`: the status's
-    /// refused-login mark). A refusal the status once recorded and no longer does was
-    /// cleared by a person: it is forgotten.
-    pub(crate) fn is_refused(
-        &self,
-        which: Refusal,
-        key: &str,
-        login: &str,
-        in_status: Option<&str>,
-    ) -> bool {
-        if in_status == Some(login) {
-            return true;
-        }
-        let mut map = lock(self.refusals(which));
-        match map.get(key) {
-            Some(r) if r.login == login && !(r.in_status && in_status.is_none()) => true,
-            Some(r) if r.in_status && in_status.is_none() => {
-                map.remove(key);
-                false
-            }
-            _ => false,
-        }
-    }
-
-    pub(crate) fn clear_refusals(&self, key: &str) {
-        lock(&self.refused).remove(key);
-        lock(&self.blocked).remove(key);
-    }
-
-    /// Claims `tokens` (the stored one first, then those rotated out) for credential `key`,
-    /// unless another credential claimed the stored one first: one that rotated it out (the
-    /// token is dead, even once that credential is gone), or one that still exists
-    /// (`exists`) and may be spending it right now. Then returns that credential's key and
-    /// claims nothing. The first claim wins, whatever the credentials' ages: a claim is
-    /// made before the spend it guards, under one lock, so the first claimant may already
-    /// be spending.
-    pub(crate) fn claim(
-        &self,
-        key: &str,
-        tokens: &[String],
-        exists: impl Fn(&str) -> bool,
-    ) -> Option<String> {
-        let mut c = lock(&self.claims);
-        let stored = tokens.first()?;
-        if let Some(i) = c.buried.iter().position(|k| k == key) {
-            // Recreated under the same name: its claims are its own again.
-            c.buried.remove(i);
-        }
-        if let Some(owner) = c.by_token.get(stored).filter(|o| *o != key) {
-            let rotated_out = c
-                .by_credential
-                .get(owner)
-                .and_then(|l| l.first())
-                .is_some_and(|current| current != stored);
-            if rotated_out || exists(owner) {
-                return Some(owner.clone());
-            }
-        }
-        let new: HashSet<&String> = tokens.iter().collect();
-        let old = c.by_credential.remove(key).unwrap_or_default();
-        for t in old.iter().filter(|t| !new.contains(t)) {
-            if c.by_token.get(t).is_some_and(|o| o == key) {
-                c.by_token.remove(t);
-            }
-        }
-        for t in tokens {
-            // Never take over another existing credential's claim on a token.
-            let other = c.by_token.get(t).filter(|o| *o != key).cloned();
-            if other.is_none_or(|o| !exists(&o)) {
-                c.by_token.insert(t.clone(), key.to_owned());
-            }
-        }
-        c.by_credential.insert(key.to_owned(), tokens.to_vec());
-        None
-    }
-
-    /// Forgets everything remembered about a deleted credential (held tokens excepted:
-    /// those still belong in their Secret).
-    /// The tokens it rotated out stay claimed, as dead, among the last [`BURIED`] deleted
-    /// credentials'; its current token is released (a copy elsewhere may spend it).
-    pub(crate) fn forget(&self, key: &str) {
-        self.forget_live(key);
-        self.clear_refusals(key);
-        let mut c = lock(&self.claims);
-        if c.buried.iter().any(|k| k == key) {
-            return;
-        }
-        let Some(list) = c.by_credential.get(key).cloned() else {
-            return;
-        };
-        if let Some(current) = list.first()
-            && c.by_token.get(current).is_some_and(|o| o == key)
-        {
-            c.by_token.remove(current);
-        }
-        c.buried.push_back(key.to_owned());
-        while c.buried.len() > BURIED {
-            let Some(oldest) = c.buried.pop_front() else {
-                break;
-            };
-            for t in c.by_credential.remove(&oldest).unwrap_or_default() {
-                if c.by_token.get(&t).is_some_and(|o| *o == oldest) {
-                    c.by_token.remove(&t);
-                }
-            }
-        }
-    }
-
-    /// Every credential this process keeps anything about.
-    pub(crate) fn known_keys(&self) -> HashSet<String> {
-        let mut keys: HashSet<String> = lock(&self.live).keys().cloned().collect();
-        // A held answer whose store failed is put back: it is looked at again each time.
-        keys.extend(lock(&self.held).keys().cloned());
-        keys.extend(lock(&self.refused).keys().cloned());
-        keys.extend(lock(&self.blocked).keys().cloned());
-        let c = lock(&self.claims);
-        keys.extend(
-            c.by_credential
-                .keys()
-                .filter(|k| !c.buried.contains(k))
-                .cloned(),
-        );
-        keys
-    }
-
+impl Memory {
     /// Stores every held refresh token, retrying until `limit`; used when no reconcile will
     /// come to do it (shutdown, a lost Lease, a deleted credential). Publishing is left to
     /// the next reconcile: once stored, the token is safe. Returns how many are still held.
     pub async fn flush(&self, client: &Client, limit: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let keys: Vec<String> = lock(&self.held).keys().cloned().collect();
+            let keys: Vec<String> = self.held_keys();
             for k in keys {
                 if let Some(held) = self.take(&k) {
                     self.store_or_keep(client, &k, held).await;
                 }
             }
-            let left = lock(&self.held).len();
+            let left = self.held_keys().len();
             if left == 0 || tokio::time::Instant::now() >= deadline {
                 return left;
             }
@@ -351,18 +95,11 @@ impl HeldTokens {
             }
         }
     }
-
-    /// Logs, loudly, every token still held when the process exits.
-    pub fn report_lost(&self) {
-        for k in lock(&self.held).keys() {
-            error!(credential = %k, "exiting with a rotated refresh token that could not be stored: the login is lost and needs a new Phase 1 login");
-        }
-    }
 }
 
 /// Puts a held token back into its map unless taken out of the guard.
 struct PutBack<'a> {
-    tokens: &'a HeldTokens,
+    tokens: &'a Memory,
     key: &'a str,
     held: Option<Held>,
 }
@@ -429,7 +166,8 @@ mod tests {
     use kube::client::Body;
     use secrecy::{ExposeSecret, SecretString};
 
-    use super::{Held, HeldTokens};
+    use super::Held;
+    use crate::controller::memory::Memory;
     use crate::fixtures::{NS, secret};
     use crate::secrets::fingerprint;
     use crate::spent;
@@ -534,7 +272,7 @@ mod tests {
 
     #[test]
     fn a_held_token_is_handed_out_once_and_then_is_gone() {
-        let tokens = HeldTokens::default();
+        let tokens = Memory::default();
         assert!(tokens.is_empty());
         tokens.put(KEY, held("rt-1", Some("rt-2")));
         assert!(!tokens.is_empty());
@@ -547,7 +285,7 @@ mod tests {
 
     #[test]
     fn every_clone_shares_one_map_so_a_new_controller_term_finds_the_token() {
-        let process = HeldTokens::default();
+        let process = Memory::default();
         let last_term = process.clone();
         last_term.put(KEY, held("rt-1", Some("rt-2")));
         assert!(!process.is_empty());
@@ -567,30 +305,10 @@ mod tests {
         assert_eq!(held("rt-1", None).new_fingerprint(), fingerprint("rt-1"));
     }
 
-    #[test]
-    fn the_live_token_is_never_offered_once_it_is_known_dead() {
-        let tokens = HeldTokens::default();
-        assert!(tokens.live(KEY, &[]).is_none());
-        tokens.remember_live(KEY, &SecretString::from("rt-1"));
-        tokens.remember_live(KEY, &SecretString::from("rt-2"));
-        assert_eq!(tokens.live(KEY, &[]).unwrap().expose_secret(), "rt-2");
-        assert_eq!(
-            tokens
-                .live(KEY, &[fingerprint("rt-1")])
-                .unwrap()
-                .expose_secret(),
-            "rt-2"
-        );
-        assert!(tokens.live(KEY, &[fingerprint("rt-2")]).is_none());
-        assert!(tokens.live("video/other", &[]).is_none());
-        tokens.forget_live(KEY);
-        assert!(tokens.live(KEY, &[]).is_none());
-    }
-
     #[tokio::test]
     async fn a_held_token_is_stored_over_the_spent_one_with_the_spent_one_marked() {
         let (client, mut handle) = client();
-        let tokens = HeldTokens::default();
+        let tokens = Memory::default();
         let server = tokio::spawn(async move {
             answer_get(
                 &mut handle,
@@ -620,7 +338,7 @@ mod tests {
     #[tokio::test]
     async fn a_token_put_back_by_a_sync_tool_is_written_over() {
         let (client, mut handle) = client();
-        let tokens = HeldTokens::default();
+        let tokens = Memory::default();
         let server = tokio::spawn(async move {
             // rt-0 was rotated out before rt-1, which is being traded for rt-2.
             answer_get(
@@ -643,7 +361,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_login_stored_by_a_person_wins_over_a_held_token() {
         let (client, mut handle) = client();
-        let tokens = HeldTokens::default();
+        let tokens = Memory::default();
         let server = tokio::spawn(async move {
             answer_get(
                 &mut handle,
@@ -682,7 +400,7 @@ mod tests {
             ),
         ] {
             let (client, mut handle) = client();
-            let tokens = HeldTokens::default();
+            let tokens = Memory::default();
             let server = tokio::spawn(async move {
                 for answer in answers {
                     let (_, send) = handle.next_request().await.expect("a request");
@@ -702,7 +420,7 @@ mod tests {
     #[tokio::test]
     async fn a_store_cancelled_half_way_puts_the_token_back() {
         let (client, mut handle) = client();
-        let tokens = HeldTokens::default();
+        let tokens = Memory::default();
         let mut store = Box::pin(tokens.store_or_keep(&client, KEY, held("rt-1", Some("rt-2"))));
         // The request reaches the API server, whose answer never comes: then the store is
         // dropped, as shutdown drops a follower's retry.
@@ -719,7 +437,7 @@ mod tests {
     #[tokio::test]
     async fn flush_retries_until_the_api_server_answers_within_its_limit() {
         let (client, mut handle) = client();
-        let tokens = HeldTokens::default();
+        let tokens = Memory::default();
         tokens.put(KEY, held("rt-1", Some("rt-2")));
         let server = tokio::spawn(async move {
             // Down twice, then back.
@@ -747,7 +465,7 @@ mod tests {
     #[tokio::test]
     async fn flush_gives_up_at_its_limit_and_says_how_many_tokens_are_still_held() {
         let (client, mut handle) = client();
-        let tokens = HeldTokens::default();
+        let tokens = Memory::default();
         tokens.put(KEY, held("rt-1", Some("rt-2")));
         tokens.put("video/lobby", held("rt-a", None));
         let server = tokio::spawn(async move {

@@ -6,7 +6,6 @@
 //! ends with an `Outcome`, whose status and Events `crate::outcome` words (pure) and
 //! `report.rs` applies.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +29,7 @@ mod consumers;
 mod held;
 mod known;
 mod leadership;
+mod memory;
 mod own_writes;
 mod parked;
 mod projection;
@@ -41,9 +41,9 @@ mod sweep;
 pub use projection::{LeanCredential, credential_event, project};
 
 pub use cache::Reads;
-pub use held::HeldTokens;
 pub use known::Known;
 pub use leadership::Leadership;
+pub use memory::Memory;
 pub use own_writes::OwnWrites;
 pub use sweep::deleted_credentials;
 
@@ -95,8 +95,10 @@ pub struct Context {
     /// Every controller's store (one per watched namespace, or one for all).
     pub all_stores: Vec<Store<EagleEyeCredential>>,
     pub metrics: Arc<Metrics>,
-    /// Tokens received but not yet stored or published: settled before anything else.
-    pub held: HeldTokens,
+    /// What the process remembers of each credential (answers held first of all).
+    pub memory: Memory,
+    /// This controller term's number, for its census of claims (see `memory`).
+    term: u64,
     /// Whether this replica may spend a refresh token right now.
     pub leadership: Leadership,
     /// What this process last saw or wrote of each credential.
@@ -105,12 +107,8 @@ pub struct Context {
     pub own_writes: Arc<OwnWrites>,
     /// Secrets read (or written) since they last changed.
     pub reads: Arc<Reads>,
-    /// `Retry-After` answers, by credential.
-    retry_not_before: Mutex<HashMap<String, Timestamp>>,
-    /// Consecutive Kubernetes API failures, by credential, for the error policy's backoff.
-    api_failures: Mutex<HashMap<String, u32>>,
-    /// Credentials being deleted with spec.revokeOnDelete, by uid.
-    revokes: Mutex<HashMap<String, revoke::Revocation>>,
+    /// Set once every watched credential has been read in this term (`memory`'s census).
+    census_done: std::sync::atomic::AtomicBool,
     /// Credentials waiting for a token-call slot outside the controller's seats.
     pub parked: Arc<parked::Parked>,
     /// The controller's reconcile seats, shared fairly between namespaces.
@@ -128,7 +126,7 @@ pub struct Context {
 #[derive(Clone)]
 pub struct Shared {
     pub metrics: Arc<Metrics>,
-    pub held: HeldTokens,
+    pub memory: Memory,
     pub leadership: Leadership,
     pub known: Arc<Known>,
     pub own_writes: Arc<OwnWrites>,
@@ -162,14 +160,13 @@ impl Context {
             store,
             all_stores,
             metrics: shared.metrics,
-            held: shared.held,
+            term: shared.memory.new_term(),
+            census_done: std::sync::atomic::AtomicBool::new(false),
+            memory: shared.memory,
             leadership: shared.leadership,
             known: shared.known,
             own_writes: shared.own_writes,
             reads: shared.reads,
-            retry_not_before: Mutex::default(),
-            api_failures: Mutex::default(),
-            revokes: Mutex::default(),
         }
     }
 }
@@ -182,6 +179,48 @@ impl Context {
     pub fn with_seats(mut self, seats: usize) -> Self {
         self.seats = crate::fair::Slots::new(seats.max(1), seats.max(1));
         self
+    }
+
+    /// Whether credential `key` (`namespace/name`) is watched here and not being deleted.
+    pub(crate) fn is_alive(&self, key: &str) -> bool {
+        let Some((ns, name)) = key.split_once('/') else {
+            return false;
+        };
+        let at = kube::runtime::reflector::ObjectRef::new(name).within(ns);
+        self.all_stores.iter().any(|store| {
+            store
+                .get(&at)
+                .is_some_and(|c| c.metadata.deletion_timestamp.is_none())
+        })
+    }
+
+    /// Until every credential this term watches has been read once (`memory`'s census),
+    /// the first still unread: nothing is spent or revoked before, since a token one of them
+    /// rotated out in an earlier term could otherwise pass for live. Waits for the stores'
+    /// first list.
+    pub(crate) async fn census_pending(&self) -> Option<String> {
+        use std::sync::atomic::Ordering;
+        if self.census_done.load(Ordering::Relaxed) {
+            return None;
+        }
+        for store in &self.all_stores {
+            // An error means the store's writer is gone: the controller is stopping.
+            let _ = store.wait_until_ready().await;
+        }
+        let keys: Vec<String> = self
+            .all_stores
+            .iter()
+            .flat_map(|s| s.state())
+            .filter(|c| c.metadata.deletion_timestamp.is_none() || projection::has_finalizer(c))
+            .map(|c| key(&c))
+            .collect();
+        let unread = self
+            .memory
+            .first_unread(self.term, keys.iter().map(String::as_str));
+        if unread.is_none() {
+            self.census_done.store(true, Ordering::Relaxed);
+        }
+        unread
     }
 
     /// The controller stops: see `Context::stop`'s field.
@@ -224,12 +263,10 @@ pub enum Error {
 /// Kubernetes API failures back off from 1 s to at most 30 s: a rotated token may be
 /// waiting to be stored, so the retry must not wait long.
 pub fn error_policy(cr: Arc<EagleEyeCredential>, err: &Error, ctx: Arc<Context>) -> Action {
-    let failures = {
-        let mut map = lock(&ctx.api_failures);
-        let n = map.entry(key(&cr)).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    };
+    let failures = ctx.memory.with(&key(&cr), |e| {
+        e.api_failures = e.api_failures.saturating_add(1);
+        e.api_failures
+    });
     let wait = schedule::backoff(failures, jitter(&cr)).min(MAX_API_RETRY);
     warn!(credential = %key(&cr), error = %err, attempt = failures, retry_in = ?wait, "reconcile failed; retrying");
     Action::requeue(wait)
@@ -285,10 +322,10 @@ async fn reconcile_seated(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Res
         Ok(Some(fresh)) => fresh,
         Ok(None) => {
             ctx.metrics.forget(&labels(&cr));
-            ctx.held.forget(&key(&cr));
+            ctx.memory.forget(&key(&cr));
             // A token held for a deleted credential still belongs in its Secret.
-            if let Some(held) = ctx.held.take(&key(&cr)) {
-                ctx.held.store_or_keep(&ctx.client, &key(&cr), held).await;
+            if let Some(held) = ctx.memory.take(&key(&cr)) {
+                ctx.memory.store_or_keep(&ctx.client, &key(&cr), held).await;
             }
             return Ok(Action::await_change());
         }
@@ -310,7 +347,7 @@ async fn reconcile_seated(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Res
         }
     };
     if result.is_ok() {
-        lock(&ctx.api_failures).remove(&key(&cr));
+        ctx.memory.with(&key(&cr), |e| e.api_failures = 0);
     }
     result
 }

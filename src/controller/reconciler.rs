@@ -25,7 +25,8 @@ use crate::token::{CallSlot, ErrorClass, TokenError, TokenGrant};
 use futures::FutureExt;
 
 use super::cache;
-use super::held::{Held, Refusal};
+use super::held::Held;
+use super::memory::Refusal;
 use super::{
     Context, Error, FIELD_MANAGER, WAITING_RECHECK, jitter, key, labels, lock, login_fingerprint,
     other_claimant, validate, wait_until, whole_seconds,
@@ -34,6 +35,8 @@ use super::{
 /// A credential parked for a call slot is looked at again after this at the latest (it is
 /// woken when the slot is granted; this only bounds a lost wake-up, and shows an expiry).
 const PARKED_RECHECK: Duration = Duration::from_secs(60);
+/// A due credential waiting for the census of claims (see `memory`) looks again this often.
+const CENSUS_RECHECK: Duration = Duration::from_secs(2);
 
 /// What `gather` read: the plain facts for `decide`, and what acting on them needs.
 struct Gathered {
@@ -174,7 +177,11 @@ impl<'a> Reconciler<'a> {
             refresh_before,
             failures: self.status.failed_refresh_attempts,
             last_failure: self.status.last_failure_time.as_ref().map(|t| t.0),
-            retry_not_before: lock(&self.ctx.retry_not_before).get(&self.key).copied(),
+            retry_not_before: self
+                .ctx
+                .memory
+                .get(&self.key, |e| e.retry_not_before)
+                .flatten(),
             jitter: jitter(self.cr),
             refresh_token_idle_end: self.idle_end(stored.chain.token_issued_at),
         }
@@ -188,7 +195,7 @@ impl<'a> Reconciler<'a> {
         let r = &spec.refresh_token_secret_ref;
         let ns = self.cr.namespace().unwrap_or_default();
         let stored = self.read_refresh_token().await?;
-        let pending = self.ctx.held.peek_for(&self.key, &ns, &r.name, self.now);
+        let pending = self.ctx.memory.peek_for(&self.key, &ns, &r.name, self.now);
         let validated = validate(self.cr, &self.ctx.settings);
         let c = &spec.client_secret_ref;
         let (id_key, secret_key) = (&c.client_id_key, &c.client_secret_key);
@@ -253,13 +260,17 @@ impl<'a> Reconciler<'a> {
         let remembered = |which: Refusal, in_status: Option<&str>| {
             login
                 .as_ref()
-                .is_some_and(|l| self.ctx.held.is_refused(which, &self.key, l, in_status))
+                .is_some_and(|l| self.ctx.memory.is_refused(which, &self.key, l, in_status))
         };
         let refused = remembered(Refusal::Server, in_status);
         let blocked = remembered(Refusal::Config, None);
-        let claimed_elsewhere = match (&pending, stored_ok) {
-            (None, Some(stored)) => self.claimed_elsewhere(stored),
-            _ => None,
+        // Every read registers the tokens this credential holds, for the census of claims.
+        let claimed_elsewhere = match stored_ok {
+            Some(stored) => self.claimed_elsewhere(stored).filter(|_| pending.is_none()),
+            None => {
+                self.ctx.memory.mark_read(&self.key, self.ctx.term);
+                None
+            }
         };
         let me = self.holder();
         let intent = stored_ok.map_or(intent::Verdict::Free, |s| {
@@ -281,7 +292,7 @@ impl<'a> Reconciler<'a> {
             }
             None => schedule::Plan::RefreshNow(schedule::Why::NothingPublished),
         };
-        let live_known = self.ctx.held.live(&self.key, &dead).is_some();
+        let live_known = self.ctx.memory.live(&self.key, &dead).is_some();
         let observed = Observed {
             now: self.now,
             suspended: spec.suspend,
@@ -319,23 +330,23 @@ impl<'a> Reconciler<'a> {
     /// Another namespace's names are never revealed.
     pub(super) fn claimed_elsewhere(&self, stored: &StoredToken) -> Option<String> {
         let spec = &self.cr.spec;
-        if let Some(other) = other_claimant(&self.ctx.store, self.cr) {
+        let mut tokens = vec![stored.fingerprint.clone()];
+        tokens.extend(stored.spent.iter().cloned());
+        let ctx = self.ctx;
+        let second = other_claimant(&ctx.store, self.cr);
+        // The second credential naming a Secret records what it read, and claims nothing.
+        let owner = ctx
+            .memory
+            .claim(&self.key, &tokens, ctx.term, second.is_none(), |owner| {
+                ctx.is_alive(owner)
+            });
+        if let Some(other) = second {
             return Some(format!(
                 "refresh-token Secret {:?} is already refreshed by EagleEyeCredential {other:?}; two credentials spending one rotating token destroy it",
                 spec.refresh_token_secret_ref.name
             ));
         }
-        let mut tokens = vec![stored.fingerprint.clone()];
-        tokens.extend(stored.spent.iter().cloned());
-        let stores = &self.ctx.all_stores;
-        let owner = self.ctx.held.claim(&self.key, &tokens, |owner| {
-            stores.iter().any(|store| {
-                store
-                    .state()
-                    .iter()
-                    .any(|c| key(c) == owner && c.metadata.deletion_timestamp.is_none())
-            })
-        })?;
+        let owner = owner?;
         let ns = self.cr.namespace().unwrap_or_default();
         let who = match owner.split_once('/') {
             Some((owner_ns, name)) if owner_ns == ns => format!("EagleEyeCredential {name:?}"),
@@ -383,7 +394,7 @@ impl<'a> Reconciler<'a> {
                 let (Some(k), Ok(stored)) = (&g.pending_key, &g.stored) else {
                     return Ok(Action::requeue(Duration::ZERO));
                 };
-                let Some(held) = self.ctx.held.take(k) else {
+                let Some(held) = self.ctx.memory.take(k) else {
                     return Ok(Action::requeue(Duration::ZERO));
                 };
                 info!(held_for = %self.now.duration_since(held.received_at), "storing the rotated refresh token held in memory");
@@ -409,20 +420,20 @@ impl<'a> Reconciler<'a> {
                 let (Some(k), Some(chain)) = (&g.pending_key, chain) else {
                     return Ok(Action::requeue(Duration::ZERO));
                 };
-                match self.ctx.held.take(k) {
+                match self.ctx.memory.take(k) {
                     Some(held) => self.publish_held(chain, held, g.refresh_before).await,
                     None => Ok(Action::requeue(Duration::ZERO)),
                 }
             }
             Decision::ForgetPending => {
                 if let Some(k) = &g.pending_key {
-                    self.ctx.held.take(k);
+                    self.ctx.memory.take(k);
                 }
                 Ok(Action::requeue(Duration::ZERO))
             }
             Decision::YieldToNewLogin => {
                 if let Some(k) = &g.pending_key {
-                    self.ctx.held.take(k);
+                    self.ctx.memory.take(k);
                 }
                 self.finish(Outcome::ReplacedByPerson, Action::requeue(Duration::ZERO))
                     .await
@@ -457,7 +468,7 @@ impl<'a> Reconciler<'a> {
             Decision::WaitForLogin => {
                 // Sending a refused token again cannot succeed, and servers count it as reuse.
                 if let Some(login) = &g.login {
-                    self.ctx.held.refuse(Refusal::Server, &self.key, login);
+                    self.ctx.memory.refuse(Refusal::Server, &self.key, login);
                 }
                 self.finish(Outcome::AwaitingLogin, Action::requeue(WAITING_RECHECK))
                     .await
@@ -492,7 +503,7 @@ impl<'a> Reconciler<'a> {
                     self.set_deadline(chain);
                 }
                 if let Ok(stored) = &g.stored {
-                    self.ctx.held.remember_live(&self.key, &stored.token);
+                    self.ctx.memory.remember_live(&self.key, &stored.token);
                 }
                 let standing = self.standing(g.published.as_ref().map(|p| p.expires_at));
                 let action = Action::requeue(wait_until(self.ctx.settings.now(), at));
@@ -514,8 +525,12 @@ impl<'a> Reconciler<'a> {
                     spent: g.dead,
                     ..stored
                 };
-                self.ctx.held.remember_live(&self.key, &stored.token);
+                self.ctx.memory.remember_live(&self.key, &stored.token);
                 let expires = g.published.as_ref().map(|p| p.expires_at);
+                if let Some(unread) = self.ctx.census_pending().await {
+                    info!(%unread, "not refreshing before every credential has been read in this term: one may hold a copy of this token");
+                    return Ok(Action::requeue(CENSUS_RECHECK));
+                }
                 let Some(slot) = self.call_slot(&auth_url) else {
                     return self.awaiting_slot(&auth_url, expires).await;
                 };
@@ -663,7 +678,9 @@ impl<'a> Reconciler<'a> {
             .refresh_attempt(&labels, started.elapsed().as_secs_f64());
         match result {
             Ok(grant) => {
-                lock(&self.ctx.retry_not_before).remove(&self.key);
+                self.ctx
+                    .memory
+                    .with(&self.key, |e| e.retry_not_before = None);
                 let held = self.held(&stored, Some(grant), None);
                 match self.store_rotated(&stored, held).await? {
                     Some(held) => self.publish_held(stored.chain, held, refresh_before).await,
@@ -707,7 +724,7 @@ impl<'a> Reconciler<'a> {
     async fn undo_revert(self, stored: StoredToken, dead: &[String]) -> Result<Action, Error> {
         let r = &self.cr.spec.refresh_token_secret_ref;
         let (secret, key) = (r.name.clone(), r.key.clone());
-        let Some(live) = self.ctx.held.live(&self.key, dead) else {
+        let Some(live) = self.ctx.memory.live(&self.key, dead) else {
             let outcome = Outcome::Reverted { secret, key };
             return self.finish(outcome, Action::requeue(WAITING_RECHECK)).await;
         };
@@ -783,13 +800,13 @@ impl<'a> Reconciler<'a> {
                 Ok(now) if now.fingerprint == held.spent_fingerprint => Ok(Some(held)),
                 Ok(_) => Ok(None),
                 Err(_) => {
-                    self.ctx.held.put(&self.key, held);
+                    self.ctx.memory.put(&self.key, held);
                     Ok(None)
                 }
             };
         };
         // From the answer on, the new token is the live one (the spent one is dead).
-        self.ctx.held.remember_live(&self.key, &new);
+        self.ctx.memory.remember_live(&self.key, &new);
         match secrets::write_back(
             &self.secrets,
             stored,
@@ -821,7 +838,7 @@ impl<'a> Reconciler<'a> {
             }
             Err(e) => {
                 let name = held.secret.clone();
-                self.ctx.held.put(&self.key, held);
+                self.ctx.memory.put(&self.key, held);
                 let outcome = Outcome::WriteBackPending {
                     secret: name.clone(),
                     why: kube_reason(&e),
@@ -913,11 +930,11 @@ impl<'a> Reconciler<'a> {
             }
             Err(Error::Target(_, kube::Error::Api(s))) if s.code == 409 => {
                 // Published meanwhile: the next reconcile compares again.
-                self.ctx.held.put(&self.key, held);
+                self.ctx.memory.put(&self.key, held);
                 return Ok(Action::requeue(Duration::ZERO));
             }
             Err(e) => {
-                self.ctx.held.put(&self.key, held);
+                self.ctx.memory.put(&self.key, held);
                 let outcome = Outcome::PublishFailed { why: e.to_string() };
                 let _ = self.report(&outcome).await;
                 return Err(e);
@@ -1026,14 +1043,16 @@ impl<'a> Reconciler<'a> {
                 .now()
                 .checked_add(after)
                 .unwrap_or(Timestamp::MAX);
-            lock(&self.ctx.retry_not_before).insert(self.key.clone(), at);
+            self.ctx
+                .memory
+                .with(&self.key, |e| e.retry_not_before = Some(at));
         }
         let r = &self.cr.spec.refresh_token_secret_ref;
         if err.class() == ErrorClass::RefusedByConfig {
             // The server answered (and rotated: the new token was stored above), but this
             // operator may not use the answer. Spending again would only rotate for nothing:
             // wait until the configuration or the login changes.
-            self.ctx.held.refuse(Refusal::Config, &self.key, login);
+            self.ctx.memory.refuse(Refusal::Config, &self.key, login);
             let outcome = Outcome::AnswerRefused {
                 failure: Failure::from(&err),
             };
@@ -1050,7 +1069,7 @@ impl<'a> Reconciler<'a> {
             // server incident: only rotating logins are held back.
             if self.rotation() != schedule::Rotation::NonRotating {
                 self.status.refused_login_fingerprint = Some(login.to_owned());
-                self.ctx.held.refuse(Refusal::Server, &self.key, login);
+                self.ctx.memory.refuse(Refusal::Server, &self.key, login);
             }
             let outcome = Outcome::ReauthorizationRequired {
                 failure: Failure::from(&err),

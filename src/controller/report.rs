@@ -163,7 +163,7 @@ impl Reconciler<'_> {
         }
         // Only once the status says so may a person clear the refusal there.
         if let Some(login) = &self.status.refused_login_fingerprint {
-            self.ctx.held.refusal_in_status(&self.key, login);
+            self.ctx.memory.refusal_in_status(&self.key, login);
         }
         Ok(())
     }

@@ -19,8 +19,9 @@ use crate::schedule;
 use crate::secrets::{self, SecretError, StoredToken};
 use crate::token::ErrorClass;
 
+use super::memory::Revocation;
 use super::reconciler::Reconciler;
-use super::{Context, Error, jitter, key, lock, validate};
+use super::{Context, Error, jitter, key, validate};
 
 /// Held on a credential with spec.revokeOnDelete until its refresh token is revoked.
 pub const FINALIZER: &str = "eagle-eye-operator.io/revoke-refresh-token";
@@ -132,13 +133,34 @@ impl Reconciler<'_> {
         let uid = self.cr.metadata.uid.clone().unwrap_or_default();
         // Settled once (revoked or given up): only the finalizer is left to remove, however
         // often its removal meets a conflict. Never a second revocation.
-        let settled = lock(&self.ctx.revokes).get(&uid).is_some_and(|r| r.settled);
+        let settled = self.revocation(&uid).settled;
         if !settled && let Some(requeue) = self.settle_revocation(&uid).await {
             return Ok(requeue);
         }
         self.release().await?;
-        lock(&self.ctx.revokes).remove(&uid);
+        self.ctx.memory.with(&self.key, |e| e.revocation = None);
         Ok(Action::await_change())
+    }
+
+    /// The revocation remembered for this credential of `uid` (a credential recreated under
+    /// the same name starts afresh).
+    fn revocation(&self, uid: &str) -> Revocation {
+        self.ctx
+            .memory
+            .get(&self.key, |e| e.revocation.clone())
+            .flatten()
+            .filter(|(of, _)| of == uid)
+            .map(|(_, r)| r)
+            .unwrap_or_default()
+    }
+
+    fn change_revocation<T>(&self, uid: &str, f: impl FnOnce(&mut Revocation) -> T) -> T {
+        let mut r = self.revocation(uid);
+        let out = f(&mut r);
+        self.ctx
+            .memory
+            .with(&self.key, |e| e.revocation = Some((uid.to_owned(), r)));
+        out
     }
 
     /// Tries to revoke, within what is left of `--revoke-retry-for`: `Some(requeue)` to try
@@ -172,12 +194,10 @@ impl Reconciler<'_> {
                 )),
             }
         };
-        let attempts = {
-            let mut map = lock(&self.ctx.revokes);
-            let r = map.entry(uid.to_owned()).or_default();
+        let attempts = self.change_revocation(uid, |r| {
             r.attempts = r.attempts.saturating_add(1);
             r.attempts
-        };
+        });
         let gave_up = |why: &str| {
             format!(
                 "gave up revoking the refresh token after {attempts} attempt(s) over {}: {why}. The token stays valid until it expires (14 days unused, 90 days after the login); revoke it at Eagle Eye if a copy may exist",
@@ -248,10 +268,7 @@ impl Reconciler<'_> {
             },
         };
         self.event(&note).await;
-        lock(&self.ctx.revokes)
-            .entry(uid.to_owned())
-            .or_default()
-            .settled = true;
+        self.change_revocation(uid, |r| r.settled = true);
         None
     }
 
@@ -292,12 +309,12 @@ impl Reconciler<'_> {
         // A rotated token received but not stored is the live one: store it first.
         let ns = self.cr.namespace().unwrap_or_default();
         let secret = &self.cr.spec.refresh_token_secret_ref.name;
-        let held = |at| self.ctx.held.peek_for(&self.key, &ns, secret, at);
+        let held = |at| self.ctx.memory.peek_for(&self.key, &ns, secret, at);
         if let Some((k, ..)) = held(self.now)
-            && let Some(answer) = self.ctx.held.take(&k)
+            && let Some(answer) = self.ctx.memory.take(&k)
         {
             self.ctx
-                .held
+                .memory
                 .store_or_keep(&self.ctx.client, &k, answer)
                 .await;
             if held(self.now).is_some() {
@@ -323,6 +340,18 @@ impl Reconciler<'_> {
                 ));
             }
         };
+        // What it holds counts in this term's census of claims; and no revocation before
+        // every credential is read: the one still unread may hold a copy of this login.
+        let mut tokens = vec![stored.fingerprint.clone()];
+        tokens.extend(stored.spent.iter().cloned());
+        let ctx = self.ctx;
+        ctx.memory
+            .claim(&self.key, &tokens, ctx.term, false, |k| ctx.is_alive(k));
+        if ctx.census_pending().await.is_some() {
+            return Attempt::Retry(
+                "not every credential has been read since the operator started: one may hold a copy of this login".into(),
+            );
+        }
         // Another credential's login is not this deletion's to end (a duplicate named by
         // mistake, a copied token): it would die with this one.
         if let Some(why) = self.login_shared(&stored) {
@@ -373,7 +402,7 @@ impl Reconciler<'_> {
             .await
         {
             Ok(()) => {
-                self.ctx.held.forget_live(&self.key);
+                self.ctx.memory.forget_live(&self.key);
                 Attempt::Revoked
             }
             Err(e) => match e.class() {
@@ -401,7 +430,23 @@ impl Reconciler<'_> {
                 "EagleEyeCredential {:?} also reads Secret {secret:?}",
                 other.name_any()
             )),
-            None => self.claimed_elsewhere(stored),
+            None => {
+                let ctx = self.ctx;
+                let holders = ctx
+                    .memory
+                    .holders_of(&self.key, &stored.fingerprint, |k| ctx.is_alive(k));
+                let ns = self.cr.namespace().unwrap_or_default();
+                let other = holders.first()?;
+                let who = match other.split_once('/') {
+                    Some((other_ns, name)) if other_ns == ns => {
+                        format!("EagleEyeCredential {name:?}")
+                    }
+                    _ => "a credential in another namespace".to_owned(),
+                };
+                Some(format!(
+                    "Secret {secret:?} holds the same refresh token as {who}"
+                ))
+            }
         }
     }
 }
@@ -411,14 +456,6 @@ const MAX_RETRY: Duration = Duration::from_secs(30);
 /// Bounds of one attempt (a hanging auth server holds a refresh call slot meanwhile).
 const MAX_ATTEMPT: Duration = Duration::from_secs(30);
 const MIN_ATTEMPT: Duration = Duration::from_secs(1);
-
-/// What is remembered of a credential being deleted, by uid.
-#[derive(Default)]
-pub(super) struct Revocation {
-    attempts: u32,
-    /// Revoked or given up: only the finalizer's removal is left.
-    settled: bool,
-}
 
 fn whole(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)

@@ -40,7 +40,6 @@ pub async fn deleted_credentials(
         tick.tick().await;
         // What is kept is read before what exists: a credential created in between is in
         // the stores by the time it is reconciled, so it is never taken for a deleted one.
-        let kept = shared.held.known_keys();
         let known = shared.known.keys();
         let series = shared.metrics.credentials();
         let present: HashSet<String> = stores
@@ -48,10 +47,9 @@ pub async fn deleted_credentials(
             .flat_map(|s| s.state())
             .map(|cr| key(&cr))
             .collect();
-        for k in kept.iter().filter(|k| !present.contains(*k)) {
-            shared.held.forget(k);
-            if let Some(held) = shared.held.take(k) {
-                shared.held.store_or_keep(&client, k, held).await;
+        for k in shared.memory.retain(|k| present.contains(k)) {
+            if let Some(held) = shared.memory.take(&k) {
+                shared.memory.store_or_keep(&client, &k, held).await;
             }
         }
         for k in known.iter().filter(|k| !present.contains(*k)) {

@@ -1,0 +1,539 @@
+//! What this process remembers of each credential, in one entry per credential: a rotated
+//! answer held until it is stored and published, the live token (to undo a revert), the
+//! logins never to send again, the tokens it claims, its `Retry-After`, its Kubernetes API
+//! failures and its revocation. One map for the process, shared by every controller term, so
+//! that a lost Lease, a restarted controller or a deleted credential never silently drops a
+//! held answer: it may be the only live copy of the login.
+//!
+//! A reconcile reads a snapshot of its entry (`Memory::entry`) and changes it one fact at a
+//! time; the sweep (`retain`) drops the entries of credentials that are gone. Beside the
+//! entries, one index answers "whose is this token?" for every credential at once: the
+//! first credential to claim a live token, and who rotated out each dead one. A deleted
+//! credential's dead tokens stay known (bounded, [`BURIED`]) so that a copy is never spent.
+//!
+//! **Claims after a restart.** The index is built from what reconciles read, so a new process
+//! (or a new term) knows nothing at first: a credential holding a copy of a token another
+//! rotated out in an earlier term would pass for its owner. So in each term, nothing is spent
+//! and nothing revoked until every credential the term watches has been read once
+//! (`Memory::census_complete`): by then every spent list is in the index.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use jiff::Timestamp;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::held::Held;
+use super::lock;
+use crate::decide::PendingAnswer;
+use crate::secrets::fingerprint;
+
+#[derive(Clone, Default)]
+pub struct Memory {
+    inner: Arc<Mutex<Inner>>,
+    /// The number of the current controller term (see `Memory::new_term`).
+    terms: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<String, Entry>,
+    /// Which credential first claimed each token still current (by fingerprint).
+    current: HashMap<String, String>,
+    /// Which credential rotated out each token known dead (by fingerprint).
+    dead: HashMap<String, String>,
+    /// Deleted credentials whose rotated-out tokens stay known dead, oldest first.
+    buried: VecDeque<(String, Vec<String>)>,
+}
+
+/// How many deleted credentials' rotated-out tokens stay known dead (at most 65
+/// fingerprints each): a copy of one is never spent, yet churn cannot grow memory forever.
+const BURIED: usize = 1024;
+
+/// Everything remembered of one credential.
+#[derive(Default)]
+pub(crate) struct Entry {
+    /// An answer received but not yet seen stored and published.
+    pub held: Option<Held>,
+    /// The live refresh token, as last stored or confirmed: the copy that puts a login back
+    /// when something overwrites its Secret with a rotated-out token.
+    pub live: Option<SecretString>,
+    /// The login the server refused, never sent again until one of its parts changes. Kept
+    /// here as well as in status, so that a failed status write never lets it be resent.
+    refused: Option<Refused>,
+    /// The login whose answer the configuration refused.
+    blocked: Option<Refused>,
+    /// The tokens it claims: the stored one first, then those it rotated out.
+    tokens: Vec<String>,
+    /// The server's `Retry-After`: no call before then.
+    pub retry_not_before: Option<Timestamp>,
+    /// Consecutive Kubernetes API failures, for the error policy's backoff.
+    pub api_failures: u32,
+    /// A revocation under way (spec.revokeOnDelete), for the credential of this uid.
+    pub revocation: Option<(String, Revocation)>,
+    /// The last term in which a reconcile read its Secrets (see the module's doc).
+    read_in_term: u64,
+}
+
+/// What is remembered of a credential being deleted.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Revocation {
+    pub attempts: u32,
+    /// Revoked or given up: only the finalizer's removal is left.
+    pub settled: bool,
+}
+
+/// A login never to send again, and whether the status already says so: once it does, a
+/// person clearing the mark there (to make the operator try once more) clears it here too.
+#[derive(Clone)]
+struct Refused {
+    login: String,
+    in_status: bool,
+}
+
+/// Which remembered login.
+#[derive(Clone, Copy)]
+pub(crate) enum Refusal {
+    /// The auth server refused the login.
+    Server,
+    /// The operator's configuration refused the answer (an API host not allowed).
+    Config,
+}
+
+impl Entry {
+    fn refusal(&mut self, which: Refusal) -> &mut Option<Refused> {
+        match which {
+            Refusal::Server => &mut self.refused,
+            Refusal::Config => &mut self.blocked,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.held.is_none()
+            && self.live.is_none()
+            && self.refused.is_none()
+            && self.blocked.is_none()
+            && self.tokens.is_empty()
+            && self.retry_not_before.is_none()
+            && self.api_failures == 0
+            && self.revocation.is_none()
+    }
+}
+
+impl Memory {
+    /// Runs `f` on the entry of `key` (made if missing).
+    pub(crate) fn with<T>(&self, key: &str, f: impl FnOnce(&mut Entry) -> T) -> T {
+        let mut inner = lock(&self.inner);
+        f(inner.entries.entry(key.to_owned()).or_default())
+    }
+
+    /// Runs `f` on the entry of `key`, if there is one.
+    pub(crate) fn get<T>(&self, key: &str, f: impl FnOnce(&Entry) -> T) -> Option<T> {
+        lock(&self.inner).entries.get(key).map(f)
+    }
+
+    pub(crate) fn take(&self, key: &str) -> Option<Held> {
+        lock(&self.inner).entries.get_mut(key)?.held.take()
+    }
+
+    pub(crate) fn put(&self, key: &str, held: Held) {
+        self.with(key, |e| e.held = Some(held));
+    }
+
+    /// What `decide` needs to know of the held answer for this credential's Secret, with
+    /// the key it is held under (another credential's, after a rename) and its spent list.
+    pub(crate) fn peek_for(
+        &self,
+        key: &str,
+        namespace: &str,
+        secret: &str,
+        now: Timestamp,
+    ) -> Option<(String, PendingAnswer, Vec<String>)> {
+        let inner = lock(&self.inner);
+        let own = inner
+            .entries
+            .get_key_value(key)
+            .and_then(|(k, e)| Some((k, e.held.as_ref()?)));
+        let (k, h) = own.or_else(|| {
+            inner.entries.iter().find_map(|(k, e)| {
+                e.held
+                    .as_ref()
+                    .filter(|h| h.namespace == namespace && h.secret == secret)
+                    .map(|h| (k, h))
+            })
+        })?;
+        let pending = PendingAnswer {
+            spent: h.spent_fingerprint.clone(),
+            new: h.new_fingerprint(),
+            publishable: h.publishable(now),
+        };
+        Some((k.clone(), pending, h.spent.clone()))
+    }
+
+    /// Whether no answer is held for any credential.
+    pub fn is_empty(&self) -> bool {
+        !lock(&self.inner).entries.values().any(|e| e.held.is_some())
+    }
+
+    /// The keys of the credentials with an answer held.
+    pub(crate) fn held_keys(&self) -> Vec<String> {
+        let inner = lock(&self.inner);
+        inner
+            .entries
+            .iter()
+            .filter(|(_, e)| e.held.is_some())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Remembers `token` as the credential's live refresh token.
+    pub(crate) fn remember_live(&self, key: &str, token: &SecretString) {
+        self.with(key, |e| e.live = Some(token.clone()));
+    }
+
+    /// The live refresh token remembered for the credential, unless it is among `dead`.
+    pub(crate) fn live(&self, key: &str, dead: &[String]) -> Option<SecretString> {
+        self.get(key, |e| {
+            e.live
+                .as_ref()
+                .filter(|t| !dead.contains(&fingerprint(t.expose_secret())))
+                .cloned()
+        })
+        .flatten()
+    }
+
+    pub(crate) fn forget_live(&self, key: &str) {
+        self.with(key, |e| e.live = None);
+    }
+
+    pub(crate) fn refuse(&self, which: Refusal, key: &str, login: &str) {
+        self.with(key, |e| {
+            let r = e.refusal(which);
+            if r.as_ref().is_none_or(|r| r.login != login) {
+                *r = Some(Refused {
+                    login: login.to_owned(),
+                    in_status: false,
+                });
+            }
+        });
+    }
+
+    /// The status now records the server's refusal of `login`.
+    pub(crate) fn refusal_in_status(&self, key: &str, login: &str) {
+        self.with(key, |e| {
+            if let Some(r) = &mut e.refused
+                && r.login == login
+            {
+                r.in_status = true;
+            }
+        });
+    }
+
+    /// Whether `login` is refused, given what the status says (`in_status`: the status's
+    /// refused-login mark). A refusal the status once recorded and no longer does was
+    /// cleared by a person: it is forgotten.
+    pub(crate) fn is_refused(
+        &self,
+        which: Refusal,
+        key: &str,
+        login: &str,
+        in_status: Option<&str>,
+    ) -> bool {
+        if in_status == Some(login) {
+            return true;
+        }
+        self.with(key, |e| {
+            let r = e.refusal(which);
+            match r {
+                Some(x) if x.in_status && in_status.is_none() => {
+                    *r = None;
+                    false
+                }
+                Some(x) => x.login == login,
+                None => false,
+            }
+        })
+    }
+
+    /// Claims `tokens` (the stored one first, then those rotated out) for credential `key`,
+    /// and marks it read in `term`. Returns the credential that owns the stored token
+    /// instead, if one does: one that rotated it out (the token is dead, even once that
+    /// credential is gone), or one that claimed it first and still exists (`exists`), which
+    /// may be spending it right now; the first claim wins, whatever the credentials' ages: a
+    /// claim is made before the spend it guards, under one lock. Tokens it rotated out are
+    /// recorded as dead whoever claimed them before: a copy of a dead token is never live.
+    /// Without `claim_current` (a second credential naming the same Secret), what it holds
+    /// is recorded and nothing claimed.
+    pub(crate) fn claim(
+        &self,
+        key: &str,
+        tokens: &[String],
+        term: u64,
+        claim_current: bool,
+        exists: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let mut inner = lock(&self.inner);
+        let Inner {
+            entries,
+            current,
+            dead,
+            buried,
+        } = &mut *inner;
+        if let Some(i) = buried.iter().position(|(k, _)| k == key) {
+            // Recreated under the same name: its claims are its own again.
+            buried.remove(i);
+        }
+        let entry = entries.entry(key.to_owned()).or_default();
+        entry.read_in_term = term;
+        // Recorded even when another owns the stored token: a revocation asks who else
+        // holds the same login.
+        let old = std::mem::replace(&mut entry.tokens, tokens.to_vec());
+        let (stored, spent) = tokens.split_first()?;
+        for t in spent {
+            dead.entry(t.clone()).or_insert_with(|| key.to_owned());
+            if current.get(t).is_some_and(|o| o != key) {
+                current.remove(t);
+            }
+        }
+        for t in old.iter().filter(|t| !tokens.contains(t)) {
+            if current.get(t).is_some_and(|o| o == key) {
+                current.remove(t);
+            }
+        }
+        if !claim_current {
+            return None;
+        }
+        if let Some(owner) = dead.get(stored).filter(|o| *o != key) {
+            return Some(owner.clone());
+        }
+        if let Some(owner) = current.get(stored).filter(|o| *o != key)
+            && exists(owner)
+        {
+            return Some(owner.clone());
+        }
+        current.insert(stored.clone(), key.to_owned());
+        None
+    }
+
+    /// The other credentials (among those `exists` says are alive) whose stored token is
+    /// `token`: a login they share.
+    pub(crate) fn holders_of(
+        &self,
+        key: &str,
+        token: &str,
+        exists: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let inner = lock(&self.inner);
+        let mut holders: Vec<String> = inner
+            .entries
+            .iter()
+            .filter(|(k, e)| *k != key && e.tokens.first().is_some_and(|t| t == token) && exists(k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        holders.sort();
+        holders
+    }
+
+    /// Starts a controller term: its census begins empty.
+    pub fn new_term(&self) -> u64 {
+        self.terms.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Whether every credential of `keys` has been read in `term` (see the module's doc):
+    /// the first one not read yet, if any.
+    pub(crate) fn first_unread<'k>(
+        &self,
+        term: u64,
+        keys: impl IntoIterator<Item = &'k str>,
+    ) -> Option<String> {
+        let inner = lock(&self.inner);
+        keys.into_iter()
+            .find(|k| inner.entries.get(*k).is_none_or(|e| e.read_in_term != term))
+            .map(str::to_owned)
+    }
+
+    /// Marks credential `key` read in `term` without claiming anything (its Secret holds no
+    /// token to claim).
+    pub(crate) fn mark_read(&self, key: &str, term: u64) {
+        self.with(key, |e| e.read_in_term = term);
+    }
+
+    /// Forgets a deleted credential but its held answer, which still belongs in its Secret
+    /// (the sweep stores it). The tokens it rotated out stay known dead, among the last
+    /// [`BURIED`] deleted credentials'; its current token is released (a copy elsewhere may
+    /// spend it).
+    pub(crate) fn forget(&self, key: &str) {
+        let mut inner = lock(&self.inner);
+        let Inner {
+            entries,
+            current,
+            dead,
+            buried,
+        } = &mut *inner;
+        let Some(mut entry) = entries.remove(key) else {
+            return;
+        };
+        if let Some(held) = entry.held.take() {
+            entries.insert(
+                key.to_owned(),
+                Entry {
+                    held: Some(held),
+                    ..Entry::default()
+                },
+            );
+        }
+        let tokens = std::mem::take(&mut entry.tokens);
+        let Some((stored, spent)) = tokens.split_first() else {
+            return;
+        };
+        if current.get(stored).is_some_and(|o| o == key) {
+            current.remove(stored);
+        }
+        let mine: Vec<String> = spent
+            .iter()
+            .filter(|t| dead.get(*t).is_some_and(|o| o == key))
+            .cloned()
+            .collect();
+        buried.push_back((key.to_owned(), mine));
+        while buried.len() > BURIED {
+            let Some((oldest, tokens)) = buried.pop_front() else {
+                break;
+            };
+            for t in tokens {
+                if dead.get(&t).is_some_and(|o| *o == oldest) {
+                    dead.remove(&t);
+                }
+            }
+        }
+    }
+
+    /// Keeps only the credentials `keep` says are present; returns the keys of those gone
+    /// with an answer still held (to store: it belongs in its Secret either way).
+    pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        let gone: Vec<String> = lock(&self.inner)
+            .entries
+            .keys()
+            .filter(|k| !keep(k))
+            .cloned()
+            .collect();
+        for k in &gone {
+            self.forget(k);
+        }
+        let mut inner = lock(&self.inner);
+        inner.entries.retain(|_, e| !e.is_empty());
+        gone.into_iter()
+            .filter(|k| inner.entries.get(k).is_some_and(|e| e.held.is_some()))
+            .collect()
+    }
+
+    /// Every credential this process keeps anything about.
+    pub fn known_keys(&self) -> HashSet<String> {
+        lock(&self.inner)
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Logs, loudly, every token still held when the process exits.
+    pub fn report_lost(&self) {
+        for k in self.held_keys() {
+            tracing::error!(credential = %k, "exiting with a rotated refresh token that could not be stored: the login is lost and needs a new Phase 1 login");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::{ExposeSecret, SecretString};
+
+    use super::Memory;
+    use crate::secrets::fingerprint;
+
+    const KEY: &str = "video/cam";
+
+    fn fps(l: &[&str]) -> Vec<String> {
+        l.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_live_token_is_never_offered_once_it_is_known_dead() {
+        let m = Memory::default();
+        assert!(m.live(KEY, &[]).is_none());
+        m.remember_live(KEY, &SecretString::from("rt-1"));
+        m.remember_live(KEY, &SecretString::from("rt-2"));
+        assert_eq!(m.live(KEY, &[]).unwrap().expose_secret(), "rt-2");
+        assert!(m.live(KEY, &[fingerprint("rt-2")]).is_none());
+        assert!(m.live("video/other", &[]).is_none());
+        m.forget_live(KEY);
+        assert!(m.live(KEY, &[]).is_none());
+    }
+
+    #[test]
+    fn the_first_credential_to_claim_a_token_keeps_it_from_a_later_one() {
+        let m = Memory::default();
+        assert_eq!(m.claim("a/x", &fps(&["t1"]), 1, true, |_| true), None);
+        assert_eq!(
+            m.claim("b/y", &fps(&["t1"]), 1, true, |_| true),
+            Some("a/x".into())
+        );
+        // Once the first is gone, the copy is the only holder left.
+        assert_eq!(m.claim("b/y", &fps(&["t1"]), 1, true, |_| false), None);
+    }
+
+    #[test]
+    fn a_token_one_credential_rotated_out_is_never_spent_by_another_whoever_was_read_first() {
+        let m = Memory::default();
+        // After a restart the copy's credential is read first and claims the dead token...
+        assert_eq!(m.claim("b/y", &fps(&["t1"]), 1, true, |_| true), None);
+        // ...then the credential that rotated it out is read: the token is dead.
+        assert_eq!(m.claim("a/x", &fps(&["t2", "t1"]), 1, true, |_| true), None);
+        assert_eq!(
+            m.claim("b/y", &fps(&["t1"]), 1, true, |_| true),
+            Some("a/x".into())
+        );
+        // Even once that credential is gone.
+        m.forget("a/x");
+        assert_eq!(
+            m.claim("b/y", &fps(&["t1"]), 1, true, |_| false),
+            Some("a/x".into())
+        );
+    }
+
+    #[test]
+    fn every_holder_of_a_stored_token_is_known_whoever_claimed_it() {
+        let m = Memory::default();
+        m.claim("a/x", &fps(&["t2", "t1"]), 1, true, |_| true);
+        m.claim("b/y", &fps(&["t2"]), 1, true, |_| true);
+        assert_eq!(m.holders_of("a/x", "t2", |_| true), ["b/y"]);
+        assert_eq!(m.holders_of("b/y", "t2", |_| true), ["a/x"]);
+        assert!(m.holders_of("a/x", "t2", |k| k != "b/y").is_empty());
+    }
+
+    #[test]
+    fn a_term_knows_a_credential_only_once_read_in_that_term() {
+        let m = Memory::default();
+        let first = m.new_term();
+        m.claim("a/x", &fps(&["t1"]), first, true, |_| true);
+        assert_eq!(m.first_unread(first, ["a/x", "b/y"]), Some("b/y".into()));
+        m.mark_read("b/y", first);
+        assert_eq!(m.first_unread(first, ["a/x", "b/y"]), None);
+        let second = m.new_term();
+        assert_eq!(m.first_unread(second, ["a/x"]), Some("a/x".into()));
+    }
+
+    #[test]
+    fn the_sweep_keeps_nothing_of_a_gone_credential_but_its_held_answer() {
+        let m = Memory::default();
+        m.remember_live(KEY, &SecretString::from("rt-1"));
+        m.with(KEY, |e| e.api_failures = 3);
+        m.with("video/lobby", |e| e.api_failures = 1);
+        assert!(m.retain(|k| k == "video/lobby").is_empty());
+        assert_eq!(
+            m.known_keys().into_iter().collect::<Vec<_>>(),
+            ["video/lobby"]
+        );
+    }
+}
