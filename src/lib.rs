@@ -23,6 +23,7 @@ mod model_tests;
 pub mod nudge;
 pub mod operator;
 pub mod outcome;
+pub mod refresh;
 pub mod schedule;
 pub mod secrets;
 pub mod shard;

@@ -98,6 +98,7 @@ where
 }
 
 /// The refresh token as stored, with what its Secret says about its chain.
+#[derive(Clone)]
 pub struct StoredToken {
     pub token: SecretString,
     pub fingerprint: String,

@@ -17,7 +17,7 @@ use crate::secrets;
 use crate::secrets::fingerprint;
 use crate::token::TokenGrant;
 
-pub(crate) struct Held {
+pub struct Held {
     pub spent_fingerprint: String,
     /// The new refresh token; `None` when the server did not rotate.
     pub new_token: Option<SecretString>,

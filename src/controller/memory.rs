@@ -94,7 +94,7 @@ struct Refused {
 
 /// Which remembered login.
 #[derive(Clone, Copy)]
-pub(crate) enum Refusal {
+pub enum Refusal {
     /// The auth server refused the login.
     Server,
     /// The operator's configuration refused the answer (an API host not allowed).

@@ -10,7 +10,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::SignedDuration;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::Store;
@@ -41,9 +41,11 @@ mod sweep;
 pub use projection::{LeanCredential, credential_event, project};
 
 pub use cache::Reads;
+pub use held::Held;
 pub use known::Known;
 pub use leadership::Leadership;
 pub use memory::Memory;
+pub use memory::Refusal;
 pub use own_writes::OwnWrites;
 pub use sweep::deleted_credentials;
 
@@ -51,11 +53,7 @@ use reconciler::Reconciler;
 
 pub const FIELD_MANAGER: &str = "eagle-eye-operator";
 
-/// How often a credential that waits on a person (dead login, missing Secret, bad spec) is
-/// looked at again even without a watch event.
-const WAITING_RECHECK: Duration = Duration::from_secs(300);
-/// A missing Secret is looked for again this often (its creation also triggers a look).
-const MISSING_SECRET_RECHECK: Duration = Duration::from_secs(30);
+use crate::refresh::whole_seconds;
 
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -260,6 +258,31 @@ pub enum Error {
     Panicked(String),
 }
 
+impl Error {
+    /// The Kubernetes API failure behind it, if there is one.
+    fn kube(&self) -> Option<&kube::Error> {
+        match self {
+            Error::Status(_, e)
+            | Error::Target(_, e)
+            | Error::WriteBack(_, e)
+            | Error::Finalizer(_, e)
+            | Error::Intent(_, e) => Some(e),
+            Error::Secret(SecretError::Api { source, .. }) => Some(source),
+            Error::Secret(_) | Error::Panicked(_) => None,
+        }
+    }
+
+    /// Whether the API server refused a write over a version that changed (409).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self.kube(), Some(kube::Error::Api(s)) if s.code == 409)
+    }
+
+    /// What went wrong, in words safe to show (see `secrets::kube_reason`).
+    pub fn reason(&self) -> String {
+        self.kube().map_or_else(|| self.to_string(), kube_reason)
+    }
+}
+
 /// Kubernetes API failures back off from 1 s to at most 30 s: a rotated token may be
 /// waiting to be stored, so the retry must not wait long.
 pub fn error_policy(cr: Arc<EagleEyeCredential>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -446,7 +469,7 @@ pub(crate) fn jitter(cr: &EagleEyeCredential) -> f64 {
 
 /// A one-way fingerprint of everything a refresh sends, so that a login the server refused
 /// is not sent again until some part of it changes.
-fn login_fingerprint(
+pub(crate) fn login_fingerprint(
     auth_url: &url::Url,
     scope: &str,
     creds: &crate::token::ClientCredentials,
@@ -469,28 +492,6 @@ fn login_fingerprint(
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// Kubernetes keeps times to the second; rounding down here keeps the status, the target
-/// Secret and the schedule in agreement, and errs towards refreshing early.
-fn whole_seconds(t: Timestamp) -> Timestamp {
-    Timestamp::from_second(t.as_second()).unwrap_or(t)
-}
-
-/// How long from `now` until the reconciler's clock, which reads whole seconds (see
-/// `Reconciler::now`), reaches `at`: until the first whole second not before it. Waking at
-/// `at` itself would find it not yet due and wait again, a reconcile per remaining fraction
-/// of a second.
-fn wait_until(now: Timestamp, at: Timestamp) -> Duration {
-    let floor = whole_seconds(at);
-    let at = if floor < at {
-        floor
-            .checked_add(SignedDuration::from_secs(1))
-            .unwrap_or(at)
-    } else {
-        at
-    };
-    crate::schedule::until(now, at)
 }
 
 fn labels(cr: &EagleEyeCredential) -> metrics::Credential {
@@ -518,21 +519,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_secret_name, login_fingerprint, validate_with, wait_until, whole_seconds};
-
-    #[test]
-    fn a_wait_ends_when_the_whole_second_clock_reaches_the_time_not_before() {
-        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
-        let now = t("2026-11-30T11:35:26.404Z");
-        let at = t("2026-11-30T11:35:26.538Z");
-        // Woken at 26.538, the clock still reads 26 and the refresh is not due yet.
-        assert!(whole_seconds(at) < at);
-        assert_eq!(wait_until(now, at).as_millis(), 596);
-        // Whole seconds and the past need no rounding.
-        assert_eq!(wait_until(now, t("2026-11-30T11:35:30Z")).as_millis(), 3596);
-        assert_eq!(wait_until(now, t("2026-11-30T11:35:20.5Z")).as_millis(), 0);
-        assert!(wait_until(now, jiff::Timestamp::MAX).as_secs() > 0);
-    }
+    use super::{is_secret_name, login_fingerprint, validate_with};
 
     #[test]
     fn secret_names_are_dns_subdomains_so_no_path_names_another_secret() {

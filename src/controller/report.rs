@@ -1,6 +1,5 @@
 //! Applies what a reconcile reports (worded in `crate::outcome`): Events, then the status.
 
-use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -8,62 +7,16 @@ use kube::runtime::events::Event;
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
-use crate::crd::RotationMode;
-use crate::outcome::{self, Next, Note, Outcome, Standing, Verdict};
+use crate::outcome::{self, Next, Note, Outcome, Verdict};
 use crate::schedule::Rotation;
-use crate::secrets::{self, SecretError};
 use crate::status::{self, READY, RELOGIN_SOON};
 
 use super::reconciler::Reconciler;
-use super::{Error, FIELD_MANAGER, MISSING_SECRET_RECHECK, labels, truncate};
+use super::{Error, FIELD_MANAGER, labels, truncate};
 
 impl Reconciler<'_> {
-    /// A Secret that cannot be used is reported and looked at again soon; a Kubernetes
-    /// API failure is an error, retried with backoff.
-    pub(super) async fn secret_problem(self, e: SecretError) -> Result<Action, Error> {
-        match Outcome::secret_problem(&e) {
-            Some(outcome) => {
-                self.finish(outcome, Action::requeue(MISSING_SECRET_RECHECK))
-                    .await
-            }
-            None => Err(e.into()),
-        }
-    }
-
-    /// What stands when this round changed nothing, for `Ready`.
-    pub(super) fn standing(&self, expires_at: Option<Timestamp>) -> Standing {
-        Standing {
-            expires_at,
-            failing: self.status.failed_refresh_attempts > 0,
-        }
-    }
-
     pub(super) fn rotation(&self) -> Rotation {
-        match (self.cr.spec.rotation, self.status.rotation) {
-            (RotationMode::Rotating, _) | (RotationMode::Auto, Some(RotationMode::Rotating)) => {
-                Rotation::Rotating
-            }
-            (RotationMode::NonRotating, _)
-            | (RotationMode::Auto, Some(RotationMode::NonRotating)) => Rotation::NonRotating,
-            _ => Rotation::Unknown,
-        }
-    }
-
-    pub(super) fn set_deadline(&mut self, chain: secrets::Chain) {
-        if self.rotation() == Rotation::NonRotating {
-            self.status.refresh_token_deadline = None;
-            self.status.chain_started_at = None;
-            self.status.refresh_token_deadline_is_estimate = false;
-            return;
-        }
-        let l = &self.ctx.settings.lifetimes;
-        self.status.chain_started_at = Some(Time(super::whole_seconds(chain.started_at)));
-        self.status.refresh_token_deadline = Some(Time(super::whole_seconds(status::deadline(
-            l,
-            chain.started_at,
-            chain.token_issued_at,
-        ))));
-        self.status.refresh_token_deadline_is_estimate = chain.estimated;
+        crate::refresh::rotation(self.cr, &self.status)
     }
 
     /// Reports `outcome`, then lets the controller requeue as `action` says.
