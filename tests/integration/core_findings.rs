@@ -1,0 +1,241 @@
+//! Findings 1–4 of issue 19, acted out on the test bed as a user would meet them: a token
+//! copy that survives a restart, a revocation that kills a copy's login, an adopted target
+//! that comes back unowned, and a publish that hammers the API server while something
+//! keeps writing its target. Each test orders the race it needs (a Secret the operator may
+//! not read yet, a token call held at the stand-in) instead of hoping for it.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::operator::{
+    Operator, create_credential, create_secrets, create_secrets_holding, events, login, ready,
+    secret_data, stand_in, wait_for_reason,
+};
+use crate::support::{TestEnv, client_as, env, eventually};
+use eagle_eye_operator::crd::EagleEyeCredential;
+use eagle_eye_testbed::standin::{Fault, Gate, StandIn};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+
+const WORKING: [&str; 2] = ["TokenRefreshed", "TokenValid"];
+const ADOPT: &str = "eagle-eye-operator.io/adopt";
+
+async fn stored_refresh_token(env: &TestEnv, name: &str) -> Option<String> {
+    secret_data(env, &format!("{name}-refresh"))
+        .await?
+        .remove("refresh_token")
+}
+
+/// Like `eventually`, but `None` at the limit: for failures that deserve their own words.
+async fn within<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let polling = async {
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(limit, polling).await.ok()
+}
+
+/// `Ready=<status> <reason>` of a credential, without its message (which a failure
+/// message would not need, and which must never carry a secret anyway).
+async fn reason_of(env: &TestEnv, name: &str) -> String {
+    match ready(env, name).await {
+        Some((status, reason, _)) => format!("Ready={status} {reason}"),
+        None => "no Ready condition".into(),
+    }
+}
+
+/// Waits until the stand-in holds a token request (one dealt `Fault::Hold`).
+async fn a_call_is_held(si: &StandIn) {
+    eventually(
+        "a token call held at the stand-in",
+        Duration::from_secs(60),
+        || async {
+            si.token_requests()
+                .iter()
+                .any(|r| r.status.is_none())
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+// The operator's rights, granted per Secret, so that a test can make one credential's
+// Secret unreadable for a while: the deterministic way to have that credential
+// reconciled after the others once a new process starts (RBAC is additive, so the
+// operator runs as a user of its own with nothing but these grants).
+
+/// A user for the operator, with everything it needs in `envs` except reading Secrets,
+/// which `allow_reading` grants by name; and a kubeconfig that acts as that user.
+async fn operator_user(envs: &[&TestEnv]) -> (String, std::path::PathBuf) {
+    let user = format!("eagle-eye-op-{:08x}", rand::random::<u32>());
+    for env in envs {
+        let rules = serde_json::json!([
+            {"apiGroups": [eagle_eye_operator::crd::GROUP],
+             "resources": ["eagleeyecredentials", "eagleeyecredentials/status",
+                           "eagleeyecredentials/finalizers"],
+             "verbs": ["*"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["*"]},
+            {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["*"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
+            {"apiGroups": [""], "resources": ["secrets"],
+             "verbs": ["list", "watch", "create", "update", "patch"]},
+        ]);
+        apply_role(env, &user, "operator-base", rules).await;
+    }
+    let kubeconfig = envs[0].plane.kubeconfig_path();
+    let mut config: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap();
+    for entry in config["users"].as_array_mut().unwrap() {
+        entry["user"]["as"] = user.clone().into();
+    }
+    let path = std::env::temp_dir().join(format!("kubeconfig-{user}"));
+    std::fs::write(&path, serde_saphyr::to_string(&config).unwrap()).unwrap();
+    (user, path)
+}
+
+/// A Role `name` with `rules` in the test's namespace, bound to `user` (created or
+/// replaced).
+async fn apply_role(env: &TestEnv, user: &str, name: &str, rules: serde_json::Value) {
+    let params = PatchParams::apply("core-findings-test").force();
+    let role = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": name}, "rules": rules,
+    });
+    let binding = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    });
+    env.api::<k8s_openapi::api::rbac::v1::Role>()
+        .patch(name, &params, &Patch::Apply(&role))
+        .await
+        .unwrap();
+    env.api::<k8s_openapi::api::rbac::v1::RoleBinding>()
+        .patch(name, &params, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+}
+
+/// Lets `user` read exactly the Secrets `names` of the test's namespace, and waits until
+/// the API server's authorizer agrees (its RBAC cache trails a write a little), for
+/// `also_denied` as well: each is then unreadable.
+async fn allow_reading(env: &TestEnv, user: &str, names: &[&str], also_denied: &[&str]) {
+    let rules = serde_json::json!([
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": names, "verbs": ["get"]},
+    ]);
+    apply_role(env, user, "operator-reads", rules).await;
+    let as_user: Api<Secret> = Api::namespaced(client_as(env, user).await, &env.namespace);
+    let forbidden = |r: Result<Option<Secret>, kube::Error>| matches!(r, Err(kube::Error::Api(s)) if s.code == 403);
+    eventually(
+        "the operator's Secret reads as granted",
+        Duration::from_secs(20),
+        || async {
+            for name in names {
+                if forbidden(as_user.get_opt(name).await) {
+                    return None;
+                }
+            }
+            for name in also_denied {
+                if !forbidden(as_user.get_opt(name).await) {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+}
+
+/// Whether the current operator process logged a finished reconcile of `namespace/name`
+/// (the controller's own line, with or without an error).
+fn reconciled_by_current_process(op: &Operator, namespace: &str, name: &str) -> bool {
+    let me = format!("/{name}.{namespace}");
+    let key = format!("credential={namespace}/{name}");
+    op.current_logs().lines().any(|l| {
+        (l.contains("reconciled") && l.contains(&me))
+            || (l.contains("reconcile failed") && l.contains(&key))
+    })
+}
+
+// Finding 1.
+
+#[tokio::test]
+async fn a_rotated_out_token_copied_to_another_namespace_is_never_spent_after_a_restart() {
+    let (env_a, env_b) = (env().await, env().await);
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let l = login(&si, "claims-restart", true).await;
+    let t1 = l.grant.refresh_token.clone();
+    create_secrets(&env_a, "a", &l).await;
+    let (user, kubeconfig) = operator_user(&[&env_a, &env_b]).await;
+    allow_reading(&env_a, &user, &["a-client", "a-refresh", "a-token"], &[]).await;
+    allow_reading(&env_b, &user, &["b-client", "b-refresh", "b-token"], &[]).await;
+    let watch_b = ["--namespaces", &env_b.namespace];
+    let mut op = Operator::start_with_kubeconfig(&env_a, &si, &watch_b, &kubeconfig).await;
+    create_credential(&env_a, "a", &si, serde_json::json!({})).await;
+    wait_for_reason(&env_a, "a", "TokenRefreshed", Duration::from_secs(30)).await;
+    let t2 = stored_refresh_token(&env_a, "a").await.unwrap();
+    assert_ne!(t2, t1, "A rotated its token");
+
+    // T1, rotated out by A, pasted into credential B of another namespace, same client.
+    create_secrets_holding(&env_b, "b", &l, &t1).await;
+    create_credential(&env_b, "b", &si, serde_json::json!({})).await;
+    wait_for_reason(&env_b, "b", "RefreshTokenInUse", Duration::from_secs(30)).await;
+    assert_eq!(
+        si.counters().reused_refresh_tokens,
+        0,
+        "no reuse before the restart"
+    );
+
+    // A rolling update, during which A's refresh-token Secret cannot be read for a while
+    // (an API server slow or failing for that read): B is reconciled first by the new
+    // process, as it may be by chance on any restart.
+    allow_reading(&env_a, &user, &["a-client", "a-token"], &["a-refresh"]).await;
+    op.terminate().await;
+    op.restart().await;
+    let b_ns = env_b.namespace.clone();
+    eventually(
+        "B reconciled by the restarted operator",
+        Duration::from_secs(60),
+        || async {
+            (si.counters().reused_refresh_tokens > 0
+                || reconciled_by_current_process(&op, &b_ns, "b"))
+            .then_some(())
+        },
+    )
+    .await;
+    // A is read again; once it is known, B is still refused.
+    allow_reading(&env_a, &user, &["a-client", "a-refresh", "a-token"], &[]).await;
+    let counters = si.counters();
+    assert_eq!(
+        counters.reused_refresh_tokens,
+        0,
+        "B spent the rotated-out token after the restart ({counters:?}); A: {}; B: {}",
+        reason_of(&env_a, "a").await,
+        reason_of(&env_b, "b").await
+    );
+    let a_token = stored_refresh_token(&env_a, "a").await.unwrap();
+    assert!(si.refresh_token_is_live(&a_token), "A's login was lost");
+    let in_use = within(Duration::from_secs(60), || async {
+        let (_, reason, _) = ready(&env_b, "b").await?;
+        (reason == "RefreshTokenInUse" && reconciled_by_current_process(&op, &env_a.namespace, "a"))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        in_use.is_some(),
+        "B does not say its token is in use once A is known: B: {}",
+        reason_of(&env_b, "b").await
+    );
+    assert_eq!(si.counters().reused_refresh_tokens, 0);
+}
