@@ -168,6 +168,46 @@ fn reconciled_by_current_process(op: &Operator, namespace: &str, name: &str) -> 
     })
 }
 
+/// How many reconciles of `namespace/name` the current operator process finished.
+fn reconciles(op: &Operator, namespace: &str, name: &str) -> usize {
+    let me = format!("/{name}.{namespace}");
+    op.current_logs()
+        .lines()
+        .filter(|l| l.contains("reconciled") && l.contains(&me))
+        .count()
+}
+
+/// Touches a Secret credential `name` reads and waits until the operator reconciled it
+/// again: whatever it remembers about the credential's stored token is then up to date.
+/// (Right after a rotation the operator has not yet looked at the new token: a copy made
+/// then races the original's next reconcile, which these tests do not mean to test.)
+async fn reconciled_again(env: &TestEnv, op: &Operator, name: &str) {
+    // The reconcile that reported the rotation logs its end a moment after the status
+    // write: counted first, so that only a later reconcile (one that began after it: a
+    // credential is never reconciled twice at once) ends the wait.
+    let before = eventually(
+        &format!("{name}'s reconcile logged"),
+        Duration::from_secs(10),
+        || async { Some(reconciles(op, &env.namespace, name)).filter(|n| *n > 0) },
+    )
+    .await;
+    env.api::<Secret>()
+        .patch(
+            &format!("{name}-client"),
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+                "example.com/touched": rand::random::<u32>().to_string()}}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        &format!("{name} reconciled again"),
+        Duration::from_secs(30),
+        || async { (reconciles(op, &env.namespace, name) > before).then_some(()) },
+    )
+    .await;
+}
+
 // Finding 1.
 
 #[tokio::test]
@@ -238,4 +278,128 @@ async fn a_rotated_out_token_copied_to_another_namespace_is_never_spent_after_a_
         reason_of(&env_b, "b").await
     );
     assert_eq!(si.counters().reused_refresh_tokens, 0);
+}
+
+// Finding 2.
+
+/// Deletes credential `name`, without waiting.
+async fn delete_credential(env: &TestEnv, name: &str) {
+    env.api::<EagleEyeCredential>()
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+async fn credential_gone(env: &TestEnv, name: &str) -> bool {
+    matches!(
+        env.api::<EagleEyeCredential>().get_opt(name).await,
+        Ok(None)
+    )
+}
+
+/// After A (revokeOnDelete) is gone: the login B holds a copy of was not revoked, and B
+/// takes it over and keeps refreshing.
+async fn assert_copy_keeps_its_login(si: &StandIn, env_a: &TestEnv, env_b: &TestEnv) {
+    let revoked = events(env_a, "a", "RefreshTokenRevoked").await.len();
+    let live = within(Duration::from_secs(20), || async {
+        let stored = stored_refresh_token(env_b, "b").await?;
+        si.refresh_token_is_live(&stored).then_some(())
+    })
+    .await;
+    assert!(
+        live.is_some(),
+        "the login B holds was revoked when A was deleted ({revoked} RefreshTokenRevoked Events for A; {:?}); B: {}",
+        si.counters(),
+        reason_of(env_b, "b").await
+    );
+    let refreshes = si.counters().refreshes;
+    let working = within(Duration::from_secs(60), || async {
+        let (_, reason, _) = ready(env_b, "b").await?;
+        (WORKING.contains(&reason.as_str()) && si.counters().refreshes > refreshes).then_some(())
+    })
+    .await;
+    assert!(
+        working.is_some(),
+        "B does not refresh the login once A is gone: B: {}; {:?}",
+        reason_of(env_b, "b").await,
+        si.counters()
+    );
+    let stored = stored_refresh_token(env_b, "b").await.unwrap();
+    assert!(si.refresh_token_is_live(&stored));
+    assert_eq!(si.counters().reused_refresh_tokens, 0);
+}
+
+/// Credential A (revokeOnDelete) Ready, and its live token copied into credential B of
+/// another namespace, which says the token is in use.
+async fn live_token_copied(
+    env_a: &TestEnv,
+    env_b: &TestEnv,
+    si: &StandIn,
+    l: &crate::support::operator::Login,
+    op: &Operator,
+) {
+    create_credential(env_a, "a", si, serde_json::json!({"revokeOnDelete": true})).await;
+    wait_for_reason(env_a, "a", "TokenRefreshed", Duration::from_secs(30)).await;
+    reconciled_again(env_a, op, "a").await;
+    let live = stored_refresh_token(env_a, "a").await.unwrap();
+    create_secrets_holding(env_b, "b", l, &live).await;
+    create_credential(env_b, "b", si, serde_json::json!({})).await;
+    wait_for_reason(env_b, "b", "RefreshTokenInUse", Duration::from_secs(30)).await;
+}
+
+#[tokio::test]
+async fn deleting_a_credential_with_revoke_on_delete_never_revokes_a_login_another_namespace_holds()
+{
+    let (env_a, env_b) = (env().await, env().await);
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let l = login(&si, "revoke-copied", true).await;
+    create_secrets(&env_a, "a", &l).await;
+    let op = Operator::start(&env_a, &si, &["--namespaces", &env_b.namespace]).await;
+    live_token_copied(&env_a, &env_b, &si, &l, &op).await;
+
+    delete_credential(&env_a, "a").await;
+    eventually("A gone", Duration::from_secs(60), || async {
+        credential_gone(&env_a, "a").await.then_some(())
+    })
+    .await;
+    assert_copy_keeps_its_login(&si, &env_a, &env_b).await;
+}
+
+#[tokio::test]
+async fn deleting_a_credential_with_revoke_on_delete_during_a_restart_never_revokes_a_login_another_namespace_holds()
+ {
+    let (env_a, env_b) = (env().await, env().await);
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let l = login(&si, "revoke-copied-restart", true).await;
+    create_secrets(&env_a, "a", &l).await;
+    let (user, kubeconfig) = operator_user(&[&env_a, &env_b]).await;
+    allow_reading(&env_a, &user, &["a-client", "a-refresh", "a-token"], &[]).await;
+    allow_reading(&env_b, &user, &["b-client", "b-refresh", "b-token"], &[]).await;
+    let watch_b = ["--namespaces", &env_b.namespace];
+    let mut op = Operator::start_with_kubeconfig(&env_a, &si, &watch_b, &kubeconfig).await;
+    live_token_copied(&env_a, &env_b, &si, &l, &op).await;
+
+    // A is deleted while the operator is down (its finalizer holds it), and the new
+    // process cannot read B's refresh-token Secret at first: A's deletion is handled
+    // before B is known, as it may be by chance on any restart.
+    allow_reading(&env_b, &user, &["b-client", "b-token"], &["b-refresh"]).await;
+    op.terminate().await;
+    delete_credential(&env_a, "a").await;
+    op.restart().await;
+    let a_ns = env_a.namespace.clone();
+    eventually(
+        "A's deletion handled by the restarted operator",
+        Duration::from_secs(60),
+        || async {
+            (credential_gone(&env_a, "a").await || reconciled_by_current_process(&op, &a_ns, "a"))
+                .then_some(())
+        },
+    )
+    .await;
+    allow_reading(&env_b, &user, &["b-client", "b-refresh", "b-token"], &[]).await;
+    eventually("A gone", Duration::from_secs(90), || async {
+        credential_gone(&env_a, "a").await.then_some(())
+    })
+    .await;
+    assert_copy_keeps_its_login(&si, &env_a, &env_b).await;
 }
