@@ -403,3 +403,148 @@ async fn deleting_a_credential_with_revoke_on_delete_during_a_restart_never_revo
     .await;
     assert_copy_keeps_its_login(&si, &env_a, &env_b).await;
 }
+
+// Finding 3.
+
+/// Every version of Secret `name` written from now on, as a watch sees them (a version
+/// that lived a moment is seen too). Returns once the watch is established.
+async fn versions_of(env: &TestEnv, name: &str) -> Arc<Mutex<Vec<Secret>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = watcher::watcher(env.api::<Secret>(), config).boxed();
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        let mut ready_tx = Some(ready_tx);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
+                    sink.lock().unwrap().push(s)
+                }
+                _ => {}
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(30), ready_rx)
+        .await
+        .expect("the watch starts")
+        .unwrap();
+    seen
+}
+
+/// What a failure message may say about a Secret: its keys, owners and annotation names.
+fn describe_secret(s: &Secret) -> String {
+    let keys: Vec<_> = s.data.iter().flatten().map(|(k, _)| k.as_str()).collect();
+    let owners: Vec<_> = s
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .map(|o| format!("{}/{}", o.kind, o.name))
+        .collect();
+    let annotations: Vec<_> = s
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .map(|(k, _)| k.as_str())
+        .collect();
+    format!("data keys {keys:?}, owners {owners:?}, annotations {annotations:?}")
+}
+
+#[tokio::test]
+async fn an_adopted_target_deleted_during_a_refresh_never_comes_back_unowned_with_a_token() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let l = login(&si, "adopted-deleted", true).await;
+    create_secrets(&env, "cam", &l).await;
+    // The application's own Secret, opted in by its writer.
+    let app: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "app-config", "annotations": {ADOPT: "cam"}},
+        "stringData": {"password": "hunter2"},
+    }))
+    .unwrap();
+    env.api::<Secret>()
+        .create(&PostParams::default(), &app)
+        .await
+        .unwrap();
+    // The first refresh's token call waits for the test.
+    let gate = Gate::new();
+    si.inject(Fault::Hold(gate.clone()), 1);
+    let _op = Operator::start(&env, &si, &[]).await;
+    let target = serde_json::json!({"target": {"name": "app-config"}});
+    create_credential(&env, "cam", &si, target).await;
+    a_call_is_held(&si).await;
+
+    // Its owner removes the Secret while the call is out (a call may take minutes).
+    env.api::<Secret>()
+        .delete("app-config", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("app-config gone", Duration::from_secs(10), || async {
+        secret_data(&env, "app-config")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let versions = versions_of(&env, "app-config").await;
+    gate.open();
+
+    // The answer is stored, and the credential reports what it made of it.
+    eventually("the answer stored", Duration::from_secs(30), || async {
+        let stored = stored_refresh_token(&env, "cam").await?;
+        (stored != l.grant.refresh_token && si.refresh_token_is_live(&stored)).then_some(())
+    })
+    .await;
+    eventually("cam reports", Duration::from_secs(30), || async {
+        ready(&env, "cam").await.map(|_| ())
+    })
+    .await;
+    let uid = env
+        .api::<EagleEyeCredential>()
+        .get("cam")
+        .await
+        .unwrap()
+        .metadata
+        .uid;
+    // Recreated or not, a Secret of that name holding the token must say whose it is: the
+    // credential's own (owned, deleted with it) or opted in again by its owner. An
+    // unowned copy of a bearer token nobody manages is what the owner just deleted.
+    let unowned: Vec<String> = versions
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s.data
+                .as_ref()
+                .is_some_and(|d| d.contains_key("access_token"))
+        })
+        .filter(|s| {
+            let owned = s
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref());
+            let adopted = s
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ADOPT))
+                .is_some_and(|v| v == "cam");
+            !owned && !adopted
+        })
+        .map(describe_secret)
+        .collect();
+    assert!(
+        unowned.is_empty(),
+        "the deleted target came back holding an access token, neither owned by nor opted in to the credential: {unowned:#?}; cam: {}",
+        reason_of(&env, "cam").await
+    );
+}
