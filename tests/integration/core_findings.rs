@@ -548,3 +548,139 @@ async fn an_adopted_target_deleted_during_a_refresh_never_comes_back_unowned_wit
         reason_of(&env, "cam").await
     );
 }
+
+// Finding 4.
+
+/// When the operator sent each write request (PATCH, PUT, POST) to
+/// Secret `name`, from the Kubernetes client's own request log (`kube_client=debug`):
+/// the API server's audit log, as far as this operator's requests go.
+fn target_writes(op: &Operator, name: &str) -> Vec<jiff::Timestamp> {
+    let path = format!("/secrets/{name}");
+    op.current_logs()
+        .lines()
+        .filter(|l| l.contains("requesting") && l.contains(&path))
+        .filter(|l| {
+            ["PATCH", "PUT", "POST"]
+                .iter()
+                .any(|m| l.contains(&format!("http.method={m}")))
+        })
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_publish_that_meets_conflicts_backs_off_while_another_writer_keeps_writing_the_target() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(3600)).await;
+    let l = login(&si, "publish-conflicts", true).await;
+    create_secrets(&env, "cam", &l).await;
+    let log_level = [
+        "--log-level",
+        "info,eagle_eye_operator=debug,kube_client=debug",
+    ];
+    let op = Operator::start(&env, &si, &log_level).await;
+    create_credential(&env, "cam", &si, serde_json::json!({})).await;
+    wait_for_reason(&env, "cam", "TokenRefreshed", Duration::from_secs(30)).await;
+    let first = secret_data(&env, "cam-token").await.unwrap()["access_token"].clone();
+
+    // A new login stored by a person: refreshed at once, its token call held.
+    let gate = Gate::new();
+    si.inject(Fault::Hold(gate.clone()), 1);
+    let relogin = si.login("publish-conflicts");
+    env.api::<Secret>()
+        .patch(
+            "cam-refresh",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"stringData": {"refresh_token": relogin.refresh_token}}),
+            ),
+        )
+        .await
+        .unwrap();
+    a_call_is_held(&si).await;
+
+    // Another writer keeps writing the target (a controller stamping an annotation).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for w in 0..2 {
+        let (api, stop, written) = (env.api::<Secret>(), stop.clone(), written.clone());
+        writers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let stamp = serde_json::json!({"metadata": {"annotations": {
+                    format!("example.com/stamp-{w}"): n.to_string()}}});
+                if api
+                    .patch("cam-token", &PatchParams::default(), &Patch::Merge(&stamp))
+                    .await
+                    .is_ok()
+                {
+                    written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    eventually(
+        "the other writer writing",
+        Duration::from_secs(10),
+        || async { (written.load(std::sync::atomic::Ordering::Relaxed) > 0).then_some(()) },
+    )
+    .await;
+    let before = target_writes(&op, "cam-token").len();
+    let opened = Instant::now();
+    gate.open();
+    let window = Duration::from_secs(10);
+    tokio::time::sleep_until((opened + window).into()).await;
+    let attempts = target_writes(&op, "cam-token");
+    let during = &attempts[before..];
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let gaps: Vec<i64> = during
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).as_millis() as i64)
+        .collect();
+    crate::support::figure(format!(
+        "publish against a writer that keeps writing ({} writes in {window:?}): {} target writes by the operator, gaps {:?} ms",
+        written.load(std::sync::atomic::Ordering::Relaxed),
+        during.len(),
+        &gaps[..gaps.len().min(20)]
+    ));
+    // A retry at once meets the next write again, and again: that is the storm. Backing
+    // off (doubling from a fraction of a second or more, as for other API failures) makes
+    // at most a few attempts in any one second; at once, dozens.
+    let busiest = during
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            during[i..]
+                .iter()
+                .take_while(|u| u.duration_since(*t) < jiff::SignedDuration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        busiest <= 5,
+        "the operator wrote the target {busiest} times within one second ({} in {window:?}) while another writer kept writing it: gaps in ms {:?}",
+        during.len(),
+        &gaps[..gaps.len().min(20)]
+    );
+    assert!(
+        during.len() <= 20,
+        "the operator wrote the target {} times in {window:?} while another writer kept writing it",
+        during.len()
+    );
+    // Once the other writer stops, the answer is published.
+    eventually(
+        "the new access token published",
+        Duration::from_secs(120),
+        || async {
+            let now = secret_data(&env, "cam-token").await?["access_token"].clone();
+            (now != first && si.access_token_is_live(&now)).then_some(())
+        },
+    )
+    .await;
+}
