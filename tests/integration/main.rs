@@ -12,6 +12,7 @@ mod authorize;
 mod consumers;
 mod control_plane_script;
 mod controller;
+mod core_findings;
 mod crd_drift;
 mod fair_calls;
 mod ha;
