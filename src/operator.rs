@@ -638,6 +638,8 @@ impl Parts {
         // and reads every Secret afresh.
         self.shared.known.clear();
         self.shared.reads.clear();
+        // And knows no credential's tokens until it has read them (`controller::Memory`).
+        self.shared.memory.new_term();
         let built: Vec<_> = namespaces
             .into_iter()
             .map(|ns| {

@@ -37,6 +37,8 @@ pub const WAITING_RECHECK: Duration = Duration::from_secs(300);
 /// A credential parked for a call slot is looked at again after this at the latest (it is
 /// woken when the slot is granted; this only bounds a lost wake-up, and shows an expiry).
 const PARKED_RECHECK: Duration = Duration::from_secs(60);
+/// The longest wait between two publishes that met a conflict.
+const MAX_PUBLISH_BACKOFF: Duration = Duration::from_secs(30);
 /// A due credential waiting for the census of claims looks again this often.
 const CENSUS_RECHECK: Duration = Duration::from_secs(2);
 
@@ -64,8 +66,10 @@ pub trait World {
     fn live(&self, dead: &[String]) -> Option<SecretString>;
     fn refuse(&mut self, which: Refusal, login: &str);
     fn set_retry_not_before(&mut self, at: Option<Timestamp>);
-    /// The first credential not yet read in this term's census of claims, if any.
-    async fn census_pending(&mut self) -> Option<String>;
+    fn set_publish_backoff(&mut self, backoff: Option<PublishBackoff>);
+    /// The first credential calling `auth_url` not yet read in this term's census of
+    /// claims, if any.
+    async fn census_pending(&mut self, auth_url: &url::Url) -> Option<String>;
     /// Takes a token-call slot and says how long the call may take with it, or parks the
     /// credential for one (`None`).
     fn call_slot(&mut self, auth_url: &url::Url) -> Option<SignedDuration>;
@@ -137,8 +141,18 @@ pub struct Facts {
     pub in_flight_grace: SignedDuration,
     /// The server's `Retry-After`, as remembered.
     pub retry_not_before: Option<Timestamp>,
+    pub publish_backoff: Option<PublishBackoff>,
     pub lifetimes: Lifetimes,
     pub jitter: f64,
+}
+
+/// Publishes met by a conflict in a row (the target changed since it was read), and when
+/// the next may be tried: something that keeps writing the target (a second field manager,
+/// a loop) must not make the credential publish in a loop, whatever wakes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublishBackoff {
+    pub conflicts: u32,
+    pub not_before: Timestamp,
 }
 
 /// What a refresh sends, once due.
@@ -204,6 +218,14 @@ impl<'a, W: World> Refresh<'a, W> {
                 let (Some(k), Some(chain)) = (self.facts.pending_key.clone(), chain) else {
                     return stay;
                 };
+                if let Some(b) = self
+                    .facts
+                    .publish_backoff
+                    .filter(|b| b.not_before > self.now)
+                {
+                    // Held, stored: it waits out the backoff of the conflicts before it.
+                    return End::Quiet(Action::requeue(wait_until(self.world.now(), b.not_before)));
+                }
                 match self.world.take_held(&k) {
                     Some(held) => self.publish_held(chain, held).await,
                     None => stay,
@@ -311,7 +333,7 @@ impl<'a, W: World> Refresh<'a, W> {
                     ..StoredToken::clone(stored)
                 };
                 self.world.remember_live(&stored.token);
-                if let Some(unread) = self.world.census_pending().await {
+                if let Some(unread) = self.world.census_pending(&auth_url).await {
                     info!(%unread, "not refreshing before every credential has been read in this term: one may hold a copy of this token");
                     return End::Quiet(Action::requeue(CENSUS_RECHECK));
                 }
@@ -596,12 +618,33 @@ impl<'a, W: World> Refresh<'a, W> {
             )
             .await;
         if let Err(e) = published {
-            // A conflict (the target changed since it was read) goes to the error policy's
-            // backoff like any failure: something writing the target in a loop must not make
-            // this credential publish in a loop.
-            let outcome = (!e.is_conflict()).then(|| Outcome::PublishFailed { why: e.to_string() });
             self.world.hold(held);
-            return End::Fail(outcome, e);
+            if e.is_conflict() {
+                // The target changed since it was read: publish again, over the new version,
+                // once a backoff that grows with each conflict in a row has passed.
+                let conflicts = self.facts.publish_backoff.map_or(0, |b| b.conflicts) + 1;
+                let wait = schedule::backoff(conflicts, self.facts.jitter).min(MAX_PUBLISH_BACKOFF);
+                let not_before = self
+                    .world
+                    .now()
+                    .checked_add(SignedDuration::try_from(wait).unwrap_or(SignedDuration::ZERO))
+                    .unwrap_or(Timestamp::MAX);
+                self.world.set_publish_backoff(Some(PublishBackoff {
+                    conflicts,
+                    not_before,
+                }));
+                info!(
+                    conflicts,
+                    ?wait,
+                    "the target Secret changed while publishing; publishing again after a backoff"
+                );
+                return End::Quiet(Action::requeue(wait));
+            }
+            let outcome = Outcome::PublishFailed { why: e.to_string() };
+            return End::Fail(Some(outcome), e);
+        }
+        if self.facts.publish_backoff.is_some() {
+            self.world.set_publish_backoff(None);
         }
         let rotation = match (self.cr.spec.rotation, rotated, &grant.refresh_token) {
             (RotationMode::Auto, false, Some(_)) => RotationMode::NonRotating,

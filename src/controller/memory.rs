@@ -70,6 +70,9 @@ pub(crate) struct Entry {
     pub retry_not_before: Option<Timestamp>,
     /// Consecutive Kubernetes API failures, for the error policy's backoff.
     pub api_failures: u32,
+    /// Publishes of a held answer refused in a row because the target changed meanwhile,
+    /// and when the next may be tried (see `refresh::PublishBackoff`).
+    pub publish_backoff: Option<crate::refresh::PublishBackoff>,
     /// A revocation under way (spec.revokeOnDelete), for the credential of this uid.
     pub revocation: Option<(String, Revocation)>,
     /// The last term in which a reconcile read its Secrets (see the module's doc).
@@ -117,6 +120,7 @@ impl Entry {
             && self.tokens.is_empty()
             && self.retry_not_before.is_none()
             && self.api_failures == 0
+            && self.publish_backoff.is_none()
             && self.revocation.is_none()
     }
 }
@@ -335,9 +339,15 @@ impl Memory {
         holders
     }
 
-    /// Starts a controller term: its census begins empty.
+    /// Starts a term (every controller of the process, when it takes the Lease): its census
+    /// begins empty.
     pub fn new_term(&self) -> u64 {
         self.terms.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The current term's number.
+    pub fn term(&self) -> u64 {
+        self.terms.load(Ordering::Relaxed)
     }
 
     /// Whether every credential of `keys` has been read in `term` (see the module's doc):

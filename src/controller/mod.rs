@@ -105,8 +105,10 @@ pub struct Context {
     pub own_writes: Arc<OwnWrites>,
     /// Secrets read (or written) since they last changed.
     pub reads: Arc<Reads>,
-    /// Set once every watched credential has been read in this term (`memory`'s census).
-    census_done: std::sync::atomic::AtomicBool,
+    /// The auth destinations whose credentials have all been read in this term (`memory`'s
+    /// census), and when the term began.
+    census_done: Mutex<std::collections::HashSet<String>>,
+    started: std::time::Instant,
     /// Credentials waiting for a token-call slot outside the controller's seats.
     pub parked: Arc<parked::Parked>,
     /// The controller's reconcile seats, shared fairly between namespaces.
@@ -158,8 +160,9 @@ impl Context {
             store,
             all_stores,
             metrics: shared.metrics,
-            term: shared.memory.new_term(),
-            census_done: std::sync::atomic::AtomicBool::new(false),
+            term: shared.memory.term(),
+            census_done: Mutex::default(),
+            started: std::time::Instant::now(),
             memory: shared.memory,
             leadership: shared.leadership,
             known: shared.known,
@@ -168,6 +171,10 @@ impl Context {
         }
     }
 }
+
+/// How long into a term a credential that cannot be read holds back the refreshes of the
+/// others (see `Context::census_pending`).
+const CENSUS_PATIENCE: Duration = Duration::from_secs(120);
 
 /// Reconciles at once per controller, unless `Context::with_seats` says otherwise.
 pub const DEFAULT_SEATS: usize = 16;
@@ -192,33 +199,48 @@ impl Context {
         })
     }
 
-    /// Until every credential this term watches has been read once (`memory`'s census),
-    /// the first still unread: nothing is spent or revoked before, since a token one of them
-    /// rotated out in an earlier term could otherwise pass for live. Waits for the stores'
-    /// first list.
-    pub(crate) async fn census_pending(&self) -> Option<String> {
-        use std::sync::atomic::Ordering;
-        if self.census_done.load(Ordering::Relaxed) {
+    /// Until every credential of this term that calls the auth server at `auth_url` has
+    /// been read once (`memory`'s census), the first still unread: nothing is spent or
+    /// revoked before, since a token one of them rotated out in an earlier term could
+    /// otherwise pass for live (a refresh token works only at the server that issued it).
+    /// Waits for the stores' first list. A credential still unreadable `CENSUS_PATIENCE`
+    /// into the term (its Secret refused to the operator, say) no longer holds the others
+    /// back: one tenant cannot stop every refresh.
+    pub(crate) async fn census_pending(&self, auth_url: &url::Url) -> Option<String> {
+        let destination = crate::token::Destination::of(auth_url).to_string();
+        if lock(&self.census_done).contains(&destination) {
             return None;
         }
         for store in &self.all_stores {
             // An error means the store's writer is gone: the controller is stopping.
             let _ = store.wait_until_ready().await;
         }
+        let same_server = |c: &EagleEyeCredential| {
+            url::Url::parse(&c.spec.auth_url)
+                .is_ok_and(|u| crate::token::Destination::of(&u).to_string() == destination)
+        };
         let keys: Vec<String> = self
             .all_stores
             .iter()
             .flat_map(|s| s.state())
             .filter(|c| c.metadata.deletion_timestamp.is_none() || projection::has_finalizer(c))
+            .filter(|c| same_server(c))
             .map(|c| key(&c))
             .collect();
         let unread = self
             .memory
             .first_unread(self.term, keys.iter().map(String::as_str));
-        if unread.is_none() {
-            self.census_done.store(true, Ordering::Relaxed);
+        let patience_over = self.started.elapsed() >= CENSUS_PATIENCE;
+        match unread {
+            Some(unread) if !patience_over => Some(unread),
+            unread => {
+                if let Some(unread) = unread {
+                    warn!(%unread, %destination, "a credential still unread this far into the term no longer holds back refreshes: a copy of a token it rotated out would not be recognised");
+                }
+                lock(&self.census_done).insert(destination);
+                None
+            }
         }
-        unread
     }
 
     /// The controller stops: see `Context::stop`'s field.

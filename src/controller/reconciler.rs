@@ -298,6 +298,11 @@ impl<'a> Reconciler<'a> {
             holder: self.holder(),
             in_flight_grace: self.ctx.settings.in_flight_grace,
             retry_not_before: self.retry_not_before(),
+            publish_backoff: self
+                .ctx
+                .memory
+                .get(&self.key, |e| e.publish_backoff)
+                .flatten(),
             lifetimes: self.ctx.settings.lifetimes,
             jitter: jitter(self.cr),
         })
@@ -376,6 +381,7 @@ impl<'a> Reconciler<'a> {
             world: KubeWorld {
                 r: &mut self,
                 slot: None,
+                answered: None,
             },
         };
         let end = refresh.run(decision).await;
@@ -473,6 +479,8 @@ struct KubeWorld<'r, 'a> {
     r: &'r mut Reconciler<'a>,
     /// The call slot taken for this round's token call.
     slot: Option<CallSlot>,
+    /// When the token endpoint answered this round's call.
+    answered: Option<std::time::Instant>,
 }
 
 impl World for KubeWorld<'_, '_> {
@@ -507,8 +515,15 @@ impl World for KubeWorld<'_, '_> {
             .with(&self.r.key, |e| e.retry_not_before = at);
     }
 
-    async fn census_pending(&mut self) -> Option<String> {
-        self.r.ctx.census_pending().await
+    fn set_publish_backoff(&mut self, backoff: Option<crate::refresh::PublishBackoff>) {
+        self.r
+            .ctx
+            .memory
+            .with(&self.r.key, |e| e.publish_backoff = backoff);
+    }
+
+    async fn census_pending(&mut self, auth_url: &url::Url) -> Option<String> {
+        self.r.ctx.census_pending(auth_url).await
     }
 
     fn call_slot(&mut self, auth_url: &url::Url) -> Option<SignedDuration> {
@@ -595,6 +610,7 @@ impl World for KubeWorld<'_, '_> {
         if let Err(e) = &result {
             ctx.metrics.refresh_failure(&labels, e.reason());
         }
+        self.answered = Some(std::time::Instant::now());
         (result, whole_seconds(ctx.settings.now()))
     }
 
@@ -617,8 +633,23 @@ impl World for KubeWorld<'_, '_> {
         )
         .await
         .map_err(|e| Error::WriteBack(r.name.clone(), e))?;
-        if let WriteBack::Written(_, Some(secret)) = &written {
-            self.r.ctx.own_writes.wrote(secret);
+        if let WriteBack::Written(spent, secret) = &written {
+            if let Some(secret) = secret {
+                self.r.ctx.own_writes.wrote(secret);
+            }
+            // The window in which a crash loses the login: from the token endpoint's answer
+            // until this write is acknowledged.
+            if let Some(answered) = self.answered {
+                let window_ms = answered.elapsed().as_secs_f64() * 1000.0;
+                debug!(window_ms, "rotated refresh token stored");
+            }
+            // The new token is this credential's from now on, not from its next read: a copy
+            // made meanwhile must find it claimed.
+            let ctx = self.r.ctx;
+            let mut tokens = vec![secrets::fingerprint(new.expose_secret())];
+            tokens.extend(spent.iter().cloned());
+            ctx.memory
+                .claim(&self.r.key, &tokens, ctx.term, true, |k| ctx.is_alive(k));
         }
         Ok(written)
     }

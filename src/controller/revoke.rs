@@ -347,7 +347,7 @@ impl Reconciler<'_> {
         let ctx = self.ctx;
         ctx.memory
             .claim(&self.key, &tokens, ctx.term, false, |k| ctx.is_alive(k));
-        if ctx.census_pending().await.is_some() {
+        if ctx.census_pending(&url).await.is_some() {
             return Attempt::Retry(
                 "not every credential has been read since the operator started: one may hold a copy of this login".into(),
             );
