@@ -14,6 +14,7 @@ mod control_plane_script;
 mod controller;
 mod crd_drift;
 mod fair_calls;
+mod flags_and_events;
 mod ha;
 mod helm;
 mod hostile;
