@@ -350,6 +350,13 @@ pub async fn run(
         allow_http: args.allow_insecure_http,
         ..Default::default()
     })?;
+    // Every replica and shard honours intents up to one fixed bound, whatever its own
+    // flags; a process that could write longer ones would see them dismissed and its token
+    // spent while its call is in flight.
+    let hold = jiff::SignedDuration::try_from(tokens.answer_limit() + crate::token::MAX_SLOT_HOLD)
+        .unwrap_or(jiff::SignedDuration::MAX)
+        .saturating_add(args.in_flight_grace);
+    crate::intent::hold_fits(hold).map_err(anyhow::Error::msg)?;
     let identity = process_identity(args.instance.as_deref());
     info!(%identity, "this process's identity in the Lease and on Events");
     let settings = Settings {

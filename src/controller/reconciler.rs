@@ -268,7 +268,6 @@ impl<'a> Reconciler<'a> {
                 &s.fingerprint,
                 &me,
                 self.now,
-                self.max_hold(),
             )
         });
         let refresh_before = validated
@@ -345,15 +344,6 @@ impl<'a> Reconciler<'a> {
             "Secret {:?} holds the same refresh token as {who}, which refreshes it already; two credentials spending one rotating token destroy it: give each credential its own login",
             spec.refresh_token_secret_ref.name
         ))
-    }
-
-    /// How long after it is written a spend intent may bind other holders: the token
-    /// call's limit (a slot is used within `MAX_SLOT_HOLD` of being granted) plus the grace.
-    pub(super) fn max_hold(&self) -> SignedDuration {
-        let call = self.ctx.tokens.answer_limit() + crate::token::MAX_SLOT_HOLD;
-        SignedDuration::try_from(call)
-            .unwrap_or(SignedDuration::MAX)
-            .saturating_add(self.ctx.settings.in_flight_grace)
     }
 
     /// This credential's name as a spender, in spend intents.
