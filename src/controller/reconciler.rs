@@ -938,6 +938,7 @@ impl<'a> Reconciler<'a> {
         self.set_deadline(chain);
         let next = schedule::before_idle_end(
             schedule::due_at(&published, self.rotation(), refresh_before, jitter(self.cr)),
+            chain.token_issued_at,
             self.idle_end(chain.token_issued_at),
         );
         let action = Action::requeue(wait_until(self.ctx.settings.now(), next));

@@ -246,6 +246,9 @@ async fn a_half_hour_idle_lifetime_is_refreshed_on_a_schedule_not_in_a_loop() {
     let before = si.counters().refreshes;
     tokio::time::sleep(Duration::from_secs(60)).await;
     let during = si.counters().refreshes - before;
+    crate::support::figure(format!(
+        "{during} refreshes in 60 s with --refresh-token-idle-lifetime 30m and 1 h access tokens"
+    ));
     assert!(during <= 2, "{during} refreshes in a minute");
     let stored = secret_data(&env, "short-refresh").await.unwrap();
     assert!(si.refresh_token_is_live(&stored["refresh_token"]));
@@ -254,4 +257,33 @@ async fn a_half_hour_idle_lifetime_is_refreshed_on_a_schedule_not_in_a_loop() {
         si.access_token_is_live(&target["access_token"]),
         "the published access token stays valid"
     );
+}
+
+/// What findings 6 and 7 cannot make work is refused at start, in the flags' own words.
+#[tokio::test]
+async fn flags_that_cannot_work_stop_the_operator_at_start_with_a_message() {
+    let env = env().await;
+    let si = stand_in(Duration::from_secs(60)).await;
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &["--refresh-token-idle-lifetime", "30s"],
+            "--refresh-token-idle-lifetime 30s is shorter than 1m",
+        ),
+        (
+            &["--token-timeout", "40m", "--in-flight-grace", "20m"],
+            "--token-timeout and --in-flight-grace add up",
+        ),
+    ];
+    for (flags, says) in cases {
+        let op = std::sync::Mutex::new(Operator::start(&env, &si, flags).await);
+        eventually(
+            &format!("the operator started with {flags:?} to exit"),
+            Duration::from_secs(30),
+            || async { (!op.lock().unwrap().is_running()).then_some(()) },
+        )
+        .await;
+        let logs = op.lock().unwrap().logs();
+        assert!(logs.contains(says), "{flags:?}:\n{logs}");
+    }
+    assert_eq!(si.counters().token_requests, 0);
 }
