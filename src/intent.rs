@@ -187,20 +187,14 @@ mod tests {
     fn own_stale_and_expired_intents_do_not_block() {
         let now = t("2026-11-30T10:00:00Z");
         let live = intent("fp1", "me/uid", "2026-11-30T10:05:00Z");
-        assert_eq!(
-            verdict(Some(&live), "fp1", "me/uid", now),
-            Verdict::Free
-        );
+        assert_eq!(verdict(Some(&live), "fp1", "me/uid", now), Verdict::Free);
         let other_token = intent("fp0", "other/uid", "2026-11-30T10:05:00Z");
         assert_eq!(
             verdict(Some(&other_token), "fp1", "me/uid", now),
             Verdict::Free
         );
         let expired = intent("fp1", "other/uid", "2026-11-30T10:00:00Z");
-        assert_eq!(
-            verdict(Some(&expired), "fp1", "me/uid", now),
-            Verdict::Free
-        );
+        assert_eq!(verdict(Some(&expired), "fp1", "me/uid", now), Verdict::Free);
         assert_eq!(verdict(None, "fp1", "me/uid", now), Verdict::Free);
     }
 
@@ -295,7 +289,12 @@ mod tests {
         )]);
         let i = read(Some(&a)).expect("the format of earlier versions");
         assert_eq!(
-            verdict(Some(&i), "9f86d081884c7d65", "me/uid", t("2026-11-30T10:00:00Z")),
+            verdict(
+                Some(&i),
+                "9f86d081884c7d65",
+                "me/uid",
+                t("2026-11-30T10:00:00Z")
+            ),
             Verdict::HeldElsewhere {
                 holder: "eagle-eye-operator-7d9f_1a2b/0c1d-uid".into(),
                 until: t("2026-11-30T10:10:41Z")

@@ -65,8 +65,6 @@ pub(super) struct Reconciler<'a> {
     /// The target Secret as this reconcile read it (or last wrote it), taken by the first
     /// publish as the version it writes over (a 409 if it changed since: read again).
     pub(super) target_seen: std::sync::Mutex<Option<Option<Secret>>>,
-    /// Events of this reconcile (repeats within it become a series).
-    pub(super) recorder: kube::runtime::events::Recorder,
 }
 
 impl<'a> Reconciler<'a> {
@@ -86,10 +84,6 @@ impl<'a> Reconciler<'a> {
             published_token: None,
             nudge_unfinished: false,
             target_seen: std::sync::Mutex::new(None),
-            recorder: kube::runtime::events::Recorder::new(
-                ctx.client.clone(),
-                ctx.reporter.clone(),
-            ),
         }
     }
 

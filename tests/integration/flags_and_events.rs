@@ -84,14 +84,12 @@ async fn an_auth_outage_shows_as_one_event_per_reason_whose_count_grows() {
     );
 
     wait_for_reason(&env, "outage", "TokenRefreshed", Duration::from_secs(60)).await;
-    let by_reason = eventually(
-        "the recovery's Event",
-        Duration::from_secs(10),
-        || async {
-            let by_reason = events_by_reason(&env, "outage").await;
-            by_reason.contains_key("TokenRefreshed").then_some(by_reason)
-        },
-    )
+    let by_reason = eventually("the recovery's Event", Duration::from_secs(10), || async {
+        let by_reason = events_by_reason(&env, "outage").await;
+        by_reason
+            .contains_key("TokenRefreshed")
+            .then_some(by_reason)
+    })
     .await;
     assert_eq!(
         by_reason.keys().collect::<Vec<_>>(),
@@ -185,8 +183,7 @@ async fn a_shard_with_shorter_limits_honours_the_intent_of_a_shard_with_longer_o
         .await
         .unwrap();
     // The published token expires (8 s) and shard b, due, waits for shard a's answer.
-    let deferred =
-        wait_for_reason(&env, "moved", "RefreshDeferred", Duration::from_secs(30)).await;
+    let deferred = wait_for_reason(&env, "moved", "RefreshDeferred", Duration::from_secs(30)).await;
     let ready = deferred.status.unwrap().conditions;
     let ready = ready.iter().find(|c| c.type_ == "Ready").unwrap();
     assert!(ready.message.contains("long-limits"), "{}", ready.message);
