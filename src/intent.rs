@@ -4,6 +4,17 @@
 //! the token, so of two writers (two leaders, two credentials on one Secret, a follower
 //! taking over mid-call) exactly one may spend; the others see the intent and wait until its
 //! answer has been stored or can no longer come. Pure: parsing, rendering and the verdict.
+//!
+//! How long an intent binds is judged against [`MAX_HOLD`], one constant for every process,
+//! and never against the reader's own flags: replicas and shards may run with different
+//! `--token-timeout` and `--in-flight-grace` (a rolling update that changes them runs both
+//! at once), and a reader with shorter ones once took another's live intent for a hand edit
+//! and spent the token in flight. Every process refuses to start with flags that would make
+//! it write an intent longer than [`MAX_HOLD`] (see [`hold_fits`]), so no honest intent is
+//! ever dismissed, whoever reads it. The intent's format is unchanged (the writer's bound
+//! need not travel with it), so intents written by earlier versions read as before. The
+//! price: an intent no honest holder wrote (a hand edit, a clock far ahead) binds for up to
+//! [`MAX_HOLD`] rather than for the reader's own bound, and then never again.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +25,27 @@ pub const ANNOTATION: &str = "eagle-eye-operator.io/refresh-in-flight";
 
 /// How far ahead another replica's clock may be and its intents still count.
 pub const CLOCK_SKEW: SignedDuration = SignedDuration::from_mins(2);
+
+/// The longest a spend intent may honestly bind others, for every process whatever its
+/// flags: the token call's limit (`--token-timeout`, plus connecting and the call slot's
+/// `MAX_SLOT_HOLD`) plus `--in-flight-grace`, checked by [`hold_fits`] at start. About six
+/// times what the defaults write (5 min + 5 min and a little), and 5 min is already a
+/// generous limit for one token call.
+pub const MAX_HOLD: SignedDuration = SignedDuration::from_hours(1);
+
+/// Whether a process whose intents run for up to `hold` (its call limit plus its grace)
+/// writes only intents that every reader honours; else why not, in the flags' words.
+pub fn hold_fits(hold: SignedDuration) -> Result<(), String> {
+    if hold <= MAX_HOLD {
+        return Ok(());
+    }
+    Err(format!(
+        "--token-timeout and --in-flight-grace add up (with connecting and the {}s a call slot may wait) to {:#}, more than the {:#} that other replicas and shards honour a spend intent for: shorten them",
+        crate::token::MAX_SLOT_HOLD.as_secs(),
+        hold.round(jiff::Unit::Second).unwrap_or(hold),
+        MAX_HOLD
+    ))
+}
 
 /// An intent's `until` is whole seconds, rounded up by up to this much (see [`until`]).
 const ROUNDING: SignedDuration = SignedDuration::from_secs(1);
@@ -77,18 +109,12 @@ pub enum Verdict {
 /// May `me` spend the stored token with fingerprint `stored` now? An intent for another
 /// token is stale (its answer was stored, or a person replaced the token); one's own intent
 /// is an attempt that has ended; an expired one is an answer that can no longer come.
-/// `max_hold` is the longest any holder's intent can honestly run (the call's limit plus the
-/// grace): an `until` further away than that was not written by a holder spending now (a
-/// hand edit, a clock far ahead) and binds nobody, so it can never stop refreshing for good.
-pub fn verdict(
-    intent: Option<&Intent>,
-    stored: &str,
-    me: &str,
-    now: Timestamp,
-    max_hold: SignedDuration,
-) -> Verdict {
+/// An `until` further away than [`MAX_HOLD`] (and the skew) was not written by a holder
+/// spending now (a hand edit, a clock far ahead) and binds nobody, so it can never stop
+/// refreshing for good. The reader's own limits play no part: see the module doc.
+pub fn verdict(intent: Option<&Intent>, stored: &str, me: &str, now: Timestamp) -> Verdict {
     let credible = now
-        .checked_add(max_hold.saturating_add(ROUNDING).saturating_add(CLOCK_SKEW))
+        .checked_add(MAX_HOLD.saturating_add(ROUNDING).saturating_add(CLOCK_SKEW))
         .unwrap_or(Timestamp::MAX);
     match intent {
         Some(i) if i.fingerprint == stored && i.holder != me && i.until > now => {
@@ -149,7 +175,7 @@ mod tests {
         let now = t("2026-11-30T10:00:00Z");
         let i = intent("fp1", "other/uid", "2026-11-30T10:05:00Z");
         assert_eq!(
-            verdict(Some(&i), "fp1", "me/uid", now, HOLD),
+            verdict(Some(&i), "fp1", "me/uid", now),
             Verdict::HeldElsewhere {
                 holder: "other/uid".into(),
                 until: t("2026-11-30T10:05:00Z")
@@ -161,32 +187,26 @@ mod tests {
     fn own_stale_and_expired_intents_do_not_block() {
         let now = t("2026-11-30T10:00:00Z");
         let live = intent("fp1", "me/uid", "2026-11-30T10:05:00Z");
-        assert_eq!(
-            verdict(Some(&live), "fp1", "me/uid", now, HOLD),
-            Verdict::Free
-        );
+        assert_eq!(verdict(Some(&live), "fp1", "me/uid", now), Verdict::Free);
         let other_token = intent("fp0", "other/uid", "2026-11-30T10:05:00Z");
         assert_eq!(
-            verdict(Some(&other_token), "fp1", "me/uid", now, HOLD),
+            verdict(Some(&other_token), "fp1", "me/uid", now),
             Verdict::Free
         );
         let expired = intent("fp1", "other/uid", "2026-11-30T10:00:00Z");
-        assert_eq!(
-            verdict(Some(&expired), "fp1", "me/uid", now, HOLD),
-            Verdict::Free
-        );
-        assert_eq!(verdict(None, "fp1", "me/uid", now, HOLD), Verdict::Free);
+        assert_eq!(verdict(Some(&expired), "fp1", "me/uid", now), Verdict::Free);
+        assert_eq!(verdict(None, "fp1", "me/uid", now), Verdict::Free);
     }
 
     #[test]
     fn an_intent_beyond_what_any_holder_could_write_binds_nobody() {
         let now = t("2026-11-30T10:00:00Z");
-        for until in ["2026-11-30T10:12:02Z", "9999-12-30T00:00:00Z"] {
+        for until in ["2026-11-30T11:03:02Z", "9999-12-30T00:00:00Z"] {
             let i = intent("fp1", "other/uid", until);
             // Re-evaluated at every requeue, it never starts to bind either.
             for later in [now, t("2026-12-30T10:00:00Z")] {
                 assert_eq!(
-                    verdict(Some(&i), "fp1", "me/uid", later, HOLD),
+                    verdict(Some(&i), "fp1", "me/uid", later),
                     Verdict::Free,
                     "{until} at {later}"
                 );
@@ -195,7 +215,7 @@ mod tests {
         // At the end of time, no arithmetic overflows.
         let i = intent("fp1", "other/uid", "9999-12-30T00:00:00Z");
         assert_eq!(
-            verdict(Some(&i), "fp1", "me/uid", Timestamp::MAX, HOLD),
+            verdict(Some(&i), "fp1", "me/uid", Timestamp::MAX),
             Verdict::Free
         );
     }
@@ -215,11 +235,70 @@ mod tests {
             let reader = writer - CLOCK_SKEW;
             assert!(
                 matches!(
-                    verdict(Some(&i), "fp1", "me/uid", reader, HOLD),
+                    verdict(Some(&i), "fp1", "me/uid", reader),
                     Verdict::HeldElsewhere { .. }
                 ),
                 "a reader {CLOCK_SKEW:#} behind a writer at {writer}"
             );
         }
+    }
+
+    /// Regression (issue 19, finding 6): a reader started with a shorter `--token-timeout`
+    /// and `--in-flight-grace` than the writer took the writer's live intent for a hand
+    /// edit and spent the token in flight. The verdict has no say for the reader's flags.
+    #[test]
+    fn the_longest_intent_any_process_may_write_binds_every_reader() {
+        assert_eq!(hold_fits(MAX_HOLD), Ok(()));
+        let writer = t("2026-11-30T10:00:00.500Z");
+        let i = Intent {
+            fingerprint: "fp1".into(),
+            holder: "slow-flags/uid".into(),
+            until: until(writer, MAX_HOLD),
+        };
+        for reader in [writer - CLOCK_SKEW, writer, writer + MAX_HOLD - ROUNDING] {
+            assert!(
+                matches!(
+                    verdict(Some(&i), "fp1", "quick-flags/uid", reader),
+                    Verdict::HeldElsewhere { .. }
+                ),
+                "read at {reader}"
+            );
+        }
+        assert_eq!(
+            verdict(Some(&i), "fp1", "quick-flags/uid", i.until),
+            Verdict::Free,
+            "an answer that can no longer come binds nobody"
+        );
+    }
+
+    #[test]
+    fn flags_that_would_write_longer_intents_than_every_reader_honours_are_refused() {
+        let e = hold_fits(MAX_HOLD + SignedDuration::from_secs(1)).unwrap_err();
+        assert!(e.contains("--token-timeout and --in-flight-grace"), "{e}");
+        assert!(e.contains("1h 1s") && e.contains("than the 1h"), "{e}");
+        assert_eq!(hold_fits(SignedDuration::from_mins(11)), Ok(()));
+    }
+
+    /// Intents already in clusters, written by earlier versions, read and bind as before.
+    #[test]
+    fn an_intent_written_by_an_earlier_version_still_binds() {
+        let a = BTreeMap::from([(
+            ANNOTATION.to_owned(),
+            "9f86d081884c7d65 eagle-eye-operator-7d9f_1a2b/0c1d-uid 2026-11-30T10:10:41Z"
+                .to_owned(),
+        )]);
+        let i = read(Some(&a)).expect("the format of earlier versions");
+        assert_eq!(
+            verdict(
+                Some(&i),
+                "9f86d081884c7d65",
+                "me/uid",
+                t("2026-11-30T10:00:00Z")
+            ),
+            Verdict::HeldElsewhere {
+                holder: "eagle-eye-operator-7d9f_1a2b/0c1d-uid".into(),
+                until: t("2026-11-30T10:10:41Z")
+            }
+        );
     }
 }

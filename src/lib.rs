@@ -9,6 +9,7 @@ pub mod content;
 pub mod controller;
 pub mod crd;
 pub mod decide;
+pub mod event_series;
 mod fair;
 #[cfg(test)]
 mod fixtures;

@@ -61,9 +61,6 @@ const WRITE_BACK_TRIES: u32 = 5;
 const SLOT_HOLD: SignedDuration = SignedDuration::from_secs(30);
 /// How far the clock may step back: all of `intent::CLOCK_SKEW`.
 const SKEW: SignedDuration = intent::CLOCK_SKEW;
-/// `Reconciler::max_hold`: answer limit + slot hold + grace, the longest an intent may
-/// honestly bind others.
-const MAX_HOLD: SignedDuration = SignedDuration::from_secs(310 + 30 + 300);
 
 // ---------------------------------------------------------------------------------------
 // Events
@@ -679,7 +676,6 @@ impl Model {
                 &s.fp,
                 &me,
                 now,
-                MAX_HOLD,
             )
         });
         let rotation = self.rotation();

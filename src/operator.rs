@@ -31,6 +31,11 @@ use crate::token::{
     AuthPolicy, EAGLE_EYE_API_HOSTS, EAGLE_EYE_AUTH_HOSTS, TokenClient, TokenClientOptions,
 };
 
+/// The shortest `--refresh-token-idle-lifetime` accepted. A quarter of it is the margin
+/// kept before the idle end (see `schedule::idle_end_margin`): under a minute, that margin
+/// is shorter than one answer may take to arrive, and whole-second times lose most of it.
+const MIN_IDLE_LIFETIME: jiff::SignedDuration = jiff::SignedDuration::from_mins(1);
+
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Watch only these namespaces (comma-separated). Default: all namespaces.
@@ -54,7 +59,9 @@ pub struct RunArgs {
     /// Host names a token response may name as the API base (`*.domain` for subdomains).
     #[arg(long, env = "EAGLE_EYE_ALLOWED_API_HOSTS", value_delimiter = ',', default_value = EAGLE_EYE_API_HOSTS)]
     pub allowed_api_hosts: Vec<String>,
-    /// Life of an unused rotating refresh token (Eagle Eye: 14 days).
+    /// Life of an unused rotating refresh token (Eagle Eye: 14 days). A refresh is due an
+    /// hour before it ends at the latest, or a quarter of it before when that is less
+    /// (under 4 hours); at least 1 minute.
     #[arg(long, default_value = "14d", value_parser = duration)]
     pub refresh_token_idle_lifetime: jiff::SignedDuration,
     /// Life of a chain of rotating refresh tokens from the Phase 1 login (Eagle Eye: 90 days).
@@ -333,6 +340,12 @@ pub async fn run(
             && !args.revoke_retry_for.is_negative(),
         "--in-flight-grace, --token-timeout and --revoke-retry-for must not be negative"
     );
+    anyhow::ensure!(
+        args.refresh_token_idle_lifetime >= MIN_IDLE_LIFETIME,
+        "--refresh-token-idle-lifetime {:#} is shorter than {:#}: the quarter of it kept before a refresh token dies unused would be shorter than one token call may take",
+        args.refresh_token_idle_lifetime,
+        MIN_IDLE_LIFETIME
+    );
     let (lease_seconds, lease_grace_seconds, flush_limit) = args.timing.checked()?;
     anyhow::ensure!(
         args.pod_nudges_per_second > 0,
@@ -350,6 +363,13 @@ pub async fn run(
         allow_http: args.allow_insecure_http,
         ..Default::default()
     })?;
+    // Every replica and shard honours intents up to one fixed bound, whatever its own
+    // flags; a process that could write longer ones would see them dismissed and its token
+    // spent while its call is in flight.
+    let hold = jiff::SignedDuration::try_from(tokens.answer_limit() + crate::token::MAX_SLOT_HOLD)
+        .unwrap_or(jiff::SignedDuration::MAX)
+        .saturating_add(args.in_flight_grace);
+    crate::intent::hold_fits(hold).map_err(anyhow::Error::msg)?;
     let identity = process_identity(args.instance.as_deref());
     info!(%identity, "this process's identity in the Lease and on Events");
     let settings = Settings {

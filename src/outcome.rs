@@ -168,10 +168,10 @@ pub enum Next {
     Unscheduled,
 }
 
-/// A Kubernetes Event to emit. Repeats of one reason and action within a reconcile fold
-/// into a series that keeps the first note, and across reconciles read alike, so a note must
-/// stay true for every repeat: what varies between repeats belongs in `action` (or in the
-/// status, not the Event).
+/// A Kubernetes Event to emit. A repeat with the same reason, action and note counts on the
+/// Event published before (`crate::event_series`), and a note that changes makes a new
+/// Event: what varies at every repeat (an attempt number, a time) belongs in the status,
+/// or the repeats are no series.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Note {
     pub type_: EventType,
@@ -320,16 +320,16 @@ pub fn report(outcome: &Outcome, previous: Option<&Condition>, now: Timestamp) -
                 ),
                 Next::At(*next_try),
                 // Events at attempts 1, 2, 4, 8, ...: a long outage writes a handful per
-                // credential, not one per retry (the status counts every attempt). The note
-                // is free of times that repeats would leave stale.
+                // credential, not one per retry (the status counts every attempt), and
+                // each repeat counts on one Event. The note names no attempt and no time:
+                // repeats read alike, so that they stay one series.
                 match attempt.is_power_of_two() {
                     true => vec![Note {
                         type_: EventType::Warning,
                         reason: reason::REFRESH_FAILED,
                         action: cause,
                         note: format!(
-                            "refresh failed ({cause}: {detail}); attempt {attempt}, the next Event at attempt {}; status.failedRefreshAttempts counts every one",
-                            attempt.saturating_mul(2)
+                            "refresh failed ({cause}: {detail}); this Event counts attempts 1, 2, 4, 8 and so on of one run of failures, status.failedRefreshAttempts every attempt"
                         ),
                     }],
                     false => vec![],
@@ -874,7 +874,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_refresh_event_names_its_attempt_and_the_status_keeps_the_next_try() {
+    fn a_failed_refresh_event_reads_alike_at_every_repeat_and_the_status_keeps_the_attempt() {
         let failed = |attempt, next_try| Outcome::RefreshFailed {
             failure: failure(),
             attempt,
@@ -886,12 +886,11 @@ mod tests {
         assert!(later.events.is_empty(), "{:?}", later.events);
         let e = &first.events[0];
         assert_eq!(e.action, failure().cause);
-        assert!(
-            e.note.contains("attempt 1, the next Event at attempt 2"),
-            "{}",
-            e.note
-        );
+        assert!(e.note.contains("counts attempts 1, 2, 4, 8"), "{}", e.note);
         assert!(!e.note.contains(&t(NOW + 30).to_string()), "{}", e.note);
+        // Repeats read alike, so that they count on one Event.
+        let repeat = report(&failed(4, t(NOW + 300)), None, t(NOW + 200));
+        assert_eq!(repeat.events, first.events);
         let m = first.ready.unwrap().message;
         assert!(m.contains("attempt 1, next try at"), "{m}");
         assert!(

@@ -677,6 +677,7 @@ impl<'a, W: World> Refresh<'a, W> {
                 self.facts.refresh_before,
                 self.facts.jitter,
             ),
+            chain.token_issued_at,
             self.idle_end(chain.token_issued_at),
         );
         let action = Action::requeue(wait_until(self.world.now(), next));

@@ -86,8 +86,11 @@ pub fn plan(i: &Inputs) -> Plan {
     if published.refresh_fingerprint != i.stored_fingerprint {
         return retry_or_now(i, Why::RefreshTokenChanged);
     }
+    // The published token came from the stored refresh token (checked above), and a
+    // rotating answer's refresh token is issued with its access token.
     let due = before_idle_end(
         due_at(published, i.rotation, i.refresh_before, i.jitter),
+        published.issued_at,
         i.refresh_token_idle_end,
     );
     if i.failures > 0 {
@@ -116,12 +119,30 @@ pub fn due_at(
 }
 
 /// A refresh is due at the latest this long before the refresh token's idle end, however
-/// long the access token lives (some accounts get days-long access tokens).
+/// long the access token lives (some accounts get days-long access tokens); less for idle
+/// lifetimes under four hours (see [`idle_end_margin`]).
 pub const IDLE_END_MARGIN: SignedDuration = SignedDuration::from_hours(1);
 
-/// `due`, or earlier if the refresh token would otherwise die unused first.
-pub fn before_idle_end(due: Timestamp, idle_end: Option<Timestamp>) -> Timestamp {
-    idle_end.map_or(due, |end| due.min(end - IDLE_END_MARGIN))
+/// How long before its idle end a refresh token issued `lifetime` earlier is refreshed: an
+/// hour, or a quarter of its lifetime when that is less. A fixed hour put the refresh before
+/// the token's own issue whenever the lifetime was an hour or less: every refresh due at
+/// once, each killing the access token just published (727 refreshes in 40 s at 30 min).
+/// A quarter leaves three quarters of the lifetime between refreshes, and a quarter for
+/// retries before the token dies.
+pub fn idle_end_margin(lifetime: SignedDuration) -> SignedDuration {
+    IDLE_END_MARGIN.min(lifetime.max(SignedDuration::ZERO) / 4)
+}
+
+/// `due`, or earlier if the refresh token issued at `issued_at` would otherwise die unused
+/// first (at `idle_end`).
+pub fn before_idle_end(
+    due: Timestamp,
+    issued_at: Timestamp,
+    idle_end: Option<Timestamp>,
+) -> Timestamp {
+    idle_end.map_or(due, |end| {
+        due.min(end - idle_end_margin(end.duration_since(issued_at)))
+    })
 }
 
 /// Exponential backoff for the n-th consecutive failure (n >= 1), jitter in [0, 1) adding
@@ -282,6 +303,39 @@ mod tests {
         // A short token is unaffected.
         i.published = Some(published(0, 3600));
         assert_eq!(plan(&i), Plan::RefreshAt(t(2400), Why::Due));
+    }
+
+    /// Regression (issue 19, finding 7): with `--refresh-token-idle-lifetime 30m` the fixed
+    /// hour before the idle end made every refresh due at once, in a loop.
+    #[test]
+    fn an_idle_lifetime_under_an_hour_is_refreshed_a_quarter_of_it_before_its_end() {
+        let mut i = inputs(60, Some(published(0, 3600)));
+        i.refresh_token_idle_end = Some(t(1800));
+        assert_eq!(plan(&i), Plan::RefreshAt(t(1350), Why::Due));
+        // Just refreshed again: the next one is as far away, not due at once.
+        let mut again = inputs(1351, Some(published(1350, 1350 + 3600)));
+        again.refresh_token_idle_end = Some(t(1350 + 1800));
+        assert_eq!(plan(&again), Plan::RefreshAt(t(1350 + 1350), Why::Due));
+        assert_eq!(
+            before_idle_end(t(3000), t(0), Some(t(1800))),
+            t(1350),
+            "the time the controller reports as status.nextRefreshAt agrees"
+        );
+    }
+
+    #[test]
+    fn the_idle_end_margin_is_an_hour_or_a_quarter_of_a_shorter_lifetime() {
+        let mins = SignedDuration::from_mins;
+        for (lifetime, margin) in [
+            (mins(14 * 24 * 60), mins(60)),
+            (mins(4 * 60), mins(60)),
+            (mins(2 * 60), mins(30)),
+            (mins(30), secs(450)),
+            (mins(1), secs(15)),
+            (secs(-5), secs(0)),
+        ] {
+            assert_eq!(idle_end_margin(lifetime), margin, "{lifetime:#}");
+        }
     }
 
     #[test]

@@ -83,10 +83,10 @@ impl Settings {
 
 pub struct Context {
     pub client: Client,
-    /// Who publishes Events: a `Recorder` is made per reconcile, as kube intends (its
-    /// cache of every Event published, for series, would otherwise hold one Event per
-    /// credential and be walked on every publish).
+    /// Who publishes Events.
     pub reporter: Reporter,
+    /// The Event series published, so that a repeat counts on its first object.
+    pub event_series: crate::event_series::Series,
     pub tokens: TokenClient,
     pub settings: Settings,
     pub store: Store<EagleEyeCredential>,
@@ -155,6 +155,7 @@ impl Context {
             wakes: Mutex::new(Some(wakes)),
             client,
             reporter,
+            event_series: Default::default(),
             tokens,
             settings,
             store,

@@ -44,8 +44,6 @@ pub(super) struct Reconciler<'a> {
     pub(super) published_token: Option<(Timestamp, Timestamp)>,
     /// A nudge of consuming pods was cut short: requeue soon to go on.
     pub(super) nudge_unfinished: bool,
-    /// Events of this reconcile (repeats within it become a series).
-    pub(super) recorder: kube::runtime::events::Recorder,
 }
 
 impl<'a> Reconciler<'a> {
@@ -63,10 +61,6 @@ impl<'a> Reconciler<'a> {
             now: whole_seconds(ctx.settings.now()),
             published_token: None,
             nudge_unfinished: false,
-            recorder: kube::runtime::events::Recorder::new(
-                ctx.client.clone(),
-                ctx.reporter.clone(),
-            ),
         }
     }
 
@@ -248,7 +242,6 @@ impl<'a> Reconciler<'a> {
                 &s.fingerprint,
                 &me,
                 self.now,
-                self.max_hold(),
             )
         });
         let refresh_before = validated
@@ -346,15 +339,6 @@ impl<'a> Reconciler<'a> {
             "Secret {:?} holds the same refresh token as {who}, which refreshes it already; two credentials spending one rotating token destroy it: give each credential its own login",
             spec.refresh_token_secret_ref.name
         ))
-    }
-
-    /// How long after it is written a spend intent may bind other holders: the token
-    /// call's limit (a slot is used within `MAX_SLOT_HOLD` of being granted) plus the grace.
-    pub(super) fn max_hold(&self) -> SignedDuration {
-        let call = self.ctx.tokens.answer_limit() + crate::token::MAX_SLOT_HOLD;
-        SignedDuration::try_from(call)
-            .unwrap_or(SignedDuration::MAX)
-            .saturating_add(self.ctx.settings.in_flight_grace)
     }
 
     /// This credential's name as a spender, in spend intents.

@@ -1,12 +1,17 @@
-//! Applies what a reconcile reports (worded in `crate::outcome`): Events, then the status.
+//! Applies what a reconcile reports (worded in `crate::outcome`): Events (a repeat counted
+//! on the Event it repeats, see `crate::event_series`), then the status.
 
+use jiff::Timestamp;
+use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::Event;
+use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
+use crate::event_series::{self, Publish};
 use crate::outcome::{self, Next, Note, Outcome, Verdict};
 use crate::schedule::Rotation;
 use crate::status::{self, READY, RELOGIN_SOON};
@@ -121,16 +126,83 @@ impl Reconciler<'_> {
         Ok(())
     }
 
+    /// Publishes `note` about the credential: a new Event, or one more occurrence of the
+    /// same Event published before (see `crate::event_series`). A failure is logged, never
+    /// fatal: the status says what the Event would have.
     pub(super) async fn event(&self, note: &Note) {
-        let ev = Event {
-            type_: note.type_,
-            reason: note.reason.into(),
-            note: Some(truncate(&note.note, 1000)),
-            action: note.action.into(),
-            secondary: None,
+        let text = truncate(&note.note, 1000);
+        let uid = self.cr.metadata.uid.as_deref().unwrap_or_default();
+        let key = event_series::Key::new(uid, note.type_, note.reason, note.action, &text);
+        let now = self.ctx.settings.now();
+        let series = &self.ctx.event_series;
+        let api: Api<K8sEvent> = Api::namespaced(
+            self.ctx.client.clone(),
+            &self.cr.namespace().unwrap_or_default(),
+        );
+        let written = match series.next(&key, now) {
+            Publish::Repeat { created, count } => {
+                let name = event_series::name(&self.cr.name_any(), created);
+                let patch = serde_json::json!({
+                    "series": {"count": count, "lastObservedTime": MicroTime(now)},
+                });
+                match api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => Ok((created, count)),
+                    // Expired (kube-apiserver's --event-ttl) or deleted: start a new one.
+                    Err(kube::Error::Api(s)) if s.code == 404 => {
+                        series.forget(&key);
+                        self.create_event(&api, note, text, now).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Publish::Create => self.create_event(&api, note, text, now).await,
         };
-        if let Err(e) = self.recorder.publish(&ev, &self.cr.object_ref(&())).await {
-            warn!(error = %e, "could not publish an event");
+        match written {
+            Ok((created, count)) => series.published(key, created, count, now),
+            Err(e) => warn!(error = %e, reason = note.reason, "could not publish an event"),
         }
+    }
+
+    /// Creates a new Event about the credential, made at `now`: its time and count (1).
+    async fn create_event(
+        &self,
+        api: &Api<K8sEvent>,
+        note: &Note,
+        text: String,
+        now: Timestamp,
+    ) -> Result<(Timestamp, i32), kube::Error> {
+        let reporter = &self.ctx.reporter;
+        let event = K8sEvent {
+            metadata: ObjectMeta {
+                name: Some(event_series::name(&self.cr.name_any(), now)),
+                namespace: self.cr.namespace(),
+                ..Default::default()
+            },
+            action: Some(note.action.into()),
+            reason: Some(note.reason.into()),
+            note: Some(text),
+            type_: Some(
+                match note.type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                }
+                .into(),
+            ),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(self.cr.object_ref(&())),
+            reporting_controller: Some(reporter.controller.clone()),
+            reporting_instance: Some(
+                reporter
+                    .instance
+                    .clone()
+                    .unwrap_or_else(|| reporter.controller.clone()),
+            ),
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &event).await?;
+        Ok((now, 1))
     }
 }

@@ -363,7 +363,6 @@ impl Reconciler<'_> {
             &stored.fingerprint,
             &self.holder(),
             self.now,
-            self.max_hold(),
         ) {
             // Revoking now would revoke a token about to be replaced, and miss its successor.
             return Attempt::Retry(format!(

@@ -15,6 +15,7 @@ mod controller;
 mod core_findings;
 mod crd_drift;
 mod fair_calls;
+mod flags_and_events;
 mod ha;
 mod helm;
 mod hostile;
