@@ -37,6 +37,9 @@ pub const WAITING_RECHECK: Duration = Duration::from_secs(300);
 /// A credential parked for a call slot is looked at again after this at the latest (it is
 /// woken when the slot is granted; this only bounds a lost wake-up, and shows an expiry).
 const PARKED_RECHECK: Duration = Duration::from_secs(60);
+/// A credential refused a token another credential claims looks again this often: once
+/// that one is deleted, the copy may take the login over.
+const IN_USE_RECHECK: Duration = Duration::from_secs(30);
 /// The longest wait between two publishes that met a conflict.
 const MAX_PUBLISH_BACKOFF: Duration = Duration::from_secs(30);
 /// A due credential waiting for the census of claims looks again this often.
@@ -252,7 +255,7 @@ impl<'a, W: World> Refresh<'a, W> {
                 End::Report(Outcome::InvalidSpec(message), Action::await_change())
             }
             Decision::InUse(message) => {
-                End::Report(Outcome::InUse(message), Action::requeue(WAITING_RECHECK))
+                End::Report(Outcome::InUse(message), Action::requeue(IN_USE_RECHECK))
             }
             Decision::TargetConflict(message) => End::Report(
                 Outcome::TargetConflict(message),
