@@ -13,6 +13,8 @@ mod error;
 mod extract;
 mod grant;
 mod options;
+#[doc(hidden)]
+pub mod transport;
 mod wire;
 
 use std::sync::Arc;
@@ -59,6 +61,8 @@ pub struct TokenClient {
     /// Set when the process stops: calls in flight finish, none starts.
     closed: Arc<std::sync::atomic::AtomicBool>,
     settings: Arc<Settings>,
+    /// Set only by the simulator: requests go there instead of over HTTP.
+    transport: Option<Arc<dyn transport::Transport>>,
 }
 
 #[derive(Debug)]
@@ -205,7 +209,15 @@ impl TokenClient {
                 allowed_api_hosts,
                 auth_policy,
             }),
+            transport: None,
         })
+    }
+
+    /// Sends every request through `transport` instead of HTTP (the simulator's seam).
+    #[doc(hidden)]
+    pub fn with_transport(mut self, transport: Arc<dyn transport::Transport>) -> Self {
+        self.transport = Some(transport);
+        self
     }
 
     /// The longest a call takes from its start to its end, whatever the server does:
@@ -481,6 +493,19 @@ impl TokenClient {
         deadline: Instant,
     ) -> Result<Answer, TokenError> {
         let deadline = tokio::time::Instant::from_std(deadline);
+        if let Some(transport) = &self.transport {
+            let request = transport::Request {
+                url,
+                authorization: wire::basic_auth(&creds.id, &creds.secret)
+                    .to_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                form,
+            };
+            return self
+                .send_via(transport.post(request), operation, ceiling, deadline)
+                .await;
+        }
         let request = self
             .http
             .post(url)
@@ -516,6 +541,62 @@ impl TokenClient {
         Err(TokenError::Status {
             operation,
             status: status.as_u16(),
+            error_code,
+            retry_after,
+        })
+    }
+}
+
+impl TokenClient {
+    /// `send` over a [`transport::Transport`]: the same deadline and the same errors as
+    /// over HTTP.
+    async fn send_via(
+        &self,
+        answer: transport::Answer,
+        operation: Operation,
+        ceiling: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<Answer, TokenError> {
+        let response = match tokio::time::timeout_at(deadline, answer).await {
+            Err(_) => return Err(no_answer_in_time(operation, None)),
+            Ok(Err(transport::Failure::NotSent)) => {
+                return Err(TokenError::Connect {
+                    operation,
+                    detail: "connection refused",
+                });
+            }
+            Ok(Err(transport::Failure::MaybeSent)) => {
+                return Err(TokenError::OutcomeUnknown {
+                    operation,
+                    detail: "the connection failed before the answer was complete",
+                    refresh_token: None,
+                });
+            }
+            Ok(Ok(response)) => response,
+        };
+        if (200..300).contains(&response.status) {
+            let mut body = response.body;
+            let end = match body.len() > ceiling {
+                true => {
+                    body.truncate(ceiling);
+                    BodyEnd::Ceiling
+                }
+                false => BodyEnd::Complete,
+            };
+            return Ok(Answer { body, end });
+        }
+        let retry_after = response
+            .retry_after
+            .as_deref()
+            .and_then(|v| wire::parse_retry_after(v, jiff::Timestamp::now()));
+        let limit = ERROR_BODY_LIMIT.min(self.settings.max_response_bytes);
+        let error_code = match response.body.len() <= limit {
+            true => OAuthErrorCode::from_body(&response.body),
+            false => None,
+        };
+        Err(TokenError::Status {
+            operation,
+            status: response.status,
             error_code,
             retry_after,
         })

@@ -294,7 +294,8 @@ impl HeldTokens {
     }
 
     /// Every credential this process keeps anything about.
-    pub(crate) fn known_keys(&self) -> HashSet<String> {
+    #[doc(hidden)]
+    pub fn known_keys(&self) -> HashSet<String> {
         let mut keys: HashSet<String> = lock(&self.live).keys().cloned().collect();
         // A held answer whose store failed is put back: it is looked at again each time.
         keys.extend(lock(&self.held).keys().cloned());
