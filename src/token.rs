@@ -95,23 +95,30 @@ impl CallSlot {
     /// Whether a call may still start with this slot ([`MAX_SLOT_HOLD`] since it was
     /// granted has not passed).
     pub fn usable(&self) -> bool {
-        Instant::now() < self.start_by
+        now() < self.start_by
     }
 
     /// Whether a call may still start with this slot `margin` from now.
     pub fn usable_for(&self, margin: Duration) -> bool {
-        Instant::now() + margin < self.start_by
+        now() + margin < self.start_by
     }
 
     /// Time left until [`CallSlot::deadline`], e.g. to turn it into a wall-clock time.
     pub fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
+        self.deadline.saturating_duration_since(now())
     }
 
     /// Where a call made with this slot may go.
     pub fn destination(&self) -> &Destination {
         self.permit.destination()
     }
+}
+
+/// The time slots and deadlines are measured in: tokio's clock, which is the system's
+/// monotonic clock except under paused test time (the simulator), where the deadlines must
+/// move with the time the runtime's timers see.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// How reading a success answer ended.
@@ -275,7 +282,7 @@ impl TokenClient {
         let answer_limit = self.settings.answer_limit;
         async move {
             let permit = slots.acquire(destination, &tenant).await;
-            let granted = Instant::now();
+            let granted = now();
             CallSlot {
                 permit,
                 start_by: granted + MAX_SLOT_HOLD,
@@ -459,7 +466,7 @@ impl TokenClient {
                 Destination::of(&url)
             )));
         }
-        let started = Instant::now();
+        let started = now();
         if started > slot.start_by {
             return Err(TokenError::SlotExpired { operation });
         }
