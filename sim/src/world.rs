@@ -287,7 +287,7 @@ impl Sim {
         for b in what.bytes() {
             self.hash = (self.hash ^ b as u64).wrapping_mul(0x100_0000_01b3);
         }
-        if self.trace.len() == 50 {
+        if self.trace.len() == trace_len() {
             self.trace.pop_front();
         }
         self.trace.push_back(format!(
@@ -685,6 +685,9 @@ impl Sim {
         // Logins it may hold the only copy of, or be in the middle of spending, may be
         // lost with it: one reuse each is the documented price.
         let mut excuse: BTreeSet<usize> = BTreeSet::new();
+        // Any credential it keeps memory of: a held answer, or one on a reconcile's stack
+        // between the answer and the write-back (not visible from outside), is the window.
+        // Broad: it also excuses what it merely remembers (see docs/simulation.md).
         let kept = self.procs[p].shared.held.known_keys();
         for (l, k) in &self.login_cred {
             if kept.contains(k) {
@@ -1413,9 +1416,15 @@ impl Sim {
                     .procs
                     .iter()
                     .any(|p| p.alive && p.shared.held.known_keys().contains(&ckey));
+                let restored = token_in(&old).and_then(|t| self.eagle.login_of(&t));
                 if let Some(l) = token_in(&current).and_then(|t| self.eagle.login_of(&t)) {
-                    if !remembered {
+                    // Another login's token put back passes for a person's new login; a
+                    // whole backup hides the record that its token is dead (the intent's
+                    // documented limits): either may cost the current login.
+                    if !remembered || restored != Some(l) {
                         self.superseded.insert(l);
+                    } else if whole {
+                        self.excuse(l);
                     }
                 }
                 self.note(format!(
@@ -1698,4 +1707,12 @@ pub fn run(seed: u64, steps: u64) -> (Tally, u64, Option<Violation>, f64) {
         let epc = sim.events_per_credential();
         (sim.tally.clone(), sim.hash, sim.violation.take(), epc)
     })
+}
+
+/// Steps kept for a violation's report (`EAGLE_EYE_SIM_TRACE` to see more).
+fn trace_len() -> usize {
+    thread_local! {
+        static LEN: usize = std::env::var("EAGLE_EYE_SIM_TRACE").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    }
+    LEN.with(|l| *l)
 }
