@@ -266,13 +266,12 @@ impl Api {
                     "ownerReferences",
                     "managedFields",
                 ] {
-                    if let Some(v) = current.pointer(&format!("/metadata/{keep}")) {
-                        if next["metadata"].get(keep).is_none()
+                    if let Some(v) = current.pointer(&format!("/metadata/{keep}"))
+                        && (next["metadata"].get(keep).is_none()
                             || keep == "uid"
-                            || keep == "creationTimestamp"
-                        {
-                            next["metadata"][keep] = v.clone();
-                        }
+                            || keep == "creationTimestamp")
+                    {
+                        next["metadata"][keep] = v.clone();
                     }
                 }
                 if res == "eagleeyecredentials" {

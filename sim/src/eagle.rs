@@ -141,12 +141,11 @@ impl Eagle {
             } else if l.started + CHAIN < now {
                 l.died = Some("chain");
             }
-            if l.died.is_some() {
-                if let Some(t) = l.live.take() {
-                    if let Some(i) = self.tokens.get_mut(&t) {
-                        i.state = TokenState::Revoked;
-                    }
-                }
+            if l.died.is_some()
+                && let Some(t) = l.live.take()
+                && let Some(i) = self.tokens.get_mut(&t)
+            {
+                i.state = TokenState::Revoked;
             }
         }
     }
@@ -233,10 +232,10 @@ impl Eagle {
                 self.reuses += 1;
                 if self.revoke_on_reuse {
                     let l = &mut self.logins[login];
-                    if let Some(t) = l.live.take() {
-                        if let Some(i) = self.tokens.get_mut(&t) {
-                            i.state = TokenState::Revoked;
-                        }
+                    if let Some(t) = l.live.take()
+                        && let Some(i) = self.tokens.get_mut(&t)
+                    {
+                        i.state = TokenState::Revoked;
                     }
                     l.died.get_or_insert("reuse");
                 }

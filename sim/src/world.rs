@@ -410,10 +410,10 @@ impl Sim {
         let token = self.eagle.login(&c.client, clock::now());
         let name = Self::refresh_secret_name(&c);
         let key = self.key("secrets", &c.ns, &name);
-        if let Some(old) = self.api.objects.get(&key).and_then(token_in) {
-            if let Some(l) = self.eagle.login_of(&old) {
-                self.superseded.insert(l);
-            }
+        if let Some(old) = self.api.objects.get(&key).and_then(token_in)
+            && let Some(l) = self.eagle.login_of(&old)
+        {
+            self.superseded.insert(l);
         }
         let secret = json!({
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
@@ -790,10 +790,10 @@ impl Sim {
                         .collect();
                     for k in ended {
                         let h = term.running.remove(&k).expect("running");
-                        if let Some(Err(e)) = h.now_or_never() {
-                            if e.is_panic() {
-                                panics.push(k);
-                            }
+                        if let Some(Err(e)) = h.now_or_never()
+                            && e.is_panic()
+                        {
+                            panics.push(k);
                         }
                     }
                 }
@@ -1153,14 +1153,14 @@ impl Sim {
                 } else if !self.procs[h].alive {
                     let died = *self.holder_died.get_or_insert(now);
                     // The Lease expired: a live follower takes it.
-                    if now - died > Duration::from_secs(LEASE_SECONDS as u64) {
-                        if let Some(to) = (0..self.procs.len()).find(|&p| self.procs[p].alive) {
-                            self.note(format!("p{to} takes the expired Lease"));
-                            self.holder_died = None;
-                            self.put_lease(Some(to));
-                            if self.procs[to].term.is_none() {
-                                self.start_term(to);
-                            }
+                    if now - died > Duration::from_secs(LEASE_SECONDS as u64)
+                        && let Some(to) = (0..self.procs.len()).find(|&p| self.procs[p].alive)
+                    {
+                        self.note(format!("p{to} takes the expired Lease"));
+                        self.holder_died = None;
+                        self.put_lease(Some(to));
+                        if self.procs[to].term.is_none() {
+                            self.start_term(to);
                         }
                     }
                 }
@@ -1364,10 +1364,11 @@ impl Sim {
         self.put_lease(Some(to));
         // The old holder notices at once or later (its own next renewal): either way
         // its controllers stop. The new one starts its term.
-        if let Some(f) = from {
-            if self.procs[f].alive && self.procs[f].leading {
-                self.end_term(f);
-            }
+        if let Some(f) = from
+            && self.procs[f].alive
+            && self.procs[f].leading
+        {
+            self.end_term(f);
         }
         if self.procs[to].term.is_none() {
             self.start_term(to);
@@ -1549,16 +1550,17 @@ impl Sim {
             })
             .collect();
         for (key, uid, serial) in targets {
-            if let Some((seen_uid, seen)) = self.targets.get(&key).cloned() {
-                if seen_uid == uid && serial < seen {
-                    let at = |s: u64| self.minted_at.get(s as usize - 1).copied();
-                    // Two answers of one second cannot be ordered (either may stand).
-                    if at(serial).map(|t| t.as_second()) != at(seen).map(|t| t.as_second()) {
-                        self.fail(format!(
-                            "target {}/{} went back from access token #{seen} to #{serial}",
-                            key.0, key.1
-                        ));
-                    }
+            if let Some((seen_uid, seen)) = self.targets.get(&key).cloned()
+                && seen_uid == uid
+                && serial < seen
+            {
+                let at = |s: u64| self.minted_at.get(s as usize - 1).copied();
+                // Two answers of one second cannot be ordered (either may stand).
+                if at(serial).map(|t| t.as_second()) != at(seen).map(|t| t.as_second()) {
+                    self.fail(format!(
+                        "target {}/{} went back from access token #{seen} to #{serial}",
+                        key.0, key.1
+                    ));
                 }
             }
             self.targets.insert(key, (uid, serial));
