@@ -13,6 +13,8 @@ mod error;
 mod extract;
 mod grant;
 mod options;
+#[doc(hidden)]
+pub mod transport;
 mod wire;
 
 use std::sync::Arc;
@@ -59,6 +61,8 @@ pub struct TokenClient {
     /// Set when the process stops: calls in flight finish, none starts.
     closed: Arc<std::sync::atomic::AtomicBool>,
     settings: Arc<Settings>,
+    /// Set only by the simulator: requests go there instead of over HTTP.
+    transport: Option<Arc<dyn transport::Transport>>,
 }
 
 #[derive(Debug)]
@@ -91,23 +95,30 @@ impl CallSlot {
     /// Whether a call may still start with this slot ([`MAX_SLOT_HOLD`] since it was
     /// granted has not passed).
     pub fn usable(&self) -> bool {
-        Instant::now() < self.start_by
+        now() < self.start_by
     }
 
     /// Whether a call may still start with this slot `margin` from now.
     pub fn usable_for(&self, margin: Duration) -> bool {
-        Instant::now() + margin < self.start_by
+        now() + margin < self.start_by
     }
 
     /// Time left until [`CallSlot::deadline`], e.g. to turn it into a wall-clock time.
     pub fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
+        self.deadline.saturating_duration_since(now())
     }
 
     /// Where a call made with this slot may go.
     pub fn destination(&self) -> &Destination {
         self.permit.destination()
     }
+}
+
+/// The time slots and deadlines are measured in: tokio's clock, which is the system's
+/// monotonic clock except under paused test time (the simulator), where the deadlines must
+/// move with the time the runtime's timers see.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// How reading a success answer ended.
@@ -205,7 +216,15 @@ impl TokenClient {
                 allowed_api_hosts,
                 auth_policy,
             }),
+            transport: None,
         })
+    }
+
+    /// Sends every request through `transport` instead of HTTP (the simulator's seam).
+    #[doc(hidden)]
+    pub fn with_transport(mut self, transport: Arc<dyn transport::Transport>) -> Self {
+        self.transport = Some(transport);
+        self
     }
 
     /// The longest a call takes from its start to its end, whatever the server does:
@@ -263,7 +282,7 @@ impl TokenClient {
         let answer_limit = self.settings.answer_limit;
         async move {
             let permit = slots.acquire(destination, &tenant).await;
-            let granted = Instant::now();
+            let granted = now();
             CallSlot {
                 permit,
                 start_by: granted + MAX_SLOT_HOLD,
@@ -447,7 +466,7 @@ impl TokenClient {
                 Destination::of(&url)
             )));
         }
-        let started = Instant::now();
+        let started = now();
         if started > slot.start_by {
             return Err(TokenError::SlotExpired { operation });
         }
@@ -481,6 +500,19 @@ impl TokenClient {
         deadline: Instant,
     ) -> Result<Answer, TokenError> {
         let deadline = tokio::time::Instant::from_std(deadline);
+        if let Some(transport) = &self.transport {
+            let request = transport::Request {
+                url,
+                authorization: wire::basic_auth(&creds.id, &creds.secret)
+                    .to_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                form,
+            };
+            return self
+                .send_via(transport.post(request), operation, ceiling, deadline)
+                .await;
+        }
         let request = self
             .http
             .post(url)
@@ -516,6 +548,62 @@ impl TokenClient {
         Err(TokenError::Status {
             operation,
             status: status.as_u16(),
+            error_code,
+            retry_after,
+        })
+    }
+}
+
+impl TokenClient {
+    /// `send` over a [`transport::Transport`]: the same deadline and the same errors as
+    /// over HTTP.
+    async fn send_via(
+        &self,
+        answer: transport::Answer,
+        operation: Operation,
+        ceiling: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<Answer, TokenError> {
+        let response = match tokio::time::timeout_at(deadline, answer).await {
+            Err(_) => return Err(no_answer_in_time(operation, None)),
+            Ok(Err(transport::Failure::NotSent)) => {
+                return Err(TokenError::Connect {
+                    operation,
+                    detail: "connection refused",
+                });
+            }
+            Ok(Err(transport::Failure::MaybeSent)) => {
+                return Err(TokenError::OutcomeUnknown {
+                    operation,
+                    detail: "the connection failed before the answer was complete",
+                    refresh_token: None,
+                });
+            }
+            Ok(Ok(response)) => response,
+        };
+        if (200..300).contains(&response.status) {
+            let mut body = response.body;
+            let end = match body.len() > ceiling {
+                true => {
+                    body.truncate(ceiling);
+                    BodyEnd::Ceiling
+                }
+                false => BodyEnd::Complete,
+            };
+            return Ok(Answer { body, end });
+        }
+        let retry_after = response
+            .retry_after
+            .as_deref()
+            .and_then(|v| wire::parse_retry_after(v, jiff::Timestamp::now()));
+        let limit = ERROR_BODY_LIMIT.min(self.settings.max_response_bytes);
+        let error_code = match response.body.len() <= limit {
+            true => OAuthErrorCode::from_body(&response.body),
+            false => None,
+        };
+        Err(TokenError::Status {
+            operation,
+            status: response.status,
             error_code,
             retry_after,
         })

@@ -32,6 +32,8 @@ struct Check {
     margin: SignedDuration,
     /// The Lease as last seen by the watch (`None` before the first sight, or deleted).
     seen: watch::Receiver<Option<Lease>>,
+    /// The wall clock the Lease's times are compared with.
+    clock: fn() -> Timestamp,
 }
 
 impl Leadership {
@@ -50,6 +52,29 @@ impl Leadership {
             identity: identity.into(),
             margin: SignedDuration::try_from(margin).unwrap_or(SignedDuration::MAX),
             seen,
+            clock: Timestamp::now,
+        }))
+    }
+
+    /// As [`Leadership::lease`], but the Lease as seen is fed by the caller (the simulator,
+    /// which runs no watch) and compared with `clock`; the check still reads the Lease
+    /// through `leases` when the copy seen does not show it fresh and ours.
+    #[doc(hidden)]
+    pub fn fed(
+        leases: Api<Lease>,
+        name: &str,
+        identity: &str,
+        margin: Duration,
+        seen: watch::Receiver<Option<Lease>>,
+        clock: fn() -> Timestamp,
+    ) -> Self {
+        Leadership(Some(Check {
+            leases,
+            name: name.into(),
+            identity: identity.into(),
+            margin: SignedDuration::try_from(margin).unwrap_or(SignedDuration::MAX),
+            seen,
+            clock,
         }))
     }
 
@@ -107,7 +132,7 @@ impl Check {
                     .checked_sub(self.margin)
                     .ok()
             });
-        ours && left_until.is_some_and(|until| until > Timestamp::now())
+        ours && left_until.is_some_and(|until| until > (self.clock)())
     }
 }
 

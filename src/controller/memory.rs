@@ -345,9 +345,10 @@ impl Memory {
         self.terms.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// The current term's number.
+    /// The current term's number (1 before the first `new_term`: no entry is read in it
+    /// before it starts).
     pub fn term(&self) -> u64 {
-        self.terms.load(Ordering::Relaxed)
+        self.terms.load(Ordering::Relaxed).max(1)
     }
 
     /// Whether every credential of `keys` has been read in `term` (see the module's doc):

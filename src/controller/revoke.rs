@@ -183,7 +183,7 @@ impl Reconciler<'_> {
         } else {
             // One attempt never outlasts the retry window (nor MAX_ATTEMPT): a hanging auth
             // server cannot hold the deletion, or a refresh call slot, for longer.
-            let limit = left(Timestamp::now()).clamp(MIN_ATTEMPT, MAX_ATTEMPT);
+            let limit = left(self.ctx.settings.now()).clamp(MIN_ATTEMPT, MAX_ATTEMPT);
             match tokio::time::timeout(limit, self.revoke()).await {
                 Ok(attempt) => attempt,
                 Err(_) => Attempt::Retry(format!(
@@ -231,10 +231,10 @@ impl Reconciler<'_> {
                 action: "Revoke",
                 note: "spec.revokeOnDelete was turned off during the deletion: the refresh token was not revoked".into(),
             },
-            Attempt::Retry(why) if !left(Timestamp::now()).is_zero() => {
+            Attempt::Retry(why) if !left(self.ctx.settings.now()).is_zero() => {
                 let wait = schedule::backoff(attempts, jitter(self.cr))
                     .min(MAX_RETRY)
-                    .min(left(Timestamp::now()))
+                    .min(left(self.ctx.settings.now()))
                     .max(Duration::from_millis(100));
                 warn!(attempt = attempts, retry_in = ?wait, %why, "revoking the refresh token failed; retrying");
                 if attempts == 1 {

@@ -1,0 +1,3 @@
+fn main() {
+    eagle_eye_sim::cli::main()
+}
