@@ -73,6 +73,8 @@ pub trait World {
     /// The first credential calling `auth_url` not yet read in this term's census of
     /// claims, if any.
     async fn census_pending(&mut self, auth_url: &url::Url) -> Option<String>;
+    /// Why another credential owns `stored`'s token, if one does (see `Memory::claim`).
+    fn claimed_elsewhere(&mut self, stored: &StoredToken) -> Option<String>;
     /// Takes a token-call slot and says how long the call may take with it, or parks the
     /// credential for one (`None`).
     fn call_slot(&mut self, auth_url: &url::Url) -> Option<SignedDuration>;
@@ -340,6 +342,11 @@ impl<'a, W: World> Refresh<'a, W> {
                     info!(%unread, "not refreshing before every credential has been read in this term: one may hold a copy of this token");
                     return End::Quiet(Action::requeue(CENSUS_RECHECK));
                 }
+                // Claimed when read; asked again now that every credential is known: the one
+                // read last may have rotated this very token out.
+                if let Some(why) = self.world.claimed_elsewhere(&stored) {
+                    return End::Report(Outcome::InUse(why), Action::requeue(IN_USE_RECHECK));
+                }
                 let Some(call_limit) = self.world.call_slot(&auth_url) else {
                     return self.awaiting_slot();
                 };
@@ -515,14 +522,20 @@ impl<'a, W: World> Refresh<'a, W> {
                 }
             };
         };
-        // From the answer on, the new token is the live one (the spent one is dead).
+        // From the answer on, the new token is the live one (the spent one is dead); and it is
+        // held in memory until the write-back is acknowledged, so that a reconcile cancelled
+        // or panicking meanwhile leaves it there for the next one (or the flush) to store.
         self.world.remember_live(&new);
+        self.world.hold(held.clone());
         let traded = held.spent_fingerprint.clone();
-        match self
+        let written = self
             .world
             .write_back(stored, &traded, &new, held.received_at)
-            .await
-        {
+            .await;
+        if written.is_ok() {
+            self.world.take_held(&self.facts.key);
+        }
+        match written {
             Ok(WriteBack::Written(spent, _)) => {
                 held.spent = spent;
                 Ok(Some(held))
@@ -540,7 +553,6 @@ impl<'a, W: World> Refresh<'a, W> {
             }
             Err(e) => {
                 let secret = held.secret.clone();
-                self.world.hold(held);
                 let outcome = Outcome::WriteBackPending {
                     secret,
                     why: e.reason(),

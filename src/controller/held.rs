@@ -17,6 +17,7 @@ use crate::secrets;
 use crate::secrets::fingerprint;
 use crate::token::TokenGrant;
 
+#[derive(Clone)]
 pub struct Held {
     pub spent_fingerprint: String,
     /// The new refresh token; `None` when the server did not rotate.

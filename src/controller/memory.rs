@@ -17,7 +17,7 @@
 //! and nothing revoked until every credential the term watches has been read once
 //! (`Memory::census_complete`): by then every spent list is in the index.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -45,6 +45,8 @@ struct Inner {
     dead: HashMap<String, String>,
     /// Deleted credentials whose rotated-out tokens stay known dead, oldest first.
     buried: VecDeque<(String, Vec<String>)>,
+    /// The credentials with an answer held (so that finding one is not a walk of all).
+    holding: BTreeSet<String>,
 }
 
 /// How many deleted credentials' rotated-out tokens stay known dead (at most 65
@@ -138,11 +140,15 @@ impl Memory {
     }
 
     pub(crate) fn take(&self, key: &str) -> Option<Held> {
-        lock(&self.inner).entries.get_mut(key)?.held.take()
+        let mut inner = lock(&self.inner);
+        inner.holding.remove(key);
+        inner.entries.get_mut(key)?.held.take()
     }
 
     pub(crate) fn put(&self, key: &str, held: Held) {
-        self.with(key, |e| e.held = Some(held));
+        let mut inner = lock(&self.inner);
+        inner.holding.insert(key.to_owned());
+        inner.entries.entry(key.to_owned()).or_default().held = Some(held);
     }
 
     /// What `decide` needs to know of the held answer for this credential's Secret, with
@@ -160,8 +166,12 @@ impl Memory {
             .get_key_value(key)
             .and_then(|(k, e)| Some((k, e.held.as_ref()?)));
         let (k, h) = own.or_else(|| {
-            inner.entries.iter().find_map(|(k, e)| {
-                e.held
+            inner.holding.iter().find_map(|k| {
+                inner
+                    .entries
+                    .get_key_value(k)?
+                    .1
+                    .held
                     .as_ref()
                     .filter(|h| h.namespace == namespace && h.secret == secret)
                     .map(|h| (k, h))
@@ -177,18 +187,12 @@ impl Memory {
 
     /// Whether no answer is held for any credential.
     pub fn is_empty(&self) -> bool {
-        !lock(&self.inner).entries.values().any(|e| e.held.is_some())
+        lock(&self.inner).holding.is_empty()
     }
 
     /// The keys of the credentials with an answer held.
     pub(crate) fn held_keys(&self) -> Vec<String> {
-        let inner = lock(&self.inner);
-        inner
-            .entries
-            .iter()
-            .filter(|(_, e)| e.held.is_some())
-            .map(|(k, _)| k.clone())
-            .collect()
+        lock(&self.inner).holding.iter().cloned().collect()
     }
 
     /// Remembers `token` as the credential's live refresh token.
@@ -283,26 +287,44 @@ impl Memory {
             current,
             dead,
             buried,
+            ..
         } = &mut *inner;
-        if let Some(i) = buried.iter().position(|(k, _)| k == key) {
-            // Recreated under the same name: its claims are its own again.
-            buried.remove(i);
-        }
         let entry = entries.entry(key.to_owned()).or_default();
         entry.read_in_term = term;
+        let mut old = std::mem::take(&mut entry.tokens);
+        if let Some(i) = buried.iter().position(|(k, _)| k == key) {
+            // Recreated under the same name: its claims are its own again (and forgotten
+            // with its lists like any other's).
+            if let Some((_, tokens)) = buried.remove(i) {
+                old.extend(tokens);
+            }
+        }
+        let (stored, spent) = tokens.split_first()?;
+        // A Secret set back to a token already rotated out (a backup, a sync tool) shows an
+        // older list: what the newer one held stays known until a write-back replaces it.
+        let reverted = dead.contains_key(stored);
+        let mut kept = tokens.to_vec();
+        if reverted {
+            kept.extend(old.iter().filter(|t| !tokens.contains(t)).cloned());
+            old.clear();
+        }
         // Recorded even when another owns the stored token: a revocation asks who else
         // holds the same login.
-        let old = std::mem::replace(&mut entry.tokens, tokens.to_vec());
-        let (stored, spent) = tokens.split_first()?;
+        entry.tokens = kept;
         for t in spent {
             dead.entry(t.clone()).or_insert_with(|| key.to_owned());
             if current.get(t).is_some_and(|o| o != key) {
                 current.remove(t);
             }
         }
+        // What fell off its lists (the Secret keeps the last 64 rotated out) is forgotten
+        // here too: the index stays as large as the lists, however long the process runs.
         for t in old.iter().filter(|t| !tokens.contains(t)) {
             if current.get(t).is_some_and(|o| o == key) {
                 current.remove(t);
+            }
+            if dead.get(t).is_some_and(|o| o == key) {
+                dead.remove(t);
             }
         }
         if !claim_current {
@@ -351,17 +373,9 @@ impl Memory {
         self.terms.load(Ordering::Relaxed).max(1)
     }
 
-    /// Whether every credential of `keys` has been read in `term` (see the module's doc):
-    /// the first one not read yet, if any.
-    pub(crate) fn first_unread<'k>(
-        &self,
-        term: u64,
-        keys: impl IntoIterator<Item = &'k str>,
-    ) -> Option<String> {
-        let inner = lock(&self.inner);
-        keys.into_iter()
-            .find(|k| inner.entries.get(*k).is_none_or(|e| e.read_in_term != term))
-            .map(str::to_owned)
+    /// Whether credential `key` has been read in `term`.
+    pub(crate) fn is_read(&self, key: &str, term: u64) -> bool {
+        self.get(key, |e| e.read_in_term == term).unwrap_or(false)
     }
 
     /// Marks credential `key` read in `term` without claiming anything (its Secret holds no
@@ -381,10 +395,12 @@ impl Memory {
             current,
             dead,
             buried,
+            ..
         } = &mut *inner;
         let Some(mut entry) = entries.remove(key) else {
             return;
         };
+        // (`holding` is unchanged: a held answer stays, in an entry of its own.)
         if let Some(held) = entry.held.take() {
             entries.insert(
                 key.to_owned(),
@@ -514,6 +530,42 @@ mod tests {
     }
 
     #[test]
+    fn the_index_forgets_what_falls_off_a_credentials_spent_list() {
+        let m = Memory::default();
+        m.claim("a/x", &fps(&["t2", "t1"]), 1, true, |_| true);
+        m.claim("a/x", &fps(&["t3", "t2"]), 1, true, |_| true);
+        // t1 is no longer on A's list: nobody knows it dead any more, by design.
+        assert_eq!(m.claim("b/y", &fps(&["t1"]), 1, true, |_| true), None);
+        assert_eq!(
+            m.claim("c/z", &fps(&["t2"]), 1, true, |_| true),
+            Some("a/x".into())
+        );
+        let inner = super::lock(&m.inner);
+        assert_eq!(inner.dead.len(), 1);
+    }
+
+    #[test]
+    fn a_secret_set_back_to_a_dead_token_keeps_what_its_newer_list_held() {
+        let m = Memory::default();
+        m.claim("a/x", &fps(&["t3", "t2", "t1"]), 1, true, |_| true);
+        // A backup from before t2 and t3: the copy of t2 elsewhere is still dead.
+        m.claim("a/x", &fps(&["t1"]), 1, true, |_| true);
+        assert_eq!(
+            m.claim("c/z", &fps(&["t2"]), 1, true, |_| true),
+            Some("a/x".into())
+        );
+    }
+
+    #[test]
+    fn a_credential_recreated_under_its_name_forgets_its_old_lists_like_any_other() {
+        let m = Memory::default();
+        m.claim("a/x", &fps(&["t2", "t1"]), 1, true, |_| true);
+        m.forget("a/x");
+        m.claim("a/x", &fps(&["u1"]), 1, true, |_| true);
+        assert!(super::lock(&m.inner).dead.is_empty());
+    }
+
+    #[test]
     fn every_holder_of_a_stored_token_is_known_whoever_claimed_it() {
         let m = Memory::default();
         m.claim("a/x", &fps(&["t2", "t1"]), 1, true, |_| true);
@@ -528,11 +580,11 @@ mod tests {
         let m = Memory::default();
         let first = m.new_term();
         m.claim("a/x", &fps(&["t1"]), first, true, |_| true);
-        assert_eq!(m.first_unread(first, ["a/x", "b/y"]), Some("b/y".into()));
+        assert!(m.is_read("a/x", first) && !m.is_read("b/y", first));
         m.mark_read("b/y", first);
-        assert_eq!(m.first_unread(first, ["a/x", "b/y"]), None);
+        assert!(m.is_read("b/y", first));
         let second = m.new_term();
-        assert_eq!(m.first_unread(second, ["a/x"]), Some("a/x".into()));
+        assert!(!m.is_read("a/x", second));
     }
 
     #[test]

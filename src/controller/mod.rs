@@ -6,6 +6,7 @@
 //! ends with an `Outcome`, whose status and Events `crate::outcome` words (pure) and
 //! `report.rs` applies.
 
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -106,8 +107,9 @@ pub struct Context {
     /// Secrets read (or written) since they last changed.
     pub reads: Arc<Reads>,
     /// The auth destinations whose credentials have all been read in this term (`memory`'s
-    /// census), and when the term began.
+    /// census), those still to read per destination, and when the term began.
     census_done: Mutex<std::collections::HashSet<String>>,
+    census: Mutex<Option<HashMap<String, VecDeque<String>>>>,
     started: std::time::Instant,
     /// Credentials waiting for a token-call slot outside the controller's seats.
     pub parked: Arc<parked::Parked>,
@@ -163,6 +165,7 @@ impl Context {
             metrics: shared.metrics,
             term: shared.memory.term(),
             census_done: Mutex::default(),
+            census: Mutex::default(),
             started: std::time::Instant::now(),
             memory: shared.memory,
             leadership: shared.leadership,
@@ -204,9 +207,11 @@ impl Context {
     /// been read once (`memory`'s census), the first still unread: nothing is spent or
     /// revoked before, since a token one of them rotated out in an earlier term could
     /// otherwise pass for live (a refresh token works only at the server that issued it).
-    /// Waits for the stores' first list. A credential still unreadable `CENSUS_PATIENCE`
-    /// into the term (its Secret refused to the operator, say) no longer holds the others
-    /// back: one tenant cannot stop every refresh.
+    /// The credentials to read are listed once per term, per auth server, from the stores'
+    /// first list, and taken off as they are read: each look costs what was read since the
+    /// last. A credential still unread `CENSUS_PATIENCE` into the term (its Secret refused to
+    /// the operator, say) no longer holds the others back: one tenant cannot stop every
+    /// refresh.
     pub(crate) async fn census_pending(&self, auth_url: &url::Url) -> Option<String> {
         let destination = crate::token::Destination::of(auth_url).to_string();
         if lock(&self.census_done).contains(&destination) {
@@ -216,32 +221,49 @@ impl Context {
             // An error means the store's writer is gone: the controller is stopping.
             let _ = store.wait_until_ready().await;
         }
-        let same_server = |c: &EagleEyeCredential| {
-            url::Url::parse(&c.spec.auth_url)
-                .is_ok_and(|u| crate::token::Destination::of(&u).to_string() == destination)
-        };
-        let keys: Vec<String> = self
-            .all_stores
-            .iter()
-            .flat_map(|s| s.state())
-            .filter(|c| c.metadata.deletion_timestamp.is_none() || projection::has_finalizer(c))
-            .filter(|c| same_server(c))
-            .map(|c| key(&c))
-            .collect();
-        let unread = self
-            .memory
-            .first_unread(self.term, keys.iter().map(String::as_str));
-        let patience_over = self.started.elapsed() >= CENSUS_PATIENCE;
-        match unread {
-            Some(unread) if !patience_over => Some(unread),
-            unread => {
-                if let Some(unread) = unread {
-                    warn!(%unread, %destination, "a credential still unread this far into the term no longer holds back refreshes: a copy of a token it rotated out would not be recognised");
+        let mut census = lock(&self.census);
+        let queues = census.get_or_insert_with(|| {
+            let mut queues: HashMap<String, VecDeque<String>> = HashMap::new();
+            for c in self.all_stores.iter().flat_map(|s| s.state()) {
+                let counted =
+                    c.metadata.deletion_timestamp.is_none() || projection::has_finalizer(&c);
+                let Ok(url) = url::Url::parse(&c.spec.auth_url) else {
+                    continue;
+                };
+                if counted {
+                    let to = crate::token::Destination::of(&url).to_string();
+                    queues.entry(to).or_default().push_back(key(&c));
                 }
-                lock(&self.census_done).insert(destination);
-                None
+            }
+            queues
+        });
+        let queue = queues.entry(destination.clone()).or_default();
+        while let Some(first) = queue.front() {
+            if self.memory.is_read(first, self.term) || !self.is_watched(first) {
+                queue.pop_front();
+            } else {
+                break;
             }
         }
+        let unread = queue.front().cloned();
+        if unread.is_some() && self.started.elapsed() < CENSUS_PATIENCE {
+            return unread;
+        }
+        if let Some(unread) = unread {
+            warn!(%unread, %destination, left = queue.len(), "credentials still unread this far into the term no longer hold back refreshes: a copy of a token one of them rotated out would not be recognised");
+        }
+        queue.clear();
+        lock(&self.census_done).insert(destination);
+        None
+    }
+
+    /// Whether credential `key` (`namespace/name`) is in a store of this term.
+    fn is_watched(&self, key: &str) -> bool {
+        let Some((ns, name)) = key.split_once('/') else {
+            return false;
+        };
+        let at = kube::runtime::reflector::ObjectRef::new(name).within(ns);
+        self.all_stores.iter().any(|store| store.get(&at).is_some())
     }
 
     /// The controller stops: see `Context::stop`'s field.

@@ -506,6 +506,10 @@ impl World for KubeWorld<'_, '_> {
             .with(&self.r.key, |e| e.publish_backoff = backoff);
     }
 
+    fn claimed_elsewhere(&mut self, stored: &StoredToken) -> Option<String> {
+        self.r.claimed_elsewhere(stored)
+    }
+
     async fn census_pending(&mut self, auth_url: &url::Url) -> Option<String> {
         self.r.ctx.census_pending(auth_url).await
     }
