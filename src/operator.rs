@@ -712,6 +712,7 @@ impl Parts {
         // Every controller sees every store: a refresh token copied into another watched
         // namespace is claimed across them.
         let stores: Vec<_> = built.iter().map(|(c, _, _)| c.store()).collect();
+        let all_listed: Vec<_> = built.iter().map(|(_, _, l)| l.clone()).collect();
         let mut listed = Vec::new();
         let controllers: Vec<_> = built
             .into_iter()
@@ -734,7 +735,8 @@ impl Parts {
                         stores.clone(),
                         self.shared.clone(),
                     )
-                    .with_seats(seats),
+                    .with_seats(seats)
+                    .with_listed(all_listed.clone()),
                 );
                 // Metadata only, paged: memory does not grow with the Secrets in the cluster.
                 // A re-list shows no event for a Secret deleted while the watch was down:

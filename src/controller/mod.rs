@@ -110,6 +110,8 @@ pub struct Context {
     /// census), those still to read per destination, and when the term began.
     census_done: Mutex<std::collections::HashSet<String>>,
     census: Mutex<Option<HashMap<String, VecDeque<String>>>>,
+    /// Turned true once each store of `all_stores` has its first list.
+    listed: Vec<tokio::sync::watch::Receiver<bool>>,
     started: std::time::Instant,
     /// Credentials waiting for a token-call slot outside the controller's seats.
     pub parked: Arc<parked::Parked>,
@@ -166,6 +168,7 @@ impl Context {
             term: shared.memory.term(),
             census_done: Mutex::default(),
             census: Mutex::default(),
+            listed: Vec::new(),
             started: std::time::Instant::now(),
             memory: shared.memory,
             leadership: shared.leadership,
@@ -217,9 +220,10 @@ impl Context {
         if lock(&self.census_done).contains(&destination) {
             return None;
         }
-        for store in &self.all_stores {
-            // An error means the store's writer is gone: the controller is stopping.
-            let _ = store.wait_until_ready().await;
+        // (Not `Store::wait_until_ready`: its future wakes only its last poller.)
+        for listed in &self.listed {
+            // An error means the watch is gone: the controller is stopping.
+            let _ = listed.clone().wait_for(|listed| *listed).await;
         }
         let mut census = lock(&self.census);
         let queues = census.get_or_insert_with(|| {
@@ -264,6 +268,13 @@ impl Context {
         };
         let at = kube::runtime::reflector::ObjectRef::new(name).within(ns);
         self.all_stores.iter().any(|store| store.get(&at).is_some())
+    }
+
+    /// The census waits for these to turn true, one per store of `all_stores` (without them,
+    /// the stores are taken as listed).
+    pub fn with_listed(mut self, listed: Vec<tokio::sync::watch::Receiver<bool>>) -> Self {
+        self.listed = listed;
+        self
     }
 
     /// The controller stops: see `Context::stop`'s field.
