@@ -1263,9 +1263,14 @@ impl Sim {
         let r = hub::lock(&self.hub).api.remove(i);
         self.tally.api_requests += 1;
         let what = format!("p{} {} {}", r.proc, r.method, r.path);
-        self.script_sees(&r.method, &r.path);
+        let scripted_failure = self.script_sees(&r.method, &r.path);
         let roll = self.rng.random_range(0..1000);
         let faults = self.cfg.faults;
+        if scripted_failure {
+            self.note(format!("{what}: 500 before applying (scripted)"));
+            let _ = r.reply.send(api::status(500, "InternalError"));
+            return;
+        }
         if self.outage {
             self.note(format!("{what}: 503 (outage)"));
             let _ = r.reply.send(api::status(503, "ServiceUnavailable"));

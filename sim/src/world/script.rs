@@ -32,6 +32,10 @@ pub struct Stage {
     held: BTreeSet<String>,
     /// Secrets another writer writes just before each of the operator's writes to them.
     meddled: BTreeSet<Key>,
+    /// Writes of a process (slot) to a Secret that wait until `ReleaseWrites`.
+    held_writes: BTreeSet<(usize, Key)>,
+    /// The next write of any process to each Secret fails (500) before it is applied.
+    fail_next: BTreeSet<Key>,
     /// The operator's writes (PUT, PATCH, POST) to each Secret, with when they reached
     /// the API server.
     pub writes: Vec<(Key, tokio::time::Instant)>,
@@ -46,6 +50,9 @@ pub enum Ev {
     /// `secs` seconds pass, everything due meanwhile happening when due (and the Lease
     /// renewed by its holder).
     Pass(u64),
+    /// Token calls from now on wait at the server, and time passes until one does (at
+    /// most `secs` seconds).
+    HoldCallsUntilOne(u64),
     /// Token calls from now on wait at the server.
     HoldCalls,
     /// Token calls held are answered, and no longer held; then `Quiet`.
@@ -81,6 +88,23 @@ pub enum Ev {
     /// While on, another writer writes Secret `name` (credential `i`'s namespace) just
     /// before each of the operator's writes to it reaches the API server.
     Meddle(usize, &'static str, bool),
+    /// The next write of the operator to Secret `name` (credential `i`'s namespace) fails
+    /// before it is applied (a 500).
+    FailNextWrite(usize, &'static str),
+    /// Process `p`'s writes to Secret `name` (credential `i`'s namespace) wait in flight.
+    HoldWrites(usize, usize, &'static str),
+    /// ... and land, in order; then `Quiet`.
+    ReleaseWrites(usize, usize, &'static str),
+    /// A sync tool puts back, value only, the token of serial `serial` of the login
+    /// credential `i`'s Secret holds (0: the person's first; rotated out since).
+    PutBack {
+        i: usize,
+        serial: u32,
+    },
+    /// The Lease moves to process `p` (the old holder notices at once).
+    LeaseTo(usize),
+    /// Process `p`'s clock runs `ms` milliseconds ahead (negative: behind).
+    Skew(usize, i64),
     /// Process `p` stops cleanly (as on a rolling update: its term ends, what it holds is
     /// stored) and is gone.
     Stop(usize),
@@ -171,8 +195,17 @@ impl Sim {
     async fn play(&mut self, ev: &Ev) {
         match ev {
             Ev::Quiet => self.quiet().await,
-            Ev::Pass(secs) => self.pass_scripted(Duration::from_secs(*secs)).await,
+            Ev::Pass(secs) => self.pass_scripted(Duration::from_secs(*secs), None).await,
             Ev::HoldCalls => self.script.hold_calls = true,
+            Ev::HoldCallsUntilOne(secs) => {
+                self.script.hold_calls = true;
+                let waiting: fn(&Sim) -> bool = |s| s.calls_waiting() > 0;
+                self.pass_scripted(Duration::from_secs(*secs), Some(waiting))
+                    .await;
+                if !waiting(self) {
+                    self.fail(format!("script: no token call within {secs} s"));
+                }
+            }
             Ev::AnswerCalls => {
                 self.script.hold_calls = false;
                 self.quiet().await;
@@ -247,6 +280,49 @@ impl Sim {
                     false => self.script.meddled.remove(&key),
                 };
             }
+            Ev::FailNextWrite(i, name) => {
+                let key = self.key("secrets", &self.creds[*i].ns.clone(), name);
+                self.script.fail_next.insert(key);
+            }
+            Ev::HoldWrites(p, i, name) => {
+                let key = self.key("secrets", &self.creds[*i].ns.clone(), name);
+                self.script.held_writes.insert((*p, key));
+            }
+            Ev::ReleaseWrites(p, i, name) => {
+                let key = self.key("secrets", &self.creds[*i].ns.clone(), name);
+                self.script.held_writes.remove(&(*p, key));
+                self.quiet().await;
+            }
+            Ev::PutBack { i, serial } => {
+                let key = self.refresh_key(*i);
+                let token = self.login_stored(*i).and_then(|l| {
+                    self.eagle
+                        .tokens
+                        .iter()
+                        .find(|(_, t)| t.login == l && t.serial == *serial)
+                        .map(|(k, _)| k.clone())
+                });
+                let (Some(token), Some(mut secret)) = (token, self.api.objects.get(&key).cloned())
+                else {
+                    self.fail("script: nothing to put back".into());
+                    return;
+                };
+                secret["data"]["refresh_token"] = json!(api::b64(token.as_bytes()));
+                self.api.put(key, secret);
+                self.quiet().await;
+            }
+            Ev::LeaseTo(to) => {
+                let from = self.lease_holder;
+                self.put_lease(Some(*to));
+                if let Some(f) = from.filter(|f| f != to && self.procs[*f].alive) {
+                    self.end_term(f);
+                }
+                if self.procs[*to].term.is_none() {
+                    self.start_term(*to);
+                }
+                self.quiet().await;
+            }
+            Ev::Skew(p, ms) => clock::set_skew(*p, *ms),
             Ev::Stop(p) => {
                 self.end_term(*p);
                 self.quiet().await;
@@ -292,11 +368,31 @@ impl Sim {
             (p.api.len(), p.token.len())
         };
         if napi > 0 {
-            self.api_request(0).await;
-            return true;
+            self.sort_pending();
+            let next = {
+                let pending = hub::lock(&self.hub);
+                pending.api.iter().position(|r| {
+                    !(is_write(&r.method)
+                        && secret_key(&r.path)
+                            .is_some_and(|k| self.script.held_writes.contains(&(r.proc, k))))
+                })
+            };
+            if let Some(i) = next {
+                self.api_request(i).await;
+                return true;
+            }
         }
         if ntoken > 0 && !self.script.hold_calls {
-            self.token_request(0);
+            self.sort_pending();
+            let gone = hub::lock(&self.hub).token[0].reply.is_closed();
+            if gone {
+                // Its client gave up at its deadline: the server is taken to act on a
+                // request, if at all, before then (the seeded driver decides there).
+                let r = hub::lock(&self.hub).token.remove(0);
+                self.note(format!("p{}'s token call: its client is gone", r.proc));
+            } else {
+                self.token_request(0);
+            }
             return true;
         }
         if let Some(p) = (0..self.procs.len()).find(|&p| {
@@ -326,12 +422,13 @@ impl Sim {
         false
     }
 
-    /// Time passes to `wait` from now, stopping at whatever falls due meanwhile.
-    async fn pass_scripted(&mut self, wait: Duration) {
+    /// Time passes to `wait` from now (or until `until` holds), stopping at whatever falls
+    /// due meanwhile.
+    async fn pass_scripted(&mut self, wait: Duration, until: Option<fn(&Sim) -> bool>) {
         let end = tokio::time::Instant::now() + wait;
         loop {
             let now = tokio::time::Instant::now();
-            if now >= end || self.violation.is_some() {
+            if now >= end || self.violation.is_some() || until.is_some_and(|u| u(self)) {
                 return;
             }
             let next = self
@@ -364,23 +461,27 @@ impl Sim {
 
     /// Called for every API request the driver serves: the meddler writes first, and the
     /// operator's writes to Secrets are logged.
-    pub(crate) fn script_sees(&mut self, method: &http::Method, path: &str) {
-        if !matches!(
-            *method,
-            http::Method::PUT | http::Method::PATCH | http::Method::POST
-        ) {
-            return;
+    /// Whether the request must fail (`FailNextWrite`).
+    pub(crate) fn script_sees(&mut self, method: &http::Method, path: &str) -> bool {
+        if !is_write(method) {
+            return false;
         }
         let Some(key) = secret_key(path) else {
-            return;
+            return false;
         };
+        if self.script.fail_next.remove(&key) {
+            return true;
+        }
         if self.script.meddled.contains(&key)
             && let Some(o) = self.api.objects.get(&key).cloned()
         {
             self.note(format!("another writer writes {}/{}", key.ns, key.name));
             self.api.put(key.clone(), o);
         }
-        self.script.writes.push((key, tokio::time::Instant::now()));
+        if self.api.record {
+            self.script.writes.push((key, tokio::time::Instant::now()));
+        }
+        false
     }
 
     fn copy_data(&mut self, src: Option<Value>, to: usize) {
@@ -531,6 +632,13 @@ impl Sim {
             .filter_map(|(_, v)| v.clone())
             .collect()
     }
+}
+
+fn is_write(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::PUT | http::Method::PATCH | http::Method::POST
+    )
 }
 
 /// The Secret a request path names, if it names one.
