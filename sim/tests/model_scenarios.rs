@@ -129,7 +129,7 @@ fn regression_a_write_back_over_a_put_back_token_does_not_list_the_token_traded(
             // The write-back of f0-2 failed; a sync tool puts f0-0 back meanwhile.
             Ev::PutBack { i: 0, serial: 0 },
             Ev::Pass(60),
-            Ev::Expect("f0-2 written back over f0-0", |s| healthy(s)),
+            Ev::Expect("f0-2 written back over f0-0", healthy),
             Ev::PutBack { i: 0, serial: 1 },
             Ev::Pass(60),
             Ev::Expect("f0-1 put back is known dead: f0-2 restored", healthy),
