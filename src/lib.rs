@@ -19,8 +19,6 @@ pub mod logging;
 pub mod metrics;
 pub mod metrics_auth;
 pub mod metrics_server;
-#[cfg(test)]
-mod model_tests;
 pub mod nudge;
 pub mod operator;
 pub mod outcome;

@@ -43,6 +43,9 @@ pub struct Api {
     /// Events published, by (namespace, credential).
     pub events: BTreeMap<(String, String), u64>,
     pub uid: u64,
+    /// Keep every version written (scripted runs: what a watch would have seen).
+    pub record: bool,
+    pub log: Vec<(Key, Option<Value>)>,
 }
 
 fn resource(name: &str) -> Option<&'static str> {
@@ -141,6 +144,9 @@ impl Api {
                 object: Some(object.clone()),
             });
         }
+        if self.record {
+            self.log.push((key.clone(), Some(object.clone())));
+        }
         self.objects.insert(key, object.clone());
         object
     }
@@ -164,6 +170,9 @@ impl Api {
             return;
         }
         self.objects.remove(key);
+        if self.record {
+            self.log.push((key.clone(), None));
+        }
         self.changes.push(Change {
             key: key.clone(),
             object: None,

@@ -11,4 +11,5 @@ pub mod eagle;
 pub mod hub;
 pub mod world;
 
+pub use world::script::{self, Ev, World, play};
 pub use world::{Config, Sim, Tally, Violation, run};

@@ -33,6 +33,8 @@ use crate::clock;
 use crate::eagle::{Did, Eagle};
 use crate::hub::{self, Hub, Pending};
 
+pub mod script;
+
 /// `TokenClient::answer_limit` with the defaults (10 s connect + 300 s answer).
 pub const ANSWER_LIMIT: Duration = Duration::from_secs(310);
 const LEASE_SECONDS: i32 = 15;
@@ -207,8 +209,8 @@ pub struct Sim {
     targets: BTreeMap<(String, String), (String, u64)>,
     minted_at: Vec<Timestamp>,
     pub violation: Option<Violation>,
-    /// Scripted runs: the driver does only what the script says.
-    scripted: bool,
+    /// Scripted runs (`script.rs`): the driver does only what the script says.
+    pub(crate) script: script::Stage,
 }
 
 fn key_of(cr: &EagleEyeCredential) -> String {
@@ -279,7 +281,7 @@ impl Sim {
             targets: BTreeMap::new(),
             minted_at: Vec::new(),
             violation: None,
-            scripted: false,
+            script: Default::default(),
         }
     }
 
@@ -361,7 +363,9 @@ impl Sim {
                 exists: false,
             });
             self.new_login(i, "");
-            self.create_credential(i, false);
+            if i < self.script.created_at_boot.unwrap_or(usize::MAX) {
+                self.create_credential(i, false);
+            }
         }
         if self.cfg.lease {
             self.put_lease(Some(0));
@@ -683,6 +687,12 @@ impl Sim {
     /// land.
     fn crash(&mut self, p: usize, lands: bool) {
         self.tally.crashes += 1;
+        self.kill(p, lands, true);
+    }
+
+    /// The process ends: every task and its memory go. `excuse`: it died unprepared (a
+    /// crash), so what it held or had in flight may be lost or spent again once.
+    pub(crate) fn kill(&mut self, p: usize, lands: bool, excuse_window: bool) {
         // Logins it may hold the only copy of, or be in the middle of spending, may be
         // lost with it: one reuse each is the documented price.
         let mut excuse: BTreeSet<usize> = BTreeSet::new();
@@ -725,8 +735,10 @@ impl Sim {
                 self.serve_token(&r, true);
             }
         }
-        for l in excuse {
-            self.excuse(l);
+        if excuse_window {
+            for l in excuse {
+                self.excuse(l);
+            }
         }
         let proc = &mut self.procs[p];
         proc.alive = false;
@@ -1251,8 +1263,14 @@ impl Sim {
         let r = hub::lock(&self.hub).api.remove(i);
         self.tally.api_requests += 1;
         let what = format!("p{} {} {}", r.proc, r.method, r.path);
+        let scripted_failure = self.script_sees(&r.method, &r.path);
         let roll = self.rng.random_range(0..1000);
         let faults = self.cfg.faults;
+        if scripted_failure {
+            self.note(format!("{what}: 500 before applying (scripted)"));
+            let _ = r.reply.send(api::status(500, "InternalError"));
+            return;
+        }
         if self.outage {
             self.note(format!("{what}: 503 (outage)"));
             let _ = r.reply.send(api::status(503, "ServiceUnavailable"));
@@ -1670,10 +1688,6 @@ impl Sim {
 
     pub fn trace_tail(&self) -> Vec<String> {
         self.trace.iter().cloned().collect()
-    }
-
-    pub fn set_scripted(&mut self) {
-        self.scripted = true;
     }
 }
 

@@ -1,0 +1,210 @@
+//! Issue 19's findings 1–4 as scripted scenarios on the simulator: the production reconcile
+//! over the simulated API server and token endpoint, one fixed sequence of events each.
+//! The same findings have test-bed tests in `tests/integration/core_findings.rs`.
+//!
+//! Credentials: `cam0` in namespace `alpha`, `cam1` in `beta`, both of client `acme` (see
+//! `Ev`); each starts with a login of its own in its refresh-token Secret.
+
+use eagle_eye_sim::{Ev, Sim, World, play};
+use serde_json::Value;
+
+fn passes(world: World, script: &[Ev]) -> Sim {
+    play(world, script).unwrap_or_else(|v| panic!("{v}"))
+}
+
+/// A and B (not yet created), one process.
+fn a_and_b_later() -> World {
+    World {
+        created: 0,
+        ..World::of(2)
+    }
+}
+
+/// Finding 1: A rotates T1 to T2; T1 copied into B's Secret in another namespace; the
+/// process restarts (a rolling update) and B is reconciled before A (A's Secret is slow
+/// to read, say): B must not spend T1, a reuse that may revoke A's whole login.
+#[test]
+fn a_rotated_out_token_copied_to_another_namespace_is_never_spent_after_a_restart() {
+    use Ev::*;
+    passes(
+        a_and_b_later(),
+        &[
+            Ev::create(0),
+            Expect("A refreshed and rotated T1", |s| {
+                s.reason(0) == "TokenRefreshed" && s.refreshes() == 1
+            }),
+            CopyFirst { from: 0, to: 1 },
+            Ev::create(1),
+            Expect("B says its token is in use", |s| {
+                s.reason(1) == "RefreshTokenInUse"
+            }),
+            Stop(0),
+            Hold(0),
+            Start(0),
+            Pass(60),
+            Expect("no reuse while A is not yet read", |s| s.reuses() == 0),
+            Release(0),
+            Pass(60),
+            Expect("no reuse once A is read", |s| s.reuses() == 0),
+            Expect("A's login works", |s| s.works(0)),
+            Expect("B still says its token is in use", |s| {
+                s.reason(1) == "RefreshTokenInUse"
+            }),
+        ],
+    );
+}
+
+/// A with `revokeOnDelete`, refreshed; its live token copied into B (another namespace);
+/// B says the token is in use.
+fn a_revoking_on_delete_and_b_holding_its_live_token() -> Vec<Ev> {
+    use Ev::*;
+    vec![
+        Create {
+            i: 0,
+            revoke_on_delete: true,
+            target: None,
+        },
+        Expect("A refreshed", |s| s.reason(0) == "TokenRefreshed"),
+        Copy { from: 0, to: 1 },
+        Ev::create(1),
+        Expect("B says its token is in use", |s| {
+            s.reason(1) == "RefreshTokenInUse"
+        }),
+    ]
+}
+
+/// After A is gone: nothing was revoked, and B took the login over and refreshes it.
+fn b_keeps_the_login() -> Vec<Ev> {
+    use Ev::*;
+    vec![
+        Expect("A is gone", |s| !s.exists(0)),
+        Expect("nothing revoked", |s| s.revoked() == 0),
+        Pass(120),
+        Expect("B took the login over and refreshed it", |s| {
+            s.reason(1) == "TokenRefreshed" && s.works(1)
+        }),
+        Expect("no reuse", |s| s.reuses() == 0),
+    ]
+}
+
+/// Finding 2: deleting the claimant of a login another namespace's credential holds a copy
+/// of must not revoke it (the README promises as much).
+#[test]
+fn deleting_a_credential_with_revoke_on_delete_never_revokes_a_login_another_namespace_holds() {
+    let mut script = a_revoking_on_delete_and_b_holding_its_live_token();
+    script.extend([Ev::Delete(0), Ev::Pass(30)]);
+    script.extend(b_keeps_the_login());
+    passes(a_and_b_later(), &script);
+}
+
+/// Finding 2, right after a restart: A's deletion is reconciled before B is read again
+/// (the new process has no memory of who holds what).
+#[test]
+fn deleting_a_credential_with_revoke_on_delete_right_after_a_restart_never_revokes_a_login_another_namespace_holds()
+ {
+    use Ev::*;
+    let mut script = a_revoking_on_delete_and_b_holding_its_live_token();
+    script.extend([
+        Stop(0),
+        Hold(1),
+        Start(0),
+        Delete(0),
+        Pass(60),
+        Expect("nothing revoked while B is not yet read", |s| {
+            s.revoked() == 0
+        }),
+        Release(1),
+        Pass(60),
+    ]);
+    script.extend(b_keeps_the_login());
+    passes(a_and_b_later(), &script);
+}
+
+/// Whether a version of the target holds an access token without saying whose it is: not
+/// owned by credential 0 (`uid`) and not opted in to it.
+fn unowned_with_a_token(version: &Value, uid: &str) -> bool {
+    let has_token = version.pointer("/data/access_token").is_some();
+    let owned = version
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r["controller"] == Value::Bool(true) && r["uid"] == uid)
+        });
+    let adopted = version
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(eagle_eye_operator::target::ADOPT))
+        .is_some_and(|v| v == "cam0");
+    has_token && !owned && !adopted
+}
+
+/// Finding 3: an adopted target deleted by its owner while the token call is out must
+/// never come back, holding a bearer token, without owner or adopt annotation.
+#[test]
+fn an_adopted_target_deleted_during_a_refresh_never_comes_back_unowned_with_a_token() {
+    use Ev::*;
+    passes(
+        World {
+            created: 0,
+            ..World::of(1)
+        },
+        &[
+            AppSecret(0, "app-config"),
+            HoldCalls,
+            Create {
+                i: 0,
+                revoke_on_delete: false,
+                target: Some("app-config"),
+            },
+            Expect("the token call is out", |s| s.calls_waiting() == 1),
+            DeleteSecret(0, "app-config"),
+            AnswerCalls,
+            Pass(30),
+            Expect("the answer is stored", |s| s.works(0) && s.refreshes() == 1),
+            Expect(
+                "no version of app-config holds an access token unowned and not opted in",
+                |s| {
+                    let uid = s.uid(0).unwrap_or_default();
+                    !s.versions(0, "app-config")
+                        .iter()
+                        .any(|v| unowned_with_a_token(v, &uid))
+                },
+            ),
+        ],
+    );
+}
+
+/// Finding 4: a publish that meets a conflict each time (another writer keeps writing the
+/// target) backs off instead of retrying at once, forever; once the writer stops, the
+/// access token is published.
+#[test]
+fn a_publish_that_meets_conflicts_backs_off_while_another_writer_keeps_writing_the_target() {
+    use Ev::*;
+    passes(
+        World::of(1),
+        &[
+            Expect("published", |s| {
+                s.published_login(0, "cam0-token") == s.login_stored(0)
+            }),
+            HoldCalls,
+            NewLogin(0),
+            Expect("the new login's token call is out", |s| {
+                s.calls_waiting() == 1
+            }),
+            Meddle(0, "cam0-token", true),
+            AnswerCalls,
+            Pass(10),
+            Expect("at most 5 writes to the target in any one second", |s| {
+                s.busiest_second(0, "cam0-token") <= 5
+            }),
+            Expect("at most 20 writes to the target in 10 s", |s| {
+                s.writes_to(0, "cam0-token").len() <= 20
+            }),
+            Meddle(0, "cam0-token", false),
+            Pass(120),
+            Expect("the new login's access token is published", |s| {
+                s.published_login(0, "cam0-token") == s.login_stored(0)
+            }),
+        ],
+    );
+}
