@@ -199,8 +199,8 @@ pub struct Sim {
     excused: BTreeMap<usize, u32>,
     /// Logins that went through such a window: they may be lost without fault.
     windowed: BTreeSet<usize>,
-    /// The credential whose Secret last held each login.
-    login_cred: BTreeMap<usize, String>,
+    /// The credentials whose Secrets held each login.
+    login_cred: BTreeMap<usize, BTreeSet<String>>,
     /// When the Lease holder died (the Lease expires `LEASE_SECONDS` later).
     holder_died: Option<tokio::time::Instant>,
     /// Logins a person replaced with a new one, or that died at the server.
@@ -700,8 +700,8 @@ impl Sim {
         // between the answer and the write-back (not visible from outside), is the window.
         // Broad: it also excuses what it merely remembers (see docs/simulation.md).
         let kept = self.procs[p].shared.memory.known_keys();
-        for (l, k) in &self.login_cred {
-            if kept.contains(k) {
+        for (l, creds) in &self.login_cred {
+            if creds.iter().any(|k| kept.contains(k)) {
                 excuse.insert(*l);
             }
         }
@@ -1599,7 +1599,10 @@ impl Sim {
                 continue;
             };
             if let Some(l) = self.eagle.login_of(&t) {
-                self.login_cred.insert(l, format!("{}/{}", c.ns, c.name));
+                self.login_cred
+                    .entry(l)
+                    .or_default()
+                    .insert(format!("{}/{}", c.ns, c.name));
             }
             in_secrets.insert(t);
         }
@@ -1629,7 +1632,7 @@ impl Sim {
             let in_memory = self
                 .login_cred
                 .get(&l)
-                .is_some_and(|k| remembered.contains(k));
+                .is_some_and(|creds| creds.iter().any(|k| remembered.contains(k)));
             if !in_secrets.contains(live) && !in_memory {
                 self.fail(format!(
                     "login {l} is lost: its live refresh token is in no Secret and no process holds it"

@@ -373,6 +373,15 @@ impl Memory {
         self.terms.load(Ordering::Relaxed).max(1)
     }
 
+    /// Which other credential rotated `token` out, if one did.
+    pub(crate) fn rotated_out_by(&self, key: &str, token: &str) -> Option<String> {
+        lock(&self.inner)
+            .dead
+            .get(token)
+            .filter(|o| *o != key)
+            .cloned()
+    }
+
     /// Whether credential `key` has been read in `term`.
     pub(crate) fn is_read(&self, key: &str, term: u64) -> bool {
         self.get(key, |e| e.read_in_term == term).unwrap_or(false)

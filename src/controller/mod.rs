@@ -112,7 +112,7 @@ pub struct Context {
     census: Mutex<Option<HashMap<String, VecDeque<String>>>>,
     /// Turned true once each store of `all_stores` has its first list.
     listed: Vec<tokio::sync::watch::Receiver<bool>>,
-    started: std::time::Instant,
+    started: tokio::time::Instant,
     /// Credentials waiting for a token-call slot outside the controller's seats.
     pub parked: Arc<parked::Parked>,
     /// The controller's reconcile seats, shared fairly between namespaces.
@@ -169,7 +169,7 @@ impl Context {
             census_done: Mutex::default(),
             census: Mutex::default(),
             listed: Vec::new(),
-            started: std::time::Instant::now(),
+            started: tokio::time::Instant::now(),
             memory: shared.memory,
             leadership: shared.leadership,
             known: shared.known,

@@ -352,6 +352,17 @@ impl Reconciler<'_> {
                 "not every credential has been read since the operator started: one may hold a copy of this login".into(),
             );
         }
+        // A copy elsewhere took the login over and rotated this token out: revoking it could
+        // end the whole grant (RFC 7009), the copy's live token with it.
+        if ctx
+            .memory
+            .rotated_out_by(&self.key, &stored.fingerprint)
+            .is_some()
+        {
+            return Attempt::Impossible(
+                "not revoked, because another credential holding a copy of this login has rotated this token out and refreshes the login now".into(),
+            );
+        }
         // Another credential's login is not this deletion's to end (a duplicate named by
         // mistake, a copied token): it would die with this one.
         if let Some(why) = self.login_shared(&stored) {
