@@ -295,6 +295,14 @@ impl Eagle {
         self.tokens.get(token).map(|i| i.login)
     }
 
+    /// The login whose live refresh token `token` is, if it is one.
+    pub fn live_login(&self, token: &str) -> Option<usize> {
+        self.tokens
+            .get(token)
+            .filter(|i| matches!(i.state, TokenState::Live))
+            .map(|i| i.login)
+    }
+
     pub fn is_live(&self, token: &str) -> bool {
         self.tokens
             .get(token)

@@ -25,6 +25,7 @@ use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::watcher;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -696,16 +697,23 @@ impl Sim {
         // Logins it may hold the only copy of, or be in the middle of spending, may be
         // lost with it: one reuse each is the documented price.
         let mut excuse: BTreeSet<usize> = BTreeSet::new();
-        // Any credential it keeps memory of: a held answer, or one on a reconcile's stack
-        // between the answer and the write-back (not visible from outside), is the window.
-        // Broad: it also excuses what it merely remembers (see docs/simulation.md).
-        let kept = self.procs[p].shared.memory.known_keys();
-        for (l, creds) in &self.login_cred {
-            if creds.iter().any(|k| kept.contains(k)) {
-                excuse.insert(*l);
+        // The window: a rotated token it held (an answer is held in memory from the moment it
+        // arrives until its write-back is acknowledged) or was writing back, when the server
+        // holds it as the login's live token.
+        let inc = self.procs[p].incarnation;
+        let mut carried: Vec<String> = self.procs[p]
+            .shared
+            .memory
+            .held_tokens()
+            .iter()
+            .map(|t| t.expose_secret().trim().to_owned())
+            .collect();
+        carried.extend(self.pending_tokens(Some((p, inc))));
+        for t in carried {
+            if let Some(l) = self.eagle.live_login(&t) {
+                excuse.insert(l);
             }
         }
-        let inc = self.procs[p].incarnation;
         let (api_reqs, token_reqs) = {
             let mut pending = hub::lock(&self.hub);
             let Pending { api, token } = &mut *pending;
@@ -981,6 +989,15 @@ impl Sim {
                 }
             }
         }
+        // Before the server acts: is the login this request spends already lost to every
+        // client (its live token nowhere on the operator's side)? Then a reuse of it harms
+        // nothing the loss did not, provided the loss was a window's.
+        let lost = self.form_login(&r.request.form).filter(|&l| {
+            self.eagle.logins[l]
+                .live
+                .as_ref()
+                .is_none_or(|live| !self.client_has(live))
+        });
         let (answer, did) = self.eagle.serve(
             r.request.url.path(),
             &r.request.authorization,
@@ -993,8 +1010,14 @@ impl Sim {
         match did {
             Did::Reuse { login, .. } => {
                 self.tally.reuses += 1;
+                // Lost to every client through a window, or left behind by a person's new
+                // login: nothing live can die of it.
+                let lost_in_window = lost == Some(login)
+                    && (self.windowed.contains(&login) || self.superseded.contains(&login));
                 let budget = self.excused.entry(login).or_default();
-                if *budget == 0 {
+                if lost_in_window {
+                    // Already lost through a window: nothing more to lose.
+                } else if *budget == 0 {
                     self.fail(format!(
                         "login {login}: a refresh token the server had replaced was sent again, with no crash, lost answer or revert to excuse it"
                     ));
@@ -1212,6 +1235,37 @@ impl Sim {
         for k in orphans {
             self.api.delete(&k, clock::now());
         }
+    }
+
+    /// Refresh tokens carried by API requests still pending (all, or one incarnation's).
+    fn pending_tokens(&self, of: Option<(usize, u32)>) -> Vec<String> {
+        hub::lock(&self.hub)
+            .api
+            .iter()
+            .filter(|r| of.is_none_or(|(p, inc)| r.proc == p && r.incarnation == inc))
+            .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
+            .filter_map(|v| token_in(&v))
+            .collect()
+    }
+
+    /// Whether anything on the operator's side still has `token`: a Secret, an answer held
+    /// by a live process, or a write in flight.
+    fn client_has(&self, token: &str) -> bool {
+        let in_secret = self
+            .api
+            .objects
+            .iter()
+            .filter(|(k, _)| k.resource == "secrets")
+            .any(|(_, o)| token_in(o).as_deref() == Some(token));
+        in_secret
+            || self.procs.iter().filter(|p| p.alive).any(|p| {
+                p.shared
+                    .memory
+                    .held_tokens()
+                    .iter()
+                    .any(|t| t.expose_secret().trim() == token)
+            })
+            || self.pending_tokens(None).iter().any(|t| t == token)
     }
 
     fn excused_login(&mut self, form: &str) {

@@ -473,6 +473,17 @@ impl Memory {
             .collect()
     }
 
+    /// The new refresh tokens of the answers held (for the simulator's invariants).
+    #[doc(hidden)]
+    pub fn held_tokens(&self) -> Vec<SecretString> {
+        let inner = lock(&self.inner);
+        inner
+            .holding
+            .iter()
+            .filter_map(|k| inner.entries.get(k)?.held.as_ref()?.new_token.clone())
+            .collect()
+    }
+
     /// Logs, loudly, every token still held when the process exits.
     pub fn report_lost(&self) {
         for k in self.held_keys() {

@@ -107,12 +107,14 @@ pub struct Context {
     /// Secrets read (or written) since they last changed.
     pub reads: Arc<Reads>,
     /// The auth destinations whose credentials have all been read in this term (`memory`'s
-    /// census), those still to read per destination, and when the term began.
+    /// census), and those still to read per destination.
     census_done: Mutex<std::collections::HashSet<String>>,
     census: Mutex<Option<HashMap<String, VecDeque<String>>>>,
+    /// When the census was first listed (its patience counts from then).
+    census_listed_at: std::sync::OnceLock<tokio::time::Instant>,
     /// Turned true once each store of `all_stores` has its first list.
     listed: Vec<tokio::sync::watch::Receiver<bool>>,
-    started: tokio::time::Instant,
+
     /// Credentials waiting for a token-call slot outside the controller's seats.
     pub parked: Arc<parked::Parked>,
     /// The controller's reconcile seats, shared fairly between namespaces.
@@ -168,8 +170,9 @@ impl Context {
             term: shared.memory.term(),
             census_done: Mutex::default(),
             census: Mutex::default(),
+            census_listed_at: std::sync::OnceLock::new(),
             listed: Vec::new(),
-            started: tokio::time::Instant::now(),
+
             memory: shared.memory,
             leadership: shared.leadership,
             known: shared.known,
@@ -179,7 +182,7 @@ impl Context {
     }
 }
 
-/// How long into a term a credential that cannot be read holds back the refreshes of the
+/// How long after a term's first list a credential that cannot be read holds back the refreshes of the
 /// others (see `Context::census_pending`).
 const CENSUS_PATIENCE: Duration = Duration::from_secs(120);
 
@@ -212,9 +215,9 @@ impl Context {
     /// otherwise pass for live (a refresh token works only at the server that issued it).
     /// The credentials to read are listed once per term, per auth server, from the stores'
     /// first list, and taken off as they are read: each look costs what was read since the
-    /// last. A credential still unread `CENSUS_PATIENCE` into the term (its Secret refused to
-    /// the operator, say) no longer holds the others back: one tenant cannot stop every
-    /// refresh.
+    /// last. A credential whose reconciles keep failing `CENSUS_PATIENCE` after that list
+    /// (its Secret refused to the operator, say) no longer holds the others back: one tenant
+    /// cannot stop every refresh.
     pub(crate) async fn census_pending(&self, auth_url: &url::Url) -> Option<String> {
         let destination = crate::token::Destination::of(auth_url).to_string();
         if lock(&self.census_done).contains(&destination) {
@@ -241,22 +244,27 @@ impl Context {
             }
             queues
         });
+        let listed_at = *self.census_listed_at.get_or_init(tokio::time::Instant::now);
         let queue = queues.entry(destination.clone()).or_default();
         while let Some(first) = queue.front() {
             if self.memory.is_read(first, self.term) || !self.is_watched(first) {
                 queue.pop_front();
-            } else {
-                break;
+                continue;
             }
+            // Reconciled and failing (its Secret refused to the operator, say) for longer
+            // than the patience: it no longer holds the others back. One merely not reached
+            // yet (a slow cold start) still does.
+            let failing = self
+                .memory
+                .get(first, |e| e.api_failures > 0)
+                .unwrap_or(false);
+            if failing && listed_at.elapsed() >= CENSUS_PATIENCE {
+                warn!(unread = %first, %destination, "a credential that cannot be read no longer holds back refreshes: a copy of a token it rotated out would not be recognised");
+                queue.pop_front();
+                continue;
+            }
+            return Some(first.clone());
         }
-        let unread = queue.front().cloned();
-        if unread.is_some() && self.started.elapsed() < CENSUS_PATIENCE {
-            return unread;
-        }
-        if let Some(unread) = unread {
-            warn!(%unread, %destination, left = queue.len(), "credentials still unread this far into the term no longer hold back refreshes: a copy of a token one of them rotated out would not be recognised");
-        }
-        queue.clear();
         lock(&self.census_done).insert(destination);
         None
     }
