@@ -75,40 +75,20 @@ impl Memory {
         }
     }
 
-    /// Stores `held`, or puts it back: also when this future is dropped half-way (a
-    /// follower's retry cancelled by shutdown or by leading again).
+    /// Stores `held`. It stays in memory until the store is acknowledged, so that a store
+    /// dropped half-way (a follower's retry cancelled by shutdown or by leading again) or a
+    /// process dying meanwhile has it exactly where a held answer always is.
     pub(crate) async fn store_or_keep(&self, client: &Client, key: &str, held: Held) {
-        let mut keep = PutBack {
-            tokens: self,
-            key,
-            held: Some(held),
-        };
-        let Some(held) = keep.held.as_ref() else {
-            return;
-        };
-        match store(client, held).await {
+        let fingerprint = held.new_fingerprint();
+        self.put(key, held.clone());
+        match store(client, &held).await {
             Ok(()) => {
-                keep.held = None;
+                self.take_if(key, |h| h.new_fingerprint() == fingerprint);
                 info!(credential = %key, "stored a held refresh token");
             }
             Err(e) => {
                 warn!(credential = %key, error = %e, "could not store a held refresh token yet")
             }
-        }
-    }
-}
-
-/// Puts a held token back into its map unless taken out of the guard.
-struct PutBack<'a> {
-    tokens: &'a Memory,
-    key: &'a str,
-    held: Option<Held>,
-}
-
-impl Drop for PutBack<'_> {
-    fn drop(&mut self) {
-        if let Some(held) = self.held.take() {
-            self.tokens.put(self.key, held);
         }
     }
 }
@@ -419,7 +399,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_store_cancelled_half_way_puts_the_token_back() {
+    async fn a_token_being_stored_stays_held_until_the_store_is_acknowledged() {
         let (client, mut handle) = client();
         let tokens = Memory::default();
         let mut store = Box::pin(tokens.store_or_keep(&client, KEY, held("rt-1", Some("rt-2"))));
@@ -429,9 +409,11 @@ mod tests {
             _ = &mut store => panic!("the store finished without an answer"),
             req = handle.next_request() => assert!(req.is_some()),
         }
-        assert!(tokens.is_empty(), "taken out while being stored");
+        assert!(!tokens.is_empty(), "held while being stored");
         drop(store);
-        let kept = tokens.take(KEY).expect("put back when dropped");
+        let kept = tokens
+            .take(KEY)
+            .expect("still held once the store is dropped");
         assert_eq!(kept.new_token.unwrap().expose_secret(), "rt-2");
     }
 

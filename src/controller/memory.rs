@@ -145,6 +145,18 @@ impl Memory {
         inner.entries.get_mut(key)?.held.take()
     }
 
+    /// Takes the answer held under `key` out of memory if `f` says it is the one.
+    pub(crate) fn take_if(&self, key: &str, f: impl FnOnce(&Held) -> bool) -> Option<Held> {
+        let mut inner = lock(&self.inner);
+        let entry = inner.entries.get_mut(key)?;
+        if !entry.held.as_ref().is_some_and(f) {
+            return None;
+        }
+        let held = entry.held.take();
+        inner.holding.remove(key);
+        held
+    }
+
     pub(crate) fn put(&self, key: &str, held: Held) {
         let mut inner = lock(&self.inner);
         inner.holding.insert(key.to_owned());
