@@ -11,13 +11,20 @@
 #   MUTATION_SEEDS    seeds to run (default: sim/src/cli.rs's FIXED_SEEDS, the CI set)
 #   MUTATION_STEPS    steps per seed (default 111112: a default `simulate` run's share
 #                     of 1,000,000 steps over the fixed seeds and its one random seed)
-#   MUTATION_CONTROL  1: first run the same seeds on HEAD unmutated (it must pass, or a
-#                     "caught" below proves nothing)
+#   MUTATION_CONTROL  0: skip the control run (see below) and give every seed its full
+#                     MUTATION_STEPS
+#   MUTATION_LIMITS   "S=N ...": skip the control run, seed S runs N steps (as a control
+#                     run printed them)
 #   CARGO_TARGET_DIR  shared by every mutation, so that each rebuilds only the two crates
-#                     of this workspace it changes (default: target/ of this checkout)
+#                     of this workspace it changes (default: target/ of this checkout); one
+#                     run at a time per target dir
 #
-# Exits 1 when a mutation is not caught (or does not apply or build), 2 when the control
-# run fails. Only HEAD is mutated: uncommitted changes are not in the throwaway trees.
+# The control run comes first: HEAD unmutated, every seed for MUTATION_STEPS steps. A seed
+# that HEAD itself fails at step N is then run for N-1 steps only, so that a mutation is
+# "caught" only where HEAD passes: by a violation that the mutation made.
+#
+# Exits 1 when a mutation is not caught (or does not apply or build). Only HEAD is
+# mutated: uncommitted changes are not in the throwaway trees.
 set -euo pipefail
 
 repo=$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)
@@ -29,7 +36,6 @@ steps=${MUTATION_STEPS:-111112}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
 # Each throwaway tree is compiled once: nothing to reuse incrementally.
 export CARGO_INCREMENTAL=0
-simulate="$CARGO_TARGET_DIR/release/simulate"
 
 if [[ $# -gt 0 ]]; then
   patches=("$@")
@@ -41,6 +47,8 @@ head=$(git rev-parse --short HEAD)
 echo "mutations of $head; seeds: $seeds; $steps steps per seed; target dir $CARGO_TARGET_DIR"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/eagle-eye-mutation.XXXXXX")
+# Each build's binary is copied here: another run sharing the target dir may build over it.
+simulate="$work/simulate"
 cleanup() {
   git -C "$repo" worktree remove --force "$work/tree" >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -48,13 +56,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Steps per seed: MUTATION_STEPS, or less where the control run failed.
+declare -A limit
+for seed in $seeds; do limit[$seed]=$steps; done
+for pair in ${MUTATION_LIMITS:-}; do limit[${pair%%=*}]=${pair#*=}; done
+
 # Runs the seeds against the tree in $work/tree, built; prints one line: the verdict.
 # Returns 0 when a seed reports a violation.
 hunt() {
   local seed out rc line
   for seed in $seeds; do
+    [[ ${limit[$seed]} -gt 0 ]] || continue
     rc=0
-    out=$("$simulate" --seed "$seed" --steps "$steps" 2>&1) || rc=$?
+    out=$("$simulate" --seed "$seed" --steps "${limit[$seed]}" 2>&1) || rc=$?
     line=$(grep -m1 '^INVARIANT VIOLATED' <<<"$out" || true)
     if [[ -n $line ]]; then
       # "INVARIANT VIOLATED at step N of seed S: what"
@@ -67,7 +81,7 @@ hunt() {
       return 0
     fi
   done
-  echo "NOT CAUGHT by seeds $seeds ($steps steps each)"
+  echo "NOT CAUGHT by seeds $seeds"
   return 1
 }
 
@@ -81,23 +95,38 @@ prepare() {
     echo "DOES NOT APPLY to $head"
     return 1
   fi
-  if ! (cd "$work/tree" && cargo build --quiet --release -p eagle-eye-sim --bin simulate) \
+  if ! (cd "$work/tree" && cargo build --release -p eagle-eye-sim --bin simulate) \
       >"$work/build.log" 2>&1; then
     echo "DOES NOT BUILD: $(grep -m1 '^error' "$work/build.log" || tail -n 1 "$work/build.log")"
     return 1
   fi
+  # Cargo judges a workspace crate fresh by file times, and every tree made here has the
+  # same layout: a build that compiled nothing could be another tree's binary.
+  if ! grep -q 'Compiling eagle-eye-operator' "$work/build.log"; then
+    echo "STALE BUILD: cargo reused an earlier tree's operator crate; is another run sharing $CARGO_TARGET_DIR?"
+    return 1
+  fi
+  cp "$CARGO_TARGET_DIR/release/simulate" "$simulate"
 }
 
-if [[ ${MUTATION_CONTROL:-0} == 1 ]]; then
-  printf '%-50s ' "control (HEAD unmutated)"
+if [[ ${MUTATION_CONTROL:-1} != 0 && -z ${MUTATION_LIMITS:-} ]]; then
+  echo "control: HEAD unmutated"
   prepare || exit 2
-  started=$SECONDS
-  if verdict=$(hunt); then
-    echo "FAILS: $verdict"
-    sed -n '1,60p' "$work/last-violation.txt"
-    exit 2
-  fi
-  echo "passes every seed ($((SECONDS - started)) s)"
+  for seed in $seeds; do
+    rc=0
+    out=$("$simulate" --seed "$seed" --steps "$steps" 2>&1) || rc=$?
+    line=$(grep -m1 '^INVARIANT VIOLATED' <<<"$out" || true)
+    if [[ -n $line ]]; then
+      at=$(sed -E 's/^INVARIANT VIOLATED at step ([0-9]+) .*/\1/' <<<"$line")
+      limit[$seed]=$((at - 1))
+      echo "  seed $seed: HEAD fails at step $at (${line#*: }); mutations run it for ${limit[$seed]} steps"
+    elif [[ $rc -ne 0 ]]; then
+      echo "  seed $seed: HEAD fails (simulate exited $rc); not used"
+      limit[$seed]=0
+    else
+      echo "  seed $seed: HEAD passes $steps steps"
+    fi
+  done
 fi
 
 missed=0
@@ -117,7 +146,9 @@ for patch in "${patches[@]}"; do
   fi
 done
 
-echo "seeds: $seeds; $steps steps per seed"
+echo -n "seeds (steps):"
+for seed in $seeds; do echo -n " $seed (${limit[$seed]})"; done
+echo
 if [[ $missed -gt 0 ]]; then
   echo "$missed of ${#patches[@]} mutations not caught"
   exit 1
