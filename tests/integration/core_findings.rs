@@ -11,7 +11,7 @@ use crate::support::operator::{
     Operator, create_credential, create_secrets, create_secrets_holding, events, login, ready,
     secret_data, stand_in, wait_for_reason,
 };
-use crate::support::{TestEnv, client_as, env, eventually};
+use crate::support::{TestEnv, client_as, env, eventually, within};
 use eagle_eye_operator::crd::EagleEyeCredential;
 use eagle_eye_testbed::standin::{Fault, Gate, StandIn};
 use futures::StreamExt;
@@ -26,23 +26,6 @@ async fn stored_refresh_token(env: &TestEnv, name: &str) -> Option<String> {
     secret_data(env, &format!("{name}-refresh"))
         .await?
         .remove("refresh_token")
-}
-
-/// Like `eventually`, but `None` at the limit: for failures that deserve their own words.
-async fn within<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let polling = async {
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    tokio::time::timeout(limit, polling).await.ok()
 }
 
 /// `Ready=<status> <reason>` of a credential, without its message (which a failure

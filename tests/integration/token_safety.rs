@@ -8,7 +8,7 @@ use crate::support::operator::{
     Operator, api_accepts, create_credential, create_secrets_holding, login, ready, secret_data,
     stand_in,
 };
-use crate::support::{TestEnv, env, figure, get, series};
+use crate::support::{TestEnv, env, figure, get, series, within};
 use eagle_eye_operator::crd::EagleEyeCredential;
 use eagle_eye_testbed::standin::{Fault, StandIn};
 use k8s_openapi::api::core::v1::Secret;
@@ -43,24 +43,6 @@ fn panics_in(logs: &str, secrets: &[&str]) -> Vec<String> {
                 .collect()
         })
         .collect()
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, or gives `None` after `limit`, so the
-/// caller can say what it saw instead of only that time ran out.
-async fn within<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let polling = async {
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    tokio::time::timeout(limit, polling).await.ok()
 }
 
 /// A Ready condition as (status, reason, message).

@@ -99,7 +99,20 @@ impl TestEnv {
 /// `limit`. Tests wait on observable state this way instead of sleeping and hoping. The
 /// limit holds even when a check itself never finishes (a stream with no next item, a
 /// request with no answer).
-pub async fn eventually<T, F, Fut>(what: &str, limit: std::time::Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, limit: std::time::Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    match within(limit, check).await {
+        Some(v) => v,
+        None => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+/// Like `eventually`, but `None` at the limit, so the caller can say what it saw instead of
+/// only that time ran out.
+pub async fn within<T, F, Fut>(limit: std::time::Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -112,10 +125,7 @@ where
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     };
-    match tokio::time::timeout(limit, polling).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
-    }
+    tokio::time::timeout(limit, polling).await.ok()
 }
 
 /// Prints a measured figure and appends it to `target/tmp/figures.txt`, which `.ci/run` shows
