@@ -39,3 +39,24 @@ fn a_copy_of_a_rotated_out_token_is_not_spent_once_its_claimant_gets_a_new_login
     let (_, _, violation, _) = eagle_eye_sim::run(4, 25_132);
     assert!(violation.is_none(), "{}", violation.unwrap());
 }
+
+/// Found by the simulator (seed 8, step 1,273): a failover while the API server was slow let
+/// the census's patience run out before anything was read, and `beta/cam1` spent a copy of a
+/// token `beta/cam3` had rotated out in an earlier term. The patience now counts from the
+/// term's first list, and only a credential whose reconciles keep failing stops holding the
+/// others back.
+#[test]
+fn a_failover_during_a_slow_api_server_spends_no_copy_before_every_credential_is_read() {
+    let (_, _, violation, _) = eagle_eye_sim::run(8, 1_274);
+    assert!(violation.is_none(), "{}", violation.unwrap());
+}
+
+/// Found by the simulator (seed 11, step 12,004): not an operator bug but a gap in the rule:
+/// a copy of a login a person had since replaced with a new one was resent. Nothing live can
+/// die of it (no client holds that login any more), and the rule now says so; the seed keeps
+/// the rule from being narrowed past it again.
+#[test]
+fn a_copy_of_a_login_a_person_replaced_may_be_sent_once_no_client_holds_it() {
+    let (_, _, violation, _) = eagle_eye_sim::run(11, 12_005);
+    assert!(violation.is_none(), "{}", violation.unwrap());
+}
