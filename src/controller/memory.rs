@@ -127,6 +127,14 @@ impl Entry {
     }
 }
 
+/// What a credential claims (`Memory::claim`): its stored token first, then those it
+/// rotated out.
+pub(crate) fn claimed(stored: &str, spent: &[String]) -> Vec<String> {
+    std::iter::once(stored.to_owned())
+        .chain(spent.iter().cloned())
+        .collect()
+}
+
 impl Memory {
     /// Runs `f` on the entry of `key` (made if missing).
     pub(crate) fn with<T>(&self, key: &str, f: impl FnOnce(&mut Entry) -> T) -> T {

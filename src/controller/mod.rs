@@ -198,15 +198,15 @@ impl Context {
 
     /// Whether credential `key` (`namespace/name`) is watched here and not being deleted.
     pub(crate) fn is_alive(&self, key: &str) -> bool {
-        let Some((ns, name)) = key.split_once('/') else {
-            return false;
-        };
+        self.watched(key)
+            .is_some_and(|c| c.metadata.deletion_timestamp.is_none())
+    }
+
+    /// Credential `key` (`namespace/name`) as a store of this term holds it.
+    fn watched(&self, key: &str) -> Option<Arc<EagleEyeCredential>> {
+        let (ns, name) = key.split_once('/')?;
         let at = kube::runtime::reflector::ObjectRef::new(name).within(ns);
-        self.all_stores.iter().any(|store| {
-            store
-                .get(&at)
-                .is_some_and(|c| c.metadata.deletion_timestamp.is_none())
-        })
+        self.all_stores.iter().find_map(|store| store.get(&at))
     }
 
     /// Until every credential of this term that calls the auth server at `auth_url` has
@@ -247,7 +247,7 @@ impl Context {
         let listed_at = *self.census_listed_at.get_or_init(tokio::time::Instant::now);
         let queue = queues.entry(destination.clone()).or_default();
         while let Some(first) = queue.front() {
-            if self.memory.is_read(first, self.term) || !self.is_watched(first) {
+            if self.memory.is_read(first, self.term) || self.watched(first).is_none() {
                 queue.pop_front();
                 continue;
             }
@@ -267,15 +267,6 @@ impl Context {
         }
         lock(&self.census_done).insert(destination);
         None
-    }
-
-    /// Whether credential `key` (`namespace/name`) is in a store of this term.
-    fn is_watched(&self, key: &str) -> bool {
-        let Some((ns, name)) = key.split_once('/') else {
-            return false;
-        };
-        let at = kube::runtime::reflector::ObjectRef::new(name).within(ns);
-        self.all_stores.iter().any(|store| store.get(&at).is_some())
     }
 
     /// The census waits for these to turn true, one per store of `all_stores` (without them,

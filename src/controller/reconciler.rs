@@ -313,8 +313,7 @@ impl<'a> Reconciler<'a> {
     /// Another namespace's names are never revealed.
     pub(super) fn claimed_elsewhere(&self, stored: &StoredToken) -> Option<String> {
         let spec = &self.cr.spec;
-        let mut tokens = vec![stored.fingerprint.clone()];
-        tokens.extend(stored.spent.iter().cloned());
+        let tokens = super::memory::claimed(&stored.fingerprint, &stored.spent);
         let ctx = self.ctx;
         let second = other_claimant(&ctx.store, self.cr);
         // The second credential naming a Secret records what it read, and claims nothing.
@@ -634,8 +633,8 @@ impl World for KubeWorld<'_, '_> {
             // The new token is this credential's from now on, not from its next read: a copy
             // made meanwhile must find it claimed.
             let ctx = self.r.ctx;
-            let mut tokens = vec![secrets::fingerprint(new.expose_secret())];
-            tokens.extend(spent.iter().cloned());
+            let new = secrets::fingerprint(new.expose_secret());
+            let tokens = super::memory::claimed(&new, spent);
             ctx.memory
                 .claim(&self.r.key, &tokens, ctx.term, true, |k| ctx.is_alive(k));
         }

@@ -342,8 +342,7 @@ impl Reconciler<'_> {
         };
         // What it holds counts in this term's census of claims; and no revocation before
         // every credential is read: the one still unread may hold a copy of this login.
-        let mut tokens = vec![stored.fingerprint.clone()];
-        tokens.extend(stored.spent.iter().cloned());
+        let tokens = super::memory::claimed(&stored.fingerprint, &stored.spent);
         let ctx = self.ctx;
         ctx.memory
             .claim(&self.key, &tokens, ctx.term, false, |k| ctx.is_alive(k));
