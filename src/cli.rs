@@ -47,7 +47,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             crate::logging::init(cli.log_format, cli.log_level.as_deref());
-            let client = kube::Client::try_default().await?;
+            // Every request counted by verb and resource (`api_requests`), for /metrics.
+            let client = crate::api_requests::client(kube::Config::infer().await?)?;
             crate::operator::run(client, *args, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }

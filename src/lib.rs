@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod api_requests;
 pub mod authorize;
 pub mod cli;
 pub mod content;

@@ -113,6 +113,11 @@ impl Default for Metrics {
             m.reconcile_errors.clone(),
         );
         r.register(
+            crate::api_requests::KUBE_API_REQUESTS,
+            "Requests this process sent to the Kubernetes API server, by verb and resource",
+            crate::api_requests::family(),
+        );
+        r.register(
             LEADER,
             "1 while this replica holds the leader Lease",
             m.leader.clone(),
