@@ -40,13 +40,31 @@ pub struct Memory {
 struct Inner {
     entries: HashMap<String, Entry>,
     /// Which credential first claimed each token still current (by fingerprint).
-    current: HashMap<String, String>,
-    /// Which credential rotated out each token known dead (by fingerprint).
-    dead: HashMap<String, String>,
+    current: HashMap<Fp, Arc<str>>,
+    /// Which credential rotated out each token known dead (by fingerprint): up to 65 per
+    /// credential, so as numbers and one shared name, not strings (a credential's share of
+    /// the index is about 2 KiB at the most, not 12).
+    dead: HashMap<Fp, Arc<str>>,
     /// Deleted credentials whose rotated-out tokens stay known dead, oldest first.
-    buried: VecDeque<(String, Vec<String>)>,
+    buried: VecDeque<(Arc<str>, Vec<Fp>)>,
     /// The credentials with an answer held (so that finding one is not a walk of all).
     holding: BTreeSet<String>,
+}
+
+/// A token's fingerprint as the index keeps it: the 16 hex digits of
+/// `secrets::fingerprint` as the number they spell (anything else, hashed).
+type Fp = u64;
+
+fn fp(fingerprint: &str) -> Fp {
+    if fingerprint.len() == 16 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if let Ok(n) = u64::from_str_radix(fingerprint, 16) {
+            return n;
+        }
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    fingerprint.hash(&mut h);
+    h.finish()
 }
 
 /// How many deleted credentials' rotated-out tokens stay known dead (at most 65
@@ -67,7 +85,9 @@ pub(crate) struct Entry {
     /// The login whose answer the configuration refused.
     blocked: Option<Refused>,
     /// The tokens it claims: the stored one first, then those it rotated out.
-    tokens: Vec<String>,
+    tokens: Vec<Fp>,
+    /// Its key, shared by its claims in the index.
+    name: Option<Arc<str>>,
     /// The server's `Retry-After`: no call before then.
     pub retry_not_before: Option<Timestamp>,
     /// Consecutive Kubernetes API failures, for the error policy's backoff.
@@ -311,8 +331,10 @@ impl Memory {
         } = &mut *inner;
         let entry = entries.entry(key.to_owned()).or_default();
         entry.read_in_term = term;
+        let me = entry.name.get_or_insert_with(|| Arc::from(key)).clone();
+        let tokens: Vec<Fp> = tokens.iter().map(|t| fp(t)).collect();
         let mut old = std::mem::take(&mut entry.tokens);
-        if let Some(i) = buried.iter().position(|(k, _)| k == key) {
+        if let Some(i) = buried.iter().position(|(k, _)| &**k == key) {
             // Recreated under the same name: its claims are its own again (and forgotten
             // with its lists like any other's).
             if let Some((_, tokens)) = buried.remove(i) {
@@ -332,33 +354,33 @@ impl Memory {
         // holds the same login.
         entry.tokens = kept;
         for t in spent {
-            dead.entry(t.clone()).or_insert_with(|| key.to_owned());
-            if current.get(t).is_some_and(|o| o != key) {
+            dead.entry(*t).or_insert_with(|| me.clone());
+            if current.get(t).is_some_and(|o| &**o != key) {
                 current.remove(t);
             }
         }
         // What fell off its lists (the Secret keeps the last 64 rotated out) is forgotten
         // here too: the index stays as large as the lists, however long the process runs.
         for t in old.iter().filter(|t| !tokens.contains(t)) {
-            if current.get(t).is_some_and(|o| o == key) {
+            if current.get(t).is_some_and(|o| &**o == key) {
                 current.remove(t);
             }
-            if dead.get(t).is_some_and(|o| o == key) {
+            if dead.get(t).is_some_and(|o| &**o == key) {
                 dead.remove(t);
             }
         }
         if !claim_current {
             return None;
         }
-        if let Some(owner) = dead.get(stored).filter(|o| *o != key) {
-            return Some(owner.clone());
+        if let Some(owner) = dead.get(stored).filter(|o| &***o != key) {
+            return Some(owner.to_string());
         }
-        if let Some(owner) = current.get(stored).filter(|o| *o != key)
+        if let Some(owner) = current.get(stored).filter(|o| &***o != key)
             && exists(owner)
         {
-            return Some(owner.clone());
+            return Some(owner.to_string());
         }
-        current.insert(stored.clone(), key.to_owned());
+        current.insert(*stored, me);
         None
     }
 
@@ -370,11 +392,12 @@ impl Memory {
         token: &str,
         exists: impl Fn(&str) -> bool,
     ) -> Vec<String> {
+        let token = fp(token);
         let inner = lock(&self.inner);
         let mut holders: Vec<String> = inner
             .entries
             .iter()
-            .filter(|(k, e)| *k != key && e.tokens.first().is_some_and(|t| t == token) && exists(k))
+            .filter(|(k, e)| *k != key && e.tokens.first() == Some(&token) && exists(k))
             .map(|(k, _)| k.clone())
             .collect();
         holders.sort();
@@ -397,9 +420,9 @@ impl Memory {
     pub(crate) fn rotated_out_by(&self, key: &str, token: &str) -> Option<String> {
         lock(&self.inner)
             .dead
-            .get(token)
-            .filter(|o| *o != key)
-            .cloned()
+            .get(&fp(token))
+            .filter(|o| &***o != key)
+            .map(|o| o.to_string())
     }
 
     /// Whether credential `key` has been read in `term`.
@@ -443,15 +466,16 @@ impl Memory {
         let Some((stored, spent)) = tokens.split_first() else {
             return;
         };
-        if current.get(stored).is_some_and(|o| o == key) {
+        if current.get(stored).is_some_and(|o| &**o == key) {
             current.remove(stored);
         }
-        let mine: Vec<String> = spent
+        let mine: Vec<Fp> = spent
             .iter()
-            .filter(|t| dead.get(*t).is_some_and(|o| o == key))
-            .cloned()
+            .filter(|t| dead.get(*t).is_some_and(|o| &**o == key))
+            .copied()
             .collect();
-        buried.push_back((key.to_owned(), mine));
+        let name = entry.name.take().unwrap_or_else(|| Arc::from(key));
+        buried.push_back((name, mine));
         while buried.len() > BURIED {
             let Some((oldest, tokens)) = buried.pop_front() else {
                 break;
