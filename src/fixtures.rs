@@ -106,7 +106,6 @@ pub fn testcontext_at(clock: fn() -> jiff::Timestamp) -> (Arc<Context>, ApiServe
                 memory: Memory::default(),
                 leadership: Leadership::unchecked(),
                 known: Default::default(),
-                own_writes: Default::default(),
                 reads: Default::default(),
                 shard: None,
             },

@@ -11,13 +11,12 @@ use std::net::SocketAddr;
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::runtime::{Controller, WatchStreamExt};
-use kube::{Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{info, warn};
 
@@ -452,7 +451,6 @@ pub async fn run(
             memory: Memory::default(),
             leadership,
             known: Default::default(),
-            own_writes: Default::default(),
             reads: Default::default(),
             shard: args.credential_selector.clone(),
         },
@@ -681,6 +679,9 @@ impl Parts {
                 // sleep through its start, and through a shutdown, until the next event).
                 let (listed_tx, listed) = tokio::sync::watch::channel(false);
                 let known = self.shared.known.clone();
+                // Which credentials name which Secret, kept beside the store.
+                let index = Arc::new(controller::Index::default());
+                let indexed = index.clone();
                 let mut config = watcher::Config::default().page_size(CREDENTIAL_PAGE);
                 if let Some(selector) = &self.args.credential_selector {
                     config = config.labels(selector);
@@ -692,6 +693,7 @@ impl Parts {
                     .modify(crate::controller::project)
                     .reflect(writer)
                     .inspect_ok(move |e| {
+                        indexed.on_event(e);
                         if matches!(e, watcher::Event::InitDone) {
                             listed_tx.send_replace(true);
                         }
@@ -706,17 +708,18 @@ impl Parts {
                     Controller::for_stream(news, reader).with_config(config),
                     secrets,
                     listed,
+                    index,
                 )
             })
             .collect();
         // Every controller sees every store: a refresh token copied into another watched
         // namespace is claimed across them.
-        let stores: Vec<_> = built.iter().map(|(c, _, _)| c.store()).collect();
-        let all_listed: Vec<_> = built.iter().map(|(_, _, l)| l.clone()).collect();
+        let stores: Vec<_> = built.iter().map(|(c, _, _, _)| c.store()).collect();
+        let all_listed: Vec<_> = built.iter().map(|(_, _, l, _)| l.clone()).collect();
         let mut listed = Vec::new();
         let controllers: Vec<_> = built
             .into_iter()
-            .map(|(controller, secrets, synced)| {
+            .map(|(controller, secrets, synced, index)| {
                 listed.push(synced.clone());
                 let client = self.client.clone();
                 let store = controller.store();
@@ -736,23 +739,29 @@ impl Parts {
                         self.shared.clone(),
                     )
                     .with_seats(seats)
-                    .with_listed(all_listed.clone()),
+                    .with_listed(all_listed.clone())
+                    .with_index(index.clone()),
                 );
                 // Metadata only, paged: memory does not grow with the Secrets in the cluster.
-                // A re-list shows no event for a Secret deleted while the watch was down:
-                // what was read from Secrets is read again.
-                let reads = self.shared.reads.clone();
-                let relisted = reads.clone();
+                // Each event is news (someone else's change) or the echo of this process's
+                // own write (`controller::secret_news`); news wakes the credentials naming
+                // the Secret.
+                let news = controller::SecretNews::new(self.shared.reads.clone(), index);
                 let secret_events =
                     watcher::watcher(secrets, watcher::Config::default().page_size(100))
-                        .inspect_ok(move |e| {
-                            if matches!(e, watcher::Event::Init) {
-                                relisted.clear()
-                            }
+                        .default_backoff()
+                        .filter_map(move |event| {
+                            let woken = match event {
+                                Ok(event) => news.on_event(&event),
+                                Err(e) => {
+                                    warn!(error = %e, "watching Secrets");
+                                    Vec::new()
+                                }
+                            };
+                            futures::future::ready(Some(futures::stream::iter(woken)))
                         })
-                        .touched_objects();
+                        .flatten();
                 let metrics = self.metrics.clone();
-                let own = self.shared.own_writes.clone();
                 // A credential granted a call slot while parked is reconciled to use it.
                 let woken = ctx.take_wakes();
                 // Stopping: reconciles waiting for a seat and parked waits give up at once.
@@ -767,15 +776,7 @@ impl Parts {
                 });
                 let run = controller
                     .reconcile_on(woken)
-                    .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {
-                        // An echo of the operator's own write changes nothing it read.
-                        if own.is_echo(&secret) {
-                            return Vec::new();
-                        }
-                        // Before anything is woken by it: no reconcile reads the old values.
-                        reads.changed(&secret.namespace().unwrap_or_default(), &secret.name_any());
-                        credentials_naming(&store, &secret)
-                    })
+                    .reconcile_on(secret_events)
                     .graceful_shutdown_on(stop.clone())
                     .run(controller::reconcile, controller::error_policy, ctx)
                     .for_each(move |result| {
@@ -884,25 +885,4 @@ fn process_identity(instance: Option<&str>) -> String {
         .map(|c| if c.is_whitespace() { '-' } else { c })
         .collect();
     format!("{base}_{:08x}", rand::random::<u32>())
-}
-
-/// Credentials in the Secret's namespace that read it, or own it as their target.
-fn credentials_naming(
-    store: &kube::runtime::reflector::Store<EagleEyeCredential>,
-    secret: &PartialObjectMeta<Secret>,
-) -> Vec<ObjectRef<EagleEyeCredential>> {
-    // Every credential per Secret event: compared in place, nothing copied but the matches.
-    let (Some(name), ns) = (&secret.metadata.name, &secret.metadata.namespace) else {
-        return Vec::new();
-    };
-    store
-        .state_filter(|cr| {
-            (cr.spec.client_secret_ref.name == *name
-                || cr.spec.refresh_token_secret_ref.name == *name
-                || crate::target::names_target(cr, name))
-                && cr.metadata.namespace == *ns
-        })
-        .iter()
-        .map(|cr| ObjectRef::from_obj(&**cr))
-        .collect()
 }

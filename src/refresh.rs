@@ -42,8 +42,10 @@ const PARKED_RECHECK: Duration = Duration::from_secs(60);
 const IN_USE_RECHECK: Duration = Duration::from_secs(30);
 /// The longest wait between two publishes that met a conflict.
 const MAX_PUBLISH_BACKOFF: Duration = Duration::from_secs(30);
-/// A due credential waiting for the census of claims looks again this often.
-const CENSUS_RECHECK: Duration = Duration::from_secs(2);
+/// A due credential waiting for the census of claims is woken when it completes (see
+/// `Context::census_advance`), and looks again this often in any case (a census that
+/// completes through another namespace's controller wakes no one here).
+const CENSUS_RECHECK: Duration = Duration::from_secs(10);
 
 /// Why a due refresh does not start after all.
 pub enum NotNow {

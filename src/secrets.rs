@@ -123,11 +123,24 @@ pub async fn read_client(
     id_key: &str,
     secret_key: &str,
 ) -> Result<ClientCredentials, SecretError> {
+    read_client_at(api, name, id_key, secret_key)
+        .await
+        .map(|(creds, _)| creds)
+}
+
+/// Client credentials and the resourceVersion of the Secret they were read from.
+pub async fn read_client_at(
+    api: &Api<Secret>,
+    name: &str,
+    id_key: &str,
+    secret_key: &str,
+) -> Result<(ClientCredentials, Option<String>), SecretError> {
     let secret = get(api, name).await?;
-    Ok(ClientCredentials {
+    let creds = ClientCredentials {
         id: value(&secret, name, id_key)?.expose_secret().to_owned(),
         secret: value(&secret, name, secret_key)?,
-    })
+    };
+    Ok((creds, secret.metadata.resource_version))
 }
 
 pub async fn read_refresh_token(

@@ -132,10 +132,23 @@ struct Done {
     panicked: bool,
 }
 
+impl Term {
+    /// One event of the credential watch, into the store and the index as the operator's
+    /// stream puts it.
+    fn credential_event(&mut self, event: watcher::Event<EagleEyeCredential>) {
+        self.writer.apply_watcher_event(&event);
+        self.index.on_event(&event);
+    }
+}
+
 /// A leadership term: the controllers of one process, from the Lease won to lost.
 struct Term {
     ctx: Arc<Context>,
     writer: Writer<EagleEyeCredential>,
+    /// The credentials by the Secrets they name, fed as the operator's watch feeds it.
+    index: Arc<controller::Index>,
+    /// What a Secret event means, decided as the operator decides it.
+    secret_news: controller::SecretNews,
     store: Store<EagleEyeCredential>,
     due: BTreeMap<String, Due>,
     /// Reconciles running, by credential; a trigger meanwhile runs it again after.
@@ -500,7 +513,6 @@ impl Sim {
             memory: Memory::default(),
             leadership,
             known: Default::default(),
-            own_writes: Default::default(),
             reads: Default::default(),
             shard: None,
         };
@@ -565,6 +577,8 @@ impl Sim {
         proc.shared.reads.clear();
         proc.shared.memory.new_term();
         let (store, writer) = kube::runtime::reflector::store::<EagleEyeCredential>();
+        let index = Arc::new(controller::Index::default());
+        let secret_news = controller::SecretNews::new(proc.shared.reads.clone(), index.clone());
         let reporter = kube::runtime::events::Reporter {
             controller: "eagle-eye-operator".into(),
             instance: Some(proc.identity.clone()),
@@ -579,7 +593,8 @@ impl Sim {
                 vec![store.clone()],
                 proc.shared.clone(),
             )
-            .with_seats(16),
+            .with_seats(16)
+            .with_index(index.clone()),
         );
         let wakes = ctx.take_wakes();
         let sweep = tokio::spawn(controller::deleted_credentials(
@@ -590,6 +605,8 @@ impl Sim {
         proc.term = Some(Term {
             ctx,
             writer,
+            index,
+            secret_news,
             store,
             due: BTreeMap::new(),
             running: BTreeMap::new(),
@@ -620,18 +637,17 @@ impl Sim {
         term.watch.clear();
         // A re-list shows no event for a Secret deleted meanwhile: reads start afresh.
         proc.shared.reads.clear();
-        term.writer.apply_watcher_event(&watcher::Event::Init);
+        term.credential_event(watcher::Event::Init);
         let mut news = Vec::new();
         for o in &objects {
             if let Some(cr) = stored_copy(o) {
-                term.writer
-                    .apply_watcher_event(&watcher::Event::InitApply(cr.clone()));
+                term.credential_event(watcher::Event::InitApply(cr.clone()));
                 if proc.shared.known.is_news(&cr) {
                     news.push(key_of(&cr));
                 }
             }
         }
-        term.writer.apply_watcher_event(&watcher::Event::InitDone);
+        term.credential_event(watcher::Event::InitDone);
         for k in news {
             term.due.insert(k, Due::At(now));
         }
@@ -904,8 +920,7 @@ impl Sim {
         match change.key.resource {
             "eagleeyecredentials" => match change.object.as_ref().and_then(stored_copy) {
                 Some(cr) => {
-                    term.writer
-                        .apply_watcher_event(&watcher::Event::Apply(cr.clone()));
+                    term.credential_event(watcher::Event::Apply(cr.clone()));
                     if proc.shared.known.is_news(&cr) {
                         wake.push(key_of(&cr));
                     }
@@ -917,7 +932,7 @@ impl Sim {
                         "spec": {"clientSecretRef": {"name": "x"}, "refreshTokenSecretRef": {"name": "x"}},
                     }))
                     .expect("credential");
-                    term.writer.apply_watcher_event(&watcher::Event::Delete(cr));
+                    term.credential_event(watcher::Event::Delete(cr));
                     term.due
                         .remove(&format!("{}/{}", change.key.ns, change.key.name));
                 }
@@ -935,17 +950,12 @@ impl Sim {
                     },
                 };
                 let partial = meta.metadata.clone().into_response_partial::<Secret>();
-                if !proc.shared.own_writes.is_echo(&partial) {
-                    proc.shared.reads.changed(&change.key.ns, &change.key.name);
-                    let name = change.key.name.clone();
-                    for cr in term.store.state_filter(|cr| {
-                        (cr.spec.client_secret_ref.name == name
-                            || cr.spec.refresh_token_secret_ref.name == name
-                            || eagle_eye_operator::target::names_target(cr, &name))
-                            && cr.metadata.namespace.as_deref() == Some(change.key.ns.as_str())
-                    }) {
-                        wake.push(key_of(&cr));
-                    }
+                let event = match change.object {
+                    Some(_) => watcher::Event::Apply(partial),
+                    None => watcher::Event::Delete(partial),
+                };
+                for cr in term.secret_news.on_event(&event) {
+                    wake.push(format!("{}/{}", cr.namespace.unwrap_or_default(), cr.name));
                 }
             }
             _ => {}

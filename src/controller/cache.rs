@@ -1,8 +1,10 @@
 //! What reconciles read from Secrets that change rarely, as last read or written: client
-//! credentials, and the target Secret's metadata. Every change of such a Secret that is not
+//! credentials, and the target Secret's metadata (or that it does not exist); and the
+//! versions of this process's own Secret writes. Every change of such a Secret that is not
 //! this process's own write (a watch event), and every re-list of the Secret watch (a
 //! Secret deleted while the watch was down shows no event), drops what was read from it, so
-//! a reconcile reads it again only after a change.
+//! a reconcile reads it again only after a change; the echo of an own write drops nothing
+//! and wakes nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,28 +14,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntr
 
 use super::lock;
 use crate::token::ClientCredentials;
-
-/// Every Secret read a reconcile may take from memory.
-#[derive(Default)]
-pub struct Reads {
-    /// Client credentials, by the keys read.
-    pub clients: SecretCache<ClientCredentials>,
-    /// Target Secrets' metadata (`trimmed`): whose they are and what they publish.
-    pub targets: SecretCache<Arc<Secret>>,
-}
-
-impl Reads {
-    /// Secret `name` of `ns` changed, went, or may have while the watch was down.
-    pub fn changed(&self, ns: &str, name: &str) {
-        self.clients.changed(ns, name);
-        self.targets.changed(ns, name);
-    }
-
-    pub fn clear(&self) {
-        self.clients.clear();
-        self.targets.clear();
-    }
-}
 
 /// Annotations of a target longer than this are not the operator's (its longest, the spent
 /// list, is about 1 KiB) and are not kept.
@@ -80,68 +60,354 @@ pub fn trimmed(secret: &Secret) -> Secret {
     }
 }
 
-/// Per Secret (namespace, name), what was read from it (e.g. which keys) and its value.
-type Entries<V> = HashMap<(String, String), HashMap<String, V>>;
+type SecretKey = (String, String);
 
-/// The entries, and how many Secret changes were seen: a read that a change overtook is
-/// not kept (it may hold the old values, and the change's event has passed already). One
-/// count for all Secrets: under a storm of unrelated Secret changes reads are kept less
-/// often (each costs a GET again), and the count never grows with the Secrets seen.
-pub struct SecretCache<V>(Mutex<(Entries<V>, u64)>);
+/// Own versions remembered per Secret until their echoes come: a refresh writes one Secret
+/// twice (the spend intent, the write-back) and a slow watch may deliver both echoes late.
+const OWN_VERSIONS: usize = 4;
 
-impl<V> Default for SecretCache<V> {
-    fn default() -> Self {
-        SecretCache(Mutex::new((HashMap::new(), 0)))
+/// What is known of one Secret that a reconcile reads or this process writes.
+#[derive(Default)]
+struct Slot {
+    /// The newest resourceVersion known here (read or written): its event is no change.
+    version: Option<String>,
+    /// Versions this process wrote whose watch events have not come yet.
+    own: Vec<String>,
+    /// Client credentials read from it, by the keys read.
+    clients: Vec<(String, ClientCredentials)>,
+    /// The target's metadata (`trimmed`), or `Some(None)`: known not to exist.
+    target: Option<Option<Arc<Secret>>>,
+    /// Changes seen (events that were not this process's writes, and this process's own
+    /// writes): a read that one overtook is not kept.
+    changes: u64,
+    /// Reads and writes in flight, which keep the slot.
+    reading: u32,
+    writing: u32,
+    /// An event that came while a write was in flight: the write's own echo when it
+    /// carries the version the write returns, else someone else's change (`None`: deleted).
+    held: Vec<Option<String>>,
+}
+
+impl Slot {
+    fn is_idle(&self) -> bool {
+        self.reading == 0
+            && self.writing == 0
+            && self.own.is_empty()
+            && self.clients.is_empty()
+            && self.target.is_none()
+    }
+
+    /// Someone else changed the Secret (or deleted it): nothing read from it stays.
+    fn changed(&mut self) {
+        self.version = None;
+        self.own.clear();
+        self.clients.clear();
+        self.target = None;
+        self.changes += 1;
     }
 }
 
-fn secret(ns: &str, name: &str) -> (String, String) {
+#[derive(Default)]
+struct State {
+    slots: HashMap<SecretKey, Slot>,
+    /// Bumped by every `clear`: a read or write begun before belongs to another list.
+    epoch: u64,
+}
+
+/// What reconciles read from Secrets that change rarely, and this process's own writes to
+/// Secrets, per Secret and by resourceVersion: the watch event of this process's own write
+/// is recognised whether it comes before or after the write's answer, and changes to other
+/// Secrets never touch this one. Only Secrets a reconcile read or this process wrote have
+/// an entry, and an entry goes once nothing is kept or in flight for it.
+#[derive(Default)]
+pub struct Reads(Mutex<State>);
+
+/// A read begun when nothing was kept (see [`Reads::client`], [`Reads::target`]): what it
+/// returns is kept only if nothing changed the Secret meanwhile.
+pub struct Ticket<'a> {
+    reads: &'a Reads,
+    key: SecretKey,
+    epoch: u64,
+    changes: u64,
+}
+
+/// A write of this process in flight (see [`Reads::writing`]).
+pub struct Writing<'a> {
+    reads: &'a Reads,
+    key: SecretKey,
+    epoch: u64,
+    done: bool,
+}
+
+fn secret_key(ns: &str, name: &str) -> SecretKey {
     (ns.into(), name.into())
 }
 
-impl<V: Clone> SecretCache<V> {
-    /// The value, or the count of changes seen so far to hand to `put`.
-    pub fn get(&self, ns: &str, name: &str, what: &str) -> Result<V, u64> {
-        let guard = lock(&self.0);
-        guard
-            .0
-            .get(&secret(ns, name))
-            .and_then(|read| read.get(what))
-            .cloned()
-            .ok_or(guard.1)
+impl Reads {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        lock(&self.0)
     }
 
-    /// The count of changes seen so far, for a `put` after a write.
-    pub fn seen(&self) -> u64 {
-        lock(&self.0).1
-    }
-
-    /// Keeps what a read (or write) that started when `get` or `seen` answered `seen`
-    /// returned, unless a change came in between. Then what was kept of the Secret goes as
-    /// well: it is older than what this read or write saw (a write's own result, above all,
-    /// must never leave the version before it in place), and changes to any Secret anywhere
-    /// count, so another namespace's busy Secrets would otherwise leave it there.
-    pub fn put(&self, ns: &str, name: &str, what: &str, value: V, seen: u64) {
-        let mut guard = lock(&self.0);
-        let key = secret(ns, name);
-        if guard.1 == seen {
-            guard.0.entry(key).or_default().insert(what.into(), value);
-        } else {
-            guard.0.remove(&key);
+    fn ticket(&self, state: &mut State, key: SecretKey) -> Ticket<'_> {
+        let epoch = state.epoch;
+        let slot = state.slots.entry(key.clone()).or_default();
+        slot.reading += 1;
+        Ticket {
+            reads: self,
+            changes: slot.changes,
+            key,
+            epoch,
         }
     }
 
-    /// Secret `name` of `ns` changed or went: whatever was read from it goes.
-    pub fn changed(&self, ns: &str, name: &str) {
-        let mut guard = lock(&self.0);
-        guard.1 = guard.1.wrapping_add(1);
-        guard.0.remove(&secret(ns, name));
+    /// Client credentials read from Secret `name` under `keys`, or a ticket to read them.
+    pub fn client(
+        &self,
+        ns: &str,
+        name: &str,
+        keys: &str,
+    ) -> Result<ClientCredentials, Ticket<'_>> {
+        let mut state = self.lock();
+        let key = secret_key(ns, name);
+        let kept = state
+            .slots
+            .get(&key)
+            .and_then(|s| s.clients.iter().find(|(k, _)| k == keys))
+            .map(|(_, c)| c.clone());
+        kept.ok_or_else(|| self.ticket(&mut state, key))
     }
 
+    /// The target's metadata (`None`: it does not exist), or a ticket to read it.
+    pub fn target(&self, ns: &str, name: &str) -> Result<Option<Arc<Secret>>, Ticket<'_>> {
+        let mut state = self.lock();
+        let key = secret_key(ns, name);
+        let kept = state.slots.get(&key).and_then(|s| s.target.clone());
+        kept.ok_or_else(|| self.ticket(&mut state, key))
+    }
+
+    /// A write of Secret `name` starts: until it answers, its watch event is held.
+    pub fn writing(&self, ns: &str, name: &str) -> Writing<'_> {
+        let mut state = self.lock();
+        let epoch = state.epoch;
+        let key = secret_key(ns, name);
+        state.slots.entry(key.clone()).or_default().writing += 1;
+        Writing {
+            reads: self,
+            key,
+            epoch,
+            done: false,
+        }
+    }
+
+    /// A watch event of Secret `name` at `version` (`None`: deleted). Whether it is news:
+    /// someone else's change, which drops what was read from the Secret and should wake
+    /// the credentials naming it. This process's own writes are not news, whether their
+    /// event comes before or after the write's answer (then `Writing::wrote` decides).
+    pub fn event(&self, ns: &str, name: &str, version: Option<&str>) -> bool {
+        let mut state = self.lock();
+        let key = secret_key(ns, name);
+        let Some(slot) = state.slots.get_mut(&key) else {
+            return true;
+        };
+        if slot.writing > 0 {
+            // Past a few, a deletion stands for the rest: the write's answer then finds
+            // something that is not its own echo.
+            if slot.held.len() < OWN_VERSIONS {
+                slot.held.push(version.map(str::to_owned));
+            } else {
+                slot.held.push(None);
+                slot.held.remove(0);
+            }
+            return false;
+        }
+        if let Some(v) = version {
+            if let Some(at) = slot.own.iter().position(|o| o == v) {
+                // Older versions' echoes will not come any more.
+                slot.own.drain(..=at);
+                return false;
+            }
+            if slot.version.as_deref() == Some(v) {
+                return false;
+            }
+        }
+        slot.changed();
+        // A read in flight that returns this very version is current.
+        slot.version = version.map(str::to_owned);
+        if slot.is_idle() {
+            state.slots.remove(&key);
+        }
+        true
+    }
+
+    /// Forgets everything: the watch listed again, and a Secret deleted meanwhile shows no
+    /// event.
     pub fn clear(&self) {
-        let mut guard = lock(&self.0);
-        guard.1 = guard.1.wrapping_add(1);
-        guard.0.clear();
+        let mut state = self.lock();
+        state.epoch += 1;
+        state.slots.clear();
+    }
+
+    /// Secrets with an entry (reads or writes in flight, or something kept).
+    pub fn len(&self) -> usize {
+        self.lock().slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs `f` on the ticket's slot if what the ticket read may be kept, and lets the
+    /// ticket go.
+    fn keep(&self, ticket: Ticket<'_>, version: Option<&str>, f: impl FnOnce(&mut Slot)) {
+        let mut state = self.lock();
+        let current = state.epoch == ticket.epoch;
+        if let Some(slot) = state.slots.get_mut(&ticket.key).filter(|_| current) {
+            // Nothing changed it since the read began, or the read returned the very
+            // version of the last change seen.
+            let unchanged = slot.changes == ticket.changes
+                || (version.is_some() && slot.version.as_deref() == version);
+            if unchanged {
+                if let Some(v) = version {
+                    slot.version = Some(v.to_owned());
+                }
+                f(slot);
+            }
+        }
+        drop(state);
+        // The ticket's drop releases the slot.
+        drop(ticket);
+    }
+}
+
+impl Ticket<'_> {
+    /// Keeps client credentials read at the Secret's `version`.
+    pub fn keep_client(self, keys: &str, creds: ClientCredentials, version: Option<&str>) {
+        let keys = keys.to_owned();
+        self.reads.keep(self, version, |slot| {
+            slot.clients.retain(|(k, _)| *k != keys);
+            slot.clients.push((keys, creds));
+        });
+    }
+
+    /// Keeps the target's metadata as read (`None`: it does not exist).
+    pub fn keep_target(self, target: Option<Arc<Secret>>) {
+        let version = target
+            .as_ref()
+            .and_then(|t| t.metadata.resource_version.clone());
+        self.reads
+            .keep(self, version.as_deref(), |slot| slot.target = Some(target));
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let mut state = self.reads.lock();
+        if state.epoch != self.epoch {
+            return;
+        }
+        if let Some(slot) = state.slots.get_mut(&self.key) {
+            slot.reading -= 1;
+            if slot.is_idle() {
+                state.slots.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Writing<'_> {
+    /// The write returned `written`; a target's metadata to keep comes with it. Whether
+    /// someone else changed the Secret while the write was in flight (its event held
+    /// here): then nothing is kept, and the credentials naming the Secret should be woken.
+    pub fn wrote(mut self, written: &Secret, target: Option<Arc<Secret>>) -> bool {
+        self.done = true;
+        let version = written.metadata.resource_version.clone();
+        let mut state = self.reads.lock();
+        if state.epoch != self.epoch {
+            return false;
+        }
+        let Some(slot) = state.slots.get_mut(&self.key) else {
+            return false;
+        };
+        slot.writing -= 1;
+        let held = std::mem::take(&mut slot.held);
+        let echoed = held.iter().any(|h| *h == version);
+        let foreign = held.iter().any(|h| *h != version);
+        if foreign || version.is_none() {
+            slot.changed();
+        } else {
+            let version = version.unwrap_or_default();
+            if !echoed {
+                if slot.own.len() >= OWN_VERSIONS {
+                    slot.own.remove(0);
+                }
+                slot.own.push(version.clone());
+            }
+            slot.version = Some(version);
+            if let Some(t) = target {
+                slot.target = Some(Some(t));
+            }
+            // A read begun before this write may hold the version before it.
+            slot.changes += 1;
+        }
+        if slot.is_idle() {
+            state.slots.remove(&self.key);
+        }
+        foreign
+    }
+
+    /// The write failed: what is kept may be out of date (a conflict says so). Whether an
+    /// event came meanwhile (wake the credentials naming the Secret).
+    pub fn failed(mut self) -> bool {
+        self.done = true;
+        self.release()
+    }
+
+    /// Nothing was written after all (nothing needed it): an event held meanwhile was
+    /// someone else's, and is news now.
+    pub fn unwritten(mut self) -> bool {
+        self.done = true;
+        let mut state = self.reads.lock();
+        if state.epoch != self.epoch {
+            return false;
+        }
+        let Some(slot) = state.slots.get_mut(&self.key) else {
+            return false;
+        };
+        slot.writing -= 1;
+        let held = !std::mem::take(&mut slot.held).is_empty();
+        if held {
+            slot.changed();
+        }
+        if slot.is_idle() {
+            state.slots.remove(&self.key);
+        }
+        held
+    }
+
+    fn release(&self) -> bool {
+        let mut state = self.reads.lock();
+        if state.epoch != self.epoch {
+            return false;
+        }
+        let Some(slot) = state.slots.get_mut(&self.key) else {
+            return false;
+        };
+        slot.writing -= 1;
+        let held = !std::mem::take(&mut slot.held).is_empty();
+        slot.changed();
+        if slot.is_idle() {
+            state.slots.remove(&self.key);
+        }
+        held
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        // Cancelled: as a failure, whoever holds an event learns of it from the next one.
+        if !self.done {
+            self.release();
+        }
     }
 }
 
@@ -185,36 +451,151 @@ mod tests {
         assert!(data.values().all(|v| v.0.is_empty()));
     }
 
-    #[test]
-    fn a_change_of_the_secret_drops_what_was_read_from_it_and_nothing_else() {
-        let cache = SecretCache::<String>::default();
-        let creds = |id: &str| id.to_owned();
-        let seen = cache.get("n", "a", "id/secret").unwrap_err();
-        cache.put("n", "a", "id/secret", creds("1"), seen);
-        cache.put("n", "b", "id/secret", creds("2"), seen);
-        cache.put("m", "a", "id/secret", creds("3"), seen);
-        cache.changed("n", "a");
-        let seen = cache.get("n", "a", "id/secret").unwrap_err();
-        assert_eq!(cache.get("n", "b", "id/secret").unwrap(), "2");
-        assert_eq!(cache.get("m", "a", "id/secret").unwrap(), "3");
-        assert!(cache.get("n", "b", "other/secret").is_err(), "other keys");
-        // A read overtaken by a change is not kept: its event has passed already.
-        cache.changed("x", "y");
-        cache.put("n", "a", "id/secret", creds("old"), seen);
-        assert!(cache.get("n", "a", "id/secret").is_err());
+    fn creds(id: &str) -> ClientCredentials {
+        ClientCredentials {
+            id: id.into(),
+            secret: secrecy::SecretString::from("s"),
+        }
+    }
+
+    fn at(version: &str) -> Secret {
+        let mut s = Secret::default();
+        s.metadata.resource_version = Some(version.into());
+        s
+    }
+
+    fn id(reads: &Reads, ns: &str, name: &str) -> Option<String> {
+        reads.client(ns, name, "id/secret").ok().map(|c| c.id)
     }
 
     #[test]
-    fn a_write_overtaken_by_a_change_elsewhere_leaves_no_older_copy_behind() {
-        // A target read at one version, then written: another Secret's change between the
-        // write's start and its answer refuses the write's result, and the copy read before
-        // the write must not stay (it once made a second refresh seconds after the first).
-        let cache = SecretCache::<String>::default();
-        let seen = cache.get("n", "target", "").unwrap_err();
-        cache.put("n", "target", "", "version 1".to_owned(), seen);
-        let before_write = cache.seen();
-        cache.changed("other-namespace", "churned");
-        cache.put("n", "target", "", "version 2".to_owned(), before_write);
-        assert!(cache.get("n", "target", "").is_err());
+    fn a_change_of_a_secret_drops_what_was_read_from_it_and_nothing_else() {
+        let reads = Reads::default();
+        for (ns, name, v) in [("n", "a", "1"), ("n", "b", "2"), ("m", "a", "3")] {
+            let ticket = reads.client(ns, name, "id/secret").unwrap_err();
+            ticket.keep_client("id/secret", creds(v), Some(v));
+        }
+        assert!(
+            reads.event("n", "a", Some("9")),
+            "someone else's change is news"
+        );
+        assert_eq!(id(&reads, "n", "a"), None);
+        assert_eq!(id(&reads, "n", "b").as_deref(), Some("2"));
+        assert_eq!(id(&reads, "m", "a").as_deref(), Some("3"));
+        assert!(reads.client("n", "b", "other/keys").is_err(), "other keys");
+        // The event of the version read is no change.
+        assert!(!reads.event("n", "b", Some("2")));
+        assert_eq!(id(&reads, "n", "b").as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn a_read_overtaken_by_a_change_of_its_secret_is_not_kept_but_one_of_another_is() {
+        let reads = Reads::default();
+        let ticket = reads.client("n", "a", "id/secret").unwrap_err();
+        let other = reads.client("n", "b", "id/secret").unwrap_err();
+        reads.event("n", "a", Some("5"));
+        ticket.keep_client("id/secret", creds("old"), Some("4"));
+        other.keep_client("id/secret", creds("b"), Some("7"));
+        assert_eq!(id(&reads, "n", "a"), None);
+        assert_eq!(id(&reads, "n", "b").as_deref(), Some("b"));
+        // A read that returned the very version of the change is current.
+        let ticket = reads.client("n", "c", "id/secret").unwrap_err();
+        reads.event("n", "c", Some("8"));
+        ticket.keep_client("id/secret", creds("new"), Some("8"));
+        assert_eq!(id(&reads, "n", "c").as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn the_echo_of_an_own_write_before_its_answer_is_no_news_and_the_result_is_kept() {
+        let reads = Reads::default();
+        let write = reads.writing("n", "t");
+        assert!(
+            !reads.event("n", "t", Some("11")),
+            "held while the write is out"
+        );
+        let kept = Arc::new(at("11"));
+        assert!(!write.wrote(&at("11"), Some(kept)), "it was the echo");
+        let target = reads.target("n", "t").ok().flatten().unwrap();
+        assert_eq!(target.metadata.resource_version.as_deref(), Some("11"));
+        assert!(!reads.event("n", "t", Some("11")), "nor a re-delivery");
+    }
+
+    #[test]
+    fn echoes_after_the_answers_are_no_news_even_two_writes_late() {
+        let reads = Reads::default();
+        reads.writing("n", "r").wrote(&at("20"), None);
+        reads.writing("n", "r").wrote(&at("21"), None);
+        assert!(!reads.event("n", "r", Some("20")));
+        assert!(!reads.event("n", "r", Some("21")));
+        assert!(
+            reads.event("n", "r", Some("22")),
+            "a later version is someone else's"
+        );
+    }
+
+    #[test]
+    fn a_change_by_someone_else_during_a_write_is_news_at_the_answer_and_nothing_is_kept() {
+        let reads = Reads::default();
+        let write = reads.writing("n", "t");
+        assert!(!reads.event("n", "t", Some("30")));
+        assert!(!reads.event("n", "t", Some("31")));
+        assert!(write.wrote(&at("30"), Some(Arc::new(at("30")))));
+        assert!(reads.target("n", "t").is_err());
+        // A failed write with an event meanwhile: news too.
+        let write = reads.writing("n", "t");
+        reads.event("n", "t", None);
+        assert!(write.failed());
+    }
+
+    #[test]
+    fn a_read_begun_before_an_own_write_never_leaves_the_older_version_in_place() {
+        let reads = Reads::default();
+        let ticket = reads.target("n", "t").unwrap_err();
+        reads
+            .writing("n", "t")
+            .wrote(&at("41"), Some(Arc::new(at("41"))));
+        ticket.keep_target(Some(Arc::new(at("40"))));
+        let target = reads.target("n", "t").ok().flatten().unwrap();
+        assert_eq!(target.metadata.resource_version.as_deref(), Some("41"));
+    }
+
+    #[test]
+    fn a_target_known_absent_is_read_again_once_it_appears_or_after_a_relist() {
+        let reads = Reads::default();
+        reads.target("n", "t").unwrap_err().keep_target(None);
+        assert!(matches!(reads.target("n", "t"), Ok(None)));
+        assert!(reads.event("n", "t", Some("1")), "created by someone");
+        assert!(reads.target("n", "t").is_err());
+        reads.target("n", "u").unwrap_err().keep_target(None);
+        reads.clear();
+        assert!(reads.target("n", "u").is_err());
+    }
+
+    #[test]
+    fn a_deleted_secret_drops_what_was_kept() {
+        let reads = Reads::default();
+        reads
+            .target("n", "t")
+            .unwrap_err()
+            .keep_target(Some(Arc::new(at("3"))));
+        assert!(reads.event("n", "t", None));
+        assert!(reads.target("n", "t").is_err());
+    }
+
+    #[test]
+    fn nothing_stays_for_reads_that_kept_nothing_nor_for_echoed_writes() {
+        let reads = Reads::default();
+        for i in 0..100 {
+            drop(
+                reads
+                    .client("n", &format!("missing-{i}"), "id/secret")
+                    .unwrap_err(),
+            );
+        }
+        let w = reads.writing("n", "r");
+        reads.event("n", "r", Some("5"));
+        w.wrote(&at("5"), None);
+        drop(reads.writing("n", "cancelled"));
+        assert!(reads.is_empty(), "{} entries", reads.len());
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use jiff::SignedDuration;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tracing::{instrument, warn};
 
@@ -28,26 +28,28 @@ use crate::token::TokenClient;
 mod cache;
 mod consumers;
 mod held;
+mod index;
 mod known;
 mod leadership;
 mod memory;
-mod own_writes;
 mod parked;
 mod projection;
 mod reconciler;
 mod report;
 mod revoke;
+mod secret_news;
 mod sweep;
 
 pub use projection::{LeanCredential, credential_event, project};
 
 pub use cache::Reads;
 pub use held::Held;
+pub use index::{Index, role};
 pub use known::Known;
 pub use leadership::Leadership;
 pub use memory::Memory;
 pub use memory::Refusal;
-pub use own_writes::OwnWrites;
+pub use secret_news::SecretNews;
 pub use sweep::deleted_credentials;
 
 use reconciler::Reconciler;
@@ -102,14 +104,17 @@ pub struct Context {
     pub leadership: Leadership,
     /// What this process last saw or wrote of each credential.
     pub known: Arc<Known>,
-    /// Versions of this process's own Secret writes.
-    pub own_writes: Arc<OwnWrites>,
-    /// Secrets read (or written) since they last changed.
+    /// Secrets read (or written) since they last changed, and this process's own writes.
     pub reads: Arc<Reads>,
+    /// Which credentials of `store` name which Secret.
+    pub index: Arc<Index>,
     /// The auth destinations whose credentials have all been read in this term (`memory`'s
     /// census), and those still to read per destination.
     census_done: Mutex<std::collections::HashSet<String>>,
     census: Mutex<Option<HashMap<String, VecDeque<String>>>>,
+    /// Per destination whose census is not complete, the credentials waiting for it to
+    /// spend: woken once it completes (`census_advance`), not polled.
+    census_waiting: Mutex<HashMap<String, Vec<ObjectRef<EagleEyeCredential>>>>,
     /// When the census was first listed (its patience counts from then).
     census_listed_at: std::sync::OnceLock<tokio::time::Instant>,
     /// Turned true once each store of `all_stores` has its first list.
@@ -135,7 +140,6 @@ pub struct Shared {
     pub memory: Memory,
     pub leadership: Leadership,
     pub known: Arc<Known>,
-    pub own_writes: Arc<OwnWrites>,
     pub reads: Arc<Reads>,
     /// `--credential-selector`, when this process is one shard of several.
     pub shard: Option<String>,
@@ -170,14 +174,15 @@ impl Context {
             term: shared.memory.term(),
             census_done: Mutex::default(),
             census: Mutex::default(),
+            census_waiting: Mutex::default(),
             census_listed_at: std::sync::OnceLock::new(),
             listed: Vec::new(),
 
             memory: shared.memory,
             leadership: shared.leadership,
             known: shared.known,
-            own_writes: shared.own_writes,
             reads: shared.reads,
+            index: Arc::default(),
         }
     }
 }
@@ -228,6 +233,46 @@ impl Context {
             // An error means the watch is gone: the controller is stopping.
             let _ = listed.clone().wait_for(|listed| *listed).await;
         }
+        self.census_first_unread(&destination)
+    }
+
+    /// As [`Context::census_pending`], for credential `waiter`, which is woken when the
+    /// census of that auth server completes.
+    pub(crate) async fn census_pending_for(
+        &self,
+        auth_url: &url::Url,
+        waiter: ObjectRef<EagleEyeCredential>,
+    ) -> Option<String> {
+        let unread = self.census_pending(auth_url).await?;
+        let destination = crate::token::Destination::of(auth_url).to_string();
+        let mut waiting = lock(&self.census_waiting);
+        let waiters = waiting.entry(destination).or_default();
+        if !waiters.contains(&waiter) {
+            waiters.push(waiter);
+        }
+        Some(unread)
+    }
+
+    /// After a credential was read: completes the census of every auth server someone
+    /// waits for, if it can, and wakes those waiting. O(what was read since the last look).
+    pub(crate) fn census_advance(&self) {
+        let destinations: Vec<String> = lock(&self.census_waiting).keys().cloned().collect();
+        for destination in destinations {
+            if self.census_first_unread(&destination).is_none() {
+                let woken = lock(&self.census_waiting).remove(&destination);
+                for credential in woken.into_iter().flatten() {
+                    self.parked.wake(credential);
+                }
+            }
+        }
+    }
+
+    /// The first credential calling `destination` not read yet in this term (once the
+    /// stores are listed), or `None` once every one was: the census is then complete.
+    fn census_first_unread(&self, destination: &str) -> Option<String> {
+        if lock(&self.census_done).contains(destination) {
+            return None;
+        }
         let mut census = lock(&self.census);
         let queues = census.get_or_insert_with(|| {
             let mut queues: HashMap<String, VecDeque<String>> = HashMap::new();
@@ -245,7 +290,7 @@ impl Context {
             queues
         });
         let listed_at = *self.census_listed_at.get_or_init(tokio::time::Instant::now);
-        let queue = queues.entry(destination.clone()).or_default();
+        let queue = queues.entry(destination.to_owned()).or_default();
         while let Some(first) = queue.front() {
             if self.memory.is_read(first, self.term) || self.watched(first).is_none() {
                 queue.pop_front();
@@ -265,8 +310,22 @@ impl Context {
             }
             return Some(first.clone());
         }
-        lock(&self.census_done).insert(destination);
+        lock(&self.census_done).insert(destination.to_owned());
         None
+    }
+
+    /// The index of `store`'s credentials by the Secrets they name, kept by the watch that
+    /// fills the store (without it, no credential names any Secret).
+    pub fn with_index(mut self, index: Arc<Index>) -> Self {
+        self.index = index;
+        self
+    }
+
+    /// Reconciles every credential naming Secret `name` of `ns` (someone else changed it).
+    pub(crate) fn wake_naming(&self, ns: &str, name: &str) {
+        for credential in self.index.naming(ns, name, u8::MAX) {
+            self.parked.wake(credential);
+        }
     }
 
     /// The census waits for these to turn true, one per store of `all_stores` (without them,
@@ -427,6 +486,8 @@ async fn reconcile_seated(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Res
     if result.is_ok() {
         ctx.memory.with(&key(&cr), |e| e.api_failures = 0);
     }
+    // This credential may have been the last one a census waited for.
+    ctx.census_advance();
     result
 }
 
@@ -491,26 +552,26 @@ fn is_secret_name(name: &str) -> bool {
 
 /// Another credential that references the same refresh-token Secret and came first (by
 /// creation time, then name) owns it.
-fn other_claimant(store: &Store<EagleEyeCredential>, cr: &EagleEyeCredential) -> Option<String> {
+fn other_claimant(ctx: &Context, cr: &EagleEyeCredential) -> Option<String> {
     let order = |c: &EagleEyeCredential| {
         (
             c.metadata.creation_timestamp.as_ref().map(|t| t.0),
             c.metadata.name.clone(),
         )
     };
-    // A walk of every credential per reconcile: compared in place, nothing copied but
-    // the matches (10,000 credentials made copies the cold start's largest cost).
-    let (ns, name) = (&cr.metadata.namespace, &cr.metadata.name);
+    let ns = cr.namespace().unwrap_or_default();
     let wanted = &cr.spec.refresh_token_secret_ref.name;
-    store
-        .state_filter(|o| {
-            o.spec.refresh_token_secret_ref.name == *wanted
-                && o.metadata.namespace == *ns
-                && o.metadata.name != *name
-                && o.metadata.deletion_timestamp.is_none()
-        })
+    ctx.index
+        .names(&ns, wanted, role::REFRESH)
         .into_iter()
-        .filter(|o| order(o) < order(cr))
+        .filter(|name| Some(name) != cr.metadata.name.as_ref())
+        .filter_map(|name| ctx.store.get(&ObjectRef::new(&name).within(&ns)))
+        .filter(|o| {
+            o.metadata.deletion_timestamp.is_none()
+                // The index may be a step ahead of or behind the object read here.
+                && o.spec.refresh_token_secret_ref.name == *wanted
+                && order(o) < order(cr)
+        })
         .map(|o| o.name_any())
         .min()
 }

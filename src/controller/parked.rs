@@ -68,6 +68,12 @@ impl Parked {
         (Arc::new(parked), woken)
     }
 
+    /// Reconciles `credential` (through the same stream as granted slots).
+    pub fn wake(&self, credential: Wake) {
+        // Closed only when the controller is gone.
+        let _ = self.wake.unbounded_send(credential);
+    }
+
     /// A slot to `destination` for credential `key`: one granted while it was parked (with
     /// time enough left to use it), else a free one now, else it is parked: `wait` (a
     /// place in the fair queue) is awaited in a task of its own, and when it is granted the

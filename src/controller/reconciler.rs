@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use secrecy::{ExposeSecret, SecretString};
 use tracing::debug;
 
@@ -75,14 +76,13 @@ impl<'a> Reconciler<'a> {
     }
 
     /// The target Secret's metadata (see `cache::trimmed`), if it exists: as last read or
-    /// written when it has not changed since.
+    /// written when it has not changed since (its absence too).
     async fn target(&self) -> Result<Option<Secret>, SecretError> {
         let name = target::target_name(self.cr);
         let ns = self.cr.namespace().unwrap_or_default();
-        let targets = &self.ctx.reads.targets;
-        let seen = match targets.get(&ns, &name, "") {
-            Ok(target) => return Ok(Some((*target).clone())),
-            Err(seen) => seen,
+        let ticket = match self.ctx.reads.target(&ns, &name) {
+            Ok(target) => return Ok(target.map(|t| (*t).clone())),
+            Err(ticket) => ticket,
         };
         let target = self
             .secrets
@@ -93,9 +93,7 @@ impl<'a> Reconciler<'a> {
                 source,
             })?
             .map(|s| cache::trimmed(&s));
-        if let Some(t) = &target {
-            targets.put(&ns, &name, "", Arc::new(t.clone()), seen);
-        }
+        ticket.keep_target(target.clone().map(Arc::new));
         Ok(target)
     }
 
@@ -115,16 +113,12 @@ impl<'a> Reconciler<'a> {
     /// `target::ownership`).
     fn input_of(&self) -> Option<String> {
         let name = target::target_name(self.cr);
-        let ns = &self.cr.metadata.namespace;
+        let ns = self.cr.namespace().unwrap_or_default();
         self.ctx
-            .store
-            .find(|c| {
-                (c.spec.client_secret_ref.name == name
-                    || c.spec.refresh_token_secret_ref.name == name)
-                    && c.metadata.namespace == *ns
-                    && c.metadata.uid != self.cr.metadata.uid
-            })
-            .map(|c| c.name_any())
+            .index
+            .names(&ns, &name, super::role::CLIENT | super::role::REFRESH)
+            .into_iter()
+            .find(|c| Some(c) != self.cr.metadata.name.as_ref())
     }
 
     fn schedule_inputs(
@@ -160,18 +154,17 @@ impl<'a> Reconciler<'a> {
         let validated = validate(self.cr, &self.ctx.settings);
         let c = &spec.client_secret_ref;
         let (id_key, secret_key) = (&c.client_id_key, &c.client_secret_key);
-        let cache = &self.ctx.reads.clients;
         let keys = format!("{id_key}/{secret_key}");
-        let creds = match cache.get(&ns, &c.name, &keys) {
+        let creds = match self.ctx.reads.client(&ns, &c.name, &keys) {
             Ok(creds) => Ok(creds),
-            Err(seen) => {
-                match secrets::read_client(&self.secrets, &c.name, id_key, secret_key).await {
+            Err(ticket) => {
+                match secrets::read_client_at(&self.secrets, &c.name, id_key, secret_key).await {
                     Err(e @ SecretError::Api { .. }) => return Err(e.into()),
-                    Ok(creds) => {
-                        cache.put(&ns, &c.name, &keys, creds.clone(), seen);
+                    Ok((creds, version)) => {
+                        ticket.keep_client(&keys, creds.clone(), version.as_deref());
                         Ok(creds)
                     }
-                    other => other,
+                    Err(e) => Err(e),
                 }
             }
         };
@@ -315,7 +308,7 @@ impl<'a> Reconciler<'a> {
         let spec = &self.cr.spec;
         let tokens = super::memory::claimed(&stored.fingerprint, &stored.spent);
         let ctx = self.ctx;
-        let second = other_claimant(&ctx.store, self.cr);
+        let second = other_claimant(ctx, self.cr);
         // The second credential naming a Secret records what it read, and claims nothing.
         let owner = ctx
             .memory
@@ -412,6 +405,21 @@ impl<'a> Reconciler<'a> {
         }
     }
 
+    /// A write of Secret `name` (in the credential's namespace) starts.
+    fn writing(&self, name: &str) -> cache::Writing<'a> {
+        let ns = self.cr.metadata.namespace.as_deref().unwrap_or_default();
+        self.ctx.reads.writing(ns, name)
+    }
+
+    /// Someone else changed Secret `name` while this process wrote it: the credentials
+    /// naming it look again.
+    fn woken(&self, woken: bool, name: &str) {
+        if woken {
+            let ns = self.cr.metadata.namespace.as_deref().unwrap_or_default();
+            self.ctx.wake_naming(ns, name);
+        }
+    }
+
     /// Writes the target: creates it when absent (a create, which fails rather than take
     /// over a Secret made meanwhile), else applies over the version read (409 if it
     /// changed since). Only a target created by the credential gets its owner reference.
@@ -424,8 +432,7 @@ impl<'a> Reconciler<'a> {
         let owned = matches!(ownership, Ownership::Absent | Ownership::Owned);
         let mut secret = target::build(self.cr, publication, owned);
         let name = target::target_name(self.cr);
-        let ns = self.cr.namespace().unwrap_or_default();
-        let seen = self.ctx.reads.targets.seen();
+        let writing = self.writing(&name);
         let written = if *ownership == Ownership::Absent {
             let params = PostParams {
                 field_manager: Some(FIELD_MANAGER.into()),
@@ -446,13 +453,12 @@ impl<'a> Reconciler<'a> {
             Ok(w) => w,
             Err(e) => {
                 // A conflict means the copy in memory is out of date, whatever the watch says.
-                self.ctx.reads.targets.changed(&ns, &name);
+                self.woken(writing.failed(), &name);
                 return Err(Error::Target(name, e));
             }
         };
-        self.ctx.own_writes.wrote(&written);
         let kept = Arc::new(cache::trimmed(&written));
-        self.ctx.reads.targets.put(&ns, &name, "", kept, seen);
+        self.woken(writing.wrote(&written, Some(kept)), &name);
         Ok(())
     }
 }
@@ -510,7 +516,8 @@ impl World for KubeWorld<'_, '_> {
     }
 
     async fn census_pending(&mut self, auth_url: &url::Url) -> Option<String> {
-        self.r.ctx.census_pending(auth_url).await
+        let me = ObjectRef::from_obj(self.r.cr);
+        self.r.ctx.census_pending_for(auth_url, me).await
     }
 
     fn call_slot(&mut self, auth_url: &url::Url) -> Option<SignedDuration> {
@@ -551,23 +558,29 @@ impl World for KubeWorld<'_, '_> {
         intent: &intent::Intent,
     ) -> Result<Option<StoredToken>, Error> {
         let name = &self.r.cr.spec.refresh_token_secret_ref.name;
-        let recorded = secrets::record_intent(&self.r.secrets, stored, intent)
-            .await
-            .map_err(|e| Error::Intent(name.clone(), e))?;
-        if let Some(stored) = &recorded {
-            self.r.ctx.own_writes.wrote(&stored.secret);
-        }
-        Ok(recorded)
+        let writing = self.r.writing(name);
+        let recorded = secrets::record_intent(&self.r.secrets, stored, intent).await;
+        let woken = match &recorded {
+            Ok(Some(stored)) => writing.wrote(&stored.secret, None),
+            _ => writing.failed(),
+        };
+        self.r.woken(woken, name);
+        recorded.map_err(|e| Error::Intent(name.clone(), e))
     }
 
     async fn withdraw_intent(&mut self, stored: &StoredToken) {
         let holder = self.r.holder();
-        match secrets::withdraw_intent(&self.r.secrets, stored, &holder).await {
-            Ok(Some(written)) => self.r.ctx.own_writes.wrote(&written),
-            Ok(None) => {}
-            Err(err) => {
-                debug!(error = %secrets::kube_reason(&err), "the spend intent stays until it runs out")
-            }
+        let name = &self.r.cr.spec.refresh_token_secret_ref.name;
+        let writing = self.r.writing(name);
+        let withdrawn = secrets::withdraw_intent(&self.r.secrets, stored, &holder).await;
+        let woken = match &withdrawn {
+            Ok(Some(written)) => writing.wrote(written, None),
+            Ok(None) => writing.unwritten(),
+            Err(_) => writing.failed(),
+        };
+        self.r.woken(woken, name);
+        if let Err(err) = withdrawn {
+            debug!(error = %secrets::kube_reason(&err), "the spend intent stays until it runs out")
         }
     }
 
@@ -609,6 +622,7 @@ impl World for KubeWorld<'_, '_> {
         received_at: Timestamp,
     ) -> Result<WriteBack, Error> {
         let r = &self.r.cr.spec.refresh_token_secret_ref;
+        let writing = self.r.writing(&r.name);
         let written = secrets::write_back(
             &self.r.secrets,
             stored,
@@ -618,12 +632,15 @@ impl World for KubeWorld<'_, '_> {
             &self.r.cr.name_any(),
             received_at,
         )
-        .await
-        .map_err(|e| Error::WriteBack(r.name.clone(), e))?;
-        if let WriteBack::Written(spent, secret) = &written {
-            if let Some(secret) = secret {
-                self.r.ctx.own_writes.wrote(secret);
-            }
+        .await;
+        let woken = match &written {
+            Ok(WriteBack::Written(_, Some(secret))) => writing.wrote(secret, None),
+            Ok(_) => writing.unwritten(),
+            Err(_) => writing.failed(),
+        };
+        self.r.woken(woken, &r.name);
+        let written = written.map_err(|e| Error::WriteBack(r.name.clone(), e))?;
+        if let WriteBack::Written(spent, _) = &written {
             // The window in which a crash loses the login: from the token endpoint's answer
             // until this write is acknowledged.
             if let Some(answered) = self.answered {

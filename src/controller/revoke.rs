@@ -428,12 +428,21 @@ impl Reconciler<'_> {
     /// Secret (in either order of creation), or one refreshing a copy of the token.
     fn login_shared(&self, stored: &StoredToken) -> Option<String> {
         let secret = &self.cr.spec.refresh_token_secret_ref.name;
-        let same_secret = self.ctx.store.state().into_iter().find(|c| {
-            c.namespace() == self.cr.namespace()
-                && c.metadata.uid != self.cr.metadata.uid
-                && c.metadata.deletion_timestamp.is_none()
-                && c.spec.refresh_token_secret_ref.name == *secret
-        });
+        let ns = self.cr.namespace().unwrap_or_default();
+        let same_secret = self
+            .ctx
+            .index
+            .names(&ns, secret, super::role::REFRESH)
+            .into_iter()
+            .filter_map(|name| {
+                let at = kube::runtime::reflector::ObjectRef::new(&name).within(&ns);
+                self.ctx.store.get(&at)
+            })
+            .find(|c| {
+                c.metadata.uid != self.cr.metadata.uid
+                    && c.metadata.deletion_timestamp.is_none()
+                    && c.spec.refresh_token_secret_ref.name == *secret
+            });
         match same_secret {
             Some(other) => Some(format!(
                 "EagleEyeCredential {:?} also reads Secret {secret:?}",
@@ -444,7 +453,6 @@ impl Reconciler<'_> {
                 let holders = ctx
                     .memory
                     .holders_of(&self.key, &stored.fingerprint, |k| ctx.is_alive(k));
-                let ns = self.cr.namespace().unwrap_or_default();
                 let other = holders.first()?;
                 let who = match other.split_once('/') {
                     Some((other_ns, name)) if other_ns == ns => {
