@@ -1644,7 +1644,8 @@ async fn cold(
             .iter()
             .filter(|(k, _)| !k.ends_with(" leases"))
             .map(|(_, v)| v)
-            .sum();
+            .sum::<f64>()
+            .max(0.0);
         table.goal(
             "the operator's own requests while nothing is due, other than its Lease",
             format!("{not_lease}"),

@@ -209,6 +209,13 @@ impl Reads {
         let Some(slot) = state.slots.get_mut(&key) else {
             return true;
         };
+        if let Some(v) = version
+            && let Some(at) = slot.own.iter().position(|o| o == v)
+        {
+            // An earlier write's echo; older versions' echoes will not come any more.
+            slot.own.drain(..=at);
+            return false;
+        }
         if slot.writing > 0 {
             // Past a few, a deletion stands for the rest: the write's answer then finds
             // something that is not its own echo.
@@ -221,11 +228,6 @@ impl Reads {
             return false;
         }
         if let Some(v) = version {
-            if let Some(at) = slot.own.iter().position(|o| o == v) {
-                // Older versions' echoes will not come any more.
-                slot.own.drain(..=at);
-                return false;
-            }
             if slot.version.as_deref() == Some(v) {
                 return false;
             }
@@ -531,6 +533,17 @@ mod tests {
             reads.event("n", "r", Some("22")),
             "a later version is someone else's"
         );
+    }
+
+    #[test]
+    fn the_late_echo_of_an_earlier_write_during_the_next_write_is_no_news() {
+        // The spend intent's echo comes while the write-back is out.
+        let reads = Reads::default();
+        reads.writing("n", "r").wrote(&at("50"), None);
+        let write_back = reads.writing("n", "r");
+        assert!(!reads.event("n", "r", Some("50")));
+        assert!(!reads.event("n", "r", Some("51")));
+        assert!(!write_back.wrote(&at("51"), None), "both were its own");
     }
 
     #[test]

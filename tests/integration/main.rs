@@ -7,6 +7,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod api_cost;
 mod auth_hosts;
 mod authorize;
 mod consumers;
