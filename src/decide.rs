@@ -375,6 +375,33 @@ mod tests {
     }
 
     #[test]
+    fn a_renew_request_is_a_due_refresh_behind_every_guard() {
+        let renew = || Observed {
+            plan: Plan::RefreshNow(Why::Renew),
+            ..due()
+        };
+        assert_eq!(decide(&renew()), Decision::Spend(Why::Renew));
+        let suspended = Observed {
+            suspended: true,
+            ..renew()
+        };
+        assert_eq!(decide(&suspended), Decision::Suspended);
+        let dead = Observed {
+            refused: true,
+            ..renew()
+        };
+        assert_eq!(decide(&dead), Decision::WaitForLogin);
+        let held = Observed {
+            intent: intent::Verdict::HeldElsewhere {
+                holder: "h".into(),
+                until: t("2026-11-30T10:05:00Z"),
+            },
+            ..renew()
+        };
+        assert!(matches!(decide(&held), Decision::Deferred { .. }));
+    }
+
+    #[test]
     fn a_credential_not_due_waits_even_with_another_holders_intent() {
         let o = Observed {
             plan: Plan::RefreshAt(t("2026-11-30T11:00:00Z"), Why::Due),

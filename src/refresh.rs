@@ -22,6 +22,7 @@ use tracing::info;
 use crate::controller::{Error, Held, Refusal};
 use crate::crd::{EagleEyeCredential, EagleEyeCredentialStatus, RotationMode};
 use crate::decide::{Decision, Observed};
+use crate::history;
 use crate::intent;
 use crate::outcome::{Failure, Outcome, Standing};
 use crate::schedule::{self, Rotation};
@@ -697,6 +698,8 @@ impl<'a, W: World> Refresh<'a, W> {
         );
         let action = Action::requeue(wait_until(self.world.now(), next));
         self.published_token = Some((issued_at, expires_at));
+        self.status.revision = self.status.revision.saturating_add(1);
+        self.record(history::REFRESHED, &published.refresh_fingerprint);
         let outcome = Outcome::Refreshed {
             expires_at,
             next_refresh: next,
@@ -723,6 +726,7 @@ impl<'a, W: World> Refresh<'a, W> {
                 .unwrap_or(Timestamp::MAX);
             self.world.set_retry_not_before(Some(at));
         }
+        self.record(err_outcome(&err), &stored.fingerprint);
         if err.class() == ErrorClass::RefusedByConfig {
             // The server answered (and rotated: the new token was stored above), but this
             // operator may not use the answer. Spending again would only rotate for nothing:
@@ -771,6 +775,7 @@ impl<'a, W: World> Refresh<'a, W> {
                 .or(self.facts.retry_not_before),
             jitter: self.facts.jitter,
             refresh_token_idle_end: self.idle_end(stored.chain.token_issued_at),
+            renew: false,
         };
         let at = match schedule::plan(&inputs) {
             schedule::Plan::RefreshAt(at, _) => at,
@@ -820,6 +825,19 @@ impl<'a, W: World> Refresh<'a, W> {
         }
     }
 
+    /// Adds this round's refresh to status.history.
+    fn record(&mut self, outcome: &str, fingerprint: &str) {
+        let s = &mut self.status;
+        history::record(
+            &mut s.history,
+            self.now,
+            intent::process(&self.facts.holder),
+            outcome,
+            fingerprint,
+            s.revision,
+        );
+    }
+
     /// What stands when this round changed nothing, for `Ready`.
     pub fn standing(&self, expires_at: Option<Timestamp>) -> Standing {
         Standing {
@@ -841,6 +859,15 @@ impl<'a, W: World> Refresh<'a, W> {
     fn idle_end(&self, token_issued_at: Timestamp) -> Option<Timestamp> {
         (self.rotation() != Rotation::NonRotating)
             .then(|| token_issued_at + self.facts.lifetimes.idle)
+    }
+}
+
+/// How a failed refresh shows in status.history: the `Ready` reason it leads to.
+fn err_outcome(err: &TokenError) -> &'static str {
+    match err.class() {
+        ErrorClass::RefusedByConfig => crate::status::reason::ANSWER_REFUSED,
+        ErrorClass::Reauthorize => crate::status::reason::REAUTHORIZATION_REQUIRED,
+        _ => crate::status::reason::REFRESH_FAILED,
     }
 }
 

@@ -119,7 +119,7 @@ pub fn controlling_credential(
     })
 }
 
-/// The data keys `cr` publishes (those not left out).
+/// The data keys `cr` publishes (those not left out, and its template keys).
 fn data_keys(cr: &EagleEyeCredential) -> Vec<&str> {
     let k = &cr.spec.target.keys;
     [
@@ -131,6 +131,7 @@ fn data_keys(cr: &EagleEyeCredential) -> Vec<&str> {
         &k.token_type,
     ]
     .into_iter()
+    .chain(cr.spec.target.template.keys())
     .map(String::as_str)
     .filter(|k| !k.is_empty())
     .collect()
@@ -191,6 +192,17 @@ pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>, owned: bool) -> Secre
     let keys = &cr.spec.target.keys;
     let port = p.port.to_string();
     let expires = p.expires_at.to_string();
+    let rendered = crate::template::render(
+        cr,
+        &crate::template::Values {
+            access_token: p.access_token,
+            token_type: p.token_type,
+            base_url: p.base_url,
+            hostname: p.hostname,
+            port: &port,
+            expires_at: &expires,
+        },
+    );
     let data = [
         (&keys.access_token, p.access_token),
         (&keys.base_url, p.base_url),
@@ -200,7 +212,8 @@ pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>, owned: bool) -> Secre
         (&keys.token_type, p.token_type),
     ]
     .into_iter()
-    .filter(|(k, _)| !k.is_empty());
+    .filter(|(k, _)| !k.is_empty())
+    .chain(rendered.iter().map(|(k, v)| (k, v.as_str())));
 
     // An adopted Secret is someone else's: only the keys and the operator's own
     // annotations are written, never labels or annotations the spec chose.

@@ -47,7 +47,13 @@ impl Reconciler<'_> {
     /// `PodsNudged` and status.consumers as the spec, the operator's flags and the published
     /// token stand; called before every status write. Returns whether a round was cut short.
     pub(super) async fn nudge_consumers(&mut self) -> bool {
-        let Some(consumers) = self.cr.spec.consumers.clone() else {
+        let Some(pod_selector) = self
+            .cr
+            .spec
+            .consumers
+            .as_ref()
+            .and_then(|c| c.pod_selector.clone())
+        else {
             self.status.consumers = None;
             self.status.conditions.retain(|c| c.type_ != PODS_NUDGED);
             return false;
@@ -61,7 +67,7 @@ impl Reconciler<'_> {
             .await;
             return false;
         };
-        let selector = match Selector::try_from(consumers.pod_selector.clone()) {
+        let selector = match Selector::try_from(pod_selector) {
             Ok(s) => s,
             Err(e) => {
                 self.set_pods_condition(

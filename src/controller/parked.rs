@@ -68,6 +68,20 @@ impl Parked {
         (Arc::new(parked), woken)
     }
 
+    /// Wakes `credential`'s reconcile after `delay` (unless the controller stops first): a
+    /// look-again that must not delay the requeue a reconcile asked for.
+    pub fn wake_after(self: &Arc<Self>, credential: Wake, delay: Duration) {
+        let (wake, mut stopping) = (self.wake.clone(), self.stopping.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {
+                    let _ = wake.unbounded_send(credential);
+                }
+                _ = stopping.wait_for(|s| *s) => {}
+            }
+        });
+    }
+
     /// A slot to `destination` for credential `key`: one granted while it was parked (with
     /// time enough left to use it), else a free one now, else it is parked: `wait` (a
     /// place in the fair queue) is awaited in a task of its own, and when it is granted the

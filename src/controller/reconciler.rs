@@ -135,6 +135,11 @@ impl<'a> Reconciler<'a> {
     ) -> Inputs {
         Inputs {
             now: self.now,
+            renew: crate::renew::wanted(
+                self.cr.spec.renew_request.as_deref(),
+                self.status.renew.as_ref(),
+                published.as_ref().map(|p| p.issued_at),
+            ),
             published,
             stored_fingerprint: stored.fingerprint.clone(),
             rotation: self.rotation(),
