@@ -25,6 +25,7 @@ pub mod operator;
 pub mod outcome;
 pub mod refresh;
 pub mod renew;
+pub mod renew_cli;
 pub mod restart;
 pub mod schedule;
 pub mod secrets;
