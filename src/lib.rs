@@ -29,6 +29,7 @@ pub mod renew_cli;
 pub mod restart;
 pub mod schedule;
 pub mod secrets;
+pub mod served_schema;
 pub mod shard;
 pub mod spent;
 pub mod status;

@@ -405,6 +405,7 @@ pub async fn run(
     namespaces.retain(|n| !n.trim().is_empty());
     namespaces.sort();
     namespaces.dedup();
+    crate::served_schema::ensure(&client).await?;
     let credential_selector = crate::shard::selector(args.credential_selector.as_deref());
     anyhow::ensure!(
         args.credential_selector.is_none() || credential_selector.is_some(),

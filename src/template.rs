@@ -109,7 +109,7 @@ pub fn problems(cr: &EagleEyeCredential) -> Vec<String> {
         .template
         .iter()
         .filter_map(|(key, template)| {
-            if own.iter().any(|o| *o == key) {
+            if own.contains(&key) {
                 return Some(format!(
                     "key {key:?} is also one of spec.target.keys: choose another name"
                 ));
