@@ -119,8 +119,8 @@ pub fn controlling_credential(
     })
 }
 
-/// The data keys `cr` publishes (those not left out, and its template keys).
-fn data_keys(cr: &EagleEyeCredential) -> Vec<&str> {
+/// The names of the operator's own keys in the target (spec.target.keys), left out or not.
+pub fn own_keys(cr: &EagleEyeCredential) -> [&String; 6] {
     let k = &cr.spec.target.keys;
     [
         &k.access_token,
@@ -130,11 +130,16 @@ fn data_keys(cr: &EagleEyeCredential) -> Vec<&str> {
         &k.expires_at,
         &k.token_type,
     ]
-    .into_iter()
-    .chain(cr.spec.target.template.keys())
-    .map(String::as_str)
-    .filter(|k| !k.is_empty())
-    .collect()
+}
+
+/// The data keys `cr` publishes (those not left out, and its template keys).
+fn data_keys(cr: &EagleEyeCredential) -> Vec<&str> {
+    own_keys(cr)
+        .into_iter()
+        .chain(cr.spec.target.template.keys())
+        .map(String::as_str)
+        .filter(|k| !k.is_empty())
+        .collect()
 }
 
 /// The data keys field manager `manager` owns in `secret` (from its managedFields).

@@ -95,17 +95,9 @@ fn parse(template: &str) -> Result<Vec<Piece<'_>>, String> {
 
 /// What is wrong with `cr`'s templates, key by key (empty when nothing is).
 pub fn problems(cr: &EagleEyeCredential) -> Vec<String> {
-    let target = &cr.spec.target;
-    let k = &target.keys;
-    let own = [
-        &k.access_token,
-        &k.base_url,
-        &k.hostname,
-        &k.port,
-        &k.expires_at,
-        &k.token_type,
-    ];
-    target
+    let own = crate::target::own_keys(cr);
+    cr.spec
+        .target
         .template
         .iter()
         .filter_map(|(key, template)| {

@@ -20,7 +20,6 @@ use tracing::{debug, info};
 
 use crate::crd::ConsumersStatus;
 use crate::nudge::{self, Choice};
-use crate::outcome::Note;
 use crate::secrets::kube_reason;
 use crate::status::{self, PODS_NUDGED, pods_reason as reason};
 
@@ -247,32 +246,16 @@ impl Reconciler<'_> {
 
     /// Sets `PodsNudged`, with one Event when its status or reason changes.
     async fn set_pods_condition(&mut self, ok: bool, why: &'static str, message: String) {
-        let before = status::condition(&self.status.conditions, PODS_NUDGED)
-            .map(|c| (c.status.clone(), c.reason.clone()));
-        let after = (if ok { "True" } else { "False" }.to_owned(), why.to_owned());
         // Progress is no news.
-        if before.as_ref() != Some(&after) && why != reason::NUDGE_IN_PROGRESS {
-            let note = Note {
-                type_: if ok || why == reason::NO_PODS_SELECTED {
-                    EventType::Normal
-                } else {
-                    EventType::Warning
-                },
-                reason: why,
-                action: "NudgePods",
-                note: message.clone(),
-            };
-            self.event(&note).await;
-        }
-        status::set_condition(
-            &mut self.status.conditions,
-            PODS_NUDGED,
-            ok,
-            why,
-            message,
-            self.cr.metadata.generation,
-            self.now,
+        let event = (why != reason::NUDGE_IN_PROGRESS).then_some(
+            if ok || why == reason::NO_PODS_SELECTED {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
         );
+        self.set_side_condition(PODS_NUDGED, (ok, why, message), "NudgePods", event)
+            .await;
     }
 }
 

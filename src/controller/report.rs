@@ -201,20 +201,42 @@ impl Reconciler<'_> {
                 ),
             )
         };
-        let changed = status::condition(&self.status.conditions, status::TEMPLATES_RENDERED)
-            .is_none_or(|c| c.reason != why);
-        if changed && !ok {
+        let event = (!ok).then_some(EventType::Warning);
+        self.set_side_condition(
+            status::TEMPLATES_RENDERED,
+            (ok, why, message),
+            "RenderTemplates",
+            event,
+        )
+        .await;
+    }
+
+    /// Sets condition `type_` (one beside Ready, about a side feature) to `ok`, `why` and
+    /// `message`, with an Event of `event`'s type, for `action`, when its status or reason
+    /// changes (none when `event` is `None`: progress is no news).
+    pub(super) async fn set_side_condition(
+        &mut self,
+        type_: &str,
+        (ok, why, message): (bool, &'static str, String),
+        action: &'static str,
+        event: Option<EventType>,
+    ) {
+        let before = status::condition(&self.status.conditions, type_)
+            .map(|c| (c.status == "True", c.reason.clone()));
+        if let Some(type_) = event
+            && before != Some((ok, why.to_owned()))
+        {
             let note = Note {
-                type_: EventType::Warning,
+                type_,
                 reason: why,
-                action: "RenderTemplates",
+                action,
                 note: message.clone(),
             };
             self.event(&note).await;
         }
         status::set_condition(
             &mut self.status.conditions,
-            status::TEMPLATES_RENDERED,
+            type_,
             ok,
             why,
             message,

@@ -16,7 +16,7 @@ use crate::crd::{RestartTarget, WorkloadKind, parse_duration};
 use crate::outcome::Note;
 use crate::restart::{self, Workload};
 use crate::secrets::kube_reason;
-use crate::status::{self, WORKLOADS_RESTARTED, restart_reason as reason};
+use crate::status::{WORKLOADS_RESTARTED, restart_reason as reason};
 
 use super::FIELD_MANAGER;
 use super::reconciler::Reconciler;
@@ -224,27 +224,14 @@ impl Reconciler<'_> {
 
     /// Sets `WorkloadsRestarted`, with one Event when its status or reason changes.
     async fn set_restart_condition(&mut self, ok: bool, why: &'static str, message: String) {
-        let before = status::condition(&self.status.conditions, WORKLOADS_RESTARTED)
-            .map(|c| (c.status.clone(), c.reason.clone()));
-        let after = (if ok { "True" } else { "False" }.to_owned(), why.to_owned());
         // Each restart has its own Event; a pause is no news.
-        if before.as_ref() != Some(&after) && !ok && why != reason::RESTART_PENDING {
-            let note = Note {
-                type_: EventType::Warning,
-                reason: why,
-                action: "RestartWorkload",
-                note: message.clone(),
-            };
-            self.event(&note).await;
-        }
-        status::set_condition(
-            &mut self.status.conditions,
+        let event = (!ok && why != reason::RESTART_PENDING).then_some(EventType::Warning);
+        self.set_side_condition(
             WORKLOADS_RESTARTED,
-            ok,
-            why,
-            message,
-            self.cr.metadata.generation,
-            self.now,
-        );
+            (ok, why, message),
+            "RestartWorkload",
+            event,
+        )
+        .await;
     }
 }

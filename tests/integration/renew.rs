@@ -2,9 +2,9 @@
 //! every guard, its outcome in status.renew, an Event and the plugin's own answer; the
 //! history records each refresh with its process and a fingerprint prefix, never a token.
 
-use std::path::Path;
 use std::time::Duration;
 
+use crate::status_cli::{Output, run};
 use crate::support::operator::{
     Operator, create_credential, create_secrets, events, login, secret_data, stand_in,
     wait_for_reason,
@@ -13,30 +13,15 @@ use crate::support::{TestEnv, env, eventually, get, series};
 use eagle_eye_operator::crd::EagleEyeCredential;
 use kube::api::{Patch, PatchParams};
 
-pub struct Ran {
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
+/// `kubectl eagleeye renew NAME` in the test's namespace, as a person runs it.
+pub async fn renew(env: &TestEnv, name: &str, wait: &str) -> Output {
+    plugin(env, &["renew", name, "-n", &env.namespace, "--wait", wait]).await
 }
 
-/// `kubectl eagleeye renew NAME` in the test's namespace, as a person runs it.
-pub async fn renew(env: &TestEnv, name: &str, wait: &str) -> Ran {
-    let out = tokio::time::timeout(
-        Duration::from_secs(90),
-        tokio::process::Command::new(Path::new(env!("CARGO_BIN_EXE_kubectl-eagleeye")))
-            .args(["renew", name, "-n", &env.namespace, "--wait", wait])
-            .env("KUBECONFIG", env.plane.kubeconfig_path())
-            .env_remove("RUST_LOG")
-            .output(),
-    )
-    .await
-    .expect("renew answers")
-    .unwrap();
-    Ran {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
+/// `kubectl eagleeye ARGS` against the test's control plane.
+async fn plugin(env: &TestEnv, args: &[&str]) -> Output {
+    let binary = env!("CARGO_BIN_EXE_kubectl-eagleeye");
+    run(binary, env.plane.kubeconfig_path(), args).await
 }
 
 /// Sets spec.renewRequest as a GitOps tool would.
@@ -123,13 +108,8 @@ async fn renew_refreshes_once_ends_the_old_token_records_history_and_is_never_se
     }
 
     // `status` shows the history.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-eagleeye"))
-        .args(["status", "cam", "-n", &env.namespace])
-        .env("KUBECONFIG", env.plane.kubeconfig_path())
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
+    let out = plugin(&env, &["status", "cam", "-n", &env.namespace]).await;
+    let text = out.stdout;
     assert!(text.contains("Revision:             2"), "{text}");
     assert!(
         text.contains(&status.history[1].refresh_token_fingerprint),

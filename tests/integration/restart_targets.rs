@@ -70,13 +70,7 @@ async fn restarts_of(env: &TestEnv, kind: &str, name: &str) -> (i64, Option<Stri
 }
 
 fn restart_condition(cr: &EagleEyeCredential) -> Option<(String, String, String)> {
-    let c = cr
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "WorkloadsRestarted")?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+    crate::support::operator::condition(cr, "WorkloadsRestarted")
 }
 
 /// The credential once `WorkloadsRestarted` has `reason` at status.revision `revision`.

@@ -14,13 +14,7 @@ use eagle_eye_operator::crd::EagleEyeCredential;
 use kube::api::{Patch, PatchParams};
 
 fn templates_condition(cr: &EagleEyeCredential) -> Option<(String, String, String)> {
-    let c = cr
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "TemplatesRendered")?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+    crate::support::operator::condition(cr, "TemplatesRendered")
 }
 
 #[tokio::test]
