@@ -117,7 +117,7 @@ impl Reconciler<'_> {
                         kube_reason(&e),
                         rbac_hint(&e)
                     );
-                    record.problem = Some(why.clone());
+                    record.problem = Some(super::truncate(&why, 1000));
                     problems.push(why);
                 }
             }
