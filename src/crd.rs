@@ -209,8 +209,11 @@ pub struct RestartTarget {
     schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
 )]
 pub enum WorkloadKind {
+    /// An apps/v1 Deployment.
     Deployment,
+    /// An apps/v1 StatefulSet.
     StatefulSet,
+    /// An apps/v1 DaemonSet.
     DaemonSet,
 }
 
@@ -509,7 +512,9 @@ pub struct RenewStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadRestart {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
     pub kind: WorkloadKind,
+    /// Name of the workload, in this namespace.
     #[schemars(length(max = 253))]
     pub name: String,
     /// The status.revision it was last restarted for (or found running with, when first
