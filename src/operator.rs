@@ -405,7 +405,6 @@ pub async fn run(
     namespaces.retain(|n| !n.trim().is_empty());
     namespaces.sort();
     namespaces.dedup();
-    crate::served_schema::ensure(&client).await?;
     let credential_selector = crate::shard::selector(args.credential_selector.as_deref());
     anyhow::ensure!(
         args.credential_selector.is_none() || credential_selector.is_some(),
@@ -470,6 +469,11 @@ pub async fn run(
             tokens.close();
         }
     });
+    // Not against a CRD older than this operator (waiting for the API server meanwhile).
+    tokio::select! {
+        checked = crate::served_schema::ensure(&client) => checked?,
+        _ = shutdown.clone() => return Ok(()),
+    }
 
     if args.no_leader_election {
         metrics.set_leader(true);

@@ -65,16 +65,27 @@ pub async fn ensure(client: &Client) -> anyhow::Result<()> {
     let name = ours.metadata.name.clone().unwrap_or_default();
     let version = ours.spec.versions[0].name.clone();
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let served = match api.get_opt(&name).await {
-        Ok(Some(crd)) => crd,
-        Ok(None) => anyhow::bail!(
-            "the CustomResourceDefinition {name} is not installed: install the chart (crds.install: true) or `kubectl apply -f crds/eagleeyecredentials.yaml`"
-        ),
-        Err(kube::Error::Api(s)) if s.code == 403 => {
-            warn!(crd = %name, "cannot read the CRD (no get on customresourcedefinitions): its schema is not checked");
-            return Ok(());
+    let mut wait = std::time::Duration::from_millis(500);
+    let served = loop {
+        match api.get_opt(&name).await {
+            Ok(Some(crd)) => break crd,
+            Ok(None) => anyhow::bail!(
+                "the CustomResourceDefinition {name} is not installed: install the chart (crds.install: true) or `kubectl apply -f crds/eagleeyecredentials.yaml`"
+            ),
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                warn!(crd = %name, "cannot read the CRD (no get on customresourcedefinitions): its schema is not checked");
+                return Ok(());
+            }
+            Err(kube::Error::Api(s)) if s.code < 500 && s.code != 429 => {
+                anyhow::bail!("reading the CRD {name}: {}", s.message)
+            }
+            // The API server is not answering yet: /readyz says so meanwhile.
+            Err(e) => {
+                warn!(crd = %name, error = %crate::secrets::kube_reason(&e), ?wait, "cannot check the CRD yet; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(10));
+            }
         }
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading the CRD {name}"))),
     };
     let Some(served_schema) = schema_of(&served, &version) else {
         anyhow::bail!(

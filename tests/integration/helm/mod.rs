@@ -478,6 +478,58 @@ async fn install_in_namespaced_scope_grants_secrets_only_in_the_watched_namespac
         None,
     )
     .await;
+
+    // Likewise `patch deployments` (workload restarts) is narrowed to the restart annotation.
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "api"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "api"}},
+            "template": {
+                "metadata": {"labels": {"app": "api"}, "annotations": {"team": "a"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]},
+            },
+        },
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(env.client.clone(), a)
+        .create(&Default::default(), &deployment)
+        .await
+        .unwrap();
+    let deployments = Api::<Deployment>::namespaced(crate::support::client_as(&env, &sa).await, a);
+    let restart_only = "only the pod-template annotation kubectl.kubernetes.io/restartedAt";
+    let template = |t: Value| json!({"spec": {"template": t}});
+    let refused = crate::support::eventually(
+        "the workload admission policy enforced",
+        std::time::Duration::from_secs(30),
+        || async {
+            let image =
+                template(json!({"spec": {"containers": [{"name": "app", "image": "evil:1"}]}}));
+            let r = deployments
+                .patch("api", &PatchParams::default(), &Patch::Strategic(&image))
+                .await;
+            r.err().map(|e| e.to_string())
+        },
+    )
+    .await;
+    assert!(refused.contains(restart_only), "{refused}");
+    for patch in [
+        template(json!({"metadata": {"annotations": {"team": "b"}}})),
+        template(json!({"metadata": {"labels": {"extra": "x"}}})),
+        json!({"metadata": {"labels": {"x": "y"}}}),
+    ] {
+        let r = deployments
+            .patch("api", &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
+        let e = r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains(restart_only), "{patch}: {e}");
+    }
+    let restart = template(json!({"metadata": {"annotations": {
+        "kubectl.kubernetes.io/restartedAt": "2026-12-06T21:00:00.000Z"
+    }}}));
+    deployments
+        .patch("api", &PatchParams::default(), &Patch::Merge(&restart))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
