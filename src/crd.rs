@@ -193,6 +193,7 @@ pub struct RestartTarget {
     /// Name of the workload, in this namespace (at most 253 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
+    #[x_kube(validation = kube::core::Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("must be a workload name: lowercase letters, digits, '-' and '.'"))]
     pub name: Option<String>,
     /// Workloads of this kind in this namespace whose labels match (at most 16 matchLabels
     /// and 16 matchExpressions). Must not be empty.

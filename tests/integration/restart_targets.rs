@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::renew::request_renew;
 use crate::support::operator::{
-    Operator, create_credential, create_secrets, events, login, stand_in,
+    Operator, create_credential, create_secrets, credential, events, login, stand_in,
 };
 use crate::support::{TestEnv, env, eventually, figure, get, series};
 use eagle_eye_operator::crd::EagleEyeCredential;
@@ -191,6 +191,20 @@ async fn rotations_within_the_pause_restart_once_and_a_missing_workload_is_repor
         create_secrets(&env, name, &l).await;
     }
     create_workload(&env, "Deployment", "api", &[]).await;
+    // What the API server refuses outright: a name that is no workload name, a target both
+    // named and selected, an empty selector.
+    for bad in [
+        serde_json::json!({"kind": "Deployment", "name": "api/status"}),
+        serde_json::json!({"kind": "Deployment", "name": "api", "selector": {"matchLabels": {"a": "b"}}}),
+        serde_json::json!({"kind": "Deployment", "selector": {}}),
+    ] {
+        let spec = serde_json::json!({"consumers": {"restart": [bad.clone()]}});
+        let refused = env
+            .api::<EagleEyeCredential>()
+            .create(&PostParams::default(), &credential("bad", &si, spec))
+            .await;
+        assert!(refused.is_err(), "{bad} was accepted");
+    }
     let paused = serde_json::json!({"consumers": {
         "restart": [{"kind": "Deployment", "name": "api"}],
         "restartPause": "10s",
