@@ -64,6 +64,8 @@ pub struct Observed {
     pub intent: intent::Verdict,
     /// The schedule's plan (see `schedule::plan`).
     pub plan: Plan,
+    /// The live published token was rendered with other templates than the spec's.
+    pub templates_stale: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +102,9 @@ pub enum Decision {
         until: Timestamp,
     },
     WaitUntil(Timestamp),
+    /// Not due, but spec.target.template changed: render the published token again, then
+    /// wait until then.
+    Rerender(Timestamp),
     Spend(Why),
 }
 
@@ -157,6 +162,7 @@ pub fn decide(o: &Observed) -> Decision {
         };
     }
     match &o.plan {
+        Plan::RefreshAt(at, _) if o.templates_stale => Decision::Rerender(*at),
         Plan::RefreshAt(at, _) => Decision::WaitUntil(*at),
         Plan::RefreshNow(why) => match &o.intent {
             intent::Verdict::HeldElsewhere { holder, until } => Decision::Deferred {
@@ -193,6 +199,7 @@ mod tests {
             blocked: false,
             intent: intent::Verdict::Free,
             plan: Plan::RefreshNow(Why::Due),
+            templates_stale: false,
         }
     }
 
@@ -372,6 +379,28 @@ mod tests {
         for (o, want) in rows {
             assert_eq!(decide(&o), want, "{o:?}");
         }
+    }
+
+    #[test]
+    fn changed_templates_render_again_only_while_nothing_else_is_to_do() {
+        let at = t("2026-11-30T11:00:00Z");
+        let waiting = || Observed {
+            plan: Plan::RefreshAt(at, Why::Due),
+            templates_stale: true,
+            ..due()
+        };
+        assert_eq!(decide(&waiting()), Decision::Rerender(at));
+        // A due refresh publishes with the new templates anyway; a guard still wins.
+        let due_now = Observed {
+            templates_stale: true,
+            ..due()
+        };
+        assert_eq!(decide(&due_now), Decision::Spend(Why::Due));
+        let suspended = Observed {
+            suspended: true,
+            ..waiting()
+        };
+        assert_eq!(decide(&suspended), Decision::Suspended);
     }
 
     #[test]

@@ -105,6 +105,8 @@ pub trait World {
     ) -> Result<WriteBack, Error>;
     /// The target Secret as it is now (its metadata).
     async fn read_target(&mut self) -> Result<Option<Secret>, Error>;
+    /// The access token the target Secret holds now, if any.
+    async fn read_published_token(&mut self) -> Result<Option<SecretString>, Error>;
     async fn publish(
         &mut self,
         grant: &TokenGrant,
@@ -304,24 +306,11 @@ impl<'a, W: World> Refresh<'a, W> {
                     Action::requeue(wait),
                 )
             }
-            Decision::WaitUntil(at) => {
-                if let Some(chain) = chain {
-                    self.set_deadline(chain);
-                }
-                if let Ok(stored) = &self.facts.stored {
-                    let token = stored.token.clone();
-                    self.world.remember_live(&token);
-                }
-                let standing = self.standing(self.facts.published.as_ref().map(|p| p.expires_at));
-                let action = Action::requeue(wait_until(self.world.now(), at));
-                End::Report(
-                    Outcome::Waiting {
-                        until: at,
-                        standing,
-                    },
-                    action,
-                )
-            }
+            Decision::WaitUntil(at) => self.waiting(at),
+            Decision::Rerender(at) => match self.rerender().await {
+                Some(end) => end,
+                None => self.waiting(at),
+            },
             Decision::Spend(why) => {
                 let (Ok(stored), Ok(creds), Some(auth_url), Some(login)) = (
                     &self.facts.stored,
@@ -359,6 +348,77 @@ impl<'a, W: World> Refresh<'a, W> {
                 };
                 self.spend(stored, call, call_limit).await
             }
+        }
+    }
+
+    /// Not due until `at`: the deadline and the live token as read, and a wait.
+    fn waiting(&mut self, at: Timestamp) -> End {
+        let chain = self.facts.stored.as_ref().ok().map(|s| s.chain);
+        if let Some(chain) = chain {
+            self.set_deadline(chain);
+        }
+        if let Ok(stored) = &self.facts.stored {
+            let token = stored.token.clone();
+            self.world.remember_live(&token);
+        }
+        let standing = self.standing(self.facts.published.as_ref().map(|p| p.expires_at));
+        let action = Action::requeue(wait_until(self.world.now(), at));
+        End::Report(
+            Outcome::Waiting {
+                until: at,
+                standing,
+            },
+            action,
+        )
+    }
+
+    /// Publishes the live published token again, for templates changed since it was
+    /// published; `None` when done (or nothing to do), else how the reconcile ends.
+    async fn rerender(&mut self) -> Option<End> {
+        let published = self.facts.published.clone()?;
+        let base = self.status.base_url.as_deref()?;
+        let api = url::Url::parse(base).ok()?;
+        let hostname = api.host_str()?.trim_matches(['[', ']']).to_owned();
+        let port = api.port_or_known_default()?;
+        let access_token = match self.world.read_published_token().await {
+            Ok(token) => token?,
+            Err(e) => return Some(End::Fail(None, e)),
+        };
+        let grant = TokenGrant {
+            access_token,
+            expires_in: schedule::until(published.issued_at, published.expires_at),
+            refresh_token: None,
+            api: crate::token::ApiBase { hostname, port },
+            scope: self.cr.spec.scope.clone(),
+            token_type: "Bearer".into(),
+        };
+        let current = self.facts.target.take();
+        let ownership = target::ownership(
+            self.cr,
+            current.as_ref(),
+            self.facts.input_of.as_deref(),
+            crate::controller::FIELD_MANAGER,
+        );
+        // Written over the version read: a token published meanwhile is never rolled back.
+        let version = current.and_then(|s| s.metadata.resource_version);
+        let written = self
+            .world
+            .publish(
+                &grant,
+                (published.issued_at, published.expires_at),
+                &published.refresh_fingerprint,
+                &published.spent_fingerprints,
+                &ownership,
+                version,
+            )
+            .await;
+        match written {
+            Ok(()) => {
+                info!("rendered spec.target.template again for the published access token");
+                None
+            }
+            Err(e) if e.is_conflict() => Some(End::Quiet(Action::requeue(Duration::from_secs(1)))),
+            Err(e) => Some(End::Fail(None, e)),
         }
     }
 

@@ -16,6 +16,9 @@ pub const CREDENTIAL_LABEL: &str = "eagle-eye-operator.io/credential";
 pub const ISSUED_AT: &str = "eagle-eye-operator.io/issued-at";
 pub const EXPIRES_AT: &str = "eagle-eye-operator.io/expires-at";
 pub const REFRESH_FINGERPRINT: &str = "eagle-eye-operator.io/refresh-token-fingerprint";
+/// Which spec.target.template the target was last rendered with (a digest, never a value):
+/// a template changed since is rendered again without a refresh.
+pub const TEMPLATE_DIGEST: &str = "eagle-eye-operator.io/template-digest";
 /// Set on an existing Secret by someone who may write it, naming a credential of its
 /// namespace: that credential may publish into it (and never deletes it).
 pub const ADOPT: &str = "eagle-eye-operator.io/adopt";
@@ -237,6 +240,9 @@ pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>, owned: bool) -> Secre
     annotations.insert(ISSUED_AT.into(), p.issued_at.to_string());
     annotations.insert(EXPIRES_AT.into(), expires.clone());
     annotations.insert(REFRESH_FINGERPRINT.into(), p.refresh_fingerprint.into());
+    if let Some(digest) = template_digest(cr) {
+        annotations.insert(TEMPLATE_DIGEST.into(), digest);
+    }
     if !p.spent_fingerprints.is_empty() {
         annotations.insert(
             spent::ANNOTATION.into(),
@@ -251,6 +257,26 @@ pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>, owned: bool) -> Secre
         secret.metadata.owner_references = cr.controller_owner_ref(&()).map(|o| vec![o]);
     }
     secret
+}
+
+/// The digest of `cr`'s templates and key names, if it has templates.
+pub fn template_digest(cr: &EagleEyeCredential) -> Option<String> {
+    let t = &cr.spec.target;
+    (!t.template.is_empty()).then(|| {
+        let both = serde_json::json!([t.template, t.keys]);
+        secrets::fingerprint(&both.to_string())
+    })
+}
+
+/// Whether `target` was rendered with other templates than `cr`'s (or none, or has some
+/// `cr` no longer has).
+pub fn templates_stale(cr: &EagleEyeCredential, target: &Secret) -> bool {
+    let rendered = target
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(TEMPLATE_DIGEST));
+    rendered != template_digest(cr).as_ref()
 }
 
 /// What an existing target Secret publishes, from its annotations; `None` when it is

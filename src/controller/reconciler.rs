@@ -259,6 +259,11 @@ impl<'a> Reconciler<'a> {
             }
             None => schedule::Plan::RefreshNow(schedule::Why::NothingPublished),
         };
+        // Only a live published token is worth rendering again.
+        let templates_stale = published.as_ref().is_some_and(|p| p.expires_at > self.now)
+            && target
+                .as_ref()
+                .is_some_and(|t| target::templates_stale(self.cr, t));
         let live_known = self.ctx.memory.live(&self.key, &dead).is_some();
         let (auth_url, _) = validated.as_ref().ok().cloned().unzip();
         let observed = Observed {
@@ -279,6 +284,7 @@ impl<'a> Reconciler<'a> {
             blocked,
             intent,
             plan,
+            templates_stale,
         };
         Ok(Facts {
             key: self.key.clone(),
@@ -648,6 +654,24 @@ impl World for KubeWorld<'_, '_> {
 
     async fn read_target(&mut self) -> Result<Option<Secret>, Error> {
         Ok(self.r.target().await?)
+    }
+
+    async fn read_published_token(&mut self) -> Result<Option<SecretString>, Error> {
+        let name = target::target_name(self.r.cr);
+        let key = &self.r.cr.spec.target.keys.access_token;
+        let secret = self
+            .r
+            .secrets
+            .get_opt(&name)
+            .await
+            .map_err(|source| SecretError::Api {
+                name: name.clone(),
+                source,
+            })?;
+        Ok(secret
+            .and_then(|s| s.data?.remove(key))
+            .and_then(|v| String::from_utf8(v.0).ok())
+            .map(SecretString::from))
     }
 
     async fn publish(
