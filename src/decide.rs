@@ -13,7 +13,9 @@
 //! 3. The Secrets' content: missing or unreadable values, then a login the server refused
 //!    or an answer the configuration refused (never sent again until something changes),
 //!    then a rotated-out token put back (never spent).
-//! 4. The schedule: not due yet means wait.
+//! 4. The schedule: not due yet means wait (after rendering the published token again when
+//!    spec.target.template changed since it was published). A renew request makes the
+//!    schedule due now (`crate::renew`), and so passes every guard above and below.
 //! 5. Due: another holder's spend intent on this very token is waited out; otherwise spend.
 //!    (Whether this replica's Lease is fresh enough is the last check, made right before
 //!    the call because it needs a read.)
