@@ -149,16 +149,14 @@ impl Reconciler<'_> {
                 ),
             )
         };
-        let wake = match plan.wait_until {
-            Some(at) if ok || why == reason::RESTART_PENDING => {
-                Some(crate::schedule::until(now, at) + Duration::from_millis(100))
-            }
-            _ if !ok => Some(RECHECK),
-            _ => None,
-        };
-        if let Some(after) = wake {
+        // Looked at again when the pause ends, and while anything is wrong.
+        let pause_end = plan
+            .wait_until
+            .map(|at| crate::schedule::until(now, at) + Duration::from_millis(100));
+        let recheck = (!ok && why != reason::RESTART_PENDING).then_some(RECHECK);
+        if let Some(after) = pause_end.into_iter().chain(recheck).min() {
             let me = kube::runtime::reflector::ObjectRef::from_obj(self.cr);
-            self.ctx.parked.wake_after(me, after);
+            self.ctx.parked.wake_after(&self.key, me, after);
         }
         self.set_restart_condition(ok, why, message).await;
     }
