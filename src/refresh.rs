@@ -351,6 +351,18 @@ impl<'a, W: World> Refresh<'a, W> {
         }
     }
 
+    /// The target as last read (taken: a publish reads it again), and whose it is.
+    fn take_target(&mut self) -> (Option<Secret>, Ownership) {
+        let current = self.facts.target.take();
+        let ownership = target::ownership(
+            self.cr,
+            current.as_ref(),
+            self.facts.input_of.as_deref(),
+            crate::controller::FIELD_MANAGER,
+        );
+        (current, ownership)
+    }
+
     /// Not due until `at`: the deadline and the live token as read, and a wait.
     fn waiting(&mut self, at: Timestamp) -> End {
         let chain = self.facts.stored.as_ref().ok().map(|s| s.chain);
@@ -392,13 +404,10 @@ impl<'a, W: World> Refresh<'a, W> {
             scope: self.cr.spec.scope.clone(),
             token_type: "Bearer".into(),
         };
-        let current = self.facts.target.take();
-        let ownership = target::ownership(
-            self.cr,
-            current.as_ref(),
-            self.facts.input_of.as_deref(),
-            crate::controller::FIELD_MANAGER,
-        );
+        let (current, ownership) = self.take_target();
+        if matches!(ownership, Ownership::Conflict(_)) {
+            return None;
+        }
         // Written over the version read: a token published meanwhile is never rolled back.
         let version = current.and_then(|s| s.metadata.resource_version);
         let written = self
@@ -654,13 +663,7 @@ impl<'a, W: World> Refresh<'a, W> {
         // along with the token; the refresh-token Secret's list is the one that counts. It
         // is written over the version read, so an answer held up in flight never rolls back
         // a newer one published meanwhile (a 409 if it changed since).
-        let current = self.facts.target.take();
-        let ownership = target::ownership(
-            self.cr,
-            current.as_ref(),
-            self.facts.input_of.as_deref(),
-            crate::controller::FIELD_MANAGER,
-        );
+        let (current, ownership) = self.take_target();
         if let Ownership::Conflict(why) = ownership {
             // The refresh token is stored; its access token cannot be published here.
             return End::Report(

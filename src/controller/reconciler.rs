@@ -84,19 +84,20 @@ impl<'a> Reconciler<'a> {
             Ok(target) => return Ok(Some((*target).clone())),
             Err(seen) => seen,
         };
-        let target = self
-            .secrets
-            .get_opt(&name)
-            .await
-            .map_err(|source| SecretError::Api {
-                name: name.clone(),
-                source,
-            })?
-            .map(|s| cache::trimmed(&s));
+        let target = self.read_whole_target().await?.map(|s| cache::trimmed(&s));
         if let Some(t) = &target {
             targets.put(&ns, &name, "", Arc::new(t.clone()), seen);
         }
         Ok(target)
+    }
+
+    /// The target Secret as the API server has it, data included.
+    async fn read_whole_target(&self) -> Result<Option<Secret>, SecretError> {
+        let name = target::target_name(self.cr);
+        self.secrets
+            .get_opt(&name)
+            .await
+            .map_err(|source| SecretError::Api { name, source })
     }
 
     /// What `target` publishes, if it is a target this credential may write.
@@ -657,18 +658,11 @@ impl World for KubeWorld<'_, '_> {
     }
 
     async fn read_published_token(&mut self) -> Result<Option<SecretString>, Error> {
-        let name = target::target_name(self.r.cr);
         let key = &self.r.cr.spec.target.keys.access_token;
-        let secret = self
+        Ok(self
             .r
-            .secrets
-            .get_opt(&name)
-            .await
-            .map_err(|source| SecretError::Api {
-                name: name.clone(),
-                source,
-            })?;
-        Ok(secret
+            .read_whole_target()
+            .await?
             .and_then(|s| s.data?.remove(key))
             .and_then(|v| String::from_utf8(v.0).ok())
             .map(SecretString::from))
