@@ -118,10 +118,12 @@ pub struct EagleEyeCredentialSpec {
     #[serde(default)]
     pub suspend: bool,
 
-    /// Pods that read the target Secret, nudged after each new access token so that the
-    /// kubelet rewrites their mounted copy within seconds rather than at its next periodic
-    /// sync (about a minute). Needs the operator's `--nudge-pods` (chart value
-    /// `podNudge.enabled`); without it the condition `PodsNudged` says so.
+    /// Workloads that read the target Secret. Pods (podSelector) are nudged after each new
+    /// access token so that the kubelet rewrites their mounted copy within seconds rather
+    /// than at its next periodic sync (about a minute); needs the operator's `--nudge-pods`
+    /// (chart value `podNudge.enabled`), without which the condition `PodsNudged` says so.
+    /// Deployments, StatefulSets and DaemonSets (restart) are restarted once per new access
+    /// token; the condition `WorkloadsRestarted` reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumers: Option<Consumers>,
 
@@ -131,11 +133,24 @@ pub struct EagleEyeCredentialSpec {
     /// (default 5m), then reported in an Event; deletion is never blocked for longer.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub revoke_on_delete: bool,
+
+    /// Ask for one refresh now: set to a new value (a request id; `kubectl eagleeye renew`
+    /// sets the current time, RFC 3339) and the operator refreshes once, through every
+    /// safety rule (Lease, spend intent, claims, backoff after failures), and records the
+    /// request and its outcome in status.renew and an Event. A value already handled is
+    /// never served again, also after an operator restart. The refresh ends the live
+    /// access token: consumers must read the new one. At most 64 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub renew_request: Option<String>,
 }
 
-/// The pods that consume a credential's target Secret.
+/// The workloads that consume a credential's target Secret.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(
+    "has(self.podSelector) || (has(self.restart) && size(self.restart) > 0)"
+).message("consumers needs a podSelector, restart targets, or both"))]
 pub struct Consumers {
     /// Pods in this namespace to nudge. After each new access token the operator sets
     /// the annotation `eagle-eye-operator.io/token-issued-at` (the token's issue time,
@@ -145,8 +160,72 @@ pub struct Consumers {
     #[x_kube(validation = kube::core::Rule::new(
         "(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)"
     ).message("podSelector must not be empty: an empty selector would select every pod of the namespace"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "pod_selector_schema")]
-    pub pod_selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    pub pod_selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    /// Deployments, StatefulSets and DaemonSets in this namespace that read the token once
+    /// (an environment variable, a cached file): each is restarted once per new access
+    /// token, as `kubectl rollout restart` does (the pod-template annotation
+    /// `kubectl.kubernetes.io/restartedAt`). Needs the operator's `--restart-workloads`
+    /// (chart value `workloadRestart.enabled`). At most 16 entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub restart: Vec<RestartTarget>,
+    /// Rotations closer together than this cause one restart, not one each: the first
+    /// restarts at once, later ones wait until this long after the previous restart. A
+    /// duration such as `30s` or `5m` (at most 64 characters).
+    #[serde(default = "default_restart_pause")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = kube::core::Rule::new("duration(self) >= duration('0s')").message("restartPause must be a non-negative duration such as 1m"))]
+    pub restart_pause: String,
+}
+
+/// Workloads to restart after each new access token: one by name, or all of a kind that a
+/// label selector matches.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(
+    "has(self.name) != has(self.selector)"
+).message("a restart target names a workload or selects workloads by label, not both"))]
+pub struct RestartTarget {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: WorkloadKind,
+    /// Name of the workload, in this namespace (at most 253 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = kube::core::Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("must be a workload name: lowercase letters, digits, '-' and '.'"))]
+    pub name: Option<String>,
+    /// Workloads of this kind in this namespace whose labels match (at most 16 matchLabels
+    /// and 16 matchExpressions). Must not be empty.
+    #[x_kube(validation = kube::core::Rule::new(
+        "(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)"
+    ).message("selector must not be empty: an empty selector would select every workload of the namespace"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "workload_selector_schema")]
+    pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+}
+
+/// The kinds of workload the operator restarts.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
+pub enum WorkloadKind {
+    /// An apps/v1 Deployment.
+    Deployment,
+    /// An apps/v1 StatefulSet.
+    StatefulSet,
+    /// An apps/v1 DaemonSet.
+    DaemonSet,
+}
+
+impl std::fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+        })
+    }
 }
 
 /// Durations as `refreshBefore` takes them: `90s`, `30m`, `1h30m` (what its CEL rule
@@ -233,6 +312,16 @@ pub struct TargetSecret {
     /// empty string to leave it out.
     #[serde(default)]
     pub keys: TargetKeys,
+    /// Extra keys, each rendered from a template in which `{{ .field }}` stands for one of
+    /// `accessToken`, `tokenType`, `baseUrl`, `hostname`, `port` and `expiresAt`; nothing
+    /// else is interpreted. For example `Authorization: "{{ .tokenType }} {{ .accessToken }}"`.
+    /// A template naming another field, or a key that is also one of spec.target.keys, is
+    /// reported in the condition `TemplatesRendered` and left out; the other keys are
+    /// published as usual. At most 8 keys (valid Secret keys), templates at most 4096
+    /// characters.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "template_schema")]
+    pub template: BTreeMap<String, String>,
 }
 
 /// Key names of the target Secret.
@@ -351,6 +440,96 @@ pub struct EagleEyeCredentialStatus {
     /// The last nudge of the pods named by spec.consumers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumers: Option<ConsumersStatus>,
+    /// How many access tokens the operator has published for this credential: one more
+    /// per refresh.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(with = "i64", range(min = 0))]
+    pub revision: u64,
+    /// The last refreshes, newest last (at most 10; failures in a row are one entry).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub history: Vec<RefreshRecord>,
+    /// The last renew request (spec.renewRequest) handled, and how it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew: Option<RenewStatus>,
+    /// The workloads of spec.consumers.restart, and the last restart of each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub restarts: Vec<WorkloadRestart>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One refresh, as the history keeps it. Never holds a token.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshRecord {
+    /// When it ended (for failures in a row: the last one).
+    #[schemars(extend("pattern" = DATE_TIME_PATTERN))]
+    pub time: Time,
+    /// The operator process that made it (its pod name, or host name and process id).
+    #[schemars(length(max = 253))]
+    pub process: String,
+    /// `Refreshed`, or the reason it failed (`RefreshFailed`, `ReauthorizationRequired`,
+    /// `AnswerRefused`).
+    #[schemars(length(max = 64))]
+    pub outcome: String,
+    /// The first 8 characters of the refresh token's fingerprint: the new token after a
+    /// refresh, the one sent after a failure.
+    #[schemars(length(max = 16))]
+    pub refresh_token_fingerprint: String,
+    /// status.revision after it.
+    #[serde(default)]
+    #[schemars(with = "i64", range(min = 0))]
+    pub revision: u64,
+    /// Failed attempts in a row this entry stands for (1 for a success).
+    #[serde(default)]
+    #[schemars(with = "i32", range(min = 0, max = 1_000_000_000))]
+    pub attempts: u32,
+}
+
+/// What became of a renew request.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RenewStatus {
+    /// The value of spec.renewRequest handled.
+    #[schemars(length(max = 64))]
+    pub request: String,
+    /// `Renewed`, `Failed` (the refresh failed; retries go on under the usual backoff) or
+    /// `Refused` (suspended, a login to repeat, a spec or Secret to fix).
+    #[schemars(length(max = 64))]
+    pub outcome: String,
+    /// Why, in words.
+    #[schemars(length(max = 1024))]
+    pub message: String,
+    /// When it was handled.
+    #[schemars(extend("pattern" = DATE_TIME_PATTERN))]
+    pub handled_at: Time,
+}
+
+/// One workload of spec.consumers.restart and its last restart.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRestart {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: WorkloadKind,
+    /// Name of the workload, in this namespace.
+    #[schemars(length(max = 253))]
+    pub name: String,
+    /// The status.revision it was last restarted for (or found running with, when first
+    /// named: a workload is restarted for the access tokens published after that).
+    #[schemars(with = "i64", range(min = 0))]
+    pub revision: u64,
+    /// When it was last restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = DATE_TIME_PATTERN))]
+    pub restarted_at: Option<Time>,
+    /// Why the last attempt failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub problem: Option<String>,
 }
 
 /// What the last nudge of the consuming pods did.
@@ -444,20 +623,45 @@ fn annotations_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     serde_json::from_value(bounded_map(MAX_ANNOTATION_VALUE)).expect("static schema is valid JSON")
 }
 
-/// A Kubernetes label selector with every list, map and string bounded.
 fn pod_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    let mut match_labels = bounded_map(MAX_LABEL_VALUE);
-    match_labels["description"] =
-        "Pods whose labels hold every one of these key-value pairs.".into();
+    label_selector_schema("pods")
+}
+
+fn workload_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    label_selector_schema("workloads")
+}
+
+/// Most keys in spec.target.template, and the longest template.
+pub const MAX_TEMPLATES: usize = 8;
+pub const MAX_TEMPLATE_LENGTH: usize = 4096;
+
+fn template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     serde_json::from_value(serde_json::json!({
         "type": "object",
-        "description": "A label selector over the pods of this namespace, as Deployments use.",
+        "maxProperties": MAX_TEMPLATES,
+        "additionalProperties": {"type": "string", "maxLength": MAX_TEMPLATE_LENGTH},
+        "x-kubernetes-validations": [{
+            "rule": "self.all(k, k.size() <= 253 && k.matches('^[-._a-zA-Z0-9]+$'))",
+            "message": "template keys must be valid Secret keys (letters, digits, '-', '_', '.')",
+        }],
+    }))
+    .expect("static schema is valid JSON")
+}
+
+/// A Kubernetes label selector over `what`, with every list, map and string bounded.
+fn label_selector_schema(what: &str) -> schemars::Schema {
+    let mut match_labels = bounded_map(MAX_LABEL_VALUE);
+    match_labels["description"] =
+        format!("The {what} whose labels hold every one of these key-value pairs.").into();
+    serde_json::from_value(serde_json::json!({
+        "type": "object",
+        "description": format!("A label selector over the {what} of this namespace, as Deployments use."),
         "properties": {
             "matchLabels": match_labels,
             "matchExpressions": {
                 "type": "array",
                 "maxItems": MAX_ENTRIES,
-                "description": "Requirements on pod labels, all of which must hold.",
+                "description": format!("Requirements on the labels of the {what}, all of which must hold."),
                 "items": {
                     "type": "object",
                     "required": ["key", "operator"],
@@ -482,6 +686,9 @@ fn pod_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     .expect("static schema is valid JSON")
 }
 
+fn default_restart_pause() -> String {
+    "1m".into()
+}
 fn default_auth_url() -> String {
     DEFAULT_AUTH_URL.into()
 }

@@ -13,7 +13,9 @@
 //! 3. The Secrets' content: missing or unreadable values, then a login the server refused
 //!    or an answer the configuration refused (never sent again until something changes),
 //!    then a rotated-out token put back (never spent).
-//! 4. The schedule: not due yet means wait.
+//! 4. The schedule: not due yet means wait (after rendering the published token again when
+//!    spec.target.template changed since it was published). A renew request makes the
+//!    schedule due now (`crate::renew`), and so passes every guard above and below.
 //! 5. Due: another holder's spend intent on this very token is waited out; otherwise spend.
 //!    (Whether this replica's Lease is fresh enough is the last check, made right before
 //!    the call because it needs a read.)
@@ -64,6 +66,8 @@ pub struct Observed {
     pub intent: intent::Verdict,
     /// The schedule's plan (see `schedule::plan`).
     pub plan: Plan,
+    /// The live published token was rendered with other templates than the spec's.
+    pub templates_stale: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +104,9 @@ pub enum Decision {
         until: Timestamp,
     },
     WaitUntil(Timestamp),
+    /// Not due, but spec.target.template changed: render the published token again, then
+    /// wait until then.
+    Rerender(Timestamp),
     Spend(Why),
 }
 
@@ -157,6 +164,7 @@ pub fn decide(o: &Observed) -> Decision {
         };
     }
     match &o.plan {
+        Plan::RefreshAt(at, _) if o.templates_stale => Decision::Rerender(*at),
         Plan::RefreshAt(at, _) => Decision::WaitUntil(*at),
         Plan::RefreshNow(why) => match &o.intent {
             intent::Verdict::HeldElsewhere { holder, until } => Decision::Deferred {
@@ -193,6 +201,7 @@ mod tests {
             blocked: false,
             intent: intent::Verdict::Free,
             plan: Plan::RefreshNow(Why::Due),
+            templates_stale: false,
         }
     }
 
@@ -372,6 +381,55 @@ mod tests {
         for (o, want) in rows {
             assert_eq!(decide(&o), want, "{o:?}");
         }
+    }
+
+    #[test]
+    fn changed_templates_render_again_only_while_nothing_else_is_to_do() {
+        let at = t("2026-11-30T11:00:00Z");
+        let waiting = || Observed {
+            plan: Plan::RefreshAt(at, Why::Due),
+            templates_stale: true,
+            ..due()
+        };
+        assert_eq!(decide(&waiting()), Decision::Rerender(at));
+        // A due refresh publishes with the new templates anyway; a guard still wins.
+        let due_now = Observed {
+            templates_stale: true,
+            ..due()
+        };
+        assert_eq!(decide(&due_now), Decision::Spend(Why::Due));
+        let suspended = Observed {
+            suspended: true,
+            ..waiting()
+        };
+        assert_eq!(decide(&suspended), Decision::Suspended);
+    }
+
+    #[test]
+    fn a_renew_request_is_a_due_refresh_behind_every_guard() {
+        let renew = || Observed {
+            plan: Plan::RefreshNow(Why::Renew),
+            ..due()
+        };
+        assert_eq!(decide(&renew()), Decision::Spend(Why::Renew));
+        let suspended = Observed {
+            suspended: true,
+            ..renew()
+        };
+        assert_eq!(decide(&suspended), Decision::Suspended);
+        let dead = Observed {
+            refused: true,
+            ..renew()
+        };
+        assert_eq!(decide(&dead), Decision::WaitForLogin);
+        let held = Observed {
+            intent: intent::Verdict::HeldElsewhere {
+                holder: "h".into(),
+                until: t("2026-11-30T10:05:00Z"),
+            },
+            ..renew()
+        };
+        assert!(matches!(decide(&held), Decision::Deferred { .. }));
     }
 
     #[test]

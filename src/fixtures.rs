@@ -89,6 +89,7 @@ pub fn testcontext_at(clock: fn() -> jiff::Timestamp) -> (Arc<Context>, ApiServe
         identity: "test-process".into(),
         in_flight_grace: jiff::SignedDuration::from_mins(5),
         pod_nudge: None,
+        workload_restart: None,
         revoke_retry_for: jiff::SignedDuration::from_mins(5),
         clock,
     };

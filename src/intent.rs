@@ -76,6 +76,13 @@ pub fn holder(process: &str, credential_uid: &str) -> String {
     format!("{process}/{credential_uid}")
 }
 
+/// The process part of a [`holder`] (a credential's uid holds no `/`).
+pub fn process(holder: &str) -> &str {
+    holder
+        .rsplit_once('/')
+        .map_or(holder, |(process, _)| process)
+}
+
 pub fn read(annotations: Option<&BTreeMap<String, String>>) -> Option<Intent> {
     parse(annotations?.get(ANNOTATION)?)
 }

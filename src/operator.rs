@@ -98,6 +98,8 @@ pub struct RunArgs {
     /// with thousands of consuming pods never floods the API server.
     #[arg(long, env = "EAGLE_EYE_POD_NUDGES_PER_SECOND", default_value_t = 20)]
     pub pod_nudges_per_second: u32,
+    #[command(flatten)]
+    pub workloads: crate::restart::RestartArgs,
     /// How long after a credential with spec.revokeOnDelete is deleted a failed revocation
     /// is retried (with backoff) before the credential is let go with a Warning Event.
     #[arg(long, env = "EAGLE_EYE_REVOKE_RETRY_FOR", default_value = "5m", value_parser = duration)]
@@ -377,6 +379,7 @@ pub async fn run(
         pod_nudge: args
             .nudge_pods
             .then(|| Arc::new(crate::nudge::Limiter::new(args.pod_nudges_per_second))),
+        workload_restart: args.workloads.limiter(),
         revoke_retry_for: args.revoke_retry_for,
         clock: jiff::Timestamp::now,
         // Checked by `validate` before anything is sent; the token client checks again.
@@ -464,6 +467,11 @@ pub async fn run(
             tokens.close();
         }
     });
+    // Not against a CRD older than this operator (waiting for the API server meanwhile).
+    tokio::select! {
+        checked = crate::served_schema::ensure(&client) => checked?,
+        _ = shutdown.clone() => return Ok(()),
+    }
 
     if args.no_leader_election {
         metrics.set_leader(true);

@@ -22,6 +22,7 @@ use tracing::info;
 use crate::controller::{Error, Held, Refusal};
 use crate::crd::{EagleEyeCredential, EagleEyeCredentialStatus, RotationMode};
 use crate::decide::{Decision, Observed};
+use crate::history;
 use crate::intent;
 use crate::outcome::{Failure, Outcome, Standing};
 use crate::schedule::{self, Rotation};
@@ -106,6 +107,8 @@ pub trait World {
     ) -> Result<WriteBack, Error>;
     /// The target Secret as it is now (its metadata).
     async fn read_target(&mut self) -> Result<Option<Secret>, Error>;
+    /// The access token the target Secret holds now, if any.
+    async fn read_published_token(&mut self) -> Result<Option<SecretString>, Error>;
     async fn publish(
         &mut self,
         grant: &TokenGrant,
@@ -305,24 +308,11 @@ impl<'a, W: World> Refresh<'a, W> {
                     Action::requeue(wait),
                 )
             }
-            Decision::WaitUntil(at) => {
-                if let Some(chain) = chain {
-                    self.set_deadline(chain);
-                }
-                if let Ok(stored) = &self.facts.stored {
-                    let token = stored.token.clone();
-                    self.world.remember_live(&token);
-                }
-                let standing = self.standing(self.facts.published.as_ref().map(|p| p.expires_at));
-                let action = Action::requeue(wait_until(self.world.now(), at));
-                End::Report(
-                    Outcome::Waiting {
-                        until: at,
-                        standing,
-                    },
-                    action,
-                )
-            }
+            Decision::WaitUntil(at) => self.waiting(at),
+            Decision::Rerender(at) => match self.rerender().await {
+                Some(end) => end,
+                None => self.waiting(at),
+            },
             Decision::Spend(why) => {
                 let (Ok(stored), Ok(creds), Some(auth_url), Some(login)) = (
                     &self.facts.stored,
@@ -360,6 +350,86 @@ impl<'a, W: World> Refresh<'a, W> {
                 };
                 self.spend(stored, call, call_limit).await
             }
+        }
+    }
+
+    /// The target as last read (taken: a publish reads it again), and whose it is.
+    fn take_target(&mut self) -> (Option<Secret>, Ownership) {
+        let current = self.facts.target.take();
+        let ownership = target::ownership(
+            self.cr,
+            current.as_ref(),
+            self.facts.input_of.as_deref(),
+            crate::controller::FIELD_MANAGER,
+        );
+        (current, ownership)
+    }
+
+    /// Not due until `at`: the deadline and the live token as read, and a wait.
+    fn waiting(&mut self, at: Timestamp) -> End {
+        let chain = self.facts.stored.as_ref().ok().map(|s| s.chain);
+        if let Some(chain) = chain {
+            self.set_deadline(chain);
+        }
+        if let Ok(stored) = &self.facts.stored {
+            let token = stored.token.clone();
+            self.world.remember_live(&token);
+        }
+        let standing = self.standing(self.facts.published.as_ref().map(|p| p.expires_at));
+        let action = Action::requeue(wait_until(self.world.now(), at));
+        End::Report(
+            Outcome::Waiting {
+                until: at,
+                standing,
+            },
+            action,
+        )
+    }
+
+    /// Publishes the live published token again, for templates changed since it was
+    /// published; `None` when done (or nothing to do), else how the reconcile ends.
+    async fn rerender(&mut self) -> Option<End> {
+        let published = self.facts.published.clone()?;
+        let base = self.status.base_url.as_deref()?;
+        let api = url::Url::parse(base).ok()?;
+        let hostname = api.host_str()?.trim_matches(['[', ']']).to_owned();
+        let port = api.port_or_known_default()?;
+        let access_token = match self.world.read_published_token().await {
+            Ok(token) => token?,
+            Err(e) => return Some(End::Fail(None, e)),
+        };
+        let grant = TokenGrant {
+            access_token,
+            expires_in: schedule::until(published.issued_at, published.expires_at),
+            refresh_token: None,
+            api: crate::token::ApiBase { hostname, port },
+            scope: self.cr.spec.scope.clone(),
+            token_type: "Bearer".into(),
+        };
+        let (current, ownership) = self.take_target();
+        if matches!(ownership, Ownership::Conflict(_)) {
+            return None;
+        }
+        // Written over the version read: a token published meanwhile is never rolled back.
+        let version = current.and_then(|s| s.metadata.resource_version);
+        let written = self
+            .world
+            .publish(
+                &grant,
+                (published.issued_at, published.expires_at),
+                &published.refresh_fingerprint,
+                &published.spent_fingerprints,
+                &ownership,
+                version,
+            )
+            .await;
+        match written {
+            Ok(()) => {
+                info!("rendered spec.target.template again for the published access token");
+                None
+            }
+            Err(e) if e.is_conflict() => Some(End::Quiet(Action::requeue(Duration::from_secs(1)))),
+            Err(e) => Some(End::Fail(None, e)),
         }
     }
 
@@ -595,13 +665,7 @@ impl<'a, W: World> Refresh<'a, W> {
         // along with the token; the refresh-token Secret's list is the one that counts. It
         // is written over the version read, so an answer held up in flight never rolls back
         // a newer one published meanwhile (a 409 if it changed since).
-        let current = self.facts.target.take();
-        let ownership = target::ownership(
-            self.cr,
-            current.as_ref(),
-            self.facts.input_of.as_deref(),
-            crate::controller::FIELD_MANAGER,
-        );
+        let (current, ownership) = self.take_target();
         if let Ownership::Conflict(why) = ownership {
             // The refresh token is stored; its access token cannot be published here.
             return End::Report(
@@ -699,6 +763,8 @@ impl<'a, W: World> Refresh<'a, W> {
         );
         let action = Action::requeue(wait_until(self.world.now(), next));
         self.published_token = Some((issued_at, expires_at));
+        self.status.revision = self.status.revision.saturating_add(1);
+        self.record(history::REFRESHED, &published.refresh_fingerprint);
         let outcome = Outcome::Refreshed {
             expires_at,
             next_refresh: next,
@@ -725,6 +791,7 @@ impl<'a, W: World> Refresh<'a, W> {
                 .unwrap_or(Timestamp::MAX);
             self.world.set_retry_not_before(Some(at));
         }
+        self.record(err_outcome(&err), &stored.fingerprint);
         if err.class() == ErrorClass::RefusedByConfig {
             // The server answered (and rotated: the new token was stored above), but this
             // operator may not use the answer. Spending again would only rotate for nothing:
@@ -773,6 +840,7 @@ impl<'a, W: World> Refresh<'a, W> {
                 .or(self.facts.retry_not_before),
             jitter: self.facts.jitter,
             refresh_token_idle_end: self.idle_end(stored.chain.token_issued_at),
+            renew: false,
         };
         let at = match schedule::plan(&inputs) {
             schedule::Plan::RefreshAt(at, _) => at,
@@ -822,6 +890,19 @@ impl<'a, W: World> Refresh<'a, W> {
         }
     }
 
+    /// Adds this round's refresh to status.history.
+    fn record(&mut self, outcome: &str, fingerprint: &str) {
+        let s = &mut self.status;
+        history::record(
+            &mut s.history,
+            self.now,
+            intent::process(&self.facts.holder),
+            outcome,
+            fingerprint,
+            s.revision,
+        );
+    }
+
     /// What stands when this round changed nothing, for `Ready`.
     pub fn standing(&self, expires_at: Option<Timestamp>) -> Standing {
         Standing {
@@ -843,6 +924,15 @@ impl<'a, W: World> Refresh<'a, W> {
     fn idle_end(&self, token_issued_at: Timestamp) -> Option<Timestamp> {
         (self.rotation() != Rotation::NonRotating)
             .then(|| token_issued_at + self.facts.lifetimes.idle)
+    }
+}
+
+/// How a failed refresh shows in status.history: the `Ready` reason it leads to.
+fn err_outcome(err: &TokenError) -> &'static str {
+    match err.class() {
+        ErrorClass::RefusedByConfig => crate::status::reason::ANSWER_REFUSED,
+        ErrorClass::Reauthorize => crate::status::reason::REAUTHORIZATION_REQUIRED,
+        _ => crate::status::reason::REFRESH_FAILED,
     }
 }
 

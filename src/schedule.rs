@@ -44,6 +44,8 @@ pub struct Inputs {
     pub jitter: f64,
     /// When an unused rotating refresh token dies (its idle end); `None` for non-rotating.
     pub refresh_token_idle_end: Option<Timestamp>,
+    /// A renew request waits to be served (see `crate::renew`).
+    pub renew: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +59,8 @@ pub enum Why {
     Due,
     /// Retrying after a failure.
     Retry,
+    /// A person asked for a refresh now (spec.renewRequest).
+    Renew,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,8 +97,13 @@ pub fn plan(i: &Inputs) -> Plan {
         published.issued_at,
         i.refresh_token_idle_end,
     );
+    // A renew request is served at once, but never ahead of the backoff after failures:
+    // the next retry serves it.
     if i.failures > 0 {
         return at_or_now(i.now, retry_at(i, Some(published.expires_at)), Why::Retry);
+    }
+    if i.renew {
+        return Plan::RefreshNow(Why::Renew);
     }
     at_or_now(i.now, due, Why::Due)
 }
@@ -227,6 +236,7 @@ mod tests {
             retry_not_before: None,
             jitter: 0.0,
             refresh_token_idle_end: None,
+            renew: false,
         }
     }
 
@@ -336,6 +346,21 @@ mod tests {
         ] {
             assert_eq!(idle_end_margin(lifetime), margin, "{lifetime:#}");
         }
+    }
+
+    #[test]
+    fn a_renew_request_makes_a_fresh_token_due_now_but_never_jumps_a_backoff() {
+        let fresh = Inputs {
+            renew: true,
+            ..inputs(100, Some(published(0, 43_200)))
+        };
+        assert_eq!(plan(&fresh), Plan::RefreshNow(Why::Renew));
+        let failing = Inputs {
+            failures: 3,
+            last_failure: Some(t(99)),
+            ..fresh
+        };
+        assert!(matches!(plan(&failing), Plan::RefreshAt(_, Why::Retry)));
     }
 
     #[test]

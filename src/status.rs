@@ -10,6 +10,33 @@ pub const RELOGIN_SOON: &str = "ReloginSoon";
 /// the latest access token.
 pub const PODS_NUDGED: &str = "PodsNudged";
 
+/// Present when spec.consumers.restart is set: whether every workload it names is
+/// restarted for the latest access token.
+pub const WORKLOADS_RESTARTED: &str = "WorkloadsRestarted";
+
+/// Reasons of the `WorkloadsRestarted` condition.
+pub mod restart_reason {
+    pub const WORKLOADS_RESTARTED: &str = "WorkloadsRestarted";
+    /// A restart waits for spec.consumers.restartPause since the last one to pass.
+    pub const RESTART_PENDING: &str = "RestartPending";
+    /// A workload named by spec.consumers.restart does not exist, or a selector matches none.
+    pub const RESTART_TARGET_MISSING: &str = "RestartTargetMissing";
+    /// Reading or patching a workload failed (most often: no RBAC).
+    pub const RESTART_FAILED: &str = "RestartFailed";
+    /// The operator runs without `--restart-workloads`.
+    pub const RESTART_DISABLED: &str = "RestartDisabled";
+}
+
+/// Present when spec.target.template is set: whether every template renders.
+pub const TEMPLATES_RENDERED: &str = "TemplatesRendered";
+
+/// Reasons of the `TemplatesRendered` condition.
+pub mod template_reason {
+    pub const TEMPLATES_RENDERED: &str = "TemplatesRendered";
+    /// A template names an unknown field, is malformed, or uses a key of the operator's own.
+    pub const INVALID_TEMPLATE: &str = "InvalidTemplate";
+}
+
 /// Reasons of the `PodsNudged` condition.
 pub mod pods_reason {
     pub const PODS_NUDGED: &str = "PodsNudged";

@@ -16,6 +16,9 @@ pub const CREDENTIAL_LABEL: &str = "eagle-eye-operator.io/credential";
 pub const ISSUED_AT: &str = "eagle-eye-operator.io/issued-at";
 pub const EXPIRES_AT: &str = "eagle-eye-operator.io/expires-at";
 pub const REFRESH_FINGERPRINT: &str = "eagle-eye-operator.io/refresh-token-fingerprint";
+/// Which spec.target.template the target was last rendered with (a digest, never a value):
+/// a template changed since is rendered again without a refresh.
+pub const TEMPLATE_DIGEST: &str = "eagle-eye-operator.io/template-digest";
 /// Set on an existing Secret by someone who may write it, naming a credential of its
 /// namespace: that credential may publish into it (and never deletes it).
 pub const ADOPT: &str = "eagle-eye-operator.io/adopt";
@@ -119,8 +122,8 @@ pub fn controlling_credential(
     })
 }
 
-/// The data keys `cr` publishes (those not left out).
-fn data_keys(cr: &EagleEyeCredential) -> Vec<&str> {
+/// The names of the operator's own keys in the target (spec.target.keys), left out or not.
+pub fn own_keys(cr: &EagleEyeCredential) -> [&String; 6] {
     let k = &cr.spec.target.keys;
     [
         &k.access_token,
@@ -130,10 +133,16 @@ fn data_keys(cr: &EagleEyeCredential) -> Vec<&str> {
         &k.expires_at,
         &k.token_type,
     ]
-    .into_iter()
-    .map(String::as_str)
-    .filter(|k| !k.is_empty())
-    .collect()
+}
+
+/// The data keys `cr` publishes (those not left out, and its template keys).
+fn data_keys(cr: &EagleEyeCredential) -> Vec<&str> {
+    own_keys(cr)
+        .into_iter()
+        .chain(cr.spec.target.template.keys())
+        .map(String::as_str)
+        .filter(|k| !k.is_empty())
+        .collect()
 }
 
 /// The data keys field manager `manager` owns in `secret` (from its managedFields).
@@ -191,6 +200,17 @@ pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>, owned: bool) -> Secre
     let keys = &cr.spec.target.keys;
     let port = p.port.to_string();
     let expires = p.expires_at.to_string();
+    let rendered = crate::template::render(
+        cr,
+        &crate::template::Values {
+            access_token: p.access_token,
+            token_type: p.token_type,
+            base_url: p.base_url,
+            hostname: p.hostname,
+            port: &port,
+            expires_at: &expires,
+        },
+    );
     let data = [
         (&keys.access_token, p.access_token),
         (&keys.base_url, p.base_url),
@@ -200,7 +220,8 @@ pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>, owned: bool) -> Secre
         (&keys.token_type, p.token_type),
     ]
     .into_iter()
-    .filter(|(k, _)| !k.is_empty());
+    .filter(|(k, _)| !k.is_empty())
+    .chain(rendered.iter().map(|(k, v)| (k, v.as_str())));
 
     // An adopted Secret is someone else's: only the keys and the operator's own
     // annotations are written, never labels or annotations the spec chose.
@@ -219,6 +240,9 @@ pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>, owned: bool) -> Secre
     annotations.insert(ISSUED_AT.into(), p.issued_at.to_string());
     annotations.insert(EXPIRES_AT.into(), expires.clone());
     annotations.insert(REFRESH_FINGERPRINT.into(), p.refresh_fingerprint.into());
+    if let Some(digest) = template_digest(cr) {
+        annotations.insert(TEMPLATE_DIGEST.into(), digest);
+    }
     if !p.spent_fingerprints.is_empty() {
         annotations.insert(
             spent::ANNOTATION.into(),
@@ -233,6 +257,26 @@ pub fn build(cr: &EagleEyeCredential, p: &Publication<'_>, owned: bool) -> Secre
         secret.metadata.owner_references = cr.controller_owner_ref(&()).map(|o| vec![o]);
     }
     secret
+}
+
+/// The digest of `cr`'s templates and key names, if it has templates.
+pub fn template_digest(cr: &EagleEyeCredential) -> Option<String> {
+    let t = &cr.spec.target;
+    (!t.template.is_empty()).then(|| {
+        let both = serde_json::json!([t.template, t.keys]);
+        secrets::fingerprint(&both.to_string())
+    })
+}
+
+/// Whether `target` was rendered with other templates than `cr`'s (or none, or has some
+/// `cr` no longer has).
+pub fn templates_stale(cr: &EagleEyeCredential, target: &Secret) -> bool {
+    let rendered = target
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(TEMPLATE_DIGEST));
+    rendered != template_digest(cr).as_ref()
 }
 
 /// What an existing target Secret publishes, from its annotations; `None` when it is

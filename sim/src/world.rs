@@ -559,6 +559,7 @@ impl Sim {
             identity: self.procs[p].identity.clone(),
             in_flight_grace: SignedDuration::from_mins(5),
             pod_nudge: None,
+            workload_restart: None,
             revoke_retry_for: SignedDuration::from_mins(5),
             clock: clock::for_slot(p),
         }

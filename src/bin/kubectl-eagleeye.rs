@@ -22,6 +22,10 @@ enum PluginCommand {
     /// Health of EagleEyeCredentials: a table, or one credential in depth. Exits 3 when any
     /// credential shown is not Ready.
     Status(eagle_eye_operator::status_cli::StatusArgs),
+    /// Refresh a credential now, through every safety rule of the operator. This ends the
+    /// access token workloads use now. Exits 3 when the operator refuses or the refresh
+    /// fails.
+    Renew(eagle_eye_operator::renew_cli::RenewArgs),
 }
 
 #[tokio::main]
@@ -31,6 +35,7 @@ async fn main() -> ExitCode {
     let result = match plugin.command {
         PluginCommand::Authorize(args) => eagle_eye_operator::authorize::run(args).await,
         PluginCommand::Status(args) => eagle_eye_operator::status_cli::run(args).await,
+        PluginCommand::Renew(args) => eagle_eye_operator::renew_cli::run(args).await,
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -20,7 +20,6 @@ use tracing::{debug, info};
 
 use crate::crd::ConsumersStatus;
 use crate::nudge::{self, Choice};
-use crate::outcome::Note;
 use crate::secrets::kube_reason;
 use crate::status::{self, PODS_NUDGED, pods_reason as reason};
 
@@ -47,7 +46,13 @@ impl Reconciler<'_> {
     /// `PodsNudged` and status.consumers as the spec, the operator's flags and the published
     /// token stand; called before every status write. Returns whether a round was cut short.
     pub(super) async fn nudge_consumers(&mut self) -> bool {
-        let Some(consumers) = self.cr.spec.consumers.clone() else {
+        let Some(pod_selector) = self
+            .cr
+            .spec
+            .consumers
+            .as_ref()
+            .and_then(|c| c.pod_selector.clone())
+        else {
             self.status.consumers = None;
             self.status.conditions.retain(|c| c.type_ != PODS_NUDGED);
             return false;
@@ -61,7 +66,7 @@ impl Reconciler<'_> {
             .await;
             return false;
         };
-        let selector = match Selector::try_from(consumers.pod_selector.clone()) {
+        let selector = match Selector::try_from(pod_selector) {
             Ok(s) => s,
             Err(e) => {
                 self.set_pods_condition(
@@ -241,32 +246,16 @@ impl Reconciler<'_> {
 
     /// Sets `PodsNudged`, with one Event when its status or reason changes.
     async fn set_pods_condition(&mut self, ok: bool, why: &'static str, message: String) {
-        let before = status::condition(&self.status.conditions, PODS_NUDGED)
-            .map(|c| (c.status.clone(), c.reason.clone()));
-        let after = (if ok { "True" } else { "False" }.to_owned(), why.to_owned());
         // Progress is no news.
-        if before.as_ref() != Some(&after) && why != reason::NUDGE_IN_PROGRESS {
-            let note = Note {
-                type_: if ok || why == reason::NO_PODS_SELECTED {
-                    EventType::Normal
-                } else {
-                    EventType::Warning
-                },
-                reason: why,
-                action: "NudgePods",
-                note: message.clone(),
-            };
-            self.event(&note).await;
-        }
-        status::set_condition(
-            &mut self.status.conditions,
-            PODS_NUDGED,
-            ok,
-            why,
-            message,
-            self.cr.metadata.generation,
-            self.now,
+        let event = (why != reason::NUDGE_IN_PROGRESS).then_some(
+            if ok || why == reason::NO_PODS_SELECTED {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
         );
+        self.set_side_condition(PODS_NUDGED, (ok, why, message), "NudgePods", event)
+            .await;
     }
 }
 

@@ -36,6 +36,7 @@ mod parked;
 mod projection;
 mod reconciler;
 mod report;
+mod restarts;
 mod revoke;
 mod secret_news;
 mod sweep;
@@ -70,6 +71,8 @@ pub struct Settings {
     pub in_flight_grace: jiff::SignedDuration,
     /// Pods of spec.consumers are nudged only with `--nudge-pods`, at this process's rate.
     pub pod_nudge: Option<Arc<crate::nudge::Limiter>>,
+    /// Workloads of spec.consumers.restart are restarted only with `--restart-workloads`.
+    pub workload_restart: Option<Arc<crate::nudge::Limiter>>,
     /// How long after a deletion a failed revocation (spec.revokeOnDelete) is retried.
     pub revoke_retry_for: jiff::SignedDuration,
     /// What a reconcile takes the time to be: the system clock, or a fixed one in unit tests

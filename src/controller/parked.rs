@@ -28,6 +28,8 @@ const HANDOVER_MARGIN: Duration = Duration::from_secs(10);
 
 pub struct Parked {
     state: Mutex<State>,
+    /// When each credential's pending look-again (`wake_after`) fires.
+    wakes: Mutex<HashMap<String, tokio::time::Instant>>,
     wake: mpsc::UnboundedSender<Wake>,
     /// True once the controller stops: every wait ends, its place in the queue given up.
     stopping: watch::Receiver<bool>,
@@ -62,6 +64,7 @@ impl Parked {
         let (wake, woken) = mpsc::unbounded();
         let parked = Parked {
             state: Mutex::default(),
+            wakes: Mutex::default(),
             wake,
             stopping,
         };
@@ -72,6 +75,38 @@ impl Parked {
     pub fn wake(&self, credential: Wake) {
         // Closed only when the controller is gone.
         let _ = self.wake.unbounded_send(credential);
+    }
+
+    /// Wakes `credential`'s reconcile after `delay` (unless the controller stops first): a
+    /// look-again that must not delay the requeue a reconcile asked for. One wake per
+    /// credential at a time: a later one already pending is moved earlier, an earlier one
+    /// makes this one unneeded (its reconcile asks again), so wakes never multiply.
+    pub fn wake_after(self: &Arc<Self>, key: &str, credential: Wake, delay: Duration) {
+        let at = tokio::time::Instant::now() + delay;
+        {
+            let mut wakes = lock(&self.wakes);
+            if wakes.get(key).is_some_and(|pending| *pending <= at) {
+                return;
+            }
+            wakes.insert(key.to_owned(), at);
+        }
+        let (parked, key) = (self.clone(), key.to_owned());
+        let mut stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            {
+                let mut wakes = lock(&parked.wakes);
+                // Superseded by an earlier wake, which has fired or will.
+                if wakes.get(&key) != Some(&at) {
+                    return;
+                }
+                wakes.remove(&key);
+            }
+            let _ = parked.wake.unbounded_send(credential);
+        });
     }
 
     /// A slot to `destination` for credential `key`: one granted while it was parked (with
@@ -177,6 +212,23 @@ mod tests {
 
     fn url() -> url::Url {
         "https://auth.example.com".parse().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn look_agains_never_multiply_and_the_earliest_wins() {
+        let (_stop, stopping) = watch::channel(false);
+        let (parked, mut woken) = Parked::new(stopping);
+        let a = credential("a");
+        // Asked again and again (every reconcile of a waiting credential asks): one wake.
+        for _ in 0..5 {
+            parked.wake_after("ns/a", a.clone(), Duration::from_secs(30));
+        }
+        // A sooner one replaces it.
+        parked.wake_after("ns/a", a.clone(), Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(woken.next().await, Some(a.clone()));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(woken.next().now_or_never().is_none(), "one wake, not six");
     }
 
     fn claim(parked: &Arc<Parked>, tokens: &TokenClient, key: &str, url: &url::Url) -> Claim {

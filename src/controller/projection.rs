@@ -190,7 +190,7 @@ pub fn project(cr: &mut EagleEyeCredential) {
     };
     // The selector is rare: its JSON is counted only when there is one.
     let selector = cr.spec.consumers.as_ref().map_or(0, |c| {
-        serde_json::to_vec(&c.pod_selector).map_or(usize::MAX, |json| json.len())
+        serde_json::to_vec(c).map_or(usize::MAX, |json| json.len())
     });
     let size = text(&target.labels)
         .saturating_add(text(&target.annotations))

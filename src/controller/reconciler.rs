@@ -84,17 +84,18 @@ impl<'a> Reconciler<'a> {
             Ok(target) => return Ok(target.map(|t| (*t).clone())),
             Err(ticket) => ticket,
         };
-        let target = self
-            .secrets
-            .get_opt(&name)
-            .await
-            .map_err(|source| SecretError::Api {
-                name: name.clone(),
-                source,
-            })?
-            .map(|s| cache::trimmed(&s));
+        let target = self.read_whole_target().await?.map(|s| cache::trimmed(&s));
         ticket.keep_target(target.clone().map(Arc::new));
         Ok(target)
+    }
+
+    /// The target Secret as the API server has it, data included.
+    async fn read_whole_target(&self) -> Result<Option<Secret>, SecretError> {
+        let name = target::target_name(self.cr);
+        self.secrets
+            .get_opt(&name)
+            .await
+            .map_err(|source| SecretError::Api { name, source })
     }
 
     /// What `target` publishes, if it is a target this credential may write.
@@ -129,6 +130,11 @@ impl<'a> Reconciler<'a> {
     ) -> Inputs {
         Inputs {
             now: self.now,
+            renew: crate::renew::wanted(
+                self.cr.spec.renew_request.as_deref(),
+                self.status.renew.as_ref(),
+                published.as_ref().map(|p| p.issued_at),
+            ),
             published,
             stored_fingerprint: stored.fingerprint.clone(),
             rotation: self.rotation(),
@@ -247,6 +253,11 @@ impl<'a> Reconciler<'a> {
             }
             None => schedule::Plan::RefreshNow(schedule::Why::NothingPublished),
         };
+        // Only a live published token is worth rendering again.
+        let templates_stale = published.as_ref().is_some_and(|p| p.expires_at > self.now)
+            && target
+                .as_ref()
+                .is_some_and(|t| target::templates_stale(self.cr, t));
         let live_known = self.ctx.memory.live(&self.key, &dead).is_some();
         let (auth_url, _) = validated.as_ref().ok().cloned().unzip();
         let observed = Observed {
@@ -267,6 +278,7 @@ impl<'a> Reconciler<'a> {
             blocked,
             intent,
             plan,
+            templates_stale,
         };
         Ok(Facts {
             key: self.key.clone(),
@@ -660,6 +672,17 @@ impl World for KubeWorld<'_, '_> {
 
     async fn read_target(&mut self) -> Result<Option<Secret>, Error> {
         Ok(self.r.target().await?)
+    }
+
+    async fn read_published_token(&mut self) -> Result<Option<SecretString>, Error> {
+        let key = &self.r.cr.spec.target.keys.access_token;
+        Ok(self
+            .r
+            .read_whole_target()
+            .await?
+            .and_then(|s| s.data?.remove(key))
+            .and_then(|v| String::from_utf8(v.0).ok())
+            .map(SecretString::from))
     }
 
     async fn publish(

@@ -11,8 +11,10 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
+use crate::crd::RenewStatus;
 use crate::event_series::{self, Publish};
 use crate::outcome::{self, Next, Note, Outcome, Verdict};
+use crate::renew;
 use crate::schedule::Rotation;
 use crate::status::{self, READY, RELOGIN_SOON};
 
@@ -40,6 +42,7 @@ impl Reconciler<'_> {
     /// Applies the report of `outcome`: its Events first, so that a failed status write
     /// loses none of them, then the status.
     pub(super) async fn report(&mut self, outcome: &Outcome) -> Result<(), Error> {
+        self.record_renew(outcome).await;
         let previous = status::condition(&self.status.conditions, READY);
         let report = outcome::report(outcome, previous, self.now);
         for note in &report.events {
@@ -95,6 +98,8 @@ impl Reconciler<'_> {
             self.event(&note).await;
         }
         self.nudge_unfinished = self.nudge_consumers().await;
+        self.restart_workloads().await;
+        self.check_templates().await;
         self.ctx
             .metrics
             .observe_status(&labels(self.cr), &self.status);
@@ -124,6 +129,120 @@ impl Reconciler<'_> {
             self.ctx.memory.refusal_in_status(&self.key, login);
         }
         Ok(())
+    }
+
+    /// Records in status.renew (with an Event) how the unhandled renew request, if any,
+    /// ended with `outcome`: served by a token issued after it, or by this outcome.
+    async fn record_renew(&mut self, outcome: &Outcome) {
+        let Some(request) = renew::unhandled(
+            self.cr.spec.renew_request.as_deref(),
+            self.status.renew.as_ref(),
+        ) else {
+            return;
+        };
+        let issued = self.published_token.map(|(issued, _)| issued);
+        let result = if renew::served_by(request, issued) {
+            Some((
+                renew::RENEWED,
+                "an access token issued after the request is published".to_owned(),
+            ))
+        } else {
+            renew::result(outcome)
+        };
+        let Some((how, message)) = result else { return };
+        let note = Note {
+            type_: if how == renew::RENEWED {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: match how {
+                renew::RENEWED => "Renewed",
+                renew::FAILED => "RenewFailed",
+                _ => "RenewRefused",
+            },
+            action: "Renew",
+            note: format!("renew request {request:?}: {message}"),
+        };
+        self.event(&note).await;
+        self.status.renew = Some(RenewStatus {
+            request: request.to_owned(),
+            outcome: how.to_owned(),
+            message,
+            handled_at: Time(super::whole_seconds(self.now)),
+        });
+    }
+
+    /// `TemplatesRendered` as spec.target.template stands, with an Event when it changes.
+    async fn check_templates(&mut self) {
+        if self.cr.spec.target.template.is_empty() {
+            self.status
+                .conditions
+                .retain(|c| c.type_ != status::TEMPLATES_RENDERED);
+            return;
+        }
+        let problems = crate::template::problems(self.cr);
+        let (ok, why, message) = if problems.is_empty() {
+            (
+                true,
+                status::template_reason::TEMPLATES_RENDERED,
+                format!(
+                    "all {} keys of spec.target.template are rendered into the target Secret",
+                    self.cr.spec.target.template.len()
+                ),
+            )
+        } else {
+            (
+                false,
+                status::template_reason::INVALID_TEMPLATE,
+                format!(
+                    "left out of the target Secret until fixed: {}",
+                    problems.join("; ")
+                ),
+            )
+        };
+        let event = (!ok).then_some(EventType::Warning);
+        self.set_side_condition(
+            status::TEMPLATES_RENDERED,
+            (ok, why, message),
+            "RenderTemplates",
+            event,
+        )
+        .await;
+    }
+
+    /// Sets condition `type_` (one beside Ready, about a side feature) to `ok`, `why` and
+    /// `message`, with an Event of `event`'s type, for `action`, when its status or reason
+    /// changes (none when `event` is `None`: progress is no news).
+    pub(super) async fn set_side_condition(
+        &mut self,
+        type_: &str,
+        (ok, why, message): (bool, &'static str, String),
+        action: &'static str,
+        event: Option<EventType>,
+    ) {
+        let before = status::condition(&self.status.conditions, type_)
+            .map(|c| (c.status == "True", c.reason.clone()));
+        if let Some(type_) = event
+            && before != Some((ok, why.to_owned()))
+        {
+            let note = Note {
+                type_,
+                reason: why,
+                action,
+                note: message.clone(),
+            };
+            self.event(&note).await;
+        }
+        status::set_condition(
+            &mut self.status.conditions,
+            type_,
+            ok,
+            why,
+            message,
+            self.cr.metadata.generation,
+            self.now,
+        );
     }
 
     /// Publishes `note` about the credential: a new Event, or one more occurrence of the

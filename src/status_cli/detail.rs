@@ -25,6 +25,29 @@ pub struct Detail {
     pub target_secret: TargetSecretInfo,
     pub refresh_token_secret: SecretInfo,
     pub client_secret: SecretInfo,
+    pub history: History,
+}
+
+/// What the credential went through: status.revision, status.history, the last renew
+/// request and the workload restarts. Fingerprint prefixes only, never a token.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct History {
+    pub revision: u64,
+    pub refreshes: Vec<crate::crd::RefreshRecord>,
+    pub renew: Option<crate::crd::RenewStatus>,
+    pub restarts: Vec<crate::crd::WorkloadRestart>,
+}
+
+/// The history `cr`'s status holds.
+pub fn history_of(cr: &EagleEyeCredential) -> History {
+    let s = cr.status.clone().unwrap_or_default();
+    History {
+        revision: s.revision,
+        refreshes: s.history,
+        renew: s.renew,
+        restarts: s.restarts,
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -273,6 +296,72 @@ impl Detail {
         );
         field("Client Secret", secret_line(&self.client_secret));
 
+        let h = &self.history;
+        field("Revision", h.revision.to_string());
+        if let Some(r) = &h.renew {
+            field(
+                "Last renew",
+                format!(
+                    "{} {:?} ({}): {}",
+                    r.outcome,
+                    r.request,
+                    when::relative(r.handled_at.0, now),
+                    r.message
+                ),
+            );
+        }
+        out.push_str("\nHistory (newest last):\n");
+        if h.refreshes.is_empty() {
+            out.push_str("  (none)\n");
+        } else {
+            let cells: Vec<Vec<String>> = h
+                .refreshes
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.time.0.to_string(),
+                        e.revision.to_string(),
+                        e.outcome.clone(),
+                        e.attempts.to_string(),
+                        e.refresh_token_fingerprint.clone(),
+                        e.process.clone(),
+                    ]
+                })
+                .collect();
+            out.push_str(&indent(&columns(
+                &[
+                    "TIME",
+                    "REVISION",
+                    "OUTCOME",
+                    "ATTEMPTS",
+                    "REFRESH TOKEN",
+                    "PROCESS",
+                ],
+                &cells,
+            )));
+        }
+        if !h.restarts.is_empty() {
+            out.push_str("\nRestarted workloads:\n");
+            let cells: Vec<Vec<String>> = h
+                .restarts
+                .iter()
+                .map(|r| {
+                    vec![
+                        format!("{}/{}", r.kind, r.name),
+                        r.revision.to_string(),
+                        r.restarted_at
+                            .as_ref()
+                            .map_or_else(|| "-".into(), |t| when::relative(t.0, now)),
+                        r.problem.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            out.push_str(&indent(&columns(
+                &["WORKLOAD", "REVISION", "RESTARTED", "PROBLEM"],
+                &cells,
+            )));
+        }
+
         out.push_str("\nConditions:\n");
         let cells: Vec<Vec<String>> = self
             .conditions
@@ -428,6 +517,13 @@ mod tests {
                 "refreshTokenDeadline": t(2 * 86_400).to_string(),
                 "failedRefreshAttempts": 2,
                 "lastFailureTime": t(-60).to_string(),
+                "revision": 7,
+                "history": [
+                    {"time": t(-7200).to_string(), "process": "op-0-ab12", "outcome": "Refreshed",
+                     "refreshTokenFingerprint": "1a2b3c4d", "revision": 7, "attempts": 1},
+                    {"time": t(-60).to_string(), "process": "op-1-cd34", "outcome": "RefreshFailed",
+                     "refreshTokenFingerprint": "1a2b3c4d", "revision": 7, "attempts": 2}
+                ],
             }),
         );
         let row = Row::new(&cr, t(0), SignedDuration::from_hours(7 * 24));
@@ -438,6 +534,7 @@ mod tests {
             &[],
         )));
         let detail = Detail {
+            history: history_of(&cr),
             row,
             conditions: cr
                 .status
@@ -494,6 +591,11 @@ mod tests {
             text.contains(
                 "  60s ago     Warning   RefreshFailed   2       the token endpoint failed"
             ),
+            "{text}"
+        );
+        assert!(text.contains("Revision:             7"), "{text}");
+        assert!(
+            text.contains("7          RefreshFailed   2          1a2b3c4d        op-1-cd34"),
             "{text}"
         );
         assert!(!text.contains("tok-value"));

@@ -171,6 +171,7 @@ pub async fn fetch_detail(
         })
         .collect();
     Ok(Detail {
+        history: detail::history_of(&cr),
         row: Row::new(&cr, now, warning),
         conditions,
         events: detail::event_lines(&cr, &events),

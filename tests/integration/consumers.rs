@@ -82,13 +82,7 @@ async fn nudged_token(
 }
 
 fn pods_condition(cr: &EagleEyeCredential) -> Option<(String, String, String)> {
-    let c = cr
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "PodsNudged")?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+    crate::support::operator::condition(cr, "PodsNudged")
 }
 
 #[tokio::test]

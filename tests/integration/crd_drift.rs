@@ -7,7 +7,7 @@ fn committed_crds_match_the_rust_types_in_crds_and_in_the_chart() {
     let generated = eagle_eye_operator::cli::crd_yaml();
     for file in [
         "crds/eagleeyecredentials.yaml",
-        "charts/eagle-eye-operator/crds/eagleeyecredentials.yaml",
+        "charts/eagle-eye-operator/files/eagleeyecredentials.yaml",
     ] {
         let path = root.join(file);
         assert!(

@@ -14,10 +14,10 @@ use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
 use kube::api::{Patch, PatchParams, PostParams};
 
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 impl Output {
@@ -26,7 +26,7 @@ impl Output {
     }
 }
 
-async fn run(binary: &str, kubeconfig: &Path, args: &[&str]) -> Output {
+pub async fn run(binary: &str, kubeconfig: &Path, args: &[&str]) -> Output {
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(binary)

@@ -362,6 +362,17 @@ pub async fn ready(env: &TestEnv, name: &str) -> Option<(String, String, String)
     Some((c.status, c.reason, c.message))
 }
 
+/// Condition `type_`'s (status, reason, message) in `cr`'s status.
+pub fn condition(cr: &EagleEyeCredential, type_: &str) -> Option<(String, String, String)> {
+    let c = cr
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
 /// Waits until `Ready` has `reason`, and returns the credential then.
 pub async fn wait_for_reason(
     env: &TestEnv,

@@ -86,4 +86,11 @@ are the operator's exact API use; tests run the binary with nothing more.
   # The consumer nudge: list the selected pods, merge-patch one annotation on each.
   verbs: ["list", "patch"]
 {{- end }}
+{{- if .Values.workloadRestart.enabled }}
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  # Restart targets: get a named workload, list those a selector matches, merge-patch the
+  # pod-template annotation kubectl.kubernetes.io/restartedAt.
+  verbs: ["get", "list", "patch"]
+{{- end }}
 {{- end }}

@@ -27,6 +27,7 @@ pub fn all_options_on(mut values: Value) -> Value {
         },
         "podDisruptionBudget": {"enabled": true},
         "podNudge": {"enabled": true, "perSecond": 50},
+        "workloadRestart": {"enabled": true, "perSecond": 3},
         "networkPolicy": {"enabled": true},
         "authCaSecret": {"name": "proxy-ca"},
         "extraEnv": [{"name": "EXTRA", "value": "1"}],
@@ -90,6 +91,14 @@ pub fn operator_rules() -> BTreeSet<String> {
 /// What `podNudge.enabled` adds to the grant.
 pub fn pod_nudge_rules() -> BTreeSet<String> {
     ["/pods:list".to_string(), "/pods:patch".to_string()].into()
+}
+
+/// What `workloadRestart.enabled` adds to the grant: get, list and patch on the three kinds.
+pub fn workload_restart_rules() -> BTreeSet<String> {
+    ["deployments", "statefulsets", "daemonsets"]
+        .iter()
+        .flat_map(|k| ["get", "list", "patch"].map(|v| format!("apps/{k}:{v}")))
+        .collect()
 }
 
 pub fn alert_rules(docs: &[Value]) -> Vec<Value> {
@@ -193,7 +202,13 @@ pub fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} rendered"))
 }
 
+/// Values as a file for `-f`. The shared control plane's CRD is the test harness's (from
+/// crds/), not a release's: unless a test says otherwise, the chart leaves it alone.
 pub fn values_file(env: &TestEnv, name: &str, values: &Value) -> String {
+    let mut values = values.clone();
+    if let Some(v) = values.as_object_mut() {
+        v.entry("crds").or_insert(json!({"install": false}));
+    }
     let file = scratch(env).join(format!("{name}.json"));
     std::fs::write(&file, values.to_string()).unwrap();
     file.to_string_lossy().into_owned()

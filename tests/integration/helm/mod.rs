@@ -1,12 +1,14 @@
 //! The Helm chart against the real control plane, with the real `helm` and `kubectl`: it
 //! installs in both scopes, its values are checked, its pods pass the `restricted` Pod
-//! Security Standard, its CRD is the one in `crds/`, and its RBAC is exactly enough: the
+//! Security Standard, its CRD is the one in `crds/` (installed and upgraded from templates/,
+//! see `crd_upgrade`), and its RBAC is exactly enough: the
 //! operator binary, run on the host with the chart's Deployment arguments while
 //! impersonating the chart's ServiceAccount, brings a credential to Ready with nothing more.
 //! Also the container image's build contract, which cannot be built here (no Docker engine).
 
 mod as_service_account;
 mod chart;
+mod crd_upgrade;
 mod image;
 
 use std::collections::BTreeSet;
@@ -21,29 +23,47 @@ use serde_json::{Value, json};
 use chart::{
     CHART, alert_rules, all_options_on, assert_access, docs_to_json_list, find, flatten_rules,
     fullname, install, installed, kinds, ok, operator_rules, parse_docs, pod_nudge_rules,
-    release_name, render, run, scratch, service_account, values_file,
+    release_name, render, run, scratch, service_account, values_file, workload_restart_rules,
 };
 
 const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/eagleeyecredentials.yaml");
 
 #[tokio::test]
-async fn the_charts_crd_is_byte_identical_to_crds_also_when_packaged() {
+async fn the_charts_crd_is_the_generated_one_also_when_packaged_and_kept_on_uninstall() {
     let env = env().await;
     let crd = std::fs::read(CRD).unwrap();
-    let in_chart = Path::new(CHART).join("crds/eagleeyecredentials.yaml");
+    let in_chart = Path::new(CHART).join("files/eagleeyecredentials.yaml");
     assert_eq!(
         std::fs::read(&in_chart).unwrap(),
         crd,
         "{}",
         in_chart.display()
     );
-    // Helm prints one newline after each CRD file.
+    // Rendered from templates/ (so that `helm upgrade` upgrades it): the generated CRD, with
+    // the keep annotation unless crds.keep is false, and nothing when crds.install is false.
+    let generated: Value = serde_saphyr::from_str(std::str::from_utf8(&crd).unwrap()).unwrap();
+    for (values, keep) in [
+        (json!({"crds": {"install": true}}), true),
+        (json!({"crds": {"install": true, "keep": false}}), false),
+    ] {
+        let docs = render(&env, &values, &[]).await;
+        let mut rendered = find(&docs, "CustomResourceDefinition").clone();
+        let annotations = rendered["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("annotations");
+        assert_eq!(
+            annotations,
+            keep.then(|| json!({"helm.sh/resource-policy": "keep"})),
+            "{values}"
+        );
+        assert_eq!(rendered, generated, "{values}");
+    }
+    let docs = render(&env, &json!({"crds": {"install": false}}), &[]).await;
+    assert!(!kinds(&docs).contains("CustomResourceDefinition"));
+    // Nothing in crds/, which Helm would install once and never upgrade.
     let shown = ok(&env, "helm", &["show", "crds", CHART], None).await;
-    assert_eq!(
-        shown.as_bytes(),
-        [&crd[..], b"\n"].concat(),
-        "helm show crds"
-    );
+    assert_eq!(shown.trim(), "", "helm show crds");
 
     // What users install from a chart repository is the package: it must hold the file
     // itself, not a link.
@@ -56,7 +76,7 @@ async fn the_charts_crd_is_byte_identical_to_crds_also_when_packaged() {
         .status()
         .unwrap();
     assert!(untar.success());
-    let packaged = dir.join("eagle-eye-operator/crds/eagleeyecredentials.yaml");
+    let packaged = dir.join("eagle-eye-operator/files/eagleeyecredentials.yaml");
     assert!(!packaged.symlink_metadata().unwrap().is_symlink());
     assert_eq!(std::fs::read(packaged).unwrap(), crd, "the packaged CRD");
 }
@@ -142,15 +162,16 @@ async fn the_rendered_chart_with_its_crd_passes_a_server_side_dry_run_in_both_sc
     let env = env().await;
     let watched = crate::support::env().await;
     for values in [
-        all_options_on(json!({"scope": "cluster"})),
+        all_options_on(json!({"scope": "cluster", "crds": {"install": true}})),
         all_options_on(json!({
             "scope": "namespaced",
             "watchNamespaces": [env.namespace, watched.namespace],
+            "crds": {"install": true},
         })),
     ] {
         // The Prometheus Operator's CRDs are not installed here: those two objects are
         // checked by `opt_in_objects_render_only_when_enabled_and_fit_together`.
-        let docs: Vec<Value> = render(&env, &values, &["--include-crds"])
+        let docs: Vec<Value> = render(&env, &values, &[])
             .await
             .into_iter()
             .filter(|d| d["apiVersion"] != "monitoring.coreos.com/v1")
@@ -175,7 +196,11 @@ async fn install_in_cluster_scope_grants_exactly_the_operators_rules_and_leases_
     let release = release_name(&env);
     // Without the Prometheus Operator's CRDs here; rendered and checked elsewhere.
     // Pods stay out of the grant unless podNudge is on (the namespaced test turns it on).
-    let mut values = all_options_on(json!({"scope": "cluster", "podNudge": {"enabled": false}}));
+    let mut values = all_options_on(json!({
+        "scope": "cluster",
+        "podNudge": {"enabled": false},
+        "workloadRestart": {"enabled": false},
+    }));
     values["metrics"] =
         json!({"serviceMonitor": {"enabled": false}, "prometheusRule": {"enabled": false}});
     install(&env, &release, &values).await;
@@ -271,6 +296,7 @@ async fn install_in_namespaced_scope_grants_secrets_only_in_the_watched_namespac
         "scope": "namespaced",
         "watchNamespaces": [a.namespace, b.namespace],
         "podNudge": {"enabled": true, "perSecond": 7},
+        "workloadRestart": {"enabled": true, "perSecond": 2},
     });
     install(&env, &release, &values).await;
 
@@ -302,6 +328,8 @@ async fn install_in_namespaced_scope_grants_secrets_only_in_the_watched_namespac
             format!("ClusterRole {full}-metrics-auth"),
             format!("ClusterRoleBinding {full}-metrics-auth"),
             format!("ClusterRole {full}-metrics-reader"),
+            format!("ClusterRole {full}-crd-reader"),
+            format!("ClusterRoleBinding {full}-crd-reader"),
         ])
     );
     for ns in [&a.namespace, &b.namespace] {
@@ -315,6 +343,7 @@ async fn install_in_namespaced_scope_grants_secrets_only_in_the_watched_namespac
         let role: Value = serde_json::from_str(&role).unwrap();
         let mut granted = operator_rules();
         granted.extend(pod_nudge_rules());
+        granted.extend(workload_restart_rules());
         assert_eq!(flatten_rules(&role["rules"]), granted, "Role in {ns}");
     }
     let deployment = Api::<Deployment>::namespaced(env.client.clone(), &env.namespace)
@@ -329,7 +358,12 @@ async fn install_in_namespaced_scope_grants_secrets_only_in_the_watched_namespac
         args.contains(&format!("--namespaces={},{}", a.namespace, b.namespace)),
         "{args:?}"
     );
-    for flag in ["--nudge-pods", "--pod-nudges-per-second=7"] {
+    for flag in [
+        "--nudge-pods",
+        "--pod-nudges-per-second=7",
+        "--restart-workloads",
+        "--workload-restarts-per-second=2",
+    ] {
         assert!(args.iter().any(|a| a == flag), "{flag} in {args:?}");
     }
 
@@ -444,6 +478,58 @@ async fn install_in_namespaced_scope_grants_secrets_only_in_the_watched_namespac
         None,
     )
     .await;
+
+    // Likewise `patch deployments` (workload restarts) is narrowed to the restart annotation.
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "api"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "api"}},
+            "template": {
+                "metadata": {"labels": {"app": "api"}, "annotations": {"team": "a"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]},
+            },
+        },
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(env.client.clone(), a)
+        .create(&Default::default(), &deployment)
+        .await
+        .unwrap();
+    let deployments = Api::<Deployment>::namespaced(crate::support::client_as(&env, &sa).await, a);
+    let restart_only = "only the pod-template annotation kubectl.kubernetes.io/restartedAt";
+    let template = |t: Value| json!({"spec": {"template": t}});
+    let refused = crate::support::eventually(
+        "the workload admission policy enforced",
+        std::time::Duration::from_secs(30),
+        || async {
+            let image =
+                template(json!({"spec": {"containers": [{"name": "app", "image": "evil:1"}]}}));
+            let r = deployments
+                .patch("api", &PatchParams::default(), &Patch::Strategic(&image))
+                .await;
+            r.err().map(|e| e.to_string())
+        },
+    )
+    .await;
+    assert!(refused.contains(restart_only), "{refused}");
+    for patch in [
+        template(json!({"metadata": {"annotations": {"team": "b"}}})),
+        template(json!({"metadata": {"labels": {"extra": "x"}}})),
+        json!({"metadata": {"labels": {"x": "y"}}}),
+    ] {
+        let r = deployments
+            .patch("api", &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
+        let e = r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains(restart_only), "{patch}: {e}");
+    }
+    let restart = template(json!({"metadata": {"annotations": {
+        "kubectl.kubernetes.io/restartedAt": "2026-12-06T21:00:00.000Z"
+    }}}));
+    deployments
+        .patch("api", &PatchParams::default(), &Patch::Merge(&restart))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
