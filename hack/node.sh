@@ -59,6 +59,7 @@ ensure_packages() {
   [[ -x /bin/busybox ]] || missing+=(busybox-static)
   [[ -x /usr/lib/cni/bridge ]] || missing+=(containernetworking-plugins)
   command -v iptables >/dev/null || missing+=(iptables)
+  command -v openssl >/dev/null || missing+=(openssl)
   if ((${#missing[@]})); then
     [[ $(id -u) == 0 ]] || { log "needs root to install ${missing[*]}"; exit 1; }
     log "installing ${missing[*]} with apt-get"
@@ -98,11 +99,24 @@ base_images() {
   local out=$1 rootfs; rootfs=$(mktemp -d)
   mkdir -p "$rootfs/bin" "$rootfs/tmp" "$rootfs/etc"
   cp /bin/busybox "$rootfs/bin/"
-  for a in sh cat sleep ls wget date echo head tail cut tr grep test env true; do ln -sf busybox "$rootfs/bin/$a"; done
+  for a in sh cat sleep ls wget date echo head tail cut tr grep test env true printf sha256sum; do ln -sf busybox "$rootfs/bin/$a"; done
   chmod 1777 "$rootfs/tmp"
+  # busybox wget speaks HTTPS through `openssl s_client` when it finds one: its own TLS client
+  # fails the handshake with rustls servers (the stand-in). Debian's openssl, with its libraries.
+  copy_with_libs "$(command -v openssl)" "$rootfs" /bin/openssl
   image "$out/busybox.tar" "$BUSYBOX_IMAGE" "$rootfs" '{"Cmd":["/bin/sh"]}'
   image "$out/pause.tar" "$PAUSE_IMAGE" "$rootfs" '{"Entrypoint":["/bin/sleep","2147483647"]}'
   rm -rf "$rootfs"
+}
+
+# copy_with_libs BIN ROOTFS PATH: BIN at PATH in ROOTFS, with the dynamic loader and every
+# library it links at the paths it names.
+copy_with_libs() {
+  local bin=$1 rootfs=$2 path=$3 lib
+  mkdir -p "$rootfs$(dirname "$path")"; cp "$bin" "$rootfs$path"
+  for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
+    mkdir -p "$rootfs$(dirname "$lib")"; cp -L "$lib" "$rootfs$lib"
+  done
 }
 
 # What the Dockerfile's final stage holds (distroless cc: glibc, libgcc, CA roots, the nonroot
@@ -111,11 +125,7 @@ operator_image() {
   local out=$1 bin=$2 rootfs; rootfs=$(mktemp -d)
   mkdir -p "$rootfs/etc/ssl/certs" "$rootfs/tmp" "$rootfs/home/nonroot"
   chmod 1777 "$rootfs/tmp"; chown 65532:65532 "$rootfs/home/nonroot"
-  cp "$bin" "$rootfs/eagle-eye-operator"
-  # The dynamic loader and every library the binary links, at the paths it names.
-  for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
-    mkdir -p "$rootfs$(dirname "$lib")"; cp -L "$lib" "$rootfs$lib"
-  done
+  copy_with_libs "$bin" "$rootfs" /eagle-eye-operator
   cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/"
   printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$rootfs/etc/passwd"
   printf 'root:x:0:\nnonroot:x:65532:\n' >"$rootfs/etc/group"
