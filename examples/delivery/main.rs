@@ -140,8 +140,8 @@ async fn run(args: Args) -> Result<bool> {
         mean_interval(&rotations)
     );
     println!(
-        "  {:<28} {:>7} {:>7} {:>7}  {}",
-        "consumer", "p50", "p99", "max", "not recovered by the next rotation"
+        "  {:<28} {:>7} {:>7} {:>7}  not recovered by the next rotation",
+        "consumer", "p50", "p99", "max"
     );
     for delivery in Delivery::ALL {
         let times: Vec<DeadTime> = dead_times(judged, end, &calls, delivery.name())

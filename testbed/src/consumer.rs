@@ -120,7 +120,7 @@ mod tests {
             let pod = pod("c", delivery, "s", "img");
             let labels = pod.metadata.labels.unwrap_or_default();
             assert_eq!(
-                labels.get(NUDGE_LABEL.0).is_some(),
+                labels.contains_key(NUDGE_LABEL.0),
                 delivery == Delivery::VolumeNudged,
                 "{delivery:?}"
             );
