@@ -5,7 +5,6 @@
 //! `--node` (root) the cluster has a node too, and a pod that consumes the token shows what it
 //! reads at each rotation.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -16,11 +15,10 @@ use kube::api::{Api, PostParams};
 
 use eagle_eye_operator::crd::EagleEyeCredential;
 use eagle_eye_operator::operator::RunArgs;
-use eagle_eye_operator::secrets::{LOGIN_TIME, opaque};
 use eagle_eye_testbed::ControlPlane;
 use eagle_eye_testbed::consumer::{self, Delivery, NUDGE_LABEL};
 use eagle_eye_testbed::node::NodeOptions;
-use eagle_eye_testbed::standin::{ClientRegistration, StandIn, StandInConfig};
+use eagle_eye_testbed::standin::{StandIn, StandInConfig};
 
 /// Start a throwaway local cluster, an Eagle Eye auth stand-in, the operator and a sample
 /// credential, show the result, and keep refreshing until Ctrl-C.
@@ -41,6 +39,9 @@ struct SandboxArgs {
     #[arg(long)]
     node: bool,
 }
+
+#[path = "common/sample.rs"]
+mod sample;
 
 const NS: &str = "default";
 
@@ -85,61 +86,14 @@ async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting the auth stand-in")?;
-    let (id, secret) = (
-        "sandbox-client",
-        format!("sandbox-{:08x}", rand::random::<u32>()),
-    );
-    stand_in.register_client(ClientRegistration {
-        id: id.into(),
-        secret: secret.clone(),
-        redirect_uris: vec!["http://127.0.0.1:3333".into()],
-        rotating: true,
-    });
-    let login = stand_in.login(id);
     let ca = std::env::temp_dir().join(format!("eagle-eye-sandbox-ca-{}.pem", std::process::id()));
     std::fs::write(&ca, stand_in.ca_pem().unwrap_or_default())?;
-
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
-    let now = jiff::Timestamp::now().to_string();
-    secrets
-        .create(
-            &PostParams::default(),
-            &opaque(
-                "sample-client",
-                [("client_id", id), ("client_secret", secret.as_str())],
-                BTreeMap::new(),
-            ),
-        )
-        .await?;
-    secrets
-        .create(
-            &PostParams::default(),
-            &opaque(
-                "sample-refresh-token",
-                [("refresh_token", &login.refresh_token)],
-                BTreeMap::from([(LOGIN_TIME.to_owned(), now)]),
-            ),
-        )
-        .await?;
-    let mut spec = serde_json::json!({
-        "clientSecretRef": {"name": "sample-client"},
-        "refreshTokenSecretRef": {"name": "sample-refresh-token"},
-        "authUrl": stand_in.url().to_string(),
-    });
-    if args.node {
-        spec["consumers"] =
-            serde_json::json!({"podSelector": {"matchLabels": {NUDGE_LABEL.0: NUDGE_LABEL.1}}});
-    }
-    let credential: EagleEyeCredential = serde_json::from_value(serde_json::json!({
-        "apiVersion": "eagle-eye-operator.io/v1alpha1",
-        "kind": "EagleEyeCredential",
-        "metadata": {"name": "sample"},
-        "spec": spec,
-    }))?;
+    let consumers = args.node.then(
+        || serde_json::json!({"podSelector": {"matchLabels": {NUDGE_LABEL.0: NUDGE_LABEL.1}}}),
+    );
+    sample::create(&client, NS, &stand_in, "sandbox-client", consumers).await?;
     let credentials: Api<EagleEyeCredential> = Api::namespaced(client.clone(), NS);
-    credentials
-        .create(&PostParams::default(), &credential)
-        .await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
 
     let ca_path = ca.to_string_lossy().into_owned();
     // The stand-in's own port only: an entry without one means 443.

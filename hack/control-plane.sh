@@ -16,6 +16,8 @@ ETCD_VERSION=v3.7.3
 HELM_VERSION=v3.22.0
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=hack/kube-build.sh
+source "$here/kube-build.sh"
 cache_root=${EAGLE_EYE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/eagle-eye-operator}
 # The key covers every input of the build: the versions above and the wrapper module.
 key=$(cat "$here/control-plane/go.mod" "$here/control-plane/go.sum" | sha256sum | cut -c1-12)
@@ -25,23 +27,11 @@ state_dir=${EAGLE_EYE_PLANE_DIR:-${TMPDIR:-/tmp}/eagle-eye-control-plane}
 log() { echo "control-plane: $*" >&2; }
 
 build() {
-  if [[ -x "$bin_dir/kube-apiserver" && -x "$bin_dir/etcd" && -x "$bin_dir/kubectl" \
-        && -x "$bin_dir/kube-controller-manager" && -x "$bin_dir/helm" ]]; then
-    log "reusing binaries in $bin_dir"
-    echo "$bin_dir"
-    return
-  fi
-  command -v go >/dev/null || { log "Go is not installed: install Go >= 1.26 (https://go.dev/dl or apt-get install golang)"; exit 1; }
-  export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+  kube_cached "$bin_dir" kube-apiserver etcd kubectl kube-controller-manager helm && return
+  kube_build_env
   local tmp="$bin_dir.partial"
   rm -rf "$tmp"; mkdir -p "$tmp"
-  local major=${KUBE_VERSION#v}; major=${major%%.*}
-  local minor=${KUBE_VERSION#v*.}; minor=${minor%%.*}
-  local ld=""
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ld+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
-    ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-  done
+  local ld; ld=$(kube_ldflags "$KUBE_VERSION")
   log "building kube-apiserver, kube-controller-manager, kubectl $KUBE_VERSION and etcd $ETCD_VERSION (cold: 15-25 min)"
   (cd "$here/control-plane" && go build -trimpath -ldflags "-s -w $ld" -o "$tmp/" \
       k8s.io/kubernetes/cmd/kube-apiserver \

@@ -21,6 +21,8 @@ NODE_NAME=eagle-eye-node
 KUBERNETES_SERVICE_IP=10.0.0.1
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=hack/kube-build.sh
+source "$here/kube-build.sh"
 cache_root=${EAGLE_EYE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/eagle-eye-operator}
 key=$(cat "$here/node/go.mod" "$here/node/go.sum" | sha256sum | cut -c1-12)
 bin_dir="$cache_root/bin/node-$KUBE_VERSION-$key"
@@ -28,22 +30,11 @@ bin_dir="$cache_root/bin/node-$KUBE_VERSION-$key"
 log() { echo "node: $*" >&2; }
 
 build() {
-  if [[ -x "$bin_dir/kubelet" && -x "$bin_dir/kube-scheduler" ]]; then
-    log "reusing binaries in $bin_dir"
-    echo "$bin_dir"
-    return
-  fi
-  command -v go >/dev/null || { log "Go is not installed: install Go >= 1.26"; exit 1; }
-  export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+  kube_cached "$bin_dir" kubelet kube-scheduler && return
+  kube_build_env
   local tmp="$bin_dir.partial"
   rm -rf "$tmp"; mkdir -p "$tmp"
-  local major=${KUBE_VERSION#v}; major=${major%%.*}
-  local minor=${KUBE_VERSION#v*.}; minor=${minor%%.*}
-  local ld=""
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ld+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
-    ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-  done
+  local ld; ld=$(kube_ldflags "$KUBE_VERSION")
   log "building kubelet and kube-scheduler $KUBE_VERSION (cold: about 5 min after the control plane)"
   (cd "$here/node" && nice -n 15 go build -trimpath -ldflags "-s -w $ld" -o "$tmp/" \
       k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler)

@@ -12,8 +12,9 @@
 
 mod operator_pod;
 mod rolling;
+#[path = "../common/sample.rs"]
+mod sample;
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,12 +25,11 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 
 use eagle_eye_operator::crd::EagleEyeCredential;
-use eagle_eye_operator::secrets::{LOGIN_TIME, opaque};
 use eagle_eye_testbed::ControlPlane;
 use eagle_eye_testbed::consumer::{self, Delivery, NUDGE_LABEL};
 use eagle_eye_testbed::delivery::{DeadTime, dead_times, summary};
 use eagle_eye_testbed::node::NodeOptions;
-use eagle_eye_testbed::standin::{ClientRegistration, StandIn, StandInConfig};
+use eagle_eye_testbed::standin::{StandIn, StandInConfig};
 
 #[derive(Parser, Debug)]
 #[command(name = "delivery")]
@@ -203,51 +203,11 @@ async fn run(args: Args) -> Result<bool> {
 }
 
 async fn create_credential(client: &Client, stand_in: &StandIn) -> Result<()> {
-    let (id, secret) = (
-        "delivery-client",
-        format!("delivery-{}", std::process::id()),
-    );
-    stand_in.register_client(ClientRegistration {
-        id: id.into(),
-        secret: secret.clone(),
-        redirect_uris: vec![],
-        rotating: true,
-    });
-    let login = stand_in.login(id);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
-    secrets
-        .create(
-            &PostParams::default(),
-            &opaque(
-                "sample-client",
-                [("client_id", id), ("client_secret", secret.as_str())],
-                BTreeMap::new(),
-            ),
-        )
-        .await?;
-    secrets
-        .create(
-            &PostParams::default(),
-            &opaque(
-                "sample-refresh-token",
-                [("refresh_token", &login.refresh_token)],
-                BTreeMap::from([(LOGIN_TIME.to_owned(), jiff::Timestamp::now().to_string())]),
-            ),
-        )
-        .await?;
-    let credential: EagleEyeCredential = serde_json::from_value(serde_json::json!({
-        "apiVersion": "eagle-eye-operator.io/v1alpha1",
-        "kind": "EagleEyeCredential",
-        "metadata": {"name": "sample"},
-        "spec": {
-            "clientSecretRef": {"name": "sample-client"},
-            "refreshTokenSecretRef": {"name": "sample-refresh-token"},
-            "authUrl": stand_in.url().to_string(),
-            "consumers": {"podSelector": {"matchLabels": {NUDGE_LABEL.0: NUDGE_LABEL.1}}},
-        }
-    }))?;
+    let consumers =
+        serde_json::json!({"podSelector": {"matchLabels": {NUDGE_LABEL.0: NUDGE_LABEL.1}}});
+    sample::create(client, NS, stand_in, "delivery-client", Some(consumers)).await?;
     let api: Api<EagleEyeCredential> = Api::namespaced(client.clone(), NS);
-    api.create(&PostParams::default(), &credential).await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     // The consumers need the target Secret to start.
     let deadline = Instant::now() + Duration::from_secs(120);
     while secrets.get_opt("sample-token").await?.is_none() {
