@@ -89,7 +89,7 @@ image() {
 base_images() {
   local out=$1 rootfs; rootfs=$(mktemp -d)
   mkdir -p "$rootfs/bin" "$rootfs/tmp" "$rootfs/etc"
-  cp /bin/busybox "$rootfs/bin/"
+  copy_with_libs /bin/busybox "$rootfs" /bin/busybox # static from busybox-static; libraries if not
   for a in sh cat sleep ls wget date echo head tail cut tr grep test env true printf sha256sum; do ln -sf busybox "$rootfs/bin/$a"; done
   chmod 1777 "$rootfs/tmp"
   # busybox wget speaks HTTPS through `openssl s_client` when it finds one: its own TLS client
