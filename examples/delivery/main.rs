@@ -8,7 +8,7 @@
 //! as Eagle Eye does; per rotation, each consumer's dead time runs from that moment to its
 //! first accepted call. Then a rolling update stops the leader while a token answer is held,
 //! and the rotated refresh token must be stored. Exits non-zero when a goal is missed.
-//! Nothing is random: there is no seed. Needs root (see docs/delivery.md).
+//! Nothing random steers the run (only the client secret is random): there is no seed. Needs root (see docs/delivery.md).
 
 mod operator_pod;
 mod rolling;
@@ -29,7 +29,7 @@ use eagle_eye_testbed::ControlPlane;
 use eagle_eye_testbed::consumer::{self, Delivery, NUDGE_LABEL};
 use eagle_eye_testbed::delivery::{DeadTime, dead_times, summary};
 use eagle_eye_testbed::node::NodeOptions;
-use eagle_eye_testbed::standin::{StandIn, StandInConfig};
+use eagle_eye_testbed::standin::{ApiCall, StandIn, StandInConfig};
 
 #[derive(Parser, Debug)]
 #[command(name = "delivery")]
@@ -79,7 +79,7 @@ async fn run(args: Args) -> Result<bool> {
         None => operator_pod::release_binary()?,
     };
     println!(
-        "delivery: no randomness, no seed; {} rotations, access tokens of {}s, kubelet syncFrequency {}s",
+        "delivery: nothing random steers the run (no seed); {} rotations, access tokens of {}s, kubelet syncFrequency {}s",
         args.rotations, args.access_ttl_secs, args.sync_frequency_secs
     );
 
@@ -130,21 +130,54 @@ async fn run(args: Args) -> Result<bool> {
     );
 
     let rotations = wait_rotations(&stand_in, window_start, args.rotations + 1, ttl).await?;
+    let mut met = report_dead_times(&args, &rotations, &stand_in.api_calls())?;
+
+    if !args.skip_rolling_update {
+        println!("\nrolling update with a token answer held:");
+        let outcome = rolling::check(&client, &stand_in, (NS, "sample-refresh-token"), ttl).await?;
+        println!(
+            "  leader {} exited {:.1}s after SIGTERM; answer held {:.1}s; stored refresh token live: {}; \
+             refresh tokens reused: {}; the new leader's next refresh succeeded: {} -> {}",
+            outcome.leader,
+            outcome.exited_after_sigterm.as_secs_f64(),
+            outcome.held_for.as_secs_f64(),
+            outcome.stored_token_live,
+            outcome.reused,
+            outcome.next_refresh_ok,
+            if outcome.passed() { "met" } else { "MISSED" }
+        );
+        met &= outcome.passed();
+    }
+    println!(
+        "\n{}",
+        if met {
+            "all goals met"
+        } else {
+            "a goal was MISSED"
+        }
+    );
+    drop(stand_in);
+    drop(plane);
+    Ok(met)
+}
+
+/// Prints p50/p99/max of each consumer's dead time over the first `args.rotations` rotations
+/// (the last element of `rotations` closes the last interval); whether the nudge's goal was met.
+fn report_dead_times(args: &Args, rotations: &[SystemTime], calls: &[ApiCall]) -> Result<bool> {
     let end = *rotations.last().context("rotations")?;
-    let judged = &rotations[..args.rotations];
-    let calls = stand_in.api_calls();
+    let judged = &rotations[..args.rotations.min(rotations.len())];
     let mut met = true;
     println!(
         "\ndead-token seconds per rotation ({} rotations, every ~{:.0}s):",
         judged.len(),
-        mean_interval(&rotations)
+        mean_interval(rotations)
     );
     println!(
         "  {:<28} {:>7} {:>7} {:>7}  not recovered by the next rotation",
         "consumer", "p50", "p99", "max"
     );
     for delivery in Delivery::ALL {
-        let times: Vec<DeadTime> = dead_times(judged, end, &calls, delivery.name())
+        let times: Vec<DeadTime> = dead_times(judged, end, calls, delivery.name())
             .into_iter()
             .collect::<Option<_>>()
             .with_context(|| format!("{} made no call during some rotation", delivery.name()))?;
@@ -173,32 +206,6 @@ async fn run(args: Args) -> Result<bool> {
         containerd_version()
     );
 
-    if !args.skip_rolling_update {
-        println!("\nrolling update with a token answer held:");
-        let outcome = rolling::check(&client, &stand_in, (NS, "sample-refresh-token"), ttl).await?;
-        println!(
-            "  leader {} exited {:.1}s after SIGTERM; answer held {:.1}s; stored refresh token live: {}; \
-             refresh tokens reused: {}; the new leader's next refresh succeeded: {} -> {}",
-            outcome.leader,
-            outcome.exited_after_sigterm.as_secs_f64(),
-            outcome.held_for.as_secs_f64(),
-            outcome.stored_token_live,
-            outcome.reused,
-            outcome.next_refresh_ok,
-            if outcome.passed() { "met" } else { "MISSED" }
-        );
-        met &= outcome.passed();
-    }
-    println!(
-        "\n{}",
-        if met {
-            "all goals met"
-        } else {
-            "a goal was MISSED"
-        }
-    );
-    drop(stand_in);
-    drop(plane);
     Ok(met)
 }
 
