@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # A throwaway local Kubernetes control plane built from the Go module proxy:
 # real etcd, kube-apiserver (TLS, RBAC) and kube-controller-manager (garbage
-# collector, namespace controller). No kubelet: pods never run.
+# collector, namespace controller). No kubelet unless `--node`: pods never run.
 #
 #   hack/control-plane.sh build   build or reuse the binaries; last line: their directory
 #   hack/control-plane.sh up      start everything; last line: export KUBECONFIG=...
+#   hack/control-plane.sh up --node   the same and a node that runs pods (hack/node.sh; root)
 #   hack/control-plane.sh down    stop what `up` started and remove its files
 #   hack/control-plane.sh env     print the state directory of a running plane
 set -euo pipefail
@@ -15,6 +16,8 @@ ETCD_VERSION=v3.7.3
 HELM_VERSION=v3.22.0
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=hack/kube-build.sh
+source "$here/kube-build.sh"
 cache_root=${EAGLE_EYE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/eagle-eye-operator}
 # The key covers every input of the build: the versions above and the wrapper module.
 key=$(cat "$here/control-plane/go.mod" "$here/control-plane/go.sum" | sha256sum | cut -c1-12)
@@ -24,23 +27,11 @@ state_dir=${EAGLE_EYE_PLANE_DIR:-${TMPDIR:-/tmp}/eagle-eye-control-plane}
 log() { echo "control-plane: $*" >&2; }
 
 build() {
-  if [[ -x "$bin_dir/kube-apiserver" && -x "$bin_dir/etcd" && -x "$bin_dir/kubectl" \
-        && -x "$bin_dir/kube-controller-manager" && -x "$bin_dir/helm" ]]; then
-    log "reusing binaries in $bin_dir"
-    echo "$bin_dir"
-    return
-  fi
-  command -v go >/dev/null || { log "Go is not installed: install Go >= 1.26 (https://go.dev/dl or apt-get install golang)"; exit 1; }
-  export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+  kube_cached "$bin_dir" kube-apiserver etcd kubectl kube-controller-manager helm && return
+  kube_build_env
   local tmp="$bin_dir.partial"
   rm -rf "$tmp"; mkdir -p "$tmp"
-  local major=${KUBE_VERSION#v}; major=${major%%.*}
-  local minor=${KUBE_VERSION#v*.}; minor=${minor%%.*}
-  local ld=""
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ld+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
-    ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-  done
+  local ld; ld=$(kube_ldflags "$KUBE_VERSION")
   log "building kube-apiserver, kube-controller-manager, kubectl $KUBE_VERSION and etcd $ETCD_VERSION (cold: 15-25 min)"
   (cd "$here/control-plane" && go build -trimpath -ldflags "-s -w $ld" -o "$tmp/" \
       k8s.io/kubernetes/cmd/kube-apiserver \
@@ -67,6 +58,8 @@ wait_http() { # url, name, [curl args...]
 }
 
 up() {
+  local node=false
+  [[ ${1:-} == --node ]] && node=true
   local bins; bins=$(build | tail -n1)
   if [[ -f "$state_dir/pids" ]]; then down; fi
   mkdir -p "$state_dir"/{etcd,pki}
@@ -87,7 +80,7 @@ authorityKeyIdentifier = keyid:always
 basicConstraints = critical, CA:false
 keyUsage = critical, digitalSignature, keyEncipherment
 extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1, DNS:localhost
+subjectAltName = IP:127.0.0.1, DNS:localhost, IP:10.0.0.1
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 [client]
@@ -119,10 +112,19 @@ EOF
   echo $! >> "$state_dir/pids"
   wait_http "http://127.0.0.1:$etcd_port/health" etcd
 
+  # With a node, pods get ServiceAccount tokens (the admission plugin, and the controllers
+  # below that make the default ServiceAccount and kube-root-ca.crt) and Deployments run.
+  local admission=(--disable-admission-plugins ServiceAccount)
+  local controllers=garbage-collector-controller,namespace-controller,serviceaccount-token-controller
+  if $node; then
+    admission=()
+    controllers+=,serviceaccount-controller,root-ca-certificate-publisher-controller
+    controllers+=,deployment-controller,replicaset-controller,node-lifecycle-controller
+  fi
   "$bins/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
     --secure-port "$api_port" --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
     --service-cluster-ip-range 10.0.0.0/24 --authorization-mode RBAC --endpoint-reconciler-type none \
-    --disable-admission-plugins ServiceAccount \
+    "${admission[@]}" \
     --service-account-issuer https://kubernetes.default.svc \
     --service-account-key-file "$pki/sa.key" --service-account-signing-key-file "$pki/sa.key" \
     --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
@@ -140,13 +142,14 @@ EOF
   "$bins/kubectl" config use-context local --kubeconfig "$state_dir/kubeconfig" >/dev/null
 
   "$bins/kube-controller-manager" --kubeconfig "$state_dir/kubeconfig" \
-    --controllers garbage-collector-controller,namespace-controller,serviceaccount-token-controller \
+    --controllers "$controllers" \
     --leader-elect=false --secure-port 0 \
     --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
     --use-service-account-credentials=false \
     >"$state_dir/kube-controller-manager.log" 2>&1 &
   echo $! >> "$state_dir/pids"
   echo "$bins" > "$state_dir/bin_dir"
+  if $node; then KUBECTL="$bins/kubectl" "$here/node.sh" up "$state_dir" "$state_dir/kubeconfig" >/dev/null; fi
   log "up: binaries in $bins, logs in $state_dir; add $bins to PATH for kubectl and helm"
   echo "export KUBECONFIG=$state_dir/kubeconfig"
 }
@@ -156,6 +159,7 @@ EOF
 alive() { [[ -r /proc/$1/status ]] && ! grep -q '^State:.*zombie' "/proc/$1/status"; }
 
 down() {
+  "$here/node.sh" down "$state_dir"
   if [[ -f "$state_dir/pids" ]]; then
     # Reverse order: controller-manager, then apiserver, then etcd.
     for pid in $(tac "$state_dir/pids"); do kill "$pid" 2>/dev/null || true; done
@@ -173,8 +177,8 @@ down() {
 
 case "${1:-}" in
   build) build ;;
-  up) up ;;
+  up) up "${2:-}" ;;
   down) down ;;
   env) echo "$state_dir" ;;
-  *) echo "usage: $0 build|up|down|env" >&2; exit 2 ;;
+  *) echo "usage: $0 build|up [--node]|down|env" >&2; exit 2 ;;
 esac

@@ -1,7 +1,7 @@
 //! A real Kubernetes control plane for tests and the local sandbox: etcd, kube-apiserver
 //! (TLS, RBAC) and kube-controller-manager (garbage collection, namespaces), built from the
-//! Go module proxy by `hack/control-plane.sh build`. Test support only: the operator's
-//! production path never uses it.
+//! Go module proxy by `hack/control-plane.sh build`, and on request a node that runs pods
+//! ([`crate::node`]). Test support only: the operator's production path never uses it.
 //!
 //! The processes outlive any tokio runtime (tests each have their own) and are reaped by a
 //! small watchdog when the process that started them exits, even on SIGKILL.
@@ -19,6 +19,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+use crate::node::{Node, NodeOptions};
 use pki::Pki;
 
 /// Environment variable naming an existing cluster's kubeconfig to test against instead.
@@ -39,6 +40,8 @@ struct LocalPlane {
     ca_pem: String,
     apiserver: Mutex<Option<Child>>,
     others: Mutex<Vec<Child>>,
+    /// Set for a plane started with a node: it then admits ServiceAccount tokens into pods.
+    node: Option<Node>,
 }
 
 impl ControlPlane {
@@ -56,6 +59,17 @@ impl ControlPlane {
     /// Builds (or reuses) the binaries and starts etcd, kube-apiserver and
     /// kube-controller-manager on free loopback ports with a fresh data directory.
     pub async fn start() -> Result<ControlPlane> {
+        Self::start_plane(None).await
+    }
+
+    /// A control plane and a node that runs pods (kubelet, containerd, kube-scheduler; see
+    /// `hack/node.sh`). Needs root. Pods get ServiceAccount tokens and Deployments run.
+    pub async fn start_with_node(options: NodeOptions) -> Result<ControlPlane> {
+        Self::start_plane(Some(options)).await
+    }
+
+    async fn start_plane(node: Option<NodeOptions>) -> Result<ControlPlane> {
+        let with_node = node.is_some();
         let bins = binaries()?;
         let dir = std::env::temp_dir().join(format!("eagle-eye-plane-{}", random_suffix()));
         std::fs::create_dir_all(&dir)?;
@@ -99,11 +113,23 @@ impl ControlPlane {
                 ca_pem: pki.ca_pem.clone(),
                 apiserver: Mutex::new(None),
                 others: Mutex::new(vec![etcd]),
+                node: None,
             }),
         };
         let local = plane.local()?;
-        plane.start_apiserver().await?;
+        plane.start_apiserver_admitting(with_node).await?;
 
+        let mut controllers = String::from("garbage-collector-controller,namespace-controller");
+        if with_node {
+            // The default ServiceAccount and kube-root-ca.crt that pods' tokens need,
+            // Deployments, and the not-ready taint lifted once the node is Ready.
+            controllers.push_str(
+                ",serviceaccount-controller,root-ca-certificate-publisher-controller,\
+                 deployment-controller,replicaset-controller,node-lifecycle-controller",
+            );
+        }
+        let root_ca = local.dir.join("ca.crt").to_string_lossy().into_owned();
+        let sa_key = local.dir.join("sa.key").to_string_lossy().into_owned();
         let kcm = spawn(
             &local.dir,
             &local.bins.join("kube-controller-manager"),
@@ -112,14 +138,39 @@ impl ControlPlane {
                 "--kubeconfig",
                 &plane.kubeconfig.to_string_lossy(),
                 "--controllers",
-                "garbage-collector-controller,namespace-controller",
+                &controllers,
                 "--leader-elect=false",
                 "--secure-port=0",
                 "--concurrent-gc-syncs=5",
+                "--root-ca-file",
+                &root_ca,
+                "--service-account-private-key-file",
+                &sa_key,
             ],
         )?;
         lock(&local.others).push(kcm);
+        if let Some(options) = node {
+            let node = match Node::start(&local.dir, &plane.kubeconfig, &local.bins, options).await
+            {
+                Ok(node) => node,
+                Err(e) => {
+                    // A node that failed half-way may have left containerd and a bridge.
+                    crate::node::stop(&local.dir);
+                    return Err(e);
+                }
+            };
+            let mut plane = plane;
+            if let Some(local) = plane.local.as_mut() {
+                local.node = Some(node);
+            }
+            return Ok(plane);
+        }
         Ok(plane)
+    }
+
+    /// The node, for a plane started with [`ControlPlane::start_with_node`].
+    pub fn node(&self) -> Option<&Node> {
+        self.local.as_ref().and_then(|l| l.node.as_ref())
     }
 
     pub fn kubeconfig_path(&self) -> &Path {
@@ -163,7 +214,19 @@ impl ControlPlane {
 
     /// Starts kube-apiserver on the same port and waits until `/readyz` answers.
     pub async fn start_apiserver(&self) -> Result<()> {
+        let with_node = self.node().is_some();
+        self.start_apiserver_admitting(with_node).await
+    }
+
+    /// Without a node no pod runs and nothing makes ServiceAccounts, so the ServiceAccount
+    /// admission plugin is off; with one, pods get their tokens as in any cluster.
+    async fn start_apiserver_admitting(&self, service_accounts: bool) -> Result<()> {
         let local = self.local()?;
+        let admission = if service_accounts {
+            "--enable-admission-plugins=ServiceAccount"
+        } else {
+            "--disable-admission-plugins=ServiceAccount"
+        };
         if lock(&local.apiserver).is_some() {
             bail!("kube-apiserver is already running");
         }
@@ -183,7 +246,7 @@ impl ControlPlane {
                 // A loopback advertise address is refused by the endpoint reconciler.
                 "--endpoint-reconciler-type=none",
                 "--authorization-mode=RBAC",
-                "--disable-admission-plugins=ServiceAccount",
+                admission,
                 "--service-account-issuer=https://kubernetes.default.svc",
                 "--service-account-key-file",
                 &d("sa.pub"),
@@ -258,7 +321,9 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        if let Some(local) = &self.local {
+        if let Some(local) = &mut self.local {
+            // The node first: its containers outlive the kubelet and containerd otherwise.
+            drop(local.node.take());
             let mut children: Vec<Child> = lock(&local.others).drain(..).collect();
             children.extend(lock(&local.apiserver).take());
             for mut child in children.into_iter().rev() {
@@ -324,14 +389,17 @@ fn spawn(dir: &Path, bin: &Path, name: &str, args: &[&str]) -> Result<Child> {
 /// process that started the plane is gone. Statics are never dropped in Rust, so a
 /// control plane shared by a test binary is cleaned up this way.
 fn spawn_reaper(dir: &Path) -> Result<()> {
+    // A node (hack/node.sh) has containers, mounts and a bridge to remove too.
     let script = r#"
         while kill -0 "$1" 2>/dev/null && [ -d "$2" ]; do sleep 0.5; done
+        [ -d "$2/node" ] && bash "$3" down "$2"
         [ -f "$2/pids" ] && for p in $(cat "$2/pids"); do kill -9 "$p" 2>/dev/null; done
         rm -rf "$2""#;
     Command::new("bash")
         .args(["-c", script, "reaper"])
         .arg(std::process::id().to_string())
         .arg(dir)
+        .arg(crate::node::script())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

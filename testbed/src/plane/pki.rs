@@ -26,7 +26,12 @@ impl Pki {
             .push(DnType::CommonName, "eagle-eye-testbed-ca");
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
 
-        let mut serving = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])?;
+        // 10.0.0.1: the `kubernetes` Service, by which pods on the node reach the API server.
+        let mut serving = CertificateParams::new(vec![
+            "127.0.0.1".into(),
+            "localhost".into(),
+            "10.0.0.1".into(),
+        ])?;
         serving
             .distinguished_name
             .push(DnType::CommonName, "kube-apiserver");

@@ -20,7 +20,7 @@ use super::ledger::{AuthorizeError, Ledger};
 use super::oauth_error::OAuthError;
 use super::request::{Form, accepts_json, basic_credentials, is_form};
 use super::server::ConnectionKill;
-use super::types::Grant;
+use super::types::{ApiCall, Grant};
 
 /// The only scope the vendor grants.
 const SCOPE: &str = "vms.all";
@@ -55,7 +55,7 @@ async fn token(State(shared): State<Arc<Shared>>, request: Request) -> Response 
 async fn answer_token(shared: &Shared, fault: Option<Fault>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let body = read_body(body).await;
-    let mut hostname = "127.0.0.1";
+    let mut hostname = shared.host.as_str();
     let mut mangle = None;
     match fault.map(faults::action) {
         None => {}
@@ -158,24 +158,19 @@ struct TokenBody<'a> {
     access_token: &'a str,
     expires_in: u64,
     #[serde(rename = "httpsBaseUrl")]
-    https_base_url: BaseUrl,
+    https_base_url: BaseUrl<'a>,
     refresh_token: &'a str,
     scope: &'a str,
     token_type: &'a str,
 }
 
 #[derive(Serialize)]
-struct BaseUrl {
-    hostname: &'static str,
+struct BaseUrl<'a> {
+    hostname: &'a str,
     port: u16,
 }
 
-fn token_response(
-    grant: &Grant,
-    hostname: &'static str,
-    port: u16,
-    mangle: Option<Mangle>,
-) -> Response {
+fn token_response(grant: &Grant, hostname: &str, port: u16, mangle: Option<Mangle>) -> Response {
     let body = TokenBody {
         access_token: &grant.access_token,
         expires_in: grant.expires_in,
@@ -291,6 +286,9 @@ fn revoke_token(ledger: &mut Ledger, parts: &Parts, body: &[u8]) -> Result<(), O
         .map_err(|_| OAuthError::InvalidClient)
 }
 
+/// The header a workload names itself with, recorded with each API call.
+const CONSUMER: &str = "x-consumer";
+
 /// A cheap call that proves an access token works.
 async fn users_self(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let bearer = header_str(&headers, header::AUTHORIZATION)
@@ -298,8 +296,17 @@ async fn users_self(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Re
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
     let now = shared.now();
-    let ledger = shared.ledger();
-    match bearer.and_then(|token| ledger.access_client(token, now)) {
+    let client =
+        bearer.and_then(|token| shared.ledger().access_client(token, now).map(str::to_owned));
+    super::lock(&shared.api_calls).push(ApiCall {
+        at: SystemTime::now(),
+        consumer: headers
+            .get(CONSUMER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        accepted: client.is_some(),
+    });
+    match client {
         Some(client_id) => Json(serde_json::json!({
             "id": "ca0f61ab",
             "accountId": "00000001",

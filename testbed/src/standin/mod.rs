@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use url::Url;
 
 pub use faults::{Fault, Gate};
-pub use types::{ClientRegistration, Counters, Grant, TokenRequest};
+pub use types::{ApiCall, ClientRegistration, Counters, Grant, TokenRequest};
 
 use faults::FaultQueue;
 use ledger::{Ledger, Lifetimes, Standing};
@@ -67,6 +67,10 @@ struct Shared {
     token_requests: Mutex<Vec<TokenRequest>>,
     /// How far `advance_clock` has moved the stand-in's notion of now.
     clock_offset: Mutex<Duration>,
+    /// Every call to the API so far, in order.
+    api_calls: Mutex<Vec<ApiCall>>,
+    /// The address it listens on, named as the API host in token responses.
+    host: String,
     port: u16,
 }
 
@@ -127,15 +131,21 @@ pub struct StandIn {
 impl StandIn {
     /// Binds `127.0.0.1:0` and starts serving. Must be called inside a Tokio runtime.
     pub async fn start(config: StandInConfig) -> io::Result<StandIn> {
-        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
+        Self::start_on(config, Ipv4Addr::LOCALHOST).await
+    }
+
+    /// Binds `ip` on a free port, e.g. a node's host address that pods reach, and names it
+    /// as the API host; its certificate covers it.
+    pub async fn start_on(config: StandInConfig, ip: Ipv4Addr) -> io::Result<StandIn> {
+        let listener = TcpListener::bind(SocketAddr::from((ip, 0))).await?;
         let port = listener.local_addr()?.port();
         let tls = if config.tls {
-            Some(tls::generate()?)
+            Some(tls::generate(ip)?)
         } else {
             None
         };
         let scheme = if config.tls { "https" } else { "http" };
-        let url = Url::parse(&format!("{scheme}://127.0.0.1:{port}/")).map_err(io::Error::other)?;
+        let url = Url::parse(&format!("{scheme}://{ip}:{port}/")).map_err(io::Error::other)?;
         let lifetimes = Lifetimes {
             access: config.access_ttl,
             idle: config.idle_ttl,
@@ -147,6 +157,8 @@ impl StandIn {
             faults: Mutex::new(FaultQueue::default()),
             token_requests: Mutex::new(Vec::new()),
             clock_offset: Mutex::new(Duration::ZERO),
+            api_calls: Mutex::new(Vec::new()),
+            host: ip.to_string(),
             port,
         });
         let (ca_pem, acceptor) = match tls {
@@ -206,6 +218,11 @@ impl StandIn {
     /// how it was answered.
     pub fn token_requests(&self) -> Vec<TokenRequest> {
         lock(&self.shared.token_requests).clone()
+    }
+
+    /// Every call to the API so far, in order, with whether its token was accepted.
+    pub fn api_calls(&self) -> Vec<ApiCall> {
+        lock(&self.shared.api_calls).clone()
     }
 
     /// Whether a refresh grant with this token would succeed now.

@@ -1,5 +1,6 @@
 //! TLS for the stand-in: a CA generated per instance signs a server certificate for
-//! `127.0.0.1` and `localhost`, so a test trusts exactly this stand-in and nothing else.
+//! `localhost` and the address it listens on (`127.0.0.1`, or the node's host address that
+//! pods reach), so a test trusts exactly this stand-in and nothing else.
 //! Crypto is aws-lc-rs, chosen explicitly, so no process-wide rustls provider is needed.
 
 use std::io;
@@ -21,7 +22,7 @@ pub struct Tls {
 }
 
 /// Generates a fresh CA and server certificate and the rustls configuration serving them.
-pub fn generate() -> io::Result<Tls> {
+pub fn generate(ip: Ipv4Addr) -> io::Result<Tls> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(io::Error::other)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -35,7 +36,7 @@ pub fn generate() -> io::Result<Tls> {
         CertificateParams::new(vec!["localhost".to_owned()]).map_err(io::Error::other)?;
     params
         .subject_alt_names
-        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        .push(SanType::IpAddress(IpAddr::V4(ip)));
     params
         .distinguished_name
         .push(DnType::CommonName, "localhost");

@@ -63,6 +63,17 @@ pub struct Counters {
     pub rejected: u64,
 }
 
+/// One call to the API (`/api/v3.0/users/self`) and whether its access token was accepted:
+/// what a workload holding the token would see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiCall {
+    /// When it was answered, on the real wall clock.
+    pub at: SystemTime,
+    /// The caller's `X-Consumer` header, by which a benchmark tells its workloads apart.
+    pub consumer: Option<String>,
+    pub accepted: bool,
+}
+
 /// One request to `/oauth2/token`, with when it came: counters cannot tell a client that
 /// backs off from one that retries at once, the times between these can.
 #[derive(Clone, Debug, PartialEq, Eq)]
