@@ -227,10 +227,8 @@ impl Reads {
             }
             return false;
         }
-        if let Some(v) = version {
-            if slot.version.as_deref() == Some(v) {
-                return false;
-            }
+        if version.is_some() && slot.version.as_deref() == version {
+            return false;
         }
         slot.changed();
         // A read in flight that returns this very version is current.
@@ -332,7 +330,7 @@ impl Writing<'_> {
         };
         slot.writing -= 1;
         let held = std::mem::take(&mut slot.held);
-        let echoed = held.iter().any(|h| *h == version);
+        let echoed = held.contains(&version);
         let foreign = held.iter().any(|h| *h != version);
         if foreign || version.is_none() {
             slot.changed();

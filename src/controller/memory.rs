@@ -56,10 +56,11 @@ struct Inner {
 type Fp = u64;
 
 fn fp(fingerprint: &str) -> Fp {
-    if fingerprint.len() == 16 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
-        if let Ok(n) = u64::from_str_radix(fingerprint, 16) {
-            return n;
-        }
+    if fingerprint.len() == 16
+        && fingerprint.bytes().all(|b| b.is_ascii_hexdigit())
+        && let Ok(n) = u64::from_str_radix(fingerprint, 16)
+    {
+        return n;
     }
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
