@@ -319,8 +319,55 @@ impl Writing<'_> {
     /// someone else changed the Secret while the write was in flight (its event held
     /// here): then nothing is kept, and the credentials naming the Secret should be woken.
     pub fn wrote(mut self, written: &Secret, target: Option<Arc<Secret>>) -> bool {
-        self.done = true;
         let version = written.metadata.resource_version.clone();
+        self.finish(|slot, held| {
+            let echoed = held.contains(&version);
+            let foreign = held.iter().any(|h| *h != version);
+            match version {
+                Some(version) if !foreign => {
+                    if !echoed {
+                        if slot.own.len() >= OWN_VERSIONS {
+                            slot.own.remove(0);
+                        }
+                        slot.own.push(version.clone());
+                    }
+                    slot.version = Some(version);
+                    if let Some(t) = target {
+                        slot.target = Some(Some(t));
+                    }
+                    // A read begun before this write may hold the version before it.
+                    slot.changes += 1;
+                }
+                _ => slot.changed(),
+            }
+            foreign
+        })
+    }
+
+    /// The write failed: what is kept may be out of date (a conflict says so). Whether an
+    /// event came meanwhile (wake the credentials naming the Secret).
+    pub fn failed(mut self) -> bool {
+        self.finish(|slot, held| {
+            slot.changed();
+            !held.is_empty()
+        })
+    }
+
+    /// Nothing was written after all (nothing needed it): an event held meanwhile was
+    /// someone else's, and is news now.
+    pub fn unwritten(mut self) -> bool {
+        self.finish(|slot, held| {
+            if !held.is_empty() {
+                slot.changed();
+            }
+            !held.is_empty()
+        })
+    }
+
+    /// Ends the write: `f` gets the slot and the events held meanwhile, and says whether
+    /// the credentials naming the Secret should be woken.
+    fn finish(&mut self, f: impl FnOnce(&mut Slot, Vec<Option<String>>) -> bool) -> bool {
+        self.done = true;
         let mut state = self.reads.lock();
         if state.epoch != self.epoch {
             return false;
@@ -330,75 +377,11 @@ impl Writing<'_> {
         };
         slot.writing -= 1;
         let held = std::mem::take(&mut slot.held);
-        let echoed = held.contains(&version);
-        let foreign = held.iter().any(|h| *h != version);
-        if foreign || version.is_none() {
-            slot.changed();
-        } else {
-            let version = version.unwrap_or_default();
-            if !echoed {
-                if slot.own.len() >= OWN_VERSIONS {
-                    slot.own.remove(0);
-                }
-                slot.own.push(version.clone());
-            }
-            slot.version = Some(version);
-            if let Some(t) = target {
-                slot.target = Some(Some(t));
-            }
-            // A read begun before this write may hold the version before it.
-            slot.changes += 1;
-        }
+        let woken = f(slot, held);
         if slot.is_idle() {
             state.slots.remove(&self.key);
         }
-        foreign
-    }
-
-    /// The write failed: what is kept may be out of date (a conflict says so). Whether an
-    /// event came meanwhile (wake the credentials naming the Secret).
-    pub fn failed(mut self) -> bool {
-        self.done = true;
-        self.release()
-    }
-
-    /// Nothing was written after all (nothing needed it): an event held meanwhile was
-    /// someone else's, and is news now.
-    pub fn unwritten(mut self) -> bool {
-        self.done = true;
-        let mut state = self.reads.lock();
-        if state.epoch != self.epoch {
-            return false;
-        }
-        let Some(slot) = state.slots.get_mut(&self.key) else {
-            return false;
-        };
-        slot.writing -= 1;
-        let held = !std::mem::take(&mut slot.held).is_empty();
-        if held {
-            slot.changed();
-        }
-        if slot.is_idle() {
-            state.slots.remove(&self.key);
-        }
-        held
-    }
-
-    fn release(&self) -> bool {
-        let mut state = self.reads.lock();
-        if state.epoch != self.epoch {
-            return false;
-        }
-        let Some(slot) = state.slots.get_mut(&self.key) else {
-            return false;
-        };
-        slot.writing -= 1;
-        let held = !std::mem::take(&mut slot.held).is_empty();
-        slot.changed();
-        if slot.is_idle() {
-            state.slots.remove(&self.key);
-        }
-        held
+        woken
     }
 }
 
@@ -406,7 +389,10 @@ impl Drop for Writing<'_> {
     fn drop(&mut self) {
         // Cancelled: as a failure, whoever holds an event learns of it from the next one.
         if !self.done {
-            self.release();
+            self.finish(|slot, _| {
+                slot.changed();
+                false
+            });
         }
     }
 }
