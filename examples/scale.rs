@@ -407,6 +407,28 @@ type Requests = BTreeMap<String, f64>;
 /// to bring them to 4 and 1.
 const MAX_WRITES_PER_REFRESH: f64 = 5.5;
 const MAX_READS_PER_REFRESH: f64 = 3.5;
+/// From this N on, the issue's own goals (issue 20) apply: the design's four writes and one
+/// read per steady refresh, and cold start and apply within 1.25× the floor. Below it (CI's
+/// N = 100 with 30 s tokens, where a window holds few refreshes) the ceilings above catch a
+/// regression.
+const ISSUE_GOALS_FROM: usize = 1_000;
+const ISSUE_WRITES_PER_REFRESH: f64 = 4.0;
+const ISSUE_READS_PER_REFRESH: f64 = 1.0;
+const MAX_FLOOR_RATIO: f64 = 1.25;
+
+/// The issue's goal on a phase's time against its floor (from `ISSUE_GOALS_FROM` on).
+fn floor_goal(table: &mut Table, what: &str, n: usize, took: Duration, floor: Option<Duration>) {
+    let Some(floor) = floor.filter(|_| n >= ISSUE_GOALS_FROM) else {
+        return;
+    };
+    let r = took.as_secs_f64() / floor.as_secs_f64().max(1e-9);
+    table.goal(
+        format!("{what}, against the floor"),
+        format!("{r:.2}×"),
+        format!("≤ {MAX_FLOOR_RATIO}×"),
+        r <= MAX_FLOOR_RATIO,
+    );
+}
 const MAX_HANDOVER: Duration = Duration::from_secs(3);
 /// How long a replica gets to exit after SIGTERM before it is killed.
 const STOP_LIMIT: Duration = Duration::from_secs(60);
@@ -1558,6 +1580,7 @@ async fn cold(
             None => "floor not run".into(),
         },
     );
+    floor_goal(table, "cold start", n, took, floor_cold);
     if replicas.len() == 1 {
         table.row(
             "RSS after cold start / peak RSS (VmHWM)",
@@ -1817,6 +1840,7 @@ async fn live(
             None => format!("floor not run; the creates alone took {}", s(created)),
         },
     );
+    floor_goal(table, "apply → all Ready", n, took, floor_apply);
     let (rss_now, hwm) = op.rss().unwrap_or_default();
     table.row(
         "RSS after all Ready (live) / peak RSS",
@@ -1915,19 +1939,28 @@ async fn live(
             "everyone's requests (no client label), less the background's rate",
         );
         // The goals count the operator's own requests (its counter): exact, whatever else
-        // the control plane does meanwhile.
+        // the control plane does meanwhile. The Lease's renewals (every 3 s whatever is
+        // due) are counted apart.
+        let own: Requests = own
+            .into_iter()
+            .filter(|(k, _)| !k.ends_with(" leases"))
+            .collect();
         let (writes, reads) = writes_and_reads(&own, (&Requests::new(), 0.0));
+        let (max_writes, max_reads) = match n >= ISSUE_GOALS_FROM {
+            true => (ISSUE_WRITES_PER_REFRESH, ISSUE_READS_PER_REFRESH),
+            false => (MAX_WRITES_PER_REFRESH, MAX_READS_PER_REFRESH),
+        };
         table.goal(
-            "the operator's API writes per steady refresh",
+            "the operator's API writes per steady refresh, its Lease apart",
             format!("{:.2}", writes / per),
-            format!("≤ {MAX_WRITES_PER_REFRESH}"),
-            refreshes > 0 && writes / per <= MAX_WRITES_PER_REFRESH,
+            format!("≤ {max_writes}"),
+            refreshes > 0 && writes / per <= max_writes,
         );
         table.goal(
-            "the operator's API reads per steady refresh",
+            "the operator's API reads per steady refresh, its Lease apart",
             format!("{:.2}", reads / per),
-            format!("≤ {MAX_READS_PER_REFRESH}"),
-            refreshes > 0 && reads / per <= MAX_READS_PER_REFRESH,
+            format!("≤ {max_reads}"),
+            refreshes > 0 && reads / per <= max_reads,
         );
         let (rss_now, hwm) = op.rss().unwrap_or_default();
         table.row(
