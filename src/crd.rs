@@ -47,14 +47,15 @@ pub const DEFAULT_AUTH_URL: &str = "https://auth.eagleeyenetworks.com";
         priority = "1"
     ),
     printcolumn(name = "Base URL", type_ = "string", json_path = ".status.baseUrl"),
+    // Times to come as RFC 3339 strings: kubectl shows a future `date` as `<invalid>`.
     printcolumn(
         name = "Token Expires",
-        type_ = "date",
+        type_ = "string",
         json_path = ".status.accessTokenExpiresAt"
     ),
     printcolumn(
         name = "Re-login By",
-        type_ = "date",
+        type_ = "string",
         json_path = ".status.refreshTokenDeadline"
     ),
     printcolumn(
