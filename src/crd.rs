@@ -333,7 +333,7 @@ pub struct TargetSecret {
     "[self.accessToken, self.baseUrl, self.hostname, self.port, self.expiresAt, self.tokenType].filter(k, k != '').all(k, [self.accessToken, self.baseUrl, self.hostname, self.port, self.expiresAt, self.tokenType].filter(j, j == k).size() == 1)"
 ).message("target key names must differ from one another"))]
 #[x_kube(validation = kube::core::Rule::new(
-    "[self.accessToken, self.baseUrl, self.hostname, self.port, self.expiresAt, self.tokenType].all(k, k == '' || (k.size() <= 253 && k.matches('^[-._a-zA-Z0-9]+$')))"
+    "[self.accessToken, self.baseUrl, self.hostname, self.port, self.expiresAt, self.tokenType].all(k, k == '' || (k.size() <= 253 && k.matches('^[-._a-zA-Z0-9]+$') && k != '.' && !k.startsWith('..')))"
 ).message("target key names must be valid Secret keys (letters, digits, '-', '_', '.')"))]
 pub struct TargetKeys {
     /// The access token (send as `Authorization: Bearer <token>`).
@@ -642,7 +642,7 @@ fn template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "maxProperties": MAX_TEMPLATES,
         "additionalProperties": {"type": "string", "maxLength": MAX_TEMPLATE_LENGTH},
         "x-kubernetes-validations": [{
-            "rule": "self.all(k, k.size() <= 253 && k.matches('^[-._a-zA-Z0-9]+$'))",
+            "rule": "self.all(k, k.size() <= 253 && k.matches('^[-._a-zA-Z0-9]+$') && k != '.' && !k.startsWith('..'))",
             "message": "template keys must be valid Secret keys (letters, digits, '-', '_', '.')",
         }],
     }))

@@ -60,6 +60,21 @@ pub struct Workload {
     pub name: String,
 }
 
+/// Set on a workload by someone who may change it, naming the credentials (comma-separated)
+/// whose rotations may restart it: a tenant who may create credentials but not patch
+/// workloads can never make the operator restart one (as `target::ADOPT` guards Secrets).
+pub const RESTART_FOR: &str = "eagle-eye-operator.io/restart-for";
+
+/// Whether a workload with `annotations` lets credential `name` restart it.
+pub fn opted_in(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+    name: &str,
+) -> bool {
+    annotations
+        .and_then(|a| a.get(RESTART_FOR))
+        .is_some_and(|v| v.split(',').any(|c| c.trim() == name))
+}
+
 /// What to do now, and the records to keep.
 #[derive(Debug, PartialEq)]
 pub struct Plan {
@@ -72,10 +87,24 @@ pub struct Plan {
 }
 
 /// What to do with the workloads `found` (each once), given their `records` and the
-/// current `revision`.
+/// current `revision`; a workload without a record counts as seen at `revision`.
 pub fn plan(
     found: &[Workload],
     records: &[WorkloadRestart],
+    revision: u64,
+    now: Timestamp,
+    pause: SignedDuration,
+) -> Plan {
+    plan_from(found, records, revision, revision, now, pause)
+}
+
+/// As [`plan`], a workload without a record counting as seen at `first_seen`: the revision
+/// before the reconcile that found it (one that rotated the token and saw the workload for
+/// the first time restarts it: its pods hold the token that rotation ended).
+pub fn plan_from(
+    found: &[Workload],
+    records: &[WorkloadRestart],
+    first_seen: u64,
     revision: u64,
     now: Timestamp,
     pause: SignedDuration,
@@ -93,7 +122,7 @@ pub fn plan(
             .unwrap_or_else(|| WorkloadRestart {
                 kind: w.kind,
                 name: w.name.clone(),
-                revision,
+                revision: first_seen.min(revision),
                 restarted_at: None,
                 problem: None,
             });
@@ -155,6 +184,26 @@ mod tests {
     }
 
     const PAUSE: SignedDuration = SignedDuration::from_secs(60);
+
+    #[test]
+    fn only_a_workload_that_names_the_credential_may_be_restarted_by_it() {
+        let with = |v: &str| Some([(RESTART_FOR.to_owned(), v.to_owned())].into());
+        assert!(opted_in(with("cam").as_ref(), "cam"));
+        assert!(opted_in(with("other, cam").as_ref(), "cam"));
+        assert!(!opted_in(with("camera").as_ref(), "cam"));
+        assert!(!opted_in(with("*").as_ref(), "cam"));
+        assert!(!opted_in(None, "cam"));
+    }
+
+    #[test]
+    fn a_workload_first_seen_by_the_reconcile_that_rotated_is_restarted() {
+        // The status read said revision 0; this reconcile's refresh made it 1.
+        let p = plan_from(&[w("api")], &[], 0, 1, t(0), PAUSE);
+        assert_eq!(p.restart, [w("api")]);
+        // Seen first by a reconcile that rotated nothing: recorded, not restarted.
+        let p = plan_from(&[w("api")], &[], 1, 1, t(0), PAUSE);
+        assert!(p.restart.is_empty());
+    }
 
     #[test]
     fn a_workload_seen_first_is_recorded_at_the_current_revision_and_not_restarted() {

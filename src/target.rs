@@ -173,6 +173,18 @@ pub struct Publication<'a> {
     pub spent_fingerprints: &'a [String],
 }
 
+/// Whether the API server takes `key` as a key of a Secret's data (at most 253 of letters,
+/// digits, '-', '_' and '.'; neither '.' nor starting with '..').
+pub fn is_data_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && key != "."
+        && !key.starts_with("..")
+}
+
 pub fn target_name(cr: &EagleEyeCredential) -> String {
     cr.spec
         .target

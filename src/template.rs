@@ -106,6 +106,14 @@ pub fn problems(cr: &EagleEyeCredential) -> Vec<String> {
                     "key {key:?} is also one of spec.target.keys: choose another name"
                 ));
             }
+            // What the API server refuses as a Secret's key would fail every publish, the
+            // one after a rotation included (the CRD refuses it too; this guards a CRD
+            // applied by hand without the rule).
+            if !crate::target::is_data_key(key) {
+                return Some(format!(
+                    "key {key:?} is not a Secret key (letters, digits, '-', '_' and '.'; not '.' and not starting with '..')"
+                ));
+            }
             match parse(template) {
                 Err(e) => Some(format!("key {key:?}: {e}")),
                 Ok(p) if p.iter().filter(|p| matches!(p, Piece::Field(_))).count() > MAX_FIELDS => {
@@ -156,6 +164,19 @@ mod tests {
             hostname: "api.c001.eagleeyenetworks.com",
             port: "443",
             expires_at: "2026-12-06T21:00:00Z",
+        }
+    }
+
+    #[test]
+    fn a_key_no_secret_may_hold_is_a_problem_and_is_not_rendered() {
+        for key in [".", "..", "..data", "a/b", ""] {
+            let cr = with(&[(key, "{{ .accessToken }}"), ("ok", "{{ .tokenType }}")]);
+            assert_eq!(problems(&cr).len(), 1, "key {key:?}");
+            assert_eq!(
+                render(&cr, &values()).keys().collect::<Vec<_>>(),
+                ["ok"],
+                "key {key:?}"
+            );
         }
     }
 

@@ -86,6 +86,9 @@ struct Slot {
     /// An event that came while a write was in flight: the write's own echo when it
     /// carries the version the write returns, else someone else's change (`None`: deleted).
     held: Vec<Option<String>>,
+    /// `version` was learned from a read and its event has not come yet: that event is
+    /// still news to the other credentials naming the Secret (it drops nothing).
+    read_ahead: bool,
 }
 
 impl Slot {
@@ -99,6 +102,7 @@ impl Slot {
 
     /// Someone else changed the Secret (or deleted it): nothing read from it stays.
     fn changed(&mut self) {
+        self.read_ahead = false;
         self.version = None;
         self.own.clear();
         self.clients.clear();
@@ -135,7 +139,6 @@ pub struct Ticket<'a> {
 pub struct Writing<'a> {
     reads: &'a Reads,
     key: SecretKey,
-    epoch: u64,
     done: bool,
 }
 
@@ -188,13 +191,11 @@ impl Reads {
     /// A write of Secret `name` starts: until it answers, its watch event is held.
     pub fn writing(&self, ns: &str, name: &str) -> Writing<'_> {
         let mut state = self.lock();
-        let epoch = state.epoch;
         let key = secret_key(ns, name);
         state.slots.entry(key.clone()).or_default().writing += 1;
         Writing {
             reads: self,
             key,
-            epoch,
             done: false,
         }
     }
@@ -228,7 +229,7 @@ impl Reads {
             return false;
         }
         if version.is_some() && slot.version.as_deref() == version {
-            return false;
+            return std::mem::take(&mut slot.read_ahead);
         }
         slot.changed();
         // A read in flight that returns this very version is current.
@@ -244,7 +245,17 @@ impl Reads {
     pub fn clear(&self) {
         let mut state = self.lock();
         state.epoch += 1;
-        state.slots.clear();
+        // A write in flight keeps its slot: whatever it held, and anything the re-list hid,
+        // is news at its answer.
+        state.slots.retain(|_, slot| {
+            if slot.writing == 0 {
+                return false;
+            }
+            slot.changed();
+            slot.reading = 0;
+            slot.held.push(None);
+            true
+        });
     }
 
     /// Secrets with an entry (reads or writes in flight, or something kept).
@@ -267,8 +278,11 @@ impl Reads {
             let unchanged = slot.changes == ticket.changes
                 || (version.is_some() && slot.version.as_deref() == version);
             if unchanged {
-                if let Some(v) = version {
+                if let Some(v) = version
+                    && slot.version.as_deref() != Some(v)
+                {
                     slot.version = Some(v.to_owned());
+                    slot.read_ahead = true;
                 }
                 f(slot);
             }
@@ -332,6 +346,7 @@ impl Writing<'_> {
                         slot.own.push(version.clone());
                     }
                     slot.version = Some(version);
+                    slot.read_ahead = false;
                     if let Some(t) = target {
                         slot.target = Some(Some(t));
                     }
@@ -369,9 +384,6 @@ impl Writing<'_> {
     fn finish(&mut self, f: impl FnOnce(&mut Slot, Vec<Option<String>>) -> bool) -> bool {
         self.done = true;
         let mut state = self.reads.lock();
-        if state.epoch != self.epoch {
-            return false;
-        }
         let Some(slot) = state.slots.get_mut(&self.key) else {
             return false;
         };
@@ -469,7 +481,8 @@ mod tests {
         assert_eq!(id(&reads, "n", "b").as_deref(), Some("2"));
         assert_eq!(id(&reads, "m", "a").as_deref(), Some("3"));
         assert!(reads.client("n", "b", "other/keys").is_err(), "other keys");
-        // The event of the version read is no change.
+        // The event of the version read drops nothing, but is news to the others (once).
+        assert!(reads.event("n", "b", Some("2")));
         assert!(!reads.event("n", "b", Some("2")));
         assert_eq!(id(&reads, "n", "b").as_deref(), Some("2"));
     }
@@ -577,6 +590,15 @@ mod tests {
             .keep_target(Some(Arc::new(at("3"))));
         assert!(reads.event("n", "t", None));
         assert!(reads.target("n", "t").is_err());
+    }
+
+    #[test]
+    fn a_relist_during_a_write_makes_a_held_deletion_news_at_the_answer() {
+        let reads = Reads::default();
+        let write = reads.writing("b", "t");
+        assert!(!reads.event("b", "t", None), "held");
+        reads.clear();
+        assert!(write.wrote(&at("30"), Some(Arc::new(at("30")))));
     }
 
     #[test]

@@ -133,7 +133,6 @@ impl<'a> Reconciler<'a> {
             renew: crate::renew::wanted(
                 self.cr.spec.renew_request.as_deref(),
                 self.status.renew.as_ref(),
-                published.as_ref().map(|p| p.issued_at),
             ),
             published,
             stored_fingerprint: stored.fingerprint.clone(),

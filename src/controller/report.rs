@@ -132,7 +132,7 @@ impl Reconciler<'_> {
     }
 
     /// Records in status.renew (with an Event) how the unhandled renew request, if any,
-    /// ended with `outcome`: served by a token issued after it, or by this outcome.
+    /// ended with `outcome`.
     async fn record_renew(&mut self, outcome: &Outcome) {
         let Some(request) = renew::unhandled(
             self.cr.spec.renew_request.as_deref(),
@@ -140,16 +140,13 @@ impl Reconciler<'_> {
         ) else {
             return;
         };
-        let issued = self.published_token.map(|(issued, _)| issued);
-        let result = if renew::served_by(request, issued) {
-            Some((
-                renew::RENEWED,
-                "an access token issued after the request is published".to_owned(),
-            ))
-        } else {
-            renew::result(outcome)
+        let Some((how, mut message)) = renew::result(outcome) else {
+            return;
         };
-        let Some((how, message)) = result else { return };
+        if how == renew::RENEWED && self.rotation() == Rotation::NonRotating {
+            // Such a server may hand back the access token it issued before.
+            message = renew::NON_ROTATING.to_owned();
+        }
         let note = Note {
             type_: if how == renew::RENEWED {
                 EventType::Normal

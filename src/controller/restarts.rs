@@ -75,7 +75,11 @@ impl Reconciler<'_> {
         let (found, mut problems, missing) = self.find_workloads(&targets).await;
         let now = super::whole_seconds(self.ctx.settings.now());
         let revision = self.status.revision;
-        let mut plan = restart::plan(&found, &self.status.restarts, revision, now, pause);
+        // A workload seen first now counts as seen at the revision before this reconcile:
+        // if this reconcile rotated the token, its pods hold the one that rotation ended.
+        let before = self.cr.status.as_ref().map_or(revision, |s| s.revision);
+        let mut plan =
+            restart::plan_from(&found, &self.status.restarts, before, revision, now, pause);
         let patch = restart::patch(&restart::value(self.ctx.settings.now()));
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
@@ -167,11 +171,19 @@ impl Reconciler<'_> {
         targets: &[RestartTarget],
     ) -> (Vec<Workload>, Vec<String>, Vec<String>) {
         let ns = self.cr.namespace().unwrap_or_default();
+        let me = self.cr.name_any();
         let (mut found, mut problems, mut missing) = (Vec::new(), Vec::new(), Vec::new());
         for t in targets {
             let api = api(self.ctx.client.clone(), &ns, t.kind);
             if let Some(name) = &t.name {
                 match api.get_metadata_opt(name).await {
+                    Ok(Some(m)) if !restart::opted_in(m.metadata.annotations.as_ref(), &me) => {
+                        problems.push(format!(
+                            "{} {name:?} does not name this credential in its {} annotation: whoever may change it must opt in",
+                            t.kind,
+                            restart::RESTART_FOR
+                        ))
+                    }
                     Ok(Some(_)) => found.push(Workload {
                         kind: t.kind,
                         name: name.clone(),
@@ -203,10 +215,24 @@ impl Reconciler<'_> {
                 Ok(list) if list.items.is_empty() => {
                     missing.push(format!("no {} matches the selector", t.kind))
                 }
-                Ok(list) => found.extend(list.items.iter().map(|m| Workload {
-                    kind: t.kind,
-                    name: m.name_any(),
-                })),
+                Ok(list) => {
+                    let (mine, others): (Vec<_>, Vec<_>) = list
+                        .items
+                        .iter()
+                        .partition(|m| restart::opted_in(m.metadata.annotations.as_ref(), &me));
+                    if mine.is_empty() {
+                        problems.push(format!(
+                            "{} {}s match the selector, none naming this credential in its {} annotation: whoever may change them must opt in",
+                            others.len(),
+                            t.kind,
+                            restart::RESTART_FOR
+                        ));
+                    }
+                    found.extend(mine.iter().map(|m| Workload {
+                        kind: t.kind,
+                        name: m.name_any(),
+                    }))
+                }
                 Err(e) => problems.push(format!(
                     "listing {}s: {}{}",
                     t.kind,

@@ -54,9 +54,17 @@ impl SecretNews {
                 self.reads.clear();
                 Vec::new()
             }
-            watcher::Event::InitApply(s) if self.listed_once.load(Ordering::Relaxed) => naming(s),
-            watcher::Event::InitApply(_) => Vec::new(),
+            // What was read after Init and changed before the list's snapshot is dropped.
+            watcher::Event::InitApply(s) => {
+                news(s, s.metadata.resource_version.as_deref());
+                match self.listed_once.load(Ordering::Relaxed) {
+                    true => naming(s),
+                    false => Vec::new(),
+                }
+            }
             watcher::Event::InitDone => {
+                // And what was read after Init of a Secret deleted before the snapshot.
+                self.reads.clear();
                 self.listed_once.store(true, Ordering::Relaxed);
                 Vec::new()
             }
@@ -125,6 +133,43 @@ mod tests {
             !news
                 .on_event(&watcher::Event::Delete(secret("client", "8")))
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_change_reported_by_a_relist_drops_a_read_kept_during_it() {
+        let (news, reads) = news();
+        news.on_event(&watcher::Event::Init);
+        news.on_event(&watcher::Event::InitDone);
+        news.on_event(&watcher::Event::Init);
+        let creds = crate::token::ClientCredentials {
+            id: "old".into(),
+            secret: secrecy::SecretString::from("s"),
+        };
+        let ticket = reads.client("n", "client", "id/secret").unwrap_err();
+        ticket.keep_client("id/secret", creds, Some("10"));
+        let woken = news.on_event(&watcher::Event::InitApply(secret("client", "11")));
+        assert_eq!(woken.len(), 1);
+        assert!(
+            reads.client("n", "client", "id/secret").is_err(),
+            "served 10"
+        );
+    }
+
+    #[test]
+    fn a_read_ahead_of_the_watch_does_not_swallow_the_wake_of_the_others() {
+        let (news, reads) = news();
+        let creds = crate::token::ClientCredentials {
+            id: "new".into(),
+            secret: secrecy::SecretString::from("s"),
+        };
+        let ticket = reads.client("n", "client", "id/secret").unwrap_err();
+        ticket.keep_client("id/secret", creds, Some("21"));
+        let woken = news.on_event(&watcher::Event::Apply(secret("client", "21")));
+        assert_eq!(woken, [ObjectRef::new("c").within("n")]);
+        assert!(
+            reads.client("n", "client", "id/secret").is_ok(),
+            "nothing dropped"
         );
     }
 

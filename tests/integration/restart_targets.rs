@@ -50,7 +50,8 @@ async fn create_workload(env: &TestEnv, kind: &str, name: &str, labels: &[(&str,
     let r = resource(kind);
     let obj: DynamicObject = serde_json::from_value(serde_json::json!({
         "apiVersion": r.api_version, "kind": kind,
-        "metadata": {"name": name, "labels": labels},
+        "metadata": {"name": name, "labels": labels,
+            "annotations": {"eagle-eye-operator.io/restart-for": "cam,lonely"}},
         "spec": spec,
     }))
     .unwrap();
