@@ -66,6 +66,12 @@ type SecretKey = (String, String);
 /// twice (the spend intent, the write-back) and a slow watch may deliver both echoes late.
 const OWN_VERSIONS: usize = 4;
 
+/// Secrets with an entry at most (three per credential at 30,000 credentials and then some):
+/// past it, every entry with nothing in flight goes, and is read again when needed. A tenant
+/// naming ever new Secrets (absent targets are kept as absent) cannot grow memory without
+/// bound.
+const MAX_SECRETS: usize = 100_000;
+
 /// What is known of one Secret that a reconcile reads or this process writes.
 #[derive(Default)]
 struct Slot {
@@ -142,6 +148,17 @@ pub struct Writing<'a> {
     done: bool,
 }
 
+/// Before an entry for `key` is made: at [`MAX_SECRETS`], the entries with nothing in
+/// flight go (what they kept is read again; an echo they would have recognised wakes a
+/// reconcile that finds nothing to do).
+fn make_room(state: &mut State, key: &SecretKey) {
+    if state.slots.len() >= MAX_SECRETS && !state.slots.contains_key(key) {
+        state
+            .slots
+            .retain(|_, slot| slot.reading > 0 || slot.writing > 0);
+    }
+}
+
 fn secret_key(ns: &str, name: &str) -> SecretKey {
     (ns.into(), name.into())
 }
@@ -152,6 +169,7 @@ impl Reads {
     }
 
     fn ticket(&self, state: &mut State, key: SecretKey) -> Ticket<'_> {
+        make_room(state, &key);
         let epoch = state.epoch;
         let slot = state.slots.entry(key.clone()).or_default();
         slot.reading += 1;
@@ -192,6 +210,7 @@ impl Reads {
     pub fn writing(&self, ns: &str, name: &str) -> Writing<'_> {
         let mut state = self.lock();
         let key = secret_key(ns, name);
+        make_room(&mut state, &key);
         state.slots.entry(key.clone()).or_default().writing += 1;
         Writing {
             reads: self,
@@ -599,6 +618,28 @@ mod tests {
         assert!(!reads.event("b", "t", None), "held");
         reads.clear();
         assert!(write.wrote(&at("30"), Some(Arc::new(at("30")))));
+    }
+
+    #[test]
+    fn a_tenant_naming_ever_new_absent_secrets_cannot_grow_the_cache_past_its_bound() {
+        let reads = Reads::default();
+        for i in 0..MAX_SECRETS + 10 {
+            reads
+                .target("n", &format!("nothing-{i}"))
+                .unwrap_err()
+                .keep_target(None);
+        }
+        assert!(reads.len() <= MAX_SECRETS, "{} entries", reads.len());
+        // A read in flight survives the clean-up.
+        let ticket = reads.target("n", "in-flight").unwrap_err();
+        for i in 0..MAX_SECRETS {
+            reads
+                .target("m", &format!("more-{i}"))
+                .unwrap_err()
+                .keep_target(None);
+        }
+        ticket.keep_target(None);
+        assert!(matches!(reads.target("n", "in-flight"), Ok(None)));
     }
 
     #[test]

@@ -57,7 +57,11 @@ type Fp = u64;
 
 fn fp(fingerprint: &str) -> Fp {
     if fingerprint.len() == 16
-        && fingerprint.bytes().all(|b| b.is_ascii_hexdigit())
+        // Lowercase only, as `secrets::fingerprint` writes them: the spent lists are compared
+        // as strings elsewhere, so "ABCD…" must stay another token than "abcd…".
+        && fingerprint
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         && let Ok(n) = u64::from_str_radix(fingerprint, 16)
     {
         return n;
