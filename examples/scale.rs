@@ -482,25 +482,9 @@ async fn scrape(client: &kube::Client) -> Result<Requests> {
         .await
         .context("reading kube-apiserver's /metrics")?;
     let mut out = Requests::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let Ok(value) = value.trim().parse::<f64>() else {
-            continue;
-        };
-        let mut l: HashMap<&str, &str> = HashMap::new();
-        for pair in labels.split("\",") {
-            if let Some((k, v)) = pair.split_once("=\"") {
-                l.insert(k, v.trim_end_matches('"'));
-            }
-        }
-        let resource = l.get("resource").copied().unwrap_or("");
-        let sub = l.get("subresource").copied().unwrap_or("");
-        let verb = l.get("verb").copied().unwrap_or("");
+    for (l, value) in series(&text, "apiserver_request_total") {
+        let label = |k: &str| l.get(k).copied().unwrap_or("");
+        let (resource, sub, verb) = (label("resource"), label("subresource"), label("verb"));
         let key = if sub.is_empty() {
             format!("{verb} {resource}")
         } else {
@@ -509,6 +493,24 @@ async fn scrape(client: &kube::Client) -> Result<Requests> {
         *out.entry(key).or_default() += value;
     }
     Ok(out)
+}
+
+/// Every sample of counter `name` in Prometheus text: its labels and value.
+fn series<'a>(
+    text: &'a str,
+    name: &'a str,
+) -> impl Iterator<Item = (HashMap<&'a str, &'a str>, f64)> + 'a {
+    text.lines().filter_map(move |line| {
+        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let (labels, value) = rest.rsplit_once("} ")?;
+        let value = value.trim().parse::<f64>().ok()?;
+        let labels = labels
+            .split("\",")
+            .filter_map(|pair| pair.split_once("=\""))
+            .map(|(k, v)| (k, v.trim_end_matches('"')))
+            .collect();
+        Some((labels, value))
+    })
 }
 
 fn diff(after: &Requests, before: &Requests) -> Requests {
@@ -1217,25 +1219,10 @@ impl Replica {
             .await
             .context("reading the operator's /metrics")?;
         let mut out = Requests::new();
-        for line in text.lines() {
-            let Some(rest) = line.strip_prefix("eagle_eye_kube_api_requests_total{") else {
-                continue;
-            };
-            let Some((labels, value)) = rest.rsplit_once("} ") else {
-                continue;
-            };
-            let Ok(value) = value.trim().parse::<f64>() else {
-                continue;
-            };
-            let label = |name: &str| {
-                labels
-                    .split(',')
-                    .find_map(|p| p.strip_prefix(&format!("{name}=\"")))
-                    .map(|v| v.trim_end_matches('"').to_owned())
-                    .unwrap_or_default()
-            };
+        for (l, value) in series(&text, "eagle_eye_kube_api_requests_total") {
+            let label = |k: &str| l.get(k).copied().unwrap_or("");
             // kube-apiserver's names for the verbs.
-            let verb = match label("verb").as_str() {
+            let verb = match label("verb") {
                 "create" => "POST".to_owned(),
                 "update" => "PUT".to_owned(),
                 other => other.to_ascii_uppercase(),
