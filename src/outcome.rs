@@ -211,7 +211,7 @@ pub fn report(outcome: &Outcome, previous: Option<&Condition>, now: Timestamp) -
             verdict(
                 true,
                 reason::TOKEN_REFRESHED,
-                format!("access token refreshed; it expires at {expires_at}"),
+                valid_until(*expires_at),
             ),
             Next::At(*next_refresh),
             // An Event when tokens flow (again); a routine refresh of a working credential
@@ -389,6 +389,13 @@ const NOTHING_VALID: Standing = Standing {
 
 /// `Ready` when nothing was done this round: true while the published token is valid and
 /// the last attempt did not fail; otherwise whatever failure was reported last stands.
+/// The message of a `Ready` condition with a valid token published, in the same words
+/// whether this reconcile refreshed it or found it: a later reconcile that only looks (not
+/// due yet, parked for a call slot) then finds the condition as it is, and writes nothing.
+fn valid_until(expires_at: Timestamp) -> String {
+    format!("the published access token is valid until {expires_at}")
+}
+
 fn current(standing: &Standing, previous: Option<&Condition>, now: Timestamp) -> Verdict {
     match standing.expires_at {
         Some(e) if e > now && !standing.failing => verdict(
@@ -397,7 +404,7 @@ fn current(standing: &Standing, previous: Option<&Condition>, now: Timestamp) ->
                 .filter(|c| c.status == "True")
                 .map(|_| reason::TOKEN_REFRESHED)
                 .unwrap_or(reason::TOKEN_VALID),
-            format!("the published access token is valid until {e}"),
+            valid_until(e),
         ),
         _ => match previous {
             // Another shard's last word on a credential that left it is no reason of ours.
@@ -779,6 +786,41 @@ mod tests {
                 vec![(Normal, event::REFRESH_TOKEN_REPLACED)],
             ),
         ]
+    }
+
+    /// A reconcile between two refreshes (not due yet, or due and parked for a call slot)
+    /// must find `Ready` as the refresh wrote it: a different word is a status write.
+    #[test]
+    fn a_look_between_refreshes_leaves_ready_as_the_refresh_wrote_it() {
+        let expires_at = t(NOW + 600);
+        let refreshed = report(
+            &Outcome::Refreshed {
+                expires_at,
+                next_refresh: t(NOW + 400),
+            },
+            Some(&condition(true, reason::TOKEN_VALID, "m")),
+            t(NOW),
+        )
+        .ready
+        .unwrap();
+        let written = condition(true, refreshed.reason, &refreshed.message);
+        let standing = Standing {
+            expires_at: Some(expires_at),
+            failing: false,
+        };
+        for later in [
+            Outcome::Waiting {
+                until: t(NOW + 400),
+                standing,
+            },
+            Outcome::AwaitingCallSlot {
+                destination: s("https://auth.example.com:443"),
+                standing,
+            },
+        ] {
+            let r = report(&later, Some(&written), t(NOW + 400));
+            assert_eq!(r.ready.as_ref(), Some(&refreshed), "{later:?}");
+        }
     }
 
     #[test]
