@@ -79,8 +79,9 @@ pub trait World {
     /// Why another credential owns `stored`'s token, if one does (see `Memory::claim`).
     fn claimed_elsewhere(&mut self, stored: &StoredToken) -> Option<String>;
     /// Takes a token-call slot and says how long the call may take with it, or parks the
-    /// credential for one (`None`).
-    fn call_slot(&mut self, auth_url: &url::Url) -> Option<SignedDuration>;
+    /// credential for one (`None`); `read` is what this refresh would spend, which the
+    /// reconcile the slot wakes may use unless its Secret changed meanwhile.
+    fn call_slot(&mut self, auth_url: &url::Url, read: &StoredToken) -> Option<SignedDuration>;
     /// Whether a refresh may start now (checked once the slot is granted).
     async fn may_start(&mut self) -> Result<(), NotNow>;
     async fn read_refresh_token(&mut self) -> Result<StoredToken, SecretError>;
@@ -339,7 +340,7 @@ impl<'a, W: World> Refresh<'a, W> {
                 if let Some(why) = self.world.claimed_elsewhere(&stored) {
                     return End::Report(Outcome::InUse(why), Action::requeue(IN_USE_RECHECK));
                 }
-                let Some(call_limit) = self.world.call_slot(&auth_url) else {
+                let Some(call_limit) = self.world.call_slot(&auth_url, &stored) else {
                     return self.awaiting_slot();
                 };
                 info!(?why, "refreshing");

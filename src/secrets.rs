@@ -149,7 +149,16 @@ pub async fn read_refresh_token(
     key: &str,
     now: Timestamp,
 ) -> Result<StoredToken, SecretError> {
-    let secret = get(api, name).await?;
+    refresh_token_in(get(api, name).await?, name, key, now)
+}
+
+/// The refresh token stored under `key` in `secret` (Secret `name`, read at `now`).
+pub fn refresh_token_in(
+    secret: Secret,
+    name: &str,
+    key: &str,
+    now: Timestamp,
+) -> Result<StoredToken, SecretError> {
     let token = value(&secret, name, key)?;
     if secret.immutable == Some(true) {
         return Err(SecretError::Immutable(name.into()));

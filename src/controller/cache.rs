@@ -72,6 +72,18 @@ const OWN_VERSIONS: usize = 4;
 /// bound.
 const MAX_SECRETS: usize = 100_000;
 
+/// How long the read of a reconcile parked for a call slot stands in for a fresh read
+/// (`park_read`). A granted slot wakes its reconcile within a second or so; a read older
+/// than this is not trusted whatever the watch says (it may have been silent).
+const PARKED_READ_FOR: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A refresh-token Secret as a reconcile read it before parking for a call slot.
+struct ParkedRead {
+    credential: String,
+    secret: Secret,
+    at: std::time::Instant,
+}
+
 /// What is known of one Secret that a reconcile reads or this process writes.
 #[derive(Default)]
 struct Slot {
@@ -95,6 +107,9 @@ struct Slot {
     /// `version` was learned from a read and its event has not come yet: that event is
     /// still news to the other credentials naming the Secret (it drops nothing).
     read_ahead: bool,
+    /// The refresh token read by a reconcile that parked for a call slot: any event of the
+    /// Secret, any write of it, a re-list drop it.
+    parked: Option<ParkedRead>,
 }
 
 impl Slot {
@@ -104,6 +119,7 @@ impl Slot {
             && self.own.is_empty()
             && self.clients.is_empty()
             && self.target.is_none()
+            && self.parked.is_none()
     }
 
     /// Someone else changed the Secret (or deleted it): nothing read from it stays.
@@ -113,6 +129,7 @@ impl Slot {
         self.own.clear();
         self.clients.clear();
         self.target = None;
+        self.parked = None;
         self.changes += 1;
     }
 }
@@ -211,7 +228,9 @@ impl Reads {
         let mut state = self.lock();
         let key = secret_key(ns, name);
         make_room(&mut state, &key);
-        state.slots.entry(key.clone()).or_default().writing += 1;
+        let slot = state.slots.entry(key.clone()).or_default();
+        slot.writing += 1;
+        slot.parked = None;
         Writing {
             reads: self,
             key,
@@ -229,6 +248,8 @@ impl Reads {
         let Some(slot) = state.slots.get_mut(&key) else {
             return true;
         };
+        // Even an echo: the parked read is trusted only while the Secret is quiet.
+        slot.parked = None;
         if let Some(v) = version
             && let Some(at) = slot.own.iter().position(|o| o == v)
         {
@@ -257,6 +278,42 @@ impl Reads {
             state.slots.remove(&key);
         }
         true
+    }
+
+    /// Keeps `secret`, the refresh-token Secret `credential`'s reconcile read (a quorum
+    /// read) before it parked for a call slot, for the reconcile the grant wakes
+    /// (`take_parked`): the Secret is read once per refresh, not once before parking and
+    /// again after. Safe because it is dropped by any event of the Secret, and because the
+    /// spend intent is written over the version read: a change the watch has not shown yet
+    /// fails that write (409) and nothing is spent.
+    pub fn park_read(&self, ns: &str, credential: &str, secret: &Secret) {
+        let Some(name) = secret.metadata.name.as_deref() else {
+            return;
+        };
+        let mut state = self.lock();
+        let key = secret_key(ns, name);
+        make_room(&mut state, &key);
+        let slot = state.slots.entry(key).or_default();
+        if slot.writing == 0 {
+            slot.parked = Some(ParkedRead {
+                credential: credential.to_owned(),
+                secret: secret.clone(),
+                at: std::time::Instant::now(),
+            });
+        }
+    }
+
+    /// The refresh-token Secret `name` as `credential`'s reconcile read it before parking,
+    /// if nothing has touched it since and the read is recent; taken either way.
+    pub fn take_parked(&self, ns: &str, name: &str, credential: &str) -> Option<Secret> {
+        let mut state = self.lock();
+        let key = secret_key(ns, name);
+        let slot = state.slots.get_mut(&key)?;
+        let parked = slot.parked.take_if(|p| p.credential == credential)?;
+        if slot.is_idle() {
+            state.slots.remove(&key);
+        }
+        (parked.at.elapsed() <= PARKED_READ_FOR).then_some(parked.secret)
     }
 
     /// Forgets everything: the watch listed again, and a Secret deleted meanwhile shows no
@@ -657,5 +714,53 @@ mod tests {
         w.wrote(&at("5"), None);
         drop(reads.writing("n", "cancelled"));
         assert!(reads.is_empty(), "{} entries", reads.len());
+    }
+    fn named(name: &str, version: &str) -> Secret {
+        let mut s = at(version);
+        s.metadata.name = Some(name.into());
+        s
+    }
+
+    fn version(s: Option<Secret>) -> Option<String> {
+        s.and_then(|s| s.metadata.resource_version)
+    }
+
+    #[test]
+    fn a_parked_read_serves_its_credential_once_and_only_while_the_secret_is_quiet() {
+        let reads = Reads::default();
+        reads.park_read("n", "n/a", &named("rt", "4"));
+        assert_eq!(
+            reads.take_parked("n", "rt", "n/b"),
+            None,
+            "another credential's"
+        );
+        assert_eq!(
+            version(reads.take_parked("n", "rt", "n/a")).as_deref(),
+            Some("4")
+        );
+        assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "taken once");
+        assert!(reads.is_empty(), "{} entries", reads.len());
+
+        // Any event of the Secret drops it, even one that is no news (an echo of a write).
+        reads.park_read("n", "n/a", &named("rt", "4"));
+        reads.event("n", "rt", Some("4"));
+        assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "after an event");
+        let write = reads.writing("n", "rt");
+        write.wrote(&at("5"), None);
+        reads.park_read("n", "n/a", &named("rt", "5"));
+        assert!(!reads.event("n", "rt", Some("5")), "the echo is no news");
+        assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "after an echo");
+
+        // A write of it, a re-list, or a read made while a write is out: none is kept.
+        reads.park_read("n", "n/a", &named("rt", "6"));
+        drop(reads.writing("n", "rt"));
+        assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "after a write");
+        reads.park_read("n", "n/a", &named("rt", "6"));
+        reads.clear();
+        assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "after a re-list");
+        let write = reads.writing("n", "rt");
+        reads.park_read("n", "n/a", &named("rt", "6"));
+        write.failed();
+        assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "during a write");
     }
 }

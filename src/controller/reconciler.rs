@@ -66,9 +66,15 @@ impl<'a> Reconciler<'a> {
     }
 
     /// The stored refresh token; Kubernetes API failures are errors, a missing Secret or
-    /// key is a result to report.
+    /// key is a result to report. A reconcile woken by a call slot uses what it read before
+    /// parking, as long as the Secret has not changed since (`cache::Reads::park_read`).
     async fn read_refresh_token(&self) -> Result<Result<StoredToken, SecretError>, Error> {
         let r = &self.cr.spec.refresh_token_secret_ref;
+        let ns = self.cr.namespace().unwrap_or_default();
+        if let Some(read) = self.ctx.reads.take_parked(&ns, &r.name, &self.key) {
+            debug!("using the refresh token read before parking for a call slot");
+            return Ok(secrets::refresh_token_in(read, &r.name, &r.key, self.now));
+        }
         match secrets::read_refresh_token(&self.secrets, &r.name, &r.key, self.now).await {
             Err(e @ SecretError::Api { .. }) => Err(e.into()),
             other => Ok(other),
@@ -531,8 +537,12 @@ impl World for KubeWorld<'_, '_> {
         self.r.ctx.census_pending_for(auth_url, me).await
     }
 
-    fn call_slot(&mut self, auth_url: &url::Url) -> Option<SignedDuration> {
-        let slot = self.r.call_slot(auth_url)?;
+    fn call_slot(&mut self, auth_url: &url::Url, read: &StoredToken) -> Option<SignedDuration> {
+        let Some(slot) = self.r.call_slot(auth_url) else {
+            let ns = self.r.cr.namespace().unwrap_or_default();
+            self.r.ctx.reads.park_read(&ns, &self.r.key, &read.secret);
+            return None;
+        };
         let left = SignedDuration::try_from(slot.remaining()).unwrap_or(SignedDuration::MAX);
         self.slot = Some(slot);
         Some(left)
