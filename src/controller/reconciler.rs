@@ -66,12 +66,14 @@ impl<'a> Reconciler<'a> {
     }
 
     /// The stored refresh token; Kubernetes API failures are errors, a missing Secret or
-    /// key is a result to report. A reconcile woken by a call slot uses what it read before
-    /// parking, as long as the Secret has not changed since (`cache::Reads::park_read`).
+    /// key is a result to report. The reconcile a granted call slot wakes uses what was
+    /// read before parking, as long as the Secret has not changed since
+    /// (`cache::Reads::park_read`); any other reconcile reads afresh (and drops that).
     async fn read_refresh_token(&self) -> Result<Result<StoredToken, SecretError>, Error> {
         let r = &self.cr.spec.refresh_token_secret_ref;
         let ns = self.cr.namespace().unwrap_or_default();
-        if let Some(read) = self.ctx.reads.take_parked(&ns, &r.name, &self.key) {
+        let parked = self.ctx.reads.take_parked(&ns, &r.name, &self.key);
+        if let Some(read) = parked.filter(|_| self.ctx.parked.has_grant(&self.key)) {
             debug!("using the refresh token read before parking for a call slot");
             return Ok(secrets::refresh_token_in(read, &r.name, &r.key, self.now));
         }
