@@ -282,6 +282,19 @@ fn operator_binary(given: Option<&Path>) -> Result<PathBuf> {
 
 /// VmRSS and VmHWM of a process, in KiB.
 fn rss(pid: u32) -> Option<(u64, u64)> {
+    let [rss, hwm] = status_kib(pid, ["VmRSS:", "VmHWM:"])?;
+    Some((rss, hwm))
+}
+
+/// What a process's RSS is made of, in KiB: memory it allocated (heap, stacks: RssAnon)
+/// and the pages of its binary and libraries mapped in (RssFile, shared with the page
+/// cache; the kernel maps whole neighbourhoods of a page touched).
+fn rss_split(pid: u32) -> Option<(u64, u64)> {
+    let [anon, file] = status_kib(pid, ["RssAnon:", "RssFile:"])?;
+    Some((anon, file))
+}
+
+fn status_kib<const K: usize>(pid: u32, names: [&str; K]) -> Option<[u64; K]> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         text.lines()
@@ -291,7 +304,33 @@ fn rss(pid: u32) -> Option<(u64, u64)> {
             .parse::<u64>()
             .ok()
     };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    let mut out = [0; K];
+    for (o, name) in out.iter_mut().zip(names) {
+        *o = field(name)?;
+    }
+    Some(out)
+}
+
+/// Rows of what the RSS is made of at N, and the marginal memory per credential against
+/// `empty` (RSS and RssAnon of the same process leading with no credential).
+fn memory_rows(table: &mut Table, when: &str, pid: u32, n: usize, empty: (u64, u64)) {
+    let (Some((rss_now, _)), Some((anon, file))) = (rss(pid), rss_split(pid)) else {
+        return;
+    };
+    table.row(
+        format!("RSS {when}: anonymous (heap, stacks) / file-backed (binary, libraries)"),
+        format!("{} / {}", mib(anon), mib(file)),
+        format!("anonymous with no credential: {}", mib(empty.1)),
+    );
+    let per = |now: u64, before: u64| now.saturating_sub(before) as f64 / n.max(1) as f64;
+    table.row(
+        format!("marginal memory per credential, {when}"),
+        format!("{:.1} KiB", per(rss_now, empty.0)),
+        format!(
+            "(RSS − RSS with no credential) / N; anonymous alone {:.1} KiB",
+            per(anon, empty.1)
+        ),
+    );
 }
 
 /// Polls `probe` every `every` until it yields, at most `limit`.
@@ -1807,6 +1846,7 @@ async fn live(
         .await
         .context("the operator did not take the Lease within 60 s")?;
     let (rss_empty, _) = op.rss().unwrap_or_default();
+    let empty = (rss_empty, rss_split(op.pid).unwrap_or_default().0);
     table.row(
         "RSS leading, no credentials yet",
         mib(rss_empty),
@@ -1837,6 +1877,7 @@ async fn live(
         format!("{} / {}", mib(rss_now), mib(hwm)),
         "",
     );
+    memory_rows(table, "after all Ready", op.pid, n, empty);
 
     let mut op = op;
     if plan.has(Phase::Steady) {
@@ -1958,6 +1999,7 @@ async fn live(
             format!("{} / {}", mib(rss_now), mib(hwm)),
             "",
         );
+        memory_rows(table, "steady", op.pid, n, empty);
         rss_goal(table, "apply and steady", n, hwm);
 
         if plan.has(Phase::Burst) {
