@@ -387,8 +387,6 @@ const NOTHING_VALID: Standing = Standing {
     failing: false,
 };
 
-/// `Ready` when nothing was done this round: true while the published token is valid and
-/// the last attempt did not fail; otherwise whatever failure was reported last stands.
 /// The message of a `Ready` condition with a valid token published, in the same words
 /// whether this reconcile refreshed it or found it: a later reconcile that only looks (not
 /// due yet, parked for a call slot) then finds the condition as it is, and writes nothing.
@@ -396,6 +394,8 @@ fn valid_until(expires_at: Timestamp) -> String {
     format!("the published access token is valid until {expires_at}")
 }
 
+/// `Ready` when nothing was done this round: true while the published token is valid and
+/// the last attempt did not fail; otherwise whatever failure was reported last stands.
 fn current(standing: &Standing, previous: Option<&Condition>, now: Timestamp) -> Verdict {
     match standing.expires_at {
         Some(e) if e > now && !standing.failing => verdict(

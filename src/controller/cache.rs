@@ -6,8 +6,9 @@
 //! a reconcile reads it again only after a change; the echo of an own write drops nothing
 //! and wakes nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
@@ -73,15 +74,22 @@ const OWN_VERSIONS: usize = 4;
 const MAX_SECRETS: usize = 100_000;
 
 /// How long the read of a reconcile parked for a call slot stands in for a fresh read
-/// (`park_read`). A granted slot wakes its reconcile within a second or so; a read older
-/// than this is not trusted whatever the watch says (it may have been silent).
-const PARKED_READ_FOR: std::time::Duration = std::time::Duration::from_secs(15);
+/// (`Ticket::keep_parked`), counted from the moment the read was sent. A granted slot
+/// wakes its reconcile within a second or so; a read older than this is not trusted
+/// whatever the watch says (it may have been silent), and is dropped.
+const PARKED_READ_FOR: Duration = Duration::from_secs(15);
+
+/// The largest refresh-token Secret kept for a parked credential (as JSON; an Eagle Eye
+/// token with the operator's annotations is about 2 KiB): a tenant's padded Secret is read
+/// again instead, so parked credentials hold no more than this each.
+const PARKED_READ_MAX_BYTES: usize = 8 * 1024;
 
 /// A refresh-token Secret as a reconcile read it before parking for a call slot.
 struct ParkedRead {
     credential: String,
     secret: Secret,
-    at: std::time::Instant,
+    /// When the read was sent.
+    at: Instant,
 }
 
 /// What is known of one Secret that a reconcile reads or this process writes.
@@ -139,6 +147,29 @@ struct State {
     slots: HashMap<SecretKey, Slot>,
     /// Bumped by every `clear`: a read or write begun before belongs to another list.
     epoch: u64,
+    /// Parked reads in the order they were sent, to drop each once too old to be used.
+    parked: VecDeque<(Instant, SecretKey)>,
+}
+
+impl State {
+    /// Drops the parked reads too old to be used.
+    fn expire_parked(&mut self, now: Instant) {
+        while let Some((at, _)) = self.parked.front()
+            && now.saturating_duration_since(*at) > PARKED_READ_FOR
+        {
+            let Some((at, key)) = self.parked.pop_front() else {
+                break;
+            };
+            if let Some(slot) = self.slots.get_mut(&key)
+                && slot.parked.as_ref().is_some_and(|p| p.at == at)
+            {
+                slot.parked = None;
+                if slot.is_idle() {
+                    self.slots.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 /// What reconciles read from Secrets that change rarely, and this process's own writes to
@@ -156,6 +187,7 @@ pub struct Ticket<'a> {
     key: SecretKey,
     epoch: u64,
     changes: u64,
+    begun: Instant,
 }
 
 /// A write of this process in flight (see [`Reads::writing`]).
@@ -195,6 +227,7 @@ impl Reads {
             changes: slot.changes,
             key,
             epoch,
+            begun: Instant::now(),
         }
     }
 
@@ -244,6 +277,7 @@ impl Reads {
     /// event comes before or after the write's answer (then `Writing::wrote` decides).
     pub fn event(&self, ns: &str, name: &str, version: Option<&str>) -> bool {
         let mut state = self.lock();
+        state.expire_parked(Instant::now());
         let key = secret_key(ns, name);
         let Some(slot) = state.slots.get_mut(&key) else {
             return true;
@@ -280,33 +314,19 @@ impl Reads {
         true
     }
 
-    /// Keeps `secret`, the refresh-token Secret `credential`'s reconcile read (a quorum
-    /// read) before it parked for a call slot, for the reconcile the grant wakes
-    /// (`take_parked`): the Secret is read once per refresh, not once before parking and
-    /// again after. Safe because it is dropped by any event of the Secret, and because the
-    /// spend intent is written over the version read: a change the watch has not shown yet
-    /// fails that write (409) and nothing is spent.
-    pub fn park_read(&self, ns: &str, credential: &str, secret: &Secret) {
-        let Some(name) = secret.metadata.name.as_deref() else {
-            return;
-        };
+    /// A ticket for a read of Secret `name` that is never served from here (the refresh
+    /// token, read afresh before every spend): it lets the read be kept for a credential
+    /// that parks for a call slot (`Ticket::keep_parked`).
+    pub fn reading(&self, ns: &str, name: &str) -> Ticket<'_> {
         let mut state = self.lock();
-        let key = secret_key(ns, name);
-        make_room(&mut state, &key);
-        let slot = state.slots.entry(key).or_default();
-        if slot.writing == 0 {
-            slot.parked = Some(ParkedRead {
-                credential: credential.to_owned(),
-                secret: secret.clone(),
-                at: std::time::Instant::now(),
-            });
-        }
+        self.ticket(&mut state, secret_key(ns, name))
     }
 
     /// The refresh-token Secret `name` as `credential`'s reconcile read it before parking,
     /// if nothing has touched it since and the read is recent; taken either way.
     pub fn take_parked(&self, ns: &str, name: &str, credential: &str) -> Option<Secret> {
         let mut state = self.lock();
+        state.expire_parked(Instant::now());
         let key = secret_key(ns, name);
         let slot = state.slots.get_mut(&key)?;
         let parked = slot.parked.take_if(|p| p.credential == credential)?;
@@ -321,6 +341,7 @@ impl Reads {
     pub fn clear(&self) {
         let mut state = self.lock();
         state.epoch += 1;
+        state.parked.clear();
         // A write in flight keeps its slot: whatever it held, and anything the re-list hid,
         // is news at its answer.
         state.slots.retain(|_, slot| {
@@ -370,6 +391,39 @@ impl Reads {
 }
 
 impl Ticket<'_> {
+    /// Keeps `secret`, the refresh-token Secret this ticket's read returned, for the
+    /// reconcile that a call slot granted to `credential` (parked now) wakes
+    /// (`Reads::take_parked`): the Secret is read once per refresh, not once before parking
+    /// and again after. Kept only if nothing changed the Secret since the read was sent and
+    /// no write of it is in flight; dropped by any later event of the Secret (an echo too),
+    /// a write of it, a re-list, or age. Safe beyond that because the spend intent is
+    /// written over the version read: a change the watch has not shown yet fails that write
+    /// (409) and nothing is spent.
+    pub fn keep_parked(self, credential: &str, secret: &Secret) {
+        let fits = serde_json::to_vec(secret).is_ok_and(|j| j.len() <= PARKED_READ_MAX_BYTES);
+        if !fits {
+            return;
+        }
+        let (reads, at, key) = (self.reads, self.begun, self.key.clone());
+        let version = secret.metadata.resource_version.clone();
+        let mut kept = false;
+        reads.keep(self, version.as_deref(), |slot| {
+            if slot.writing == 0 {
+                slot.parked = Some(ParkedRead {
+                    credential: credential.to_owned(),
+                    secret: secret.clone(),
+                    at,
+                });
+                kept = true;
+            }
+        });
+        if kept {
+            let mut state = reads.lock();
+            state.parked.push_back((at, key));
+            state.expire_parked(Instant::now());
+        }
+    }
+
     /// Keeps client credentials read at the Secret's `version`.
     pub fn keep_client(self, keys: &str, creds: ClientCredentials, version: Option<&str>) {
         let keys = keys.to_owned();
@@ -715,6 +769,7 @@ mod tests {
         drop(reads.writing("n", "cancelled"));
         assert!(reads.is_empty(), "{} entries", reads.len());
     }
+
     fn named(name: &str, version: &str) -> Secret {
         let mut s = at(version);
         s.metadata.name = Some(name.into());
@@ -725,14 +780,22 @@ mod tests {
         s.and_then(|s| s.metadata.resource_version)
     }
 
+    /// `credential` reads Secret `rt` at `v` and parks.
+    fn park(reads: &Reads, credential: &str, v: &str) {
+        reads
+            .reading("n", "rt")
+            .keep_parked(credential, &named("rt", v));
+    }
+
     #[test]
     fn a_parked_read_serves_its_credential_once_and_only_while_the_secret_is_quiet() {
         let reads = Reads::default();
-        reads.park_read("n", "n/a", &named("rt", "4"));
+        park(&reads, "n/a", "4");
+        assert_eq!(reads.take_parked("n", "rt", "n/b"), None, "another's");
         assert_eq!(
-            reads.take_parked("n", "rt", "n/b"),
+            reads.take_parked("m", "rt", "n/a"),
             None,
-            "another credential's"
+            "another namespace"
         );
         assert_eq!(
             version(reads.take_parked("n", "rt", "n/a")).as_deref(),
@@ -742,25 +805,56 @@ mod tests {
         assert!(reads.is_empty(), "{} entries", reads.len());
 
         // Any event of the Secret drops it, even one that is no news (an echo of a write).
-        reads.park_read("n", "n/a", &named("rt", "4"));
+        park(&reads, "n/a", "4");
         reads.event("n", "rt", Some("4"));
         assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "after an event");
         let write = reads.writing("n", "rt");
         write.wrote(&at("5"), None);
-        reads.park_read("n", "n/a", &named("rt", "5"));
+        park(&reads, "n/a", "5");
         assert!(!reads.event("n", "rt", Some("5")), "the echo is no news");
         assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "after an echo");
 
         // A write of it, a re-list, or a read made while a write is out: none is kept.
-        reads.park_read("n", "n/a", &named("rt", "6"));
+        park(&reads, "n/a", "6");
         drop(reads.writing("n", "rt"));
         assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "after a write");
-        reads.park_read("n", "n/a", &named("rt", "6"));
+        park(&reads, "n/a", "6");
         reads.clear();
         assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "after a re-list");
         let write = reads.writing("n", "rt");
-        reads.park_read("n", "n/a", &named("rt", "6"));
+        park(&reads, "n/a", "6");
         write.failed();
         assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "during a write");
+    }
+
+    #[test]
+    fn a_read_overtaken_by_a_change_or_padded_is_not_kept_for_a_parked_credential() {
+        let reads = Reads::default();
+        // The Secret changed after the read was sent and before the credential parked.
+        let ticket = reads.reading("n", "rt");
+        assert!(reads.event("n", "rt", Some("8")));
+        ticket.keep_parked("n/a", &named("rt", "7"));
+        assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "overtaken");
+        // The change's own event, come late: the read returned that very version.
+        let ticket = reads.reading("n", "rt");
+        reads.event("n", "rt", Some("9"));
+        ticket.keep_parked("n/a", &named("rt", "9"));
+        assert!(reads.take_parked("n", "rt", "n/a").is_some(), "current");
+        // A tenant's padded Secret is read again rather than held while parked.
+        let mut padded = named("rt", "10");
+        padded.metadata.annotations = Some([("pad".into(), "x".repeat(64 * 1024))].into());
+        reads.reading("n", "rt").keep_parked("n/a", &padded);
+        assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "padded");
+        assert!(reads.is_empty(), "{} entries", reads.len());
+    }
+
+    #[test]
+    fn a_parked_read_is_dropped_once_too_old_to_serve() {
+        let reads = Reads::default();
+        park(&reads, "n/a", "4");
+        let later = Instant::now() + PARKED_READ_FOR + Duration::from_secs(1);
+        reads.lock().expire_parked(later);
+        assert_eq!(reads.take_parked("n", "rt", "n/a"), None);
+        assert!(reads.is_empty(), "{} entries", reads.len());
     }
 }

@@ -463,6 +463,10 @@ async fn reconcile_seated(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Res
         Ok(None) => {
             ctx.metrics.forget(&labels(&cr));
             ctx.memory.forget(&key(&cr));
+            // Deleted while parked: the read kept for it goes.
+            let ns = cr.namespace().unwrap_or_default();
+            ctx.reads
+                .take_parked(&ns, &cr.spec.refresh_token_secret_ref.name, &key(&cr));
             // A token held for a deleted credential still belongs in its Secret.
             if let Some(held) = ctx.memory.take(&key(&cr)) {
                 ctx.memory.store_or_keep(&ctx.client, &key(&cr), held).await;

@@ -45,6 +45,9 @@ pub(super) struct Reconciler<'a> {
     pub(super) published_token: Option<(Timestamp, Timestamp)>,
     /// A nudge of consuming pods was cut short: requeue soon to go on.
     pub(super) nudge_unfinished: bool,
+    /// The read of the refresh token this round sent to the API server, which a credential
+    /// parking for a call slot keeps for the reconcile its grant wakes.
+    refresh_read: std::sync::Mutex<Option<cache::Ticket<'a>>>,
 }
 
 impl<'a> Reconciler<'a> {
@@ -62,6 +65,7 @@ impl<'a> Reconciler<'a> {
             now: whole_seconds(ctx.settings.now()),
             published_token: None,
             nudge_unfinished: false,
+            refresh_read: std::sync::Mutex::default(),
         }
     }
 
@@ -77,9 +81,13 @@ impl<'a> Reconciler<'a> {
             debug!("using the refresh token read before parking for a call slot");
             return Ok(secrets::refresh_token_in(read, &r.name, &r.key, self.now));
         }
+        let ticket = self.ctx.reads.reading(&ns, &r.name);
         match secrets::read_refresh_token(&self.secrets, &r.name, &r.key, self.now).await {
             Err(e @ SecretError::Api { .. }) => Err(e.into()),
-            other => Ok(other),
+            other => {
+                *super::lock(&self.refresh_read) = Some(ticket);
+                Ok(other)
+            }
         }
     }
 
@@ -541,8 +549,14 @@ impl World for KubeWorld<'_, '_> {
 
     fn call_slot(&mut self, auth_url: &url::Url, read: &StoredToken) -> Option<SignedDuration> {
         let Some(slot) = self.r.call_slot(auth_url) else {
-            let ns = self.r.cr.namespace().unwrap_or_default();
-            self.r.ctx.reads.park_read(&ns, &self.r.key, &read.secret);
+            // Only a rotating token's spend is guarded by the intent written over the
+            // version read; a non-rotating one is read afresh.
+            let ticket = super::lock(&self.r.refresh_read).take();
+            if let Some(ticket) = ticket
+                && self.r.rotation() != schedule::Rotation::NonRotating
+            {
+                ticket.keep_parked(&self.r.key, &read.secret);
+            }
             return None;
         };
         let left = SignedDuration::try_from(slot.remaining()).unwrap_or(SignedDuration::MAX);
