@@ -138,6 +138,46 @@ pub fn verdict(intent: Option<&Intent>, stored: &str, me: &str, now: Timestamp) 
     }
 }
 
+/// How long after this process last failed to reach the API server, or started, another
+/// holder's expired intent still binds it (see [`verdict_after_outage`]): three times the
+/// longest a holder waits between two attempts to store an answer it holds (30 s).
+pub const AFTER_OUTAGE: SignedDuration = SignedDuration::from_secs(90);
+
+/// [`verdict`], except that another holder's intent for the stored token that has expired
+/// still binds until [`AFTER_OUTAGE`] after `reachable_since` (when this process last failed
+/// to reach the API server for this credential, or started), and at most [`MAX_HOLD`] past
+/// its `until`. Its holder may have received the answer and kept it in memory through an
+/// outage that outlasted the intent: it could store it no more than anyone could spend,
+/// and it tries again at least every 30 s, so once the API server answers, it stores
+/// first. A holder that crashed lost its answer anyway; waiting costs one refresh 90 s,
+/// and only after an outage or a start.
+pub fn verdict_after_outage(
+    intent: Option<&Intent>,
+    stored: &str,
+    me: &str,
+    now: Timestamp,
+    reachable_since: Timestamp,
+) -> Verdict {
+    let free = verdict(intent, stored, me, now);
+    let Some(i) = intent.filter(|i| {
+        free == Verdict::Free && i.fingerprint == stored && i.holder != me && i.until <= now
+    }) else {
+        return free;
+    };
+    let patience = reachable_since
+        .checked_add(AFTER_OUTAGE)
+        .unwrap_or(Timestamp::MAX)
+        .min(i.until.checked_add(MAX_HOLD).unwrap_or(Timestamp::MAX));
+    if now < patience {
+        Verdict::HeldElsewhere {
+            holder: i.holder.clone(),
+            until: patience,
+        }
+    } else {
+        Verdict::Free
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +346,41 @@ mod tests {
                 holder: "eagle-eye-operator-7d9f_1a2b/0c1d-uid".into(),
                 until: t("2026-11-30T10:10:41Z")
             }
+        );
+    }
+
+    /// Seed 5 of the simulator: a holder received its answer, could not store it through a
+    /// long outage, and kept it; the new leader must not spend the old token the moment
+    /// the API server answers again.
+    #[test]
+    fn an_intent_that_expired_during_an_outage_binds_until_its_holder_could_store() {
+        let i = intent("fp1", "other/uid", "2026-11-30T10:00:00Z");
+        let back = t("2026-11-30T10:50:00Z");
+        let v = |now: Timestamp, since: Timestamp| {
+            verdict_after_outage(Some(&i), "fp1", "me/uid", now, since)
+        };
+        assert_eq!(
+            v(back, back - SignedDuration::from_secs(5)),
+            Verdict::HeldElsewhere {
+                holder: "other/uid".into(),
+                until: back + SignedDuration::from_secs(85),
+            }
+        );
+        let quiet = back - AFTER_OUTAGE;
+        assert_eq!(v(back, quiet), Verdict::Free, "reachable long enough");
+        // Never past MAX_HOLD after the intent's end, however flaky the API server.
+        let late = i.until + MAX_HOLD;
+        assert_eq!(v(late, late), Verdict::Free);
+        // Nothing changes for a live intent, one's own, or another token's.
+        let live = t("2026-11-30T09:59:00Z");
+        assert_eq!(v(live, live), verdict(Some(&i), "fp1", "me/uid", live));
+        assert_eq!(
+            verdict_after_outage(Some(&i), "fp1", "other/uid", back, back),
+            Verdict::Free
+        );
+        assert_eq!(
+            verdict_after_outage(Some(&i), "fp2", "me/uid", back, back),
+            Verdict::Free
         );
     }
 }

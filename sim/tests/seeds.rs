@@ -60,3 +60,15 @@ fn a_copy_of_a_login_a_person_replaced_may_be_sent_once_no_client_holds_it() {
     let (_, _, violation, _) = eagle_eye_sim::run(11, 12_005);
     assert!(violation.is_none(), "{}", violation.unwrap());
 }
+
+/// Found by the simulator (seed 5, step 54,005, at commit 475148e): a process received its
+/// answer, could not store it (500, then an API server outage of 56 minutes, longer than its
+/// spend intent), lost the Lease and kept the new token in memory, retrying; the moment the
+/// API server answered again the new leader took the expired intent as free and spent the
+/// old token. An expired intent of another holder now binds until 90 s after this process
+/// last failed to reach the API server or started (`intent::verdict_after_outage`).
+#[test]
+fn a_token_whose_holder_kept_the_answer_through_an_outage_is_not_spent_the_moment_it_ends() {
+    let (_, _, violation, _) = eagle_eye_sim::run(5, 54_006);
+    assert!(violation.is_none(), "{}", violation.unwrap());
+}

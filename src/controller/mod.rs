@@ -103,6 +103,8 @@ pub struct Context {
     pub memory: Memory,
     /// This controller term's number, for its census of claims (see `memory`).
     term: u64,
+    /// When this controller term started (see `intent::verdict_after_outage`).
+    pub(crate) started: jiff::Timestamp,
     /// Whether this replica may spend a refresh token right now.
     pub leadership: Leadership,
     /// What this process last saw or wrote of each credential.
@@ -160,6 +162,7 @@ impl Context {
     ) -> Self {
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let (parked, wakes) = parked::Parked::new(stopping.clone());
+        let started = settings.now();
         Context {
             stop,
             stopping,
@@ -175,6 +178,7 @@ impl Context {
             all_stores,
             metrics: shared.metrics,
             term: shared.memory.term(),
+            started,
             census_done: Mutex::default(),
             census: Mutex::default(),
             census_waiting: Mutex::default(),
@@ -403,8 +407,10 @@ impl Error {
 /// Kubernetes API failures back off from 1 s to at most 30 s: a rotated token may be
 /// waiting to be stored, so the retry must not wait long.
 pub fn error_policy(cr: Arc<EagleEyeCredential>, err: &Error, ctx: Arc<Context>) -> Action {
+    let now = ctx.settings.now();
     let failures = ctx.memory.with(&key(&cr), |e| {
         e.api_failures = e.api_failures.saturating_add(1);
+        e.api_failed_at = Some(now);
         e.api_failures
     });
     let wait = schedule::backoff(failures, jitter(&cr)).min(MAX_API_RETRY);

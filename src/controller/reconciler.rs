@@ -250,12 +250,19 @@ impl<'a> Reconciler<'a> {
             }
         };
         let me = self.holder();
+        let reachable_since = self
+            .ctx
+            .memory
+            .get(&self.key, |e| e.api_failed_at)
+            .flatten()
+            .map_or(self.ctx.started, |failed| failed.max(self.ctx.started));
         let intent = stored_ok.map_or(intent::Verdict::Free, |s| {
-            intent::verdict(
+            intent::verdict_after_outage(
                 intent::read(s.secret.metadata.annotations.as_ref()).as_ref(),
                 &s.fingerprint,
                 &me,
                 self.now,
+                reachable_since,
             )
         });
         let refresh_before = validated

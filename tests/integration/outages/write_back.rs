@@ -102,11 +102,13 @@ async fn killing_the_operator_before_the_write_back_loses_the_login_and_says_so(
         },
     )
     .await;
+    // Past the intent, a process that has just started waits 90 s more
+    // (`intent::AFTER_OUTAGE`: a live holder may still store an answer it kept).
     wait_for_reason(
         &env,
         "crash",
         "ReauthorizationRequired",
-        Duration::from_secs(120),
+        Duration::from_secs(180),
     )
     .await;
     let (_, _, message) = ready(&env, "crash").await.unwrap();
