@@ -127,6 +127,7 @@ async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn(eagle_eye_operator::operator::run(
         client.clone(),
+        Default::default(),
         run_args,
         async {
             let _ = stopped.await;

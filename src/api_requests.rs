@@ -4,8 +4,11 @@
 //! has no client label. Labels come from the request's method and path, never from a name:
 //! a fixed set of verbs and the resources this program addresses.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use jiff::Timestamp;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -88,32 +91,105 @@ pub fn classify<B>(req: &http::Request<B>) -> Request {
     }
 }
 
-/// A tower service that counts each request it passes on.
-#[derive(Clone)]
-pub struct Counted<S>(S);
+/// When this process last found the API server unreachable: a request that failed on the
+/// way (connection refused or reset, a timeout) or was answered 5xx or 429. One per process
+/// (the simulator has one per simulated process); read by `intent::verdict_after_outage`.
+pub struct Reachability {
+    clock: fn() -> Timestamp,
+    last_unreachable: Mutex<Option<Timestamp>>,
+}
 
-impl<S, B> tower::Service<http::Request<B>> for Counted<S>
+impl Reachability {
+    /// Reachability with the time taken from `clock` (the process's, or a simulated one).
+    pub fn new(clock: fn() -> Timestamp) -> Arc<Self> {
+        Arc::new(Reachability {
+            clock,
+            last_unreachable: Mutex::new(None),
+        })
+    }
+
+    /// When a request last found the API server unreachable, if one ever did.
+    pub fn last_unreachable(&self) -> Option<Timestamp> {
+        *self
+            .last_unreachable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn observe(&self, unreachable: bool) {
+        if unreachable {
+            let now = (self.clock)();
+            *self
+                .last_unreachable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(now);
+        }
+    }
+}
+
+impl Default for Reachability {
+    fn default() -> Self {
+        Reachability {
+            clock: Timestamp::now,
+            last_unreachable: Mutex::new(None),
+        }
+    }
+}
+
+/// A tower service that counts each request it passes on (`REQUESTS`) and notes whether
+/// its answer says the API server is unreachable (`Reachability`).
+#[derive(Clone)]
+pub struct Counted<S> {
+    inner: S,
+    reach: Arc<Reachability>,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Counted<S>
 where
-    S: tower::Service<http::Request<B>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         REQUESTS.get_or_create(&classify(&req)).inc();
-        self.0.call(req)
+        let answer = self.inner.call(req);
+        let reach = self.reach.clone();
+        Box::pin(async move {
+            let answer = answer.await;
+            reach.observe(answer.as_ref().map_or(true, |r| {
+                r.status().is_server_error() || r.status() == http::StatusCode::TOO_MANY_REQUESTS
+            }));
+            answer
+        })
     }
 }
 
-/// A client for `config` whose every request is counted.
-pub fn client(config: kube::Config) -> kube::Result<kube::Client> {
+/// The layer that counts requests and notes unreachability into `reach`.
+pub fn layer<S>(reach: Arc<Reachability>) -> impl tower::Layer<S, Service = Counted<S>> {
+    tower::layer::layer_fn(move |inner| Counted {
+        inner,
+        reach: reach.clone(),
+    })
+}
+
+/// A client for `config` whose every request is counted and watched for unreachability,
+/// and none retried inside the client: kube's own retry of 429, 503 and 504 can hold one
+/// request for minutes. The operator backs off on its own (at most 30 s between attempts),
+/// and a process holding an answer it could not store must try again within that (see
+/// `intent::verdict_after_outage`).
+pub fn client(mut config: kube::Config, reach: Arc<Reachability>) -> kube::Result<kube::Client> {
+    config.default_retry = false;
     Ok(kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&tower::layer::layer_fn(Counted))
+        .with_layer(&layer(reach))
         .build())
 }
 
@@ -206,5 +282,56 @@ mod tests {
         );
         assert!(!format!("{verb}{resource}").contains("precious"));
         assert!(!resource.contains("tenant"));
+    }
+
+    /// A server that answers every request with `status`, and counts them.
+    async fn answering(status: u16) -> (url::Url, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        let app = axum::Router::new().fallback(move || {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                (
+                    http::StatusCode::from_u16(status).unwrap(),
+                    [("retry-after", "0")],
+                    "{}",
+                )
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}").parse().unwrap(), seen)
+    }
+
+    async fn get_once(url: url::Url, reach: Arc<Reachability>) {
+        let config = kube::Config::new(url.as_str().parse().unwrap());
+        let client = client(config, reach).unwrap();
+        let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(client, "n");
+        let _ = secrets.get_opt("s").await;
+    }
+
+    /// kube's client would retry a 503 up to 15 times, for minutes in all; the operator's
+    /// own backoff decides, and the process notes the API server unreachable at once.
+    #[tokio::test]
+    async fn a_503_is_sent_once_and_marks_the_api_server_unreachable_a_404_does_not() {
+        let (url, seen) = answering(503).await;
+        let reach = Arc::new(Reachability::default());
+        get_once(url, reach.clone()).await;
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(reach.last_unreachable().is_some());
+        for status in [200, 404, 403] {
+            let (url, _) = answering(status).await;
+            let reach = Arc::new(Reachability::default());
+            get_once(url, reach.clone()).await;
+            assert_eq!(reach.last_unreachable(), None, "{status}");
+        }
+        // Nothing listening: a transport failure.
+        let reach = Arc::new(Reachability::default());
+        get_once("http://127.0.0.1:9".parse().unwrap(), reach.clone()).await;
+        assert!(reach.last_unreachable().is_some());
     }
 }

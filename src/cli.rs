@@ -47,9 +47,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             crate::logging::init(cli.log_format, cli.log_level.as_deref());
-            // Every request counted by verb and resource (`api_requests`), for /metrics.
-            let client = crate::api_requests::client(kube::Config::infer().await?)?;
-            crate::operator::run(client, *args, shutdown_signal()).await?;
+            // Every request counted by verb and resource (`api_requests`), for /metrics, and
+            // watched for an unreachable API server.
+            let reach = std::sync::Arc::new(crate::api_requests::Reachability::default());
+            let client = crate::api_requests::client(kube::Config::infer().await?, reach.clone())?;
+            crate::operator::run(client, reach, *args, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Authorize(args) => {

@@ -322,6 +322,7 @@ fn duration(s: &str) -> Result<jiff::SignedDuration, String> {
 /// first, then the Lease is released.
 pub async fn run(
     client: Client,
+    reach: std::sync::Arc<crate::api_requests::Reachability>,
     args: RunArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -455,6 +456,7 @@ pub async fn run(
             leadership,
             known: Default::default(),
             reads: Default::default(),
+            reach,
             shard: args.credential_selector.clone(),
         },
     };

@@ -481,7 +481,15 @@ impl Sim {
             proc: slot,
             incarnation,
         };
-        let client = kube::Client::new(service, "default");
+        // The production layer: counts, and notes when the API server is unreachable.
+        let reach = eagle_eye_operator::api_requests::Reachability::new(clock::for_slot(slot));
+        let client = kube::Client::new(
+            tower::Layer::layer(
+                &eagle_eye_operator::api_requests::layer(reach.clone()),
+                service,
+            ),
+            "default",
+        );
         let tokens = TokenClient::new(TokenClientOptions {
             allowed_auth_hosts: vec![EAGLE_EYE_AUTH_HOSTS.into()],
             ..TokenClientOptions::default()
@@ -514,6 +522,7 @@ impl Sim {
             leadership,
             known: Default::default(),
             reads: Default::default(),
+            reach,
             shard: None,
         };
         let (done_tx, done_rx) = std::sync::mpsc::channel();

@@ -97,9 +97,7 @@ pub(crate) struct Entry {
     pub retry_not_before: Option<Timestamp>,
     /// Consecutive Kubernetes API failures, for the error policy's backoff.
     pub api_failures: u32,
-    /// When a reconcile last failed on the Kubernetes API (see
-    /// `intent::verdict_after_outage`).
-    pub api_failed_at: Option<Timestamp>,
+
     /// Publishes of a held answer refused in a row because the target changed meanwhile,
     /// and when the next may be tried (see `refresh::PublishBackoff`).
     pub publish_backoff: Option<crate::refresh::PublishBackoff>,
@@ -150,7 +148,6 @@ impl Entry {
             && self.tokens.is_empty()
             && self.retry_not_before.is_none()
             && self.api_failures == 0
-            && self.api_failed_at.is_none()
             && self.publish_backoff.is_none()
             && self.revocation.is_none()
     }

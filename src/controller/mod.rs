@@ -103,8 +103,10 @@ pub struct Context {
     pub memory: Memory,
     /// This controller term's number, for its census of claims (see `memory`).
     term: u64,
-    /// When this controller term started (see `intent::verdict_after_outage`).
+    /// When this controller term started, and when a request last found the API server
+    /// unreachable (see `intent::verdict_after_outage`).
     pub(crate) started: jiff::Timestamp,
+    pub(crate) reach: Arc<crate::api_requests::Reachability>,
     /// Whether this replica may spend a refresh token right now.
     pub leadership: Leadership,
     /// What this process last saw or wrote of each credential.
@@ -146,6 +148,8 @@ pub struct Shared {
     pub leadership: Leadership,
     pub known: Arc<Known>,
     pub reads: Arc<Reads>,
+    /// When a request last found the API server unreachable.
+    pub reach: Arc<crate::api_requests::Reachability>,
     /// `--credential-selector`, when this process is one shard of several.
     pub shard: Option<String>,
 }
@@ -179,6 +183,7 @@ impl Context {
             metrics: shared.metrics,
             term: shared.memory.term(),
             started,
+            reach: shared.reach,
             census_done: Mutex::default(),
             census: Mutex::default(),
             census_waiting: Mutex::default(),
@@ -407,10 +412,8 @@ impl Error {
 /// Kubernetes API failures back off from 1 s to at most 30 s: a rotated token may be
 /// waiting to be stored, so the retry must not wait long.
 pub fn error_policy(cr: Arc<EagleEyeCredential>, err: &Error, ctx: Arc<Context>) -> Action {
-    let now = ctx.settings.now();
     let failures = ctx.memory.with(&key(&cr), |e| {
         e.api_failures = e.api_failures.saturating_add(1);
-        e.api_failed_at = Some(now);
         e.api_failures
     });
     let wait = schedule::backoff(failures, jitter(&cr)).min(MAX_API_RETRY);

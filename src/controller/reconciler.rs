@@ -252,10 +252,9 @@ impl<'a> Reconciler<'a> {
         let me = self.holder();
         let reachable_since = self
             .ctx
-            .memory
-            .get(&self.key, |e| e.api_failed_at)
-            .flatten()
-            .map_or(self.ctx.started, |failed| failed.max(self.ctx.started));
+            .reach
+            .last_unreachable()
+            .map_or(self.ctx.started, |at| at.max(self.ctx.started));
         let intent = stored_ok.map_or(intent::Verdict::Free, |s| {
             intent::verdict_after_outage(
                 intent::read(s.secret.metadata.annotations.as_ref()).as_ref(),
