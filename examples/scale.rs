@@ -1981,17 +1981,38 @@ async fn live(
             true => (ISSUE_WRITES_PER_REFRESH, ISSUE_READS_PER_REFRESH),
             false => (MAX_WRITES_PER_REFRESH, MAX_READS_PER_REFRESH),
         };
+        // A refresh whose token call falls before the window and whose writes fall in it
+        // (or the other way round) is counted by its requests and not as a refresh: at most
+        // one per reconcile running at the edge (the operator's seats: twice
+        // --max-concurrent-refreshes, at least 16), each with all its requests. Below the
+        // issue's N the ceilings have their own slack for CI's short window.
+        let edges = match n >= ISSUE_GOALS_FROM {
+            true => (plan.concurrency * 2).max(16) as f64,
+            false => 0.0,
+        };
+        let per_edges = |max: f64| {
+            let shown = match edges > 0.0 {
+                true => format!(
+                    "≤ {max} (+{:.3}: refreshes cut by the window's edges)",
+                    max * edges / per
+                ),
+                false => format!("≤ {max}"),
+            };
+            (max * (per + edges) / per, shown)
+        };
+        let (bound, shown) = per_edges(max_writes);
         table.goal(
             "the operator's API writes per steady refresh, its Lease apart",
-            format!("{:.2}", writes / per),
-            format!("≤ {max_writes}"),
-            refreshes > 0 && writes / per <= max_writes,
+            format!("{:.4}", writes / per),
+            shown,
+            refreshes > 0 && writes / per <= bound,
         );
+        let (bound, shown) = per_edges(max_reads);
         table.goal(
             "the operator's API reads per steady refresh, its Lease apart",
-            format!("{:.2}", reads / per),
-            format!("≤ {max_reads}"),
-            refreshes > 0 && reads / per <= max_reads,
+            format!("{:.4}", reads / per),
+            shown,
+            refreshes > 0 && reads / per <= bound,
         );
         let (rss_now, hwm) = op.rss().unwrap_or_default();
         table.row(
