@@ -110,19 +110,13 @@ impl Reachability {
 
     /// When a request last found the API server unreachable, if one ever did.
     pub fn last_unreachable(&self) -> Option<Timestamp> {
-        *self
-            .last_unreachable
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        *crate::lock(&self.last_unreachable)
     }
 
     fn observe(&self, unreachable: bool) {
         if unreachable {
             let now = (self.clock)();
-            *self
-                .last_unreachable
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(now);
+            *crate::lock(&self.last_unreachable) = Some(now);
         }
     }
 }

@@ -38,3 +38,9 @@ pub mod status_cli;
 pub mod target;
 pub mod template;
 pub mod token;
+
+/// Locks `m` even when a holder panicked: a poisoned lock only means a task panicked
+/// (a reconcile, a request), and what it guards is intact.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

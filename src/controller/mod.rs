@@ -644,10 +644,7 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A poisoned lock only means a reconcile panicked; the map itself is intact.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::lock;
 
 #[cfg(test)]
 mod tests {
