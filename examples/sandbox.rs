@@ -127,7 +127,7 @@ async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn(eagle_eye_operator::operator::run(
         client.clone(),
-        Default::default(),
+        eagle_eye_operator::api_requests::Reachability::new(jiff::Timestamp::now),
         run_args,
         async {
             let _ = stopped.await;

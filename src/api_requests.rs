@@ -92,40 +92,34 @@ pub fn classify<B>(req: &http::Request<B>) -> Request {
 }
 
 /// When this process last found the API server unreachable: a request that failed on the
-/// way (connection refused or reset, a timeout) or was answered 5xx or 429. One per process
-/// (the simulator has one per simulated process); read by `intent::verdict_after_outage`.
+/// way (connection refused or reset, a timeout) or was answered 5xx or 429. The process's
+/// start counts as such a moment, since it saw nothing before it. One per process (the
+/// simulator has one per simulated process); read by `intent::verdict_after_outage`.
 pub struct Reachability {
     clock: fn() -> Timestamp,
-    last_unreachable: Mutex<Option<Timestamp>>,
+    last_unreachable: Mutex<Timestamp>,
 }
 
 impl Reachability {
-    /// Reachability with the time taken from `clock` (the process's, or a simulated one).
+    /// Reachability with the time taken from `clock` (the process's, or a simulated one),
+    /// unreachable until now.
     pub fn new(clock: fn() -> Timestamp) -> Arc<Self> {
         Arc::new(Reachability {
             clock,
-            last_unreachable: Mutex::new(None),
+            last_unreachable: Mutex::new(clock()),
         })
     }
 
-    /// When a request last found the API server unreachable, if one ever did.
-    pub fn last_unreachable(&self) -> Option<Timestamp> {
+    /// When a request last found the API server unreachable, or the process started.
+    pub fn last_unreachable(&self) -> Timestamp {
         *crate::lock(&self.last_unreachable)
     }
 
     fn observe(&self, unreachable: bool) {
         if unreachable {
             let now = (self.clock)();
-            *crate::lock(&self.last_unreachable) = Some(now);
-        }
-    }
-}
-
-impl Default for Reachability {
-    fn default() -> Self {
-        Reachability {
-            clock: Timestamp::now,
-            last_unreachable: Mutex::new(None),
+            let mut last = crate::lock(&self.last_unreachable);
+            *last = now.max(*last);
         }
     }
 }
@@ -313,19 +307,22 @@ mod tests {
     #[tokio::test]
     async fn a_503_is_sent_once_and_marks_the_api_server_unreachable_a_404_does_not() {
         let (url, seen) = answering(503).await;
-        let reach = Arc::new(Reachability::default());
+        let reach = Reachability::new(Timestamp::now);
+        let born = reach.last_unreachable();
         get_once(url, reach.clone()).await;
         assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
-        assert!(reach.last_unreachable().is_some());
+        assert!(reach.last_unreachable() > born);
         for status in [200, 404, 403] {
             let (url, _) = answering(status).await;
-            let reach = Arc::new(Reachability::default());
+            let reach = Reachability::new(Timestamp::now);
+            let born = reach.last_unreachable();
             get_once(url, reach.clone()).await;
-            assert_eq!(reach.last_unreachable(), None, "{status}");
+            assert_eq!(reach.last_unreachable(), born, "{status}");
         }
         // Nothing listening: a transport failure.
-        let reach = Arc::new(Reachability::default());
+        let reach = Reachability::new(Timestamp::now);
+        let born = reach.last_unreachable();
         get_once("http://127.0.0.1:9".parse().unwrap(), reach.clone()).await;
-        assert!(reach.last_unreachable().is_some());
+        assert!(reach.last_unreachable() > born);
     }
 }

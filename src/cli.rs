@@ -49,7 +49,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::logging::init(cli.log_format, cli.log_level.as_deref());
             // Every request counted by verb and resource (`api_requests`), for /metrics, and
             // watched for an unreachable API server.
-            let reach = std::sync::Arc::new(crate::api_requests::Reachability::default());
+            let reach = crate::api_requests::Reachability::new(jiff::Timestamp::now);
             let client = crate::api_requests::client(kube::Config::infer().await?, reach.clone())?;
             crate::operator::run(client, reach, *args, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)

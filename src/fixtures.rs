@@ -108,7 +108,7 @@ pub fn testcontext_at(clock: fn() -> jiff::Timestamp) -> (Arc<Context>, ApiServe
                 leadership: Leadership::unchecked(),
                 known: Default::default(),
                 reads: Default::default(),
-                reach: Default::default(),
+                reach: crate::api_requests::Reachability::new(clock),
                 shard: None,
             },
         )),

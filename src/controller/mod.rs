@@ -103,9 +103,8 @@ pub struct Context {
     pub memory: Memory,
     /// This controller term's number, for its census of claims (see `memory`).
     term: u64,
-    /// When this controller term started, and when a request last found the API server
-    /// unreachable (see `intent::verdict_after_outage`).
-    pub(crate) started: jiff::Timestamp,
+    /// When a request last found the API server unreachable, or the process started (see
+    /// `intent::verdict_after_outage`).
     pub(crate) reach: Arc<crate::api_requests::Reachability>,
     /// Whether this replica may spend a refresh token right now.
     pub leadership: Leadership,
@@ -166,7 +165,6 @@ impl Context {
     ) -> Self {
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let (parked, wakes) = parked::Parked::new(stopping.clone());
-        let started = settings.now();
         Context {
             stop,
             stopping,
@@ -182,7 +180,6 @@ impl Context {
             all_stores,
             metrics: shared.metrics,
             term: shared.memory.term(),
-            started,
             reach: shared.reach,
             census_done: Mutex::default(),
             census: Mutex::default(),

@@ -250,11 +250,7 @@ impl<'a> Reconciler<'a> {
             }
         };
         let me = self.holder();
-        let reachable_since = self
-            .ctx
-            .reach
-            .last_unreachable()
-            .map_or(self.ctx.started, |at| at.max(self.ctx.started));
+        let reachable_since = self.ctx.reach.last_unreachable();
         let intent = stored_ok.map_or(intent::Verdict::Free, |s| {
             intent::verdict_after_outage(
                 intent::read(s.secret.metadata.annotations.as_ref()).as_ref(),
