@@ -84,6 +84,24 @@ const PARKED_READ_FOR: Duration = Duration::from_secs(15);
 /// again instead, so parked credentials hold no more than this each.
 const PARKED_READ_MAX_BYTES: usize = 8 * 1024;
 
+/// A kept target (`trimmed`) as its JSON: a parsed Secret takes about three times the
+/// memory (maps of a few entries, managedFields as a tree of JSON maps), and a reconcile
+/// parses it back in microseconds. One per credential, so it sets most of what a
+/// credential costs between refreshes.
+struct KeptTarget(Box<[u8]>);
+
+impl KeptTarget {
+    fn new(target: &Secret) -> Option<Self> {
+        serde_json::to_vec(target)
+            .ok()
+            .map(|json| KeptTarget(json.into_boxed_slice()))
+    }
+
+    fn secret(&self) -> Option<Secret> {
+        serde_json::from_slice(&self.0).ok()
+    }
+}
+
 /// A refresh-token Secret as a reconcile read it before parking for a call slot.
 struct ParkedRead {
     credential: String,
@@ -102,7 +120,7 @@ struct Slot {
     /// Client credentials read from it, by the keys read.
     clients: Vec<(String, ClientCredentials)>,
     /// The target's metadata (`trimmed`), or `Some(None)`: known not to exist.
-    target: Option<Option<Arc<Secret>>>,
+    target: Option<Option<KeptTarget>>,
     /// Changes seen (events that were not this process's writes, and this process's own
     /// writes): a read that one overtook is not kept.
     changes: u64,
@@ -117,7 +135,7 @@ struct Slot {
     read_ahead: bool,
     /// The refresh token read by a reconcile that parked for a call slot: any event of the
     /// Secret, any write of it, a re-list drop it.
-    parked: Option<ParkedRead>,
+    parked: Option<Box<ParkedRead>>,
 }
 
 impl Slot {
@@ -252,8 +270,14 @@ impl Reads {
     pub fn target(&self, ns: &str, name: &str) -> Result<Option<Arc<Secret>>, Ticket<'_>> {
         let mut state = self.lock();
         let key = secret_key(ns, name);
-        let kept = state.slots.get(&key).and_then(|s| s.target.clone());
-        kept.ok_or_else(|| self.ticket(&mut state, key))
+        match state.slots.get(&key).and_then(|s| s.target.as_ref()) {
+            Some(None) => Ok(None),
+            Some(Some(kept)) => match kept.secret() {
+                Some(target) => Ok(Some(Arc::new(target))),
+                None => Err(self.ticket(&mut state, key)),
+            },
+            None => Err(self.ticket(&mut state, key)),
+        }
     }
 
     /// A write of Secret `name` starts: until it answers, its watch event is held.
@@ -409,11 +433,11 @@ impl Ticket<'_> {
         let mut kept = false;
         reads.keep(self, version.as_deref(), |slot| {
             if slot.writing == 0 {
-                slot.parked = Some(ParkedRead {
+                slot.parked = Some(Box::new(ParkedRead {
                     credential: credential.to_owned(),
                     secret: secret.clone(),
                     at,
-                });
+                }));
                 kept = true;
             }
         });
@@ -438,8 +462,15 @@ impl Ticket<'_> {
         let version = target
             .as_ref()
             .and_then(|t| t.metadata.resource_version.clone());
+        let kept = match target {
+            Some(t) => match KeptTarget::new(&t) {
+                Some(kept) => Some(kept),
+                None => return,
+            },
+            None => None,
+        };
         self.reads
-            .keep(self, version.as_deref(), |slot| slot.target = Some(target));
+            .keep(self, version.as_deref(), |slot| slot.target = Some(kept));
     }
 }
 
@@ -464,6 +495,7 @@ impl Writing<'_> {
     /// here): then nothing is kept, and the credentials naming the Secret should be woken.
     pub fn wrote(mut self, written: &Secret, target: Option<Arc<Secret>>) -> bool {
         let version = written.metadata.resource_version.clone();
+        let target = target.and_then(|t| KeptTarget::new(&t));
         self.finish(|slot, held| {
             let echoed = held.contains(&version);
             let foreign = held.iter().any(|h| *h != version);

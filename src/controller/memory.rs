@@ -79,8 +79,9 @@ const BURIED: usize = 1024;
 /// Everything remembered of one credential.
 #[derive(Default)]
 pub(crate) struct Entry {
-    /// An answer received but not yet seen stored and published.
-    pub held: Option<Held>,
+    /// An answer received but not yet seen stored and published (boxed: most entries have
+    /// none, and the map's every slot is the size of an entry).
+    pub held: Option<Box<Held>>,
     /// The live refresh token, as last stored or confirmed: the copy that puts a login back
     /// when something overwrites its Secret with a rotated-out token.
     pub live: Option<SecretString>,
@@ -176,25 +177,25 @@ impl Memory {
     pub(crate) fn take(&self, key: &str) -> Option<Held> {
         let mut inner = lock(&self.inner);
         inner.holding.remove(key);
-        inner.entries.get_mut(key)?.held.take()
+        inner.entries.get_mut(key)?.held.take().map(|h| *h)
     }
 
     /// Takes the answer held under `key` out of memory if `f` says it is the one.
     pub(crate) fn take_if(&self, key: &str, f: impl FnOnce(&Held) -> bool) -> Option<Held> {
         let mut inner = lock(&self.inner);
         let entry = inner.entries.get_mut(key)?;
-        if !entry.held.as_ref().is_some_and(f) {
+        if !entry.held.as_deref().is_some_and(f) {
             return None;
         }
         let held = entry.held.take();
         inner.holding.remove(key);
-        held
+        held.map(|h| *h)
     }
 
     pub(crate) fn put(&self, key: &str, held: Held) {
         let mut inner = lock(&self.inner);
         inner.holding.insert(key.to_owned());
-        inner.entries.entry(key.to_owned()).or_default().held = Some(held);
+        inner.entries.entry(key.to_owned()).or_default().held = Some(Box::new(held));
     }
 
     /// What `decide` needs to know of the held answer for this credential's Secret, with
@@ -210,7 +211,7 @@ impl Memory {
         let own = inner
             .entries
             .get_key_value(key)
-            .and_then(|(k, e)| Some((k, e.held.as_ref()?)));
+            .and_then(|(k, e)| Some((k, e.held.as_deref()?)));
         let (k, h) = own.or_else(|| {
             inner.holding.iter().find_map(|k| {
                 inner
@@ -218,7 +219,7 @@ impl Memory {
                     .get_key_value(k)?
                     .1
                     .held
-                    .as_ref()
+                    .as_deref()
                     .filter(|h| h.namespace == namespace && h.secret == secret)
                     .map(|h| (k, h))
             })
