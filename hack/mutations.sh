@@ -95,7 +95,7 @@ prepare() {
     echo "DOES NOT APPLY to $head"
     return 1
   fi
-  if ! (cd "$work/tree" && cargo build --release -p eagle-eye-sim --bin simulate) \
+  if ! (cd "$work/tree" && cargo build --profile sim -p eagle-eye-sim --bin simulate) \
       >"$work/build.log" 2>&1; then
     echo "DOES NOT BUILD: $(grep -m1 '^error' "$work/build.log" || tail -n 1 "$work/build.log")"
     return 1
@@ -106,7 +106,7 @@ prepare() {
     echo "STALE BUILD: cargo reused an earlier tree's operator crate; is another run sharing $CARGO_TARGET_DIR?"
     return 1
   fi
-  cp "$CARGO_TARGET_DIR/release/simulate" "$simulate"
+  cp "$CARGO_TARGET_DIR/sim/simulate" "$simulate"
 }
 
 if [[ ${MUTATION_CONTROL:-1} != 0 && -z ${MUTATION_LIMITS:-} ]]; then

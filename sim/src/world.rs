@@ -113,7 +113,7 @@ impl std::fmt::Display for Violation {
         }
         write!(
             f,
-            "replay: cargo run --release -p eagle-eye-sim --bin simulate -- --seed {} --steps {}",
+            "replay: cargo run --profile sim -p eagle-eye-sim --bin simulate -- --seed {} --steps {}",
             self.seed,
             self.step + 1
         )
