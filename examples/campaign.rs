@@ -2637,8 +2637,8 @@ fn print_table(results: &[Figures]) {
 /// The longest a target may go without a working token in each scenario (docs/fault-campaign.md):
 /// after a leader's SIGKILL, the Lease for the follower to take over, the spend intent the
 /// killed leader may have left (the call's limit: slot hold, `--token-timeout`, then
-/// `--in-flight-grace`) or, when longer, the 90 s after its start that the follower honours an
-/// expired one, and 15 s to refresh and publish (the quick slice in CI runs beside a
+/// `--in-flight-grace`) or, when longer, the 90 s after it saw the leader lose the Lease (or
+/// started) that the follower honours an expired one, and 15 s to refresh and publish (the quick slice in CI runs beside a
 /// release build; one run took 74.8 s of the 72 s that come before); after an outage, its length and 30 s
 /// (the last full run recovered every credential within 26.4 s of kube-apiserver's return);
 /// after a revert or a new login, the 30 s the scenario allows; in the slow cold start (6-hour
@@ -2651,7 +2651,8 @@ fn gap_goal(scenario: Scenario, plan: &Plan) -> Duration {
     match scenario {
         Scenario::Kills => {
             let (timeout, grace) = plan.intent_secs;
-            // A successor honours an expired intent until 90 s after it started
+            // A successor honours an expired intent until 90 s after it saw its holder lose
+            // the Lease, or started
             // (`intent::AFTER_OUTAGE`): longer than the intent itself with the test clocks.
             let intent = Duration::from_secs(timeout + grace) + INTENT_EXTRA;
             let new_term = eagle_eye_operator::intent::AFTER_OUTAGE.unsigned_abs();

@@ -92,12 +92,14 @@ pub fn classify<B>(req: &http::Request<B>) -> Request {
 }
 
 /// When this process last found the API server unreachable: a request that failed on the
-/// way (connection refused or reset, a timeout) or was answered 5xx or 429. The process's
-/// start counts as such a moment, since it saw nothing before it. One per process (the
-/// simulator has one per simulated process); read by `intent::verdict_after_outage`.
+/// way (connection refused or reset, a timeout) or was answered 5xx or 429, or the first
+/// answer after such failures (clients back off up to 30 s between attempts, so the last
+/// failure may be well before the API server came back). The process's start counts as
+/// such a moment, since it saw nothing before it. One per process (the simulator has one
+/// per simulated process); read by `intent::verdict_after_outage`.
 pub struct Reachability {
     clock: fn() -> Timestamp,
-    last_unreachable: Mutex<Timestamp>,
+    last_unreachable: Mutex<(Timestamp, bool)>,
 }
 
 impl Reachability {
@@ -106,21 +108,22 @@ impl Reachability {
     pub fn new(clock: fn() -> Timestamp) -> Arc<Self> {
         Arc::new(Reachability {
             clock,
-            last_unreachable: Mutex::new(clock()),
+            last_unreachable: Mutex::new((clock(), false)),
         })
     }
 
     /// When a request last found the API server unreachable, or the process started.
     pub fn last_unreachable(&self) -> Timestamp {
-        *crate::lock(&self.last_unreachable)
+        crate::lock(&self.last_unreachable).0
     }
 
     fn observe(&self, unreachable: bool) {
-        if unreachable {
-            let now = (self.clock)();
-            let mut last = crate::lock(&self.last_unreachable);
-            *last = now.max(*last);
+        let mut last = crate::lock(&self.last_unreachable);
+        let (at, failing) = &mut *last;
+        if unreachable || *failing {
+            *at = (self.clock)().max(*at);
         }
+        *failing = unreachable;
     }
 }
 
@@ -300,6 +303,37 @@ mod tests {
         let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
             kube::Api::namespaced(client, "n");
         let _ = secrets.get_opt("s").await;
+    }
+
+    static NOW: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    fn test_clock() -> Timestamp {
+        test_clock_at(NOW.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// Clients back off up to 30 s between attempts: the API server counts as unreachable
+    /// until the first answer after the failures, not only until the last failure.
+    #[test]
+    fn the_first_answer_after_failures_ends_the_outage_later_ones_do_not() {
+        let set = |s: i64| NOW.store(s, std::sync::atomic::Ordering::SeqCst);
+        set(0);
+        let reach = Reachability::new(test_clock);
+        set(10);
+        reach.observe(false);
+        assert_eq!(reach.last_unreachable(), test_clock_at(0), "the start");
+        set(20);
+        reach.observe(true);
+        set(50);
+        reach.observe(true);
+        assert_eq!(reach.last_unreachable(), test_clock_at(50));
+        set(80);
+        reach.observe(false);
+        set(95);
+        reach.observe(false);
+        assert_eq!(reach.last_unreachable(), test_clock_at(80));
+    }
+
+    fn test_clock_at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
     }
 
     /// kube's client would retry a 503 up to 15 times, for minutes in all; the operator's

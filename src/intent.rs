@@ -138,19 +138,21 @@ pub fn verdict(intent: Option<&Intent>, stored: &str, me: &str, now: Timestamp) 
     }
 }
 
-/// How long after this process last found the API server unreachable, or started,
-/// another holder's expired intent still binds it (see [`verdict_after_outage`]): three times the
-/// longest a holder waits between two attempts to store an answer it holds (30 s).
+/// How long after this process last found the API server unreachable, started, or saw the
+/// intent's holder lose the Lease, another holder's expired intent still binds it (see
+/// [`verdict_after_outage`]): three times the longest a holder waits between two attempts to
+/// store an answer it holds (30 s).
 pub const AFTER_OUTAGE: SignedDuration = SignedDuration::from_secs(90);
 
 /// [`verdict`], except that another holder's intent for the stored token that has expired
 /// still binds until [`AFTER_OUTAGE`] after `reachable_since` (when a request of this process
-/// last found the API server unreachable, or started: see
-/// `api_requests::Reachability`), and at most [`MAX_HOLD`] past its `until`. Its holder may have received the answer and kept it in memory through an
-/// outage that outlasted the intent: it could store it no more than anyone could spend,
-/// and it tries again at least every 30 s, so once the API server answers, it stores
-/// first. A holder that crashed lost its answer anyway; waiting costs one refresh 90 s,
-/// and only after an outage or a start.
+/// last found the API server unreachable, started, or saw the holder lose the Lease: see
+/// `api_requests::Reachability` and `Leadership::lapse_of`), and at most [`MAX_HOLD`] past its
+/// `until`. Its holder may have received the answer and kept it in memory through an outage
+/// that outlasted the intent: it could store it no more than anyone could spend, and it
+/// tries again at least every 30 s, so once the API server answers, it stores first. A
+/// holder that crashed lost its answer anyway; waiting costs one refresh 90 s, and only
+/// after an outage, a start or a takeover.
 pub fn verdict_after_outage(
     intent: Option<&Intent>,
     stored: &str,

@@ -172,7 +172,7 @@ struct Proc {
     client: kube::Client,
     tokens: TokenClient,
     term: Option<Term>,
-    lease_seen: tokio::sync::watch::Sender<Option<Lease>>,
+    lease_seen: Option<eagle_eye_operator::controller::LeaseFeed>,
     /// The follower's retry of held tokens, and the flush at a term's end.
     background: Vec<JoinHandle<()>>,
     done_tx: std::sync::mpsc::Sender<Done>,
@@ -459,8 +459,10 @@ impl Sim {
         // Every process's Lease watch sees it at once (the check reads it again when stale).
         let seen: Option<Lease> = serde_json::from_value(written).ok();
         for p in &self.procs {
-            if p.alive {
-                p.lease_seen.send_replace(seen.clone());
+            if p.alive
+                && let Some(feed) = &p.lease_seen
+            {
+                feed.send(seen.clone());
             }
         }
     }
@@ -504,17 +506,19 @@ impl Sim {
             .api
             .get("leases", "default", LEASE_NAME)
             .and_then(|l| serde_json::from_value(l.clone()).ok());
-        let (lease_seen, seen) = tokio::sync::watch::channel(current);
-        let leadership = match self.cfg.lease {
-            true => Leadership::fed(
-                kube::Api::namespaced(client.clone(), "default"),
-                LEASE_NAME,
-                &identity,
-                Duration::from_secs(2),
-                seen,
-                clock::for_slot(slot),
-            ),
-            false => Leadership::unchecked(),
+        let (leadership, lease_seen) = match self.cfg.lease {
+            true => {
+                let (leadership, feed) = Leadership::fed(
+                    kube::Api::namespaced(client.clone(), "default"),
+                    LEASE_NAME,
+                    &identity,
+                    Duration::from_secs(2),
+                    clock::for_slot(slot),
+                );
+                feed.send(current);
+                (leadership, Some(feed))
+            }
+            false => (Leadership::unchecked(), None),
         };
         let shared = Shared {
             metrics: Default::default(),

@@ -8,8 +8,12 @@
 //! A copy can only be older than the truth, never newer: its renewal time is one this replica
 //! wrote, so a stale copy runs out no later than the Lease it shows (another replica takes a
 //! Lease only once it has expired). The same watch tells a follower when the leader released
-//! the Lease, so that it need not wait for the end of a term that was given up.
+//! the Lease, so that it need not wait for the end of a term that was given up, and when
+//! each holder it saw lost the Lease (`Leadership::lapse_of`: a spend intent that holder left
+//! is waited out from then, not from when this process took over).
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -32,8 +36,73 @@ struct Check {
     margin: SignedDuration,
     /// The Lease as last seen by the watch (`None` before the first sight, or deleted).
     seen: watch::Receiver<Option<Lease>>,
+    /// When each holder seen lost the Lease.
+    lapses: Arc<Mutex<Lapses>>,
     /// The wall clock the Lease's times are compared with.
     clock: fn() -> Timestamp,
+}
+
+/// Where the Lease as seen is sent: the watch (`follow`) in the operator, the simulated API
+/// server in the simulator. Each change of holder it sends is recorded as a lapse.
+pub struct LeaseFeed {
+    tx: watch::Sender<Option<Lease>>,
+    lapses: Arc<Mutex<Lapses>>,
+    clock: fn() -> Timestamp,
+}
+
+impl LeaseFeed {
+    /// The Lease as now seen (`None`: deleted, or not there).
+    pub fn send(&self, lease: Option<Lease>) {
+        crate::lock(&self.lapses).saw(holder(lease.as_ref()), (self.clock)());
+        self.tx.send_replace(lease);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// Holders whose loss of the Lease is remembered, most recent last: a few are enough (a
+/// chain of takeovers is as long as the replicas killed one after the other).
+const REMEMBERED_HOLDERS: usize = 16;
+
+/// When the holders this process saw lost the Lease.
+#[derive(Default)]
+struct Lapses {
+    holder: Option<String>,
+    lost: VecDeque<(String, Timestamp)>,
+    /// The last change of holder seen (the first sight included).
+    changed: Option<Timestamp>,
+}
+
+impl Lapses {
+    fn saw(&mut self, holder: Option<String>, now: Timestamp) {
+        if holder == self.holder && self.changed.is_some() {
+            return;
+        }
+        if let Some(previous) = std::mem::replace(&mut self.holder, holder) {
+            self.lost.retain(|(h, _)| *h != previous);
+            if self.lost.len() >= REMEMBERED_HOLDERS {
+                self.lost.pop_front();
+            }
+            self.lost.push_back((previous, now));
+        }
+        self.changed = Some(now);
+    }
+
+    /// When `process` was seen to lose the Lease; for a process never seen holding it, the
+    /// last change of holder seen (it lost the Lease no later); `now` while it holds it.
+    fn lapse_of(&self, process: &str, now: Timestamp) -> Option<Timestamp> {
+        if self.holder.as_deref() == Some(process) {
+            return Some(now);
+        }
+        self.lost
+            .iter()
+            .rev()
+            .find(|(h, _)| h == process)
+            .map(|(_, at)| *at)
+            .or(self.changed)
+    }
 }
 
 impl Leadership {
@@ -44,38 +113,47 @@ impl Leadership {
 
     /// Starts watching the Lease `name` (until every clone is dropped).
     pub fn lease(leases: Api<Lease>, name: &str, identity: &str, margin: Duration) -> Self {
-        let (tx, seen) = watch::channel(None);
-        tokio::spawn(follow(leases.clone(), name.to_owned(), tx));
-        Leadership(Some(Check {
-            leases,
-            name: name.into(),
-            identity: identity.into(),
-            margin: SignedDuration::try_from(margin).unwrap_or(SignedDuration::MAX),
-            seen,
-            clock: Timestamp::now,
-        }))
+        let (leadership, feed) = Self::fed(leases.clone(), name, identity, margin, Timestamp::now);
+        tokio::spawn(follow(leases, name.to_owned(), feed));
+        leadership
     }
 
-    /// As [`Leadership::lease`], but the Lease as seen is fed by the caller (the simulator,
-    /// which runs no watch) and compared with `clock`; the check still reads the Lease
-    /// through `leases` when the copy seen does not show it fresh and ours.
+    /// As [`Leadership::lease`], but the Lease as seen is fed by the caller through the
+    /// [`LeaseFeed`] (the simulator, which runs no watch) and compared with `clock`; the
+    /// check still reads the Lease through `leases` when the copy seen does not show it
+    /// fresh and ours.
     #[doc(hidden)]
     pub fn fed(
         leases: Api<Lease>,
         name: &str,
         identity: &str,
         margin: Duration,
-        seen: watch::Receiver<Option<Lease>>,
         clock: fn() -> Timestamp,
-    ) -> Self {
-        Leadership(Some(Check {
+    ) -> (Self, LeaseFeed) {
+        let (tx, seen) = watch::channel(None);
+        let lapses = Arc::new(Mutex::new(Lapses::default()));
+        let feed = LeaseFeed {
+            tx,
+            lapses: lapses.clone(),
+            clock,
+        };
+        let check = Check {
             leases,
             name: name.into(),
             identity: identity.into(),
             margin: SignedDuration::try_from(margin).unwrap_or(SignedDuration::MAX),
             seen,
+            lapses,
             clock,
-        }))
+        };
+        (Leadership(Some(check)), feed)
+    }
+
+    /// When the process `process` was seen to lose the Lease (see `Lapses::lapse_of`);
+    /// `None` without leader election.
+    pub fn lapse_of(&self, process: &str, now: Timestamp) -> Option<Timestamp> {
+        let check = self.0.as_ref()?;
+        crate::lock(&check.lapses).lapse_of(process, now)
     }
 
     /// `None` when spending is safe now; otherwise how long to wait before asking again.
@@ -145,7 +223,7 @@ fn holder(lease: Option<&Lease>) -> Option<String> {
 
 /// Keeps `tx` at the Lease as the API server last showed it, re-listing after a broken
 /// watch (a Lease deleted meanwhile is then shown as gone).
-async fn follow(api: Api<Lease>, name: String, tx: watch::Sender<Option<Lease>>) {
+async fn follow(api: Api<Lease>, name: String, tx: LeaseFeed) {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let events = watcher::watcher(api, config).default_backoff();
     let mut events = std::pin::pin!(events);
@@ -153,17 +231,11 @@ async fn follow(api: Api<Lease>, name: String, tx: watch::Sender<Option<Lease>>)
     let mut warned = false;
     while let Some(event) = events.next().await {
         match event {
-            Ok(watcher::Event::Apply(l)) => {
-                tx.send_replace(Some(l));
-            }
-            Ok(watcher::Event::Delete(_)) => {
-                tx.send_replace(None);
-            }
+            Ok(watcher::Event::Apply(l)) => tx.send(Some(l)),
+            Ok(watcher::Event::Delete(_)) => tx.send(None),
             Ok(watcher::Event::Init) => listed = None,
             Ok(watcher::Event::InitApply(l)) => listed = Some(l),
-            Ok(watcher::Event::InitDone) => {
-                tx.send_replace(listed.take());
-            }
+            Ok(watcher::Event::InitDone) => tx.send(listed.take()),
             // The watcher retries with backoff; meanwhile the copy ages and the check asks
             // the API server.
             Err(e) => {
@@ -175,5 +247,57 @@ async fn follow(api: Api<Lease>, name: String, tx: watch::Sender<Option<Lease>>)
         if tx.is_closed() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    /// Leaders killed one after the other: each one's intents are waited out from when it
+    /// lost the Lease, not from when the last successor took over.
+    #[test]
+    fn each_holder_lapses_when_it_was_seen_to_lose_the_lease() {
+        let mut lapses = Lapses::default();
+        lapses.saw(Some("a".into()), at(0));
+        assert_eq!(lapses.lapse_of("a", at(5)), Some(at(5)), "still holding");
+        lapses.saw(Some("b".into()), at(40));
+        lapses.saw(Some("b".into()), at(50));
+        lapses.saw(None, at(70));
+        lapses.saw(Some("c".into()), at(100));
+        assert_eq!(lapses.lapse_of("a", at(120)), Some(at(40)));
+        assert_eq!(lapses.lapse_of("b", at(120)), Some(at(70)));
+        assert_eq!(lapses.lapse_of("c", at(120)), Some(at(120)));
+        // Never seen holding it: it lost it no later than the last change seen.
+        assert_eq!(lapses.lapse_of("z", at(120)), Some(at(100)));
+        // Back to a holder seen before: its older loss no longer counts.
+        lapses.saw(Some("a".into()), at(130));
+        assert_eq!(lapses.lapse_of("a", at(140)), Some(at(140)));
+    }
+
+    #[test]
+    fn the_first_sight_of_the_lease_is_the_earliest_lapse_of_an_unknown_holder() {
+        let mut lapses = Lapses::default();
+        assert_eq!(lapses.lapse_of("x", at(0)), None, "nothing seen yet");
+        lapses.saw(None, at(3));
+        assert_eq!(lapses.lapse_of("x", at(4)), Some(at(3)));
+        lapses.saw(None, at(9));
+        assert_eq!(lapses.lapse_of("x", at(10)), Some(at(3)), "no change");
+    }
+
+    #[test]
+    fn only_the_last_holders_are_remembered() {
+        let mut lapses = Lapses::default();
+        for i in 0..40 {
+            lapses.saw(Some(format!("p{i}")), at(i));
+        }
+        assert_eq!(lapses.lost.len(), REMEMBERED_HOLDERS);
+        assert_eq!(lapses.lapse_of("p38", at(50)), Some(at(39)));
+        // Forgotten: the last change seen stands in (later, so it waits longer).
+        assert_eq!(lapses.lapse_of("p0", at(50)), Some(at(39)));
     }
 }

@@ -47,7 +47,7 @@ pub use cache::Reads;
 pub use held::Held;
 pub use index::{Index, role};
 pub use known::Known;
-pub use leadership::Leadership;
+pub use leadership::{Leadership, LeaseFeed};
 pub use memory::Memory;
 pub use memory::Refusal;
 pub use secret_news::SecretNews;

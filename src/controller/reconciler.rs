@@ -250,14 +250,22 @@ impl<'a> Reconciler<'a> {
             }
         };
         let me = self.holder();
-        let reachable_since = self.ctx.reach.last_unreachable();
         let intent = stored_ok.map_or(intent::Verdict::Free, |s| {
+            let intent = intent::read(s.secret.metadata.annotations.as_ref());
+            // An expired intent's holder may have kept its answer through an outage this
+            // process saw, or since it lost the Lease (cut off alone): patience from the later.
+            let unreachable = self.ctx.reach.last_unreachable();
+            let lapse = intent.as_ref().and_then(|i| {
+                self.ctx
+                    .leadership
+                    .lapse_of(intent::process(&i.holder), self.now)
+            });
             intent::verdict_after_outage(
-                intent::read(s.secret.metadata.annotations.as_ref()).as_ref(),
+                intent.as_ref(),
                 &s.fingerprint,
                 &me,
                 self.now,
-                reachable_since,
+                lapse.map_or(unreachable, |at| at.max(unreachable)),
             )
         });
         let refresh_before = validated
