@@ -86,15 +86,22 @@ const PARKED_READ_MAX_BYTES: usize = 8 * 1024;
 
 /// A kept target (`trimmed`) as its JSON: a parsed Secret takes about three times the
 /// memory (maps of a few entries, managedFields as a tree of JSON maps), and a reconcile
-/// parses it back in microseconds. One per credential, so it sets most of what a
-/// credential costs between refreshes.
-struct KeptTarget(Box<[u8]>);
+/// parses it back in microseconds, outside the lock. One per credential, so it sets much
+/// of what a credential costs between refreshes.
+#[derive(Clone)]
+struct KeptTarget(Arc<[u8]>);
+
+/// The largest target kept (as JSON; the operator's own is about 1 KiB with a full spent
+/// list): whoever may write the target may pad it with key names and annotations under the
+/// operator's prefix, and such a target is read afresh by each reconcile instead.
+const KEPT_TARGET_MAX_BYTES: usize = 16 * 1024;
 
 impl KeptTarget {
     fn new(target: &Secret) -> Option<Self> {
         serde_json::to_vec(target)
             .ok()
-            .map(|json| KeptTarget(json.into_boxed_slice()))
+            .filter(|json| json.len() <= KEPT_TARGET_MAX_BYTES)
+            .map(|json| KeptTarget(json.into()))
     }
 
     fn secret(&self) -> Option<Secret> {
@@ -270,13 +277,18 @@ impl Reads {
     pub fn target(&self, ns: &str, name: &str) -> Result<Option<Arc<Secret>>, Ticket<'_>> {
         let mut state = self.lock();
         let key = secret_key(ns, name);
-        match state.slots.get(&key).and_then(|s| s.target.as_ref()) {
-            Some(None) => Ok(None),
-            Some(Some(kept)) => match kept.secret() {
-                Some(target) => Ok(Some(Arc::new(target))),
-                None => Err(self.ticket(&mut state, key)),
-            },
-            None => Err(self.ticket(&mut state, key)),
+        let kept = match state.slots.get(&key).and_then(|s| s.target.clone()) {
+            Some(None) => return Ok(None),
+            Some(Some(kept)) => kept,
+            None => return Err(self.ticket(&mut state, key)),
+        };
+        drop(state);
+        match kept.secret() {
+            Some(target) => Ok(Some(Arc::new(target))),
+            None => {
+                let mut state = self.lock();
+                Err(self.ticket(&mut state, key))
+            }
         }
     }
 
@@ -495,7 +507,8 @@ impl Writing<'_> {
     /// here): then nothing is kept, and the credentials naming the Secret should be woken.
     pub fn wrote(mut self, written: &Secret, target: Option<Arc<Secret>>) -> bool {
         let version = written.metadata.resource_version.clone();
-        let target = target.and_then(|t| KeptTarget::new(&t));
+        // `Some(None)`: a target came that cannot be kept (padded): none is kept.
+        let target = target.map(|t| KeptTarget::new(&t));
         self.finish(|slot, held| {
             let echoed = held.contains(&version);
             let foreign = held.iter().any(|h| *h != version);
@@ -509,8 +522,10 @@ impl Writing<'_> {
                     }
                     slot.version = Some(version);
                     slot.read_ahead = false;
-                    if let Some(t) = target {
-                        slot.target = Some(Some(t));
+                    match target {
+                        Some(Some(t)) => slot.target = Some(Some(t)),
+                        Some(None) => slot.target = None,
+                        None => {}
                     }
                     // A read begun before this write may hold the version before it.
                     slot.changes += 1;
@@ -729,6 +744,40 @@ mod tests {
         ticket.keep_target(Some(Arc::new(at("40"))));
         let target = reads.target("n", "t").ok().flatten().unwrap();
         assert_eq!(target.metadata.resource_version.as_deref(), Some("41"));
+    }
+
+    #[test]
+    fn a_kept_target_reads_back_as_it_was_kept_and_a_padded_one_is_not_kept() {
+        let reads = Reads::default();
+        let mut target = at("7");
+        target.metadata.annotations =
+            Some([("eagle-eye-operator.io/spent".to_owned(), "a b c".to_owned())].into());
+        target.data = Some([("access_token".to_owned(), Default::default())].into());
+        let target = trimmed(&target);
+        reads
+            .target("n", "t")
+            .unwrap_err()
+            .keep_target(Some(Arc::new(target.clone())));
+        assert_eq!(*reads.target("n", "t").ok().flatten().unwrap(), target);
+        // Padded with key names by whoever may write it: read afresh each time.
+        let mut padded = at("8");
+        padded.data = Some(
+            (0..2000)
+                .map(|i| (format!("key-{i}"), Default::default()))
+                .collect(),
+        );
+        reads
+            .writing("n", "t")
+            .wrote(&padded, Some(Arc::new(trimmed(&padded))));
+        assert!(
+            reads.target("n", "t").is_err(),
+            "the older one is dropped too"
+        );
+        reads
+            .target("n", "u")
+            .unwrap_err()
+            .keep_target(Some(Arc::new(trimmed(&padded))));
+        assert!(reads.target("n", "u").is_err());
     }
 
     #[test]
