@@ -2,7 +2,7 @@
 # Shows that the simulator finds bugs (issue 19, point 4): each patch in hack/mutations/
 # puts back one bug this project had or could have, and the simulator's CI seed set must
 # catch it. For each patch, in a throwaway worktree of HEAD: apply, build the simulator
-# (release), run the fixed seeds one at a time until one reports a violated invariant.
+# (the sim profile), run the fixed seeds one at a time until one reports a violated invariant.
 #
 #   hack/mutations.sh                      every patch in hack/mutations/
 #   hack/mutations.sh hack/mutations/03-*  only these
