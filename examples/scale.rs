@@ -253,6 +253,12 @@ fn ratio(a: Duration, b: Duration) -> String {
     }
 }
 
+/// `x`, or 0 when below: a figure less its background prints "0", never "-0" (`f64::max`
+/// may keep the sign of a negative zero).
+fn non_negative(x: f64) -> f64 {
+    if x > 0.0 { x } else { 0.0 }
+}
+
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -511,7 +517,7 @@ fn writes_and_reads(window: &Requests, background: (&Requests, f64)) -> (f64, f6
             _ => {}
         }
     }
-    (writes.max(0.0), reads.max(0.0))
+    (non_negative(writes), non_negative(reads))
 }
 
 async fn scrape(client: &kube::Client) -> Result<Requests> {
@@ -1696,8 +1702,8 @@ async fn cold(
             .iter()
             .filter(|(k, _)| !k.ends_with(" leases"))
             .map(|(_, v)| v)
-            .sum::<f64>()
-            .max(0.0);
+            .sum::<f64>();
+        let not_lease = non_negative(not_lease);
         table.goal(
             "the operator's own requests while nothing is due, other than its Lease",
             format!("{not_lease}"),
@@ -1941,7 +1947,7 @@ async fn live(
         let ((dead, dead_n, dead_max), (exp, exp_n, exp_max), samples) = targets.figures();
         table.row(
             "target-seconds holding an expired access token (past its expires_at)",
-            format!("{:.2} s over {n} targets", exp.max(0.0)),
+            format!("{:.2} s over {n} targets", non_negative(exp)),
             format!(
                 "{exp_n} targets affected, longest {exp_max:.2} s; window {}, {samples} samples every {} ms",
                 s(plan.steady),
@@ -1958,7 +1964,7 @@ async fn live(
         // Sampled at all, and every target seen: a window with no samples shows nothing.
         table.goal(
             "target-seconds holding an expired access token, steady window",
-            format!("{:.2} s ({samples} samples)", exp.max(0.0)),
+            format!("{:.2} s ({samples} samples)", non_negative(exp)),
             "0 s, sampled",
             exp <= 0.0 && samples > 0,
         );
