@@ -1004,6 +1004,10 @@ struct Cred {
 
 struct Bed<'e> {
     env: &'e Env<'e>,
+    /// From the first leader kill to the last (kills scenario): a successor that never saw
+    /// the killed holder lose the Lease (started after it) waits from its own start, so a
+    /// chain of takeovers can push the wait on by up to this much (see `gap_goal`).
+    leader_kills_span: Duration,
     who: &'static str,
     ns: String,
     dir: PathBuf,
@@ -1074,6 +1078,7 @@ impl<'e> Bed<'e> {
         };
         say(who, format!("namespace {ns}, logs in {}", dir.display()));
         Ok(Bed {
+            leader_kills_span: Duration::ZERO,
             env,
             who,
             ns,
@@ -1436,6 +1441,7 @@ async fn kills(bed: &mut Bed<'_>, rng: &mut StdRng) -> Result<()> {
     let (mut done, mut leader_kills, mut aimed_done) = (0usize, 0usize, 0usize);
     let mut last_progress = Instant::now();
     let mut takeovers: Vec<Duration> = Vec::new();
+    let mut first_leader_kill: Option<Instant> = None;
     for (k, &to_leader) in at_leader.iter().enumerate() {
         if bed.past_deadline() {
             bed.note(format!(
@@ -1489,6 +1495,8 @@ async fn kills(bed: &mut Bed<'_>, rng: &mut StdRng) -> Result<()> {
         if is_leader {
             leader_kills += 1;
             let killed = Instant::now();
+            let first = *first_leader_kill.get_or_insert(killed);
+            bed.leader_kills_span = since(killed, first);
             if bed.wait_leader(Duration::from_secs(60)).await.is_none() {
                 bed.note(format!("kill {k}: no replica took the Lease within 60 s"));
             } else {
@@ -2693,8 +2701,9 @@ async fn run_scenario(env: &Env<'_>, scenario: Scenario) -> Figures {
         say(bed.who, format!("ERROR: {e}"));
     }
     say(bed.who, "stopping the replicas and working out the figures");
+    let chain = bed.leader_kills_span;
     let mut f = bed.finish(error).await;
-    f.gap_goal = gap_goal(scenario, &env.plan);
+    f.gap_goal = gap_goal(scenario, &env.plan) + chain;
     say(
         scenario.name(),
         format!(
