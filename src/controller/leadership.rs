@@ -51,9 +51,16 @@ pub struct LeaseFeed {
 }
 
 impl LeaseFeed {
-    /// The Lease as now seen (`None`: deleted, or not there).
+    /// The Lease as now seen (`None`: deleted, or not there), by a watch that missed no
+    /// change since the last [`LeaseFeed::relisted`].
     pub fn send(&self, lease: Option<Lease>) {
         crate::lock(&self.lapses).saw(holder(lease.as_ref()), (self.clock)());
+        self.tx.send_replace(lease);
+    }
+
+    /// The Lease as a fresh list shows it, after a watch that may have missed changes.
+    pub fn relisted(&self, lease: Option<Lease>) {
+        crate::lock(&self.lapses).relisted(holder(lease.as_ref()), (self.clock)());
         self.tx.send_replace(lease);
     }
 
@@ -71,27 +78,46 @@ const REMEMBERED_HOLDERS: usize = 16;
 struct Lapses {
     holder: Option<String>,
     lost: VecDeque<(String, Timestamp)>,
-    /// The last change of holder seen (the first sight included).
-    changed: Option<Timestamp>,
+    /// Since when every change of holder has been seen: the first sight, or the last
+    /// re-list (a watch broken long enough to re-list may have missed some).
+    since: Option<Timestamp>,
+    /// The latest loss no longer remembered (only [`REMEMBERED_HOLDERS`] are).
+    forgotten: Option<Timestamp>,
 }
 
 impl Lapses {
     fn saw(&mut self, holder: Option<String>, now: Timestamp) {
-        if holder == self.holder && self.changed.is_some() {
+        if self.since.is_none() {
+            self.relisted(holder, now);
+            return;
+        }
+        if holder == self.holder {
             return;
         }
         if let Some(previous) = std::mem::replace(&mut self.holder, holder) {
             self.lost.retain(|(h, _)| *h != previous);
-            if self.lost.len() >= REMEMBERED_HOLDERS {
-                self.lost.pop_front();
+            if self.lost.len() >= REMEMBERED_HOLDERS
+                && let Some((_, at)) = self.lost.pop_front()
+            {
+                self.forgotten = self.forgotten.max(Some(at));
             }
             self.lost.push_back((previous, now));
         }
-        self.changed = Some(now);
     }
 
-    /// When `process` was seen to lose the Lease; for a process never seen holding it, the
-    /// last change of holder seen (it lost the Lease no later); `now` while it holds it.
+    /// Starts over: a holder that took and lost the Lease while the watch was broken was
+    /// not seen, and one seen before may have held it again meanwhile.
+    fn relisted(&mut self, holder: Option<String>, now: Timestamp) {
+        *self = Lapses {
+            holder,
+            since: Some(now),
+            ..Lapses::default()
+        };
+    }
+
+    /// When `process` was seen to lose the Lease; `now` while it holds it. For a process
+    /// not seen holding it since every change has been seen, that moment: it lost the
+    /// Lease no later (or no later than the latest loss forgotten, if it is one of those).
     fn lapse_of(&self, process: &str, now: Timestamp) -> Option<Timestamp> {
         if self.holder.as_deref() == Some(process) {
             return Some(now);
@@ -101,7 +127,7 @@ impl Lapses {
             .rev()
             .find(|(h, _)| h == process)
             .map(|(_, at)| *at)
-            .or(self.changed)
+            .or(self.since.max(self.forgotten))
     }
 }
 
@@ -150,9 +176,21 @@ impl Leadership {
     }
 
     /// When the process `process` was seen to lose the Lease (see `Lapses::lapse_of`);
-    /// `None` without leader election.
+    /// `None` without leader election. The record is complete only up to the last change the
+    /// watch delivered: while the copy it delivered shows this process holding the Lease,
+    /// unexpired, no one else can have held it since, and every holder before came through
+    /// first. Otherwise (the watch lagging, broken or refused) `now`, as if the holder had
+    /// just lost it.
     pub fn lapse_of(&self, process: &str, now: Timestamp) -> Option<Timestamp> {
         let check = self.0.as_ref()?;
+        let caught_up = check
+            .seen
+            .borrow()
+            .as_ref()
+            .is_some_and(|l| check.ours_for(l, SignedDuration::ZERO));
+        if !caught_up {
+            return Some(now);
+        }
         crate::lock(&check.lapses).lapse_of(process, now)
     }
 
@@ -193,6 +231,11 @@ impl Leadership {
 
 impl Check {
     fn ours_and_fresh(&self, lease: &Lease) -> bool {
+        self.ours_for(lease, self.margin)
+    }
+
+    /// Whether `lease` is held by this process with more than `margin` of it left.
+    fn ours_for(&self, lease: &Lease, margin: SignedDuration) -> bool {
         let Some(spec) = &lease.spec else {
             return false;
         };
@@ -207,7 +250,7 @@ impl Check {
                 renewed
                     .checked_add(SignedDuration::from_secs(i64::from(secs)))
                     .ok()?
-                    .checked_sub(self.margin)
+                    .checked_sub(margin)
                     .ok()
             });
         ours && left_until.is_some_and(|until| until > (self.clock)())
@@ -235,7 +278,7 @@ async fn follow(api: Api<Lease>, name: String, tx: LeaseFeed) {
             Ok(watcher::Event::Delete(_)) => tx.send(None),
             Ok(watcher::Event::Init) => listed = None,
             Ok(watcher::Event::InitApply(l)) => listed = Some(l),
-            Ok(watcher::Event::InitDone) => tx.send(listed.take()),
+            Ok(watcher::Event::InitDone) => tx.relisted(listed.take()),
             // The watcher retries with backoff; meanwhile the copy ages and the check asks
             // the API server.
             Err(e) => {
@@ -272,8 +315,9 @@ mod tests {
         assert_eq!(lapses.lapse_of("a", at(120)), Some(at(40)));
         assert_eq!(lapses.lapse_of("b", at(120)), Some(at(70)));
         assert_eq!(lapses.lapse_of("c", at(120)), Some(at(120)));
-        // Never seen holding it: it lost it no later than the last change seen.
-        assert_eq!(lapses.lapse_of("z", at(120)), Some(at(100)));
+        // Never seen holding it, and every change seen since the first sight: it lost the
+        // Lease before that, however many holders came after.
+        assert_eq!(lapses.lapse_of("z", at(120)), Some(at(0)));
         // Back to a holder seen before: its older loss no longer counts.
         lapses.saw(Some("a".into()), at(130));
         assert_eq!(lapses.lapse_of("a", at(140)), Some(at(140)));
@@ -297,7 +341,74 @@ mod tests {
         }
         assert_eq!(lapses.lost.len(), REMEMBERED_HOLDERS);
         assert_eq!(lapses.lapse_of("p38", at(50)), Some(at(39)));
-        // Forgotten: the last change seen stands in (later, so it waits longer).
-        assert_eq!(lapses.lapse_of("p0", at(50)), Some(at(39)));
+        // Forgotten: the latest loss forgotten stands in (later, so it waits longer).
+        assert_eq!(lapses.lapse_of("p0", at(50)), Some(at(23)));
+        assert_eq!(lapses.lapse_of("p22", at(50)), Some(at(23)));
+    }
+
+    static NOW: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    fn test_clock() -> Timestamp {
+        at(NOW.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    fn lease(holder: &str, renewed: i64) -> Option<Lease> {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "l"},
+            "spec": {
+                "holderIdentity": holder,
+                "leaseDurationSeconds": 15,
+                "renewTime": at(renewed).to_string(),
+            },
+        }))
+        .ok()
+    }
+
+    /// Until the watch has delivered this process's own hold of the Lease, a change of
+    /// holder may still be on its way: every holder counts as having just lost it.
+    #[tokio::test]
+    async fn the_record_counts_only_once_the_watch_shows_this_process_holding_the_lease() {
+        let (service, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let client = kube::Client::new(service, "default");
+        let (leadership, feed) = Leadership::fed(
+            Api::namespaced(client, "default"),
+            "l",
+            "me",
+            Duration::from_secs(2),
+            test_clock,
+        );
+        NOW.store(0, std::sync::atomic::Ordering::SeqCst);
+        feed.send(lease("a", 0));
+        NOW.store(10, std::sync::atomic::Ordering::SeqCst);
+        feed.send(lease("b", 10));
+        // The watch shows another holder: this process's own takeover has not come yet.
+        assert_eq!(leadership.lapse_of("a", at(20)), Some(at(20)));
+        assert_eq!(leadership.lapse_of("z", at(20)), Some(at(20)));
+        NOW.store(30, std::sync::atomic::Ordering::SeqCst);
+        feed.send(lease("me", 30));
+        assert_eq!(leadership.lapse_of("a", at(35)), Some(at(10)));
+        assert_eq!(leadership.lapse_of("b", at(35)), Some(at(30)));
+        assert_eq!(leadership.lapse_of("z", at(35)), Some(at(0)));
+        // Its hold as last delivered has run out: someone else may hold it by now.
+        NOW.store(50, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(leadership.lapse_of("b", at(50)), Some(at(50)));
+        assert_eq!(Leadership::unchecked().lapse_of("b", at(50)), None);
+    }
+
+    /// A watch broken long enough to re-list may have missed a holder taking and losing the
+    /// Lease, or one seen before holding it again: every loss before is forgotten.
+    #[test]
+    fn a_relist_starts_the_record_over() {
+        let mut lapses = Lapses::default();
+        lapses.saw(Some("a".into()), at(0));
+        lapses.saw(Some("b".into()), at(10));
+        assert_eq!(lapses.lapse_of("a", at(20)), Some(at(10)));
+        lapses.relisted(Some("c".into()), at(50));
+        assert_eq!(lapses.lapse_of("a", at(60)), Some(at(50)));
+        assert_eq!(lapses.lapse_of("b", at(60)), Some(at(50)));
+        assert_eq!(lapses.lapse_of("c", at(60)), Some(at(60)));
+        assert_eq!(lapses.lapse_of("z", at(60)), Some(at(50)));
     }
 }
