@@ -6,6 +6,7 @@
 
 use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use jiff::Timestamp;
@@ -172,14 +173,65 @@ pub fn layer<S>(reach: Arc<Reachability>) -> impl tower::Layer<S, Service = Coun
     })
 }
 
+/// How long a request may wait for its answer to begin (a watch's included: kube-apiserver
+/// sends its head at once, and kube-runtime waits for it with no limit of its own). kube's
+/// client sets no limit once connected, so a connection gone silent (a peer gone without a
+/// reset, a frozen proxy) would hold a request, and whatever waits on it, forever: a
+/// rotated token's write-back would never be tried again, the Lease watch would freeze, and
+/// no outage would be noted. At 30 s, a holder that stalls this long and then backs off (at
+/// most 30 s) tries again well within the 90 s another replica waits after an outage
+/// (`intent::AFTER_OUTAGE`). kube-apiserver ends its own slow requests at 60 s
+/// (`--request-timeout`) and the operator's are small (lists are paged); a write that its
+/// admission webhooks keep longer than this counts as failed (and the API server as
+/// unreachable), though it may land: the next reconcile reads it.
+pub const ANSWER_LIMIT: Duration = Duration::from_secs(30);
+
+/// A tower service that fails a request whose answer has not begun within its limit
+/// ([`ANSWER_LIMIT`] in the operator). The body after is not limited: a watch's stays
+/// open for minutes.
+#[derive(Clone)]
+pub struct Limited<S> {
+    inner: S,
+    limit: Duration,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Limited<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: From<tokio::time::error::Elapsed> + Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let answer = self.inner.call(req);
+        let limit = self.limit;
+        Box::pin(async move { tokio::time::timeout(limit, answer).await? })
+    }
+}
+
+/// The layer that limits how long a request waits for its answer to begin.
+pub fn limit_layer<S>(limit: Duration) -> impl tower::Layer<S, Service = Limited<S>> {
+    tower::layer::layer_fn(move |inner| Limited { inner, limit })
+}
+
 /// A client for `config` whose every request is counted and watched for unreachability,
-/// and none retried inside the client: kube's own retry of 429, 503 and 504 can hold one
-/// request for minutes. The operator backs off on its own (at most 30 s between attempts),
-/// and a process holding an answer it could not store must try again within that (see
+/// none waits more than [`ANSWER_LIMIT`] for its answer to begin, and none is retried
+/// inside the client: kube's own retry of 429, 503 and 504 can hold one request for
+/// minutes. The operator backs off on its own (at most 30 s between attempts), and a
+/// process holding an answer it could not store must try again within that (see
 /// `intent::verdict_after_outage`).
 pub fn client(mut config: kube::Config, reach: Arc<Reachability>) -> kube::Result<kube::Client> {
     config.default_retry = false;
     Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&limit_layer(ANSWER_LIMIT))
         .with_layer(&layer(reach))
         .build())
 }
@@ -334,6 +386,41 @@ mod tests {
 
     fn test_clock_at(s: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    /// A connection gone silent fails the request at the limit, a watch's too, so that
+    /// whatever waits on it (a rotated token's write-back, the Lease watch) is tried again;
+    /// an answer that has begun is handed on as it is.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_that_never_begins_fails_at_the_limit() {
+        use tower::{Layer, Service};
+        type BoxError = Box<dyn std::error::Error + Send + Sync>;
+        let request = |uri: &str| http::Request::get(uri).body(()).unwrap();
+        let silent = tower::service_fn(|_: http::Request<()>| {
+            futures::future::pending::<Result<http::Response<()>, BoxError>>()
+        });
+        let mut client = limit_layer(ANSWER_LIMIT).layer(silent);
+        for uri in [
+            "/api/v1/namespaces/n/secrets/s",
+            "/api/v1/namespaces/n/secrets?watch=true&resourceVersion=5",
+        ] {
+            let started = tokio::time::Instant::now();
+            assert!(client.call(request(uri)).await.is_err(), "{uri}");
+            assert_eq!(started.elapsed(), ANSWER_LIMIT, "{uri}");
+        }
+
+        let answering = tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, BoxError>(http::Response::new(()))
+        });
+        let mut client = limit_layer(ANSWER_LIMIT).layer(answering);
+        let started = tokio::time::Instant::now();
+        assert!(
+            client
+                .call(request("/api/v1/namespaces/n/secrets/s"))
+                .await
+                .is_ok()
+        );
+        assert!(started.elapsed() < ANSWER_LIMIT);
     }
 
     /// kube's client would retry a 503 up to 15 times, for minutes in all; the operator's
