@@ -6,7 +6,7 @@ use clap::Parser;
 
 /// jemalloc rather than glibc's allocator, told to give freed pages back to the system at
 /// once: a tenant's padded objects in transit (60 credentials of 300 KiB each) raised the
-/// RSS by 5.3 MiB, against 8 to 10 MiB with glibc (docs/security.md, "Memory"), and at 1,000
+/// RSS by 4 to 5 MiB, against 8 to 10 MiB with glibc (docs/security.md, "Memory"), and at 1,000
 /// credentials the peak RSS was lower at the cold start and through steady refreshes
 /// (docs/scale.md, fourth round).
 #[global_allocator]

@@ -152,7 +152,7 @@ async fn memory_does_not_grow_with_sixty_credentials_padded_to_every_bound() {
         "operator RSS: {b} KiB with one credential, {a} KiB with {PADDED} more padded to every bound (each about 300 KiB as the API server stores it): {growth:+} KiB"
     ));
     // The ceiling docs/security.md states (issue 18 asked for 2 MiB, not reached): with
-    // jemalloc returning freed pages at once, +5.3 MiB with 60 padded credentials; with
+    // jemalloc returning freed pages at once, +4.2 to +5.3 MiB with 60 padded credentials; with
     // glibc, +6.7 MiB with 20, +8.3 to +9.7 MiB with 60 and +11.1 MiB with 240; before the
     // lean store, +40 MiB with 60.
     assert!(
