@@ -186,40 +186,10 @@ pub fn layer<S>(reach: Arc<Reachability>) -> impl tower::Layer<S, Service = Coun
 /// unreachable), though it may land: the next reconcile reads it.
 pub const ANSWER_LIMIT: Duration = Duration::from_secs(30);
 
-/// A tower service that fails a request whose answer has not begun within its limit
-/// ([`ANSWER_LIMIT`] in the operator). The body after is not limited: a watch's stays
-/// open for minutes.
-#[derive(Clone)]
-pub struct Limited<S> {
-    inner: S,
-    limit: Duration,
-}
-
-impl<S, B, RB> tower::Service<http::Request<B>> for Limited<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
-    S::Future: Send + 'static,
-    S::Error: From<tokio::time::error::Elapsed> + Send + 'static,
-    RB: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let answer = self.inner.call(req);
-        let limit = self.limit;
-        Box::pin(async move { tokio::time::timeout(limit, answer).await? })
-    }
-}
-
-/// The layer that limits how long a request waits for its answer to begin.
-pub fn limit_layer<S>(limit: Duration) -> impl tower::Layer<S, Service = Limited<S>> {
-    tower::layer::layer_fn(move |inner| Limited { inner, limit })
+/// The layer that fails a request whose answer has not begun within [`ANSWER_LIMIT`]; the
+/// body after is not limited (a watch's stays open for minutes).
+pub fn answer_limit() -> tower::timeout::TimeoutLayer {
+    tower::timeout::TimeoutLayer::new(ANSWER_LIMIT)
 }
 
 /// A client for `config` whose every request is counted and watched for unreachability,
@@ -231,7 +201,7 @@ pub fn limit_layer<S>(limit: Duration) -> impl tower::Layer<S, Service = Limited
 pub fn client(mut config: kube::Config, reach: Arc<Reachability>) -> kube::Result<kube::Client> {
     config.default_retry = false;
     Ok(kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&limit_layer(ANSWER_LIMIT))
+        .with_layer(&answer_limit())
         .with_layer(&layer(reach))
         .build())
 }
@@ -399,7 +369,7 @@ mod tests {
         let silent = tower::service_fn(|_: http::Request<()>| {
             futures::future::pending::<Result<http::Response<()>, BoxError>>()
         });
-        let mut client = limit_layer(ANSWER_LIMIT).layer(silent);
+        let mut client = answer_limit().layer(silent);
         for uri in [
             "/api/v1/namespaces/n/secrets/s",
             "/api/v1/namespaces/n/secrets?watch=true&resourceVersion=5",
@@ -412,7 +382,7 @@ mod tests {
         let answering = tower::service_fn(|_: http::Request<()>| async {
             Ok::<_, BoxError>(http::Response::new(()))
         });
-        let mut client = limit_layer(ANSWER_LIMIT).layer(answering);
+        let mut client = answer_limit().layer(answering);
         let started = tokio::time::Instant::now();
         assert!(
             client
