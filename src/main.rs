@@ -30,12 +30,8 @@ struct MallocConf(*const std::ffi::c_char);
 #[allow(unsafe_code)]
 unsafe impl Sync for MallocConf {}
 
-fn main() -> std::process::ExitCode {
-    run()
-}
-
 #[tokio::main]
-async fn run() -> std::process::ExitCode {
+async fn main() -> std::process::ExitCode {
     let cli = eagle_eye_operator::cli::Cli::parse();
     match eagle_eye_operator::cli::run(cli).await {
         Ok(code) => code,
