@@ -1708,9 +1708,9 @@ async fn cold(
             (plan.idle.as_secs_f64() / WATCH_TIMEOUT.as_secs_f64()).ceil() * replicas.len() as f64;
         let (mut reopens, mut other) = (Vec::new(), 0.0);
         for (k, v) in &own {
-            match k.strip_prefix("watch ") {
+            match k.strip_prefix("WATCH ") {
                 Some(_) if *v <= reopens_allowed => reopens.push(format!("{k} {v}")),
-                _ if k.ends_with(" leases") && !k.starts_with("watch ") => {}
+                _ if k.ends_with(" leases") && !k.starts_with("WATCH ") => {}
                 _ => other += v,
             }
         }

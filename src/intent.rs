@@ -141,7 +141,8 @@ pub fn verdict(intent: Option<&Intent>, stored: &str, me: &str, now: Timestamp) 
 /// How long after this process last found the API server unreachable, started, or saw the
 /// intent's holder lose the Lease, another holder's expired intent still binds it (see
 /// [`verdict_after_outage`]): three times the longest a holder waits between two attempts to
-/// store an answer it holds (30 s).
+/// store an answer it holds (30 s), or one and a half times that wait plus a request stalled
+/// to its limit (`api_requests::ANSWER_LIMIT`, 30 s).
 pub const AFTER_OUTAGE: SignedDuration = SignedDuration::from_secs(90);
 
 /// [`verdict`], except that another holder's intent for the stored token that has expired

@@ -283,7 +283,7 @@ async fn follow(api: Api<Lease>, name: String, tx: LeaseFeed) {
             // the API server.
             Err(e) => {
                 if !std::mem::replace(&mut warned, true) {
-                    tracing::warn!(error = %e, lease = %name, "cannot watch the Lease (needs list and watch on it): its holder is read before each refresh instead, and a released Lease is taken only when it expires");
+                    tracing::warn!(error = %e, lease = %name, "cannot watch the Lease (needs list and watch on it): its holder is read before each refresh instead, a released Lease is taken only when it expires, and another holder's expired spend intent binds up to an hour past it");
                 }
             }
         }
