@@ -74,8 +74,10 @@ pub trait World {
     fn set_retry_not_before(&mut self, at: Option<Timestamp>);
     fn set_publish_backoff(&mut self, backoff: Option<PublishBackoff>);
     /// The first credential calling `auth_url` not yet read in this term's census of
-    /// claims, if any.
-    async fn census_pending(&mut self, auth_url: &url::Url) -> Option<String>;
+    /// claims, if any: the credential then waits for the census, and `read` (what this
+    /// refresh would spend) may serve the reconcile its completion wakes, as for a call
+    /// slot.
+    async fn census_pending(&mut self, auth_url: &url::Url, read: &StoredToken) -> Option<String>;
     /// Why another credential owns `stored`'s token, if one does (see `Memory::claim`).
     fn claimed_elsewhere(&mut self, stored: &StoredToken) -> Option<String>;
     /// Takes a token-call slot and says how long the call may take with it, or parks the
@@ -331,7 +333,7 @@ impl<'a, W: World> Refresh<'a, W> {
                     ..StoredToken::clone(stored)
                 };
                 self.world.remember_live(&stored.token);
-                if let Some(unread) = self.world.census_pending(&auth_url).await {
+                if let Some(unread) = self.world.census_pending(&auth_url, &stored).await {
                     info!(%unread, "not refreshing before every credential has been read in this term: one may hold a copy of this token");
                     return End::Quiet(Action::requeue(CENSUS_RECHECK));
                 }

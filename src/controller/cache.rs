@@ -73,10 +73,11 @@ const OWN_VERSIONS: usize = 4;
 /// bound.
 const MAX_SECRETS: usize = 100_000;
 
-/// How long the read of a reconcile parked for a call slot stands in for a fresh read
-/// (`Ticket::keep_parked`), counted from the moment the read was sent. A granted slot
-/// wakes its reconcile within a second or so; a read older than this is not trusted
-/// whatever the watch says (it may have been silent), and is dropped.
+/// How long the read of a reconcile parked (for a call slot or the census) stands in for a
+/// fresh read (`Ticket::keep_parked`), counted from the moment the read was sent, however
+/// often it parks. A granted slot wakes its reconcile within a second or so, a census of
+/// 1,000 credentials completes within a few; a read older than this is not trusted whatever
+/// the watch says (it may have been silent), and is dropped.
 const PARKED_READ_FOR: Duration = Duration::from_secs(15);
 
 /// The largest refresh-token Secret kept for a parked credential (as JSON; an Eagle Eye
@@ -109,10 +110,12 @@ impl KeptTarget {
     }
 }
 
-/// A refresh-token Secret as a reconcile read it before parking for a call slot.
+/// A refresh-token Secret as a reconcile read it before parking (for a call slot or the
+/// census), as its JSON: about half the memory of a parsed Secret, and every credential of
+/// a cold start parks at once.
 struct ParkedRead {
     credential: String,
-    secret: Secret,
+    json: Box<[u8]>,
     /// When the read was sent.
     at: Instant,
 }
@@ -140,8 +143,8 @@ struct Slot {
     /// `version` was learned from a read and its event has not come yet: that event is
     /// still news to the other credentials naming the Secret (it drops nothing).
     read_ahead: bool,
-    /// The refresh token read by a reconcile that parked for a call slot: any event of the
-    /// Secret, any write of it, a re-list drop it.
+    /// The refresh token read by a reconcile that parked (for a call slot or the census):
+    /// any event of the Secret, any write of it, a re-list drop it.
     parked: Option<Box<ParkedRead>>,
 }
 
@@ -352,24 +355,48 @@ impl Reads {
 
     /// A ticket for a read of Secret `name` that is never served from here (the refresh
     /// token, read afresh before every spend): it lets the read be kept for a credential
-    /// that parks for a call slot (`Ticket::keep_parked`).
+    /// that parks (`Ticket::keep_parked`).
     pub fn reading(&self, ns: &str, name: &str) -> Ticket<'_> {
         let mut state = self.lock();
         self.ticket(&mut state, secret_key(ns, name))
     }
 
     /// The refresh-token Secret `name` as `credential`'s reconcile read it before parking,
-    /// if nothing has touched it since and the read is recent; taken either way.
-    pub fn take_parked(&self, ns: &str, name: &str, credential: &str) -> Option<Secret> {
+    /// if nothing has touched it since and the read is recent; taken either way. With it
+    /// comes a ticket as of the original read, which keeps it again if this reconcile
+    /// parks once more (woken by the census, it may then wait for a call slot): never
+    /// beyond `PARKED_READ_FOR` from the moment the read was sent.
+    pub fn take_parked(
+        &self,
+        ns: &str,
+        name: &str,
+        credential: &str,
+    ) -> Option<(Secret, Ticket<'_>)> {
         let mut state = self.lock();
         state.expire_parked(Instant::now());
         let key = secret_key(ns, name);
+        let epoch = state.epoch;
         let slot = state.slots.get_mut(&key)?;
         let parked = slot.parked.take_if(|p| p.credential == credential)?;
-        if slot.is_idle() {
-            state.slots.remove(&key);
-        }
-        (parked.at.elapsed() <= PARKED_READ_FOR).then_some(parked.secret)
+        let secret = (parked.at.elapsed() <= PARKED_READ_FOR)
+            .then(|| serde_json::from_slice::<Secret>(&parked.json).ok())
+            .flatten();
+        let Some(secret) = secret else {
+            if slot.is_idle() {
+                state.slots.remove(&key);
+            }
+            return None;
+        };
+        // Nothing changed the Secret since the read (that would have dropped it).
+        slot.reading += 1;
+        let ticket = Ticket {
+            reads: self,
+            changes: slot.changes,
+            key,
+            epoch,
+            begun: parked.at,
+        };
+        Some((secret, ticket))
     }
 
     /// Forgets everything: the watch listed again, and a Secret deleted meanwhile shows no
@@ -427,19 +454,21 @@ impl Reads {
 }
 
 impl Ticket<'_> {
-    /// Keeps `secret`, the refresh-token Secret this ticket's read returned, for the
-    /// reconcile that a call slot granted to `credential` (parked now) wakes
-    /// (`Reads::take_parked`): the Secret is read once per refresh, not once before parking
-    /// and again after. Kept only if nothing changed the Secret since the read was sent and
-    /// no write of it is in flight; dropped by any later event of the Secret (an echo too),
-    /// a write of it, a re-list, or age. Safe beyond that because the spend intent is
-    /// written over the version read: a change the watch has not shown yet fails that write
-    /// (409) and nothing is spent.
+    /// Keeps `secret`, the refresh-token Secret this ticket's read returned, for the next
+    /// reconcile of `credential`, parked now until this process wakes it (a call slot
+    /// granted, or the census complete: `Reads::take_parked`): the Secret is read once per
+    /// refresh, not once before parking and again after. Kept only if nothing changed the
+    /// Secret since the read was sent and no write of it is in flight; dropped by any later
+    /// event of the Secret (an echo too), a write of it, a re-list, or age. Safe beyond that
+    /// because the spend intent is written over the version read: a change the watch has
+    /// not shown yet fails that write (409) and nothing is spent.
     pub fn keep_parked(self, credential: &str, secret: &Secret) {
-        let fits = serde_json::to_vec(secret).is_ok_and(|j| j.len() <= PARKED_READ_MAX_BYTES);
-        if !fits {
+        let Some(json) = serde_json::to_vec(secret)
+            .ok()
+            .filter(|j| j.len() <= PARKED_READ_MAX_BYTES)
+        else {
             return;
-        }
+        };
         let (reads, at, key) = (self.reads, self.begun, self.key.clone());
         let version = secret.metadata.resource_version.clone();
         let mut kept = false;
@@ -447,7 +476,7 @@ impl Ticket<'_> {
             if slot.writing == 0 {
                 slot.parked = Some(Box::new(ParkedRead {
                     credential: credential.to_owned(),
-                    secret: secret.clone(),
+                    json: json.into_boxed_slice(),
                     at,
                 }));
                 kept = true;
@@ -861,6 +890,13 @@ mod tests {
         s.and_then(|s| s.metadata.resource_version)
     }
 
+    /// What `credential`'s next reconcile finds kept of Secret `rt` in `ns` (the ticket let go).
+    fn taken(reads: &Reads, ns: &str, name: &str, credential: &str) -> Option<Secret> {
+        reads
+            .take_parked(ns, name, credential)
+            .map(|(secret, _)| secret)
+    }
+
     /// `credential` reads Secret `rt` at `v` and parks.
     fn park(reads: &Reads, credential: &str, v: &str) {
         reads
@@ -872,40 +908,36 @@ mod tests {
     fn a_parked_read_serves_its_credential_once_and_only_while_the_secret_is_quiet() {
         let reads = Reads::default();
         park(&reads, "n/a", "4");
-        assert_eq!(reads.take_parked("n", "rt", "n/b"), None, "another's");
+        assert_eq!(taken(&reads, "n", "rt", "n/b"), None, "another's");
+        assert_eq!(taken(&reads, "m", "rt", "n/a"), None, "another namespace");
         assert_eq!(
-            reads.take_parked("m", "rt", "n/a"),
-            None,
-            "another namespace"
-        );
-        assert_eq!(
-            version(reads.take_parked("n", "rt", "n/a")).as_deref(),
+            version(taken(&reads, "n", "rt", "n/a")).as_deref(),
             Some("4")
         );
-        assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "taken once");
+        assert_eq!(taken(&reads, "n", "rt", "n/a"), None, "taken once");
         assert!(reads.is_empty(), "{} entries", reads.len());
 
         // Any event of the Secret drops it, even one that is no news (an echo of a write).
         park(&reads, "n/a", "4");
         reads.event("n", "rt", Some("4"));
-        assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "after an event");
+        assert_eq!(taken(&reads, "n", "rt", "n/a"), None, "after an event");
         let write = reads.writing("n", "rt");
         write.wrote(&at("5"), None);
         park(&reads, "n/a", "5");
         assert!(!reads.event("n", "rt", Some("5")), "the echo is no news");
-        assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "after an echo");
+        assert_eq!(taken(&reads, "n", "rt", "n/a"), None, "after an echo");
 
         // A write of it, a re-list, or a read made while a write is out: none is kept.
         park(&reads, "n/a", "6");
         drop(reads.writing("n", "rt"));
-        assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "after a write");
+        assert_eq!(taken(&reads, "n", "rt", "n/a"), None, "after a write");
         park(&reads, "n/a", "6");
         reads.clear();
-        assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "after a re-list");
+        assert_eq!(taken(&reads, "n", "rt", "n/a"), None, "after a re-list");
         let write = reads.writing("n", "rt");
         park(&reads, "n/a", "6");
         write.failed();
-        assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "during a write");
+        assert_eq!(taken(&reads, "n", "rt", "n/a"), None, "during a write");
     }
 
     #[test]
@@ -915,17 +947,17 @@ mod tests {
         let ticket = reads.reading("n", "rt");
         assert!(reads.event("n", "rt", Some("8")));
         ticket.keep_parked("n/a", &named("rt", "7"));
-        assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "overtaken");
+        assert_eq!(taken(&reads, "n", "rt", "n/a"), None, "overtaken");
         // The change's own event, come late: the read returned that very version.
         let ticket = reads.reading("n", "rt");
         reads.event("n", "rt", Some("9"));
         ticket.keep_parked("n/a", &named("rt", "9"));
-        assert!(reads.take_parked("n", "rt", "n/a").is_some(), "current");
+        assert!(taken(&reads, "n", "rt", "n/a").is_some(), "current");
         // A tenant's padded Secret is read again rather than held while parked.
         let mut padded = named("rt", "10");
         padded.metadata.annotations = Some([("pad".into(), "x".repeat(64 * 1024))].into());
         reads.reading("n", "rt").keep_parked("n/a", &padded);
-        assert_eq!(reads.take_parked("n", "rt", "n/a"), None, "padded");
+        assert_eq!(taken(&reads, "n", "rt", "n/a"), None, "padded");
         assert!(reads.is_empty(), "{} entries", reads.len());
     }
 
@@ -935,7 +967,31 @@ mod tests {
         park(&reads, "n/a", "4");
         let later = Instant::now() + PARKED_READ_FOR + Duration::from_secs(1);
         reads.lock().expire_parked(later);
-        assert_eq!(reads.take_parked("n", "rt", "n/a"), None);
+        assert_eq!(taken(&reads, "n", "rt", "n/a"), None);
+        assert!(reads.is_empty(), "{} entries", reads.len());
+    }
+
+    #[test]
+    fn a_read_kept_through_the_census_is_kept_again_for_a_call_slot_but_never_past_its_first_15_s()
+    {
+        let reads = Reads::default();
+        park(&reads, "n/a", "4");
+        // Woken by the census, it parks again for a call slot: the same read serves.
+        let (secret, ticket) = reads.take_parked("n", "rt", "n/a").expect("kept");
+        ticket.keep_parked("n/a", &secret);
+        let (secret, ticket) = reads.take_parked("n", "rt", "n/a").expect("kept again");
+        assert_eq!(version(Some(secret.clone())).as_deref(), Some("4"));
+        // An event between the take and the second park: not kept again.
+        reads.event("n", "rt", Some("5"));
+        ticket.keep_parked("n/a", &secret);
+        assert_eq!(taken(&reads, "n", "rt", "n/a"), None, "changed since");
+        // Kept again, it still ages from the moment it was first sent.
+        park(&reads, "n/a", "6");
+        let (secret, ticket) = reads.take_parked("n", "rt", "n/a").expect("kept");
+        ticket.keep_parked("n/a", &secret);
+        let later = Instant::now() + PARKED_READ_FOR + Duration::from_secs(1);
+        reads.lock().expire_parked(later);
+        assert_eq!(taken(&reads, "n", "rt", "n/a"), None, "too old");
         assert!(reads.is_empty(), "{} entries", reads.len());
     }
 }

@@ -70,15 +70,15 @@ impl<'a> Reconciler<'a> {
     }
 
     /// The stored refresh token; Kubernetes API failures are errors, a missing Secret or
-    /// key is a result to report. The reconcile a granted call slot wakes uses what was
-    /// read before parking, as long as the Secret has not changed since
-    /// (`cache::Reads::park_read`); any other reconcile reads afresh (and drops that).
+    /// key is a result to report. The reconcile after a park (for a call slot or the
+    /// census) uses what was read before it, as long as the Secret has not changed since
+    /// and the read is recent (`cache::Ticket::keep_parked`); any other reads afresh.
     async fn read_refresh_token(&self) -> Result<Result<StoredToken, SecretError>, Error> {
         let r = &self.cr.spec.refresh_token_secret_ref;
         let ns = self.cr.namespace().unwrap_or_default();
-        let parked = self.ctx.reads.take_parked(&ns, &r.name, &self.key);
-        if let Some(read) = parked.filter(|_| self.ctx.parked.has_grant(&self.key)) {
-            debug!("using the refresh token read before parking for a call slot");
+        if let Some((read, ticket)) = self.ctx.reads.take_parked(&ns, &r.name, &self.key) {
+            debug!("using the refresh token read before parking");
+            *super::lock(&self.refresh_read) = Some(ticket);
             return Ok(secrets::refresh_token_in(read, &r.name, &r.key, self.now));
         }
         let ticket = self.ctx.reads.reading(&ns, &r.name);
@@ -442,6 +442,19 @@ impl<'a> Reconciler<'a> {
         }
     }
 
+    /// The credential parks until this process wakes it (a call slot granted, the census
+    /// complete): the refresh token just read is kept for that reconcile. Only a rotating
+    /// token's spend is guarded by the intent written over the version read; a non-rotating
+    /// one is read afresh.
+    fn keep_read_while_parked(&self, read: &StoredToken) {
+        let ticket = super::lock(&self.refresh_read).take();
+        if let Some(ticket) = ticket
+            && self.rotation() != schedule::Rotation::NonRotating
+        {
+            ticket.keep_parked(&self.key, &read.secret);
+        }
+    }
+
     /// A write of Secret `name` (in the credential's namespace) starts.
     fn writing(&self, name: &str) -> cache::Writing<'a> {
         let ns = self.cr.metadata.namespace.as_deref().unwrap_or_default();
@@ -552,21 +565,16 @@ impl World for KubeWorld<'_, '_> {
         self.r.claimed_elsewhere(stored)
     }
 
-    async fn census_pending(&mut self, auth_url: &url::Url) -> Option<String> {
+    async fn census_pending(&mut self, auth_url: &url::Url, read: &StoredToken) -> Option<String> {
         let me = ObjectRef::from_obj(self.r.cr);
-        self.r.ctx.census_pending_for(auth_url, me).await
+        let unread = self.r.ctx.census_pending_for(auth_url, me).await?;
+        self.r.keep_read_while_parked(read);
+        Some(unread)
     }
 
     fn call_slot(&mut self, auth_url: &url::Url, read: &StoredToken) -> Option<SignedDuration> {
         let Some(slot) = self.r.call_slot(auth_url) else {
-            // Only a rotating token's spend is guarded by the intent written over the
-            // version read; a non-rotating one is read afresh.
-            let ticket = super::lock(&self.r.refresh_read).take();
-            if let Some(ticket) = ticket
-                && self.r.rotation() != schedule::Rotation::NonRotating
-            {
-                ticket.keep_parked(&self.r.key, &read.secret);
-            }
+            self.r.keep_read_while_parked(read);
             return None;
         };
         let left = SignedDuration::try_from(slot.remaining()).unwrap_or(SignedDuration::MAX);

@@ -39,6 +39,8 @@ pub struct Stage {
     /// The operator's writes (PUT, PATCH, POST) to each Secret, with when they reached
     /// the API server.
     pub writes: Vec<(Key, tokio::time::Instant)>,
+    /// The operator's reads (GET) of each Secret, in the order they reached it.
+    pub reads: Vec<Key>,
 }
 
 /// One scripted event. Credentials are named by their index `i` (`cam{i}`, in namespace
@@ -463,12 +465,15 @@ impl Sim {
     /// operator's writes to Secrets are logged.
     /// Whether the request must fail (`FailNextWrite`).
     pub(crate) fn script_sees(&mut self, method: &http::Method, path: &str) -> bool {
-        if !is_write(method) {
-            return false;
-        }
         let Some(key) = secret_key(path) else {
             return false;
         };
+        if !is_write(method) {
+            if self.api.record && *method == http::Method::GET {
+                self.script.reads.push(key);
+            }
+            return false;
+        }
         if self.script.fail_next.remove(&key) {
             return true;
         }
@@ -620,6 +625,13 @@ impl Sim {
             .filter(|(k, _)| &k.ns == ns && k.name == name)
             .map(|(_, at)| *at)
             .collect()
+    }
+
+    /// The operator's reads of Secret `name` of credential `i`'s namespace.
+    pub fn reads_of(&self, i: usize, name: &str) -> usize {
+        let ns = &self.creds[i].ns;
+        let read = |k: &&Key| &k.ns == ns && k.name == name;
+        self.script.reads.iter().filter(read).count()
     }
 
     /// Every version of Secret `name` of credential `i`'s namespace ever written.
