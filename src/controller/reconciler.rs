@@ -3,6 +3,7 @@
 //! the Kubernetes API, the token client and the process's memory. It decides nothing.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
@@ -420,7 +421,7 @@ impl<'a> Reconciler<'a> {
     /// fair queue, is a task of its own, and no controller seat is held meanwhile, so
     /// however many credentials wait behind silent destinations, every other reconcile
     /// runs; the grant wakes this credential's reconcile.
-    pub(super) fn call_slot(&self, auth_url: &url::Url) -> Option<CallSlot> {
+    pub(super) fn call_slot(&self, auth_url: &url::Url) -> Result<CallSlot, Duration> {
         let ns = self.cr.namespace().unwrap_or_default();
         let me = kube::runtime::reflector::ObjectRef::from_obj(self.cr);
         let (store, watched) = (self.ctx.store.clone(), me.clone());
@@ -434,10 +435,10 @@ impl<'a> Reconciler<'a> {
             move || store.get(&watched).is_some(),
         );
         match claim {
-            super::parked::Claim::Slot(slot) => Some(slot),
-            super::parked::Claim::Parked => {
+            super::parked::Claim::Slot(slot) => Ok(slot),
+            super::parked::Claim::Parked { since } => {
                 debug!(%destination, "every token-call slot this refresh may take is busy: parked until one is granted");
-                None
+                Err(since.elapsed())
             }
         }
     }
@@ -572,14 +573,17 @@ impl World for KubeWorld<'_, '_> {
         Some(unread)
     }
 
-    fn call_slot(&mut self, auth_url: &url::Url, read: &StoredToken) -> Option<SignedDuration> {
-        let Some(slot) = self.r.call_slot(auth_url) else {
+    fn call_slot(
+        &mut self,
+        auth_url: &url::Url,
+        read: &StoredToken,
+    ) -> Result<SignedDuration, Duration> {
+        let slot = self.r.call_slot(auth_url).inspect_err(|_| {
             self.r.keep_read_while_parked(read);
-            return None;
-        };
+        })?;
         let left = SignedDuration::try_from(slot.remaining()).unwrap_or(SignedDuration::MAX);
         self.slot = Some(slot);
-        Some(left)
+        Ok(left)
     }
 
     async fn may_start(&mut self) -> Result<(), NotNow> {
