@@ -38,10 +38,6 @@ pub const WAITING_RECHECK: Duration = Duration::from_secs(300);
 /// A credential parked for a call slot is looked at again after this at the latest (it is
 /// woken when the slot is granted; this only bounds a lost wake-up, and shows an expiry).
 const PARKED_RECHECK: Duration = Duration::from_secs(60);
-/// A credential that has waited less than this for a call slot writes no status (it looks
-/// again then, unless a granted slot wakes it first): `Ready` says `AwaitingCallSlot` only
-/// for a wait that lasts.
-const QUIET_WAIT_FOR_SLOT: Duration = Duration::from_secs(5);
 /// A credential refused a token another credential claims looks again this often: once
 /// that one is deleted, the copy may take the login over.
 const IN_USE_RECHECK: Duration = Duration::from_secs(30);
@@ -85,14 +81,9 @@ pub trait World {
     /// Why another credential owns `stored`'s token, if one does (see `Memory::claim`).
     fn claimed_elsewhere(&mut self, stored: &StoredToken) -> Option<String>;
     /// Takes a token-call slot and says how long the call may take with it, or parks the
-    /// credential for one and says how long it has waited (since it first found every slot
-    /// busy); `read` is what this refresh would spend, which the reconcile the slot wakes
-    /// may use unless its Secret changed meanwhile.
-    fn call_slot(
-        &mut self,
-        auth_url: &url::Url,
-        read: &StoredToken,
-    ) -> Result<SignedDuration, Duration>;
+    /// credential for one (`None`); `read` is what this refresh would spend, which the
+    /// reconcile the slot wakes may use unless its Secret changed meanwhile.
+    fn call_slot(&mut self, auth_url: &url::Url, read: &StoredToken) -> Option<SignedDuration>;
     /// Whether a refresh may start now (checked once the slot is granted).
     async fn may_start(&mut self) -> Result<(), NotNow>;
     async fn read_refresh_token(&mut self) -> Result<StoredToken, SecretError>;
@@ -351,9 +342,8 @@ impl<'a, W: World> Refresh<'a, W> {
                 if let Some(why) = self.world.claimed_elsewhere(&stored) {
                     return End::Report(Outcome::InUse(why), Action::requeue(IN_USE_RECHECK));
                 }
-                let call_limit = match self.world.call_slot(&auth_url, &stored) {
-                    Ok(limit) => limit,
-                    Err(waited) => return self.awaiting_slot(waited),
+                let Some(call_limit) = self.world.call_slot(&auth_url, &stored) else {
+                    return self.awaiting_slot();
                 };
                 info!(?why, "refreshing");
                 let call = Call {
@@ -448,13 +438,7 @@ impl<'a, W: World> Refresh<'a, W> {
 
     /// Due, parked for a call slot: nothing is written while the published token is valid;
     /// once it has expired, `Ready` says why no new one comes.
-    fn awaiting_slot(&self, waited: Duration) -> End {
-        // A wait of a moment (every slot busy for an instant, as when a cold start's
-        // credentials all come due at once) is no news worth a status write: the refresh
-        // that follows reports. A wait that lasts is reported at the next look.
-        if waited < QUIET_WAIT_FOR_SLOT {
-            return End::Quiet(Action::requeue(QUIET_WAIT_FOR_SLOT - waited));
-        }
+    fn awaiting_slot(&self) -> End {
         let expires = self.facts.published.as_ref().map(|p| p.expires_at);
         let standing = self.standing(expires);
         let recheck = expires

@@ -366,39 +366,3 @@ fn a_cold_start_reads_each_refresh_token_once_though_every_credential_waits_for_
         .collect();
     assert_eq!(reads, [1; N], "reads of each refresh-token Secret");
 }
-
-/// The number of credentials among the first `n` whose `Ready` says `reason`.
-fn with_reason(s: &Sim, n: usize, reason: &str) -> usize {
-    (0..n).filter(|i| s.reason(*i) == reason).count()
-}
-
-/// Ten new credentials at once and four call slots, the auth server slow to answer: the
-/// six that find every slot busy write no status for a wait of a moment (a cold start's
-/// credentials all come due at once, and a status write each would double its writes), and
-/// say `AwaitingCallSlot` once the wait lasts; all refresh once the server answers.
-#[test]
-fn a_wait_for_a_call_slot_is_reported_only_once_it_lasts() {
-    const N: usize = 10;
-    let mut script = vec![Ev::HoldCalls];
-    script.extend((0..N).map(Ev::create));
-    script.extend([
-        Ev::Pass(2),
-        Ev::Expect("no status for a wait of two seconds", |s| {
-            with_reason(s, N, "") == N
-        }),
-        Ev::Pass(10),
-        Ev::Expect("six wait for a slot, and say so", |s| {
-            with_reason(s, N, "AwaitingCallSlot") == 6
-        }),
-        Ev::AnswerCalls,
-        Ev::Pass(30),
-        Ev::Expect("every credential refreshed", |s| (0..N).all(|i| s.works(i))),
-    ]);
-    passes(
-        World {
-            created: 0,
-            ..World::of(N)
-        },
-        &script,
-    );
-}

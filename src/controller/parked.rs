@@ -5,7 +5,7 @@
 //! silent destination hold their slots, the controller's seats stay free for every other
 //! credential's reconcile.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,8 +41,8 @@ type Key = (String, Destination);
 
 #[derive(Default)]
 struct State {
-    /// Credentials whose wait for a slot is in progress, and since when.
-    waiting: HashMap<Key, tokio::time::Instant>,
+    /// Credentials whose wait for a slot is in progress.
+    waiting: HashSet<Key>,
     /// Slots granted to parked credentials, not yet taken by their reconcile; each with the
     /// number of its grant, so that a late clean-up never drops a newer one.
     granted: HashMap<Key, (u64, CallSlot)>,
@@ -53,8 +53,8 @@ struct State {
 pub enum Claim {
     /// A slot: granted while parked, or free now.
     Slot(CallSlot),
-    /// None free: the credential waits for one, since `since` (parked now, or earlier).
-    Parked { since: tokio::time::Instant },
+    /// None free: the credential waits for one (it was parked now, or already waited).
+    Parked,
 }
 
 impl Parked {
@@ -134,14 +134,13 @@ impl Parked {
         {
             return Claim::Slot(slot);
         }
-        if let Some(since) = state.waiting.get(&k) {
-            return Claim::Parked { since: *since };
+        if state.waiting.contains(&k) {
+            return Claim::Parked;
         }
         if let Some(slot) = free_now() {
             return Claim::Slot(slot);
         }
-        let since = tokio::time::Instant::now();
-        state.waiting.insert(k.clone(), since);
+        state.waiting.insert(k.clone());
         drop(state);
         let parked = Arc::clone(self);
         let wait = wait();
@@ -178,7 +177,7 @@ impl Parked {
                 state.granted.remove(&k);
             }
         });
-        Claim::Parked { since }
+        Claim::Parked
     }
 
     /// Whether a slot was granted to `key` and waits for its reconcile.
@@ -251,14 +250,14 @@ mod tests {
         let held = tokens.reserve(&url, "other").await;
         let (_stop, stopping) = watch::channel(false);
         let (parked, mut woken) = Parked::new(stopping);
-        let Claim::Parked { since } = claim(&parked, &tokens, "ns/a", &url) else {
-            panic!("parked");
-        };
-        // Claimed again while it waits: no second wait, and the wait counts from the first.
-        tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(matches!(
             claim(&parked, &tokens, "ns/a", &url),
-            Claim::Parked { since: again } if again == since
+            Claim::Parked
+        ));
+        // Claimed again while it waits: no second wait.
+        assert!(matches!(
+            claim(&parked, &tokens, "ns/a", &url),
+            Claim::Parked
         ));
         drop(held);
         assert_eq!(woken.next().await, Some(credential("a")));
@@ -319,7 +318,7 @@ mod tests {
         let (parked, _woken) = Parked::new(stopping);
         assert!(matches!(
             claim(&parked, &tokens, "ns/a", &url),
-            Claim::Parked { .. }
+            Claim::Parked
         ));
         // The new destination is free: its slot is not held up by the old wait.
         assert!(matches!(

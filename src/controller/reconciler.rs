@@ -3,7 +3,6 @@
 //! the Kubernetes API, the token client and the process's memory. It decides nothing.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
@@ -421,7 +420,7 @@ impl<'a> Reconciler<'a> {
     /// fair queue, is a task of its own, and no controller seat is held meanwhile, so
     /// however many credentials wait behind silent destinations, every other reconcile
     /// runs; the grant wakes this credential's reconcile.
-    pub(super) fn call_slot(&self, auth_url: &url::Url) -> Result<CallSlot, Duration> {
+    pub(super) fn call_slot(&self, auth_url: &url::Url) -> Option<CallSlot> {
         let ns = self.cr.namespace().unwrap_or_default();
         let me = kube::runtime::reflector::ObjectRef::from_obj(self.cr);
         let (store, watched) = (self.ctx.store.clone(), me.clone());
@@ -435,10 +434,10 @@ impl<'a> Reconciler<'a> {
             move || store.get(&watched).is_some(),
         );
         match claim {
-            super::parked::Claim::Slot(slot) => Ok(slot),
-            super::parked::Claim::Parked { since } => {
+            super::parked::Claim::Slot(slot) => Some(slot),
+            super::parked::Claim::Parked => {
                 debug!(%destination, "every token-call slot this refresh may take is busy: parked until one is granted");
-                Err(since.elapsed())
+                None
             }
         }
     }
@@ -573,17 +572,14 @@ impl World for KubeWorld<'_, '_> {
         Some(unread)
     }
 
-    fn call_slot(
-        &mut self,
-        auth_url: &url::Url,
-        read: &StoredToken,
-    ) -> Result<SignedDuration, Duration> {
-        let slot = self.r.call_slot(auth_url).inspect_err(|_| {
+    fn call_slot(&mut self, auth_url: &url::Url, read: &StoredToken) -> Option<SignedDuration> {
+        let Some(slot) = self.r.call_slot(auth_url) else {
             self.r.keep_read_while_parked(read);
-        })?;
+            return None;
+        };
         let left = SignedDuration::try_from(slot.remaining()).unwrap_or(SignedDuration::MAX);
         self.slot = Some(slot);
-        Ok(left)
+        Some(left)
     }
 
     async fn may_start(&mut self) -> Result<(), NotNow> {
