@@ -837,6 +837,9 @@ impl Parts {
         });
         futures::future::join_all(controllers).await;
         synced.abort();
+        // Reads kept for parked credentials would wait, unused and never aged out, for the
+        // next term (which starts with none).
+        self.shared.reads.drop_parked();
         if !self.shared.memory.is_empty() {
             self.shared
                 .memory

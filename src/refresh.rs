@@ -82,7 +82,8 @@ pub trait World {
     fn claimed_elsewhere(&mut self, stored: &StoredToken) -> Option<String>;
     /// Takes a token-call slot and says how long the call may take with it, or parks the
     /// credential for one (`None`); `read` is what this refresh would spend, which the
-    /// reconcile the slot wakes may use unless its Secret changed meanwhile.
+    /// credential's next reconcile (the one the slot wakes) may use unless its Secret
+    /// changed meanwhile.
     fn call_slot(&mut self, auth_url: &url::Url, read: &StoredToken) -> Option<SignedDuration>;
     /// Whether a refresh may start now (checked once the slot is granted).
     async fn may_start(&mut self) -> Result<(), NotNow>;

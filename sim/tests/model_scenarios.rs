@@ -343,8 +343,7 @@ fn a_credential_reconciled_second_never_spends_a_token_the_first_claimed_whateve
 /// A cold start of several credentials, every one due: each waits for the census of claims
 /// (no token is spent before every credential of its auth server was read once), and the
 /// refresh token read for the census is the one spent once the census completes: one read
-/// of it per refresh, as in steady refreshes (issue 20). The spend intent, written over the
-/// version read, still refuses a copy the watch has not shown changed.
+/// of it per refresh, as in steady refreshes (issue 20).
 #[test]
 fn a_cold_start_reads_each_refresh_token_once_though_every_credential_waits_for_the_census() {
     const N: usize = 6;

@@ -8,7 +8,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock: the simulator runs the operator on paused time, and a kept read must age
+// with it.
+use tokio::time::Instant;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
@@ -75,9 +79,10 @@ const MAX_SECRETS: usize = 100_000;
 
 /// How long the read of a reconcile parked (for a call slot or the census) stands in for a
 /// fresh read (`Ticket::keep_parked`), counted from the moment the read was sent, however
-/// often it parks. A granted slot wakes its reconcile within a second or so, a census of
-/// 1,000 credentials completes within a few; a read older than this is not trusted whatever
-/// the watch says (it may have been silent), and is dropped.
+/// often it parks. A granted slot wakes its reconcile within a second or so; a census of
+/// 1,000 credentials completes within a few seconds, a longer one finds only the reads of its
+/// last 15 s kept. A read older than this is not trusted whatever the watch says (it may have
+/// been silent), and is dropped.
 const PARKED_READ_FOR: Duration = Duration::from_secs(15);
 
 /// The largest refresh-token Secret kept for a parked credential (as JSON; an Eagle Eye
@@ -353,9 +358,9 @@ impl Reads {
         true
     }
 
-    /// A ticket for a read of Secret `name` that is never served from here (the refresh
-    /// token, read afresh before every spend): it lets the read be kept for a credential
-    /// that parks (`Ticket::keep_parked`).
+    /// A ticket for a read of Secret `name` that is not served from here (the refresh token,
+    /// read afresh for every refresh but for the read its credential kept while parked): it
+    /// lets the read be kept for a credential that parks (`Ticket::keep_parked`).
     pub fn reading(&self, ns: &str, name: &str) -> Ticket<'_> {
         let mut state = self.lock();
         self.ticket(&mut state, secret_key(ns, name))
@@ -378,15 +383,12 @@ impl Reads {
         let epoch = state.epoch;
         let slot = state.slots.get_mut(&key)?;
         let parked = slot.parked.take_if(|p| p.credential == credential)?;
-        let secret = (parked.at.elapsed() <= PARKED_READ_FOR)
-            .then(|| serde_json::from_slice::<Secret>(&parked.json).ok())
-            .flatten();
-        let Some(secret) = secret else {
+        if parked.at.elapsed() > PARKED_READ_FOR {
             if slot.is_idle() {
                 state.slots.remove(&key);
             }
             return None;
-        };
+        }
         // Nothing changed the Secret since the read (that would have dropped it).
         slot.reading += 1;
         let ticket = Ticket {
@@ -396,7 +398,22 @@ impl Reads {
             epoch,
             begun: parked.at,
         };
+        drop(state);
+        // Parsed outside the lock (every Secret event takes it); a JSON that does not parse
+        // back (it always does) is a read to make again, the ticket let go.
+        let secret = serde_json::from_slice::<Secret>(&parked.json).ok()?;
         Some((secret, ticket))
+    }
+
+    /// Drops every read kept for a parked credential: the controllers stopped (a lost
+    /// Lease), and nothing would take them, nor age them out, before the next term.
+    pub fn drop_parked(&self) {
+        let mut state = self.lock();
+        state.parked.clear();
+        state.slots.retain(|_, slot| {
+            slot.parked = None;
+            !slot.is_idle()
+        });
     }
 
     /// Forgets everything: the watch listed again, and a Secret deleted meanwhile shows no
@@ -1005,5 +1022,19 @@ mod tests {
         reads.lock().expire_parked(later);
         assert_eq!(taken(&reads, "n", "rt", "n/a"), None, "too old");
         assert!(reads.is_empty(), "{} entries", reads.len());
+    }
+
+    #[test]
+    fn a_term_that_ends_drops_every_kept_read_and_keeps_what_is_in_flight() {
+        let reads = Reads::default();
+        park(&reads, "n/a", "4");
+        let write = reads.writing("n", "other");
+        reads.drop_parked();
+        assert_eq!(taken(&reads, "n", "rt", "n/a"), None);
+        assert_eq!(reads.len(), 1, "the write in flight keeps its entry");
+        assert!(
+            !write.wrote(&named("other", "9"), None),
+            "its answer is still its own"
+        );
     }
 }

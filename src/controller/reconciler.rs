@@ -45,8 +45,8 @@ pub(super) struct Reconciler<'a> {
     pub(super) published_token: Option<(Timestamp, Timestamp)>,
     /// A nudge of consuming pods was cut short: requeue soon to go on.
     pub(super) nudge_unfinished: bool,
-    /// The read of the refresh token this round sent to the API server, which a credential
-    /// parking for a call slot keeps for the reconcile its grant wakes.
+    /// The read of the refresh token this round made (or took as kept), which a credential
+    /// that parks (for a call slot or the census) keeps for its next reconcile.
     refresh_read: std::sync::Mutex<Option<cache::Ticket<'a>>>,
 }
 
@@ -72,11 +72,16 @@ impl<'a> Reconciler<'a> {
     /// The stored refresh token; Kubernetes API failures are errors, a missing Secret or
     /// key is a result to report. The reconcile after a park (for a call slot or the
     /// census) uses what was read before it, as long as the Secret has not changed since
-    /// and the read is recent (`cache::Ticket::keep_parked`); any other reads afresh.
+    /// and the read is recent (`cache::Ticket::keep_parked`); any other reads afresh, and so
+    /// does a non-rotating token's (its spend writes no intent over the version read: the
+    /// credential may have been switched to `NonRotating` while it waited).
     async fn read_refresh_token(&self) -> Result<Result<StoredToken, SecretError>, Error> {
         let r = &self.cr.spec.refresh_token_secret_ref;
         let ns = self.cr.namespace().unwrap_or_default();
-        if let Some((read, ticket)) = self.ctx.reads.take_parked(&ns, &r.name, &self.key) {
+        let kept = self.ctx.reads.take_parked(&ns, &r.name, &self.key);
+        if let Some((read, ticket)) =
+            kept.filter(|_| self.rotation() != schedule::Rotation::NonRotating)
+        {
             debug!("using the refresh token read before parking");
             *super::lock(&self.refresh_read) = Some(ticket);
             return Ok(secrets::refresh_token_in(read, &r.name, &r.key, self.now));
