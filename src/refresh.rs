@@ -84,7 +84,11 @@ pub trait World {
     /// credential for one (`None`); `read` is what this refresh would spend, which the
     /// credential's next reconcile (the one the slot wakes) may use unless its Secret
     /// changed meanwhile.
-    fn call_slot(&mut self, auth_url: &url::Url, read: &StoredToken) -> Option<SignedDuration>;
+    async fn call_slot(
+        &mut self,
+        auth_url: &url::Url,
+        read: &StoredToken,
+    ) -> Option<SignedDuration>;
     /// Whether a refresh may start now (checked once the slot is granted).
     async fn may_start(&mut self) -> Result<(), NotNow>;
     async fn read_refresh_token(&mut self) -> Result<StoredToken, SecretError>;
@@ -343,7 +347,7 @@ impl<'a, W: World> Refresh<'a, W> {
                 if let Some(why) = self.world.claimed_elsewhere(&stored) {
                     return End::Report(Outcome::InUse(why), Action::requeue(IN_USE_RECHECK));
                 }
-                let Some(call_limit) = self.world.call_slot(&auth_url, &stored) else {
+                let Some(call_limit) = self.world.call_slot(&auth_url, &stored).await else {
                     return self.awaiting_slot();
                 };
                 info!(?why, "refreshing");

@@ -1,9 +1,10 @@
 //! Credentials waiting for a token-call slot without holding a controller seat. A reconcile
-//! that finds every slot it may take busy hands the wait to a task of its own and ends; the
-//! slot, once the fair queue grants it (`crate::token`), is kept for that credential and its
-//! reconcile woken to use it. So however many credentials wait, and however long calls to a
-//! silent destination hold their slots, the controller's seats stay free for every other
-//! credential's reconcile.
+//! that finds every slot it may take busy for a moment (`Parked::claim_within`: a slot
+//! that frees sooner is taken there) hands the wait, and its place in the fair queue, to a
+//! task of its own and ends; the slot, once the fair queue grants it (`crate::token`), is
+//! kept for that credential and its reconcile woken to use it. So however many credentials
+//! wait, and however long calls to a silent destination hold their slots, the controller's
+//! seats stay free for every other credential's reconcile but for that moment.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::channel::mpsc;
+use futures::future::BoxFuture;
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::watch;
 
@@ -180,6 +182,47 @@ impl Parked {
         Claim::Parked
     }
 
+    /// As [`Parked::claim`], but a caller neither parked nor granted first waits up to
+    /// `patience` for a slot itself (holding its controller seat); past that it parks, and
+    /// its wait goes on from the same place in the fair queue.
+    pub async fn claim_within(
+        self: &Arc<Self>,
+        patience: Duration,
+        key: &str,
+        destination: Destination,
+        credential: Wake,
+        reserve: impl Fn() -> BoxFuture<'static, CallSlot>,
+        watched: impl Fn() -> bool + Send + 'static,
+    ) -> Claim {
+        let mut waited = None;
+        if !self.is_pending(key, &destination) {
+            let mut wait = reserve();
+            match tokio::time::timeout(patience, &mut wait).await {
+                Ok(slot) => return Claim::Slot(slot),
+                Err(_) => waited = Some(wait),
+            }
+        }
+        let in_seat = waited.is_some();
+        self.claim(
+            key,
+            destination,
+            credential,
+            || match in_seat {
+                true => None,
+                false => reserve().now_or_never(),
+            },
+            || waited.unwrap_or_else(&reserve),
+            watched,
+        )
+    }
+
+    /// Whether `key` waits for a slot to `destination`, or was granted one not yet taken.
+    fn is_pending(&self, key: &str, destination: &Destination) -> bool {
+        let k: Key = (key.to_owned(), destination.clone());
+        let state = lock(&self.state);
+        state.waiting.contains(&k) || state.granted.contains_key(&k)
+    }
+
     /// Whether a slot was granted to `key` and waits for its reconcile.
     pub fn has_grant(&self, key: &str) -> bool {
         lock(&self.state).granted.keys().any(|(k, _)| k == key)
@@ -242,6 +285,72 @@ mod tests {
             move || t2.reserve(&u2, "ns"),
             || true,
         )
+    }
+
+    async fn within(
+        parked: &Arc<Parked>,
+        tokens: &TokenClient,
+        key: &str,
+        url: &url::Url,
+    ) -> Claim {
+        let name = key.rsplit('/').next().unwrap().to_owned();
+        let (t, u) = (tokens.clone(), url.clone());
+        parked
+            .claim_within(
+                Duration::from_millis(500),
+                key,
+                Destination::of(url),
+                credential(&name),
+                move || t.reserve(&u, "ns").boxed(),
+                || true,
+            )
+            .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_that_frees_within_the_patience_is_taken_in_the_seat_and_a_longer_wait_parks_in_its_place()
+     {
+        let (tokens, url) = (client(), url());
+        let held = tokens.reserve(&url, "other").await;
+        let (_stop, stopping) = watch::channel(false);
+        let (parked, mut woken) = Parked::new(stopping);
+        // Freed 100 ms into the half second: taken here; nothing parked, nothing woken.
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(held);
+        });
+        let Claim::Slot(a) = within(&parked, &tokens, "ns/a", &url).await else {
+            panic!("a slot freed within the patience");
+        };
+        release.await.unwrap();
+        assert!(!parked.has_grant("ns/a"));
+        assert!(woken.next().now_or_never().is_none(), "nothing parked");
+
+        // Held past it: parked, in the place it took in the queue when it began to wait
+        // (ahead of a caller that came 100 ms later).
+        let asked = tokio::time::Instant::now();
+        let b = tokio::spawn({
+            let (parked, tokens, url) = (parked.clone(), tokens.clone(), url.clone());
+            async move { within(&parked, &tokens, "ns/b", &url).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let behind = tokio::spawn(tokens.reserve(&url, "ns"));
+        assert!(matches!(b.await.unwrap(), Claim::Parked));
+        assert_eq!(asked.elapsed(), Duration::from_millis(500));
+        drop(a);
+        let first = tokio::time::timeout(Duration::from_secs(5), woken.next()).await;
+        assert_eq!(
+            first.ok().flatten(),
+            Some(credential("b")),
+            "b is served first"
+        );
+        assert!(parked.has_grant("ns/b"));
+        assert!(!behind.is_finished(), "the later waiter waits behind it");
+        // Asked again, it takes its granted slot at once.
+        assert!(matches!(
+            within(&parked, &tokens, "ns/b", &url).await,
+            Claim::Slot(_)
+        ));
     }
 
     #[tokio::test]

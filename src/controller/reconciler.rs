@@ -50,6 +50,13 @@ pub(super) struct Reconciler<'a> {
     refresh_read: std::sync::Mutex<Option<cache::Ticket<'a>>>,
 }
 
+/// How long a due refresh waits for a token-call slot while holding its controller seat
+/// before it parks: when many credentials come due at once (a cold start's census
+/// completes), each park (a task, a status write, a kept read) costs more than a moment's
+/// wait, and slots turn over in tens of milliseconds; short enough that credentials stuck
+/// behind a silent destination cost another namespace at most this per seat they take.
+const WAIT_IN_SEAT: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl<'a> Reconciler<'a> {
     pub(super) fn new(cr: &'a EagleEyeCredential, ctx: &'a Context) -> Self {
         // Invariant: the CRD is namespaced, so every object has a namespace.
@@ -421,23 +428,28 @@ impl<'a> Reconciler<'a> {
     }
 
     /// A token-call slot for a refresh to `auth_url`: one granted while this credential was
-    /// parked, or a free one now. `None` parks the credential: its wait for a slot, in the
-    /// fair queue, is a task of its own, and no controller seat is held meanwhile, so
-    /// however many credentials wait behind silent destinations, every other reconcile
-    /// runs; the grant wakes this credential's reconcile.
-    pub(super) fn call_slot(&self, auth_url: &url::Url) -> Option<CallSlot> {
+    /// parked, or one that frees within `WAIT_IN_SEAT`. `None` parks the credential: its
+    /// wait for a slot (the same place in the fair queue) goes on in a task of its own, and
+    /// no controller seat is held meanwhile, so however many credentials wait behind silent
+    /// destinations, every other reconcile runs; the grant wakes this credential's
+    /// reconcile.
+    pub(super) async fn call_slot(&self, auth_url: &url::Url) -> Option<CallSlot> {
         let ns = self.cr.namespace().unwrap_or_default();
         let me = kube::runtime::reflector::ObjectRef::from_obj(self.cr);
         let (store, watched) = (self.ctx.store.clone(), me.clone());
         let destination = crate::token::Destination::of(auth_url);
-        let claim = self.ctx.parked.claim(
-            &self.key,
-            destination.clone(),
-            me,
-            || self.ctx.tokens.reserve(auth_url, &ns).now_or_never(),
-            || self.ctx.tokens.reserve(auth_url, &ns),
-            move || store.get(&watched).is_some(),
-        );
+        let claim = self
+            .ctx
+            .parked
+            .claim_within(
+                WAIT_IN_SEAT,
+                &self.key,
+                destination.clone(),
+                me,
+                || self.ctx.tokens.reserve(auth_url, &ns).boxed(),
+                move || store.get(&watched).is_some(),
+            )
+            .await;
         match claim {
             super::parked::Claim::Slot(slot) => Some(slot),
             super::parked::Claim::Parked => {
@@ -577,8 +589,12 @@ impl World for KubeWorld<'_, '_> {
         Some(unread)
     }
 
-    fn call_slot(&mut self, auth_url: &url::Url, read: &StoredToken) -> Option<SignedDuration> {
-        let Some(slot) = self.r.call_slot(auth_url) else {
+    async fn call_slot(
+        &mut self,
+        auth_url: &url::Url,
+        read: &StoredToken,
+    ) -> Option<SignedDuration> {
+        let Some(slot) = self.r.call_slot(auth_url).await else {
             self.r.keep_read_while_parked(read);
             return None;
         };

@@ -398,7 +398,7 @@ impl Reconciler<'_> {
             return Attempt::Retry("the operator is stopping".into());
         }
         // Parked for a slot as a refresh is: no controller seat is held meanwhile.
-        let Some(slot) = self.call_slot(&url) else {
+        let Some(slot) = self.call_slot(&url).await else {
             return Attempt::Retry(format!(
                 "every token-call slot to {} this credential may take is busy; it is queued for one",
                 crate::token::Destination::of(&url)
