@@ -197,10 +197,20 @@ impl Parked {
         let mut waited = None;
         if !self.is_pending(key, &destination) {
             let mut wait = reserve();
-            match tokio::time::timeout(patience, &mut wait).await {
-                Ok(slot) => return Claim::Slot(slot),
-                Err(_) => waited = Some(wait),
+            // A controller that stops ends the moment at once (the parked wait then ends too).
+            let mut stopping = self.stopping.clone();
+            let stopped = async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            };
+            tokio::select! {
+                got = tokio::time::timeout(patience, &mut wait) => {
+                    if let Ok(slot) = got {
+                        return Claim::Slot(slot);
+                    }
+                }
+                () = stopped => {}
             }
+            waited = Some(wait);
         }
         let in_seat = waited.is_some();
         self.claim(
@@ -351,6 +361,35 @@ mod tests {
             within(&parked, &tokens, "ns/b", &url).await,
             Claim::Slot(_)
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_moment_in_the_seat_ends_when_the_controller_stops_and_a_dropped_one_leaves_no_place()
+    {
+        let (tokens, url) = (client(), url());
+        let held = tokens.reserve(&url, "other").await;
+        let (stop, stopping) = watch::channel(false);
+        let (parked, _woken) = Parked::new(stopping);
+        let waiting = |key: &'static str| {
+            let (parked, tokens, url) = (parked.clone(), tokens.clone(), url.clone());
+            tokio::spawn(async move { within(&parked, &tokens, key, &url).await })
+        };
+        // A reconcile dropped 100 ms into its moment (its controller's task aborted).
+        let a = waiting("ns/a");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a.abort();
+        assert!(a.await.is_err());
+        // The controller stops 50 ms into another's moment: it ends then, not at 500 ms.
+        let asked = tokio::time::Instant::now();
+        let b = waiting("ns/b");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.send_replace(true);
+        assert!(matches!(b.await.unwrap(), Claim::Parked));
+        assert_eq!(asked.elapsed(), Duration::from_millis(50));
+        // Neither left a place in the queue: the slot freed goes to the next caller at once.
+        tokio::task::yield_now().await;
+        drop(held);
+        assert!(tokens.reserve(&url, "x").now_or_never().is_some());
     }
 
     #[tokio::test]

@@ -397,13 +397,18 @@ impl Reconciler<'_> {
             // Stopping: the next leader revokes.
             return Attempt::Retry("the operator is stopping".into());
         }
-        // Parked for a slot as a refresh is: no controller seat is held meanwhile.
+        // Parked for a slot as a refresh is: no controller seat is held meanwhile, but for
+        // the moment it may wait for one in its seat.
         let Some(slot) = self.call_slot(&url).await else {
             return Attempt::Retry(format!(
                 "every token-call slot to {} this credential may take is busy; it is queued for one",
                 crate::token::Destination::of(&url)
             ));
         };
+        // That moment may have seen the process begin to stop: no call starts then.
+        if self.ctx.tokens.is_closed() {
+            return Attempt::Retry("the operator is stopping".into());
+        }
         match self
             .ctx
             .tokens
