@@ -992,9 +992,9 @@ mod tests {
         assert!(reads.is_empty(), "{} entries", reads.len());
     }
 
-    #[test]
-    fn a_read_kept_through_the_census_is_kept_again_for_a_call_slot_but_never_past_its_first_15_s()
-    {
+    #[tokio::test(start_paused = true)]
+    async fn a_read_kept_through_the_census_is_kept_again_for_a_call_slot_but_never_past_its_first_15_s()
+     {
         let reads = Reads::default();
         let mut read = named("rt", "4");
         read.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
@@ -1016,10 +1016,10 @@ mod tests {
         assert_eq!(taken(&reads, "n", "rt", "n/a"), None, "changed since");
         // Kept again, it still ages from the moment it was first sent.
         park(&reads, "n/a", "6");
+        tokio::time::advance(PARKED_READ_FOR - Duration::from_secs(5)).await;
         let (secret, ticket) = reads.take_parked("n", "rt", "n/a").expect("kept");
         ticket.keep_parked("n/a", &secret);
-        let later = Instant::now() + PARKED_READ_FOR + Duration::from_secs(1);
-        reads.lock().expire_parked(later);
+        tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(taken(&reads, "n", "rt", "n/a"), None, "too old");
         assert!(reads.is_empty(), "{} entries", reads.len());
     }
