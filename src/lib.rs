@@ -9,6 +9,7 @@ pub mod cli;
 pub mod content;
 pub mod controller;
 pub mod crd;
+pub mod crypto;
 pub mod decide;
 pub mod event_series;
 mod fair;

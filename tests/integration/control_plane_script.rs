@@ -223,6 +223,7 @@ async fn run_operator_until_ready(kubeconfig: &str) {
         },
     )
     .await;
+    eagle_eye_operator::crypto::install();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
