@@ -3,9 +3,13 @@
 //! a walk of every credential (10,000 credentials made such walks the cold start's largest
 //! cost). Fed by [`Index::on_event`] from the same stream that fills the store, before the
 //! store hands the credential to a reconcile.
+//!
+//! One entry per credential and per Secret named, each name allocated once and shared
+//! between the two maps: the index costs about half a kilobyte per credential
+//! (docs/scale.md, sixth round).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -23,17 +27,64 @@ pub mod role {
     pub const TARGET: u8 = 4;
 }
 
-/// A Secret: namespace and name.
-type SecretKey = (String, String);
+/// An object of a namespace as `namespace/name`: neither a namespace nor a Secret's or a
+/// credential's name may hold a `/`, and the namespace ends at the first one whatever.
+type Key = Arc<str>;
+
+fn key(ns: &str, name: &str) -> String {
+    format!("{ns}/{name}")
+}
+
+/// The name part of a [`Key`].
+fn name_of(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(_, name)| name)
+}
+
+/// The credentials naming one Secret, and how: nearly always one.
+enum Namers {
+    One(Key, u8),
+    Many(Vec<(Key, u8)>),
+}
+
+impl Namers {
+    fn iter(&self) -> impl Iterator<Item = (&Key, u8)> {
+        let (one, many) = match self {
+            Namers::One(c, roles) => (Some((c, *roles)), &[][..]),
+            Namers::Many(v) => (None, &v[..]),
+        };
+        one.into_iter().chain(many.iter().map(|(c, r)| (c, *r)))
+    }
+
+    fn push(&mut self, credential: Key, roles: u8) {
+        match self {
+            Namers::One(c, r) => *self = Namers::Many(vec![(c.clone(), *r), (credential, roles)]),
+            Namers::Many(v) => v.push((credential, roles)),
+        }
+    }
+
+    /// Drops `credential`; true when none is left.
+    fn remove(&mut self, credential: &str) -> bool {
+        let Namers::Many(v) = self else {
+            return self.iter().all(|(c, _)| &**c == credential);
+        };
+        v.retain(|(c, _)| &**c != credential);
+        if let [(c, r)] = &v[..] {
+            let one = Namers::One(c.clone(), *r);
+            *self = one;
+            return false;
+        }
+        v.is_empty()
+    }
+}
 
 #[derive(Default)]
 struct Inner {
-    /// Per Secret, the credentials (names, in the Secret's namespace) naming it and how.
-    by_secret: HashMap<SecretKey, Vec<(String, u8)>>,
-    /// Per credential (namespace, name), the Secrets it names and how, as indexed.
-    by_credential: HashMap<SecretKey, Vec<(String, u8)>>,
+    /// Per Secret, the credentials (in the Secret's namespace) naming it and how.
+    by_secret: HashMap<Key, Namers>,
+    /// Per credential, the Secrets it names (the keys of `by_secret`) and how, as indexed.
+    by_credential: HashMap<Key, Box<[(Key, u8)]>>,
     /// During a re-list: the credentials listed so far (the others went meanwhile).
-    relisting: Option<HashSet<SecretKey>>,
+    relisting: Option<HashSet<Key>>,
 }
 
 #[derive(Default)]
@@ -57,17 +108,15 @@ fn named(cr: &EagleEyeCredential) -> Vec<(String, u8)> {
 }
 
 impl Inner {
-    fn remove(&mut self, credential: &SecretKey) {
-        let Some(names) = self.by_credential.remove(credential) else {
+    fn remove(&mut self, credential: &str) {
+        let Some(secrets) = self.by_credential.remove(credential) else {
             return;
         };
-        for (secret, _) in names {
-            let key = (credential.0.clone(), secret);
-            if let Some(namers) = self.by_secret.get_mut(&key) {
-                namers.retain(|(c, _)| *c != credential.1);
-                if namers.is_empty() {
-                    self.by_secret.remove(&key);
-                }
+        for (secret, _) in &secrets {
+            if let Some(namers) = self.by_secret.get_mut(&**secret)
+                && namers.remove(credential)
+            {
+                self.by_secret.remove(&**secret);
             }
         }
     }
@@ -76,22 +125,41 @@ impl Inner {
         let (Some(ns), Some(name)) = (&cr.metadata.namespace, &cr.metadata.name) else {
             return;
         };
-        let credential = (ns.clone(), name.clone());
+        let names = named(cr);
+        let credential = key(ns, name);
+        let indexed = self.by_credential.get_key_value(credential.as_str());
+        let unchanged = indexed.is_some_and(|(_, secrets)| {
+            secrets.len() == names.len()
+                && secrets
+                    .iter()
+                    .zip(&names)
+                    .all(|((secret, roles), (n, r))| name_of(secret) == n && roles == r)
+        });
+        let credential: Key = indexed.map_or_else(|| credential.into(), |(k, _)| k.clone());
         if let Some(relisting) = &mut self.relisting {
             relisting.insert(credential.clone());
         }
-        let names = named(cr);
-        if self.by_credential.get(&credential) == Some(&names) {
+        if unchanged {
             return;
         }
         self.remove(&credential);
-        for (secret, roles) in &names {
-            self.by_secret
-                .entry((ns.clone(), secret.clone()))
-                .or_default()
-                .push((name.clone(), *roles));
+        let mut secrets = Vec::with_capacity(names.len());
+        for (secret, roles) in names {
+            let secret = key(ns, &secret);
+            let secret = match self.by_secret.get_key_value(secret.as_str()) {
+                Some((shared, _)) => shared.clone(),
+                None => Key::from(secret),
+            };
+            match self.by_secret.get_mut(&secret) {
+                Some(namers) => namers.push(credential.clone(), roles),
+                None => {
+                    let one = Namers::One(credential.clone(), roles);
+                    self.by_secret.insert(secret.clone(), one);
+                }
+            }
+            secrets.push((secret, roles));
         }
-        self.by_credential.insert(credential, names);
+        self.by_credential.insert(credential, secrets.into());
     }
 }
 
@@ -103,7 +171,7 @@ impl Index {
             watcher::Event::Apply(cr) | watcher::Event::InitApply(cr) => inner.apply(cr),
             watcher::Event::Delete(cr) => {
                 if let (Some(ns), Some(name)) = (&cr.metadata.namespace, &cr.metadata.name) {
-                    inner.remove(&(ns.clone(), name.clone()));
+                    inner.remove(&key(ns, name));
                 }
             }
             watcher::Event::Init => inner.relisting = Some(HashSet::new()),
@@ -111,7 +179,7 @@ impl Index {
                 let Some(listed) = inner.relisting.take() else {
                     return;
                 };
-                let gone: Vec<SecretKey> = inner
+                let gone: Vec<Key> = inner
                     .by_credential
                     .keys()
                     .filter(|k| !listed.contains(*k))
@@ -136,12 +204,12 @@ impl Index {
     pub fn names(&self, ns: &str, name: &str, roles: u8) -> Vec<String> {
         lock(&self.0)
             .by_secret
-            .get(&(ns.to_owned(), name.to_owned()))
+            .get(key(ns, name).as_str())
             .map(|namers| {
                 namers
                     .iter()
                     .filter(|(_, r)| r & roles != 0)
-                    .map(|(c, _)| c.clone())
+                    .map(|(c, _)| name_of(c).to_owned())
                     .collect()
             })
             .unwrap_or_default()
