@@ -788,7 +788,7 @@ impl Parts {
                     .reconcile_on(woken)
                     .reconcile_on(secret_events)
                     .graceful_shutdown_on(stop.clone())
-                    .run(controller::reconcile, controller::error_policy, ctx)
+                    .run(controller::run_reconcile, controller::run_error_policy, ctx)
                     .for_each(move |result| {
                         metrics.reconciled(result.is_err());
                         match result {
