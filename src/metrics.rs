@@ -1,6 +1,7 @@
 //! Prometheus metrics, in the style of cert-manager's expiry gauges. Labels are namespace and
 //! credential names (and a failure reason): never a token or secret.
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -14,16 +15,18 @@ use prometheus_client::registry::Registry;
 use crate::crd::EagleEyeCredentialStatus;
 use crate::status::{self, READY};
 
+/// A credential's labels. Its series share one copy of each name (`Metrics::track`): four
+/// series and the set of credentials cost two small allocations, not ten.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Credential {
-    pub namespace: String,
-    pub credential: String,
+    pub namespace: Arc<str>,
+    pub credential: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Failure {
-    pub namespace: String,
-    pub credential: String,
+    pub namespace: Arc<str>,
+    pub credential: Arc<str>,
     pub reason: String,
 }
 
@@ -127,12 +130,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Mirrors a credential's status into the gauges.
-    fn track(&self, labels: &Credential) {
+    /// Records that `labels` has series, and returns the copy of its labels that every
+    /// series of the credential shares.
+    fn track(&self, labels: &Credential) -> Credential {
         let mut known = self.credentials.lock().unwrap_or_else(|e| e.into_inner());
-        if !known.contains(labels) {
-            known.insert(labels.clone());
+        if let Some(shared) = known.get(labels) {
+            return shared.clone();
         }
+        known.insert(labels.clone());
+        labels.clone()
     }
 
     /// Every credential with series.
@@ -149,8 +155,9 @@ impl Metrics {
         }
     }
 
+    /// Mirrors a credential's status into the gauges.
     pub fn observe_status(&self, labels: &Credential, s: &EagleEyeCredentialStatus) {
-        self.track(labels);
+        let labels = &self.track(labels);
         let ready = status::condition(&s.conditions, READY).is_some_and(|c| c.status == "True");
         self.ready.get_or_create(labels).set(i64::from(ready));
         match &s.access_token_expires_at {
@@ -176,13 +183,13 @@ impl Metrics {
     }
 
     pub fn refresh_attempt(&self, labels: &Credential, seconds: f64) {
-        self.track(labels);
+        let labels = &self.track(labels);
         self.refresh_attempts.get_or_create(labels).inc();
         self.refresh_duration.observe(seconds);
     }
 
     pub fn refresh_failure(&self, labels: &Credential, reason: &str) {
-        self.track(labels);
+        let labels = &self.track(labels);
         let f = Failure {
             namespace: labels.namespace.clone(),
             credential: labels.credential.clone(),
@@ -243,6 +250,39 @@ mod tests {
     use super::*;
     use crate::status::set_condition;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    #[test]
+    fn a_credentials_series_share_one_copy_of_its_names() {
+        let m = Metrics::default();
+        let t = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let mut s = EagleEyeCredentialStatus::default();
+        set_condition(
+            &mut s.conditions,
+            READY,
+            true,
+            "TokenRefreshed",
+            String::new(),
+            None,
+            t,
+        );
+        s.access_token_expires_at = Some(Time(t));
+        s.refresh_token_deadline = Some(Time(t));
+        // Labels made afresh for every call, as the controller makes them.
+        let labels = || Credential {
+            namespace: "video".into(),
+            credential: "cam".into(),
+        };
+        for _ in 0..3 {
+            m.observe_status(&labels(), &s);
+            m.refresh_attempt(&labels(), 0.1);
+        }
+        let [c] = &m.credentials()[..] else {
+            panic!("one credential");
+        };
+        // The set of credentials, four series, and `c` itself.
+        assert_eq!(Arc::strong_count(&c.credential), 6);
+        assert_eq!(Arc::strong_count(&c.namespace), 6);
+    }
 
     #[test]
     fn status_becomes_gauges_and_deleted_credentials_disappear() {

@@ -656,8 +656,8 @@ pub(crate) fn login_fingerprint(
 
 fn labels(cr: &EagleEyeCredential) -> metrics::Credential {
     metrics::Credential {
-        namespace: cr.namespace().unwrap_or_default(),
-        credential: cr.name_any(),
+        namespace: cr.namespace().unwrap_or_default().into(),
+        credential: cr.name_any().into(),
     }
 }
 
