@@ -85,27 +85,44 @@ pub(crate) struct Entry {
     /// The live refresh token, as last stored or confirmed: the copy that puts a login back
     /// when something overwrites its Secret with a rotated-out token.
     pub live: Option<SecretString>,
+    /// The tokens it claims: the stored one first, then those it rotated out.
+    tokens: Vec<Fp>,
+    /// Its key, shared by its claims in the index.
+    name: Option<Arc<str>>,
+    /// Consecutive Kubernetes API failures, for the error policy's backoff.
+    pub api_failures: u32,
+    /// What few credentials have at any time (boxed, as `held`): see [`Rare`].
+    rare: Option<Box<Rare>>,
+    /// The last term in which a reconcile read its Secrets (see the module's doc).
+    read_in_term: u64,
+}
+
+/// What an entry remembers only after something went wrong, or while a credential is
+/// deleted.
+#[derive(Default)]
+pub(crate) struct Rare {
     /// The login the server refused, never sent again until one of its parts changes. Kept
     /// here as well as in status, so that a failed status write never lets it be resent.
     refused: Option<Refused>,
     /// The login whose answer the configuration refused.
     blocked: Option<Refused>,
-    /// The tokens it claims: the stored one first, then those it rotated out.
-    tokens: Vec<Fp>,
-    /// Its key, shared by its claims in the index.
-    name: Option<Arc<str>>,
     /// The server's `Retry-After`: no call before then.
     pub retry_not_before: Option<Timestamp>,
-    /// Consecutive Kubernetes API failures, for the error policy's backoff.
-    pub api_failures: u32,
-
     /// Publishes of a held answer refused in a row because the target changed meanwhile,
     /// and when the next may be tried (see `refresh::PublishBackoff`).
     pub publish_backoff: Option<crate::refresh::PublishBackoff>,
     /// A revocation under way (spec.revokeOnDelete), for the credential of this uid.
     pub revocation: Option<(String, Revocation)>,
-    /// The last term in which a reconcile read its Secrets (see the module's doc).
-    read_in_term: u64,
+}
+
+impl Rare {
+    fn is_empty(&self) -> bool {
+        self.refused.is_none()
+            && self.blocked.is_none()
+            && self.retry_not_before.is_none()
+            && self.publish_backoff.is_none()
+            && self.revocation.is_none()
+    }
 }
 
 /// What is remembered of a credential being deleted.
@@ -134,23 +151,44 @@ pub enum Refusal {
 }
 
 impl Entry {
+    /// What is rarely set, to set it.
+    pub fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_default()
+    }
+
+    /// Drops [`Rare`] once nothing is set in it.
+    fn tidy(&mut self) {
+        if self.rare.as_ref().is_some_and(|r| r.is_empty()) {
+            self.rare = None;
+        }
+    }
+
+    pub fn retry_not_before(&self) -> Option<Timestamp> {
+        self.rare.as_ref()?.retry_not_before
+    }
+
+    pub fn publish_backoff(&self) -> Option<crate::refresh::PublishBackoff> {
+        self.rare.as_ref()?.publish_backoff
+    }
+
+    pub fn revocation(&self) -> Option<&(String, Revocation)> {
+        self.rare.as_ref()?.revocation.as_ref()
+    }
+
     fn refusal(&mut self, which: Refusal) -> &mut Option<Refused> {
+        let rare = self.rare_mut();
         match which {
-            Refusal::Server => &mut self.refused,
-            Refusal::Config => &mut self.blocked,
+            Refusal::Server => &mut rare.refused,
+            Refusal::Config => &mut rare.blocked,
         }
     }
 
     fn is_empty(&self) -> bool {
         self.held.is_none()
             && self.live.is_none()
-            && self.refused.is_none()
-            && self.blocked.is_none()
             && self.tokens.is_empty()
-            && self.retry_not_before.is_none()
             && self.api_failures == 0
-            && self.publish_backoff.is_none()
-            && self.revocation.is_none()
+            && self.rare.as_ref().is_none_or(|r| r.is_empty())
     }
 }
 
@@ -166,7 +204,10 @@ impl Memory {
     /// Runs `f` on the entry of `key` (made if missing).
     pub(crate) fn with<T>(&self, key: &str, f: impl FnOnce(&mut Entry) -> T) -> T {
         let mut inner = lock(&self.inner);
-        f(inner.entries.entry(key.to_owned()).or_default())
+        let entry = inner.entries.entry(key.to_owned()).or_default();
+        let result = f(entry);
+        entry.tidy();
+        result
     }
 
     /// Runs `f` on the entry of `key`, if there is one.
@@ -277,7 +318,7 @@ impl Memory {
     /// The status now records the server's refusal of `login`.
     pub(crate) fn refusal_in_status(&self, key: &str, login: &str) {
         self.with(key, |e| {
-            if let Some(r) = &mut e.refused
+            if let Some(r) = &mut e.rare_mut().refused
                 && r.login == login
             {
                 r.in_status = true;
@@ -554,6 +595,21 @@ mod tests {
 
     fn fps(l: &[&str]) -> Vec<String> {
         l.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn what_goes_wrong_is_remembered_apart_and_only_while_it_lasts() {
+        let m = Memory::default();
+        let at = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        m.with(KEY, |e| e.rare_mut().retry_not_before = Some(at));
+        assert_eq!(m.get(KEY, |e| e.retry_not_before()), Some(Some(at)));
+        m.with(KEY, |e| e.api_failures = 1);
+        m.with(KEY, |e| e.rare_mut().retry_not_before = None);
+        assert_eq!(m.get(KEY, |e| e.rare.is_none()), Some(true));
+        // Asking about a refusal leaves nothing behind either.
+        let refused = m.is_refused(super::Refusal::Server, KEY, "login", None);
+        assert!(!refused);
+        assert_eq!(m.get(KEY, |e| e.rare.is_none()), Some(true));
     }
 
     #[test]

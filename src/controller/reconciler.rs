@@ -336,7 +336,7 @@ impl<'a> Reconciler<'a> {
             publish_backoff: self
                 .ctx
                 .memory
-                .get(&self.key, |e| e.publish_backoff)
+                .get(&self.key, |e| e.publish_backoff())
                 .flatten(),
             lifetimes: self.ctx.settings.lifetimes,
             jitter: jitter(self.cr),
@@ -346,7 +346,7 @@ impl<'a> Reconciler<'a> {
     fn retry_not_before(&self) -> Option<Timestamp> {
         self.ctx
             .memory
-            .get(&self.key, |e| e.retry_not_before)
+            .get(&self.key, |e| e.retry_not_before())
             .flatten()
     }
 
@@ -568,14 +568,14 @@ impl World for KubeWorld<'_, '_> {
         self.r
             .ctx
             .memory
-            .with(&self.r.key, |e| e.retry_not_before = at);
+            .with(&self.r.key, |e| e.rare_mut().retry_not_before = at);
     }
 
     fn set_publish_backoff(&mut self, backoff: Option<crate::refresh::PublishBackoff>) {
         self.r
             .ctx
             .memory
-            .with(&self.r.key, |e| e.publish_backoff = backoff);
+            .with(&self.r.key, |e| e.rare_mut().publish_backoff = backoff);
     }
 
     fn claimed_elsewhere(&mut self, stored: &StoredToken) -> Option<String> {

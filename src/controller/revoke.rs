@@ -138,7 +138,9 @@ impl Reconciler<'_> {
             return Ok(requeue);
         }
         self.release().await?;
-        self.ctx.memory.with(&self.key, |e| e.revocation = None);
+        self.ctx
+            .memory
+            .with(&self.key, |e| e.rare_mut().revocation = None);
         Ok(Action::await_change())
     }
 
@@ -147,7 +149,7 @@ impl Reconciler<'_> {
     fn revocation(&self, uid: &str) -> Revocation {
         self.ctx
             .memory
-            .get(&self.key, |e| e.revocation.clone())
+            .get(&self.key, |e| e.revocation().cloned())
             .flatten()
             .filter(|(of, _)| of == uid)
             .map(|(_, r)| r)
@@ -157,9 +159,9 @@ impl Reconciler<'_> {
     fn change_revocation<T>(&self, uid: &str, f: impl FnOnce(&mut Revocation) -> T) -> T {
         let mut r = self.revocation(uid);
         let out = f(&mut r);
-        self.ctx
-            .memory
-            .with(&self.key, |e| e.revocation = Some((uid.to_owned(), r)));
+        self.ctx.memory.with(&self.key, |e| {
+            e.rare_mut().revocation = Some((uid.to_owned(), r))
+        });
         out
     }
 
