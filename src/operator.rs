@@ -792,9 +792,8 @@ impl Parts {
                     .for_each(move |result| {
                         metrics.reconciled(result.is_err());
                         match result {
-                            Ok((obj, action)) => {
-                                tracing::debug!(credential = %obj, ?action, "reconciled")
-                            }
+                            // Logged with its requeue by `controller::run_reconcile`.
+                            Ok(_) => {}
                             // The error policy already logged a failed reconcile; anything
                             // else (a watch the API server refuses, say) is logged here.
                             Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}

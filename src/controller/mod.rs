@@ -430,9 +430,9 @@ pub fn run_error_policy(
 
 impl Context {
     fn schedule(&self, cr: &EagleEyeCredential, next: Action) -> kube::runtime::controller::Action {
-        if let Some(after) = next.requeue_after() {
-            self.parked.wake_after(&key(cr), after);
-        }
+        let key = key(cr);
+        tracing::debug!(credential = %key, requeue_after = ?next.requeue_after(), "reconciled");
+        self.parked.requeue(&key, next.requeue_after());
         kube::runtime::controller::Action::await_change()
     }
 }

@@ -8,8 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -35,7 +34,7 @@ pub struct Parked {
     /// Each credential's next reconcile (`wake_after`), served by a task started with the
     /// first.
     timer: Arc<Timer>,
-    timer_started: AtomicBool,
+    timer_task: OnceLock<()>,
     wake: mpsc::UnboundedSender<Wake>,
     /// True once the controller stops: every wait ends, its place in the queue given up.
     stopping: watch::Receiver<bool>,
@@ -71,7 +70,7 @@ impl Parked {
         let parked = Parked {
             state: Mutex::default(),
             timer: Arc::default(),
-            timer_started: AtomicBool::new(false),
+            timer_task: OnceLock::new(),
             wake,
             stopping,
         };
@@ -85,11 +84,26 @@ impl Parked {
     }
 
     /// Wakes the reconcile of credential `key` (`namespace/name`) after `delay` (unless the
-    /// controller stops first): the next reconcile a reconcile asks for, or a look-again.
-    /// One wake per credential at a time, the earliest asked for (`Timer`), so wakes never
-    /// multiply.
+    /// controller stops first): a look-again that must not delay the requeue a reconcile
+    /// asked for. One at a time per credential, the earliest asked for, so look-agains never
+    /// multiply (`Timer::look_again`).
     pub fn wake_after(&self, key: &str, delay: Duration) {
-        if !self.timer_started.swap(true, Ordering::Relaxed) {
+        self.timer()
+            .look_again(key, tokio::time::Instant::now() + delay);
+    }
+
+    /// Wakes the reconcile of credential `key` after `delay` (`None`: only when something
+    /// changes), in place of what its previous reconcile asked for: what a reconcile that
+    /// just finished asks for (`Timer::requeue`).
+    pub fn requeue(&self, key: &str, delay: Option<Duration>) {
+        let at = delay.map(|d| tokio::time::Instant::now() + d);
+        self.timer().requeue(key, at);
+    }
+
+    /// The timer of wakes, its task started with the first use (always from a task of the
+    /// controller's runtime).
+    fn timer(&self) -> &Timer {
+        self.timer_task.get_or_init(|| {
             let (timer, wake) = (self.timer.clone(), self.wake.clone());
             let stopping = self.stopping.clone();
             tokio::spawn(async move {
@@ -101,8 +115,8 @@ impl Parked {
                 };
                 timer.run(send, stopping).await;
             });
-        }
-        self.timer.wake_at(key, tokio::time::Instant::now() + delay);
+        });
+        &self.timer
     }
 
     /// A slot to `destination` for credential `key`: one granted while it was parked (with
