@@ -522,7 +522,6 @@ impl Drop for Hold {
 
 impl Proxy {
     async fn start(upstream: url::Url) -> Result<Proxy> {
-        eagle_eye_operator::crypto::install();
         let inner = Arc::new(ProxyInner {
             upstream,
             http: reqwest::Client::builder()

@@ -1089,7 +1089,6 @@ async fn floor(
     let logins = register(&si, ns, n, 0);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let crs: Api<EagleEyeCredential> = Api::namespaced(client.clone(), ns);
-    eagle_eye_operator::crypto::install();
     let http = reqwest::Client::new();
     let auth_url = si.url().to_string();
     let now = jiff::Timestamp::now().to_string();
@@ -1262,7 +1261,6 @@ impl Replica {
         let addr = self
             .admin_addr()
             .context("the operator logged no admin address")?;
-        eagle_eye_operator::crypto::install();
         let text = reqwest::get(format!("http://{addr}/metrics"))
             .await?
             .text()
@@ -1286,7 +1284,6 @@ impl Replica {
     /// Waits until its `/readyz` answers 200: it reached the API server and set up its Lease
     /// manager, which is when the operator calls a follower a hot standby.
     async fn wait_ready(&self) -> Result<()> {
-        eagle_eye_operator::crypto::install();
         let http = reqwest::Client::new();
         wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
             let addr = self.admin_addr();

@@ -9,7 +9,6 @@ pub mod cli;
 pub mod content;
 pub mod controller;
 pub mod crd;
-pub mod crypto;
 pub mod decide;
 pub mod event_series;
 mod fair;

@@ -32,7 +32,6 @@ unsafe impl Sync for MallocConf {}
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    eagle_eye_operator::crypto::install();
     let cli = eagle_eye_operator::cli::Cli::parse();
     match eagle_eye_operator::cli::run(cli).await {
         Ok(code) => code,

@@ -56,7 +56,7 @@ const CERT_CHECK_EVERY: Duration = Duration::from_secs(10);
 /// `kubernetes.io/tls` Secrets name them), read again when they change, or generated for this
 /// process.
 pub fn tls_config(dir: Option<&Path>) -> anyhow::Result<ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let certified = match dir {
         Some(dir) => CertFiles::load(dir, &provider)?,
         None => {
@@ -416,7 +416,6 @@ mod tests {
 
     /// Status and body; a refusal must also close the connection.
     async fn https_get(addr: SocketAddr, token: Option<&str>) -> (u16, String) {
-        crate::crypto::install();
         let http = reqwest::Client::builder()
             .tls_danger_accept_invalid_certs(true)
             .build()
@@ -461,7 +460,6 @@ mod tests {
         let addr = serve(at, tls_config(None).unwrap(), gate, Default::default())
             .await
             .unwrap();
-        crate::crypto::install();
         let plain = reqwest::get(format!("http://{addr}/metrics")).await;
         assert!(plain.is_err(), "{plain:?}");
     }
@@ -533,7 +531,6 @@ mod tests {
 
     /// The certificate the server at `addr` presents.
     async fn presented(addr: SocketAddr) -> Vec<u8> {
-        crate::crypto::install();
         let http = reqwest::Client::builder()
             .tls_danger_accept_invalid_certs(true)
             .tls_info(true)
@@ -558,7 +555,7 @@ mod tests {
         let first = write_pair(&dir);
         let mut config = tls_config(Some(&dir)).unwrap();
         // Checked on every handshake here, not every 10 s.
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         config.cert_resolver = Arc::new(CertResolver {
             files: Some(dir.clone()),
             provider: provider.clone(),

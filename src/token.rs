@@ -182,7 +182,6 @@ impl TokenClient {
             .timeout
             .min(connect_timeout + options.answer_timeout);
 
-        crate::crypto::install();
         let mut builder = reqwest::Client::builder()
             // No overall timeout here: each call has its own deadline, and must know
             // whether it ran out before or after sending.

@@ -27,7 +27,6 @@ pub async fn preflight(
             + &url.port().map(|p| format!(":{p}")).unwrap_or_default(),
         detail,
     };
-    crate::crypto::install();
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .https_only(!allow_http)

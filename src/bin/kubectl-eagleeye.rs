@@ -30,7 +30,6 @@ enum PluginCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    eagle_eye_operator::crypto::install();
     let plugin = Plugin::parse();
     eagle_eye_operator::kubectl::init_logging(eagle_eye_operator::logging::Format::Text, None);
     let result = match plugin.command {

@@ -10,9 +10,3 @@ pub mod plane;
 pub mod standin;
 
 pub use plane::ControlPlane;
-
-/// Makes ring rustls's process-wide provider, as the operator does (`crypto::install`):
-/// reqwest is built without a provider of its own. Calling it again does nothing.
-pub fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}

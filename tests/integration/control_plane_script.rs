@@ -223,7 +223,6 @@ async fn run_operator_until_ready(kubeconfig: &str) {
         },
     )
     .await;
-    eagle_eye_operator::crypto::install();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()

@@ -99,7 +99,6 @@ async fn metrics_need_a_token_allowed_to_read_them_and_a_flood_of_made_up_tokens
         account(&env, "stranger", false).await,
     );
     let url = format!("https://{}/metrics", op.metrics_addr().await);
-    eagle_eye_operator::crypto::install();
     let http = reqwest::Client::builder()
         .tls_danger_accept_invalid_certs(true)
         .build()
@@ -214,7 +213,6 @@ async fn idle_connections_that_never_authenticate_do_not_lock_a_reader_out() {
     let addr = op.metrics_addr().await;
     let url = format!("https://{addr}/metrics");
     // A new connection for every scrape, as a scraper whose keep-alive lapsed makes.
-    eagle_eye_operator::crypto::install();
     let http = || {
         reqwest::Client::builder()
             .tls_danger_accept_invalid_certs(true)

@@ -104,7 +104,6 @@ impl Harness {
         let s = StandIn::start(config).await.expect("stand-in starts");
         s.register_client(rot());
         s.register_client(perm());
-        eagle_eye_operator::crypto::install();
         let mut builder = Client::builder()
             .no_proxy()
             .redirect(redirect::Policy::none());

@@ -74,7 +74,6 @@ impl Env {
 
     /// Phase 1 as a browser would do it, returning the code from the redirect.
     async fn authorize(&self) -> String {
-        eagle_eye_operator::crypto::install();
         let browser = reqwest::Client::builder()
             .tls_certs_merge(
                 reqwest::Certificate::from_pem_bundle(self.stand_in.ca_pem().unwrap().as_bytes())

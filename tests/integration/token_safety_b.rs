@@ -39,7 +39,6 @@ async fn events_about(env: &TestEnv, name: &str) -> Vec<(String, String)> {
 async fn spend_out_of_band(si: &StandIn, login: &Login, refresh_token: &str) -> bool {
     // RFC 6749 §2.3.1: each Basic part form-encoded, as the stand-in decodes them.
     let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    eagle_eye_operator::crypto::install();
     let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
     if let Some(pem) = si.ca_pem() {
         builder =

@@ -146,7 +146,6 @@ pub fn figure(line: String) {
 
 /// GET `path` on a local admin server: status and body, or `(0, "")` when unreachable.
 pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    eagle_eye_operator::crypto::install();
     match reqwest::get(format!("http://{addr}{path}")).await {
         Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
         Err(_) => (0, String::new()),

@@ -266,7 +266,6 @@ impl ControlPlane {
         // /readyz is open to anonymous users; a plain client keeps the 500s it answers
         // while starting out of kube's error log.
         let ca = reqwest::Certificate::from_pem(local.ca_pem.as_bytes())?;
-        crate::install_crypto();
         let http = reqwest::Client::builder().tls_certs_only([ca]).build()?;
         let url = format!("https://127.0.0.1:{}/readyz", local.api_port);
         wait_for(
@@ -495,7 +494,6 @@ async fn start_etcd(dir: &Path, bins: &Path, attempt: u32) -> Result<(Child, Str
         || {
             let exited = etcd.try_wait().ok().flatten();
             let url = format!("{etcd_url}/health");
-            crate::install_crypto();
             async move {
                 if let Some(status) = exited {
                     bail!("etcd exited ({status})");

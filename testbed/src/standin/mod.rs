@@ -303,7 +303,6 @@ mod tests {
     }
 
     async fn refresh(si: &StandIn, grant: &Grant) -> u16 {
-        crate::install_crypto();
         reqwest::Client::new()
             .post(si.url().join("oauth2/token").unwrap())
             .basic_auth("c", Some("s"))
@@ -356,7 +355,6 @@ mod tests {
         let answer = tokio::spawn({
             let url = si.url();
             let token = grant.refresh_token.clone();
-            crate::install_crypto();
             async move {
                 reqwest::Client::new()
                     .post(url.join("oauth2/token").unwrap())

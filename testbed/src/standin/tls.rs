@@ -1,7 +1,7 @@
 //! TLS for the stand-in: a CA generated per instance signs a server certificate for
 //! `localhost` and the address it listens on (`127.0.0.1`, or the node's host address that
 //! pods reach), so a test trusts exactly this stand-in and nothing else.
-//! Crypto is ring, chosen explicitly, so no process-wide rustls provider is needed.
+//! Crypto is aws-lc-rs, chosen explicitly, so no process-wide rustls provider is needed.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -46,7 +46,7 @@ pub fn generate(ip: Ipv4Addr) -> io::Result<Tls> {
     let key = KeyPair::generate().map_err(io::Error::other)?;
     let cert = params.signed_by(&key, &ca).map_err(io::Error::other)?;
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

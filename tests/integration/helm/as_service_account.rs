@@ -73,7 +73,6 @@ async fn the_operator_with_only_the_cluster_scope_rbac_brings_a_credential_to_re
     // server who holds the token and whether they may read /metrics.
     let docs = render(&home, &all_options_on(json!({})), &[]).await;
     let endpoint = &find(&docs, "ServiceMonitor")["spec"]["endpoints"][0];
-    eagle_eye_operator::crypto::install();
     let http = reqwest::Client::builder()
         .tls_danger_accept_invalid_certs(endpoint["tlsConfig"]["insecureSkipVerify"] == true)
         .build()
@@ -112,7 +111,6 @@ async fn the_operator_with_only_the_cluster_scope_rbac_brings_a_credential_to_re
     let (code, metrics) = scrape(Some(prometheus)).await;
     assert_eq!(code, 200, "{metrics}");
     // Nor is anything served plainly on the probes' port.
-    eagle_eye_operator::crypto::install();
     let plain = reqwest::get(format!(
         "http://127.0.0.1:{}/metrics",
         pod.admin_port().await
