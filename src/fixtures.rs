@@ -225,10 +225,10 @@ mod tests {
     use super::*;
     use crate::controller::{jitter, reconcile};
     use crate::crd::parse_duration;
-    use crate::schedule::Action;
     use crate::schedule::{self, Rotation};
     use crate::secrets::fingerprint;
     use crate::target::{EXPIRES_AT, ISSUED_AT, REFRESH_FINGERPRINT};
+    use kube::runtime::controller::Action;
     use std::time::Duration;
 
     #[tokio::test]

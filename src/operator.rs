@@ -788,12 +788,13 @@ impl Parts {
                     .reconcile_on(woken)
                     .reconcile_on(secret_events)
                     .graceful_shutdown_on(stop.clone())
-                    .run(controller::run_reconcile, controller::run_error_policy, ctx)
+                    .run(controller::reconcile, controller::error_policy, ctx)
                     .for_each(move |result| {
                         metrics.reconciled(result.is_err());
                         match result {
-                            // Logged with its requeue by `controller::run_reconcile`.
-                            Ok(_) => {}
+                            Ok((obj, action)) => {
+                                tracing::debug!(credential = %obj, ?action, "reconciled")
+                            }
                             // The error policy already logged a failed reconcile; anything
                             // else (a watch the API server refuses, say) is logged here.
                             Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}

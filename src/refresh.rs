@@ -12,10 +12,10 @@
 
 use std::time::Duration;
 
-use crate::schedule::Action;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::Action;
 use secrecy::{ExposeSecret, SecretString};
 use tracing::info;
 

@@ -5,34 +5,6 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-/// When a credential's reconcile should run again if nothing else wakes it (kube-runtime's
-/// `Action`, with its time readable): the controller keeps the wake itself, one small entry
-/// per credential (`controller::timer`), not in kube-runtime's scheduler.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Action {
-    requeue_after: Option<Duration>,
-}
-
-impl Action {
-    /// Run again after `duration`.
-    pub const fn requeue(duration: Duration) -> Self {
-        Action {
-            requeue_after: Some(duration),
-        }
-    }
-
-    /// Run again only when something changes.
-    pub const fn await_change() -> Self {
-        Action {
-            requeue_after: None,
-        }
-    }
-
-    pub const fn requeue_after(&self) -> Option<Duration> {
-        self.requeue_after
-    }
-}
-
 /// Rotation behaviour in force for a credential.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rotation {

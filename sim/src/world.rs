@@ -231,8 +231,22 @@ fn key_of(cr: &EagleEyeCredential) -> String {
     format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any())
 }
 
-fn requeue_of(action: &eagle_eye_operator::schedule::Action) -> Option<Duration> {
-    action.requeue_after()
+fn requeue_of(action: &kube::runtime::controller::Action) -> Option<Duration> {
+    // Action keeps its field private; its Debug form is stable enough for a simulator.
+    let text = format!("{action:?}");
+    let inner = text.split("Some(").nth(1)?.split(')').next()?;
+    let (num, unit) = inner
+        .find(|c: char| c.is_ascii_alphabetic() || c == 'µ')
+        .map(|i| inner.split_at(i))?;
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "ms" => n / 1e3,
+        "µs" => n / 1e6,
+        "ns" => n / 1e9,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(secs))
 }
 
 /// The store's copy: read lean and projected, as the operator's watch makes it.

@@ -11,8 +11,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::schedule::Action;
 use jiff::SignedDuration;
+use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
@@ -40,7 +40,6 @@ mod restarts;
 mod revoke;
 mod secret_news;
 mod sweep;
-mod timer;
 
 pub use projection::{LeanCredential, credential_event, project};
 
@@ -404,36 +403,6 @@ impl Error {
     /// What went wrong, in words safe to show (see `secrets::kube_reason`).
     pub fn reason(&self) -> String {
         self.kube().map_or_else(|| self.to_string(), kube_reason)
-    }
-}
-
-/// [`reconcile`] as kube-runtime runs it: the next reconcile it asks for is kept by this
-/// controller's timer (`Parked::wake_after`), and kube-runtime's scheduler holds only what
-/// is due now.
-pub async fn run_reconcile(
-    cr: Arc<EagleEyeCredential>,
-    ctx: Arc<Context>,
-) -> Result<kube::runtime::controller::Action, Error> {
-    let next = reconcile(cr.clone(), ctx.clone()).await?;
-    Ok(ctx.schedule(&cr, next))
-}
-
-/// [`error_policy`] as kube-runtime runs it (see [`run_reconcile`]).
-pub fn run_error_policy(
-    cr: Arc<EagleEyeCredential>,
-    err: &Error,
-    ctx: Arc<Context>,
-) -> kube::runtime::controller::Action {
-    let next = error_policy(cr.clone(), err, ctx.clone());
-    ctx.schedule(&cr, next)
-}
-
-impl Context {
-    fn schedule(&self, cr: &EagleEyeCredential, next: Action) -> kube::runtime::controller::Action {
-        let key = key(cr);
-        tracing::debug!(credential = %key, requeue_after = ?next.requeue_after(), "reconciled");
-        self.parked.requeue(&key, next.requeue_after());
-        kube::runtime::controller::Action::await_change()
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -18,7 +18,6 @@ use kube::runtime::reflector::ObjectRef;
 use tokio::sync::watch;
 
 use super::lock;
-use super::timer::Timer;
 use crate::crd::EagleEyeCredential;
 use crate::token::{CallSlot, Destination};
 
@@ -31,10 +30,8 @@ const HANDOVER_MARGIN: Duration = Duration::from_secs(10);
 
 pub struct Parked {
     state: Mutex<State>,
-    /// Each credential's next reconcile (`wake_after`), served by a task started with the
-    /// first.
-    timer: Arc<Timer>,
-    timer_task: OnceLock<()>,
+    /// When each credential's pending look-again (`wake_after`) fires.
+    wakes: Mutex<HashMap<String, tokio::time::Instant>>,
     wake: mpsc::UnboundedSender<Wake>,
     /// True once the controller stops: every wait ends, its place in the queue given up.
     stopping: watch::Receiver<bool>,
@@ -69,8 +66,7 @@ impl Parked {
         let (wake, woken) = mpsc::unbounded();
         let parked = Parked {
             state: Mutex::default(),
-            timer: Arc::default(),
-            timer_task: OnceLock::new(),
+            wakes: Mutex::default(),
             wake,
             stopping,
         };
@@ -83,40 +79,36 @@ impl Parked {
         let _ = self.wake.unbounded_send(credential);
     }
 
-    /// Wakes the reconcile of credential `key` (`namespace/name`) after `delay` (unless the
-    /// controller stops first): a look-again that must not delay the requeue a reconcile
-    /// asked for. One at a time per credential, the earliest asked for, so look-agains never
-    /// multiply (`Timer::look_again`).
-    pub fn wake_after(&self, key: &str, delay: Duration) {
-        self.timer()
-            .look_again(key, tokio::time::Instant::now() + delay);
-    }
-
-    /// Wakes the reconcile of credential `key` after `delay` (`None`: only when something
-    /// changes), in place of what its previous reconcile asked for: what a reconcile that
-    /// just finished asks for (`Timer::requeue`).
-    pub fn requeue(&self, key: &str, delay: Option<Duration>) {
-        let at = delay.map(|d| tokio::time::Instant::now() + d);
-        self.timer().requeue(key, at);
-    }
-
-    /// The timer of wakes, its task started with the first use (always from a task of the
-    /// controller's runtime).
-    fn timer(&self) -> &Timer {
-        self.timer_task.get_or_init(|| {
-            let (timer, wake) = (self.timer.clone(), self.wake.clone());
-            let stopping = self.stopping.clone();
-            tokio::spawn(async move {
-                let send = |key: &str| {
-                    if let Some((ns, name)) = key.split_once('/') {
-                        // Closed only when the controller is gone.
-                        let _ = wake.unbounded_send(ObjectRef::new(name).within(ns));
-                    }
-                };
-                timer.run(send, stopping).await;
-            });
+    /// Wakes `credential`'s reconcile after `delay` (unless the controller stops first): a
+    /// look-again that must not delay the requeue a reconcile asked for. One wake per
+    /// credential at a time: a later one already pending is moved earlier, an earlier one
+    /// makes this one unneeded (its reconcile asks again), so wakes never multiply.
+    pub fn wake_after(self: &Arc<Self>, key: &str, credential: Wake, delay: Duration) {
+        let at = tokio::time::Instant::now() + delay;
+        {
+            let mut wakes = lock(&self.wakes);
+            if wakes.get(key).is_some_and(|pending| *pending <= at) {
+                return;
+            }
+            wakes.insert(key.to_owned(), at);
+        }
+        let (parked, key) = (self.clone(), key.to_owned());
+        let mut stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            {
+                let mut wakes = lock(&parked.wakes);
+                // Superseded by an earlier wake, which has fired or will.
+                if wakes.get(&key) != Some(&at) {
+                    return;
+                }
+                wakes.remove(&key);
+            }
+            let _ = parked.wake.unbounded_send(credential);
         });
-        &self.timer
     }
 
     /// A slot to `destination` for credential `key`: one granted while it was parked (with
@@ -282,10 +274,10 @@ mod tests {
         let a = credential("a");
         // Asked again and again (every reconcile of a waiting credential asks): one wake.
         for _ in 0..5 {
-            parked.wake_after("ns/a", Duration::from_secs(30));
+            parked.wake_after("ns/a", a.clone(), Duration::from_secs(30));
         }
         // A sooner one replaces it.
-        parked.wake_after("ns/a", Duration::from_secs(5));
+        parked.wake_after("ns/a", a.clone(), Duration::from_secs(5));
         tokio::time::sleep(Duration::from_secs(6)).await;
         assert_eq!(woken.next().await, Some(a.clone()));
         tokio::time::sleep(Duration::from_secs(60)).await;

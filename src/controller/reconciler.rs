@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use crate::schedule::Action;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use secrecy::{ExposeSecret, SecretString};
 use tracing::debug;

@@ -1,12 +1,12 @@
 //! Applies what a reconcile reports (worded in `crate::outcome`): Events (a repeat counted
 //! on the Event it repeats, see `crate::event_series`), then the status.
 
-use crate::schedule::Action;
 use jiff::Timestamp;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::warn;
