@@ -6,9 +6,10 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-# The test-support workspace member: cargo needs every member to load the workspace; the
-# shipped binary never links it (it is a dev-dependency only).
+# The workspace members for tests and simulation: cargo needs every member to load the
+# workspace; the shipped binary never links them.
 COPY testbed ./testbed
+COPY sim ./sim
 # The caches only speed up rebuilds; the binary is copied out of the cached target dir.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \

@@ -5,8 +5,12 @@ use std::time::Instant;
 use crate::world::{Tally, Violation, run};
 
 /// The seeds CI runs every time (plus one random seed, printed).
-pub const FIXED_SEEDS: [u64; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
-/// The goal: this many steps ...
+pub const FIXED_SEEDS: [u64; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
+/// Steps per seed in the default run: what each seed got when eight fixed seeds and the random
+/// one shared a million, and keeps now there are more (mutation 04 of `hack/mutations.sh` is
+/// caught by seed 4 at step 103,526).
+pub const STEPS_PER_SEED: u64 = 111_112;
+/// The goal: at least this many steps ...
 pub const GOAL_STEPS: u64 = 1_000_000;
 /// ... in at most this long, on 2 cores.
 pub const GOAL_SECS: f64 = 120.0;
@@ -74,7 +78,7 @@ pub fn main() {
             let mut seeds = FIXED_SEEDS.to_vec();
             seeds.push(random);
             let total = steps.or(env_steps);
-            let per = total.unwrap_or(GOAL_STEPS).div_ceil(seeds.len() as u64);
+            let per = total.map_or(STEPS_PER_SEED, |t| t.div_ceil(seeds.len() as u64));
             (seeds, per, total.is_none())
         }
     };

@@ -168,6 +168,7 @@ pub fn play(world: World, script: &[Ev]) -> Result<Sim, Violation> {
         people: false,
         faults: false,
         revoke_on_reuse: world.revoke_on_reuse,
+        call_slots: None,
     };
     let mut sim = runtime.block_on(async move {
         let mut sim = Sim::new(0, cfg);

@@ -20,16 +20,31 @@ fn the_dockerfile_builds_with_the_command_ci_runs_into_a_nonroot_distroless_imag
         ci.lines().any(|l| l.trim() == build),
         ".ci/run must run `{build}` as the image does"
     );
-    // Cargo refuses to build a workspace with a member missing from the build context.
-    assert!(
-        dockerfile.lines().any(|l| l == "COPY testbed ./testbed"),
-        "the Dockerfile must copy the workspace member testbed/"
-    );
+    // Cargo refuses to build a workspace with a member missing from the build context: every
+    // member is copied and let through .dockerignore (sim/ once was not).
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let members: Vec<&str> = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("members = ["))
+        .expect("Cargo.toml lists its workspace members on one line")
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .collect();
+    assert!(members.contains(&"testbed"), "{members:?}");
     let ignore = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
-    assert!(
-        ignore.lines().any(|l| l == "!testbed/"),
-        ".dockerignore must let testbed/ into the build context"
-    );
+    for member in members {
+        assert!(
+            dockerfile
+                .lines()
+                .any(|l| l == format!("COPY {member} ./{member}")),
+            "the Dockerfile must copy the workspace member {member}/"
+        );
+        assert!(
+            ignore.lines().any(|l| l == format!("!{member}/")),
+            ".dockerignore must let {member}/ into the build context"
+        );
+    }
     let stages: Vec<&str> = dockerfile
         .lines()
         .filter(|l| l.starts_with("FROM "))
