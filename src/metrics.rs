@@ -251,10 +251,8 @@ mod tests {
     use crate::status::set_condition;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-    #[test]
-    fn a_credentials_series_share_one_copy_of_its_names() {
-        let m = Metrics::default();
-        let t = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+    /// A status that says Ready, with an access token expiring at `t`.
+    fn ready_until(t: jiff::Timestamp) -> EagleEyeCredentialStatus {
         let mut s = EagleEyeCredentialStatus::default();
         set_condition(
             &mut s.conditions,
@@ -266,6 +264,14 @@ mod tests {
             t,
         );
         s.access_token_expires_at = Some(Time(t));
+        s
+    }
+
+    #[test]
+    fn a_credentials_series_share_one_copy_of_its_names() {
+        let m = Metrics::default();
+        let t = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let mut s = ready_until(t);
         s.refresh_token_deadline = Some(Time(t));
         // Labels made afresh for every call, as the controller makes them.
         let labels = || Credential {
@@ -291,18 +297,7 @@ mod tests {
             namespace: "video".into(),
             credential: "cam".into(),
         };
-        let mut s = EagleEyeCredentialStatus::default();
-        let t = jiff::Timestamp::from_second(1_800_000_000).unwrap();
-        set_condition(
-            &mut s.conditions,
-            READY,
-            true,
-            "TokenRefreshed",
-            String::new(),
-            None,
-            t,
-        );
-        s.access_token_expires_at = Some(Time(t));
+        let s = ready_until(jiff::Timestamp::from_second(1_800_000_000).unwrap());
         m.observe_status(&labels, &s);
         m.refresh_failure(&labels, "ServerError");
         let text = m.encode();
