@@ -424,8 +424,9 @@ const MAX_API_RETRY: Duration = Duration::from_secs(30);
 /// between namespaces (`crate::fair`): a freed seat goes to the waiting namespace holding
 /// the fewest, so a namespace with a thousand credentials due at once, or reconciles that
 /// take long, delays another namespace's next reconcile by one reconcile at most (one that
-/// may wait up to half a second for a call slot in its seat), not by its whole backlog. Waiting for a seat holds nothing read: the reconcile proper (boxed,
-/// so that a waiting future stays small) starts only with the seat.
+/// may wait up to half a second for a call slot in its seat), not by its whole backlog.
+/// Waiting for a seat holds nothing read: the reconcile proper (boxed, so that a waiting
+/// future stays small) starts only with the seat.
 pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
     // One woken to use a call slot granted to it skips the queue: it holds a slot others
     // wait for, and call slots bound such reconciles already.
