@@ -7,10 +7,11 @@ use http::{Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::Secret;
 use kube::client::Body;
 use kube::runtime::events::Reporter;
+use kube::runtime::reflector::Store;
 use kube::runtime::reflector::store::Writer;
 use kube::{Client, Resource};
 
-use crate::controller::{Context, Leadership, Memory, Settings, Shared};
+use crate::controller::{Census, Context, Leadership, Memory, Settings, Shared};
 use crate::crd::EagleEyeCredential;
 use crate::secrets;
 use crate::status::Lifetimes;
@@ -70,6 +71,38 @@ pub fn fixed_now() -> jiff::Timestamp {
 
 /// Like [`testcontext`], with the reconciler's clock reading `clock`.
 pub fn testcontext_at(clock: fn() -> jiff::Timestamp) -> (Arc<Context>, ApiServerVerifier) {
+    let store = Writer::<EagleEyeCredential>::default().as_reader();
+    context_over(
+        store.clone(),
+        vec![store],
+        shared(clock),
+        clock,
+        Arc::default(),
+    )
+}
+
+/// What a test process's controllers share, its clock reading `clock`.
+pub fn shared(clock: fn() -> jiff::Timestamp) -> Shared {
+    Shared {
+        metrics: Default::default(),
+        memory: Memory::default(),
+        leadership: Leadership::unchecked(),
+        known: Default::default(),
+        reads: Default::default(),
+        reach: crate::api_requests::Reachability::new(clock),
+        shard: None,
+    }
+}
+
+/// A controller's context over `store`, one of the process's `all_stores`, with its own
+/// verifier, its clock reading `clock`, and the term's `census`.
+pub fn context_over(
+    store: Store<EagleEyeCredential>,
+    all_stores: Vec<Store<EagleEyeCredential>>,
+    shared: Shared,
+    clock: fn() -> jiff::Timestamp,
+    census: Arc<Census>,
+) -> (Arc<Context>, ApiServerVerifier) {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(svc, NS);
     let reporter = Reporter {
@@ -93,25 +126,13 @@ pub fn testcontext_at(clock: fn() -> jiff::Timestamp) -> (Arc<Context>, ApiServe
         revoke_retry_for: jiff::SignedDuration::from_mins(5),
         clock,
     };
-    let store = Writer::<EagleEyeCredential>::default().as_reader();
     (
-        Arc::new(Context::new(
-            client,
-            reporter,
-            tokens,
-            settings,
-            store.clone(),
-            vec![store],
-            Shared {
-                metrics: Default::default(),
-                memory: Memory::default(),
-                leadership: Leadership::unchecked(),
-                known: Default::default(),
-                reads: Default::default(),
-                reach: crate::api_requests::Reachability::new(clock),
-                shard: None,
-            },
-        )),
+        Arc::new(
+            Context::new(
+                client, reporter, tokens, settings, store, all_stores, shared,
+            )
+            .with_census(census),
+        ),
         ApiServerVerifier(handle),
     )
 }
@@ -261,6 +282,48 @@ mod tests {
             .await
             .expect("reconcile reports, not fails");
         assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_queued_before_the_last_status_write_reads_the_credential_from_the_store() {
+        // The store holds the status this process wrote last; the copy kube-runtime handed
+        // the reconcile when it queued it (it then waited for a seat) predates it.
+        let mut store = Writer::<EagleEyeCredential>::default();
+        let mut written = EagleEyeCredential::test();
+        written.status = Some(crate::crd::EagleEyeCredentialStatus {
+            failed_refresh_attempts: 1,
+            ..Default::default()
+        });
+        store.apply_watcher_event(&kube::runtime::watcher::Event::Apply(written.clone()));
+        let reader = store.as_reader();
+        let (ctx, verifier) = context_over(
+            reader.clone(),
+            vec![reader],
+            shared(jiff::Timestamp::now),
+            jiff::Timestamp::now,
+            Arc::default(),
+        );
+        ctx.known.wrote(&written);
+        let server = tokio::spawn(async move {
+            // No GET of the credential: its first request reads the refresh token.
+            let v = verifier
+                .get_secret(
+                    "cam-refresh",
+                    Some(&secret("cam-refresh", &[("refresh_token", "rt-1")], &[])),
+                )
+                .await
+                .get_secret("cam-client", None)
+                .await
+                .get_secret("cam-token", None)
+                .await;
+            let (v, _) = v.event("SecretNotFound").await;
+            let (v, _) = v.status_apply().await;
+            v.done().await;
+        });
+        reconcile(Arc::new(EagleEyeCredential::test()), ctx)
+            .await
+            .expect("reconcile reports, not fails");
         server.await.unwrap();
     }
 

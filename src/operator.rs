@@ -725,7 +725,10 @@ impl Parts {
         // Every controller sees every store: a refresh token copied into another watched
         // namespace is claimed across them.
         let stores: Vec<_> = built.iter().map(|(c, _, _, _)| c.store()).collect();
-        let all_listed: Vec<_> = built.iter().map(|(_, _, l, _)| l.clone()).collect();
+        // One census of claims for the term, whichever controller reads its last credential.
+        let census = Arc::new(controller::Census::new(
+            built.iter().map(|(_, _, l, _)| l.clone()).collect(),
+        ));
         let mut listed = Vec::new();
         let controllers: Vec<_> = built
             .into_iter()
@@ -749,7 +752,7 @@ impl Parts {
                         self.shared.clone(),
                     )
                     .with_seats(seats)
-                    .with_listed(all_listed.clone())
+                    .with_census(census.clone())
                     .with_index(index.clone()),
                 );
                 // Metadata only, paged: memory does not grow with the Secrets in the cluster.

@@ -26,6 +26,7 @@ use crate::status::Lifetimes;
 use crate::token::TokenClient;
 
 mod cache;
+mod census;
 mod consumers;
 mod held;
 mod index;
@@ -44,6 +45,7 @@ mod sweep;
 pub use projection::{LeanCredential, credential_event, project};
 
 pub use cache::Reads;
+pub use census::Census;
 pub use held::Held;
 pub use index::{Index, role};
 pub use known::Known;
@@ -114,17 +116,8 @@ pub struct Context {
     pub reads: Arc<Reads>,
     /// Which credentials of `store` name which Secret.
     pub index: Arc<Index>,
-    /// The auth destinations whose credentials have all been read in this term (`memory`'s
-    /// census), and those still to read per destination.
-    census_done: Mutex<std::collections::HashSet<String>>,
-    census: Mutex<Option<HashMap<String, VecDeque<String>>>>,
-    /// Per destination whose census is not complete, the credentials waiting for it to
-    /// spend: woken once it completes (`census_advance`), not polled.
-    census_waiting: Mutex<HashMap<String, Vec<ObjectRef<EagleEyeCredential>>>>,
-    /// When the census was first listed (its patience counts from then).
-    census_listed_at: std::sync::OnceLock<tokio::time::Instant>,
-    /// Turned true once each store of `all_stores` has its first list.
-    listed: Vec<tokio::sync::watch::Receiver<bool>>,
+    /// This term's census of claims, shared by every controller of the term.
+    census: Arc<Census>,
 
     /// Credentials waiting for a token-call slot outside the controller's seats.
     pub parked: Arc<parked::Parked>,
@@ -181,11 +174,7 @@ impl Context {
             metrics: shared.metrics,
             term: shared.memory.term(),
             reach: shared.reach,
-            census_done: Mutex::default(),
-            census: Mutex::default(),
-            census_waiting: Mutex::default(),
-            census_listed_at: std::sync::OnceLock::new(),
-            listed: Vec::new(),
+            census: Arc::default(),
 
             memory: shared.memory,
             leadership: shared.leadership,
@@ -234,11 +223,11 @@ impl Context {
     /// cannot stop every refresh.
     pub(crate) async fn census_pending(&self, auth_url: &url::Url) -> Option<String> {
         let destination = crate::token::Destination::of(auth_url).to_string();
-        if lock(&self.census_done).contains(&destination) {
+        if lock(&self.census.done).contains(&destination) {
             return None;
         }
         // (Not `Store::wait_until_ready`: its future wakes only its last poller.)
-        for listed in &self.listed {
+        for listed in &self.census.listed {
             // An error means the watch is gone: the controller is stopping.
             let _ = listed.clone().wait_for(|listed| *listed).await;
         }
@@ -254,23 +243,21 @@ impl Context {
     ) -> Option<String> {
         let unread = self.census_pending(auth_url).await?;
         let destination = crate::token::Destination::of(auth_url).to_string();
-        let mut waiting = lock(&self.census_waiting);
-        let waiters = waiting.entry(destination).or_default();
-        if !waiters.contains(&waiter) {
-            waiters.push(waiter);
-        }
-        Some(unread)
+        self.census
+            .wait(destination, waiter, &self.parked)
+            .then_some(unread)
     }
 
     /// After a credential was read: completes the census of every auth server someone
-    /// waits for, if it can, and wakes those waiting. O(what was read since the last look).
+    /// waits for, if it can, and wakes those waiting, in whichever controller of the term
+    /// they wait. O(what was read since the last look).
     pub(crate) fn census_advance(&self) {
-        let destinations: Vec<String> = lock(&self.census_waiting).keys().cloned().collect();
+        let destinations: Vec<String> = lock(&self.census.waiting).keys().cloned().collect();
         for destination in destinations {
             if self.census_first_unread(&destination).is_none() {
-                let woken = lock(&self.census_waiting).remove(&destination);
-                for credential in woken.into_iter().flatten() {
-                    self.parked.wake(credential);
+                let woken = lock(&self.census.waiting).remove(&destination);
+                for waiter in woken.into_iter().flatten() {
+                    waiter.parked.wake(waiter.credential);
                 }
             }
         }
@@ -279,10 +266,10 @@ impl Context {
     /// The first credential calling `destination` not read yet in this term (once the
     /// stores are listed), or `None` once every one was: the census is then complete.
     fn census_first_unread(&self, destination: &str) -> Option<String> {
-        if lock(&self.census_done).contains(destination) {
+        if lock(&self.census.done).contains(destination) {
             return None;
         }
-        let mut census = lock(&self.census);
+        let mut census = lock(&self.census.queues);
         let queues = census.get_or_insert_with(|| {
             let mut queues: HashMap<String, VecDeque<String>> = HashMap::new();
             for c in self.all_stores.iter().flat_map(|s| s.state()) {
@@ -298,7 +285,7 @@ impl Context {
             }
             queues
         });
-        let listed_at = *self.census_listed_at.get_or_init(tokio::time::Instant::now);
+        let listed_at = *self.census.listed_at.get_or_init(tokio::time::Instant::now);
         let queue = queues.entry(destination.to_owned()).or_default();
         while let Some(first) = queue.front() {
             if self.memory.is_read(first, self.term) || self.watched(first).is_none() {
@@ -319,7 +306,7 @@ impl Context {
             }
             return Some(first.clone());
         }
-        lock(&self.census_done).insert(destination.to_owned());
+        lock(&self.census.done).insert(destination.to_owned());
         None
     }
 
@@ -337,10 +324,10 @@ impl Context {
         }
     }
 
-    /// The census waits for these to turn true, one per store of `all_stores` (without them,
-    /// the stores are taken as listed).
-    pub fn with_listed(mut self, listed: Vec<tokio::sync::watch::Receiver<bool>>) -> Self {
-        self.listed = listed;
+    /// The term's census, shared with the term's other controllers (without it, this
+    /// controller's own, with the stores taken as listed).
+    pub fn with_census(mut self, census: Arc<Census>) -> Self {
+        self.census = census;
         self
     }
 
@@ -456,9 +443,15 @@ async fn reconcile_seated(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Res
     // object, so a stale copy would roll the status back: read it fresh unless the cache
     // holds the status last written or seen here.
     // A copy trimmed in the store (padded target metadata) is read whole as well (though
-    // lean: no metadata beyond what the store keeps).
-    let fresh = if ctx.known.is_current(&cr) && !projection::is_trimmed(&cr) {
-        Ok(Some(EagleEyeCredential::clone(&cr)))
+    // lean: no metadata beyond what the store keeps). The copy kube-runtime handed over is
+    // the store's when the reconcile was queued, maybe long before it had a seat: the
+    // store's copy now is the one to judge (none: deleted, or left this shard).
+    let latest = ctx
+        .store
+        .get(&ObjectRef::from_obj(&*cr))
+        .filter(|cr| ctx.known.is_current(cr) && !projection::is_trimmed(cr));
+    let fresh = if let Some(latest) = latest {
+        Ok(Some(EagleEyeCredential::clone(&latest)))
     } else {
         projection::api(ctx.client.clone(), &cr.namespace().unwrap_or_default())
             .get_opt(&cr.name_any())
