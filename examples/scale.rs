@@ -295,6 +295,19 @@ fn rss(pid: u32) -> Option<(u64, u64)> {
     Some((rss, hwm))
 }
 
+/// CPU time a process has used (user and system), from /proc.
+fn cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (in parentheses, which may hold spaces): state is field 3,
+    // utime and stime fields 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?.max(1);
+    let total = ticks(11)? + ticks(12)?;
+    Some(Duration::from_millis(total * 1000 / hz))
+}
+
 /// What a process's RSS is made of, in KiB: memory it allocated (heap, stacks: RssAnon)
 /// and the pages of its binary and libraries mapped in (RssFile, shared with the page
 /// cache; the kernel maps whole neighbourhoods of a page touched).
@@ -1302,6 +1315,10 @@ impl Replica {
         rss(self.pid)
     }
 
+    fn cpu(&self) -> Option<Duration> {
+        cpu(self.pid)
+    }
+
     /// SIGTERM, SIGKILL after 60 s; how long it took to exit.
     async fn terminate(mut self) -> Duration {
         let sent = Instant::now();
@@ -1606,6 +1623,7 @@ async fn cold(
     let last = ready.wait_for(n, plan.ready_timeout, "cold").await?;
     let took = last.saturating_duration_since(op.started);
     let (rss_now, hwm) = op.rss().unwrap_or_default();
+    let cpu_at_ready = op.cpu();
     // The reconciles its own writes set off go on after the last Ready: counted in, and the
     // idle window starts after them.
     let settled = wait_quiet(client, Duration::from_secs(60)).await;
@@ -1619,6 +1637,16 @@ async fn cold(
         },
     );
     floor_goal(table, "cold start", n, took, floor_cold);
+    if let Some(cpu) = cpu_at_ready.filter(|_| replicas.len() == 1) {
+        table.row(
+            "operator CPU time, start → all Ready (user + system)",
+            s(cpu),
+            format!(
+                "{:.0} % of one core over the cold start",
+                cpu.as_secs_f64() * 100.0 / took.as_secs_f64().max(0.001)
+            ),
+        );
+    }
     if replicas.len() == 1 {
         table.row(
             "RSS after cold start / peak RSS (VmHWM)",
