@@ -303,7 +303,9 @@ fn cpu(pid: u32) -> Option<Duration> {
     let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
     // SAFETY: sysconf only reads a configuration value.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?.max(1);
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()?
+        .max(1);
     let total = ticks(11)? + ticks(12)?;
     Some(Duration::from_millis(total * 1000 / hz))
 }

@@ -146,6 +146,17 @@ impl ApiServerVerifier {
         self
     }
 
+    /// GET of the credential, answered with a 404: it was deleted.
+    pub async fn credential_gone(mut self) -> Self {
+        let (req, send) = self.0.next_request().await.expect("credential GET");
+        assert_eq!((req.method().as_str(), req.uri().path()), ("GET", CR_PATH));
+        send.send_response(json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "eagleeyecredentials \"cam\" not found"}),
+        ));
+        self
+    }
+
     /// GET of a Secret, answered with `secret` or a 404.
     pub async fn get_secret(mut self, name: &str, secret: Option<&Secret>) -> Self {
         let (req, send) = self.0.next_request().await.expect("Secret GET");
@@ -321,7 +332,11 @@ mod tests {
             let (v, _) = v.status_apply().await;
             v.done().await;
         });
-        reconcile(Arc::new(EagleEyeCredential::test()), ctx)
+        // The handed-over copy also predates a change of spec: were it the copy used, the
+        // first read would be of its refresh-token Secret.
+        let mut queued = EagleEyeCredential::test();
+        queued.spec.refresh_token_secret_ref.name = "cam-old-refresh".into();
+        reconcile(Arc::new(queued), ctx)
             .await
             .expect("reconcile reports, not fails");
         server.await.unwrap();

@@ -787,6 +787,13 @@ impl Parts {
                         }
                     }
                 });
+                // A census completed with no reconcile ending is noticed all the same.
+                tokio::spawn({
+                    let (stop, looks) = (stop.clone(), ctx.clone().census_looks());
+                    async move {
+                        futures::future::select(Box::pin(stop), Box::pin(looks)).await;
+                    }
+                });
                 let run = controller
                     .reconcile_on(woken)
                     .reconcile_on(secret_events)

@@ -1,7 +1,8 @@
 //! One leadership term's census of claims (see `memory`): the credentials still to read per
 //! auth destination, and the due credentials waiting for it. Every controller of the term
 //! shares one, so the census a reconcile in one namespace's controller completes wakes the
-//! credentials waiting in another's at once (`Context::census_advance`).
+//! credentials waiting in another's at once (`Context::census_advance`, at the end of every
+//! reconcile, and every 10 s for a census whose last credential left without one).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -20,7 +21,7 @@ pub struct Census {
     pub(super) queues: Mutex<Option<HashMap<String, VecDeque<String>>>>,
     /// Per destination whose census is not complete, the credentials waiting for it to
     /// spend, with the controller that wakes each: woken once it completes, not polled.
-    pub(super) waiting: Mutex<HashMap<String, Vec<Waiter>>>,
+    pub(super) waiting: Mutex<HashMap<String, Waiters>>,
     /// When the census was first listed (its patience counts from then).
     pub(super) listed_at: OnceLock<tokio::time::Instant>,
     /// Turned true once each store of the term has its first list (none: the stores are
@@ -28,10 +29,9 @@ pub struct Census {
     pub(super) listed: Vec<tokio::sync::watch::Receiver<bool>>,
 }
 
-pub(super) struct Waiter {
-    pub(super) credential: ObjectRef<EagleEyeCredential>,
-    pub(super) parked: Arc<Parked>,
-}
+/// The credentials waiting for one destination's census, each with the parking lot of its
+/// controller, which wakes it.
+pub(super) type Waiters = HashMap<ObjectRef<EagleEyeCredential>, Arc<Parked>>;
 
 impl Census {
     /// The census of a term whose stores report their first list on `listed`.
@@ -44,8 +44,9 @@ impl Census {
 
     /// Registers `credential` (woken through `parked`) as waiting for the census of
     /// `destination`, unless it has completed since it was looked at: then there is
-    /// nothing to wait for (false). Whoever completes a census marks it done before it
-    /// takes its waiters, both under the lock taken here, so no waiter is left behind.
+    /// nothing to wait for (false). Whoever completes a census marks it done, then takes
+    /// its waiters under the `waiting` lock, which is held here while `done` is read: a
+    /// waiter either sees the census done or is among those taken.
     pub(super) fn wait(
         &self,
         destination: String,
@@ -56,13 +57,11 @@ impl Census {
         if lock(&self.done).contains(&destination) {
             return false;
         }
-        let waiters = waiting.entry(destination).or_default();
-        if !waiters.iter().any(|w| w.credential == credential) {
-            waiters.push(Waiter {
-                credential,
-                parked: parked.clone(),
-            });
-        }
+        waiting
+            .entry(destination)
+            .or_default()
+            .entry(credential)
+            .or_insert_with(|| parked.clone());
         true
     }
 }
@@ -135,5 +134,56 @@ mod tests {
             "once, however often"
         );
         assert_eq!(crate::controller::lock(&census.waiting)["other"].len(), 1);
+    }
+
+    /// A controller whose store holds `video/a` (read, waiting for the census) and
+    /// `video/cam` (unread), then sees `cam` deleted: the census now waits for no one.
+    async fn a_waits_for_cam_deleted() -> (
+        Arc<crate::controller::Context>,
+        fixtures::ApiServerVerifier,
+        futures::stream::BoxStream<'static, ObjectRef<EagleEyeCredential>>,
+    ) {
+        let mut store = Writer::default();
+        store.apply_watcher_event(&watcher::Event::Apply(credential(fixtures::NS, "a")));
+        store.apply_watcher_event(&watcher::Event::Apply(EagleEyeCredential::test()));
+        let reader = store.as_reader();
+        let now = jiff::Timestamp::now;
+        let shared = fixtures::shared(now);
+        let (ctx, verifier) =
+            fixtures::context_over(reader.clone(), vec![reader], shared, now, Arc::default());
+        let woken = ctx.take_wakes();
+        ctx.memory.mark_read("video/a", ctx.term);
+        let url = url::Url::parse(&EagleEyeCredential::test().spec.auth_url).unwrap();
+        let a = ObjectRef::new("a").within(fixtures::NS);
+        let unread = ctx.census_pending_for(&url, a).await;
+        assert_eq!(unread.as_deref(), Some("video/cam"));
+        store.apply_watcher_event(&watcher::Event::Delete(EagleEyeCredential::test()));
+        (ctx, verifier, woken)
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_that_finds_its_credential_deleted_completes_the_census_it_held_back() {
+        let (ctx, verifier, mut woken) = a_waits_for_cam_deleted().await;
+        let server = tokio::spawn(async move { verifier.credential_gone().await.done().await });
+        let ended = crate::controller::reconcile(Arc::new(EagleEyeCredential::test()), ctx).await;
+        assert!(ended.is_ok());
+        server.await.unwrap();
+        let a = ObjectRef::new("a").within(fixtures::NS);
+        assert_eq!(woken.next().now_or_never(), Some(Some(a)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_census_whose_last_credential_left_without_a_reconcile_completes_at_the_next_look() {
+        let (ctx, _verifier, mut woken) = a_waits_for_cam_deleted().await;
+        let looks = tokio::spawn(ctx.clone().census_looks());
+        tokio::task::yield_now().await;
+        assert!(woken.next().now_or_never().is_none());
+        tokio::time::sleep(super::super::CENSUS_LOOK + std::time::Duration::from_secs(1)).await;
+        let a = ObjectRef::new("a").within(fixtures::NS);
+        assert_eq!(woken.next().now_or_never(), Some(Some(a)));
+        // The looks end with the controller.
+        drop(ctx);
+        tokio::time::sleep(super::super::CENSUS_LOOK * 2).await;
+        assert!(looks.is_finished());
     }
 }

@@ -185,6 +185,9 @@ impl Context {
     }
 }
 
+/// How often a controller looks whether a census completed by itself (`Context::census_looks`).
+const CENSUS_LOOK: Duration = Duration::from_secs(10);
+
 /// How long after a term's first list a credential that cannot be read holds back the refreshes of the
 /// others (see `Context::census_pending`).
 const CENSUS_PATIENCE: Duration = Duration::from_secs(120);
@@ -256,9 +259,25 @@ impl Context {
         for destination in destinations {
             if self.census_first_unread(&destination).is_none() {
                 let woken = lock(&self.census.waiting).remove(&destination);
-                for waiter in woken.into_iter().flatten() {
-                    waiter.parked.wake(waiter.credential);
+                for (credential, parked) in woken.into_iter().flatten() {
+                    parked.wake(credential);
                 }
+            }
+        }
+    }
+
+    /// Looks at the census every `CENSUS_LOOK` while the controller runs (end the future to
+    /// stop): a census whose last unread credential left without a reconcile (deleted
+    /// before it had the finalizer, relabelled out of this shard) completes within that,
+    /// where its waiters would otherwise wait for their own look-again.
+    pub async fn census_looks(self: Arc<Self>) {
+        let ctx = Arc::downgrade(&self);
+        drop(self);
+        loop {
+            tokio::time::sleep(CENSUS_LOOK).await;
+            match ctx.upgrade() {
+                Some(ctx) => ctx.census_advance(),
+                None => return,
             }
         }
     }
@@ -433,6 +452,9 @@ pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result
     let result = Box::pin(reconcile_seated(cr, ctx.clone())).await;
     // A slot granted to it and not used (not due after all, an API error) goes back now.
     ctx.parked.release(&key);
+    // However it ended (deleted, being deleted, failed), this credential may have been the
+    // last one a census waited for.
+    ctx.census_advance();
     result
 }
 
@@ -493,8 +515,6 @@ async fn reconcile_seated(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Res
     if result.is_ok() {
         ctx.memory.with(&key(&cr), |e| e.api_failures = 0);
     }
-    // This credential may have been the last one a census waited for.
-    ctx.census_advance();
     result
 }
 
