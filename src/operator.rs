@@ -732,7 +732,8 @@ impl Parts {
         let mut listed = Vec::new();
         let controllers: Vec<_> = built
             .into_iter()
-            .map(|(controller, secrets, synced, index)| {
+            .enumerate()
+            .map(|(i, (controller, secrets, synced, index))| {
                 listed.push(synced.clone());
                 let client = self.client.clone();
                 let store = controller.store();
@@ -787,12 +788,15 @@ impl Parts {
                         }
                     }
                 });
-                // A census completed with no reconcile ending is noticed all the same.
-                tokio::spawn({
-                    let (stop, looks) = (stop.clone(), ctx.clone().census_looks());
-                    async move {
-                        futures::future::select(Box::pin(stop), Box::pin(looks)).await;
-                    }
+                // A census completed with no reconcile ending is noticed all the same: one
+                // look for the term, whose census every controller shares.
+                (i == 0).then(|| {
+                    tokio::spawn({
+                        let (stop, looks) = (stop.clone(), ctx.clone().census_looks());
+                        async move {
+                            futures::future::select(Box::pin(stop), Box::pin(looks)).await;
+                        }
+                    })
                 });
                 let run = controller
                     .reconcile_on(woken)

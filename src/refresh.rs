@@ -45,9 +45,9 @@ const IN_USE_RECHECK: Duration = Duration::from_secs(30);
 const MAX_PUBLISH_BACKOFF: Duration = Duration::from_secs(30);
 /// A due credential waiting for the census of claims is woken when it completes: at the
 /// end of whichever reconcile, in any controller of the term, completes it, or at the
-/// controller's next look, every 10 s (`Context::census_advance`, `census_looks`); this
-/// look-again only guards against a wake lost. Not sooner: a look-again that fires before the wake (a census
-/// of 10,000 takes about 20 s) is a second reconcile, queued behind every woken refresh.
+/// term's next look (`Context::census_advance`, `Context::census_looks`); this look-again
+/// only guards against a wake lost. Not sooner: one that fires before the wake (a census of
+/// 10,000 takes about 20 s) is a second reconcile, queued behind every woken refresh.
 const CENSUS_RECHECK: Duration = PARKED_RECHECK;
 
 /// Why a due refresh does not start after all.

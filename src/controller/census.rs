@@ -2,7 +2,9 @@
 //! auth destination, and the due credentials waiting for it. Every controller of the term
 //! shares one, so the census a reconcile in one namespace's controller completes wakes the
 //! credentials waiting in another's at once (`Context::census_advance`, at the end of every
-//! reconcile, and every 10 s for a census whose last credential left without one).
+//! reconcile, and every 10 s for a census completed otherwise: its last credential left
+//! with no reconcile, or its patience ran out, or it completed within a reconcile still
+//! running).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -20,7 +22,8 @@ pub struct Census {
     /// Per destination, the credentials still to read, listed once from the stores.
     pub(super) queues: Mutex<Option<HashMap<String, VecDeque<String>>>>,
     /// Per destination whose census is not complete, the credentials waiting for it to
-    /// spend, with the controller that wakes each: woken once it completes, not polled.
+    /// spend, with the controller that wakes each: woken once it completes (seen at the
+    /// end of a reconcile, or at the term's look every 10 s), not each polling it.
     pub(super) waiting: Mutex<HashMap<String, Waiters>>,
     /// When the census was first listed (its patience counts from then).
     pub(super) listed_at: OnceLock<tokio::time::Instant>,

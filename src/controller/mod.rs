@@ -251,9 +251,10 @@ impl Context {
             .then_some(unread)
     }
 
-    /// After a credential was read: completes the census of every auth server someone
-    /// waits for, if it can, and wakes those waiting, in whichever controller of the term
-    /// they wait. O(what was read since the last look).
+    /// At the end of every reconcile, and at the term's look: completes the census of every
+    /// auth server someone waits for, if it can, and wakes those waiting, in whichever
+    /// controller of the term they wait. O(what was read since the last look, times the
+    /// stores); one lock when no one waits.
     pub(crate) fn census_advance(&self) {
         let destinations: Vec<String> = lock(&self.census.waiting).keys().cloned().collect();
         for destination in destinations {
@@ -266,10 +267,12 @@ impl Context {
         }
     }
 
-    /// Looks at the census every `CENSUS_LOOK` while the controller runs (end the future to
-    /// stop): a census whose last unread credential left without a reconcile (deleted
-    /// before it had the finalizer, relabelled out of this shard) completes within that,
-    /// where its waiters would otherwise wait for their own look-again.
+    /// Looks at the term's census every `CENSUS_LOOK` while this context lives (end the
+    /// future to stop; one per term is enough, the census being shared): a census completed
+    /// with no reconcile ending after it (its last unread credential deleted before it had
+    /// the finalizer or relabelled out of this shard, its patience run out, or completed
+    /// within a reconcile still running) wakes its waiters within that, where they would
+    /// otherwise wait for their own look-again.
     pub async fn census_looks(self: Arc<Self>) {
         let ctx = Arc::downgrade(&self);
         drop(self);
