@@ -5,7 +5,7 @@
 //! API Priority and Fairness does in kube-apiserver). Token calls use it per auth
 //! destination (`crate::token`); reconciles per controller (`crate::controller`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -42,16 +42,18 @@ impl<D> Default for State<D> {
     }
 }
 
+/// One destination's slots held, and its waiters in one line per tenant (first come,
+/// first served within a tenant): a grant compares the tenants' first waiters only, so it
+/// costs the tenants waiting, not the waiters (a cold start queues thousands of one tenant).
 #[derive(Debug, Default)]
 struct Queue {
     held: usize,
-    waiting: Vec<Waiter>,
+    waiting: HashMap<Arc<str>, VecDeque<Waiter>>,
 }
 
 #[derive(Debug)]
 struct Waiter {
     ticket: u64,
-    tenant: Arc<str>,
     grant: oneshot::Sender<()>,
 }
 
@@ -109,8 +111,13 @@ impl<D: Key> Drop for Place<'_, D> {
             state.release(self.destination, self.tenant);
         } else {
             // Still waiting: only the place goes.
-            if let Some(q) = state.destinations.get_mut(self.destination) {
-                q.waiting.retain(|w| w.ticket != self.ticket);
+            if let Some(q) = state.destinations.get_mut(self.destination)
+                && let Some(line) = q.waiting.get_mut(self.tenant)
+            {
+                line.retain(|w| w.ticket != self.ticket);
+                if line.is_empty() {
+                    q.waiting.remove(self.tenant);
+                }
             }
             state.forget_if_idle(self.destination);
         }
@@ -146,11 +153,9 @@ impl<D: Key> Slots<D> {
                 .entry(destination.clone())
                 .or_default()
                 .waiting
-                .push(Waiter {
-                    ticket,
-                    tenant: tenant.clone(),
-                    grant: tx,
-                });
+                .entry(tenant.clone())
+                .or_default()
+                .push_back(Waiter { ticket, grant: tx });
             self.dispatch(&mut state);
             ticket
         };
@@ -189,35 +194,43 @@ impl<D: Key> Slots<D> {
     /// below their ceiling.
     fn dispatch(&self, state: &mut State<D>) {
         loop {
-            let mut best: Option<(usize, u64, &D, usize)> = None;
+            let mut best: Option<(usize, u64, &D, &Arc<str>)> = None;
             for (destination, queue) in &state.destinations {
                 if queue.held >= self.per_destination {
                     continue;
                 }
-                for (at, w) in queue.waiting.iter().enumerate() {
-                    let holds = state.tenants.get(&w.tenant).copied().unwrap_or(0);
-                    if holds >= self.per_tenant {
+                for (tenant, line) in &queue.waiting {
+                    let holds = state.tenants.get(tenant).copied().unwrap_or(0);
+                    let Some(first) = line.front().filter(|_| holds < self.per_tenant) else {
                         continue;
-                    }
-                    if best.is_none_or(|(h, t, _, _)| (holds, w.ticket) < (h, t)) {
-                        best = Some((holds, w.ticket, destination, at));
+                    };
+                    if best.is_none_or(|(h, t, _, _)| (holds, first.ticket) < (h, t)) {
+                        best = Some((holds, first.ticket, destination, tenant));
                     }
                 }
             }
-            let Some((_, _, destination, at)) = best else {
+            let Some((_, _, destination, tenant)) = best else {
                 return;
             };
-            let destination = destination.clone();
-            // Invariant: `best` names a queue and a waiter in it, found just above.
+            let (destination, tenant) = (destination.clone(), tenant.clone());
+            // Invariant: `best` names a queue and a tenant's line in it, found just above,
+            // and a line is never left empty.
             let queue = state
                 .destinations
                 .get_mut(&destination)
                 .expect("the chosen queue exists");
-            let waiter = queue.waiting.remove(at);
+            let line = queue
+                .waiting
+                .get_mut(&tenant)
+                .expect("the chosen line exists");
+            let waiter = line.pop_front().expect("a line is never empty");
+            if line.is_empty() {
+                queue.waiting.remove(&tenant);
+            }
             if waiter.grant.send(()).is_ok() {
                 queue.held += 1;
                 state.held += 1;
-                *state.tenants.entry(waiter.tenant).or_default() += 1;
+                *state.tenants.entry(tenant).or_default() += 1;
             } else {
                 state.forget_if_idle(&destination);
             }
@@ -248,5 +261,48 @@ impl<D: Key> State<D> {
         {
             self.destinations.remove(destination);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::Slots;
+
+    #[tokio::test]
+    async fn a_freed_slot_goes_to_the_tenant_holding_fewest_and_each_tenants_line_keeps_its_order()
+    {
+        let slots = Slots::<()>::new(2, 2);
+        let (h1, h2) = (slots.acquire((), "a").await, slots.acquire((), "a").await);
+        // A long line of one tenant, then one waiter of another.
+        let mut line: Vec<_> = (0..1000)
+            .map(|_| Box::pin(slots.acquire((), "a")))
+            .collect();
+        for w in &mut line {
+            assert!((&mut *w).now_or_never().is_none());
+        }
+        let mut other = Box::pin(slots.acquire((), "b"));
+        assert!((&mut other).now_or_never().is_none());
+
+        // b holds none, a one: b goes first, past a's whole line.
+        drop(h1);
+        let b = (&mut other)
+            .now_or_never()
+            .expect("b is granted the freed slot");
+        assert!((&mut line[0]).now_or_never().is_none());
+        // Then a's line, in its order.
+        drop(h2);
+        let first = (&mut line[0])
+            .now_or_never()
+            .expect("a's first waiter is next");
+        assert!((&mut line[1]).now_or_never().is_none());
+        assert!(line.last_mut().unwrap().now_or_never().is_none());
+
+        // Waiters that leave take their places with them; once all is released, nothing
+        // of the destination stays.
+        drop(line);
+        drop((b, first));
+        assert_eq!((slots.held(), slots.destinations()), (0, 0));
     }
 }
