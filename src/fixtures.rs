@@ -263,24 +263,27 @@ mod tests {
     use kube::runtime::controller::Action;
     use std::time::Duration;
 
+    /// A reconcile's reads of `cam`'s Secrets: the refresh token, a client Secret that does
+    /// not exist, and no target yet. Everything is read before anything is decided.
+    async fn reads_finding_no_client_secret(v: ApiServerVerifier) -> ApiServerVerifier {
+        v.get_secret(
+            "cam-refresh",
+            Some(&secret("cam-refresh", &[("refresh_token", "rt-1")], &[])),
+        )
+        .await
+        .get_secret("cam-client", None)
+        .await
+        .get_secret("cam-token", None)
+        .await
+    }
+
     #[tokio::test]
     async fn missing_client_secret_causes_event_and_secret_not_found_status() {
         let (ctx, verifier) = testcontext();
         let cr = EagleEyeCredential::test();
         let server = tokio::spawn(async move {
-            let v = verifier
-                .get_credential(&EagleEyeCredential::test())
-                .await
-                .get_secret(
-                    "cam-refresh",
-                    Some(&secret("cam-refresh", &[("refresh_token", "rt-1")], &[])),
-                )
-                .await
-                .get_secret("cam-client", None)
-                .await
-                // Everything is read before anything is decided.
-                .get_secret("cam-token", None)
-                .await;
+            let v = verifier.get_credential(&EagleEyeCredential::test()).await;
+            let v = reads_finding_no_client_secret(v).await;
             let (v, note) = v.event("SecretNotFound").await;
             assert_eq!(note, "Secret \"cam-client\" not found");
             let (v, status) = v.status_apply().await;
@@ -318,16 +321,7 @@ mod tests {
         ctx.known.wrote(&written);
         let server = tokio::spawn(async move {
             // No GET of the credential: its first request reads the refresh token.
-            let v = verifier
-                .get_secret(
-                    "cam-refresh",
-                    Some(&secret("cam-refresh", &[("refresh_token", "rt-1")], &[])),
-                )
-                .await
-                .get_secret("cam-client", None)
-                .await
-                .get_secret("cam-token", None)
-                .await;
+            let v = reads_finding_no_client_secret(verifier).await;
             let (v, _) = v.event("SecretNotFound").await;
             let (v, _) = v.status_apply().await;
             v.done().await;
