@@ -43,8 +43,9 @@ impl<D> Default for State<D> {
 }
 
 /// One destination's slots held, and its waiters in one line per tenant (first come,
-/// first served within a tenant): a grant compares the tenants' first waiters only, so it
-/// costs the tenants waiting, not the waiters (a cold start queues thousands of one tenant).
+/// first served within a tenant): a grant compares the lines' first waiters only, so it
+/// costs the lines (tenants waiting, per destination), not the waiters: a cold start queues
+/// thousands of one tenant for one destination.
 #[derive(Debug, Default)]
 struct Queue {
     held: usize,
