@@ -115,7 +115,10 @@ impl<D: Key> Drop for Place<'_, D> {
             if let Some(q) = state.destinations.get_mut(self.destination)
                 && let Some(line) = q.waiting.get_mut(self.tenant)
             {
-                line.retain(|w| w.ticket != self.ticket);
+                // A line is in ticket order: its place is found, not searched for.
+                if let Ok(at) = line.binary_search_by_key(&self.ticket, |w| w.ticket) {
+                    line.remove(at);
+                }
                 if line.is_empty() {
                     q.waiting.remove(self.tenant);
                 }

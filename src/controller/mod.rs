@@ -462,7 +462,7 @@ async fn reconcile_seated(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Res
     let latest = ctx
         .store
         .get(&ObjectRef::from_obj(&*cr))
-        .filter(|cr| ctx.known.is_current(cr) && !projection::is_trimmed(cr));
+        .filter(|copy| ctx.known.is_current(copy) && !projection::is_trimmed(copy));
     let fresh = if let Some(latest) = latest {
         Ok(Some(EagleEyeCredential::clone(&latest)))
     } else {
