@@ -193,6 +193,14 @@ impl<D: Key> Slots<D> {
         self.lock().destinations.len()
     }
 
+    /// Places in the queues.
+    #[cfg(test)]
+    fn waiters(&self) -> usize {
+        let state = self.lock();
+        let lines = state.destinations.values().flat_map(|q| q.waiting.values());
+        lines.map(std::collections::VecDeque::len).sum()
+    }
+
     /// Grants free slots, one at a time, each to the waiter whose tenant holds the fewest
     /// slots (then the earliest), among the destinations with a free slot and the tenants
     /// below their ceiling.
@@ -306,6 +314,11 @@ mod tests {
         // Waiters that leave take their places with them; once all is released, nothing
         // of the destination stays.
         drop(line);
+        assert_eq!(
+            slots.waiters(),
+            0,
+            "a place left goes at once, not at the next grant"
+        );
         drop((b, first));
         assert_eq!((slots.held(), slots.destinations()), (0, 0));
     }
