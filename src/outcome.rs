@@ -297,7 +297,7 @@ pub fn report(outcome: &Outcome, previous: Option<&Condition>, now: Timestamp) -
             previous,
             reason::REFRESH_TOKEN_REVERTED,
             format!(
-                "Secret {secret:?} holds a refresh token this operator already rotated out (put back by a GitOps or secret-sync tool?) and no live copy is left, so it was not spent; repeat the Phase 1 login and keep key {key:?} out of such tools"
+                "Secret {secret:?} holds a refresh token this operator already rotated out (put back by a GitOps or secret-sync tool, or copied from a credential that refreshed the same login?) and no live copy is left, so it was not spent; repeat the Phase 1 login, give each credential its own, and keep key {key:?} out of such tools"
             ),
         ),
         O::RefreshFailed {

@@ -80,6 +80,12 @@ pub trait World {
     async fn census_pending(&mut self, auth_url: &url::Url, read: &StoredToken) -> Option<String>;
     /// Why another credential owns `stored`'s token, if one does (see `Memory::claim`).
     fn claimed_elsewhere(&mut self, stored: &StoredToken) -> Option<String>;
+    /// Whether another credential rotated `stored`'s token out (it is dead, not only
+    /// claimed first).
+    fn rotated_out_elsewhere(&mut self, stored: &StoredToken) -> bool;
+    /// Adds `stored`'s own token to its Secret's spent list. Best effort: the next look at
+    /// the credential tries again.
+    async fn list_as_spent(&mut self, stored: &StoredToken);
     /// Takes a token-call slot and says how long the call may take with it, or parks the
     /// credential for one (`None`); `read` is what this refresh would spend, which the
     /// credential's next reconcile (the one the slot wakes) may use unless its Secret
@@ -269,9 +275,7 @@ impl<'a, W: World> Refresh<'a, W> {
             Decision::InvalidSpec(message) => {
                 End::Report(Outcome::InvalidSpec(message), Action::await_change())
             }
-            Decision::InUse(message) => {
-                End::Report(Outcome::InUse(message), Action::requeue(IN_USE_RECHECK))
-            }
+            Decision::InUse(message) => self.in_use(message).await,
             Decision::TargetConflict(message) => End::Report(
                 Outcome::TargetConflict(message),
                 Action::requeue(WAITING_RECHECK),
@@ -345,7 +349,7 @@ impl<'a, W: World> Refresh<'a, W> {
                 // Claimed when read; asked again now that every credential is known: the one
                 // read last may have rotated this very token out.
                 if let Some(why) = self.world.claimed_elsewhere(&stored) {
-                    return End::Report(Outcome::InUse(why), Action::requeue(IN_USE_RECHECK));
+                    return self.in_use(why).await;
                 }
                 let Some(call_limit) = self.world.call_slot(&auth_url, &stored).await else {
                     return self.awaiting_slot();
@@ -872,6 +876,25 @@ impl<'a, W: World> Refresh<'a, W> {
     /// tool put its old copy back). Spending it would fail and could alarm the server, so
     /// it is never spent: the live token is written back when this process still knows
     /// it, else the credential waits for a new login.
+    /// Another credential owns the stored token. When that one rotated it out, the token is
+    /// dead for good, and its own Secret says so from now on: what this process knows of the
+    /// other's spent list dies with the process, and a later one may never read that list
+    /// again (the other credential deleted, say), so it would take the copy for the live
+    /// token and spend it, a reuse that can end the whole login.
+    async fn in_use(&mut self, why: String) -> End {
+        if let Ok(stored) = &self.facts.stored
+            && !stored.spent.contains(&stored.fingerprint)
+            && self.world.rotated_out_elsewhere(stored)
+        {
+            let stored = StoredToken::clone(stored);
+            info!(
+                "listing the refresh token another credential rotated out as spent on its Secret"
+            );
+            self.world.list_as_spent(&stored).await;
+        }
+        End::Report(Outcome::InUse(why), Action::requeue(IN_USE_RECHECK))
+    }
+
     async fn undo_revert(&mut self, stored: StoredToken) -> End {
         let r = &self.cr.spec.refresh_token_secret_ref;
         let (secret, key) = (r.name.clone(), r.key.clone());

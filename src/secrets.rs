@@ -282,6 +282,30 @@ pub async fn withdraw_intent(
     }
 }
 
+/// Adds the stored token itself to its Secret's spent list: another credential holding a
+/// copy of the same login rotated it out. Only while the Secret is as read (resourceVersion
+/// precondition): `Ok(None)` when it changed since (a new login, say), which the next read
+/// judges.
+pub async fn list_as_spent(
+    api: &Api<Secret>,
+    stored: &StoredToken,
+) -> Result<Option<Secret>, kube::Error> {
+    let mut next = stored.secret.clone();
+    let annotations = next.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    let listed = spent::union(
+        std::slice::from_ref(&stored.fingerprint),
+        &spent::read(Some(annotations)),
+    );
+    annotations.insert(spent::ANNOTATION.into(), spent::render(&listed));
+    next.string_data = None;
+    let name = next.metadata.name.clone().unwrap_or_default();
+    match api.replace(&name, &PostParams::default(), &next).await {
+        Ok(written) => Ok(Some(written)),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 pub enum WriteBack {
     /// Stored, with the spent list that now stands beside it, and the Secret as written
     /// (`None` when it held the token already).

@@ -82,6 +82,9 @@ pub struct Eagle {
     pub minted: u64,
     pub refreshes: u64,
     pub reuses: u64,
+    /// Revocations naming a refresh token already replaced: harmless here, but a server
+    /// may take one for a reuse and end the whole grant (RFC 7009 lets it).
+    pub revokes_of_replaced: u64,
     /// RFC 9700: a reuse revokes the whole login.
     pub revoke_on_reuse: bool,
 }
@@ -198,6 +201,9 @@ impl Eagle {
                 );
             };
             let login = info.login;
+            if matches!(info.state, TokenState::Replaced) {
+                self.revokes_of_replaced += 1;
+            }
             info.state = TokenState::Revoked;
             let l = &mut self.logins[login];
             if l.live.as_deref() == Some(token.as_str()) {

@@ -1,6 +1,7 @@
-//! Issue 19's findings 1–4 as scripted scenarios on the simulator: the production reconcile
-//! over the simulated API server and token endpoint, one fixed sequence of events each.
-//! The same findings have test-bed tests in `tests/integration/core_findings.rs`.
+//! Issue 19's findings 1–4, and the seeded simulator's own, as scripted scenarios: the
+//! production reconcile over the simulated API server and token endpoint, one fixed
+//! sequence of events each. Issue 19's have test-bed tests in
+//! `tests/integration/core_findings.rs`.
 //!
 //! Credentials: `cam0` in namespace `alpha`, `cam1` in `beta`, both of client `acme` (see
 //! `Ev`); each starts with a login of its own in its refresh-token Secret.
@@ -47,8 +48,116 @@ fn a_rotated_out_token_copied_to_another_namespace_is_never_spent_after_a_restar
             Pass(60),
             Expect("no reuse once A is read", |s| s.reuses() == 0),
             Expect("A's login works", |s| s.works(0)),
-            Expect("B still says its token is in use", |s| {
+            // Its own Secret lists the token as spent since its first look, so B knows it
+            // dead before A is read.
+            Expect("B still refuses its token, saying why", |s| {
+                ["RefreshTokenInUse", "RefreshTokenReverted"].contains(&s.reason(1).as_str())
+            }),
+        ],
+    );
+}
+
+/// After A, which rotated out the token B holds a copy of, is deleted and the operator
+/// restarts: the new process never reads A's Secret, so B's own must say that its token is
+/// dead. B spends nothing, says a new login is needed, and refreshes once it has one.
+fn b_holds_a_dead_copy_after_a_is_deleted_and_the_operator_restarts() -> Vec<Ev> {
+    use Ev::*;
+    vec![
+        Delete(0),
+        Pass(60),
+        Expect("B still says its token is in use", |s| {
+            s.reason(1) == "RefreshTokenInUse"
+        }),
+        Stop(0),
+        Start(0),
+        Pass(120),
+        Expect("no reuse after the restart", |s| s.reuses() == 0),
+        Expect("B says its token was rotated out", |s| {
+            s.reason(1) == "RefreshTokenReverted"
+        }),
+        NewLogin(1),
+        Pass(60),
+        Expect("B refreshes its new login", |s| {
+            s.reason(1) == "TokenRefreshed" && s.works(1)
+        }),
+        Expect("no reuse", |s| s.reuses() == 0),
+    ]
+}
+
+/// The simulator's seed 8 (issue 20), with the copy made after A rotated the token out.
+#[test]
+fn a_copy_of_a_token_rotated_out_by_a_deleted_credential_is_never_spent_after_a_restart() {
+    use Ev::*;
+    let mut script = vec![
+        Ev::create(0),
+        Expect("A refreshed and rotated T1", |s| {
+            s.reason(0) == "TokenRefreshed" && s.refreshes() == 1
+        }),
+        CopyFirst { from: 0, to: 1 },
+        Ev::create(1),
+        Expect("B says its token is in use", |s| {
+            s.reason(1) == "RefreshTokenInUse"
+        }),
+    ];
+    script.extend(b_holds_a_dead_copy_after_a_is_deleted_and_the_operator_restarts());
+    passes(a_and_b_later(), &script);
+}
+
+/// The simulator's seed 8 as it happened: B held A's live token, refused as in use, and the
+/// copy died when A next refreshed.
+#[test]
+fn a_copy_that_died_when_its_claimant_refreshed_is_never_spent_once_the_claimant_is_deleted_and_the_operator_restarts()
+ {
+    use Ev::*;
+    let mut script = vec![
+        Ev::create(0),
+        Copy { from: 0, to: 1 },
+        Ev::create(1),
+        Expect("B says its token is in use", |s| {
+            s.reason(1) == "RefreshTokenInUse"
+        }),
+        Pass(3600),
+        Expect("A refreshed again: B's copy is dead", |s| {
+            s.refreshes() >= 2 && s.works(0) && !s.works(1)
+        }),
+    ];
+    script.extend(b_holds_a_dead_copy_after_a_is_deleted_and_the_operator_restarts());
+    passes(a_and_b_later(), &script);
+}
+
+/// B, with `revokeOnDelete`, holds a copy of a token A rotated out, and is deleted after a
+/// restart, read before A: it revokes nothing, since sending the dead token again may end
+/// A's login.
+#[test]
+fn deleting_a_credential_holding_a_copy_another_rotated_out_revokes_nothing_after_a_restart() {
+    use Ev::*;
+    passes(
+        a_and_b_later(),
+        &[
+            Ev::create(0),
+            Expect("A refreshed", |s| s.reason(0) == "TokenRefreshed"),
+            CopyFirst { from: 0, to: 1 },
+            Create {
+                i: 1,
+                revoke_on_delete: true,
+                target: None,
+            },
+            Expect("B says its token is in use", |s| {
                 s.reason(1) == "RefreshTokenInUse"
+            }),
+            Stop(0),
+            Hold(0),
+            Start(0),
+            Delete(1),
+            Pass(60),
+            Release(0),
+            Pass(60),
+            Expect("B is gone", |s| !s.exists(1)),
+            Expect("the dead token was not sent to be revoked", |s| {
+                s.revokes_of_replaced() == 0
+            }),
+            Expect("no reuse, and A's login works", |s| {
+                s.reuses() == 0 && s.works(0)
             }),
         ],
     );

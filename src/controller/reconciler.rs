@@ -582,6 +582,28 @@ impl World for KubeWorld<'_, '_> {
         self.r.claimed_elsewhere(stored)
     }
 
+    fn rotated_out_elsewhere(&mut self, stored: &StoredToken) -> bool {
+        let memory = &self.r.ctx.memory;
+        memory
+            .rotated_out_by(&self.r.key, &stored.fingerprint)
+            .is_some()
+    }
+
+    async fn list_as_spent(&mut self, stored: &StoredToken) {
+        let name = &self.r.cr.spec.refresh_token_secret_ref.name;
+        let writing = self.r.writing(name);
+        let listed = secrets::list_as_spent(&self.r.secrets, stored).await;
+        let woken = match &listed {
+            Ok(Some(written)) => writing.wrote(written, None),
+            Ok(None) => writing.unwritten(),
+            Err(_) => writing.failed(),
+        };
+        self.r.woken(woken, name);
+        if let Err(err) = listed {
+            debug!(error = %secrets::kube_reason(&err), "the dead token is listed on the next look");
+        }
+    }
+
     async fn census_pending(&mut self, auth_url: &url::Url, read: &StoredToken) -> Option<String> {
         let me = ObjectRef::from_obj(self.r.cr);
         let unread = self.r.ctx.census_pending_for(auth_url, me).await?;

@@ -353,6 +353,13 @@ impl Reconciler<'_> {
                 "not every credential has been read since the operator started: one may hold a copy of this login".into(),
             );
         }
+        // A token already rotated out (put back, or a copy another credential rotated out
+        // and listed here since): sending it is a reuse, which may end the whole grant.
+        if stored.spent.contains(&stored.fingerprint) {
+            return Attempt::Impossible(
+                "not revoked, because the Secret holds a refresh token already rotated out: sending it again could end the login it came from".into(),
+            );
+        }
         // A copy elsewhere took the login over and rotated this token out: revoking it could
         // end the whole grant (RFC 7009), the copy's live token with it.
         if ctx

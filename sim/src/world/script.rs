@@ -545,6 +545,11 @@ impl Sim {
         self.eagle.reuses
     }
 
+    /// Revocations that named a refresh token the server had already replaced.
+    pub fn revokes_of_replaced(&self) -> u64 {
+        self.eagle.revokes_of_replaced
+    }
+
     /// Logins revoked at `/oauth2/revoke`.
     pub fn revoked(&self) -> usize {
         self.eagle
