@@ -11,7 +11,7 @@ use kube::runtime::reflector::Store;
 use kube::runtime::reflector::store::Writer;
 use kube::{Client, Resource};
 
-use crate::controller::{Context, Leadership, Memory, Settings, Shared};
+use crate::controller::{Census, Context, Leadership, Memory, Settings, Shared};
 use crate::crd::EagleEyeCredential;
 use crate::secrets;
 use crate::status::Lifetimes;
@@ -72,7 +72,13 @@ pub fn fixed_now() -> jiff::Timestamp {
 /// Like [`testcontext`], with the reconciler's clock reading `clock`.
 pub fn testcontext_at(clock: fn() -> jiff::Timestamp) -> (Arc<Context>, ApiServerVerifier) {
     let store = Writer::<EagleEyeCredential>::default().as_reader();
-    context_over(store.clone(), vec![store], shared(clock), clock)
+    context_over(
+        store.clone(),
+        vec![store],
+        shared(clock),
+        clock,
+        Arc::default(),
+    )
 }
 
 /// What a test process's controllers share, its clock reading `clock`.
@@ -89,12 +95,13 @@ pub fn shared(clock: fn() -> jiff::Timestamp) -> Shared {
 }
 
 /// A controller's context over `store`, one of the process's `all_stores`, with its own
-/// verifier and its clock reading `clock`.
+/// verifier, its clock reading `clock`, and the term's `census`.
 pub fn context_over(
     store: Store<EagleEyeCredential>,
     all_stores: Vec<Store<EagleEyeCredential>>,
     shared: Shared,
     clock: fn() -> jiff::Timestamp,
+    census: Arc<Census>,
 ) -> (Arc<Context>, ApiServerVerifier) {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(svc, NS);
@@ -120,9 +127,12 @@ pub fn context_over(
         clock,
     };
     (
-        Arc::new(Context::new(
-            client, reporter, tokens, settings, store, all_stores, shared,
-        )),
+        Arc::new(
+            Context::new(
+                client, reporter, tokens, settings, store, all_stores, shared,
+            )
+            .with_census(census),
+        ),
         ApiServerVerifier(handle),
     )
 }
@@ -133,6 +143,17 @@ impl ApiServerVerifier {
         let (req, send) = self.0.next_request().await.expect("credential GET");
         assert_eq!((req.method().as_str(), req.uri().path()), ("GET", CR_PATH));
         send.send_response(json(StatusCode::OK, &serde_json::to_value(cr).unwrap()));
+        self
+    }
+
+    /// GET of the credential, answered with a 404: it was deleted.
+    pub async fn credential_gone(mut self) -> Self {
+        let (req, send) = self.0.next_request().await.expect("credential GET");
+        assert_eq!((req.method().as_str(), req.uri().path()), ("GET", CR_PATH));
+        send.send_response(json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "eagleeyecredentials \"cam\" not found"}),
+        ));
         self
     }
 
@@ -295,6 +316,7 @@ mod tests {
             vec![reader],
             shared(jiff::Timestamp::now),
             jiff::Timestamp::now,
+            Arc::default(),
         );
         ctx.known.wrote(&written);
         let server = tokio::spawn(async move {
@@ -304,7 +326,11 @@ mod tests {
             let (v, _) = v.status_apply().await;
             v.done().await;
         });
-        reconcile(Arc::new(EagleEyeCredential::test()), ctx)
+        // The handed-over copy also predates a change of spec: were it the copy used, the
+        // first read would be of its refresh-token Secret.
+        let mut queued = EagleEyeCredential::test();
+        queued.spec.refresh_token_secret_ref.name = "cam-old-refresh".into();
+        reconcile(Arc::new(queued), ctx)
             .await
             .expect("reconcile reports, not fails");
         server.await.unwrap();

@@ -725,11 +725,15 @@ impl Parts {
         // Every controller sees every store: a refresh token copied into another watched
         // namespace is claimed across them.
         let stores: Vec<_> = built.iter().map(|(c, _, _, _)| c.store()).collect();
-        let all_listed: Vec<_> = built.iter().map(|(_, _, l, _)| l.clone()).collect();
+        // One census of claims for the term, whichever controller reads its last credential.
+        let census = Arc::new(controller::Census::new(
+            built.iter().map(|(_, _, l, _)| l.clone()).collect(),
+        ));
         let mut listed = Vec::new();
         let controllers: Vec<_> = built
             .into_iter()
-            .map(|(controller, secrets, synced, index)| {
+            .enumerate()
+            .map(|(i, (controller, secrets, synced, index))| {
                 listed.push(synced.clone());
                 let client = self.client.clone();
                 let store = controller.store();
@@ -749,7 +753,7 @@ impl Parts {
                         self.shared.clone(),
                     )
                     .with_seats(seats)
-                    .with_listed(all_listed.clone())
+                    .with_census(census.clone())
                     .with_index(index.clone()),
                 );
                 // Metadata only, paged: memory does not grow with the Secrets in the cluster.
@@ -783,6 +787,16 @@ impl Parts {
                             ctx.stop();
                         }
                     }
+                });
+                // A census completed with no reconcile ending is noticed all the same: one
+                // look for the term, whose census every controller shares.
+                (i == 0).then(|| {
+                    tokio::spawn({
+                        let (stop, looks) = (stop.clone(), ctx.clone().census_looks());
+                        async move {
+                            futures::future::select(Box::pin(stop), Box::pin(looks)).await;
+                        }
+                    })
                 });
                 let run = controller
                     .reconcile_on(woken)

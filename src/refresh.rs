@@ -43,10 +43,12 @@ const PARKED_RECHECK: Duration = Duration::from_secs(60);
 const IN_USE_RECHECK: Duration = Duration::from_secs(30);
 /// The longest wait between two publishes that met a conflict.
 const MAX_PUBLISH_BACKOFF: Duration = Duration::from_secs(30);
-/// A due credential waiting for the census of claims is woken when it completes (see
-/// `Context::census_advance`), and looks again this often in any case (a census that
-/// completes through another namespace's controller wakes no one here).
-const CENSUS_RECHECK: Duration = Duration::from_secs(10);
+/// A due credential waiting for the census of claims is woken when it completes: at the
+/// end of whichever reconcile, in any controller of the term, completes it, or at the
+/// term's next look (`Context::census_advance`, `Context::census_looks`); this look-again
+/// only guards against a wake lost. Not sooner: one that fires before the wake (a census of
+/// 10,000 takes about 20 s) is a second reconcile, queued behind every woken refresh.
+const CENSUS_RECHECK: Duration = PARKED_RECHECK;
 
 /// Why a due refresh does not start after all.
 pub enum NotNow {

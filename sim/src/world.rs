@@ -163,6 +163,8 @@ struct Term {
     wakes: futures::stream::BoxStream<'static, ObjectRef<EagleEyeCredential>>,
     stopping: bool,
     sweep: JoinHandle<()>,
+    /// The term's look at its census (`Context::census_looks`), as the operator runs it.
+    looks: JoinHandle<()>,
     /// Watch events not yet delivered, in order.
     watch: VecDeque<Change>,
     /// When each credential this term keeps memory of left its store.
@@ -619,6 +621,7 @@ impl Sim {
             .with_index(index.clone()),
         );
         let wakes = ctx.take_wakes();
+        let looks = tokio::spawn(ctx.clone().census_looks());
         let sweep = tokio::spawn(controller::deleted_credentials(
             vec![store.clone()],
             proc.shared.clone(),
@@ -636,6 +639,7 @@ impl Sim {
             wakes,
             stopping: false,
             sweep,
+            looks,
             watch: VecDeque::new(),
             gone_since: BTreeMap::new(),
         });
@@ -709,6 +713,7 @@ impl Sim {
             if done {
                 let term = self.procs[p].term.take().expect("term");
                 term.sweep.abort();
+                term.looks.abort();
                 let proc = &mut self.procs[p];
                 proc.shared.metrics.forget_all();
                 let (held, client) = (proc.shared.memory.clone(), proc.client.clone());
@@ -790,6 +795,7 @@ impl Sim {
         proc.alive = false;
         if let Some(term) = proc.term.take() {
             term.sweep.abort();
+            term.looks.abort();
             term.ctx.stop();
             for (_, h) in term.running {
                 h.abort();

@@ -26,6 +26,7 @@ use crate::status::Lifetimes;
 use crate::token::TokenClient;
 
 mod cache;
+mod census;
 mod consumers;
 mod held;
 mod index;
@@ -44,6 +45,7 @@ mod sweep;
 pub use projection::{LeanCredential, credential_event, project};
 
 pub use cache::Reads;
+pub use census::Census;
 pub use held::Held;
 pub use index::{Index, role};
 pub use known::Known;
@@ -114,17 +116,8 @@ pub struct Context {
     pub reads: Arc<Reads>,
     /// Which credentials of `store` name which Secret.
     pub index: Arc<Index>,
-    /// The auth destinations whose credentials have all been read in this term (`memory`'s
-    /// census), and those still to read per destination.
-    census_done: Mutex<std::collections::HashSet<String>>,
-    census: Mutex<Option<HashMap<String, VecDeque<String>>>>,
-    /// Per destination whose census is not complete, the credentials waiting for it to
-    /// spend: woken once it completes (`census_advance`), not polled.
-    census_waiting: Mutex<HashMap<String, Vec<ObjectRef<EagleEyeCredential>>>>,
-    /// When the census was first listed (its patience counts from then).
-    census_listed_at: std::sync::OnceLock<tokio::time::Instant>,
-    /// Turned true once each store of `all_stores` has its first list.
-    listed: Vec<tokio::sync::watch::Receiver<bool>>,
+    /// This term's census of claims, shared by every controller of the term.
+    census: Arc<Census>,
 
     /// Credentials waiting for a token-call slot outside the controller's seats.
     pub parked: Arc<parked::Parked>,
@@ -181,11 +174,7 @@ impl Context {
             metrics: shared.metrics,
             term: shared.memory.term(),
             reach: shared.reach,
-            census_done: Mutex::default(),
-            census: Mutex::default(),
-            census_waiting: Mutex::default(),
-            census_listed_at: std::sync::OnceLock::new(),
-            listed: Vec::new(),
+            census: Arc::default(),
 
             memory: shared.memory,
             leadership: shared.leadership,
@@ -195,6 +184,9 @@ impl Context {
         }
     }
 }
+
+/// How often a controller looks whether a census completed by itself (`Context::census_looks`).
+const CENSUS_LOOK: Duration = Duration::from_secs(10);
 
 /// How long after a term's first list a credential that cannot be read holds back the refreshes of the
 /// others (see `Context::census_pending`).
@@ -234,11 +226,11 @@ impl Context {
     /// cannot stop every refresh.
     pub(crate) async fn census_pending(&self, auth_url: &url::Url) -> Option<String> {
         let destination = crate::token::Destination::of(auth_url).to_string();
-        if lock(&self.census_done).contains(&destination) {
+        if lock(&self.census.done).contains(&destination) {
             return None;
         }
         // (Not `Store::wait_until_ready`: its future wakes only its last poller.)
-        for listed in &self.listed {
+        for listed in &self.census.listed {
             // An error means the watch is gone: the controller is stopping.
             let _ = listed.clone().wait_for(|listed| *listed).await;
         }
@@ -254,24 +246,41 @@ impl Context {
     ) -> Option<String> {
         let unread = self.census_pending(auth_url).await?;
         let destination = crate::token::Destination::of(auth_url).to_string();
-        let mut waiting = lock(&self.census_waiting);
-        let waiters = waiting.entry(destination).or_default();
-        if !waiters.contains(&waiter) {
-            waiters.push(waiter);
-        }
-        Some(unread)
+        self.census
+            .wait(destination, waiter, &self.parked)
+            .then_some(unread)
     }
 
-    /// After a credential was read: completes the census of every auth server someone
-    /// waits for, if it can, and wakes those waiting. O(what was read since the last look).
+    /// At the end of every reconcile, and at the term's look: completes the census of every
+    /// auth server someone waits for, if it can, and wakes those waiting, in whichever
+    /// controller of the term they wait. O(what was read since the last look, times the
+    /// stores); one lock when no one waits.
     pub(crate) fn census_advance(&self) {
-        let destinations: Vec<String> = lock(&self.census_waiting).keys().cloned().collect();
+        let destinations: Vec<String> = lock(&self.census.waiting).keys().cloned().collect();
         for destination in destinations {
             if self.census_first_unread(&destination).is_none() {
-                let woken = lock(&self.census_waiting).remove(&destination);
-                for credential in woken.into_iter().flatten() {
-                    self.parked.wake(credential);
+                let woken = lock(&self.census.waiting).remove(&destination);
+                for (credential, parked) in woken.into_iter().flatten() {
+                    parked.wake(credential);
                 }
+            }
+        }
+    }
+
+    /// Looks at the term's census every `CENSUS_LOOK` while this context lives (end the
+    /// future to stop; one per term is enough, the census being shared): a census completed
+    /// with no reconcile ending after it (its last unread credential deleted before it had
+    /// the finalizer or relabelled out of this shard, its patience run out, or completed
+    /// within a reconcile still running) wakes its waiters within that, where they would
+    /// otherwise wait for their own look-again.
+    pub async fn census_looks(self: Arc<Self>) {
+        let ctx = Arc::downgrade(&self);
+        drop(self);
+        loop {
+            tokio::time::sleep(CENSUS_LOOK).await;
+            match ctx.upgrade() {
+                Some(ctx) => ctx.census_advance(),
+                None => return,
             }
         }
     }
@@ -279,10 +288,10 @@ impl Context {
     /// The first credential calling `destination` not read yet in this term (once the
     /// stores are listed), or `None` once every one was: the census is then complete.
     fn census_first_unread(&self, destination: &str) -> Option<String> {
-        if lock(&self.census_done).contains(destination) {
+        if lock(&self.census.done).contains(destination) {
             return None;
         }
-        let mut census = lock(&self.census);
+        let mut census = lock(&self.census.queues);
         let queues = census.get_or_insert_with(|| {
             let mut queues: HashMap<String, VecDeque<String>> = HashMap::new();
             for c in self.all_stores.iter().flat_map(|s| s.state()) {
@@ -298,7 +307,7 @@ impl Context {
             }
             queues
         });
-        let listed_at = *self.census_listed_at.get_or_init(tokio::time::Instant::now);
+        let listed_at = *self.census.listed_at.get_or_init(tokio::time::Instant::now);
         let queue = queues.entry(destination.to_owned()).or_default();
         while let Some(first) = queue.front() {
             if self.memory.is_read(first, self.term) || self.watched(first).is_none() {
@@ -319,7 +328,7 @@ impl Context {
             }
             return Some(first.clone());
         }
-        lock(&self.census_done).insert(destination.to_owned());
+        lock(&self.census.done).insert(destination.to_owned());
         None
     }
 
@@ -337,10 +346,10 @@ impl Context {
         }
     }
 
-    /// The census waits for these to turn true, one per store of `all_stores` (without them,
-    /// the stores are taken as listed).
-    pub fn with_listed(mut self, listed: Vec<tokio::sync::watch::Receiver<bool>>) -> Self {
-        self.listed = listed;
+    /// The term's census, shared with the term's other controllers (without it, this
+    /// controller's own, with the stores taken as listed).
+    pub fn with_census(mut self, census: Arc<Census>) -> Self {
+        self.census = census;
         self
     }
 
@@ -446,6 +455,9 @@ pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result
     let result = Box::pin(reconcile_seated(cr, ctx.clone())).await;
     // A slot granted to it and not used (not due after all, an API error) goes back now.
     ctx.parked.release(&key);
+    // However it ended (deleted, being deleted, failed), this credential may have been the
+    // last one a census waited for.
+    ctx.census_advance();
     result
 }
 
@@ -506,8 +518,6 @@ async fn reconcile_seated(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Res
     if result.is_ok() {
         ctx.memory.with(&key(&cr), |e| e.api_failures = 0);
     }
-    // This credential may have been the last one a census waited for.
-    ctx.census_advance();
     result
 }
 
