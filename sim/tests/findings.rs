@@ -58,13 +58,13 @@ fn a_rotated_out_token_copied_to_another_namespace_is_never_spent_after_a_restar
 }
 
 /// After A, which rotated out the token B holds a copy of, is deleted and the operator
-/// restarts: the new process never reads A's Secret, so B's own must say that its token is
+/// restarts `pause` seconds later: the new process never reads A's Secret, so B's own must say that its token is
 /// dead. B spends nothing, says a new login is needed, and refreshes once it has one.
-fn b_holds_a_dead_copy_after_a_is_deleted_and_the_operator_restarts() -> Vec<Ev> {
+fn b_holds_a_dead_copy_after_a_is_deleted_and_the_operator_restarts(pause: u64) -> Vec<Ev> {
     use Ev::*;
     vec![
         Delete(0),
-        Pass(60),
+        Pass(pause),
         Expect("B still says its token is in use", |s| {
             s.reason(1) == "RefreshTokenInUse"
         }),
@@ -99,7 +99,7 @@ fn a_copy_of_a_token_rotated_out_by_a_deleted_credential_is_never_spent_after_a_
             s.reason(1) == "RefreshTokenInUse"
         }),
     ];
-    script.extend(b_holds_a_dead_copy_after_a_is_deleted_and_the_operator_restarts());
+    script.extend(b_holds_a_dead_copy_after_a_is_deleted_and_the_operator_restarts(60));
     passes(a_and_b_later(), &script);
 }
 
@@ -121,7 +121,29 @@ fn a_copy_that_died_when_its_claimant_refreshed_is_never_spent_once_the_claimant
             s.refreshes() >= 2 && s.works(0) && !s.works(1)
         }),
     ];
-    script.extend(b_holds_a_dead_copy_after_a_is_deleted_and_the_operator_restarts());
+    script.extend(b_holds_a_dead_copy_after_a_is_deleted_and_the_operator_restarts(60));
+    passes(a_and_b_later(), &script);
+}
+
+/// As above, with A deleted and the operator restarted right after A's refresh, before B's
+/// next look at its claim: A's rotation wakes B at once.
+#[test]
+fn a_copy_that_died_when_its_claimant_refreshed_is_listed_dead_at_once() {
+    use Ev::*;
+    let mut script = vec![
+        Ev::create(0),
+        Copy { from: 0, to: 1 },
+        Ev::create(1),
+        Expect("B says its token is in use", |s| {
+            s.reason(1) == "RefreshTokenInUse"
+        }),
+        HoldCallsUntilOne(3600),
+        AnswerCalls,
+        Expect("A refreshed again: B's copy is dead", |s| {
+            s.refreshes() == 2 && s.works(0) && !s.works(1)
+        }),
+    ];
+    script.extend(b_holds_a_dead_copy_after_a_is_deleted_and_the_operator_restarts(0));
     passes(a_and_b_later(), &script);
 }
 

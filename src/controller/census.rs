@@ -4,12 +4,14 @@
 //! credentials waiting in another's at once (`Context::census_advance`, at the end of every
 //! reconcile, and every 10 s for a census completed otherwise: its last credential left
 //! with no reconcile, or its patience ran out, or it completed within a reconcile still
-//! running).
+//! running). It also knows each controller of the term, so that a credential is woken
+//! through the controller that watches it, whichever controller asks
+//! (`Context::wake_credential`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::lock;
 use super::parked::Parked;
@@ -30,6 +32,9 @@ pub struct Census {
     /// Turned true once each store of the term has its first list (none: the stores are
     /// taken as listed).
     pub(super) listed: Vec<tokio::sync::watch::Receiver<bool>>,
+    /// Each controller of the term: its store, and the parking lot that wakes its
+    /// credentials.
+    controllers: Mutex<Vec<(Store<EagleEyeCredential>, Arc<Parked>)>>,
 }
 
 /// The credentials waiting for one destination's census, each with the parking lot of its
@@ -43,6 +48,22 @@ impl Census {
             listed,
             ..Census::default()
         }
+    }
+
+    /// A controller of the term, watching `store`, whose credentials `parked` wakes.
+    pub(super) fn watched_by(&self, store: Store<EagleEyeCredential>, parked: Arc<Parked>) {
+        lock(&self.controllers).push((store, parked));
+    }
+
+    /// The parking lot that wakes `credential`: its controller's.
+    pub(super) fn parked_for(
+        &self,
+        credential: &ObjectRef<EagleEyeCredential>,
+    ) -> Option<Arc<Parked>> {
+        lock(&self.controllers)
+            .iter()
+            .find(|(store, _)| store.get(credential).is_some())
+            .map(|(_, parked)| parked.clone())
     }
 
     /// Registers `credential` (woken through `parked`) as waiting for the census of
@@ -122,6 +143,33 @@ mod tests {
         assert_eq!(woken_in_one.next().now_or_never(), Some(Some(a())));
         assert!(woken_in_two.next().now_or_never().is_none());
         assert_eq!(one.census_pending_for(&url, a()).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_credential_is_woken_through_the_controller_that_watches_it_whichever_asks() {
+        let (mut one, mut two) = (Writer::default(), Writer::default());
+        one.apply_watcher_event(&watcher::Event::Apply(credential("one", "a")));
+        two.apply_watcher_event(&watcher::Event::Apply(credential("two", "b")));
+        let stores = vec![one.as_reader(), two.as_reader()];
+        let shared = fixtures::shared(jiff::Timestamp::now);
+        let census = Arc::new(Census::default());
+        let context = |store| {
+            let all = stores.clone();
+            let now = jiff::Timestamp::now;
+            fixtures::context_over(store, all, shared.clone(), now, census.clone()).0
+        };
+        let (one, two) = (context(stores[0].clone()), context(stores[1].clone()));
+        let (mut woken_in_one, mut woken_in_two) = (one.take_wakes(), two.take_wakes());
+
+        one.wake_credential("two/b");
+        assert_eq!(
+            woken_in_two.next().now_or_never(),
+            Some(Some(ObjectRef::new("b").within("two")))
+        );
+        assert!(woken_in_one.next().now_or_never().is_none());
+        one.wake_credential("two/gone");
+        one.wake_credential("no-slash");
+        assert!(woken_in_two.next().now_or_never().is_none());
     }
 
     #[tokio::test]

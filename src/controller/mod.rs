@@ -158,6 +158,8 @@ impl Context {
     ) -> Self {
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let (parked, wakes) = parked::Parked::new(stopping.clone());
+        let census = Arc::new(Census::default());
+        census.watched_by(store.clone(), parked.clone());
         Context {
             stop,
             stopping,
@@ -174,8 +176,7 @@ impl Context {
             metrics: shared.metrics,
             term: shared.memory.term(),
             reach: shared.reach,
-            census: Arc::default(),
-
+            census,
             memory: shared.memory,
             leadership: shared.leadership,
             known: shared.known,
@@ -349,8 +350,21 @@ impl Context {
     /// The term's census, shared with the term's other controllers (without it, this
     /// controller's own, with the stores taken as listed).
     pub fn with_census(mut self, census: Arc<Census>) -> Self {
+        census.watched_by(self.store.clone(), self.parked.clone());
         self.census = census;
         self
+    }
+
+    /// Reconciles credential `key` (`namespace/name`), whichever controller of the term
+    /// watches it.
+    pub(crate) fn wake_credential(&self, key: &str) {
+        let Some((ns, name)) = key.split_once('/') else {
+            return;
+        };
+        let credential = kube::runtime::reflector::ObjectRef::new(name).within(ns);
+        if let Some(parked) = self.census.parked_for(&credential) {
+            parked.wake(credential);
+        }
     }
 
     /// The controller stops: see `Context::stop`'s field.

@@ -752,6 +752,14 @@ impl World for KubeWorld<'_, '_> {
             let tokens = super::memory::claimed(&new, spent);
             ctx.memory
                 .claim(&self.r.key, &tokens, ctx.term, true, |k| ctx.is_alive(k));
+            // A copy of the token just rotated out died with it: its credential looks at once
+            // and lists it spent on its own Secret (`Refresh::in_use`), not at its next look.
+            for holder in ctx
+                .memory
+                .holders_of(&self.r.key, traded, |k| ctx.is_alive(k))
+            {
+                ctx.wake_credential(&holder);
+            }
         }
         Ok(written)
     }
