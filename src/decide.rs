@@ -46,6 +46,9 @@ pub struct Observed {
     pub spec_problem: Option<String>,
     /// Why another credential owns this refresh token, if one does.
     pub claimed_elsewhere: Option<String>,
+    /// That credential rotated the token out: it is dead, not only claimed first (listed so
+    /// on its Secret, whatever is decided).
+    pub dead_copy: bool,
     /// Why the target Secret is not this credential's to write, if it is not.
     pub target_conflict: Option<String>,
     /// The client-credentials Secret's problem, if any.
@@ -191,6 +194,7 @@ mod tests {
             suspended: false,
             spec_problem: None,
             claimed_elsewhere: None,
+            dead_copy: false,
             target_conflict: None,
             client: None,
             stored: Ok("t1".into()),

@@ -212,6 +212,9 @@ pub struct Refresh<'a, W> {
 impl<'a, W: World> Refresh<'a, W> {
     /// Carries out `decision` to its end.
     pub async fn run(&mut self, decision: Decision) -> End {
+        if self.facts.observed.dead_copy {
+            self.list_dead_copy().await;
+        }
         let chain = self.facts.stored.as_ref().ok().map(|s| s.chain);
         let stay = End::Quiet(Action::requeue(Duration::ZERO));
         match decision {
@@ -277,7 +280,9 @@ impl<'a, W: World> Refresh<'a, W> {
             Decision::InvalidSpec(message) => {
                 End::Report(Outcome::InvalidSpec(message), Action::await_change())
             }
-            Decision::InUse(message) => self.in_use(message).await,
+            Decision::InUse(message) => {
+                End::Report(Outcome::InUse(message), Action::requeue(IN_USE_RECHECK))
+            }
             Decision::TargetConflict(message) => End::Report(
                 Outcome::TargetConflict(message),
                 Action::requeue(WAITING_RECHECK),
@@ -351,7 +356,7 @@ impl<'a, W: World> Refresh<'a, W> {
                 // Claimed when read; asked again now that every credential is known: the one
                 // read last may have rotated this very token out.
                 if let Some(why) = self.world.claimed_elsewhere(&stored) {
-                    return self.in_use(why).await;
+                    return self.claimed_elsewhere(why).await;
                 }
                 let Some(call_limit) = self.world.call_slot(&auth_url, &stored).await else {
                     return self.awaiting_slot();
@@ -874,19 +879,15 @@ impl<'a, W: World> Refresh<'a, W> {
         End::Report(outcome, action)
     }
 
-    /// The Secret holds a refresh token this operator rotated out (a GitOps or secret-sync
-    /// tool put its old copy back). Spending it would fail and could alarm the server, so
-    /// it is never spent: the live token is written back when this process still knows
-    /// it, else the credential waits for a new login.
-    /// Another credential owns the stored token. When that one rotated it out, the token is
-    /// dead for good, and its own Secret says so from now on: what this process knows of the
-    /// other's spent list dies with the process, and a later one may never read that list
-    /// again (the other credential deleted, say), so it would take the copy for the live
-    /// token and spend it, a reuse that can end the whole login.
-    async fn in_use(&mut self, why: String) -> End {
+    /// Lists the stored token, which another credential rotated out, as spent on its own
+    /// Secret (once): what this process knows of the other's spent list dies with the
+    /// process, and a later one may never read that list again (the other credential
+    /// deleted, say), so it would take the copy for the live token and spend it, a reuse
+    /// that can end the whole login. Done whatever else is decided (a suspended copy
+    /// included), never while an answer is pending.
+    async fn list_dead_copy(&mut self) {
         if let Ok(stored) = &self.facts.stored
             && !stored.spent.contains(&stored.fingerprint)
-            && self.world.rotated_out_elsewhere(stored)
         {
             let stored = StoredToken::clone(stored);
             info!(
@@ -894,9 +895,23 @@ impl<'a, W: World> Refresh<'a, W> {
             );
             self.world.list_as_spent(&stored).await;
         }
+    }
+
+    /// The stored token is another credential's: claimed by it first, or rotated out by it
+    /// (then dead, and listed so).
+    async fn claimed_elsewhere(&mut self, why: String) -> End {
+        if let Ok(stored) = &self.facts.stored
+            && self.world.rotated_out_elsewhere(stored)
+        {
+            self.list_dead_copy().await;
+        }
         End::Report(Outcome::InUse(why), Action::requeue(IN_USE_RECHECK))
     }
 
+    /// The Secret holds a refresh token this operator rotated out (a GitOps or secret-sync
+    /// tool put its old copy back). Spending it would fail and could alarm the server, so
+    /// it is never spent: the live token is written back when this process still knows
+    /// it, else the credential waits for a new login.
     async fn undo_revert(&mut self, stored: StoredToken) -> End {
         let r = &self.cr.spec.refresh_token_secret_ref;
         let (secret, key) = (r.name.clone(), r.key.clone());

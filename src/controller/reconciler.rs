@@ -261,6 +261,11 @@ impl<'a> Reconciler<'a> {
                 None
             }
         };
+        let dead_copy = claimed_elsewhere.is_some()
+            && stored_ok.is_some_and(|s| {
+                let memory = &self.ctx.memory;
+                memory.rotated_out_by(&self.key, &s.fingerprint).is_some()
+            });
         let me = self.holder();
         let intent = stored_ok.map_or(intent::Verdict::Free, |s| {
             let intent = intent::read(s.secret.metadata.annotations.as_ref());
@@ -302,6 +307,7 @@ impl<'a> Reconciler<'a> {
             suspended: spec.suspend,
             spec_problem: validated.as_ref().err().cloned(),
             claimed_elsewhere,
+            dead_copy,
             target_conflict,
             client: creds.as_ref().err().map(ToString::to_string),
             stored: stored
@@ -376,9 +382,18 @@ impl<'a> Reconciler<'a> {
             Some((owner_ns, name)) if owner_ns == ns => format!("EagleEyeCredential {name:?}"),
             _ => "a credential in another namespace".to_owned(),
         };
+        let name = &spec.refresh_token_secret_ref.name;
+        if ctx
+            .memory
+            .rotated_out_by(&self.key, &stored.fingerprint)
+            .is_some()
+        {
+            return Some(format!(
+                "Secret {name:?} holds the same refresh token as {who}, which has rotated it out since: this copy is dead and is never spent; give each credential its own login (a new Phase 1 login for this one)"
+            ));
+        }
         Some(format!(
-            "Secret {:?} holds the same refresh token as {who}, which refreshes it already; two credentials spending one rotating token destroy it: give each credential its own login",
-            spec.refresh_token_secret_ref.name
+            "Secret {name:?} holds the same refresh token as {who}, which refreshes it already; two credentials spending one rotating token destroy it: give each credential its own login"
         ))
     }
 
@@ -600,7 +615,7 @@ impl World for KubeWorld<'_, '_> {
         };
         self.r.woken(woken, name);
         if let Err(err) = listed {
-            debug!(error = %secrets::kube_reason(&err), "the dead token is listed on the next look");
+            tracing::warn!(error = %secrets::kube_reason(&err), secret = %name, "could not list a refresh token another credential rotated out as spent on its Secret; trying again at the next look");
         }
     }
 

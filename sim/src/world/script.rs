@@ -69,6 +69,8 @@ pub enum Ev {
         target: Option<&'static str>,
     },
     Delete(usize),
+    /// A person sets credential `i`'s `spec.suspend`.
+    Suspend(usize, bool),
     /// A person copies the token credential `from`'s Secret holds now into `to`'s.
     Copy {
         from: usize,
@@ -241,6 +243,17 @@ impl Sim {
                 let c = self.creds[*i].clone();
                 let key = self.key("eagleeyecredentials", &c.ns, &c.name);
                 self.api.delete(&key, clock::now());
+                self.quiet().await;
+            }
+            Ev::Suspend(i, on) => {
+                let c = self.creds[*i].clone();
+                let key = self.key("eagleeyecredentials", &c.ns, &c.name);
+                if let Some(mut cr) = self.api.objects.get(&key).cloned() {
+                    cr["spec"]["suspend"] = json!(on);
+                    let g = cr["metadata"]["generation"].as_i64().unwrap_or(1);
+                    cr["metadata"]["generation"] = json!(g + 1);
+                    self.api.put(key, cr);
+                }
                 self.quiet().await;
             }
             Ev::Copy { from, to } => {
@@ -524,6 +537,17 @@ impl Sim {
             .and_then(|o| o.pointer("/status/conditions")?.as_array().cloned())
             .and_then(|cs| cs.into_iter().find(|c| c["type"] == "Ready"))
             .and_then(|c| c["reason"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    /// The message of credential `i`'s `Ready` condition.
+    pub fn message(&self, i: usize) -> String {
+        let c = &self.creds[i];
+        self.api
+            .get("eagleeyecredentials", &c.ns, &c.name)
+            .and_then(|o| o.pointer("/status/conditions")?.as_array().cloned())
+            .and_then(|cs| cs.into_iter().find(|c| c["type"] == "Ready"))
+            .and_then(|c| c["message"].as_str().map(str::to_owned))
             .unwrap_or_default()
     }
 
