@@ -239,19 +239,14 @@ pub async fn record_intent(
             crate::intent::ANNOTATION.into(),
             crate::intent::render(intent),
         );
-    next.string_data = None;
-    let name = next.metadata.name.clone().unwrap_or_default();
-    match api.replace(&name, &PostParams::default(), &next).await {
-        Ok(secret) => Ok(Some(StoredToken {
-            token: stored.token.clone(),
-            fingerprint: stored.fingerprint.clone(),
-            secret,
-            chain: stored.chain,
-            spent: stored.spent.clone(),
-        })),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
-        Err(e) => Err(e),
-    }
+    let written = replace_unchanged(api, next).await?;
+    Ok(written.map(|secret| StoredToken {
+        token: stored.token.clone(),
+        fingerprint: stored.fingerprint.clone(),
+        secret,
+        chain: stored.chain,
+        spent: stored.spent.clone(),
+    }))
 }
 
 /// Withdraws `holder`'s spend intent on the stored token once its call has definitely ended
@@ -273,13 +268,7 @@ pub async fn withdraw_intent(
     if let Some(a) = next.metadata.annotations.as_mut() {
         a.remove(crate::intent::ANNOTATION);
     }
-    next.string_data = None;
-    let name = next.metadata.name.clone().unwrap_or_default();
-    match api.replace(&name, &PostParams::default(), &next).await {
-        Ok(written) => Ok(Some(written)),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
-        Err(e) => Err(e),
-    }
+    replace_unchanged(api, next).await
 }
 
 /// Adds the stored token itself to its Secret's spent list: another credential holding a
@@ -297,6 +286,15 @@ pub async fn list_as_spent(
         &spent::read(Some(annotations)),
     );
     annotations.insert(spent::ANNOTATION.into(), spent::render(&listed));
+    replace_unchanged(api, next).await
+}
+
+/// Replaces a Secret with `next`, over the resourceVersion it carries: `Ok(None)` when the
+/// Secret changed since.
+async fn replace_unchanged(
+    api: &Api<Secret>,
+    mut next: Secret,
+) -> Result<Option<Secret>, kube::Error> {
     next.string_data = None;
     let name = next.metadata.name.clone().unwrap_or_default();
     match api.replace(&name, &PostParams::default(), &next).await {

@@ -115,8 +115,13 @@ mod tests {
         cr
     }
 
-    #[tokio::test]
-    async fn the_controller_that_completes_a_census_wakes_those_waiting_in_another() {
+    /// Two controllers of one term, sharing its census: one watching namespace `one`
+    /// (credential `a`), the other `two` (credential `b`).
+    fn two_controllers() -> (
+        crate::controller::Shared,
+        Arc<crate::controller::Context>,
+        Arc<crate::controller::Context>,
+    ) {
         let (mut one, mut two) = (Writer::default(), Writer::default());
         one.apply_watcher_event(&watcher::Event::Apply(credential("one", "a")));
         two.apply_watcher_event(&watcher::Event::Apply(credential("two", "b")));
@@ -129,6 +134,12 @@ mod tests {
             fixtures::context_over(store, all, shared.clone(), now, census.clone()).0
         };
         let (one, two) = (context(stores[0].clone()), context(stores[1].clone()));
+        (shared, one, two)
+    }
+
+    #[tokio::test]
+    async fn the_controller_that_completes_a_census_wakes_those_waiting_in_another() {
+        let (shared, one, two) = two_controllers();
         let (mut woken_in_one, mut woken_in_two) = (one.take_wakes(), two.take_wakes());
         let url = url::Url::parse(&credential("one", "a").spec.auth_url).unwrap();
 
@@ -147,18 +158,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_credential_is_woken_through_the_controller_that_watches_it_whichever_asks() {
-        let (mut one, mut two) = (Writer::default(), Writer::default());
-        one.apply_watcher_event(&watcher::Event::Apply(credential("one", "a")));
-        two.apply_watcher_event(&watcher::Event::Apply(credential("two", "b")));
-        let stores = vec![one.as_reader(), two.as_reader()];
-        let shared = fixtures::shared(jiff::Timestamp::now);
-        let census = Arc::new(Census::default());
-        let context = |store| {
-            let all = stores.clone();
-            let now = jiff::Timestamp::now;
-            fixtures::context_over(store, all, shared.clone(), now, census.clone()).0
-        };
-        let (one, two) = (context(stores[0].clone()), context(stores[1].clone()));
+        let (_, one, two) = two_controllers();
         let (mut woken_in_one, mut woken_in_two) = (one.take_wakes(), two.take_wakes());
 
         one.wake_credential("two/b");
