@@ -176,6 +176,40 @@ fn a_suspended_copy_is_listed_dead_when_its_claimant_refreshes() {
     passes(a_and_b_later(), &script);
 }
 
+/// The simulator's seed 22 (issue 20): B holds a copy of a token A rotated out, put there
+/// while the operator was down, and the operator starts during a kube-apiserver outage
+/// longer than the census's patience. Once it is back, B is read before A, and waits for
+/// A, whose reads failed only during the outage, to be read before spending anything.
+#[test]
+fn an_outage_longer_than_the_census_patience_does_not_let_a_copy_spend_before_its_claimant_is_read()
+{
+    use Ev::*;
+    passes(
+        a_and_b_later(),
+        &[
+            Ev::create(0),
+            Expect("A refreshed and rotated T1", |s| s.refreshes() == 1),
+            Stop(0),
+            CopyFirst { from: 0, to: 1 },
+            Ev::create(1),
+            Outage(true),
+            Start(0),
+            Pass(300),
+            // A's reconciles do not start for a while (its backoff, a process paused):
+            // its last failure is the outage's, before the census was listed.
+            Hold(0),
+            Outage(false),
+            Pass(200),
+            Expect("no reuse while A is not yet read", |s| s.reuses() == 0),
+            Release(0),
+            Pass(60),
+            Expect("no reuse once A is read", |s| s.reuses() == 0),
+            Expect("A's login works", |s| s.works(0)),
+            Expect("B says its token is dead", |s| says_dead_copy(s, 1)),
+        ],
+    );
+}
+
 /// B, with `revokeOnDelete`, holds a copy of a token A rotated out, and is deleted after a
 /// restart, read before A: it revokes nothing, since sending the dead token again may end
 /// A's login.

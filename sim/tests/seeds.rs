@@ -72,3 +72,16 @@ fn a_token_whose_holder_kept_the_answer_through_an_outage_is_not_spent_the_momen
     let (_, _, violation, _) = eagle_eye_sim::run(5, 54_006);
     assert!(violation.is_none(), "{}", violation.unwrap());
 }
+
+/// Found by the simulator (seed 22, step 18,395, at commit 196308d): a process started during
+/// an outage longer than the census's patience, and paused (or backed off) past it right
+/// after; `beta/cam1`, whose reads had failed only during the outage, was taken for a
+/// credential that cannot be read and let go, and `alpha/cam0` spent a copy of a token cam1
+/// had rotated out. A credential now stops holding the census back only when it still fails
+/// once the patience has run. Scripted in `findings.rs` as well.
+#[test]
+fn an_outage_that_outlasts_the_census_patience_lets_no_copy_spend_before_every_credential_is_read()
+{
+    let (_, _, violation, _) = eagle_eye_sim::run(22, 18_396);
+    assert!(violation.is_none(), "{}", violation.unwrap());
+}

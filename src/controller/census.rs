@@ -156,6 +156,29 @@ mod tests {
         assert_eq!(one.census_pending_for(&url, a()).await, None);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_credential_that_failed_only_before_the_census_holds_it_back_past_the_patience() {
+        let (shared, one, _two) = two_controllers();
+        let url = url::Url::parse(&credential("one", "a").spec.auth_url).unwrap();
+        // b's reads failed during an outage, before the census was listed.
+        shared.memory.with("two/b", |e| e.api_failed());
+        shared.memory.mark_read("one/a", one.term);
+        let unread = one.census_pending_for(&url, a()).await;
+        assert_eq!(unread.as_deref(), Some("two/b"));
+
+        tokio::time::advance(std::time::Duration::from_secs(300)).await;
+        let unread = one.census_pending(&url).await;
+        assert_eq!(
+            unread.as_deref(),
+            Some("two/b"),
+            "the outage's failure is not b's own"
+        );
+
+        // b is tried again past the patience, and still fails: it holds no one back.
+        shared.memory.with("two/b", |e| e.api_failed());
+        assert_eq!(one.census_pending(&url).await, None);
+    }
+
     #[tokio::test]
     async fn a_credential_is_woken_through_the_controller_that_watches_it_whichever_asks() {
         let (_, one, two) = two_controllers();

@@ -108,6 +108,8 @@ pub(crate) struct Rare {
     blocked: Option<Refused>,
     /// The server's `Retry-After`: no call before then.
     pub retry_not_before: Option<Timestamp>,
+    /// When its last reconcile failed on a Kubernetes API request, while it keeps failing.
+    failed_at: Option<tokio::time::Instant>,
     /// Publishes of a held answer refused in a row because the target changed meanwhile,
     /// and when the next may be tried (see `refresh::PublishBackoff`).
     pub publish_backoff: Option<crate::refresh::PublishBackoff>,
@@ -120,6 +122,7 @@ impl Rare {
         self.refused.is_none()
             && self.blocked.is_none()
             && self.retry_not_before.is_none()
+            && self.failed_at.is_none()
             && self.publish_backoff.is_none()
             && self.revocation.is_none()
     }
@@ -165,6 +168,26 @@ impl Entry {
 
     pub fn retry_not_before(&self) -> Option<Timestamp> {
         self.rare.as_ref()?.retry_not_before
+    }
+
+    /// A reconcile failed on a Kubernetes API request, now: the failures in a row.
+    pub fn api_failed(&mut self) -> u32 {
+        self.api_failures = self.api_failures.saturating_add(1);
+        self.rare_mut().failed_at = Some(tokio::time::Instant::now());
+        self.api_failures
+    }
+
+    /// A reconcile ended without such a failure.
+    pub fn api_succeeded(&mut self) {
+        self.api_failures = 0;
+        if let Some(rare) = &mut self.rare {
+            rare.failed_at = None;
+        }
+    }
+
+    /// When its last reconcile failed on a Kubernetes API request, while it keeps failing.
+    pub fn failed_at(&self) -> Option<tokio::time::Instant> {
+        self.rare.as_ref()?.failed_at
     }
 
     pub fn publish_backoff(&self) -> Option<crate::refresh::PublishBackoff> {

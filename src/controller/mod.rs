@@ -222,7 +222,7 @@ impl Context {
     /// otherwise pass for live (a refresh token works only at the server that issued it).
     /// The credentials to read are listed once per term, per auth server, from the stores'
     /// first list, and taken off as they are read: each look costs what was read since the
-    /// last. A credential whose reconciles keep failing `CENSUS_PATIENCE` after that list
+    /// last. A credential whose reconcile still fails `CENSUS_PATIENCE` after that list
     /// (its Secret refused to the operator, say) no longer holds the others back: one tenant
     /// cannot stop every refresh.
     pub(crate) async fn census_pending(&self, auth_url: &url::Url) -> Option<String> {
@@ -315,14 +315,17 @@ impl Context {
                 queue.pop_front();
                 continue;
             }
-            // Reconciled and failing (its Secret refused to the operator, say) for longer
-            // than the patience: it no longer holds the others back. One merely not reached
-            // yet (a slow cold start) still does.
-            let failing = self
+            // Still failing once the patience has run (its Secret refused to the operator,
+            // say): it no longer holds the others back. One merely not reached yet (a slow
+            // cold start) still does, and so does one that last failed before: an outage,
+            // or a process paused, must not pass for its own failure; it is read again at
+            // the end of its backoff (30 s at most).
+            let stuck = self
                 .memory
-                .get(first, |e| e.api_failures > 0)
-                .unwrap_or(false);
-            if failing && listed_at.elapsed() >= CENSUS_PATIENCE {
+                .get(first, |e| e.failed_at())
+                .flatten()
+                .is_some_and(|at| at >= listed_at + CENSUS_PATIENCE);
+            if stuck {
                 warn!(unread = %first, %destination, "a credential that cannot be read no longer holds back refreshes: a copy of a token it rotated out would not be recognised");
                 queue.pop_front();
                 continue;
@@ -432,10 +435,7 @@ impl Error {
 /// Kubernetes API failures back off from 1 s to at most 30 s: a rotated token may be
 /// waiting to be stored, so the retry must not wait long.
 pub fn error_policy(cr: Arc<EagleEyeCredential>, err: &Error, ctx: Arc<Context>) -> Action {
-    let failures = ctx.memory.with(&key(&cr), |e| {
-        e.api_failures = e.api_failures.saturating_add(1);
-        e.api_failures
-    });
+    let failures = ctx.memory.with(&key(&cr), |e| e.api_failed());
     let wait = schedule::backoff(failures, jitter(&cr)).min(MAX_API_RETRY);
     warn!(credential = %key(&cr), error = %err, attempt = failures, retry_in = ?wait, "reconcile failed; retrying");
     Action::requeue(wait)
@@ -530,7 +530,7 @@ async fn reconcile_seated(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Res
         }
     };
     if result.is_ok() {
-        ctx.memory.with(&key(&cr), |e| e.api_failures = 0);
+        ctx.memory.with(&key(&cr), |e| e.api_succeeded());
     }
     result
 }

@@ -71,6 +71,8 @@ pub enum Ev {
     Delete(usize),
     /// A person sets credential `i`'s `spec.suspend`.
     Suspend(usize, bool),
+    /// kube-apiserver answers every request 503 (true) or again as usual (false).
+    Outage(bool),
     /// A person copies the token credential `from`'s Secret holds now into `to`'s.
     Copy {
         from: usize,
@@ -243,6 +245,10 @@ impl Sim {
                 let c = self.creds[*i].clone();
                 let key = self.key("eagleeyecredentials", &c.ns, &c.name);
                 self.api.delete(&key, clock::now());
+                self.quiet().await;
+            }
+            Ev::Outage(on) => {
+                self.outage = *on;
                 self.quiet().await;
             }
             Ev::Suspend(i, on) => {
