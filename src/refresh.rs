@@ -85,9 +85,9 @@ pub trait World {
     /// Whether another credential rotated `stored`'s token out (it is dead, not only
     /// claimed first).
     fn rotated_out_elsewhere(&mut self, stored: &StoredToken) -> bool;
-    /// Adds `stored`'s own token to its Secret's spent list. Best effort: the next look at
-    /// the credential tries again.
-    async fn list_as_spent(&mut self, stored: &StoredToken);
+    /// Adds `stored`'s own token to its Secret's spent list; false when the write failed
+    /// (the next look tries again). A Secret changed since it was read is left to that look.
+    async fn list_as_spent(&mut self, stored: &StoredToken) -> bool;
     /// Takes a token-call slot and says how long the call may take with it, or parks the
     /// credential for one (`None`); `read` is what this refresh would spend, which the
     /// credential's next reconcile (the one the slot wakes) may use unless its Secret
@@ -210,11 +210,20 @@ pub struct Refresh<'a, W> {
 }
 
 impl<'a, W: World> Refresh<'a, W> {
-    /// Carries out `decision` to its end.
+    /// Carries out `decision` to its end. A dead copy is listed first, whatever the decision
+    /// (one of suspend, a bad spec or the claim, which write nothing): if that fails, the
+    /// credential looks again within `IN_USE_RECHECK` to try once more.
     pub async fn run(&mut self, decision: Decision) -> End {
-        if self.facts.observed.dead_copy {
-            self.list_dead_copy().await;
+        let unlisted = self.facts.observed.dead_copy && !self.list_dead_copy().await;
+        match self.carry_out(decision).await {
+            End::Report(outcome, _) if unlisted => {
+                End::Report(outcome, Action::requeue(IN_USE_RECHECK))
+            }
+            end => end,
         }
+    }
+
+    async fn carry_out(&mut self, decision: Decision) -> End {
         let chain = self.facts.stored.as_ref().ok().map(|s| s.chain);
         let stay = End::Quiet(Action::requeue(Duration::ZERO));
         match decision {
@@ -884,17 +893,17 @@ impl<'a, W: World> Refresh<'a, W> {
     /// process, and a later one may never read that list again (the other credential
     /// deleted, say), so it would take the copy for the live token and spend it, a reuse
     /// that can end the whole login. Done whatever else is decided (a suspended copy
-    /// included), never while an answer is pending.
-    async fn list_dead_copy(&mut self) {
-        if let Ok(stored) = &self.facts.stored
-            && !stored.spent.contains(&stored.fingerprint)
-        {
-            let stored = StoredToken::clone(stored);
-            info!(
-                "listing the refresh token another credential rotated out as spent on its Secret"
-            );
-            self.world.list_as_spent(&stored).await;
+    /// included), never while an answer is pending. False when the write failed.
+    async fn list_dead_copy(&mut self) -> bool {
+        let Ok(stored) = &self.facts.stored else {
+            return true;
+        };
+        if stored.spent.contains(&stored.fingerprint) {
+            return true;
         }
+        let stored = StoredToken::clone(stored);
+        info!("listing the refresh token another credential rotated out as spent on its Secret");
+        self.world.list_as_spent(&stored).await
     }
 
     /// The stored token is another credential's: claimed by it first, or rotated out by it

@@ -149,8 +149,8 @@ fn a_copy_that_died_when_its_claimant_refreshed_is_listed_dead_at_once() {
 }
 
 /// As above, with B suspended (by a person tired of its `RefreshTokenInUse`) when A's
-/// refresh kills its copy: B lists it dead all the same, and once resumed after A's
-/// deletion and a restart, spends nothing.
+/// refresh kills its copy, and the first write listing it dead failing: B lists it dead all
+/// the same, soon after, and once resumed after A's deletion and a restart, spends nothing.
 #[test]
 fn a_suspended_copy_is_listed_dead_when_its_claimant_refreshes() {
     use Ev::*;
@@ -160,11 +160,13 @@ fn a_suspended_copy_is_listed_dead_when_its_claimant_refreshes() {
         Ev::create(1),
         Suspend(1, true),
         Expect("B is suspended", |s| s.reason(1) == "Suspended"),
+        FailNextWrite(1, "cam1-refresh"),
         HoldCallsUntilOne(3600),
         AnswerCalls,
         Expect("A refreshed again: B's copy is dead", |s| {
             s.refreshes() == 2 && s.works(0) && !s.works(1)
         }),
+        Pass(60),
         Delete(0),
         Stop(0),
         Start(0),

@@ -161,7 +161,7 @@ mod tests {
         let (shared, one, _two) = two_controllers();
         let url = url::Url::parse(&credential("one", "a").spec.auth_url).unwrap();
         // b's reads failed during an outage, before the census was listed.
-        shared.memory.with("two/b", |e| e.api_failed());
+        shared.memory.with("two/b", |e| e.api_failed(true));
         shared.memory.mark_read("one/a", one.term);
         let unread = one.census_pending_for(&url, a()).await;
         assert_eq!(unread.as_deref(), Some("two/b"));
@@ -173,9 +173,13 @@ mod tests {
             Some("two/b"),
             "the outage's failure is not b's own"
         );
+        // Past the patience, b fails again, for the API server's reason (503, 429).
+        shared.memory.with("two/b", |e| e.api_failed(false));
+        let unread = one.census_pending(&url).await;
+        assert_eq!(unread.as_deref(), Some("two/b"), "nor is a failed answer");
 
         // b is tried again past the patience, and still fails: it holds no one back.
-        shared.memory.with("two/b", |e| e.api_failed());
+        shared.memory.with("two/b", |e| e.api_failed(true));
         assert_eq!(one.census_pending(&url).await, None);
     }
 
@@ -233,6 +237,30 @@ mod tests {
         assert_eq!(unread.as_deref(), Some("video/cam"));
         store.apply_watcher_event(&watcher::Event::Delete(EagleEyeCredential::test()));
         (ctx, verifier, woken)
+    }
+
+    #[tokio::test]
+    async fn a_credential_deleted_and_held_by_another_finalizer_holds_no_census_back() {
+        let mut store = Writer::default();
+        store.apply_watcher_event(&watcher::Event::Apply(credential(fixtures::NS, "a")));
+        store.apply_watcher_event(&watcher::Event::Apply(EagleEyeCredential::test()));
+        let reader = store.as_reader();
+        let now = jiff::Timestamp::now;
+        let shared = fixtures::shared(now);
+        let (ctx, _verifier) =
+            fixtures::context_over(reader.clone(), vec![reader], shared, now, Arc::default());
+        ctx.memory.mark_read("video/a", ctx.term);
+        let url = url::Url::parse(&EagleEyeCredential::test().spec.auth_url).unwrap();
+        assert_eq!(ctx.census_pending(&url).await.as_deref(), Some("video/cam"));
+
+        // A tenant deletes cam, which a finalizer of theirs keeps: it is never read again.
+        let mut deleted = EagleEyeCredential::test();
+        deleted.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+        );
+        deleted.metadata.finalizers = Some(vec!["tenant.example/keep".into()]);
+        store.apply_watcher_event(&watcher::Event::Apply(deleted));
+        assert_eq!(ctx.census_pending(&url).await, None);
     }
 
     #[tokio::test]

@@ -108,7 +108,8 @@ pub(crate) struct Rare {
     blocked: Option<Refused>,
     /// The server's `Retry-After`: no call before then.
     pub retry_not_before: Option<Timestamp>,
-    /// When its last reconcile failed on a Kubernetes API request, while it keeps failing.
+    /// When its last reconcile failed for a reason of its own (`Error::is_own`), while it
+    /// keeps failing.
     failed_at: Option<tokio::time::Instant>,
     /// Publishes of a held answer refused in a row because the target changed meanwhile,
     /// and when the next may be tried (see `refresh::PublishBackoff`).
@@ -170,10 +171,13 @@ impl Entry {
         self.rare.as_ref()?.retry_not_before
     }
 
-    /// A reconcile failed on a Kubernetes API request, now: the failures in a row.
-    pub fn api_failed(&mut self) -> u32 {
+    /// A reconcile failed, now, for a reason of its own or not (an outage): the failures in
+    /// a row.
+    pub fn api_failed(&mut self, own: bool) -> u32 {
         self.api_failures = self.api_failures.saturating_add(1);
-        self.rare_mut().failed_at = Some(tokio::time::Instant::now());
+        if own {
+            self.rare_mut().failed_at = Some(tokio::time::Instant::now());
+        }
         self.api_failures
     }
 
@@ -185,7 +189,7 @@ impl Entry {
         }
     }
 
-    /// When its last reconcile failed on a Kubernetes API request, while it keeps failing.
+    /// When a reconcile last failed for a reason of its own, while it keeps failing.
     pub fn failed_at(&self) -> Option<tokio::time::Instant> {
         self.rare.as_ref()?.failed_at
     }

@@ -311,15 +311,20 @@ impl Context {
         let listed_at = *self.census.listed_at.get_or_init(tokio::time::Instant::now);
         let queue = queues.entry(destination.to_owned()).or_default();
         while let Some(first) = queue.front() {
-            if self.memory.is_read(first, self.term) || self.watched(first).is_none() {
+            // Read, gone, or deleted without this operator's finalizer (another's may keep it
+            // listed for ever, and nothing of it is read any more): as when listed.
+            let counted = self.watched(first).is_some_and(|c| {
+                c.metadata.deletion_timestamp.is_none() || projection::has_finalizer(&c)
+            });
+            if self.memory.is_read(first, self.term) || !counted {
                 queue.pop_front();
                 continue;
             }
-            // Still failing once the patience has run (its Secret refused to the operator,
-            // say): it no longer holds the others back. One merely not reached yet (a slow
-            // cold start) still does, and so does one that last failed before: an outage,
-            // or a process paused, must not pass for its own failure; it is read again at
-            // the end of its backoff (30 s at most).
+            // Still failing for a reason of its own once the patience has run (its Secret
+            // refused to the operator, say): it no longer holds the others back. One merely
+            // not reached yet (a slow cold start) still does, and so does one whose failures
+            // were the API server's (an outage, throttling) or came before the patience ran
+            // (a process paused): it is read again at the end of its backoff (30 s at most).
             let stuck = self
                 .memory
                 .get(first, |e| e.failed_at())
@@ -421,6 +426,19 @@ impl Error {
         }
     }
 
+    /// Whether the failure is the credential's own (a Secret refused to the operator, say),
+    /// not the API server's: an answer 4xx but a conflict or throttling, or no request at all.
+    /// An outage, a timeout or a 429 would fail every credential alike.
+    pub fn is_own(&self) -> bool {
+        match self.kube() {
+            Some(kube::Error::Api(s)) => {
+                (400..500).contains(&s.code) && ![409, 429].contains(&s.code)
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+
     /// Whether the API server refused a write over a version that changed (409).
     pub fn is_conflict(&self) -> bool {
         matches!(self.kube(), Some(kube::Error::Api(s)) if s.code == 409)
@@ -435,7 +453,7 @@ impl Error {
 /// Kubernetes API failures back off from 1 s to at most 30 s: a rotated token may be
 /// waiting to be stored, so the retry must not wait long.
 pub fn error_policy(cr: Arc<EagleEyeCredential>, err: &Error, ctx: Arc<Context>) -> Action {
-    let failures = ctx.memory.with(&key(&cr), |e| e.api_failed());
+    let failures = ctx.memory.with(&key(&cr), |e| e.api_failed(err.is_own()));
     let wait = schedule::backoff(failures, jitter(&cr)).min(MAX_API_RETRY);
     warn!(credential = %key(&cr), error = %err, attempt = failures, retry_in = ?wait, "reconcile failed; retrying");
     Action::requeue(wait)
@@ -677,6 +695,27 @@ use crate::lock;
 #[cfg(test)]
 mod tests {
     use super::{is_secret_name, login_fingerprint, validate_with};
+
+    #[test]
+    fn only_a_refusal_of_the_credentials_own_counts_as_its_failure_not_the_api_servers() {
+        let answered = |code: u16| {
+            let status = kube::core::Status::failure("no", "Reason").with_code(code);
+            let source = kube::Error::Api(status.boxed());
+            super::Error::Secret(crate::secrets::SecretError::Api {
+                name: "s".into(),
+                source,
+            })
+        };
+        for own in [400, 403, 404, 422] {
+            assert!(answered(own).is_own(), "{own}");
+        }
+        for servers in [409, 429, 500, 503, 504] {
+            assert!(!answered(servers).is_own(), "{servers}");
+        }
+        let unreachable = kube::Error::Service("connection refused".into());
+        assert!(!super::Error::Status("c".into(), unreachable).is_own());
+        assert!(super::Error::Panicked("c".into()).is_own());
+    }
 
     #[test]
     fn secret_names_are_dns_subdomains_so_no_path_names_another_secret() {

@@ -604,7 +604,7 @@ impl World for KubeWorld<'_, '_> {
             .is_some()
     }
 
-    async fn list_as_spent(&mut self, stored: &StoredToken) {
+    async fn list_as_spent(&mut self, stored: &StoredToken) -> bool {
         let name = &self.r.cr.spec.refresh_token_secret_ref.name;
         let writing = self.r.writing(name);
         let listed = secrets::list_as_spent(&self.r.secrets, stored).await;
@@ -614,8 +614,12 @@ impl World for KubeWorld<'_, '_> {
             Err(_) => writing.failed(),
         };
         self.r.woken(woken, name);
-        if let Err(err) = listed {
-            tracing::warn!(error = %secrets::kube_reason(&err), secret = %name, "could not list a refresh token another credential rotated out as spent on its Secret; trying again at the next look");
+        match listed {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::warn!(error = %secrets::kube_reason(&err), secret = %name, "could not list a refresh token another credential rotated out as spent on its Secret; trying again within 30 s");
+                false
+            }
         }
     }
 
