@@ -49,6 +49,9 @@ struct Inner {
     buried: VecDeque<(Arc<str>, Vec<Fp>)>,
     /// The credentials with an answer held (so that finding one is not a walk of all).
     holding: BTreeSet<String>,
+    /// The credentials last refused a token another claims or rotated out (copies), so that
+    /// finding the copies of a token is not a walk of all.
+    copies: HashSet<Arc<str>>,
 }
 
 /// A token's fingerprint as the index keeps it: the 16 hex digits of
@@ -402,6 +405,7 @@ impl Memory {
             current,
             dead,
             buried,
+            copies,
             ..
         } = &mut *inner;
         let entry = entries.entry(key.to_owned()).or_default();
@@ -448,15 +452,36 @@ impl Memory {
             return None;
         }
         if let Some(owner) = dead.get(stored).filter(|o| &***o != key) {
+            copies.insert(me);
             return Some(owner.to_string());
         }
         if let Some(owner) = current.get(stored).filter(|o| &***o != key)
             && exists(owner)
         {
+            copies.insert(me);
             return Some(owner.to_string());
         }
+        copies.remove(&me);
         current.insert(*stored, me);
         None
+    }
+
+    /// The credentials refused `token` (by fingerprint) as a copy of another's, as their
+    /// last claim found them (see `Memory::claim`): the copies its rotation kills.
+    pub(crate) fn copies_of(&self, token: &str) -> Vec<String> {
+        let token = fp(token);
+        let inner = lock(&self.inner);
+        inner
+            .copies
+            .iter()
+            .filter(|k| {
+                inner
+                    .entries
+                    .get(&***k)
+                    .is_some_and(|e| e.tokens.first() == Some(&token))
+            })
+            .map(|k| k.to_string())
+            .collect()
     }
 
     /// The other credentials (among those `exists` says are alive) whose stored token is
@@ -522,11 +547,13 @@ impl Memory {
             current,
             dead,
             buried,
+            copies,
             ..
         } = &mut *inner;
         let Some(mut entry) = entries.remove(key) else {
             return;
         };
+        copies.remove(key);
         // (`holding` is unchanged: a held answer stays, in an entry of its own.)
         if let Some(held) = entry.held.take() {
             entries.insert(
@@ -717,6 +744,26 @@ mod tests {
         m.forget("a/x");
         m.claim("a/x", &fps(&["u1"]), 1, true, |_| true);
         assert!(super::lock(&m.inner).dead.is_empty());
+    }
+
+    #[test]
+    fn the_copies_of_a_token_are_the_credentials_refused_it_while_they_hold_it() {
+        let m = Memory::default();
+        assert_eq!(m.claim("a/x", &fps(&["t1"]), 1, true, |_| true), None);
+        assert_eq!(
+            m.claim("b/y", &fps(&["t1"]), 1, true, |_| true).as_deref(),
+            Some("a/x")
+        );
+        assert_eq!(m.copies_of(&fps(&["t1"])[0]), ["b/y"]);
+        // b gets a login of its own: no longer a copy of t1.
+        assert_eq!(m.claim("b/y", &fps(&["t9"]), 1, true, |_| true), None);
+        assert!(m.copies_of(&fps(&["t1"])[0]).is_empty());
+        assert_eq!(
+            m.claim("c/z", &fps(&["t1"]), 1, true, |_| true).as_deref(),
+            Some("a/x")
+        );
+        m.forget("c/z");
+        assert!(m.copies_of(&fps(&["t1"])[0]).is_empty());
     }
 
     #[test]

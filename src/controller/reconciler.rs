@@ -772,12 +772,10 @@ impl World for KubeWorld<'_, '_> {
             ctx.memory
                 .claim(&self.r.key, &tokens, ctx.term, true, |k| ctx.is_alive(k));
             // A copy of the token just rotated out died with it: its credential looks at once
-            // and lists it spent on its own Secret (`Refresh::in_use`), not at its next look.
-            for holder in ctx
-                .memory
-                .holders_of(&self.r.key, traded, |k| ctx.is_alive(k))
-            {
-                ctx.wake_credential(&holder);
+            // and lists it spent on its own Secret (`Refresh::list_dead_copy`), not at its next
+            // look. Only copies are looked among, not every credential.
+            for copy in ctx.memory.copies_of(traded) {
+                ctx.wake_credential(&copy);
             }
         }
         Ok(written)
