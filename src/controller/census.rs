@@ -214,12 +214,12 @@ mod tests {
         assert_eq!(crate::controller::lock(&census.waiting)["other"].len(), 1);
     }
 
-    /// A controller whose store holds `video/a` (read, waiting for the census) and
-    /// `video/cam` (unread), then sees `cam` deleted: the census now waits for no one.
-    async fn a_waits_for_cam_deleted() -> (
+    /// A controller whose store (its writer returned) holds `video/a`, read, and `video/cam`,
+    /// unread.
+    fn a_read_and_cam_unread() -> (
+        Writer<EagleEyeCredential>,
         Arc<crate::controller::Context>,
         fixtures::ApiServerVerifier,
-        futures::stream::BoxStream<'static, ObjectRef<EagleEyeCredential>>,
     ) {
         let mut store = Writer::default();
         store.apply_watcher_event(&watcher::Event::Apply(credential(fixtures::NS, "a")));
@@ -229,8 +229,19 @@ mod tests {
         let shared = fixtures::shared(now);
         let (ctx, verifier) =
             fixtures::context_over(reader.clone(), vec![reader], shared, now, Arc::default());
-        let woken = ctx.take_wakes();
         ctx.memory.mark_read("video/a", ctx.term);
+        (store, ctx, verifier)
+    }
+
+    /// `a_read_and_cam_unread`, with `a` waiting for the census, then `cam` deleted: the
+    /// census now waits for no one.
+    async fn a_waits_for_cam_deleted() -> (
+        Arc<crate::controller::Context>,
+        fixtures::ApiServerVerifier,
+        futures::stream::BoxStream<'static, ObjectRef<EagleEyeCredential>>,
+    ) {
+        let (mut store, ctx, verifier) = a_read_and_cam_unread();
+        let woken = ctx.take_wakes();
         let url = url::Url::parse(&EagleEyeCredential::test().spec.auth_url).unwrap();
         let a = ObjectRef::new("a").within(fixtures::NS);
         let unread = ctx.census_pending_for(&url, a).await;
@@ -241,15 +252,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_credential_deleted_and_held_by_another_finalizer_holds_no_census_back() {
-        let mut store = Writer::default();
-        store.apply_watcher_event(&watcher::Event::Apply(credential(fixtures::NS, "a")));
-        store.apply_watcher_event(&watcher::Event::Apply(EagleEyeCredential::test()));
-        let reader = store.as_reader();
-        let now = jiff::Timestamp::now;
-        let shared = fixtures::shared(now);
-        let (ctx, _verifier) =
-            fixtures::context_over(reader.clone(), vec![reader], shared, now, Arc::default());
-        ctx.memory.mark_read("video/a", ctx.term);
+        let (mut store, ctx, _verifier) = a_read_and_cam_unread();
         let url = url::Url::parse(&EagleEyeCredential::test().spec.auth_url).unwrap();
         assert_eq!(ctx.census_pending(&url).await.as_deref(), Some("video/cam"));
 
