@@ -537,23 +537,22 @@ impl Sim {
 
     /// The reason of credential `i`'s `Ready` condition.
     pub fn reason(&self, i: usize) -> String {
-        let c = &self.creds[i];
-        self.api
-            .get("eagleeyecredentials", &c.ns, &c.name)
-            .and_then(|o| o.pointer("/status/conditions")?.as_array().cloned())
-            .and_then(|cs| cs.into_iter().find(|c| c["type"] == "Ready"))
-            .and_then(|c| c["reason"].as_str().map(str::to_owned))
-            .unwrap_or_default()
+        self.ready_field(i, "reason")
     }
 
     /// The message of credential `i`'s `Ready` condition.
     pub fn message(&self, i: usize) -> String {
+        self.ready_field(i, "message")
+    }
+
+    /// One field of credential `i`'s `Ready` condition (empty without one).
+    fn ready_field(&self, i: usize, field: &str) -> String {
         let c = &self.creds[i];
         self.api
             .get("eagleeyecredentials", &c.ns, &c.name)
             .and_then(|o| o.pointer("/status/conditions")?.as_array().cloned())
             .and_then(|cs| cs.into_iter().find(|c| c["type"] == "Ready"))
-            .and_then(|c| c["message"].as_str().map(str::to_owned))
+            .and_then(|c| c[field].as_str().map(str::to_owned))
             .unwrap_or_default()
     }
 
