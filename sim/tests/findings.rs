@@ -402,3 +402,58 @@ fn a_publish_that_meets_conflicts_backs_off_while_another_writer_keeps_writing_t
         ],
     );
 }
+
+/// A is deleted while its token call is in flight, and B holds a copy of the token A is
+/// spending: B must not spend it before A's answer is stored (two spends of one rotating
+/// token, which may end the login), however soon it looks again.
+#[test]
+fn a_copy_is_not_spent_while_its_claimant_deleted_mid_call_still_awaits_its_answer() {
+    use Ev::*;
+    passes(
+        a_and_b_later(),
+        &[
+            Ev::create(0),
+            Copy { from: 0, to: 1 },
+            Ev::create(1),
+            Expect("B says its token is in use", |s| {
+                s.reason(1) == "RefreshTokenInUse"
+            }),
+            HoldCallsUntilOne(3600),
+            Delete(0),
+            Pass(90),
+            AnswerCalls,
+            Pass(60),
+            Expect("no reuse", |s| s.reuses() == 0),
+            Expect("A's answer is stored in its Secret", |s| s.refreshes() == 2),
+            Expect("B says its token is dead", |s| says_dead_copy(s, 1)),
+        ],
+    );
+}
+
+/// As above, with A's write-back held in flight well past its spend intent's bound: the
+/// answer rotated the token out, so B's copy is dead from then on, stored or not.
+#[test]
+fn a_copy_is_never_spent_once_its_deleted_claimants_answer_came_though_not_yet_stored() {
+    use Ev::*;
+    passes(
+        a_and_b_later(),
+        &[
+            Ev::create(0),
+            Copy { from: 0, to: 1 },
+            Ev::create(1),
+            Expect("B says its token is in use", |s| {
+                s.reason(1) == "RefreshTokenInUse"
+            }),
+            HoldCallsUntilOne(3600),
+            Delete(0),
+            HoldWrites(0, 0, "cam0-refresh"),
+            AnswerCalls,
+            Pass(1200),
+            Expect("no reuse while A's answer waits", |s| s.reuses() == 0),
+            Expect("B says its token is dead", |s| says_dead_copy(s, 1)),
+            ReleaseWrites(0, 0, "cam0-refresh"),
+            Pass(60),
+            Expect("no reuse", |s| s.reuses() == 0),
+        ],
+    );
+}

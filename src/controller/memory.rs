@@ -52,6 +52,10 @@ struct Inner {
     /// The credentials last refused a token another claims or rotated out (copies), so that
     /// finding the copies of a token is not a walk of all.
     copies: HashSet<Arc<str>>,
+    /// Tokens being spent (by fingerprint): by whom, and until when an answer may still
+    /// come (the spend intent's bound). They bind whoever else holds a copy, even once the
+    /// spender is deleted (see `Memory::intend`).
+    intents: HashMap<Fp, (Arc<str>, tokio::time::Instant)>,
 }
 
 /// A token's fingerprint as the index keeps it: the 16 hex digits of
@@ -406,6 +410,7 @@ impl Memory {
             dead,
             buried,
             copies,
+            intents,
             ..
         } = &mut *inner;
         let entry = entries.entry(key.to_owned()).or_default();
@@ -437,6 +442,10 @@ impl Memory {
             if current.get(t).is_some_and(|o| &**o != key) {
                 current.remove(t);
             }
+            // Its spend is answered and stored: the token is dead, which binds for good.
+            if intents.get(t).is_some_and(|(o, _)| &**o == key) {
+                intents.remove(t);
+            }
         }
         // What fell off its lists (the Secret keeps the last 64 rotated out) is forgotten
         // here too: the index stays as large as the lists, however long the process runs.
@@ -454,6 +463,17 @@ impl Memory {
         if let Some(owner) = dead.get(stored).filter(|o| &***o != key) {
             copies.insert(me);
             return Some(owner.to_string());
+        }
+        // Being spent by another, deleted since or not: its answer may still come.
+        if let Some((owner, until)) = intents.get(stored)
+            && &**owner != key
+        {
+            if *until > tokio::time::Instant::now() {
+                let owner = owner.to_string();
+                copies.insert(me);
+                return Some(owner);
+            }
+            intents.remove(stored);
         }
         if let Some(owner) = current.get(stored).filter(|o| &***o != key)
             && exists(owner)
@@ -482,6 +502,69 @@ impl Memory {
             })
             .map(|k| k.to_string())
             .collect()
+    }
+
+    /// Credential `key` is about to spend `token` (by fingerprint), and an answer may come
+    /// for `hold` from now (its spend intent's bound): until then, or until the answer
+    /// rotates it out (`rotated`) or the call ends with none (`withdraw`), no one else may
+    /// claim it, even once `key` is deleted. (A claim alone is released when its credential
+    /// is deleted, so that a copy may take the login over: not while a call may still
+    /// rotate it.)
+    pub(crate) fn intend(&self, key: &str, token: &str, hold: std::time::Duration) {
+        let now = tokio::time::Instant::now();
+        let mut inner = lock(&self.inner);
+        let name = inner
+            .entries
+            .get(key)
+            .and_then(|e| e.name.clone())
+            .unwrap_or_else(|| Arc::from(key));
+        // Only calls in flight and those whose answer was lost are kept: a few.
+        inner.intents.retain(|_, (_, until)| *until > now);
+        inner.intents.insert(fp(token), (name, now + hold));
+    }
+
+    /// The call credential `key` made with `token` ended with no answer to come.
+    pub(crate) fn withdraw(&self, key: &str, token: &str) {
+        let mut inner = lock(&self.inner);
+        let t = fp(token);
+        if inner.intents.get(&t).is_some_and(|(o, _)| &**o == key) {
+            inner.intents.remove(&t);
+        }
+    }
+
+    /// The auth server answered credential `key`'s spend of `token` with another: `token`
+    /// is dead from now on, whether or not its Secret ever says so (the credential may be
+    /// deleted before its answer is stored, and a copy elsewhere must never be spent).
+    pub(crate) fn rotated(&self, key: &str, token: &str) {
+        let t = fp(token);
+        let mut inner = lock(&self.inner);
+        let Inner {
+            entries,
+            dead,
+            buried,
+            intents,
+            ..
+        } = &mut *inner;
+        if intents.get(&t).is_some_and(|(o, _)| &**o == key) {
+            intents.remove(&t);
+        }
+        // Known dead as long as the credential's other dead tokens: among its claims while
+        // it exists, among the buried once it is deleted.
+        match entries.get_mut(key).filter(|e| !e.tokens.is_empty()) {
+            Some(entry) => {
+                let name = entry.name.get_or_insert_with(|| Arc::from(key)).clone();
+                if !entry.tokens[1..].contains(&t) {
+                    entry.tokens.push(t);
+                }
+                dead.entry(t).or_insert(name);
+            }
+            None => {
+                if let Some((name, tokens)) = buried.iter_mut().rev().find(|(k, _)| &**k == key) {
+                    tokens.push(t);
+                    dead.entry(t).or_insert_with(|| name.clone());
+                }
+            }
+        }
     }
 
     /// The other credentials (among those `exists` says are alive) whose stored token is
@@ -640,9 +723,11 @@ impl Memory {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use secrecy::{ExposeSecret, SecretString};
 
-    use super::Memory;
+    use super::{Memory, lock};
     use crate::secrets::fingerprint;
 
     const KEY: &str = "video/cam";
@@ -689,6 +774,62 @@ mod tests {
         );
         // Once the first is gone, the copy is the only holder left.
         assert_eq!(m.claim("b/y", &fps(&["t1"]), 1, true, |_| false), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_being_spent_binds_copies_until_its_call_can_no_longer_be_answered() {
+        let m = Memory::default();
+        let t1 = fingerprint("t1");
+        let t1 = t1.as_str();
+        assert_eq!(m.claim("a/x", &[t1.into()], 1, true, |_| true), None);
+        m.intend("a/x", t1, Duration::from_secs(300));
+        // Deleted mid-call: its claim is released, its spend is not.
+        m.forget("a/x");
+        assert_eq!(
+            m.claim("b/y", &[t1.into()], 1, true, |_| false),
+            Some("a/x".into())
+        );
+        // The call ended with nothing to come: the copy is the only holder left.
+        m.withdraw("a/x", t1);
+        assert_eq!(m.claim("b/y", &[t1.into()], 1, true, |_| false), None);
+        // Another spend, and no answer ever: it binds until its bound, not for ever.
+        m.forget("b/y");
+        m.intend("b/y", t1, Duration::from_secs(300));
+        tokio::time::advance(Duration::from_secs(299)).await;
+        assert_eq!(
+            m.claim("c/z", &[t1.into()], 1, true, |_| false),
+            Some("b/y".into())
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(m.claim("c/z", &[t1.into()], 1, true, |_| false), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_answered_with_another_is_dead_before_it_is_stored_even_once_its_spender_is_deleted()
+     {
+        let m = Memory::default();
+        let (t1, t2) = (fingerprint("t1"), fingerprint("t2"));
+        for spender in ["a/x", "b/y"] {
+            m.claim(spender, std::slice::from_ref(&t1), 1, true, |_| true);
+        }
+        m.intend("a/x", &t1, Duration::from_secs(300));
+        // Alive when the answer comes; deleted when it comes: both bury the token dead.
+        m.rotated("a/x", &t1);
+        m.forget("a/x");
+        m.forget("b/y");
+        m.claim("b/y", std::slice::from_ref(&t2), 1, true, |_| true);
+        m.intend("b/y", &t2, Duration::from_secs(300));
+        m.forget("b/y");
+        m.rotated("b/y", &t2);
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        for (token, spender) in [(&t1, "a/x"), (&t2, "b/y")] {
+            assert_eq!(
+                m.claim("c/z", std::slice::from_ref(token), 1, true, |_| false),
+                Some(spender.into())
+            );
+            assert_eq!(m.rotated_out_by("c/z", token), Some(spender.into()));
+        }
+        assert!(lock(&m.inner).intents.is_empty());
     }
 
     #[test]

@@ -681,6 +681,12 @@ impl World for KubeWorld<'_, '_> {
             Ok(Some(stored)) => writing.wrote(&stored.secret, None),
             _ => writing.failed(),
         };
+        if let Ok(Some(_)) = &recorded {
+            // Copies elsewhere are bound as long as the intent on this Secret binds.
+            let hold = intent.until.duration_since(self.now()).unsigned_abs();
+            let ctx = self.r.ctx;
+            ctx.memory.intend(&self.r.key, &stored.fingerprint, hold);
+        }
         self.r.woken(woken, name);
         recorded.map_err(|e| Error::Intent(name.clone(), e))
     }
@@ -689,6 +695,7 @@ impl World for KubeWorld<'_, '_> {
         let holder = self.r.holder();
         let name = &self.r.cr.spec.refresh_token_secret_ref.name;
         let writing = self.r.writing(name);
+        self.r.ctx.memory.withdraw(&self.r.key, &stored.fingerprint);
         let withdrawn = secrets::withdraw_intent(&self.r.secrets, stored, &holder).await;
         let woken = match &withdrawn {
             Ok(Some(written)) => writing.wrote(written, None),
@@ -724,8 +731,18 @@ impl World for KubeWorld<'_, '_> {
         let labels = labels(self.r.cr);
         ctx.metrics
             .refresh_attempt(&labels, started.elapsed().as_secs_f64());
-        if let Err(e) = &result {
-            ctx.metrics.refresh_failure(&labels, e.reason());
+        match &result {
+            Err(e) => ctx.metrics.refresh_failure(&labels, e.reason()),
+            // Dead from this answer on, stored or not (see `Memory::rotated`).
+            Ok(grant)
+                if grant
+                    .refresh_token
+                    .as_ref()
+                    .is_some_and(|t| t.expose_secret() != stored.token.expose_secret()) =>
+            {
+                ctx.memory.rotated(&self.r.key, &stored.fingerprint)
+            }
+            Ok(_) => {}
         }
         self.answered = Some(std::time::Instant::now());
         (result, whole_seconds(ctx.settings.now()))
