@@ -457,3 +457,37 @@ fn a_copy_is_never_spent_once_its_deleted_claimants_answer_came_though_not_yet_s
         ],
     );
 }
+
+/// A (with `revokeOnDelete`, so it stays while being deleted) writes its spend intent, and
+/// the write is slow to land; A is deleted meanwhile, and B, holding a copy, looks at once:
+/// B must not take the token over, since A's spend is already under way.
+#[test]
+fn a_copy_is_not_spent_when_its_claimant_is_deleted_while_recording_its_spend() {
+    use Ev::*;
+    passes(
+        a_and_b_later(),
+        &[
+            Ev::Create {
+                i: 0,
+                revoke_on_delete: true,
+                target: None,
+            },
+            Copy { from: 0, to: 1 },
+            Ev::create(1),
+            Expect("B says its token is in use", |s| {
+                s.reason(1) == "RefreshTokenInUse"
+            }),
+            HoldWrites(0, 0, "cam0-refresh"),
+            // A is due at 2,387 s in this script: its intent write waits from then on, with
+            // its call slot for 30 s. B looks again every 30 s (at 2,400 s).
+            Pass(2390),
+            Expect("A has not spent yet", |s| s.refreshes() == 1),
+            Delete(0),
+            Pass(15),
+            ReleaseWrites(0, 0, "cam0-refresh"),
+            Pass(120),
+            Expect("A's spend went ahead", |s| s.refreshes() == 2),
+            Expect("no reuse", |s| s.reuses() == 0),
+        ],
+    );
+}

@@ -505,22 +505,42 @@ impl Memory {
     }
 
     /// Credential `key` is about to spend `token` (by fingerprint), and an answer may come
-    /// for `hold` from now (its spend intent's bound): until then, or until the answer
-    /// rotates it out (`rotated`) or the call ends with none (`withdraw`), no one else may
-    /// claim it, even once `key` is deleted. (A claim alone is released when its credential
-    /// is deleted, so that a copy may take the login over: not while a call may still
-    /// rotate it.)
-    pub(crate) fn intend(&self, key: &str, token: &str, hold: std::time::Duration) {
+    /// for `hold` from now (its spend intent's bound): unless another credential has
+    /// claimed it since (this one being deleted, say) or rotated it out, it is this one's to
+    /// spend, and no one else may claim it until the answer rotates it out (`rotated`), the
+    /// call ends with none (`withdraw`) or `hold` has passed, even once `key` is deleted (a
+    /// claim alone is released when its credential is deleted, so that a copy may take the
+    /// login over: not while a call may still rotate it). Returns whether it may be spent.
+    /// Made before the intent is written to the Secret, under the lock every claim takes:
+    /// a copy claims the token first, or finds it being spent.
+    pub(crate) fn intend(&self, key: &str, token: &str, hold: std::time::Duration) -> bool {
         let now = tokio::time::Instant::now();
+        let t = fp(token);
         let mut inner = lock(&self.inner);
-        let name = inner
-            .entries
+        let Inner {
+            entries,
+            current,
+            dead,
+            intents,
+            ..
+        } = &mut *inner;
+        let others = |o: &Arc<str>| &**o != key;
+        if dead.get(&t).is_some_and(others)
+            || current.get(&t).is_some_and(others)
+            || intents
+                .get(&t)
+                .is_some_and(|(o, until)| others(o) && *until > now)
+        {
+            return false;
+        }
+        let name = entries
             .get(key)
             .and_then(|e| e.name.clone())
             .unwrap_or_else(|| Arc::from(key));
         // Only calls in flight and those whose answer was lost are kept: a few.
-        inner.intents.retain(|_, (_, until)| *until > now);
-        inner.intents.insert(fp(token), (name, now + hold));
+        intents.retain(|_, (_, until)| *until > now);
+        intents.insert(t, (name, now + hold));
+        true
     }
 
     /// The call credential `key` made with `token` ended with no answer to come.
@@ -782,7 +802,7 @@ mod tests {
         let t1 = fingerprint("t1");
         let t1 = t1.as_str();
         assert_eq!(m.claim("a/x", &[t1.into()], 1, true, |_| true), None);
-        m.intend("a/x", t1, Duration::from_secs(300));
+        assert!(m.intend("a/x", t1, Duration::from_secs(300)));
         // Deleted mid-call: its claim is released, its spend is not.
         m.forget("a/x");
         assert_eq!(
@@ -794,7 +814,7 @@ mod tests {
         assert_eq!(m.claim("b/y", &[t1.into()], 1, true, |_| false), None);
         // Another spend, and no answer ever: it binds until its bound, not for ever.
         m.forget("b/y");
-        m.intend("b/y", t1, Duration::from_secs(300));
+        assert!(m.intend("b/y", t1, Duration::from_secs(300)));
         tokio::time::advance(Duration::from_secs(299)).await;
         assert_eq!(
             m.claim("c/z", &[t1.into()], 1, true, |_| false),
@@ -802,6 +822,10 @@ mod tests {
         );
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(m.claim("c/z", &[t1.into()], 1, true, |_| false), None);
+        // A spender deleted between its claim and its spend finds the copy's claim: it
+        // spends nothing.
+        assert!(!m.intend("b/y", t1, Duration::from_secs(300)));
+        assert!(m.intend("c/z", t1, Duration::from_secs(300)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -812,13 +836,13 @@ mod tests {
         for spender in ["a/x", "b/y"] {
             m.claim(spender, std::slice::from_ref(&t1), 1, true, |_| true);
         }
-        m.intend("a/x", &t1, Duration::from_secs(300));
+        assert!(m.intend("a/x", &t1, Duration::from_secs(300)));
         // Alive when the answer comes; deleted when it comes: both bury the token dead.
         m.rotated("a/x", &t1);
         m.forget("a/x");
         m.forget("b/y");
         m.claim("b/y", std::slice::from_ref(&t2), 1, true, |_| true);
-        m.intend("b/y", &t2, Duration::from_secs(300));
+        assert!(m.intend("b/y", &t2, Duration::from_secs(300)));
         m.forget("b/y");
         m.rotated("b/y", &t2);
         tokio::time::advance(Duration::from_secs(3600)).await;

@@ -676,16 +676,21 @@ impl World for KubeWorld<'_, '_> {
     ) -> Result<Option<StoredToken>, Error> {
         let name = &self.r.cr.spec.refresh_token_secret_ref.name;
         let writing = self.r.writing(name);
+        // Copies elsewhere are bound as long as the intent on this Secret binds, from before
+        // it is written: a copy looking meanwhile must not take the token over.
+        let ctx = self.r.ctx;
+        let hold = intent.until.duration_since(self.now()).unsigned_abs();
+        if !ctx.memory.intend(&self.r.key, &stored.fingerprint, hold) {
+            // Claimed by another since it was read (this one is being deleted): read again.
+            return Ok(None);
+        }
         let recorded = secrets::record_intent(&self.r.secrets, stored, intent).await;
         let woken = match &recorded {
             Ok(Some(stored)) => writing.wrote(&stored.secret, None),
             _ => writing.failed(),
         };
-        if let Ok(Some(_)) = &recorded {
-            // Copies elsewhere are bound as long as the intent on this Secret binds.
-            let hold = intent.until.duration_since(self.now()).unsigned_abs();
-            let ctx = self.r.ctx;
-            ctx.memory.intend(&self.r.key, &stored.fingerprint, hold);
+        if !matches!(recorded, Ok(Some(_))) {
+            ctx.memory.withdraw(&self.r.key, &stored.fingerprint);
         }
         self.r.woken(woken, name);
         recorded.map_err(|e| Error::Intent(name.clone(), e))
