@@ -87,6 +87,9 @@ pub struct Eagle {
     pub revokes_of_replaced: u64,
     /// RFC 9700: a reuse revokes the whole login.
     pub revoke_on_reuse: bool,
+    /// Answers rotate as usual but carry no access token: unusable, the new refresh token in
+    /// them all the same.
+    pub malformed: bool,
 }
 
 fn token_text(prefix: char, login: usize, serial: u32) -> String {
@@ -280,8 +283,12 @@ impl Eagle {
         let access = format!("A{login:05}m{:08}{}", self.minted, "k".repeat(40));
         self.access
             .insert(access.clone(), (login, self.minted, now));
+        let access_field = match self.malformed {
+            true => String::new(),
+            false => format!("\"access_token\":\"{access}\","),
+        };
         let body = format!(
-            "{{\"access_token\":\"{access}\",\"expires_in\":{ACCESS_LIFE},\"httpsBaseUrl\":{{\"hostname\":\"{API_HOST}\",\"port\":443}},\"refresh_token\":\"{refresh}\",\"scope\":\"vms.all\",\"token_type\":\"Bearer\"}}"
+            "{{{access_field}\"expires_in\":{ACCESS_LIFE},\"httpsBaseUrl\":{{\"hostname\":\"{API_HOST}\",\"port\":443}},\"refresh_token\":\"{refresh}\",\"scope\":\"vms.all\",\"token_type\":\"Bearer\"}}"
         );
         (
             Answer {

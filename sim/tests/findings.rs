@@ -431,30 +431,45 @@ fn a_copy_is_not_spent_while_its_claimant_deleted_mid_call_still_awaits_its_answ
 }
 
 /// As above, with A's write-back held in flight well past its spend intent's bound: the
-/// answer rotated the token out, so B's copy is dead from then on, stored or not.
+/// answer rotated the token out, so B's copy is dead from then on, stored or not; also when
+/// the answer is unusable (no access token) but carries the new refresh token.
+fn a_copy_once_its_deleted_claimants_answer_came(malformed: bool) -> Vec<Ev> {
+    use Ev::*;
+    vec![
+        Ev::create(0),
+        Copy { from: 0, to: 1 },
+        Ev::create(1),
+        Expect("B says its token is in use", |s| {
+            s.reason(1) == "RefreshTokenInUse"
+        }),
+        HoldCallsUntilOne(3600),
+        Delete(0),
+        HoldWrites(0, 0, "cam0-refresh"),
+        Malformed(malformed),
+        AnswerCalls,
+        Malformed(false),
+        Pass(1200),
+        Expect("no reuse while A's answer waits", |s| s.reuses() == 0),
+        Expect("B says its token is dead", |s| says_dead_copy(s, 1)),
+        ReleaseWrites(0, 0, "cam0-refresh"),
+        Pass(60),
+        Expect("no reuse", |s| s.reuses() == 0),
+    ]
+}
+
 #[test]
 fn a_copy_is_never_spent_once_its_deleted_claimants_answer_came_though_not_yet_stored() {
-    use Ev::*;
     passes(
         a_and_b_later(),
-        &[
-            Ev::create(0),
-            Copy { from: 0, to: 1 },
-            Ev::create(1),
-            Expect("B says its token is in use", |s| {
-                s.reason(1) == "RefreshTokenInUse"
-            }),
-            HoldCallsUntilOne(3600),
-            Delete(0),
-            HoldWrites(0, 0, "cam0-refresh"),
-            AnswerCalls,
-            Pass(1200),
-            Expect("no reuse while A's answer waits", |s| s.reuses() == 0),
-            Expect("B says its token is dead", |s| says_dead_copy(s, 1)),
-            ReleaseWrites(0, 0, "cam0-refresh"),
-            Pass(60),
-            Expect("no reuse", |s| s.reuses() == 0),
-        ],
+        &a_copy_once_its_deleted_claimants_answer_came(false),
+    );
+}
+
+#[test]
+fn a_copy_is_never_spent_once_its_deleted_claimants_unusable_answer_carried_a_new_token() {
+    passes(
+        a_and_b_later(),
+        &a_copy_once_its_deleted_claimants_answer_came(true),
     );
 }
 

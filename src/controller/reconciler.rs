@@ -674,8 +674,6 @@ impl World for KubeWorld<'_, '_> {
         stored: &StoredToken,
         intent: &intent::Intent,
     ) -> Result<Option<StoredToken>, Error> {
-        let name = &self.r.cr.spec.refresh_token_secret_ref.name;
-        let writing = self.r.writing(name);
         // Copies elsewhere are bound as long as the intent on this Secret binds, from before
         // it is written: a copy looking meanwhile must not take the token over.
         let ctx = self.r.ctx;
@@ -684,6 +682,8 @@ impl World for KubeWorld<'_, '_> {
             // Claimed by another since it was read (this one is being deleted): read again.
             return Ok(None);
         }
+        let name = &self.r.cr.spec.refresh_token_secret_ref.name;
+        let writing = self.r.writing(name);
         let recorded = secrets::record_intent(&self.r.secrets, stored, intent).await;
         let woken = match &recorded {
             Ok(Some(stored)) => writing.wrote(&stored.secret, None),
@@ -736,18 +736,17 @@ impl World for KubeWorld<'_, '_> {
         let labels = labels(self.r.cr);
         ctx.metrics
             .refresh_attempt(&labels, started.elapsed().as_secs_f64());
-        match &result {
-            Err(e) => ctx.metrics.refresh_failure(&labels, e.reason()),
-            // Dead from this answer on, stored or not (see `Memory::rotated`).
-            Ok(grant)
-                if grant
-                    .refresh_token
-                    .as_ref()
-                    .is_some_and(|t| t.expose_secret() != stored.token.expose_secret()) =>
-            {
-                ctx.memory.rotated(&self.r.key, &stored.fingerprint)
-            }
-            Ok(_) => {}
+        if let Err(e) = &result {
+            ctx.metrics.refresh_failure(&labels, e.reason());
+        }
+        // An answer that carries another refresh token, usable or not, rotated the one sent
+        // out: dead from now on, stored or not (see `Memory::rotated`).
+        let new = match &result {
+            Ok(grant) => grant.refresh_token.as_ref(),
+            Err(e) => e.refresh_token(),
+        };
+        if new.is_some_and(|t| t.expose_secret() != stored.token.expose_secret()) {
+            ctx.memory.rotated(&self.r.key, &stored.fingerprint);
         }
         self.answered = Some(std::time::Instant::now());
         (result, whole_seconds(ctx.settings.now()))

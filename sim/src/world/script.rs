@@ -73,6 +73,9 @@ pub enum Ev {
     Suspend(usize, bool),
     /// kube-apiserver answers every request 503 (true) or again as usual (false).
     Outage(bool),
+    /// The token endpoint's answers rotate but carry no access token (true), or are whole
+    /// again (false).
+    Malformed(bool),
     /// A person copies the token credential `from`'s Secret holds now into `to`'s.
     Copy {
         from: usize,
@@ -251,6 +254,7 @@ impl Sim {
                 self.outage = *on;
                 self.quiet().await;
             }
+            Ev::Malformed(on) => self.eagle.malformed = *on,
             Ev::Suspend(i, on) => {
                 let c = self.creds[*i].clone();
                 let key = self.key("eagleeyecredentials", &c.ns, &c.name);
