@@ -45,8 +45,9 @@ struct Inner {
     /// credential, so as numbers and one shared name, not strings (a credential's share of
     /// the index is about 2 KiB at the most, not 12).
     dead: HashMap<Fp, Arc<str>>,
-    /// Deleted credentials whose rotated-out tokens stay known dead, oldest first.
-    buried: VecDeque<(Arc<str>, Vec<Fp>)>,
+    /// Deleted credentials whose rotated-out tokens stay known dead, oldest first, with
+    /// their uids (see `Memory::identify`).
+    buried: VecDeque<(Arc<str>, Uid, Vec<Fp>)>,
     /// The credentials with an answer held (so that finding one is not a walk of all).
     holding: BTreeSet<String>,
     /// The credentials last refused a token another claims or rotated out (copies), so that
@@ -55,7 +56,7 @@ struct Inner {
     /// Tokens being spent (by fingerprint): by whom, and until when an answer may still
     /// come (the spend intent's bound). They bind whoever else holds a copy, even once the
     /// spender is deleted (see `Memory::intend`).
-    intents: HashMap<Fp, (Arc<str>, tokio::time::Instant)>,
+    intents: Intents,
 }
 
 /// A token's fingerprint as the index keeps it: the 16 hex digits of
@@ -83,17 +84,57 @@ fn fp(fingerprint: &str) -> Fp {
 /// fingerprints each): a copy of one is never spent, yet churn cannot grow memory forever.
 const BURIED: usize = 1024;
 
+/// A credential's uid, hashed (0: not known).
+type Uid = u64;
+
+fn uid(uid: &str) -> Uid {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    uid.hash(&mut h);
+    h.finish().max(1)
+}
+
+/// Spends registered in memory (see `Memory::intend`): by whom, and until when.
+type Intents = HashMap<Fp, (Arc<str>, tokio::time::Instant)>;
+
+/// What a deleted credential named `key` owns goes under this name, so that a new
+/// credential of the same name is another.
+fn ghost(key: &str) -> Arc<str> {
+    Arc::from(format!("{key}{DELETED}"))
+}
+
+const DELETED: &str = " (deleted)";
+
+/// `key`'s spends, still binding, become `ghost`'s.
+fn disown_intents(intents: &mut Intents, key: &str, ghost: &Arc<str>) {
+    for (owner, _) in intents.values_mut() {
+        if &**owner == key {
+            *owner = ghost.clone();
+        }
+    }
+}
+
+/// Ends `key`'s spend of token `t`, if it has one (also once `key` is forgotten: its
+/// reconcile may still end the call).
+fn end_intent(intents: &mut Intents, t: &Fp, key: &str) {
+    let mine = |o: &str| o == key || o.strip_suffix(DELETED) == Some(key);
+    if intents.get(t).is_some_and(|(o, _)| mine(o)) {
+        intents.remove(t);
+    }
+}
+
 /// Keeps a deleted credential's dead tokens known, forgetting the oldest deleted
 /// credential's beyond [`BURIED`].
 fn bury(
-    buried: &mut VecDeque<(Arc<str>, Vec<Fp>)>,
+    buried: &mut VecDeque<(Arc<str>, Uid, Vec<Fp>)>,
     dead: &mut HashMap<Fp, Arc<str>>,
     name: Arc<str>,
+    uid: Uid,
     tokens: Vec<Fp>,
 ) {
-    buried.push_back((name, tokens));
+    buried.push_back((name, uid, tokens));
     while buried.len() > BURIED {
-        let Some((oldest, tokens)) = buried.pop_front() else {
+        let Some((oldest, _, tokens)) = buried.pop_front() else {
             break;
         };
         for t in tokens {
@@ -123,6 +164,8 @@ pub(crate) struct Entry {
     rare: Option<Box<Rare>>,
     /// The last term in which a reconcile read its Secrets (see the module's doc).
     read_in_term: u64,
+    /// Which credential of this name it is (see `Memory::identify`).
+    uid: Uid,
 }
 
 /// What an entry remembers only after something went wrong, or while a credential is
@@ -439,10 +482,11 @@ impl Memory {
         let me = entry.name.get_or_insert_with(|| Arc::from(key)).clone();
         let tokens: Vec<Fp> = tokens.iter().map(|t| fp(t)).collect();
         let mut old = std::mem::take(&mut entry.tokens);
-        if let Some(i) = buried.iter().position(|(k, _)| &**k == key) {
-            // Recreated under the same name: its claims are its own again (and forgotten
-            // with its lists like any other's).
-            if let Some((_, tokens)) = buried.remove(i) {
+        if let Some(i) = buried.iter().position(|(k, _, _)| &**k == key) {
+            // Back under the same name (relabelled out of this shard and in again, say; one
+            // recreated is another credential, see `identify`): its claims are its own
+            // again (and forgotten with its lists like any other's).
+            if let Some((_, _, tokens)) = buried.remove(i) {
                 old.extend(tokens);
             }
         }
@@ -464,9 +508,7 @@ impl Memory {
                 current.remove(t);
             }
             // Its spend is answered and stored: the token is dead, which binds for good.
-            if intents.get(t).is_some_and(|(o, _)| &**o == key) {
-                intents.remove(t);
-            }
+            end_intent(intents, t, key);
         }
         // What fell off its lists (the Secret keeps the last 64 rotated out) is forgotten
         // here too: the index stays as large as the lists, however long the process runs.
@@ -568,9 +610,7 @@ impl Memory {
     pub(crate) fn withdraw(&self, key: &str, token: &str) {
         let mut inner = lock(&self.inner);
         let t = fp(token);
-        if inner.intents.get(&t).is_some_and(|(o, _)| &**o == key) {
-            inner.intents.remove(&t);
-        }
+        end_intent(&mut inner.intents, &t, key);
     }
 
     /// The auth server answered credential `key`'s spend of `token` with another: `token`
@@ -586,9 +626,7 @@ impl Memory {
             intents,
             ..
         } = &mut *inner;
-        if intents.get(&t).is_some_and(|(o, _)| &**o == key) {
-            intents.remove(&t);
-        }
+        end_intent(intents, &t, key);
         // Known dead as long as the credential's other dead tokens: among its claims while
         // it exists, among the buried once it is deleted.
         match entries.get_mut(key).filter(|e| !e.tokens.is_empty()) {
@@ -599,15 +637,17 @@ impl Memory {
                 }
                 dead.entry(t).or_insert(name);
             }
-            None => match buried.iter_mut().rev().find(|(k, _)| &**k == key) {
-                Some((name, tokens)) => {
+            None => match buried.iter_mut().rev().find(|(k, _, _)| &**k == key) {
+                Some((name, _, tokens)) => {
                     tokens.push(t);
                     dead.entry(t).or_insert_with(|| name.clone());
                 }
                 None => {
+                    // (Whose uid is not known here: a credential of this name read later
+                    // takes it for another's.)
                     let name: Arc<str> = Arc::from(key);
                     dead.entry(t).or_insert_with(|| name.clone());
-                    bury(buried, dead, name, vec![t]);
+                    bury(buried, dead, name, 0, vec![t]);
                 }
             },
         }
@@ -677,8 +717,14 @@ impl Memory {
             dead,
             buried,
             copies,
+            intents,
             ..
         } = &mut *inner;
+        // Its spends bind until they can no longer be answered, as a deleted credential's:
+        // a new credential of its name is another.
+        if intents.values().any(|(o, _)| &**o == key) {
+            disown_intents(intents, key, &ghost(key));
+        }
         let Some(mut entry) = entries.remove(key) else {
             return;
         };
@@ -709,8 +755,61 @@ impl Memory {
         // anything pushes no one's dead tokens out.)
         if !mine.is_empty() {
             let name = entry.name.take().unwrap_or_else(|| Arc::from(key));
-            bury(buried, dead, name, mine);
+            bury(buried, dead, name, entry.uid, mine);
         }
+    }
+
+    /// Tells memory which credential of name `key` is being read (its `uid`): when a
+    /// credential of that name was deleted and this is a new one, what the old one claimed
+    /// or rotated out becomes a deleted credential's (owned by "`key` (deleted)", as its
+    /// spends are once it is forgotten), so that the new one, reading a copy of the old one's token (a
+    /// Secret re-applied from an old manifest, say), finds it dead or being spent like any
+    /// other credential would. Before every claim of a credential's own.
+    pub(crate) fn identify(&self, key: &str, credential_uid: &str) {
+        let me = uid(credential_uid);
+        let mut inner = lock(&self.inner);
+        let Inner {
+            entries,
+            current,
+            dead,
+            buried,
+            copies,
+            intents,
+            ..
+        } = &mut *inner;
+        let mut theirs = Vec::new();
+        if let Some(e) = entries.get_mut(key)
+            && e.uid != 0
+            && e.uid != me
+        {
+            // Deleted and recreated before this process saw it gone.
+            theirs = std::mem::take(&mut e.tokens);
+            e.live = None;
+        }
+        while let Some(i) = buried.iter().position(|(k, u, _)| &**k == key && *u != me) {
+            if let Some((_, _, tokens)) = buried.remove(i) {
+                theirs.extend(tokens);
+            }
+        }
+        if !theirs.is_empty() {
+            let ghost = ghost(key);
+            let mut dead_ones = Vec::new();
+            for t in theirs {
+                if current.get(&t).is_some_and(|o| &**o == key) {
+                    current.remove(&t);
+                }
+                if dead.get(&t).is_some_and(|o| &**o == key) {
+                    dead.insert(t, ghost.clone());
+                    dead_ones.push(t);
+                }
+            }
+            disown_intents(intents, key, &ghost);
+            copies.remove(key);
+            if !dead_ones.is_empty() {
+                bury(buried, dead, ghost, 0, dead_ones);
+            }
+        }
+        entries.entry(key.to_owned()).or_default().uid = me;
     }
 
     /// Keeps only the credentials `keep` says are present; returns the keys of those gone
@@ -823,11 +922,11 @@ mod tests {
         let t1 = t1.as_str();
         assert_eq!(m.claim("a/x", &[t1.into()], 1, true, |_| true), None);
         assert!(m.intend("a/x", t1, Duration::from_secs(300)));
-        // Deleted mid-call: its claim is released, its spend is not.
+        // Deleted mid-call: its claim is released, its spend is not (a deleted one's).
         m.forget("a/x");
         assert_eq!(
             m.claim("b/y", &[t1.into()], 1, true, |_| false),
-            Some("a/x".into())
+            Some("a/x (deleted)".into())
         );
         // The call ended with nothing to come: the copy is the only holder left.
         m.withdraw("a/x", t1);
@@ -846,6 +945,47 @@ mod tests {
         // spends nothing.
         assert!(!m.intend("b/y", t1, Duration::from_secs(300)));
         assert!(m.intend("c/z", t1, Duration::from_secs(300)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_credential_recreated_under_the_same_name_is_another_for_what_the_old_one_rotated_or_spends()
+     {
+        let [t0, t1, t2, t3] = ["t0", "t1", "t2", "t3"].map(fingerprint);
+        let m = Memory::default();
+        // The old one rotated t1 out, and is being deleted while spending t2.
+        m.identify("a/x", "uid-1");
+        m.claim("a/x", &[t2.clone(), t1.clone()], 1, true, |_| true);
+        assert!(m.intend("a/x", &t2, Duration::from_secs(300)));
+        m.forget("a/x");
+        // A new one of its name, its Secret holding copies of either.
+        m.identify("a/x", "uid-2");
+        for token in [&t1, &t2] {
+            assert_eq!(
+                m.claim("a/x", std::slice::from_ref(token), 1, true, |_| true),
+                Some("a/x (deleted)".into())
+            );
+        }
+        // Its own login is its own.
+        assert_eq!(
+            m.claim("a/x", std::slice::from_ref(&t0), 1, true, |_| true),
+            None
+        );
+        assert!(m.intend("a/x", &t0, Duration::from_secs(300)));
+        // Deleted and recreated before this process saw it gone: the same.
+        m.rotated("a/x", &t0);
+        m.identify("a/x", "uid-3");
+        assert_eq!(
+            m.claim("a/x", std::slice::from_ref(&t0), 1, true, |_| true),
+            Some("a/x (deleted)".into())
+        );
+        // One that left (relabelled out of this shard) and came back is the same one.
+        m.claim("a/x", &[t3.clone(), t0.clone()], 1, true, |_| true);
+        m.forget("a/x");
+        m.identify("a/x", "uid-3");
+        assert_eq!(
+            m.claim("a/x", &[t3.clone(), t0.clone()], 1, true, |_| true),
+            None
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -933,7 +1073,7 @@ mod tests {
     }
 
     #[test]
-    fn a_credential_recreated_under_its_name_forgets_its_old_lists_like_any_other() {
+    fn a_credential_back_under_its_name_forgets_its_old_lists_like_any_other() {
         let m = Memory::default();
         m.claim("a/x", &fps(&["t2", "t1"]), 1, true, |_| true);
         m.forget("a/x");

@@ -364,6 +364,8 @@ impl<'a> Reconciler<'a> {
         let tokens = super::memory::claimed(&stored.fingerprint, &stored.spent);
         let ctx = self.ctx;
         let second = other_claimant(ctx, self.cr);
+        let uid = self.cr.metadata.uid.as_deref().unwrap_or_default();
+        ctx.memory.identify(&self.key, uid);
         // The second credential naming a Secret records what it read, and claims nothing.
         let owner = ctx
             .memory
