@@ -28,6 +28,20 @@ fn a_and_b_later() -> World {
     }
 }
 
+/// A (created first) claims its token; B, in another namespace, holds a copy of it and is
+/// refused.
+fn b_holds_a_copy_of_as_live_token() -> Vec<Ev> {
+    use Ev::*;
+    vec![
+        Ev::create(0),
+        Copy { from: 0, to: 1 },
+        Ev::create(1),
+        Expect("B says its token is in use", |s| {
+            s.reason(1) == "RefreshTokenInUse"
+        }),
+    ]
+}
+
 /// Finding 1: A rotates T1 to T2; T1 copied into B's Secret in another namespace; the
 /// process restarts (a rolling update) and B is reconciled before A (A's Secret is slow
 /// to read, say): B must not spend T1, a reuse that may revoke A's whole login.
@@ -109,18 +123,13 @@ fn a_copy_of_a_token_rotated_out_by_a_deleted_credential_is_never_spent_after_a_
 fn a_copy_that_died_when_its_claimant_refreshed_is_never_spent_once_the_claimant_is_deleted_and_the_operator_restarts()
  {
     use Ev::*;
-    let mut script = vec![
-        Ev::create(0),
-        Copy { from: 0, to: 1 },
-        Ev::create(1),
-        Expect("B says its token is in use", |s| {
-            s.reason(1) == "RefreshTokenInUse"
-        }),
+    let mut script = b_holds_a_copy_of_as_live_token();
+    script.extend([
         Pass(3600),
         Expect("A refreshed again: B's copy is dead, and B says so", |s| {
             s.refreshes() >= 2 && s.works(0) && !s.works(1) && says_dead_copy(s, 1)
         }),
-    ];
+    ]);
     script.extend(b_holds_a_dead_copy_after_a_is_deleted_and_the_operator_restarts(60));
     passes(a_and_b_later(), &script);
 }
@@ -130,20 +139,15 @@ fn a_copy_that_died_when_its_claimant_refreshed_is_never_spent_once_the_claimant
 #[test]
 fn a_copy_that_died_when_its_claimant_refreshed_is_listed_dead_at_once() {
     use Ev::*;
-    let mut script = vec![
-        Ev::create(0),
-        Copy { from: 0, to: 1 },
-        Ev::create(1),
-        Expect("B says its token is in use", |s| {
-            s.reason(1) == "RefreshTokenInUse"
-        }),
+    let mut script = b_holds_a_copy_of_as_live_token();
+    script.extend([
         HoldCallsUntilOne(3600),
         AnswerCalls,
         Expect(
             "A refreshed again: B's copy is dead, and B says so at once",
             |s| s.refreshes() == 2 && s.works(0) && !s.works(1) && says_dead_copy(s, 1),
         ),
-    ];
+    ]);
     script.extend(b_holds_a_dead_copy_after_a_is_deleted_and_the_operator_restarts(0));
     passes(a_and_b_later(), &script);
 }
@@ -409,25 +413,18 @@ fn a_publish_that_meets_conflicts_backs_off_while_another_writer_keeps_writing_t
 #[test]
 fn a_copy_is_not_spent_while_its_claimant_deleted_mid_call_still_awaits_its_answer() {
     use Ev::*;
-    passes(
-        a_and_b_later(),
-        &[
-            Ev::create(0),
-            Copy { from: 0, to: 1 },
-            Ev::create(1),
-            Expect("B says its token is in use", |s| {
-                s.reason(1) == "RefreshTokenInUse"
-            }),
-            HoldCallsUntilOne(3600),
-            Delete(0),
-            Pass(90),
-            AnswerCalls,
-            Pass(60),
-            Expect("no reuse", |s| s.reuses() == 0),
-            Expect("A's answer is stored in its Secret", |s| s.refreshes() == 2),
-            Expect("B says its token is dead", |s| says_dead_copy(s, 1)),
-        ],
-    );
+    let mut script = b_holds_a_copy_of_as_live_token();
+    script.extend([
+        HoldCallsUntilOne(3600),
+        Delete(0),
+        Pass(90),
+        AnswerCalls,
+        Pass(60),
+        Expect("no reuse", |s| s.reuses() == 0),
+        Expect("A's answer is stored in its Secret", |s| s.refreshes() == 2),
+        Expect("B says its token is dead", |s| says_dead_copy(s, 1)),
+    ]);
+    passes(a_and_b_later(), &script);
 }
 
 /// As above, with A's write-back held in flight well past its spend intent's bound: the
@@ -435,13 +432,8 @@ fn a_copy_is_not_spent_while_its_claimant_deleted_mid_call_still_awaits_its_answ
 /// the answer is unusable (no access token) but carries the new refresh token.
 fn a_copy_once_its_deleted_claimants_answer_came(malformed: bool) -> Vec<Ev> {
     use Ev::*;
-    vec![
-        Ev::create(0),
-        Copy { from: 0, to: 1 },
-        Ev::create(1),
-        Expect("B says its token is in use", |s| {
-            s.reason(1) == "RefreshTokenInUse"
-        }),
+    let mut script = b_holds_a_copy_of_as_live_token();
+    script.extend([
         HoldCallsUntilOne(3600),
         Delete(0),
         HoldWrites(0, 0, "cam0-refresh"),
@@ -454,7 +446,8 @@ fn a_copy_once_its_deleted_claimants_answer_came(malformed: bool) -> Vec<Ev> {
         ReleaseWrites(0, 0, "cam0-refresh"),
         Pass(60),
         Expect("no reuse", |s| s.reuses() == 0),
-    ]
+    ]);
+    script
 }
 
 #[test]
