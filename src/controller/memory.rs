@@ -46,7 +46,7 @@ struct Inner {
     /// the index is about 2 KiB at the most, not 12).
     dead: HashMap<Fp, Arc<str>>,
     /// Deleted credentials whose rotated-out tokens stay known dead, oldest first, with
-    /// their uids (see `Memory::identify`).
+    /// their uids (see `recognise`).
     buried: VecDeque<(Arc<str>, Uid, Vec<Fp>)>,
     /// The credentials with an answer held (so that finding one is not a walk of all).
     holding: BTreeSet<String>,
@@ -94,32 +94,70 @@ fn uid(uid: &str) -> Uid {
     h.finish().max(1)
 }
 
-/// Spends registered in memory (see `Memory::intend`): by whom, and until when.
-type Intents = HashMap<Fp, (Arc<str>, tokio::time::Instant)>;
+/// Spends registered in memory (see `Memory::intend`): by whom (which credential of that
+/// name), and until when.
+type Intents = HashMap<Fp, (Arc<str>, Uid, tokio::time::Instant)>;
 
 /// What a deleted credential named `key` owns goes under this name, so that a new
 /// credential of the same name is another.
 fn ghost(key: &str) -> Arc<str> {
-    Arc::from(format!("{key}{DELETED}"))
+    Arc::from(format!("{key} (deleted)"))
 }
 
-const DELETED: &str = " (deleted)";
-
-/// `key`'s spends, still binding, become `ghost`'s.
-fn disown_intents(intents: &mut Intents, key: &str, ghost: &Arc<str>) {
-    for (owner, _) in intents.values_mut() {
-        if &**owner == key {
-            *owner = ghost.clone();
-        }
+/// Ends `key`'s spend of token `t`, if it has one (whichever credential of that name: only
+/// the one spending `t` ends a spend of it).
+fn end_intent(intents: &mut Intents, t: &Fp, key: &str) {
+    if intents.get(t).is_some_and(|(o, _, _)| &**o == key) {
+        intents.remove(t);
     }
 }
 
-/// Ends `key`'s spend of token `t`, if it has one (also once `key` is forgotten: its
-/// reconcile may still end the call).
-fn end_intent(intents: &mut Intents, t: &Fp, key: &str) {
-    let mine = |o: &str| o == key || o.strip_suffix(DELETED) == Some(key);
-    if intents.get(t).is_some_and(|(o, _)| mine(o)) {
-        intents.remove(t);
+/// Before a claim of credential `key`, which is the one of uid `me`: when a credential of
+/// that name was deleted and this is a new one, what the old one claimed or rotated out
+/// becomes a deleted credential's (owned by "`key` (deleted)"; its spends are told apart by
+/// uid), so that the new one, reading a copy of the old one's token (a Secret re-applied
+/// from an old manifest, say), finds it dead like any other credential would.
+fn recognise(inner: &mut Inner, key: &str, me: Uid) {
+    let Inner {
+        entries,
+        current,
+        dead,
+        buried,
+        copies,
+        ..
+    } = inner;
+    let mut theirs = Vec::new();
+    // Deleted and recreated before this process saw it gone (an entry with claims and no
+    // uid is not known to be this one either).
+    if let Some(e) = entries.get_mut(key)
+        && e.uid != me
+        && (e.uid != 0 || !e.tokens.is_empty())
+    {
+        theirs = std::mem::take(&mut e.tokens);
+        e.live = None;
+    }
+    while let Some(i) = buried.iter().position(|(k, u, _)| &**k == key && *u != me) {
+        if let Some((_, _, tokens)) = buried.remove(i) {
+            theirs.extend(tokens);
+        }
+    }
+    if theirs.is_empty() {
+        return;
+    }
+    let ghost = ghost(key);
+    let mut dead_ones = Vec::new();
+    for t in theirs {
+        if current.get(&t).is_some_and(|o| &**o == key) {
+            current.remove(&t);
+        }
+        if dead.get(&t).is_some_and(|o| &**o == key) {
+            dead.insert(t, ghost.clone());
+            dead_ones.push(t);
+        }
+    }
+    copies.remove(key);
+    if !dead_ones.is_empty() {
+        bury(buried, dead, ghost, 0, dead_ones);
     }
 }
 
@@ -164,7 +202,7 @@ pub(crate) struct Entry {
     rare: Option<Box<Rare>>,
     /// The last term in which a reconcile read its Secrets (see the module's doc).
     read_in_term: u64,
-    /// Which credential of this name it is (see `Memory::identify`).
+    /// Which credential of this name it is (see `recognise`).
     uid: Uid,
 }
 
@@ -458,16 +496,20 @@ impl Memory {
     /// claim is made before the spend it guards, under one lock. Tokens it rotated out are
     /// recorded as dead whoever claimed them before: a copy of a dead token is never live.
     /// Without `claim_current` (a second credential naming the same Secret), what it holds
-    /// is recorded and nothing claimed.
+    /// is recorded and nothing claimed. `credential_uid` tells which credential of that name
+    /// it is: one deleted and recreated under the same name is another (see `recognise`).
     pub(crate) fn claim(
         &self,
         key: &str,
+        credential_uid: &str,
         tokens: &[String],
         term: u64,
         claim_current: bool,
         exists: impl Fn(&str) -> bool,
     ) -> Option<String> {
+        let me_uid = uid(credential_uid);
         let mut inner = lock(&self.inner);
+        recognise(&mut inner, key, me_uid);
         let Inner {
             entries,
             current,
@@ -478,14 +520,15 @@ impl Memory {
             ..
         } = &mut *inner;
         let entry = entries.entry(key.to_owned()).or_default();
+        entry.uid = me_uid;
         entry.read_in_term = term;
         let me = entry.name.get_or_insert_with(|| Arc::from(key)).clone();
         let tokens: Vec<Fp> = tokens.iter().map(|t| fp(t)).collect();
         let mut old = std::mem::take(&mut entry.tokens);
         if let Some(i) = buried.iter().position(|(k, _, _)| &**k == key) {
             // Back under the same name (relabelled out of this shard and in again, say; one
-            // recreated is another credential, see `identify`): its claims are its own
-            // again (and forgotten with its lists like any other's).
+            // recreated is another credential, whose records `recognise` took away): its
+            // claims are its own again (and forgotten with its lists like any other's).
             if let Some((_, _, tokens)) = buried.remove(i) {
                 old.extend(tokens);
             }
@@ -528,11 +571,14 @@ impl Memory {
             return Some(owner.to_string());
         }
         // Being spent by another, deleted since or not: its answer may still come.
-        if let Some((owner, until)) = intents.get(stored)
-            && &**owner != key
+        if let Some((owner, u, until)) = intents.get(stored)
+            && (&**owner != key || *u != me_uid)
         {
             if *until > tokio::time::Instant::now() {
-                let owner = owner.to_string();
+                let owner = match &**owner == key {
+                    true => ghost(key).to_string(),
+                    false => owner.to_string(),
+                };
                 copies.insert(me);
                 return Some(owner);
             }
@@ -576,9 +622,15 @@ impl Memory {
     /// login over: not while a call may still rotate it). Returns whether it may be spent.
     /// Made before the intent is written to the Secret, under the lock every claim takes:
     /// a copy claims the token first, or finds it being spent.
-    pub(crate) fn intend(&self, key: &str, token: &str, hold: std::time::Duration) -> bool {
+    pub(crate) fn intend(
+        &self,
+        key: &str,
+        credential_uid: &str,
+        token: &str,
+        hold: std::time::Duration,
+    ) -> bool {
         let now = tokio::time::Instant::now();
-        let t = fp(token);
+        let (t, me) = (fp(token), uid(credential_uid));
         let mut inner = lock(&self.inner);
         let Inner {
             entries,
@@ -592,7 +644,7 @@ impl Memory {
             || current.get(&t).is_some_and(others)
             || intents
                 .get(&t)
-                .is_some_and(|(o, until)| others(o) && *until > now)
+                .is_some_and(|(o, u, until)| (others(o) || *u != me) && *until > now)
         {
             return false;
         }
@@ -601,8 +653,8 @@ impl Memory {
             .and_then(|e| e.name.clone())
             .unwrap_or_else(|| Arc::from(key));
         // Only calls in flight and those whose answer was lost are kept: a few.
-        intents.retain(|_, (_, until)| *until > now);
-        intents.insert(t, (name, now + hold));
+        intents.retain(|_, (_, _, until)| *until > now);
+        intents.insert(t, (name, me, now + hold));
         true
     }
 
@@ -616,8 +668,8 @@ impl Memory {
     /// The auth server answered credential `key`'s spend of `token` with another: `token`
     /// is dead from now on, whether or not its Secret ever says so (the credential may be
     /// deleted before its answer is stored, and a copy elsewhere must never be spent).
-    pub(crate) fn rotated(&self, key: &str, token: &str) {
-        let t = fp(token);
+    pub(crate) fn rotated(&self, key: &str, credential_uid: &str, token: &str) {
+        let (t, me) = (fp(token), uid(credential_uid));
         let mut inner = lock(&self.inner);
         let Inner {
             entries,
@@ -629,7 +681,10 @@ impl Memory {
         end_intent(intents, &t, key);
         // Known dead as long as the credential's other dead tokens: among its claims while
         // it exists, among the buried once it is deleted.
-        match entries.get_mut(key).filter(|e| !e.tokens.is_empty()) {
+        match entries
+            .get_mut(key)
+            .filter(|e| !e.tokens.is_empty() && e.uid == me)
+        {
             Some(entry) => {
                 let name = entry.name.get_or_insert_with(|| Arc::from(key)).clone();
                 if !entry.tokens[1..].contains(&t) {
@@ -637,17 +692,19 @@ impl Memory {
                 }
                 dead.entry(t).or_insert(name);
             }
-            None => match buried.iter_mut().rev().find(|(k, _, _)| &**k == key) {
+            None => match buried
+                .iter_mut()
+                .rev()
+                .find(|(k, u, _)| &**k == key && *u == me)
+            {
                 Some((name, _, tokens)) => {
                     tokens.push(t);
                     dead.entry(t).or_insert_with(|| name.clone());
                 }
                 None => {
-                    // (Whose uid is not known here: a credential of this name read later
-                    // takes it for another's.)
                     let name: Arc<str> = Arc::from(key);
                     dead.entry(t).or_insert_with(|| name.clone());
-                    bury(buried, dead, name, 0, vec![t]);
+                    bury(buried, dead, name, me, vec![t]);
                 }
             },
         }
@@ -717,14 +774,8 @@ impl Memory {
             dead,
             buried,
             copies,
-            intents,
             ..
         } = &mut *inner;
-        // Its spends bind until they can no longer be answered, as a deleted credential's:
-        // a new credential of its name is another.
-        if intents.values().any(|(o, _)| &**o == key) {
-            disown_intents(intents, key, &ghost(key));
-        }
         let Some(mut entry) = entries.remove(key) else {
             return;
         };
@@ -757,59 +808,6 @@ impl Memory {
             let name = entry.name.take().unwrap_or_else(|| Arc::from(key));
             bury(buried, dead, name, entry.uid, mine);
         }
-    }
-
-    /// Tells memory which credential of name `key` is being read (its `uid`): when a
-    /// credential of that name was deleted and this is a new one, what the old one claimed
-    /// or rotated out becomes a deleted credential's (owned by "`key` (deleted)", as its
-    /// spends are once it is forgotten), so that the new one, reading a copy of the old one's token (a
-    /// Secret re-applied from an old manifest, say), finds it dead or being spent like any
-    /// other credential would. Before every claim of a credential's own.
-    pub(crate) fn identify(&self, key: &str, credential_uid: &str) {
-        let me = uid(credential_uid);
-        let mut inner = lock(&self.inner);
-        let Inner {
-            entries,
-            current,
-            dead,
-            buried,
-            copies,
-            intents,
-            ..
-        } = &mut *inner;
-        let mut theirs = Vec::new();
-        if let Some(e) = entries.get_mut(key)
-            && e.uid != 0
-            && e.uid != me
-        {
-            // Deleted and recreated before this process saw it gone.
-            theirs = std::mem::take(&mut e.tokens);
-            e.live = None;
-        }
-        while let Some(i) = buried.iter().position(|(k, u, _)| &**k == key && *u != me) {
-            if let Some((_, _, tokens)) = buried.remove(i) {
-                theirs.extend(tokens);
-            }
-        }
-        if !theirs.is_empty() {
-            let ghost = ghost(key);
-            let mut dead_ones = Vec::new();
-            for t in theirs {
-                if current.get(&t).is_some_and(|o| &**o == key) {
-                    current.remove(&t);
-                }
-                if dead.get(&t).is_some_and(|o| &**o == key) {
-                    dead.insert(t, ghost.clone());
-                    dead_ones.push(t);
-                }
-            }
-            disown_intents(intents, key, &ghost);
-            copies.remove(key);
-            if !dead_ones.is_empty() {
-                bury(buried, dead, ghost, 0, dead_ones);
-            }
-        }
-        entries.entry(key.to_owned()).or_default().uid = me;
     }
 
     /// Keeps only the credentials `keep` says are present; returns the keys of those gone
@@ -906,13 +904,13 @@ mod tests {
     #[test]
     fn the_first_credential_to_claim_a_token_keeps_it_from_a_later_one() {
         let m = Memory::default();
-        assert_eq!(m.claim("a/x", &fps(&["t1"]), 1, true, |_| true), None);
+        assert_eq!(m.claim("a/x", "", &fps(&["t1"]), 1, true, |_| true), None);
         assert_eq!(
-            m.claim("b/y", &fps(&["t1"]), 1, true, |_| true),
+            m.claim("b/y", "", &fps(&["t1"]), 1, true, |_| true),
             Some("a/x".into())
         );
         // Once the first is gone, the copy is the only holder left.
-        assert_eq!(m.claim("b/y", &fps(&["t1"]), 1, true, |_| false), None);
+        assert_eq!(m.claim("b/y", "", &fps(&["t1"]), 1, true, |_| false), None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -920,72 +918,78 @@ mod tests {
         let m = Memory::default();
         let t1 = fingerprint("t1");
         let t1 = t1.as_str();
-        assert_eq!(m.claim("a/x", &[t1.into()], 1, true, |_| true), None);
-        assert!(m.intend("a/x", t1, Duration::from_secs(300)));
-        // Deleted mid-call: its claim is released, its spend is not (a deleted one's).
+        assert_eq!(m.claim("a/x", "", &[t1.into()], 1, true, |_| true), None);
+        assert!(m.intend("a/x", "", t1, Duration::from_secs(300)));
+        // Deleted mid-call: its claim is released, its spend is not.
         m.forget("a/x");
         assert_eq!(
-            m.claim("b/y", &[t1.into()], 1, true, |_| false),
-            Some("a/x (deleted)".into())
+            m.claim("b/y", "", &[t1.into()], 1, true, |_| false),
+            Some("a/x".into())
         );
         // The call ended with nothing to come: the copy is the only holder left.
         m.withdraw("a/x", t1);
-        assert_eq!(m.claim("b/y", &[t1.into()], 1, true, |_| false), None);
+        assert_eq!(m.claim("b/y", "", &[t1.into()], 1, true, |_| false), None);
         // Another spend, and no answer ever: it binds until its bound, not for ever.
         m.forget("b/y");
-        assert!(m.intend("b/y", t1, Duration::from_secs(300)));
+        assert!(m.intend("b/y", "", t1, Duration::from_secs(300)));
         tokio::time::advance(Duration::from_secs(299)).await;
         assert_eq!(
-            m.claim("c/z", &[t1.into()], 1, true, |_| false),
+            m.claim("c/z", "", &[t1.into()], 1, true, |_| false),
             Some("b/y".into())
         );
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(m.claim("c/z", &[t1.into()], 1, true, |_| false), None);
+        assert_eq!(m.claim("c/z", "", &[t1.into()], 1, true, |_| false), None);
         // A spender deleted between its claim and its spend finds the copy's claim: it
         // spends nothing.
-        assert!(!m.intend("b/y", t1, Duration::from_secs(300)));
-        assert!(m.intend("c/z", t1, Duration::from_secs(300)));
+        assert!(!m.intend("b/y", "", t1, Duration::from_secs(300)));
+        assert!(m.intend("c/z", "", t1, Duration::from_secs(300)));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_credential_recreated_under_the_same_name_is_another_for_what_the_old_one_rotated_or_spends()
      {
-        let [t0, t1, t2, t3] = ["t0", "t1", "t2", "t3"].map(fingerprint);
+        let [t0, t1, t2, t3, t4] = ["t0", "t1", "t2", "t3", "t4"].map(fingerprint);
+        let one = |t: &String| std::slice::from_ref(t).to_vec();
         let m = Memory::default();
+        let deleted = Some("a/x (deleted)".to_owned());
         // The old one rotated t1 out, and is being deleted while spending t2.
-        m.identify("a/x", "uid-1");
-        m.claim("a/x", &[t2.clone(), t1.clone()], 1, true, |_| true);
-        assert!(m.intend("a/x", &t2, Duration::from_secs(300)));
+        m.claim("a/x", "uid-1", &[t2.clone(), t1.clone()], 1, true, |_| true);
+        assert!(m.intend("a/x", "uid-1", &t2, Duration::from_secs(300)));
         m.forget("a/x");
-        // A new one of its name, its Secret holding copies of either.
-        m.identify("a/x", "uid-2");
+        // A new one of its name, its Secret holding copies of either: refused, as any copy.
         for token in [&t1, &t2] {
             assert_eq!(
-                m.claim("a/x", std::slice::from_ref(token), 1, true, |_| true),
-                Some("a/x (deleted)".into())
+                m.claim("a/x", "uid-2", &one(token), 1, true, |_| true),
+                deleted
             );
+            assert!(!m.intend("a/x", "uid-2", token, Duration::from_secs(300)));
         }
         // Its own login is its own.
-        assert_eq!(
-            m.claim("a/x", std::slice::from_ref(&t0), 1, true, |_| true),
-            None
-        );
-        assert!(m.intend("a/x", &t0, Duration::from_secs(300)));
+        assert_eq!(m.claim("a/x", "uid-2", &one(&t0), 1, true, |_| true), None);
+        assert!(m.intend("a/x", "uid-2", &t0, Duration::from_secs(300)));
         // Deleted and recreated before this process saw it gone: the same.
-        m.rotated("a/x", &t0);
-        m.identify("a/x", "uid-3");
+        m.rotated("a/x", "uid-2", &t0);
         assert_eq!(
-            m.claim("a/x", std::slice::from_ref(&t0), 1, true, |_| true),
-            Some("a/x (deleted)".into())
+            m.claim("a/x", "uid-3", &one(&t0), 1, true, |_| true),
+            deleted
         );
-        // One that left (relabelled out of this shard) and came back is the same one.
-        m.claim("a/x", &[t3.clone(), t0.clone()], 1, true, |_| true);
+        // The deleted one's answer stored after it was forgotten and the new one was read
+        // (its write-back claims what it rotated out): still not the new one's.
+        m.claim("a/x", "uid-4", &one(&t3), 1, true, |_| true);
+        assert!(m.intend("a/x", "uid-4", &t3, Duration::from_secs(300)));
         m.forget("a/x");
-        m.identify("a/x", "uid-3");
+        m.rotated("a/x", "uid-4", &t3);
+        m.claim("a/x", "uid-4", &[t4.clone(), t3.clone()], 1, true, |_| true);
         assert_eq!(
-            m.claim("a/x", &[t3.clone(), t0.clone()], 1, true, |_| true),
-            None
+            m.claim("a/x", "uid-5", &one(&t3), 1, true, |_| true),
+            deleted
         );
+        // One that left (relabelled out of this shard) and came back is the same one: what
+        // it rotated out is its own (a revert of its Secret, not another's token).
+        let t5 = fingerprint("t5");
+        m.claim("a/x", "uid-5", &[t5.clone(), t4.clone()], 1, true, |_| true);
+        m.forget("a/x");
+        assert_eq!(m.claim("a/x", "uid-5", &one(&t4), 1, true, |_| true), None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -994,33 +998,33 @@ mod tests {
         let m = Memory::default();
         let (t1, t2) = (fingerprint("t1"), fingerprint("t2"));
         for spender in ["a/x", "b/y"] {
-            m.claim(spender, std::slice::from_ref(&t1), 1, true, |_| true);
+            m.claim(spender, "", std::slice::from_ref(&t1), 1, true, |_| true);
         }
-        assert!(m.intend("a/x", &t1, Duration::from_secs(300)));
+        assert!(m.intend("a/x", "", &t1, Duration::from_secs(300)));
         // Alive when the answer comes; deleted when it comes: both bury the token dead.
-        m.rotated("a/x", &t1);
+        m.rotated("a/x", "", &t1);
         m.forget("a/x");
         m.forget("b/y");
         let refused = |token: &String, spender: &str| {
             assert_eq!(
-                m.claim("c/z", std::slice::from_ref(token), 1, true, |_| false),
+                m.claim("c/z", "", std::slice::from_ref(token), 1, true, |_| false),
                 Some(spender.into())
             );
             assert_eq!(m.rotated_out_by("c/z", token), Some(spender.into()));
         };
         tokio::time::advance(Duration::from_secs(3600)).await;
         refused(&t1, "a/x");
-        m.claim("b/y", std::slice::from_ref(&t2), 1, true, |_| true);
-        assert!(m.intend("b/y", &t2, Duration::from_secs(300)));
+        m.claim("b/y", "", std::slice::from_ref(&t2), 1, true, |_| true);
+        assert!(m.intend("b/y", "", &t2, Duration::from_secs(300)));
         m.forget("b/y");
         // Meanwhile a tenant churns more credentials, each with a dead token, than deleted
         // ones' are kept: the answer's token is known dead all the same.
         for i in 0..super::BURIED + 10 {
             let (new, old) = (fingerprint(&format!("n{i}")), fingerprint(&format!("o{i}")));
-            m.claim(&format!("churn/c{i}"), &[new, old], 1, true, |_| true);
+            m.claim(&format!("churn/c{i}"), "", &[new, old], 1, true, |_| true);
             m.forget(&format!("churn/c{i}"));
         }
-        m.rotated("b/y", &t2);
+        m.rotated("b/y", "", &t2);
         tokio::time::advance(Duration::from_secs(3600)).await;
         refused(&t2, "b/y");
         assert!(lock(&m.inner).intents.is_empty());
@@ -1030,17 +1034,20 @@ mod tests {
     fn a_token_one_credential_rotated_out_is_never_spent_by_another_whoever_was_read_first() {
         let m = Memory::default();
         // After a restart the copy's credential is read first and claims the dead token...
-        assert_eq!(m.claim("b/y", &fps(&["t1"]), 1, true, |_| true), None);
+        assert_eq!(m.claim("b/y", "", &fps(&["t1"]), 1, true, |_| true), None);
         // ...then the credential that rotated it out is read: the token is dead.
-        assert_eq!(m.claim("a/x", &fps(&["t2", "t1"]), 1, true, |_| true), None);
         assert_eq!(
-            m.claim("b/y", &fps(&["t1"]), 1, true, |_| true),
+            m.claim("a/x", "", &fps(&["t2", "t1"]), 1, true, |_| true),
+            None
+        );
+        assert_eq!(
+            m.claim("b/y", "", &fps(&["t1"]), 1, true, |_| true),
             Some("a/x".into())
         );
         // Even once that credential is gone.
         m.forget("a/x");
         assert_eq!(
-            m.claim("b/y", &fps(&["t1"]), 1, true, |_| false),
+            m.claim("b/y", "", &fps(&["t1"]), 1, true, |_| false),
             Some("a/x".into())
         );
     }
@@ -1048,12 +1055,12 @@ mod tests {
     #[test]
     fn the_index_forgets_what_falls_off_a_credentials_spent_list() {
         let m = Memory::default();
-        m.claim("a/x", &fps(&["t2", "t1"]), 1, true, |_| true);
-        m.claim("a/x", &fps(&["t3", "t2"]), 1, true, |_| true);
+        m.claim("a/x", "", &fps(&["t2", "t1"]), 1, true, |_| true);
+        m.claim("a/x", "", &fps(&["t3", "t2"]), 1, true, |_| true);
         // t1 is no longer on A's list: nobody knows it dead any more, by design.
-        assert_eq!(m.claim("b/y", &fps(&["t1"]), 1, true, |_| true), None);
+        assert_eq!(m.claim("b/y", "", &fps(&["t1"]), 1, true, |_| true), None);
         assert_eq!(
-            m.claim("c/z", &fps(&["t2"]), 1, true, |_| true),
+            m.claim("c/z", "", &fps(&["t2"]), 1, true, |_| true),
             Some("a/x".into())
         );
         let inner = super::lock(&m.inner);
@@ -1063,11 +1070,11 @@ mod tests {
     #[test]
     fn a_secret_set_back_to_a_dead_token_keeps_what_its_newer_list_held() {
         let m = Memory::default();
-        m.claim("a/x", &fps(&["t3", "t2", "t1"]), 1, true, |_| true);
+        m.claim("a/x", "", &fps(&["t3", "t2", "t1"]), 1, true, |_| true);
         // A backup from before t2 and t3: the copy of t2 elsewhere is still dead.
-        m.claim("a/x", &fps(&["t1"]), 1, true, |_| true);
+        m.claim("a/x", "", &fps(&["t1"]), 1, true, |_| true);
         assert_eq!(
-            m.claim("c/z", &fps(&["t2"]), 1, true, |_| true),
+            m.claim("c/z", "", &fps(&["t2"]), 1, true, |_| true),
             Some("a/x".into())
         );
     }
@@ -1075,26 +1082,28 @@ mod tests {
     #[test]
     fn a_credential_back_under_its_name_forgets_its_old_lists_like_any_other() {
         let m = Memory::default();
-        m.claim("a/x", &fps(&["t2", "t1"]), 1, true, |_| true);
+        m.claim("a/x", "", &fps(&["t2", "t1"]), 1, true, |_| true);
         m.forget("a/x");
-        m.claim("a/x", &fps(&["u1"]), 1, true, |_| true);
+        m.claim("a/x", "", &fps(&["u1"]), 1, true, |_| true);
         assert!(super::lock(&m.inner).dead.is_empty());
     }
 
     #[test]
     fn the_copies_of_a_token_are_the_credentials_refused_it_while_they_hold_it() {
         let m = Memory::default();
-        assert_eq!(m.claim("a/x", &fps(&["t1"]), 1, true, |_| true), None);
+        assert_eq!(m.claim("a/x", "", &fps(&["t1"]), 1, true, |_| true), None);
         assert_eq!(
-            m.claim("b/y", &fps(&["t1"]), 1, true, |_| true).as_deref(),
+            m.claim("b/y", "", &fps(&["t1"]), 1, true, |_| true)
+                .as_deref(),
             Some("a/x")
         );
         assert_eq!(m.copies_of(&fps(&["t1"])[0]), ["b/y"]);
         // b gets a login of its own: no longer a copy of t1.
-        assert_eq!(m.claim("b/y", &fps(&["t9"]), 1, true, |_| true), None);
+        assert_eq!(m.claim("b/y", "", &fps(&["t9"]), 1, true, |_| true), None);
         assert!(m.copies_of(&fps(&["t1"])[0]).is_empty());
         assert_eq!(
-            m.claim("c/z", &fps(&["t1"]), 1, true, |_| true).as_deref(),
+            m.claim("c/z", "", &fps(&["t1"]), 1, true, |_| true)
+                .as_deref(),
             Some("a/x")
         );
         m.forget("c/z");
@@ -1104,8 +1113,8 @@ mod tests {
     #[test]
     fn every_holder_of_a_stored_token_is_known_whoever_claimed_it() {
         let m = Memory::default();
-        m.claim("a/x", &fps(&["t2", "t1"]), 1, true, |_| true);
-        m.claim("b/y", &fps(&["t2"]), 1, true, |_| true);
+        m.claim("a/x", "", &fps(&["t2", "t1"]), 1, true, |_| true);
+        m.claim("b/y", "", &fps(&["t2"]), 1, true, |_| true);
         assert_eq!(m.holders_of("a/x", "t2", |_| true), ["b/y"]);
         assert_eq!(m.holders_of("b/y", "t2", |_| true), ["a/x"]);
         assert!(m.holders_of("a/x", "t2", |k| k != "b/y").is_empty());
@@ -1115,7 +1124,7 @@ mod tests {
     fn a_term_knows_a_credential_only_once_read_in_that_term() {
         let m = Memory::default();
         let first = m.new_term();
-        m.claim("a/x", &fps(&["t1"]), first, true, |_| true);
+        m.claim("a/x", "", &fps(&["t1"]), first, true, |_| true);
         assert!(m.is_read("a/x", first) && !m.is_read("b/y", first));
         m.mark_read("b/y", first);
         assert!(m.is_read("b/y", first));

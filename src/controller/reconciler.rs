@@ -364,14 +364,15 @@ impl<'a> Reconciler<'a> {
         let tokens = super::memory::claimed(&stored.fingerprint, &stored.spent);
         let ctx = self.ctx;
         let second = other_claimant(ctx, self.cr);
-        let uid = self.cr.metadata.uid.as_deref().unwrap_or_default();
-        ctx.memory.identify(&self.key, uid);
         // The second credential naming a Secret records what it read, and claims nothing.
-        let owner = ctx
-            .memory
-            .claim(&self.key, &tokens, ctx.term, second.is_none(), |owner| {
-                ctx.is_alive(owner)
-            });
+        let owner = ctx.memory.claim(
+            &self.key,
+            self.uid(),
+            &tokens,
+            ctx.term,
+            second.is_none(),
+            |owner| ctx.is_alive(owner),
+        );
         if let Some(other) = second {
             return Some(format!(
                 "refresh-token Secret {:?} is already refreshed by EagleEyeCredential {other:?}; two credentials spending one rotating token destroy it",
@@ -400,6 +401,11 @@ impl<'a> Reconciler<'a> {
     }
 
     /// This credential's name as a spender, in spend intents.
+    /// Which credential of this name it is (memory tells a recreated one apart by it).
+    pub(super) fn uid(&self) -> &str {
+        self.cr.metadata.uid.as_deref().unwrap_or_default()
+    }
+
     pub(super) fn holder(&self) -> String {
         intent::holder(
             &self.ctx.settings.identity,
@@ -680,7 +686,10 @@ impl World for KubeWorld<'_, '_> {
         // it is written: a copy looking meanwhile must not take the token over.
         let ctx = self.r.ctx;
         let hold = intent.until.duration_since(self.now()).unsigned_abs();
-        if !ctx.memory.intend(&self.r.key, &stored.fingerprint, hold) {
+        if !ctx
+            .memory
+            .intend(&self.r.key, self.r.uid(), &stored.fingerprint, hold)
+        {
             // Claimed by another since it was read (this one is being deleted): read again.
             return Ok(None);
         }
@@ -748,7 +757,8 @@ impl World for KubeWorld<'_, '_> {
             Err(e) => e.refresh_token(),
         };
         if new.is_some_and(|t| t.expose_secret() != stored.token.expose_secret()) {
-            ctx.memory.rotated(&self.r.key, &stored.fingerprint);
+            ctx.memory
+                .rotated(&self.r.key, self.r.uid(), &stored.fingerprint);
         }
         self.answered = Some(std::time::Instant::now());
         (result, whole_seconds(ctx.settings.now()))
@@ -792,8 +802,11 @@ impl World for KubeWorld<'_, '_> {
             let ctx = self.r.ctx;
             let new = secrets::fingerprint(new.expose_secret());
             let tokens = super::memory::claimed(&new, spent);
+            let uid = self.r.uid();
             ctx.memory
-                .claim(&self.r.key, &tokens, ctx.term, true, |k| ctx.is_alive(k));
+                .claim(&self.r.key, uid, &tokens, ctx.term, true, |k| {
+                    ctx.is_alive(k)
+                });
             // A copy of the token just rotated out died with it: its credential looks at once
             // and lists it spent on its own Secret (`Refresh::list_dead_copy`), not at its next
             // look. Only copies are looked among, not every credential.

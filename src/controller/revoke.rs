@@ -347,7 +347,9 @@ impl Reconciler<'_> {
         let tokens = super::memory::claimed(&stored.fingerprint, &stored.spent);
         let ctx = self.ctx;
         ctx.memory
-            .claim(&self.key, &tokens, ctx.term, false, |k| ctx.is_alive(k));
+            .claim(&self.key, self.uid(), &tokens, ctx.term, false, |k| {
+                ctx.is_alive(k)
+            });
         if ctx.census_pending(&url).await.is_some() {
             return Attempt::Retry(
                 "not every credential has been read since the operator started: one may hold a copy of this login".into(),
