@@ -499,3 +499,30 @@ fn a_copy_is_not_spent_when_its_claimant_is_deleted_while_recording_its_spend() 
         ],
     );
 }
+
+/// The Lease moves while the old leader's call for A is in flight; the new leader reads B,
+/// holding a copy of A's token, before A: once A is read, B must wait for the old leader's
+/// answer as for a spend of its own process, not spend the token beside it.
+#[test]
+fn a_copy_waits_for_the_old_leaders_spend_of_its_token_after_a_failover() {
+    use Ev::*;
+    let mut script = b_holds_a_copy_of_as_live_token();
+    script.extend([
+        HoldCallsUntilOne(3600),
+        Hold(0),
+        LeaseTo(1),
+        Pass(30),
+        Release(0),
+        Pass(60),
+        AnswerCalls,
+        Pass(120),
+        Expect("no reuse", |s| s.reuses() == 0),
+    ]);
+    passes(
+        World {
+            procs: 2,
+            ..a_and_b_later()
+        },
+        &script,
+    );
+}

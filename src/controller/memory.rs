@@ -658,6 +658,38 @@ impl Memory {
         true
     }
 
+    /// Another holder (a process that led before this one, say) may still receive an answer
+    /// for `token`, credential `key`'s, for `hold` from now (its spend intent, read from the
+    /// Secret): copies elsewhere wait for it as for this process's own spends. A spend
+    /// already registered here stands.
+    pub(crate) fn held_elsewhere(
+        &self,
+        key: &str,
+        credential_uid: &str,
+        token: &str,
+        hold: std::time::Duration,
+    ) {
+        let now = tokio::time::Instant::now();
+        let t = fp(token);
+        let mut inner = lock(&self.inner);
+        if inner
+            .intents
+            .get(&t)
+            .is_some_and(|(_, _, until)| *until > now)
+        {
+            return;
+        }
+        let name = inner
+            .entries
+            .get(key)
+            .and_then(|e| e.name.clone())
+            .unwrap_or_else(|| Arc::from(key));
+        inner.intents.retain(|_, (_, _, until)| *until > now);
+        inner
+            .intents
+            .insert(t, (name, uid(credential_uid), now + hold));
+    }
+
     /// The call credential `key` made with `token` ended with no answer to come.
     pub(crate) fn withdraw(&self, key: &str, token: &str) {
         let mut inner = lock(&self.inner);

@@ -285,6 +285,11 @@ impl<'a> Reconciler<'a> {
                 lapse.map_or(unreachable, |at| at.max(unreachable)),
             )
         });
+        if let (intent::Verdict::HeldElsewhere { until, .. }, Some(s)) = (&intent, stored_ok) {
+            let hold = until.duration_since(self.now).unsigned_abs();
+            let memory = &self.ctx.memory;
+            memory.held_elsewhere(&self.key, self.uid(), &s.fingerprint, hold);
+        }
         let refresh_before = validated
             .as_ref()
             .map(|v| v.1)
