@@ -172,8 +172,22 @@ fn the_binary_runs_jemalloc_with_its_own_options() {
         .unwrap();
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let ours = "global variable malloc_conf): \"narenas:2,dirty_decay_ms:0,muzzy_decay_ms:0\"";
-    assert!(stderr.contains(ours), "{stderr}");
+    assert!(
+        stderr.contains("global variable malloc_conf): \""),
+        "{stderr}"
+    );
+    for option in [
+        "narenas:2",
+        "dirty_decay_ms:0",
+        "muzzy_decay_ms:0",
+        "tcache_nslots_small_max:8",
+        "tcache_nslots_large:2",
+    ] {
+        assert!(
+            stderr.contains(&format!("-- Set conf value: {option}\n")),
+            "{option} not set: {stderr}"
+        );
+    }
     // jemalloc echoes a misspelt option and then ignores it.
     assert!(!stderr.contains("Invalid conf"), "{stderr}");
 }
