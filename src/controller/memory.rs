@@ -660,8 +660,8 @@ impl Memory {
 
     /// Another holder (a process that led before this one, say) may still receive an answer
     /// for `token`, credential `key`'s, for `hold` from now (its spend intent, read from the
-    /// Secret): copies elsewhere wait for it as for this process's own spends. A spend
-    /// already registered here stands.
+    /// Secret): copies elsewhere wait for it as for this process's own spends. Another
+    /// credential's spend already registered here stands; this one's is extended.
     pub(crate) fn held_elsewhere(
         &self,
         key: &str,
@@ -670,13 +670,14 @@ impl Memory {
         hold: std::time::Duration,
     ) {
         let now = tokio::time::Instant::now();
-        let t = fp(token);
+        let (t, me) = (fp(token), uid(credential_uid));
         let mut inner = lock(&self.inner);
-        if inner
-            .intents
-            .get(&t)
-            .is_some_and(|(_, _, until)| *until > now)
+        if let Some((owner, u, until)) = inner.intents.get_mut(&t)
+            && *until > now
         {
+            if &**owner == key && *u == me {
+                *until = (*until).max(now + hold);
+            }
             return;
         }
         let name = inner
@@ -685,9 +686,7 @@ impl Memory {
             .and_then(|e| e.name.clone())
             .unwrap_or_else(|| Arc::from(key));
         inner.intents.retain(|_, (_, _, until)| *until > now);
-        inner
-            .intents
-            .insert(t, (name, uid(credential_uid), now + hold));
+        inner.intents.insert(t, (name, me, now + hold));
     }
 
     /// The call credential `key` made with `token` ended with no answer to come.
@@ -1022,6 +1021,30 @@ mod tests {
         m.claim("a/x", "uid-5", &[t5.clone(), t4.clone()], 1, true, |_| true);
         m.forget("a/x");
         assert_eq!(m.claim("a/x", "uid-5", &one(&t4), 1, true, |_| true), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_processs_spend_binds_copies_for_its_bound_and_never_displaces_one_registered()
+    {
+        let m = Memory::default();
+        let t1 = fingerprint("t1");
+        let one = || std::slice::from_ref(&t1).to_vec();
+        let min = |n: u64| Duration::from_secs(60 * n);
+        // B, a copy, was read first in this term and claimed the token.
+        assert_eq!(m.claim("b/y", "", &one(), 1, true, |_| true), None);
+        // A's Secret says a leader before this one is spending it.
+        m.held_elsewhere("a/x", "", &t1, min(5));
+        m.held_elsewhere("a/x", "", &t1, min(10));
+        assert!(!m.intend("b/y", "", &t1, min(5)));
+        tokio::time::advance(min(9)).await;
+        assert_eq!(
+            m.claim("b/y", "", &one(), 1, true, |_| true),
+            Some("a/x".into())
+        );
+        // Another credential's registration (two credentials naming one Secret) stands.
+        m.held_elsewhere("c/z", "", &t1, min(30));
+        tokio::time::advance(min(2)).await;
+        assert_eq!(m.claim("b/y", "", &one(), 1, true, |_| true), None);
     }
 
     #[tokio::test(start_paused = true)]

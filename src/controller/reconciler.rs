@@ -285,7 +285,14 @@ impl<'a> Reconciler<'a> {
                 lapse.map_or(unreachable, |at| at.max(unreachable)),
             )
         });
-        if let (intent::Verdict::HeldElsewhere { until, .. }, Some(s)) = (&intent, stored_ok) {
+        // Another process's spend of this credential's token (a leader before this one) binds
+        // copies elsewhere as this process's own spends do. Not this process's: its own are in
+        // memory already, and one that is not has ended; nor for a second credential naming
+        // the Secret, which never spends it.
+        if let (intent::Verdict::HeldElsewhere { holder, until }, Some(s)) = (&intent, stored_ok)
+            && intent::process(holder) != intent::process(&me)
+            && other_claimant(self.ctx, self.cr).is_none()
+        {
             let hold = until.duration_since(self.now).unsigned_abs();
             let memory = &self.ctx.memory;
             memory.held_elsewhere(&self.key, self.uid(), &s.fingerprint, hold);
@@ -405,12 +412,12 @@ impl<'a> Reconciler<'a> {
         ))
     }
 
-    /// This credential's name as a spender, in spend intents.
     /// Which credential of this name it is (memory tells a recreated one apart by it).
     pub(super) fn uid(&self) -> &str {
         self.cr.metadata.uid.as_deref().unwrap_or_default()
     }
 
+    /// This credential's name as a spender, in spend intents.
     pub(super) fn holder(&self) -> String {
         intent::holder(
             &self.ctx.settings.identity,
