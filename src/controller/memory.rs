@@ -104,6 +104,25 @@ fn ghost(key: &str) -> Arc<str> {
     Arc::from(format!("{key} (deleted)"))
 }
 
+/// Registers credential `key`'s (uid `me`) spend of token `t`, binding until `until`. Only
+/// calls in flight and those whose answer was lost are kept (a few): the expired go.
+fn register(
+    entries: &HashMap<String, Entry>,
+    intents: &mut Intents,
+    key: &str,
+    me: Uid,
+    t: Fp,
+    until: tokio::time::Instant,
+) {
+    let name = entries
+        .get(key)
+        .and_then(|e| e.name.clone())
+        .unwrap_or_else(|| Arc::from(key));
+    let now = tokio::time::Instant::now();
+    intents.retain(|_, (_, _, u)| *u > now);
+    intents.insert(t, (name, me, until));
+}
+
 /// Ends `key`'s spend of token `t`, if it has one (whichever credential of that name: only
 /// the one spending `t` ends a spend of it).
 fn end_intent(intents: &mut Intents, t: &Fp, key: &str) {
@@ -648,13 +667,7 @@ impl Memory {
         {
             return false;
         }
-        let name = entries
-            .get(key)
-            .and_then(|e| e.name.clone())
-            .unwrap_or_else(|| Arc::from(key));
-        // Only calls in flight and those whose answer was lost are kept: a few.
-        intents.retain(|_, (_, _, until)| *until > now);
-        intents.insert(t, (name, me, now + hold));
+        register(entries, intents, key, me, t, now + hold);
         true
     }
 
@@ -680,13 +693,10 @@ impl Memory {
             }
             return;
         }
-        let name = inner
-            .entries
-            .get(key)
-            .and_then(|e| e.name.clone())
-            .unwrap_or_else(|| Arc::from(key));
-        inner.intents.retain(|_, (_, _, until)| *until > now);
-        inner.intents.insert(t, (name, me, now + hold));
+        let Inner {
+            entries, intents, ..
+        } = &mut *inner;
+        register(entries, intents, key, me, t, now + hold);
     }
 
     /// The call credential `key` made with `token` ended with no answer to come.
