@@ -28,8 +28,25 @@ use url::Url;
 /// Upper bound for one CLI step; the steps take well under a second when all is well.
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// A loopback port for the CLI's listener. A port the kernel handed out and took back a
+/// moment ago may be handed out again, to an outgoing connection of any test running beside
+/// this one, before the CLI binds it (the CLI then rightly refuses a port in use). So it is
+/// drawn below the kernel's ephemeral range, where only a listener asking for that very
+/// number can land, and checked free.
 fn free_port() -> u16 {
-    eagle_eye_testbed::plane::free_port().unwrap()
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low <= 11_024 {
+        return eagle_eye_testbed::plane::free_port().unwrap();
+    }
+    loop {
+        let port = rand::random_range(ephemeral_low - 10_000..ephemeral_low);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// An application registered with the stand-in, its whitelist holding `redirect_uri`.
