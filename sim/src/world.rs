@@ -227,6 +227,12 @@ pub struct Sim {
     holder_died: Option<tokio::time::Instant>,
     /// Logins a person replaced with a new one, or that died at the server.
     superseded: BTreeSet<usize>,
+    /// Per refresh-token Secret (namespace, name): the resourceVersion of a person's last
+    /// copy of another credential's token into it.
+    copied: BTreeMap<(String, String), u64>,
+    /// Per process incarnation and Secret: the resourceVersion it last read (a GET
+    /// answered): what it can know of the token in it.
+    seen: BTreeMap<(usize, u32, String, String), u64>,
     /// Per target Secret: (uid, mint serial) of the access token last seen there.
     targets: BTreeMap<(String, String), (String, u64)>,
     minted_at: Vec<Timestamp>,
@@ -300,6 +306,8 @@ impl Sim {
             login_cred: BTreeMap::new(),
             holder_died: None,
             superseded: BTreeSet::new(),
+            copied: BTreeMap::new(),
+            seen: BTreeMap::new(),
             targets: BTreeMap::new(),
             minted_at: Vec::new(),
             violation: None,
@@ -1006,6 +1014,18 @@ impl Sim {
                 .map(|(_, v)| v.into_owned())
                 .unwrap_or_default();
             if self.eagle.is_live(&token) {
+                // A copy a person made after the revoking process last read that Secret
+                // is excused: no reader of Secrets can know it (the watch tells only that
+                // the Secret changed), and a copy landing between any check and the call
+                // would pass every check there is.
+                let unseen_copy = |c: &Cred| {
+                    let secret = Self::refresh_secret_name(c);
+                    let at = (c.ns.clone(), secret.clone());
+                    let seen = (r.proc, r.incarnation, c.ns.clone(), secret);
+                    self.copied
+                        .get(&at)
+                        .is_some_and(|copy| self.seen.get(&seen).is_none_or(|read| read < copy))
+                };
                 let users: Vec<String> = self
                     .creds
                     .iter()
@@ -1017,6 +1037,7 @@ impl Sim {
                                 .get("secrets", &c.ns, &Self::refresh_secret_name(c))
                                 .and_then(token_in)
                                 .is_some_and(|t| t == token)
+                            && !unseen_copy(c)
                     })
                     .map(|c| format!("{}/{}", c.ns, c.name))
                     .collect();
@@ -1407,7 +1428,48 @@ impl Sim {
             return;
         }
         self.note(format!("{what}: {code}"));
+        if r.method == http::Method::GET && code == 200 {
+            self.saw(r.proc, r.incarnation, &r.path);
+        }
         let _ = r.reply.send(answer);
+    }
+
+    /// Process `proc` (incarnation `incarnation`) read `path`: if a Secret, which version.
+    fn saw(&mut self, proc: usize, incarnation: u32, path: &str) {
+        let mut parts = path.trim_start_matches("/api/v1/namespaces/").split('/');
+        let (Some(ns), Some("secrets"), Some(name), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        let rv = self.api.get("secrets", ns, name).and_then(|o| {
+            o.pointer("/metadata/resourceVersion")?
+                .as_str()?
+                .parse::<u64>()
+                .ok()
+        });
+        if let Some(rv) = rv {
+            let at = (proc, incarnation, ns.to_owned(), name.to_owned());
+            self.seen.insert(at, rv);
+        }
+    }
+
+    /// A person wrote `written`, a copy of another credential's token, into its Secret.
+    fn person_copied(&mut self, written: &Value) {
+        let meta = |field: &str| {
+            written
+                .pointer(&format!("/metadata/{field}"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let (Some(ns), Some(name), Some(rv)) = (
+            meta("namespace"),
+            meta("name"),
+            meta("resourceVersion").and_then(|v| v.parse::<u64>().ok()),
+        ) else {
+            return;
+        };
+        self.copied.insert((ns, name), rv);
     }
 
     fn token_request(&mut self, i: usize) {
@@ -1570,6 +1632,7 @@ impl Sim {
                     c.ns, c.name, d.ns, d.name
                 ));
                 let written = self.api.put(dkey, dst);
+                self.person_copied(&written);
                 self.creds[j].history.push(written);
             }
             5 => {

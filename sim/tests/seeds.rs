@@ -85,3 +85,17 @@ fn an_outage_that_outlasts_the_census_patience_lets_no_copy_spend_before_every_c
     let (_, _, violation, _) = eagle_eye_sim::run(22, 18_396);
     assert!(violation.is_none(), "{}", violation.unwrap());
 }
+
+/// Found by the simulator (seed 39, step 38,336, at commit 7460ff0): `alpha/cam0`
+/// (revokeOnDelete) was deleted; its deletion path read its refresh-token Secret, and in that
+/// instant a person copied that token into `beta/cam1`'s Secret, which the process had not
+/// read since; the path revoked, and cam1's copy died with the login. Not an operator bug:
+/// no reader of Secrets can know of a copy it has not read (the watch tells only that the
+/// Secret changed), and a copy landing between any check and the call passes every check.
+/// The invariant now excuses a copy made after the revoking process last read that Secret,
+/// and only that; a copy it had read is still a violation if revoked.
+#[test]
+fn a_copy_made_while_a_deleted_credentials_login_is_revoked_dies_with_it_without_violation() {
+    let (_, _, violation, _) = eagle_eye_sim::run(39, 38_337);
+    assert!(violation.is_none(), "{}", violation.unwrap());
+}

@@ -524,6 +524,7 @@ impl Sim {
         }
         dst["data"] = src["data"].clone();
         let written = self.api.put(dkey, dst);
+        self.person_copied(&written);
         self.creds[to].history.push(written);
     }
 
