@@ -574,12 +574,19 @@ impl Memory {
         }
         // What fell off its lists (the Secret keeps the last 64 rotated out) is forgotten
         // here too: the index stays as large as the lists, however long the process runs.
+        // But while an answer is held for it, its Secret cannot list what that answer
+        // rotated out (a person's new login there, a Secret recreated by hand): what it
+        // rotated out stays dead, and claimed, until the answer is stored or dropped.
+        let holding = entry.held.is_some();
         for t in old.iter().filter(|t| !tokens.contains(t)) {
             if current.get(t).is_some_and(|o| &**o == key) {
                 current.remove(t);
             }
             if dead.get(t).is_some_and(|o| &**o == key) {
-                dead.remove(t);
+                match holding {
+                    true => entry.tokens.push(*t),
+                    false => drop(dead.remove(t)),
+                }
             }
         }
         if !claim_current {
@@ -1093,6 +1100,50 @@ mod tests {
         tokio::time::advance(Duration::from_secs(3600)).await;
         refused(&t2, "b/y");
         assert!(lock(&m.inner).intents.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_a_held_answer_rotated_stays_dead_when_the_secret_no_longer_lists_it_until_the_answer_goes()
+     {
+        let m = Memory::default();
+        let (t1, n1) = (fingerprint("t1"), fingerprint("n1"));
+        m.claim("a/x", "", std::slice::from_ref(&t1), 1, true, |_| true);
+        assert!(m.intend("a/x", "", &t1, Duration::from_secs(300)));
+        m.rotated("a/x", "", &t1);
+        m.put(
+            "a/x",
+            super::super::held::Held {
+                spent_fingerprint: t1.clone(),
+                new_token: Some(SecretString::from("t2")),
+                grant: None,
+                received_at: jiff::Timestamp::now(),
+                spent: Vec::new(),
+                namespace: "a".into(),
+                secret: "x-refresh".into(),
+                key: "refresh_token".into(),
+                credential: "x".into(),
+            },
+        );
+        // A person logs in again into A's Secret before the answer is stored: its next read
+        // lists only the new login, and B holds a copy of t1.
+        assert_eq!(
+            m.claim("a/x", "", std::slice::from_ref(&n1), 1, true, |_| true),
+            None
+        );
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let copy = |m: &Memory| m.claim("b/y", "", std::slice::from_ref(&t1), 1, true, |_| true);
+        assert_eq!(copy(&m), Some("a/x".into()), "t1 is dead while t2 is held");
+        assert_eq!(copy(&m), Some("a/x".into()), "and stays so at each read");
+        assert_eq!(
+            m.claim("a/x", "", std::slice::from_ref(&n1), 1, true, |_| true),
+            None
+        );
+        assert_eq!(copy(&m), Some("a/x".into()), "A read again: still dead");
+        // The held answer goes (dropped for the new login): nobody holds t1's chain, and
+        // the index forgets it with A's next read.
+        assert!(m.take_if("a/x", |_| true).is_some());
+        m.claim("a/x", "", std::slice::from_ref(&n1), 1, true, |_| true);
+        assert_eq!(m.rotated_out_by("b/y", &t1), None);
     }
 
     #[test]
