@@ -28,28 +28,10 @@ use url::Url;
 /// Upper bound for one CLI step; the steps take well under a second when all is well.
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// A loopback port for the CLI's listener. A port the kernel handed out and took back a
-/// moment ago may be handed out again, to an outgoing connection of any test running beside
-/// this one, before the CLI binds it (the CLI then rightly refuses a port in use). So it is
-/// drawn below the kernel's ephemeral range, where only a listener asking for that very
-/// number can land, checked free, and never handed to two tests of this process.
+/// A loopback port for the CLI's listener (see `plane::free_port`: never one an outgoing
+/// connection of a test beside it may take first).
 fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let port = match ephemeral_low > 11_024 {
-            true => rand::random_range(ephemeral_low - 10_000..ephemeral_low),
-            false => eagle_eye_testbed::plane::free_port().unwrap(),
-        };
-        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            handed_out.push(port);
-            return port;
-        }
-    }
+    eagle_eye_testbed::plane::free_port().unwrap()
 }
 
 /// An application registered with the stand-in, its whitelist holding `redirect_uri`.

@@ -513,11 +513,32 @@ async fn start_etcd(dir: &Path, bins: &Path, attempt: u32) -> Result<(Child, Str
     }
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, for a server started later (and maybe
+/// restarted on it), and never handed out twice by this process.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    // A port the kernel handed out for port 0 and took back may go next to an outgoing
+    // connection of any test beside this one (or to the next bind to port 0) before the
+    // server binds it, or while it is down between restarts on it. Below the kernel's
+    // ephemeral range only a listener asking for that very number lands.
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let mut handed_out = lock(&HANDED_OUT);
+    for _ in 0..1000 {
+        let port = match ephemeral_low > 11_024 {
+            true => rand::random_range(ephemeral_low - 10_000..ephemeral_low),
+            false => std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port(),
+        };
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::other("no free loopback port found"))
 }
 
 fn random_suffix() -> String {
