@@ -574,16 +574,24 @@ impl Memory {
         }
         // What fell off its lists (the Secret keeps the last 64 rotated out) is forgotten
         // here too: the index stays as large as the lists, however long the process runs.
-        // But while an answer is held for it, its Secret cannot list what that answer
-        // rotated out (a person's new login there, a Secret recreated by hand): what it
-        // rotated out stays dead, and claimed, until the answer is stored or dropped.
-        let holding = entry.held.is_some();
+        // But while an answer is held for it, its Secret may not list what that answer
+        // rotated out (a person's new login there, a Secret recreated by hand): that token,
+        // and the list the answer is to be stored with, stay dead and claimed until the
+        // answer is stored or dropped. Only those: a tenant rewriting the Secret's list
+        // meanwhile grows nothing.
+        let held_dead: Vec<Fp> = entry.held.as_deref().map_or_else(Vec::new, |h| {
+            std::iter::once(&h.spent_fingerprint)
+                .chain(&h.spent)
+                .map(|t| fp(t))
+                .collect()
+        });
         for t in old.iter().filter(|t| !tokens.contains(t)) {
             if current.get(t).is_some_and(|o| &**o == key) {
                 current.remove(t);
             }
             if dead.get(t).is_some_and(|o| &**o == key) {
-                match holding {
+                match held_dead.contains(t) {
+                    true if entry.tokens.contains(t) => {}
                     true => entry.tokens.push(*t),
                     false => drop(dead.remove(t)),
                 }
@@ -1139,6 +1147,17 @@ mod tests {
             None
         );
         assert_eq!(copy(&m), Some("a/x".into()), "A read again: still dead");
+        // Meanwhile the tenant rewrites the Secret's list with made-up fingerprints, again
+        // and again: only the held answer's own stay, so nothing grows.
+        for round in 0..3 {
+            let list: Vec<String> = std::iter::once(n1.clone())
+                .chain((0..64).map(|i| fingerprint(&format!("fake{round}-{i}"))))
+                .collect();
+            assert_eq!(m.claim("a/x", "", &list, 1, true, |_| true), None);
+        }
+        assert_eq!(lock(&m.inner).entries["a/x"].tokens.len(), 1 + 64 + 1);
+        assert_eq!(m.rotated_out_by("b/y", &fingerprint("fake0-0")), None);
+        assert_eq!(copy(&m), Some("a/x".into()));
         // The held answer goes (dropped for the new login): nobody holds t1's chain, and
         // the index forgets it with A's next read.
         assert!(m.take_if("a/x", |_| true).is_some());
