@@ -526,3 +526,45 @@ fn a_copy_waits_for_the_old_leaders_spend_of_its_token_after_a_failover() {
         &script,
     );
 }
+
+/// The simulator's seed 39 (issue 20), scripted: A, with `revokeOnDelete`, is deleted, and
+/// its revocation is on its way to the server when a person copies A's token into B's
+/// Secret (B had a login of its own). The revocation ends that login, B's copy with it: no
+/// reader of Secrets could have known, and the invariant excuses exactly this. Found while
+/// scripting it: B, free to take over the login of a credential being deleted, spent the
+/// copy while the revocation was still on its way, racing it at the server. A revocation
+/// now binds copies as a refresh does: B never spends the token, and says its copy is dead.
+#[test]
+fn a_copy_made_while_a_deleted_credentials_login_is_being_revoked_dies_with_it_and_says_so() {
+    use Ev::*;
+    let sim = passes(
+        a_and_b_later(),
+        &[
+            Create {
+                i: 0,
+                revoke_on_delete: true,
+                target: None,
+            },
+            Ev::create(1),
+            Expect("A and B refreshed", |s| {
+                s.reason(0) == "TokenRefreshed" && s.reason(1) == "TokenRefreshed"
+            }),
+            HoldCalls,
+            Delete(0),
+            Expect("A's revocation waits at the server", |s| {
+                s.calls_waiting() == 1 && s.revoked() == 0
+            }),
+            Copy { from: 0, to: 1 },
+            AnswerCalls,
+            Expect("A's login is revoked, and A gone", |s| {
+                s.revoked() == 1 && !s.exists(0)
+            }),
+            Pass(7200),
+            Expect("B says its copy is dead, and never spent it", |s| {
+                says_dead_copy(s, 1) && !s.works(1) && s.refreshes() == 2
+            }),
+            Expect("no reuse", |s| s.reuses() == 0),
+        ],
+    );
+    drop(sim);
+}

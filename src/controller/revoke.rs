@@ -420,6 +420,17 @@ impl Reconciler<'_> {
         if self.ctx.tokens.is_closed() {
             return Attempt::Retry("the operator is stopping".into());
         }
+        // A revocation spends the token as a refresh does: a copy elsewhere, free to take
+        // the login over once this credential is being deleted, must not spend it while the
+        // revocation may still be answered (the two would race at the server), nor once it
+        // is revoked. Refused if a copy claimed it since it was checked: the next attempt
+        // finds the login shared.
+        let (memory, uid) = (&self.ctx.memory, self.uid());
+        if !memory.intend(&self.key, uid, &stored.fingerprint, REVOCATION_BINDS) {
+            return Attempt::Retry(
+                "a credential holding a copy of this login claimed it meanwhile".into(),
+            );
+        }
         match self
             .ctx
             .tokens
@@ -427,13 +438,25 @@ impl Reconciler<'_> {
             .await
         {
             Ok(()) => {
-                self.ctx.memory.forget_live(&self.key);
+                memory.rotated(&self.key, uid, &stored.fingerprint);
+                memory.forget_live(&self.key);
                 Attempt::Revoked
             }
             Err(e) => match e.class() {
-                ErrorClass::Transient | ErrorClass::OutcomeUnknown => Attempt::Retry(e.to_string()),
-                ErrorClass::Reauthorize => Attempt::AlreadyDead(e.to_string()),
-                _ => Attempt::Impossible(e.to_string()),
+                // It may have been revoked: the spend stays until its bound.
+                ErrorClass::OutcomeUnknown => Attempt::Retry(e.to_string()),
+                ErrorClass::Transient => {
+                    memory.withdraw(&self.key, &stored.fingerprint);
+                    Attempt::Retry(e.to_string())
+                }
+                ErrorClass::Reauthorize => {
+                    memory.rotated(&self.key, uid, &stored.fingerprint);
+                    Attempt::AlreadyDead(e.to_string())
+                }
+                _ => {
+                    memory.withdraw(&self.key, &stored.fingerprint);
+                    Attempt::Impossible(e.to_string())
+                }
             },
         }
     }
@@ -488,6 +511,9 @@ impl Reconciler<'_> {
 const MAX_RETRY: Duration = Duration::from_secs(30);
 /// Bounds of one attempt (a hanging auth server holds a refresh call slot meanwhile).
 const MAX_ATTEMPT: Duration = Duration::from_secs(30);
+/// How long a revocation sent binds copies of its token elsewhere (`Memory::intend`): its
+/// attempt's bound, and as long again for an answer the server acts on late.
+const REVOCATION_BINDS: Duration = Duration::from_secs(60);
 const MIN_ATTEMPT: Duration = Duration::from_secs(1);
 
 fn whole(t: Timestamp) -> Timestamp {
