@@ -46,6 +46,8 @@ pub struct Api {
     /// Keep every version written (scripted runs: what a watch would have seen).
     pub record: bool,
     pub log: Vec<(Key, Option<Value>)>,
+    /// `rv`, for the processes' tasks to stamp what they send with.
+    pub shared_rv: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn resource(name: &str) -> Option<&'static str> {
@@ -104,6 +106,7 @@ pub fn rv_of(v: &Value) -> Option<&str> {
 impl Api {
     fn next_rv(&mut self) -> String {
         self.rv += 1;
+        (self.shared_rv).store(self.rv, std::sync::atomic::Ordering::Relaxed);
         self.rv.to_string()
     }
 

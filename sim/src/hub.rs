@@ -32,12 +32,16 @@ pub struct TokenRequest {
     pub reply: oneshot::Sender<Result<transport::Response, transport::Failure>>,
     /// When it reached the endpoint (the client gives up `answer_limit` later).
     pub at: tokio::time::Instant,
+    /// The API's resourceVersion when it was sent.
+    pub sent_rv: u64,
 }
 
 #[derive(Default)]
 pub struct Pending {
     pub api: Vec<ApiRequest>,
     pub token: Vec<TokenRequest>,
+    /// The API's resourceVersion (`Api::shared_rv`).
+    pub api_rv: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub type Hub = Arc<Mutex<Pending>>;
@@ -108,13 +112,17 @@ impl std::fmt::Debug for Pending {
 impl transport::Transport for TokenTransport {
     fn post(&self, request: transport::Request) -> transport::Answer {
         let (reply, answer) = oneshot::channel();
-        lock(&self.hub).token.push(TokenRequest {
+        let mut pending = lock(&self.hub);
+        let sent_rv = pending.api_rv.load(std::sync::atomic::Ordering::Relaxed);
+        pending.token.push(TokenRequest {
             proc: self.proc,
             incarnation: self.incarnation,
             request,
             reply,
             at: tokio::time::Instant::now(),
+            sent_rv,
         });
+        drop(pending);
         Box::pin(async move { answer.await.unwrap_or(Err(transport::Failure::MaybeSent)) })
     }
 }

@@ -230,9 +230,12 @@ pub struct Sim {
     /// Per refresh-token Secret (namespace, name): the resourceVersion of a person's last
     /// copy of another credential's token into it.
     copied: BTreeMap<(String, String), u64>,
-    /// Per process incarnation and Secret: the resourceVersion it last read (a GET
-    /// answered): what it can know of the token in it.
-    seen: BTreeMap<(usize, u32, String, String), u64>,
+    /// Per process incarnation and Secret: the versions it read (GETs answered), each
+    /// with the API's resourceVersion then (the last few): what it can know of the token
+    /// in it, and since when.
+    seen: BTreeMap<SecretOfProcess, VecDeque<(u64, u64)>>,
+    /// Per process incarnation: the API's resourceVersion when it started.
+    born: BTreeMap<(usize, u32), u64>,
     /// Per target Secret: (uid, mint serial) of the access token last seen there.
     targets: BTreeMap<(String, String), (String, u64)>,
     minted_at: Vec<Timestamp>,
@@ -240,6 +243,9 @@ pub struct Sim {
     /// Scripted runs (`script.rs`): the driver does only what the script says.
     pub(crate) script: script::Stage,
 }
+
+/// A process (slot, incarnation) and a Secret (namespace, name).
+type SecretOfProcess = (usize, u32, String, String);
 
 fn key_of(cr: &EagleEyeCredential) -> String {
     format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any())
@@ -286,13 +292,16 @@ impl Sim {
         };
         eagle.clients.insert("acme".into(), cfg.rotating);
         eagle.clients.insert("other".into(), cfg.rotating);
+        let api = Api::default();
+        let hub = Hub::default();
+        hub::lock(&hub).api_rv = api.shared_rv.clone();
         Sim {
             seed,
             cfg,
             rng: StdRng::seed_from_u64(seed),
-            api: Api::default(),
+            api,
             eagle,
-            hub: Hub::default(),
+            hub,
             procs: Vec::new(),
             creds: Vec::new(),
             outage: false,
@@ -308,6 +317,7 @@ impl Sim {
             superseded: BTreeSet::new(),
             copied: BTreeMap::new(),
             seen: BTreeMap::new(),
+            born: BTreeMap::new(),
             targets: BTreeMap::new(),
             minted_at: Vec::new(),
             violation: None,
@@ -493,6 +503,7 @@ impl Sim {
 
     fn spawn_proc(&mut self, slot: usize) {
         let incarnation = self.procs.get(slot).map_or(0, |p| p.incarnation + 1);
+        self.born.insert((slot, incarnation), self.api.rv);
         let identity = self.identity(slot, incarnation);
         let service = hub::ApiService {
             hub: self.hub.clone(),
@@ -767,7 +778,7 @@ impl Sim {
         }
         let (api_reqs, token_reqs) = {
             let mut pending = hub::lock(&self.hub);
-            let Pending { api, token } = &mut *pending;
+            let Pending { api, token, .. } = &mut *pending;
             let a: Vec<_> = api
                 .extract_if(.., |r| r.proc == p && r.incarnation == inc)
                 .collect();
@@ -1014,17 +1025,37 @@ impl Sim {
                 .map(|(_, v)| v.into_owned())
                 .unwrap_or_default();
             if self.eagle.is_live(&token) {
-                // A copy a person made after the revoking process last read that Secret
-                // is excused: no reader of Secrets can know it (the watch tells only that
-                // the Secret changed), and a copy landing between any check and the call
-                // would pass every check there is.
+                // A copy a person made, while the Secret holds it unchanged, is excused if
+                // the revoking process had not read it when it sent the revocation: made
+                // after that process's last read of the Secret before the send (or, none,
+                // after the process started), or after the send. No reader of Secrets can
+                // know a copy it has not read (the watch tells only that the Secret
+                // changed), and a copy landing between any check and the call would pass
+                // every check there is.
                 let unseen_copy = |c: &Cred| {
                     let secret = Self::refresh_secret_name(c);
-                    let at = (c.ns.clone(), secret.clone());
-                    let seen = (r.proc, r.incarnation, c.ns.clone(), secret);
-                    self.copied
-                        .get(&at)
-                        .is_some_and(|copy| self.seen.get(&seen).is_none_or(|read| read < copy))
+                    let now = self.api.get("secrets", &c.ns, &secret).and_then(|o| {
+                        o.pointer("/metadata/resourceVersion")?
+                            .as_str()?
+                            .parse()
+                            .ok()
+                    });
+                    let Some(&copy) = self.copied.get(&(c.ns.clone(), secret.clone())) else {
+                        return false;
+                    };
+                    let reads = self
+                        .seen
+                        .get(&(r.proc, r.incarnation, c.ns.clone(), secret));
+                    let known = reads
+                        .and_then(|reads| reads.iter().rev().find(|&&(_, at)| at <= r.sent_rv))
+                        .map(|&(read, _)| read)
+                        .unwrap_or_else(|| {
+                            self.born
+                                .get(&(r.proc, r.incarnation))
+                                .copied()
+                                .unwrap_or(0)
+                        });
+                    now == Some(copy) && known < copy
                 };
                 let users: Vec<String> = self
                     .creds
@@ -1450,7 +1481,11 @@ impl Sim {
         });
         if let Some(rv) = rv {
             let at = (proc, incarnation, ns.to_owned(), name.to_owned());
-            self.seen.insert(at, rv);
+            let reads = self.seen.entry(at).or_default();
+            reads.push_back((rv, self.api.rv));
+            if reads.len() > 8 {
+                reads.pop_front();
+            }
         }
     }
 
