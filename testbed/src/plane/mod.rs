@@ -519,16 +519,25 @@ pub fn free_port() -> std::io::Result<u16> {
     // A port the kernel handed out for port 0 and took back may go next to an outgoing
     // connection of any test beside this one (or to the next bind to port 0) before the
     // server binds it, or while it is down between restarts on it. Below the kernel's
-    // ephemeral range only a listener asking for that very number lands.
+    // ephemeral range only a listener asking for that very number lands; and below
+    // Kubernetes' NodePort range (30000-32767), which a host's kube-proxy may redirect.
     static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
+    let top = ephemeral_low.min(30_000);
+    let below = top > 11_024;
+    if !below {
+        tracing::warn!(
+            ephemeral_low,
+            "the kernel's ephemeral ports start too low to pick ports below them: ports are picked by binding port 0, which another connection may take first"
+        );
+    }
     let mut handed_out = lock(&HANDED_OUT);
     for _ in 0..1000 {
-        let port = match ephemeral_low > 11_024 {
-            true => rand::random_range(ephemeral_low - 10_000..ephemeral_low),
+        let port = match below {
+            true => rand::random_range(top - 10_000..top),
             false => std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
                 .port(),
