@@ -92,8 +92,11 @@ fn an_outage_that_outlasts_the_census_patience_lets_no_copy_spend_before_every_c
 /// read since; the path revoked, and cam1's copy died with the login. Not an operator bug:
 /// no reader of Secrets can know of a copy it has not read (the watch tells only that the
 /// Secret changed), and a copy landing between any check and the call passes every check.
-/// The invariant now excuses a copy made after the revoking process last read that Secret,
-/// and only that; a copy it had read is still a violation if revoked.
+/// The invariant now excuses such a copy, while the Secret still holds it unchanged, only if
+/// the revoking process had not read it when it sent the revocation. The code has moved
+/// since, so this seed no longer takes that path: the scripted finding
+/// `a_copy_made_while_a_deleted_credentials_login_is_being_revoked_dies_with_it_and_says_so`
+/// is the regression test that does.
 #[test]
 fn a_copy_made_while_a_deleted_credentials_login_is_revoked_dies_with_it_without_violation() {
     let (_, _, violation, _) = eagle_eye_sim::run(39, 38_337);
