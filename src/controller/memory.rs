@@ -120,6 +120,12 @@ fn register(
         .unwrap_or_else(|| Arc::from(key));
     let now = tokio::time::Instant::now();
     intents.retain(|_, (_, _, u)| *u > now);
+    // A spend of its own still binding (an earlier call whose answer may come) is never
+    // cut short by a later one.
+    let until = match intents.get(&t) {
+        Some((o, u, earlier)) if **o == *key && *u == me => until.max(*earlier),
+        _ => until,
+    };
     intents.insert(t, (name, me, until));
 }
 
@@ -662,6 +668,7 @@ impl Memory {
         credential_uid: &str,
         token: &str,
         hold: std::time::Duration,
+        exists: impl Fn(&str) -> bool,
     ) -> bool {
         let now = tokio::time::Instant::now();
         let (t, me) = (fp(token), uid(credential_uid));
@@ -674,8 +681,10 @@ impl Memory {
             ..
         } = &mut *inner;
         let others = |o: &Arc<str>| &**o != key;
+        // A claim binds while its credential exists (as in `claim`); a spend, while its
+        // call may be answered.
         if dead.get(&t).is_some_and(others)
-            || current.get(&t).is_some_and(others)
+            || current.get(&t).is_some_and(|o| others(o) && exists(o))
             || intents
                 .get(&t)
                 .is_some_and(|(o, u, until)| (others(o) || *u != me) && *until > now)
@@ -975,7 +984,7 @@ mod tests {
         let t1 = fingerprint("t1");
         let t1 = t1.as_str();
         assert_eq!(m.claim("a/x", "", &[t1.into()], 1, true, |_| true), None);
-        assert!(m.intend("a/x", "", t1, Duration::from_secs(300)));
+        assert!(m.intend("a/x", "", t1, Duration::from_secs(300), |_| true));
         // Deleted mid-call: its claim is released, its spend is not.
         m.forget("a/x");
         assert_eq!(
@@ -987,7 +996,7 @@ mod tests {
         assert_eq!(m.claim("b/y", "", &[t1.into()], 1, true, |_| false), None);
         // Another spend, and no answer ever: it binds until its bound, not for ever.
         m.forget("b/y");
-        assert!(m.intend("b/y", "", t1, Duration::from_secs(300)));
+        assert!(m.intend("b/y", "", t1, Duration::from_secs(300), |_| true));
         tokio::time::advance(Duration::from_secs(299)).await;
         assert_eq!(
             m.claim("c/z", "", &[t1.into()], 1, true, |_| false),
@@ -997,8 +1006,8 @@ mod tests {
         assert_eq!(m.claim("c/z", "", &[t1.into()], 1, true, |_| false), None);
         // A spender deleted between its claim and its spend finds the copy's claim: it
         // spends nothing.
-        assert!(!m.intend("b/y", "", t1, Duration::from_secs(300)));
-        assert!(m.intend("c/z", "", t1, Duration::from_secs(300)));
+        assert!(!m.intend("b/y", "", t1, Duration::from_secs(300), |_| true));
+        assert!(m.intend("c/z", "", t1, Duration::from_secs(300), |_| true));
     }
 
     #[tokio::test(start_paused = true)]
@@ -1010,7 +1019,7 @@ mod tests {
         let deleted = Some("a/x (deleted)".to_owned());
         // The old one rotated t1 out, and is being deleted while spending t2.
         m.claim("a/x", "uid-1", &[t2.clone(), t1.clone()], 1, true, |_| true);
-        assert!(m.intend("a/x", "uid-1", &t2, Duration::from_secs(300)));
+        assert!(m.intend("a/x", "uid-1", &t2, Duration::from_secs(300), |_| true));
         m.forget("a/x");
         // A new one of its name, its Secret holding copies of either: refused, as any copy.
         for token in [&t1, &t2] {
@@ -1018,11 +1027,11 @@ mod tests {
                 m.claim("a/x", "uid-2", &one(token), 1, true, |_| true),
                 deleted
             );
-            assert!(!m.intend("a/x", "uid-2", token, Duration::from_secs(300)));
+            assert!(!m.intend("a/x", "uid-2", token, Duration::from_secs(300), |_| true));
         }
         // Its own login is its own.
         assert_eq!(m.claim("a/x", "uid-2", &one(&t0), 1, true, |_| true), None);
-        assert!(m.intend("a/x", "uid-2", &t0, Duration::from_secs(300)));
+        assert!(m.intend("a/x", "uid-2", &t0, Duration::from_secs(300), |_| true));
         // Deleted and recreated before this process saw it gone: the same.
         m.rotated("a/x", "uid-2", &t0);
         assert_eq!(
@@ -1032,7 +1041,7 @@ mod tests {
         // The deleted one's answer stored after it was forgotten and the new one was read
         // (its write-back claims what it rotated out): still not the new one's.
         m.claim("a/x", "uid-4", &one(&t3), 1, true, |_| true);
-        assert!(m.intend("a/x", "uid-4", &t3, Duration::from_secs(300)));
+        assert!(m.intend("a/x", "uid-4", &t3, Duration::from_secs(300), |_| true));
         m.forget("a/x");
         m.rotated("a/x", "uid-4", &t3);
         m.claim("a/x", "uid-4", &[t4.clone(), t3.clone()], 1, true, |_| true);
@@ -1060,7 +1069,7 @@ mod tests {
         // A's Secret says a leader before this one is spending it.
         m.held_elsewhere("a/x", "", &t1, min(5));
         m.held_elsewhere("a/x", "", &t1, min(10));
-        assert!(!m.intend("b/y", "", &t1, min(5)));
+        assert!(!m.intend("b/y", "", &t1, min(5), |_| true));
         tokio::time::advance(min(9)).await;
         assert_eq!(
             m.claim("b/y", "", &one(), 1, true, |_| true),
@@ -1080,7 +1089,7 @@ mod tests {
         for spender in ["a/x", "b/y"] {
             m.claim(spender, "", std::slice::from_ref(&t1), 1, true, |_| true);
         }
-        assert!(m.intend("a/x", "", &t1, Duration::from_secs(300)));
+        assert!(m.intend("a/x", "", &t1, Duration::from_secs(300), |_| true));
         // Alive when the answer comes; deleted when it comes: both bury the token dead.
         m.rotated("a/x", "", &t1);
         m.forget("a/x");
@@ -1095,7 +1104,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(3600)).await;
         refused(&t1, "a/x");
         m.claim("b/y", "", std::slice::from_ref(&t2), 1, true, |_| true);
-        assert!(m.intend("b/y", "", &t2, Duration::from_secs(300)));
+        assert!(m.intend("b/y", "", &t2, Duration::from_secs(300), |_| true));
         m.forget("b/y");
         // Meanwhile a tenant churns more credentials, each with a dead token, than deleted
         // ones' are kept: the answer's token is known dead all the same.
@@ -1111,12 +1120,36 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_later_spend_never_cuts_an_earlier_one_short_and_a_gone_claimant_binds_nothing() {
+        let m = Memory::default();
+        let t1 = fingerprint("t1");
+        m.claim("a/x", "u1", std::slice::from_ref(&t1), 1, true, |_| true);
+        // A revocation (or refresh) whose answer may come for 10 minutes, then another
+        // attempt bounded by 1 minute: copies stay bound for the 10, though A is being
+        // deleted (its claim alone binds no more).
+        assert!(m.intend("a/x", "u1", &t1, Duration::from_secs(600), |_| true));
+        assert!(m.intend("a/x", "u1", &t1, Duration::from_secs(60), |_| true));
+        tokio::time::advance(Duration::from_secs(300)).await;
+        let a_deleted = |k: &str| k != "a/x";
+        assert_eq!(
+            m.claim("b/y", "", std::slice::from_ref(&t1), 1, true, a_deleted),
+            Some("a/x".into())
+        );
+        tokio::time::advance(Duration::from_secs(301)).await;
+        m.withdraw("a/x", &t1);
+        // A claim binds only while its credential exists (it is being deleted, say).
+        let alive = |k: &str| k != "a/x";
+        assert!(!m.intend("c/z", "", &t1, Duration::from_secs(60), |_| true));
+        assert!(m.intend("c/z", "", &t1, Duration::from_secs(60), alive));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_token_a_held_answer_rotated_stays_dead_when_the_secret_no_longer_lists_it_until_the_answer_goes()
      {
         let m = Memory::default();
         let (t1, n1) = (fingerprint("t1"), fingerprint("n1"));
         m.claim("a/x", "", std::slice::from_ref(&t1), 1, true, |_| true);
-        assert!(m.intend("a/x", "", &t1, Duration::from_secs(300)));
+        assert!(m.intend("a/x", "", &t1, Duration::from_secs(300), |_| true));
         m.rotated("a/x", "", &t1);
         m.put(
             "a/x",

@@ -700,7 +700,9 @@ impl World for KubeWorld<'_, '_> {
         let hold = intent.until.duration_since(self.now()).unsigned_abs();
         if !ctx
             .memory
-            .intend(&self.r.key, self.r.uid(), &stored.fingerprint, hold)
+            .intend(&self.r.key, self.r.uid(), &stored.fingerprint, hold, |k| {
+                ctx.is_alive(k)
+            })
         {
             // Claimed by another since it was read (this one is being deleted): read again.
             return Ok(None);

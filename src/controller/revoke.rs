@@ -364,14 +364,16 @@ impl Reconciler<'_> {
         }
         // A copy elsewhere took the login over and rotated this token out: revoking it could
         // end the whole grant (RFC 7009), the copy's live token with it.
-        if ctx
-            .memory
-            .rotated_out_by(&self.key, &stored.fingerprint)
-            .is_some()
-        {
-            return Attempt::Impossible(
-                "not revoked, because another credential holding a copy of this login has rotated this token out and refreshes the login now".into(),
-            );
+        if let Some(owner) = ctx.memory.rotated_out_by(&self.key, &stored.fingerprint) {
+            // (One deleted since, with revokeOnDelete, may have revoked it: the token is
+            // dead either way, and its login no longer this credential's to end.)
+            let now = match ctx.is_alive(&owner) {
+                true => "and refreshes the login now",
+                false => "or revoked it, and is deleted since",
+            };
+            return Attempt::Impossible(format!(
+                "not revoked, because another credential holding a copy of this login has rotated this token out {now}"
+            ));
         }
         // Another credential's login is not this deletion's to end (a duplicate named by
         // mistake, a copied token): it would die with this one.
@@ -422,13 +424,16 @@ impl Reconciler<'_> {
         }
         // A revocation spends the token as a refresh does: a copy elsewhere, free to take
         // the login over once this credential is being deleted, must not spend it while the
-        // revocation may still be answered (the two would race at the server), nor once it
-        // is revoked. Refused if a copy claimed it since it was checked: the next attempt
-        // finds the login shared.
+        // revocation may still be acted on (the two would race at the server), nor once it
+        // is revoked. Refused if another credential claimed it, rotated it out or is
+        // spending it since it was checked: the next attempt looks again.
         let (memory, uid) = (&self.ctx.memory, self.uid());
-        if !memory.intend(&self.key, uid, &stored.fingerprint, REVOCATION_BINDS) {
+        let binds = MAX_ATTEMPT.saturating_add(self.ctx.settings.in_flight_grace.unsigned_abs());
+        if !memory.intend(&self.key, uid, &stored.fingerprint, binds, |k| {
+            ctx.is_alive(k)
+        }) {
             return Attempt::Retry(
-                "a credential holding a copy of this login claimed it meanwhile".into(),
+                "another credential claimed this login, rotated it out or is refreshing it since it was checked".into(),
             );
         }
         match self
@@ -442,21 +447,13 @@ impl Reconciler<'_> {
                 memory.forget_live(&self.key);
                 Attempt::Revoked
             }
+            // Otherwise the spend binds until its bound: an earlier attempt's call may
+            // still be acted on, and a refused one (the token is another client's, say)
+            // proves nothing dead.
             Err(e) => match e.class() {
-                // It may have been revoked: the spend stays until its bound.
-                ErrorClass::OutcomeUnknown => Attempt::Retry(e.to_string()),
-                ErrorClass::Transient => {
-                    memory.withdraw(&self.key, &stored.fingerprint);
-                    Attempt::Retry(e.to_string())
-                }
-                ErrorClass::Reauthorize => {
-                    memory.rotated(&self.key, uid, &stored.fingerprint);
-                    Attempt::AlreadyDead(e.to_string())
-                }
-                _ => {
-                    memory.withdraw(&self.key, &stored.fingerprint);
-                    Attempt::Impossible(e.to_string())
-                }
+                ErrorClass::Transient | ErrorClass::OutcomeUnknown => Attempt::Retry(e.to_string()),
+                ErrorClass::Reauthorize => Attempt::AlreadyDead(e.to_string()),
+                _ => Attempt::Impossible(e.to_string()),
             },
         }
     }
@@ -511,9 +508,6 @@ impl Reconciler<'_> {
 const MAX_RETRY: Duration = Duration::from_secs(30);
 /// Bounds of one attempt (a hanging auth server holds a refresh call slot meanwhile).
 const MAX_ATTEMPT: Duration = Duration::from_secs(30);
-/// How long a revocation sent binds copies of its token elsewhere (`Memory::intend`): its
-/// attempt's bound, and as long again for an answer the server acts on late.
-const REVOCATION_BINDS: Duration = Duration::from_secs(60);
 const MIN_ATTEMPT: Duration = Duration::from_secs(1);
 
 fn whole(t: Timestamp) -> Timestamp {
