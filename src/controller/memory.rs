@@ -1137,10 +1137,9 @@ mod tests {
         );
         tokio::time::advance(Duration::from_secs(301)).await;
         m.withdraw("a/x", &t1);
-        // A claim binds only while its credential exists (it is being deleted, say).
-        let alive = |k: &str| k != "a/x";
+        // A's claim binds only while it exists.
         assert!(!m.intend("c/z", "", &t1, Duration::from_secs(60), |_| true));
-        assert!(m.intend("c/z", "", &t1, Duration::from_secs(60), alive));
+        assert!(m.intend("c/z", "", &t1, Duration::from_secs(60), a_deleted));
     }
 
     #[tokio::test(start_paused = true)]
