@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::oneshot;
 
@@ -28,7 +28,7 @@ struct State<D> {
     tenants: HashMap<Arc<str>, usize>,
     /// Destinations with a slot held or a waiter; an idle one has no entry, so the map
     /// never holds more than the calls in flight and waiting.
-    destinations: HashMap<D, Queue>,
+    destinations: HashMap<D, Queue<D>>,
 }
 
 impl<D> Default for State<D> {
@@ -46,16 +46,57 @@ impl<D> Default for State<D> {
 /// first served within a tenant): a grant compares the lines' first waiters only, so it
 /// costs the lines (tenants waiting, per destination), not the waiters: a cold start queues
 /// thousands of one tenant for one destination.
-#[derive(Debug, Default)]
-struct Queue {
+#[derive(Debug)]
+struct Queue<D> {
     held: usize,
-    waiting: HashMap<Arc<str>, VecDeque<Waiter>>,
+    waiting: HashMap<Arc<str>, VecDeque<Waiter<D>>>,
 }
 
-#[derive(Debug)]
-struct Waiter {
+impl<D> Default for Queue<D> {
+    fn default() -> Self {
+        Queue {
+            held: 0,
+            waiting: HashMap::new(),
+        }
+    }
+}
+
+struct Waiter<D> {
     ticket: u64,
-    grant: oneshot::Sender<()>,
+    grant: Grant<D>,
+}
+
+/// How a waiter learns of its slot.
+enum Grant<D> {
+    /// A task awaiting it (`Slots::acquire`).
+    Task(oneshot::Sender<()>),
+    /// An entry with no task behind it (`Slots::enter`): its owner is asked, under the
+    /// lock, whether `id` still wants a slot (an entry that does not goes without one), and
+    /// is handed the slot once the lock is released.
+    Entry {
+        id: Arc<str>,
+        owner: Weak<dyn Owner<D>>,
+    },
+}
+
+/// What keeps entries in the queue (`Slots::enter`) for the things it names by id.
+pub(crate) trait Owner<D: Key>: Send + Sync {
+    /// Whether `id` still waits for a slot. Asked under the queue's lock: it must not
+    /// touch the queue.
+    fn wanted(&self, id: &str) -> bool;
+    /// `id`'s slot, granted. Called with no lock of the queue held.
+    fn granted(&self, id: Arc<str>, permit: Permit<D>);
+}
+
+/// Slots granted to entries under the lock, handed to their owners once it is released.
+type Handover<D> = Vec<(D, Arc<str>, u64, Arc<str>, Weak<dyn Owner<D>>)>;
+
+impl<D> std::fmt::Debug for Waiter<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiter")
+            .field("ticket", &self.ticket)
+            .finish()
+    }
 }
 
 /// One granted slot; frees (and is handed on) when dropped.
@@ -84,7 +125,9 @@ impl<D: Key> Drop for Permit<D> {
     fn drop(&mut self) {
         let mut state = self.slots.lock();
         state.release(&self.destination, &self.tenant);
-        self.slots.dispatch(&mut state);
+        let handover = self.slots.dispatch(&mut state, None);
+        drop(state);
+        self.slots.hand_over(handover, None);
     }
 }
 
@@ -125,7 +168,9 @@ impl<D: Key> Drop for Place<'_, D> {
             }
             state.forget_if_idle(self.destination);
         }
-        self.slots.dispatch(&mut state);
+        let handover = self.slots.dispatch(&mut state, None);
+        drop(state);
+        self.slots.hand_over(handover, None);
     }
 }
 
@@ -159,8 +204,13 @@ impl<D: Key> Slots<D> {
                 .waiting
                 .entry(tenant.clone())
                 .or_default()
-                .push_back(Waiter { ticket, grant: tx });
-            self.dispatch(&mut state);
+                .push_back(Waiter {
+                    ticket,
+                    grant: Grant::Task(tx),
+                });
+            let handover = self.dispatch(&mut state, None);
+            drop(state);
+            self.hand_over(handover, None);
             ticket
         };
         let mut place = Place {
@@ -181,6 +231,56 @@ impl<D: Key> Slots<D> {
             destination,
             tenant,
         }
+    }
+
+    /// A slot to `destination` for `tenant`, now if this entry is the one the queue grants
+    /// next; else `id` keeps a place in the queue, with no task behind it, and `owner` is
+    /// handed the slot when the queue grants it (and `owner.wanted(id)` still says so).
+    pub fn enter(
+        self: &Arc<Self>,
+        destination: D,
+        tenant: &str,
+        id: Arc<str>,
+        owner: Weak<dyn Owner<D>>,
+    ) -> Option<Permit<D>> {
+        let tenant: Arc<str> = Arc::from(tenant);
+        let mut state = self.lock();
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        state
+            .destinations
+            .entry(destination)
+            .or_default()
+            .waiting
+            .entry(tenant)
+            .or_default()
+            .push_back(Waiter {
+                ticket,
+                grant: Grant::Entry { id, owner },
+            });
+        let handover = self.dispatch(&mut state, Some(ticket));
+        drop(state);
+        self.hand_over(handover, Some(ticket))
+    }
+
+    /// Hands slots granted to entries to their owners, but the one of ticket `mine`, which
+    /// is returned.
+    fn hand_over(self: &Arc<Self>, handover: Handover<D>, mine: Option<u64>) -> Option<Permit<D>> {
+        let mut own = None;
+        for (destination, tenant, ticket, id, owner) in handover {
+            let permit = Permit {
+                slots: self.clone(),
+                destination,
+                tenant,
+            };
+            if Some(ticket) == mine {
+                own = Some(permit);
+            } else if let Some(owner) = owner.upgrade() {
+                owner.granted(id, permit);
+            }
+            // An owner gone: the permit dropped here hands the slot on.
+        }
+        own
     }
 
     /// Slots held, across all destinations and tenants.
@@ -204,7 +304,9 @@ impl<D: Key> Slots<D> {
     /// Grants free slots, one at a time, each to the waiter whose tenant holds the fewest
     /// slots (then the earliest), among the destinations with a free slot and the tenants
     /// below their ceiling.
-    fn dispatch(&self, state: &mut State<D>) {
+    /// The entry of ticket `entering`, entered just now, wants its slot without asking.
+    fn dispatch(&self, state: &mut State<D>, entering: Option<u64>) -> Handover<D> {
+        let mut handover = Vec::new();
         loop {
             let mut best: Option<(usize, u64, &D, &Arc<str>)> = None;
             for (destination, queue) in &state.destinations {
@@ -222,7 +324,7 @@ impl<D: Key> Slots<D> {
                 }
             }
             let Some((_, _, destination, tenant)) = best else {
-                return;
+                return handover;
             };
             let (destination, tenant) = (destination.clone(), tenant.clone());
             // Invariant: `best` names a queue and a tenant's line in it, found just above,
@@ -239,7 +341,19 @@ impl<D: Key> Slots<D> {
             if line.is_empty() {
                 queue.waiting.remove(&tenant);
             }
-            if waiter.grant.send(()).is_ok() {
+            let granted = match waiter.grant {
+                Grant::Task(grant) => grant.send(()).is_ok(),
+                Grant::Entry { id, owner } => {
+                    let wanted = Some(waiter.ticket) == entering
+                        || owner.upgrade().is_some_and(|o| o.wanted(&id));
+                    if wanted {
+                        let ticket = waiter.ticket;
+                        handover.push((destination.clone(), tenant.clone(), ticket, id, owner));
+                    }
+                    wanted
+                }
+            };
+            if granted {
                 queue.held += 1;
                 state.held += 1;
                 *state.tenants.entry(tenant).or_default() += 1;

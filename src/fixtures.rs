@@ -302,7 +302,7 @@ mod tests {
     #[tokio::test]
     async fn a_reconcile_queued_before_the_last_status_write_reads_the_credential_from_the_store() {
         // The store holds the status this process wrote last; the copy kube-runtime handed
-        // the reconcile when it queued it (it then waited for a seat) predates it.
+        // the reconcile when it queued it (it then waited for its turn) predates it.
         let mut store = Writer::<EagleEyeCredential>::default();
         let mut written = EagleEyeCredential::test();
         written.status = Some(crate::crd::EagleEyeCredentialStatus {

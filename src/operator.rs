@@ -668,6 +668,22 @@ impl Parts {
         self.shared.reads.clear();
         // And knows no credential's tokens until it has read them (`controller::Memory`).
         self.shared.memory.new_term();
+        // Reconciles seated at once: enough to keep every token-call slot of the auth server
+        // busy and others moving beside them. The seats (`controller::reconcile`) are shared
+        // fairly between namespaces; a due credential that finds none keeps a place in their
+        // queue and leaves kube-runtime at once, to be woken when it is granted one.
+        let seats = self.args.max_concurrent_refreshes.saturating_mul(2).max(16);
+        // kube-runtime's own limit: the seated, those woken to use a call slot granted while
+        // parked (they need no seat), and room for those that find no seat and leave. It
+        // bounds kube-runtime's map of running reconciles, which keeps the size of its
+        // largest moment for good (about 0.5 KiB a slot): unbounded, a cold start of N due
+        // credentials grew it to N.
+        let running = u16::try_from(
+            seats
+                .saturating_add(self.args.max_concurrent_refreshes)
+                .saturating_add(16),
+        )
+        .unwrap_or(u16::MAX);
         let built: Vec<_> = namespaces
             .into_iter()
             .map(|ns| {
@@ -710,10 +726,7 @@ impl Parts {
                     })
                     .applied_objects()
                     .try_filter(move |cr| futures::future::ready(known.is_news(cr)));
-                // Every due credential is let in at once, as a small future waiting for a
-                // seat: the seats (`controller::reconcile`) are shared fairly between
-                // namespaces, which kube-runtime's own limit, first come first served, is not.
-                let config = kube::runtime::controller::Config::default().concurrency(0);
+                let config = kube::runtime::controller::Config::default().concurrency(running);
                 (
                     Controller::for_stream(news, reader).with_config(config),
                     secrets,
@@ -737,11 +750,6 @@ impl Parts {
                 listed.push(synced.clone());
                 let client = self.client.clone();
                 let store = controller.store();
-                // Reconciles at once: enough to keep every token-call slot of the auth server
-                // busy and others moving beside them; the rest wait for a seat, holding
-                // nothing they read (1,000 credentials due at a cold start would otherwise all
-                // be in memory at once).
-                let seats = self.args.max_concurrent_refreshes.saturating_mul(2).max(16);
                 let ctx = Arc::new(
                     Context::new(
                         client.clone(),
@@ -778,7 +786,7 @@ impl Parts {
                 let metrics = self.metrics.clone();
                 // A credential granted a call slot while parked is reconciled to use it.
                 let woken = ctx.take_wakes();
-                // Stopping: reconciles waiting for a seat and parked waits give up at once.
+                // Stopping: no more seats granted, and parked waits give up at once.
                 tokio::spawn({
                     let (stop, ctx) = (stop.clone(), Arc::downgrade(&ctx));
                     async move {

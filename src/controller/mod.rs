@@ -39,6 +39,7 @@ mod reconciler;
 mod report;
 mod restarts;
 mod revoke;
+mod seats;
 mod secret_news;
 mod sweep;
 
@@ -122,10 +123,10 @@ pub struct Context {
     /// Credentials waiting for a token-call slot outside the controller's seats.
     pub parked: Arc<parked::Parked>,
     /// The controller's reconcile seats, shared fairly between namespaces.
-    seats: Arc<crate::fair::Slots<()>>,
-    /// Turned true when the controller stops (`Context::stop`): reconciles still waiting for
-    /// a seat, and credentials parked for a call slot, give up at once, so that stopping
-    /// (and storing what is held) waits only for the reconciles already seated.
+    seats: Arc<seats::Seats>,
+    /// Turned true when the controller stops (`Context::stop`): no waiting credential is
+    /// granted a seat any more, and credentials parked for a call slot give up at once, so
+    /// that stopping (and storing what is held) waits only for the reconciles already seated.
     stop: tokio::sync::watch::Sender<bool>,
     stopping: tokio::sync::watch::Receiver<bool>,
     /// The reconciles `parked` wakes, for the controller to take once (`take_wakes`).
@@ -160,11 +161,17 @@ impl Context {
         let (parked, wakes) = parked::Parked::new(stopping.clone());
         let census = Arc::new(Census::default());
         census.watched_by(store.clone(), parked.clone());
+        let seats = seats::Seats::new(
+            DEFAULT_SEATS,
+            store.clone(),
+            parked.clone(),
+            stopping.clone(),
+        );
         Context {
             stop,
             stopping,
             parked,
-            seats: crate::fair::Slots::new(DEFAULT_SEATS, DEFAULT_SEATS),
+            seats,
             wakes: Mutex::new(Some(wakes)),
             client,
             reporter,
@@ -199,7 +206,12 @@ pub const DEFAULT_SEATS: usize = 16;
 impl Context {
     /// `seats` reconciles at once, shared fairly between namespaces.
     pub fn with_seats(mut self, seats: usize) -> Self {
-        self.seats = crate::fair::Slots::new(seats.max(1), seats.max(1));
+        self.seats = seats::Seats::new(
+            seats,
+            self.store.clone(),
+            self.parked.clone(),
+            self.stopping.clone(),
+        );
         self
     }
 
@@ -466,23 +478,19 @@ const MAX_API_RETRY: Duration = Duration::from_secs(30);
 /// the fewest, so a namespace with a thousand credentials due at once, or reconciles that
 /// take long, delays another namespace's next reconcile by one reconcile at most (one that
 /// may wait up to half a second for a call slot in its seat), not by its whole backlog.
-/// Waiting for a seat holds nothing read: the reconcile proper (boxed, so that a waiting
-/// future stays small) starts only with the seat.
+/// A reconcile with no seat for it ends at once, its credential keeping a place in the
+/// queue; it is woken when the queue grants it a seat (`seats`). Waiting holds nothing
+/// read and no task.
 pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
     // One woken to use a call slot granted to it skips the queue: it holds a slot others
     // wait for, and call slots bound such reconciles already.
     let key = key(&cr);
     let _seat = match ctx.parked.has_grant(&key) {
         true => None,
-        false => {
-            let ns = cr.namespace().unwrap_or_default();
-            let seat = ctx.seats.acquire((), &ns);
-            let mut stopping = ctx.stopping.clone();
-            tokio::select! {
-                seat = seat => Some(seat),
-                _ = stopping.wait_for(|stop| *stop) => return Ok(Action::await_change()),
-            }
-        }
+        false => match ctx.seats.take(&key, &cr.namespace().unwrap_or_default()) {
+            Some(seat) => Some(seat),
+            None => return Ok(Action::await_change()),
+        },
     };
     let result = Box::pin(reconcile_seated(cr, ctx.clone())).await;
     // A slot granted to it and not used (not due after all, an API error) goes back now.
