@@ -11,7 +11,7 @@ use kube::runtime::reflector::Store;
 use kube::runtime::reflector::store::Writer;
 use kube::{Client, Resource};
 
-use crate::controller::{Census, Context, Leadership, Memory, Settings, Shared};
+use crate::controller::{Census, Context, Leadership, Memory, Settings, Shared, StoredCredential};
 use crate::crd::EagleEyeCredential;
 use crate::secrets;
 use crate::status::Lifetimes;
@@ -71,7 +71,7 @@ pub fn fixed_now() -> jiff::Timestamp {
 
 /// Like [`testcontext`], with the reconciler's clock reading `clock`.
 pub fn testcontext_at(clock: fn() -> jiff::Timestamp) -> (Arc<Context>, ApiServerVerifier) {
-    let store = Writer::<EagleEyeCredential>::default().as_reader();
+    let store = Writer::<StoredCredential>::default().as_reader();
     context_over(
         store.clone(),
         vec![store],
@@ -97,8 +97,8 @@ pub fn shared(clock: fn() -> jiff::Timestamp) -> Shared {
 /// A controller's context over `store`, one of the process's `all_stores`, with its own
 /// verifier, its clock reading `clock`, and the term's `census`.
 pub fn context_over(
-    store: Store<EagleEyeCredential>,
-    all_stores: Vec<Store<EagleEyeCredential>>,
+    store: Store<StoredCredential>,
+    all_stores: Vec<Store<StoredCredential>>,
     shared: Shared,
     clock: fn() -> jiff::Timestamp,
     census: Arc<Census>,
@@ -292,7 +292,7 @@ mod tests {
             assert_eq!(status["observedGeneration"], 1);
             v.done().await;
         });
-        let action = reconcile(Arc::new(cr), ctx)
+        let action = reconcile(Arc::new(cr.into()), ctx)
             .await
             .expect("reconcile reports, not fails");
         assert_eq!(action, Action::requeue(Duration::from_secs(30)));
@@ -303,13 +303,15 @@ mod tests {
     async fn a_reconcile_queued_before_the_last_status_write_reads_the_credential_from_the_store() {
         // The store holds the status this process wrote last; the copy kube-runtime handed
         // the reconcile when it queued it (it then waited for its turn) predates it.
-        let mut store = Writer::<EagleEyeCredential>::default();
+        let mut store = Writer::<StoredCredential>::default();
         let mut written = EagleEyeCredential::test();
         written.status = Some(crate::crd::EagleEyeCredentialStatus {
             failed_refresh_attempts: 1,
             ..Default::default()
         });
-        store.apply_watcher_event(&kube::runtime::watcher::Event::Apply(written.clone()));
+        store.apply_watcher_event(&kube::runtime::watcher::Event::Apply(
+            written.clone().into(),
+        ));
         let reader = store.as_reader();
         let (ctx, verifier) = context_over(
             reader.clone(),
@@ -330,7 +332,7 @@ mod tests {
         // first read would be of its refresh-token Secret.
         let mut queued = EagleEyeCredential::test();
         queued.spec.refresh_token_secret_ref.name = "cam-old-refresh".into();
-        reconcile(Arc::new(queued), ctx)
+        reconcile(Arc::new(queued.into()), ctx)
             .await
             .expect("reconcile reports, not fails");
         server.await.unwrap();
@@ -385,7 +387,7 @@ mod tests {
             status
         });
         let cr = EagleEyeCredential::test();
-        let action = reconcile(Arc::new(cr.clone()), ctx).await.unwrap();
+        let action = reconcile(Arc::new(cr.clone().into()), ctx).await.unwrap();
         server.await.unwrap();
         // Due 30 min (refreshBefore) before expiry, less up to 30 s of per-credential jitter;
         // before any refresh, whether the tokens rotate is not known.
@@ -432,7 +434,7 @@ mod tests {
             assert!(!text.contains("very-secret") && !text.contains("rt-secret-value"));
             v.done().await;
         });
-        reconcile(Arc::new(EagleEyeCredential::test()), ctx)
+        reconcile(Arc::new(EagleEyeCredential::test().into()), ctx)
             .await
             .unwrap();
         server.await.unwrap();

@@ -712,14 +712,16 @@ impl Parts {
                 if let Some(selector) = &self.args.credential_selector {
                     config = config.labels(selector);
                 }
-                // The store keeps what a reconcile reads, nothing a tenant can pad.
+                // The store keeps what a reconcile reads, nothing a tenant can pad, as JSON
+                // (`controller::StoredCredential`); the index reads each event before.
                 let news = watcher::watcher(crs, config)
                     .default_backoff()
                     .map_ok(crate::controller::credential_event)
                     .modify(crate::controller::project)
+                    .inspect_ok(move |e| indexed.on_event(e))
+                    .map_ok(crate::controller::stored_event)
                     .reflect(writer)
                     .inspect_ok(move |e| {
-                        indexed.on_event(e);
                         if matches!(e, watcher::Event::InitDone) {
                             listed_tx.send_replace(true);
                         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eagle_eye_operator::controller::{
-    self, Context, Leadership, LeanCredential, Memory, Settings, Shared,
+    self, Context, Leadership, LeanCredential, Memory, Settings, Shared, StoredCredential,
 };
 use eagle_eye_operator::crd::EagleEyeCredential;
 use eagle_eye_operator::status::Lifetimes;
@@ -142,25 +142,26 @@ impl Term {
     /// One event of the credential watch, into the store and the index as the operator's
     /// stream puts it.
     fn credential_event(&mut self, event: watcher::Event<EagleEyeCredential>) {
-        self.writer.apply_watcher_event(&event);
         self.index.on_event(&event);
+        self.writer
+            .apply_watcher_event(&controller::stored_event(event));
     }
 }
 
 /// A leadership term: the controllers of one process, from the Lease won to lost.
 struct Term {
     ctx: Arc<Context>,
-    writer: Writer<EagleEyeCredential>,
+    writer: Writer<StoredCredential>,
     /// The credentials by the Secrets they name, fed as the operator's watch feeds it.
     index: Arc<controller::Index>,
     /// What a Secret event means, decided as the operator decides it.
     secret_news: controller::SecretNews,
-    store: Store<EagleEyeCredential>,
+    store: Store<StoredCredential>,
     due: BTreeMap<String, Due>,
     /// Reconciles running, by credential; a trigger meanwhile runs it again after.
     running: BTreeMap<String, JoinHandle<()>>,
     again: BTreeSet<String>,
-    wakes: futures::stream::BoxStream<'static, ObjectRef<EagleEyeCredential>>,
+    wakes: futures::stream::BoxStream<'static, ObjectRef<StoredCredential>>,
     stopping: bool,
     sweep: JoinHandle<()>,
     /// The term's look at its census (`Context::census_looks`), as the operator runs it.
@@ -247,7 +248,7 @@ pub struct Sim {
 /// A process (slot, incarnation) and a Secret (namespace, name).
 type SecretOfProcess = (usize, u32, String, String);
 
-fn key_of(cr: &EagleEyeCredential) -> String {
+fn key_of(cr: &impl kube::Resource) -> String {
     format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any())
 }
 
@@ -619,7 +620,7 @@ impl Sim {
         proc.shared.known.clear();
         proc.shared.reads.clear();
         proc.shared.memory.new_term();
-        let (store, writer) = kube::runtime::reflector::store::<EagleEyeCredential>();
+        let (store, writer) = kube::runtime::reflector::store::<StoredCredential>();
         let index = Arc::new(controller::Index::default());
         let secret_news = controller::SecretNews::new(proc.shared.reads.clone(), index.clone());
         let reporter = kube::runtime::events::Reporter {
@@ -687,7 +688,7 @@ impl Sim {
         for o in &objects {
             if let Some(cr) = stored_copy(o) {
                 term.credential_event(watcher::Event::InitApply(cr.clone()));
-                if proc.shared.known.is_news(&cr) {
+                if proc.shared.known.is_news(&StoredCredential::new(&cr)) {
                     news.push(key_of(&cr));
                 }
             }
@@ -928,7 +929,7 @@ impl Sim {
         };
         let Some(cr) = term
             .store
-            .get(&ObjectRef::<EagleEyeCredential>::new(name).within(ns))
+            .get(&ObjectRef::<StoredCredential>::new(name).within(ns))
         else {
             // kube-runtime: ObjectNotFound, nothing runs.
             return;
@@ -968,7 +969,7 @@ impl Sim {
             "eagleeyecredentials" => match change.object.as_ref().and_then(stored_copy) {
                 Some(cr) => {
                     term.credential_event(watcher::Event::Apply(cr.clone()));
-                    if proc.shared.known.is_news(&cr) {
+                    if proc.shared.known.is_news(&StoredCredential::new(&cr)) {
                         wake.push(key_of(&cr));
                     }
                 }
@@ -1840,7 +1841,8 @@ impl Sim {
             let Some(term) = p.term.as_mut().filter(|_| p.alive) else {
                 continue;
             };
-            let present: BTreeSet<String> = term.store.state().iter().map(|c| key_of(c)).collect();
+            let present: BTreeSet<String> =
+                term.store.state().iter().map(|c| key_of(&**c)).collect();
             let kept = p.shared.memory.known_keys();
             term.gone_since
                 .retain(|k, _| kept.contains(k) && !present.contains(k));
@@ -1885,12 +1887,12 @@ impl Sim {
 }
 
 trait NextNow {
-    fn next_now(&mut self) -> Option<Option<ObjectRef<EagleEyeCredential>>>;
+    fn next_now(&mut self) -> Option<Option<ObjectRef<StoredCredential>>>;
 }
 
-impl NextNow for futures::stream::BoxStream<'static, ObjectRef<EagleEyeCredential>> {
+impl NextNow for futures::stream::BoxStream<'static, ObjectRef<StoredCredential>> {
     /// The next item if one is ready now.
-    fn next_now(&mut self) -> Option<Option<ObjectRef<EagleEyeCredential>>> {
+    fn next_now(&mut self) -> Option<Option<ObjectRef<StoredCredential>>> {
         use futures::StreamExt;
         self.next().now_or_never()
     }

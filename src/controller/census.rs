@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use kube::runtime::reflector::{ObjectRef, Store};
 
+use super::StoredCredential;
 use super::lock;
 use super::parked::Parked;
-use crate::crd::EagleEyeCredential;
 
 #[derive(Default)]
 pub struct Census {
@@ -34,12 +34,12 @@ pub struct Census {
     pub(super) listed: Vec<tokio::sync::watch::Receiver<bool>>,
     /// Each controller of the term: its store, and the parking lot that wakes its
     /// credentials.
-    controllers: Mutex<Vec<(Store<EagleEyeCredential>, Arc<Parked>)>>,
+    controllers: Mutex<Vec<(Store<StoredCredential>, Arc<Parked>)>>,
 }
 
 /// The credentials waiting for one destination's census, each with the parking lot of its
 /// controller, which wakes it.
-pub(super) type Waiters = HashMap<ObjectRef<EagleEyeCredential>, Arc<Parked>>;
+pub(super) type Waiters = HashMap<ObjectRef<StoredCredential>, Arc<Parked>>;
 
 impl Census {
     /// The census of a term whose stores report their first list on `listed`.
@@ -51,14 +51,14 @@ impl Census {
     }
 
     /// A controller of the term, watching `store`, whose credentials `parked` wakes.
-    pub(super) fn watched_by(&self, store: Store<EagleEyeCredential>, parked: Arc<Parked>) {
+    pub(super) fn watched_by(&self, store: Store<StoredCredential>, parked: Arc<Parked>) {
         lock(&self.controllers).push((store, parked));
     }
 
     /// The parking lot that wakes `credential`: its controller's.
     pub(super) fn parked_for(
         &self,
-        credential: &ObjectRef<EagleEyeCredential>,
+        credential: &ObjectRef<StoredCredential>,
     ) -> Option<Arc<Parked>> {
         lock(&self.controllers)
             .iter()
@@ -74,7 +74,7 @@ impl Census {
     pub(super) fn wait(
         &self,
         destination: String,
-        credential: ObjectRef<EagleEyeCredential>,
+        credential: ObjectRef<StoredCredential>,
         parked: &Arc<Parked>,
     ) -> bool {
         let mut waiting = lock(&self.waiting);
@@ -94,6 +94,8 @@ impl Census {
 mod tests {
     use std::sync::Arc;
 
+    use crate::controller::StoredCredential;
+
     use futures::{FutureExt, StreamExt};
     use kube::runtime::reflector::ObjectRef;
     use kube::runtime::reflector::store::Writer;
@@ -104,7 +106,7 @@ mod tests {
     use crate::crd::EagleEyeCredential;
     use crate::fixtures;
 
-    fn a() -> ObjectRef<EagleEyeCredential> {
+    fn a() -> ObjectRef<StoredCredential> {
         ObjectRef::new("a").within("one")
     }
 
@@ -123,8 +125,8 @@ mod tests {
         Arc<crate::controller::Context>,
     ) {
         let (mut one, mut two) = (Writer::default(), Writer::default());
-        one.apply_watcher_event(&watcher::Event::Apply(credential("one", "a")));
-        two.apply_watcher_event(&watcher::Event::Apply(credential("two", "b")));
+        one.apply_watcher_event(&watcher::Event::Apply(credential("one", "a").into()));
+        two.apply_watcher_event(&watcher::Event::Apply(credential("two", "b").into()));
         let stores = vec![one.as_reader(), two.as_reader()];
         let shared = fixtures::shared(jiff::Timestamp::now);
         let census = Arc::new(Census::default());
@@ -217,13 +219,13 @@ mod tests {
     /// A controller whose store (its writer returned) holds `video/a`, read, and `video/cam`,
     /// unread.
     fn a_read_and_cam_unread() -> (
-        Writer<EagleEyeCredential>,
+        Writer<StoredCredential>,
         Arc<crate::controller::Context>,
         fixtures::ApiServerVerifier,
     ) {
         let mut store = Writer::default();
-        store.apply_watcher_event(&watcher::Event::Apply(credential(fixtures::NS, "a")));
-        store.apply_watcher_event(&watcher::Event::Apply(EagleEyeCredential::test()));
+        store.apply_watcher_event(&watcher::Event::Apply(credential(fixtures::NS, "a").into()));
+        store.apply_watcher_event(&watcher::Event::Apply(EagleEyeCredential::test().into()));
         let reader = store.as_reader();
         let now = jiff::Timestamp::now;
         let shared = fixtures::shared(now);
@@ -238,7 +240,7 @@ mod tests {
     async fn a_waits_for_cam_deleted() -> (
         Arc<crate::controller::Context>,
         fixtures::ApiServerVerifier,
-        futures::stream::BoxStream<'static, ObjectRef<EagleEyeCredential>>,
+        futures::stream::BoxStream<'static, ObjectRef<StoredCredential>>,
     ) {
         let (mut store, ctx, verifier) = a_read_and_cam_unread();
         let woken = ctx.take_wakes();
@@ -246,7 +248,7 @@ mod tests {
         let a = ObjectRef::new("a").within(fixtures::NS);
         let unread = ctx.census_pending_for(&url, a).await;
         assert_eq!(unread.as_deref(), Some("video/cam"));
-        store.apply_watcher_event(&watcher::Event::Delete(EagleEyeCredential::test()));
+        store.apply_watcher_event(&watcher::Event::Delete(EagleEyeCredential::test().into()));
         (ctx, verifier, woken)
     }
 
@@ -262,7 +264,7 @@ mod tests {
             k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
         );
         deleted.metadata.finalizers = Some(vec!["tenant.example/keep".into()]);
-        store.apply_watcher_event(&watcher::Event::Apply(deleted));
+        store.apply_watcher_event(&watcher::Event::Apply(deleted.into()));
         assert_eq!(ctx.census_pending(&url).await, None);
     }
 
@@ -270,7 +272,8 @@ mod tests {
     async fn a_reconcile_that_finds_its_credential_deleted_completes_the_census_it_held_back() {
         let (ctx, verifier, mut woken) = a_waits_for_cam_deleted().await;
         let server = tokio::spawn(async move { verifier.credential_gone().await.done().await });
-        let ended = crate::controller::reconcile(Arc::new(EagleEyeCredential::test()), ctx).await;
+        let ended =
+            crate::controller::reconcile(Arc::new(EagleEyeCredential::test().into()), ctx).await;
         assert!(ended.is_ok());
         server.await.unwrap();
         let a = ObjectRef::new("a").within(fixtures::NS);

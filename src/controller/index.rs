@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
+use super::StoredCredential;
 use super::lock;
 use crate::crd::EagleEyeCredential;
 
@@ -193,7 +194,7 @@ impl Index {
     }
 
     /// The credentials naming Secret `name` of `ns` in any of `roles`.
-    pub fn naming(&self, ns: &str, name: &str, roles: u8) -> Vec<ObjectRef<EagleEyeCredential>> {
+    pub fn naming(&self, ns: &str, name: &str, roles: u8) -> Vec<ObjectRef<StoredCredential>> {
         self.names(ns, name, roles)
             .into_iter()
             .map(|c| ObjectRef::new(&c).within(ns))

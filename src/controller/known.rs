@@ -7,8 +7,11 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
+use kube::Resource;
+
 use crate::crd::{EagleEyeCredential, EagleEyeCredentialStatus};
 
+use super::projection::StoredCredential;
 use super::{key, lock};
 
 #[derive(Default)]
@@ -24,19 +27,42 @@ struct Entry {
 
 /// A status's digest (its JSON, hashed: the types hold no float or map of unstable order).
 pub(super) fn digest(status: Option<&EagleEyeCredentialStatus>) -> u64 {
+    digest_json(&serde_json::to_vec(&status).unwrap_or_default())
+}
+
+/// The digest of a status serialized already (`null`: none).
+fn digest_json(json: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_vec(&status).unwrap_or_default().hash(&mut h);
+    json.hash(&mut h);
     h.finish()
+}
+
+/// A credential as `Known` looks at it: parsed, or as the store keeps it.
+pub trait Seen: Resource {
+    fn status_digest(&self) -> u64;
+}
+
+impl Seen for EagleEyeCredential {
+    fn status_digest(&self) -> u64 {
+        digest(self.status.as_ref())
+    }
+}
+
+impl Seen for StoredCredential {
+    fn status_digest(&self) -> u64 {
+        digest_json(self.status_json())
+    }
 }
 
 /// Everything of a credential the reconcile reads, but its status and resourceVersion: a
 /// change here is a user's (or a controller's) change, worth a reconcile. The spec is
 /// covered by the generation.
-fn shape(cr: &EagleEyeCredential) -> u64 {
+fn shape(cr: &impl Resource) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    cr.metadata.uid.hash(&mut h);
-    cr.metadata.generation.hash(&mut h);
-    cr.metadata.deletion_timestamp.is_some().hash(&mut h);
+    let m = cr.meta();
+    m.uid.hash(&mut h);
+    m.generation.hash(&mut h);
+    m.deletion_timestamp.is_some().hash(&mut h);
     // What the store keeps of metadata (`super::projection`): a write's answer, which holds
     // everything, must hash as its projected watch event does.
     super::projection::has_finalizer(cr).hash(&mut h);
@@ -46,9 +72,9 @@ fn shape(cr: &EagleEyeCredential) -> u64 {
 impl Known {
     /// Whether a watch event for `cr` says something this process does not know yet: a
     /// new credential, a changed shape, or a status someone else wrote. Remembers it.
-    pub fn is_news(&self, cr: &EagleEyeCredential) -> bool {
+    pub fn is_news(&self, cr: &impl Seen) -> bool {
         let shape = shape(cr);
-        let status = digest(cr.status.as_ref());
+        let status = cr.status_digest();
         let mut map = lock(&self.0);
         let entry = map.insert(
             key(cr),
@@ -85,10 +111,10 @@ impl Known {
 
     /// Whether the cached `cr` holds the last status known here (seen or written): if it
     /// does, nothing newer was written by this process, and a reconcile may trust it.
-    pub fn is_current(&self, cr: &EagleEyeCredential) -> bool {
+    pub fn is_current(&self, cr: &impl Seen) -> bool {
         lock(&self.0)
             .get(&key(cr))
-            .is_some_and(|e| e.shape == shape(cr) && e.status == digest(cr.status.as_ref()))
+            .is_some_and(|e| e.shape == shape(cr) && e.status == cr.status_digest())
     }
 
     /// Forgets everything: a new leadership term reconciles every credential once.
@@ -162,5 +188,46 @@ mod tests {
         assert!(known.is_news(&deleting));
         known.forget(&super::key(&deleting));
         assert!(!known.is_current(&deleting));
+    }
+
+    #[test]
+    fn the_stores_copy_of_a_status_this_process_wrote_is_current_and_its_echo_no_news() {
+        use crate::controller::StoredCredential;
+        let stored = |cr: &EagleEyeCredential| StoredCredential::from(cr.clone());
+        // A status with every kind of field: the store's JSON must digest as the answer.
+        let mut full: EagleEyeCredentialStatus = serde_json::from_value(serde_json::json!({
+            "observedGeneration": 1,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "TokenRefreshed",
+                "message": "valid until 2026-12-08T03:48:23Z", "observedGeneration": 1,
+                "lastTransitionTime": "2026-12-08T02:48:23Z"}],
+            "accessTokenExpiresAt": "2026-12-08T03:48:23Z",
+            "refreshTokenDeadline": "9999-12-30T00:00:00Z",
+            "baseUrl": "https://api.c001.eagleeyenetworks.com",
+            "history": [{"time": "2026-12-08T02:48:23Z", "process": "p", "outcome": "Refreshed",
+                "refreshTokenFingerprint": "a21f6828", "revision": 1, "attempts": 1}],
+            "revision": 1
+        }))
+        .unwrap();
+        let known = Known::default();
+        let answer = cr(1, Some(full.clone()));
+        assert!(known.is_news(&stored(&cr(1, None))), "first sight");
+        known.wrote(&answer);
+        assert!(
+            !known.is_current(&stored(&cr(1, None))),
+            "older than the write"
+        );
+        assert!(known.is_current(&stored(&answer)));
+        assert!(!known.is_news(&stored(&answer)), "the write's echo");
+        full.revision = 2;
+        known.writing(&answer, &full);
+        assert!(
+            !known.is_news(&stored(&cr(1, Some(full.clone())))),
+            "an echo before the answer"
+        );
+        full.revision = 3;
+        assert!(
+            known.is_news(&stored(&cr(1, Some(full)))),
+            "someone else's status"
+        );
     }
 }

@@ -12,10 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::SignedDuration;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use tracing::{instrument, warn};
 
 use crate::crd::{EagleEyeCredential, parse_duration};
@@ -43,7 +44,9 @@ mod seats;
 mod secret_news;
 mod sweep;
 
-pub use projection::{LeanCredential, credential_event, project};
+pub use projection::{
+    LeanCredential, StoredCredential, credential_event, project, stored_event, stored_ref,
+};
 
 pub use cache::Reads;
 pub use census::Census;
@@ -98,9 +101,9 @@ pub struct Context {
     pub event_series: crate::event_series::Series,
     pub tokens: TokenClient,
     pub settings: Settings,
-    pub store: Store<EagleEyeCredential>,
+    pub store: Store<StoredCredential>,
     /// Every controller's store (one per watched namespace, or one for all).
-    pub all_stores: Vec<Store<EagleEyeCredential>>,
+    pub all_stores: Vec<Store<StoredCredential>>,
     pub metrics: Arc<Metrics>,
     /// What the process remembers of each credential (answers held first of all).
     pub memory: Memory,
@@ -153,8 +156,8 @@ impl Context {
         reporter: Reporter,
         tokens: TokenClient,
         settings: Settings,
-        store: Store<EagleEyeCredential>,
-        all_stores: Vec<Store<EagleEyeCredential>>,
+        store: Store<StoredCredential>,
+        all_stores: Vec<Store<StoredCredential>>,
         shared: Shared,
     ) -> Self {
         let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -222,7 +225,7 @@ impl Context {
     }
 
     /// Credential `key` (`namespace/name`) as a store of this term holds it.
-    fn watched(&self, key: &str) -> Option<Arc<EagleEyeCredential>> {
+    fn watched(&self, key: &str) -> Option<Arc<StoredCredential>> {
         let (ns, name) = key.split_once('/')?;
         let at = kube::runtime::reflector::ObjectRef::new(name).within(ns);
         self.all_stores.iter().find_map(|store| store.get(&at))
@@ -255,7 +258,7 @@ impl Context {
     pub(crate) async fn census_pending_for(
         &self,
         auth_url: &url::Url,
-        waiter: ObjectRef<EagleEyeCredential>,
+        waiter: ObjectRef<StoredCredential>,
     ) -> Option<String> {
         let unread = self.census_pending(auth_url).await?;
         let destination = crate::token::Destination::of(auth_url).to_string();
@@ -309,13 +312,13 @@ impl Context {
             let mut queues: HashMap<String, VecDeque<String>> = HashMap::new();
             for c in self.all_stores.iter().flat_map(|s| s.state()) {
                 let counted =
-                    c.metadata.deletion_timestamp.is_none() || projection::has_finalizer(&c);
-                let Ok(url) = url::Url::parse(&c.spec.auth_url) else {
+                    c.metadata.deletion_timestamp.is_none() || projection::has_finalizer(&*c);
+                let Some(Ok(url)) = c.spec().map(|spec| url::Url::parse(&spec.auth_url)) else {
                     continue;
                 };
                 if counted {
                     let to = crate::token::Destination::of(&url).to_string();
-                    queues.entry(to).or_default().push_back(key(&c));
+                    queues.entry(to).or_default().push_back(key(&*c));
                 }
             }
             queues
@@ -326,7 +329,7 @@ impl Context {
             // Read, gone, or deleted without this operator's finalizer (another's may keep it
             // listed for ever, and nothing of it is read any more): as when listed.
             let counted = self.watched(first).is_some_and(|c| {
-                c.metadata.deletion_timestamp.is_none() || projection::has_finalizer(&c)
+                c.metadata.deletion_timestamp.is_none() || projection::has_finalizer(&*c)
             });
             if self.memory.is_read(first, self.term) || !counted {
                 queue.pop_front();
@@ -395,7 +398,7 @@ impl Context {
     /// The reconciles woken by granted call slots (`Controller::reconcile_on`); once.
     pub fn take_wakes(
         &self,
-    ) -> futures::stream::BoxStream<'static, kube::runtime::reflector::ObjectRef<EagleEyeCredential>>
+    ) -> futures::stream::BoxStream<'static, kube::runtime::reflector::ObjectRef<StoredCredential>>
     {
         use futures::StreamExt;
         match lock(&self.wakes).take() {
@@ -464,10 +467,10 @@ impl Error {
 
 /// Kubernetes API failures back off from 1 s to at most 30 s: a rotated token may be
 /// waiting to be stored, so the retry must not wait long.
-pub fn error_policy(cr: Arc<EagleEyeCredential>, err: &Error, ctx: Arc<Context>) -> Action {
-    let failures = ctx.memory.with(&key(&cr), |e| e.api_failed(err.is_own()));
-    let wait = schedule::backoff(failures, jitter(&cr)).min(MAX_API_RETRY);
-    warn!(credential = %key(&cr), error = %err, attempt = failures, retry_in = ?wait, "reconcile failed; retrying");
+pub fn error_policy(cr: Arc<StoredCredential>, err: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.memory.with(&key(&*cr), |e| e.api_failed(err.is_own()));
+    let wait = schedule::backoff(failures, jitter(&*cr)).min(MAX_API_RETRY);
+    warn!(credential = %key(&*cr), error = %err, attempt = failures, retry_in = ?wait, "reconcile failed; retrying");
     Action::requeue(wait)
 }
 
@@ -481,10 +484,10 @@ const MAX_API_RETRY: Duration = Duration::from_secs(30);
 /// A reconcile with no seat for it ends at once, its credential keeping a place in the
 /// queue; it is woken when the queue grants it a seat (`seats`). Waiting holds nothing
 /// read and no task.
-pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(cr: Arc<StoredCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
     // One woken to use a call slot granted to it skips the queue: it holds a slot others
     // wait for, and call slots bound such reconciles already.
-    let key = key(&cr);
+    let key = key(&*cr);
     let _seat = match ctx.parked.has_grant(&key) {
         true => None,
         false => match ctx.seats.take(&key, &cr.namespace().unwrap_or_default()) {
@@ -501,8 +504,8 @@ pub async fn reconcile(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result
     result
 }
 
-#[instrument(skip_all, fields(credential = %key(&cr)))]
-async fn reconcile_seated(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
+#[instrument(skip_all, fields(credential = %key(&*cr)))]
+async fn reconcile_seated(cr: Arc<StoredCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
     // The cached object may predate this process's last status write (a reconcile
     // triggered by a Secret's change can outrun the watch). Status is rebuilt from the
     // object, so a stale copy would roll the status back: read it fresh unless the cache
@@ -511,12 +514,14 @@ async fn reconcile_seated(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Res
     // lean: no metadata beyond what the store keeps). The copy kube-runtime handed over is
     // the store's when the reconcile was queued, maybe long before it had a seat: the
     // store's copy now is the one to judge (none: deleted, or left this shard).
+    // (A copy that does not parse back, which never happens, is read afresh too.)
     let latest = ctx
         .store
         .get(&ObjectRef::from_obj(&*cr))
-        .filter(|copy| ctx.known.is_current(copy) && !projection::is_trimmed(copy));
+        .filter(|copy| ctx.known.is_current(&**copy) && !projection::is_trimmed(&**copy))
+        .and_then(|copy| copy.credential());
     let fresh = if let Some(latest) = latest {
-        Ok(Some(EagleEyeCredential::clone(&latest)))
+        Ok(Some(latest))
     } else {
         projection::api(ctx.client.clone(), &cr.namespace().unwrap_or_default())
             .get_opt(&cr.name_any())
@@ -526,19 +531,23 @@ async fn reconcile_seated(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Res
     let fresh = match fresh {
         Ok(Some(fresh)) => fresh,
         Ok(None) => {
-            ctx.metrics.forget(&labels(&cr));
-            ctx.memory.forget(&key(&cr));
+            ctx.metrics.forget(&labels(&*cr));
+            ctx.memory.forget(&key(&*cr));
             // Deleted while parked: the read kept for it goes.
             let ns = cr.namespace().unwrap_or_default();
-            ctx.reads
-                .take_parked(&ns, &cr.spec.refresh_token_secret_ref.name, &key(&cr));
+            if let Some(spec) = cr.spec() {
+                ctx.reads
+                    .take_parked(&ns, &spec.refresh_token_secret_ref.name, &key(&*cr));
+            }
             // A token held for a deleted credential still belongs in its Secret.
-            if let Some(held) = ctx.memory.take(&key(&cr)) {
-                ctx.memory.store_or_keep(&ctx.client, &key(&cr), held).await;
+            if let Some(held) = ctx.memory.take(&key(&*cr)) {
+                ctx.memory
+                    .store_or_keep(&ctx.client, &key(&*cr), held)
+                    .await;
             }
             return Ok(Action::await_change());
         }
-        Err(e) => return Err(Error::Status(key(&cr), e)),
+        Err(e) => return Err(Error::Status(key(&*cr), e)),
     };
     if fresh.metadata.deletion_timestamp.is_some() {
         return Reconciler::new(&fresh, &ctx).on_deletion().await;
@@ -551,12 +560,12 @@ async fn reconcile_seated(cr: Arc<EagleEyeCredential>, ctx: Arc<Context>) -> Res
     let result = match futures::FutureExt::catch_unwind(run).await {
         Ok(result) => result,
         Err(_) => {
-            tracing::error!(credential = %key(&cr), "reconcile panicked; retrying with backoff");
-            Err(Error::Panicked(key(&cr)))
+            tracing::error!(credential = %key(&*cr), "reconcile panicked; retrying with backoff");
+            Err(Error::Panicked(key(&*cr)))
         }
     };
     if result.is_ok() {
-        ctx.memory.with(&key(&cr), |e| e.api_succeeded());
+        ctx.memory.with(&key(&*cr), |e| e.api_succeeded());
     }
     result
 }
@@ -623,12 +632,7 @@ fn is_secret_name(name: &str) -> bool {
 /// Another credential that references the same refresh-token Secret and came first (by
 /// creation time, then name) owns it.
 fn other_claimant(ctx: &Context, cr: &EagleEyeCredential) -> Option<String> {
-    let order = |c: &EagleEyeCredential| {
-        (
-            c.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            c.metadata.name.clone(),
-        )
-    };
+    let order = |c: &ObjectMeta| (c.creation_timestamp.as_ref().map(|t| t.0), c.name.clone());
     let ns = cr.namespace().unwrap_or_default();
     let wanted = &cr.spec.refresh_token_secret_ref.name;
     ctx.index
@@ -639,17 +643,17 @@ fn other_claimant(ctx: &Context, cr: &EagleEyeCredential) -> Option<String> {
         .filter(|o| {
             o.metadata.deletion_timestamp.is_none()
                 // The index may be a step ahead of or behind the object read here.
-                && o.spec.refresh_token_secret_ref.name == *wanted
-                && order(o) < order(cr)
+                && o.spec().is_some_and(|spec| spec.refresh_token_secret_ref.name == *wanted)
+                && order(&o.metadata) < order(&cr.metadata)
         })
         .map(|o| o.name_any())
         .min()
 }
 
 /// A stable number in [0, 1) per credential, so restarts do not bunch refreshes together.
-pub(crate) fn jitter(cr: &EagleEyeCredential) -> f64 {
+pub(crate) fn jitter(cr: &impl Resource) -> f64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    cr.metadata.uid.hash(&mut h);
+    cr.meta().uid.hash(&mut h);
     (h.finish() % 10_000) as f64 / 10_000.0
 }
 
@@ -680,14 +684,14 @@ pub(crate) fn login_fingerprint(
         .collect()
 }
 
-fn labels(cr: &EagleEyeCredential) -> metrics::Credential {
+fn labels(cr: &impl Resource) -> metrics::Credential {
     metrics::Credential {
         namespace: cr.namespace().unwrap_or_default().into(),
         credential: cr.name_any().into(),
     }
 }
 
-fn key(cr: &EagleEyeCredential) -> String {
+fn key(cr: &impl Resource) -> String {
     format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any())
 }
 

@@ -17,12 +17,12 @@ use futures::future::BoxFuture;
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::watch;
 
+use super::StoredCredential;
 use super::lock;
-use crate::crd::EagleEyeCredential;
 use crate::token::{CallSlot, Destination};
 
 /// A credential's reconcile, woken by a granted slot.
-pub type Wake = ObjectRef<EagleEyeCredential>;
+pub type Wake = ObjectRef<StoredCredential>;
 
 /// A granted slot is handed over only with this much of its start window left: the woken
 /// reconcile still reads, checks its Lease and records its spend intent before the call.

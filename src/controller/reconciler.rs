@@ -9,7 +9,6 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use secrecy::{ExposeSecret, SecretString};
 use tracing::debug;
 
@@ -470,7 +469,7 @@ impl<'a> Reconciler<'a> {
     /// reconcile.
     pub(super) async fn call_slot(&self, auth_url: &url::Url) -> Option<CallSlot> {
         let ns = self.cr.namespace().unwrap_or_default();
-        let me = kube::runtime::reflector::ObjectRef::from_obj(self.cr);
+        let me = super::stored_ref(self.cr);
         let (store, watched) = (self.ctx.store.clone(), me.clone());
         let destination = crate::token::Destination::of(auth_url);
         let claim = self
@@ -644,7 +643,7 @@ impl World for KubeWorld<'_, '_> {
     }
 
     async fn census_pending(&mut self, auth_url: &url::Url, read: &StoredToken) -> Option<String> {
-        let me = ObjectRef::from_obj(self.r.cr);
+        let me = super::stored_ref(self.r.cr);
         let unread = self.r.ctx.census_pending_for(auth_url, me).await?;
         self.r.keep_read_while_parked(read);
         Some(unread)
@@ -673,7 +672,7 @@ impl World for KubeWorld<'_, '_> {
         }
         // Gone from the watch meanwhile (relabelled out of this shard, or deleted): the
         // process that watches it now decides.
-        let watched = kube::runtime::reflector::ObjectRef::from_obj(self.r.cr);
+        let watched = super::stored_ref(self.r.cr);
         if ctx.store.get(&watched).is_none() {
             return Err(NotNow::NotWatched);
         }

@@ -159,7 +159,7 @@ impl Reconciler<'_> {
             .map(|at| crate::schedule::until(now, at) + Duration::from_millis(100));
         let recheck = (!ok && why != reason::RESTART_PENDING).then_some(RECHECK);
         if let Some(after) = pause_end.into_iter().chain(recheck).min() {
-            let me = kube::runtime::reflector::ObjectRef::from_obj(self.cr);
+            let me = super::stored_ref(self.cr);
             self.ctx.parked.wake_after(&self.key, me, after);
         }
         self.set_restart_condition(ok, why, message).await;

@@ -477,7 +477,8 @@ impl Reconciler<'_> {
             .find(|c| {
                 c.metadata.uid != self.cr.metadata.uid
                     && c.metadata.deletion_timestamp.is_none()
-                    && c.spec.refresh_token_secret_ref.name == *secret
+                    && c.spec()
+                        .is_some_and(|spec| spec.refresh_token_secret_ref.name == *secret)
             });
         match same_secret {
             Some(other) => Some(format!(

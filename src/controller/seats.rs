@@ -14,9 +14,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::StoredCredential;
 use super::lock;
 use super::parked::Parked;
-use crate::crd::EagleEyeCredential;
 use crate::fair::{Owner, Permit, Slots};
 
 /// A seat granted to a waiting credential whose reconcile has not come to take it within
@@ -28,7 +28,7 @@ pub struct Seats {
     slots: Arc<Slots<()>>,
     state: Mutex<State>,
     /// Whose credentials still want a seat: the controller's store.
-    store: Store<EagleEyeCredential>,
+    store: Store<StoredCredential>,
     parked: Arc<Parked>,
     stopping: watch::Receiver<bool>,
     me: Weak<Seats>,
@@ -51,7 +51,7 @@ impl Seats {
     /// `seats` reconciles at once for the credentials in `store`, woken through `parked`.
     pub fn new(
         seats: usize,
-        store: Store<EagleEyeCredential>,
+        store: Store<StoredCredential>,
         parked: Arc<Parked>,
         stopping: watch::Receiver<bool>,
     ) -> Arc<Seats> {
@@ -181,12 +181,13 @@ mod tests {
     use kube::runtime::watcher;
 
     use super::*;
+    use crate::crd::EagleEyeCredential;
 
-    fn credential(ns: &str, name: &str) -> EagleEyeCredential {
+    fn credential(ns: &str, name: &str) -> StoredCredential {
         let mut cr = EagleEyeCredential::test();
         cr.metadata.namespace = Some(ns.into());
         cr.metadata.name = Some(name.into());
-        cr
+        cr.into()
     }
 
     /// Two seats over a store holding `keys` (`namespace/name`), and the stream of woken
@@ -195,8 +196,8 @@ mod tests {
         keys: &[&str],
     ) -> (
         Arc<Seats>,
-        Writer<EagleEyeCredential>,
-        futures::channel::mpsc::UnboundedReceiver<ObjectRef<EagleEyeCredential>>,
+        Writer<StoredCredential>,
+        futures::channel::mpsc::UnboundedReceiver<ObjectRef<StoredCredential>>,
         watch::Sender<bool>,
     ) {
         let mut writer = Writer::default();
@@ -211,7 +212,7 @@ mod tests {
     }
 
     fn woken_now(
-        woken: &mut futures::channel::mpsc::UnboundedReceiver<ObjectRef<EagleEyeCredential>>,
+        woken: &mut futures::channel::mpsc::UnboundedReceiver<ObjectRef<StoredCredential>>,
     ) -> Vec<String> {
         let mut out = Vec::new();
         while let Some(Some(r)) = woken.next().now_or_never() {

@@ -13,8 +13,8 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
+use super::StoredCredential;
 use super::{Index, Reads};
-use crate::crd::EagleEyeCredential;
 
 pub struct SecretNews {
     reads: Arc<Reads>,
@@ -36,7 +36,7 @@ impl SecretNews {
     pub fn on_event(
         &self,
         event: &watcher::Event<PartialObjectMeta<Secret>>,
-    ) -> Vec<ObjectRef<EagleEyeCredential>> {
+    ) -> Vec<ObjectRef<StoredCredential>> {
         let naming = |s: &PartialObjectMeta<Secret>| {
             let (Some(ns), Some(name)) = (&s.metadata.namespace, &s.metadata.name) else {
                 return Vec::new();
@@ -99,6 +99,7 @@ mod tests {
     }
 
     fn news() -> (SecretNews, Arc<Reads>) {
+        use crate::crd::EagleEyeCredential;
         let index = Arc::new(Index::default());
         let mut cr = EagleEyeCredential::test();
         cr.metadata.name = Some("c".into());

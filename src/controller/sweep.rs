@@ -18,8 +18,8 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use tracing::warn;
 
+use super::StoredCredential;
 use super::{FIELD_MANAGER, Shared, key};
-use crate::crd::EagleEyeCredential;
 use crate::outcome::{self, Outcome};
 use crate::secrets::kube_reason;
 use crate::status;
@@ -30,7 +30,7 @@ pub const EVERY: Duration = Duration::from_secs(5);
 /// Runs until dropped; `stores` must be in sync (every controller's, as the operator waits
 /// for them before it reports ready).
 pub async fn deleted_credentials(
-    stores: Vec<Store<EagleEyeCredential>>,
+    stores: Vec<Store<StoredCredential>>,
     shared: Shared,
     client: Client,
 ) {
@@ -45,7 +45,7 @@ pub async fn deleted_credentials(
         let present: HashSet<String> = stores
             .iter()
             .flat_map(|s| s.state())
-            .map(|cr| key(&cr))
+            .map(|cr| key(&*cr))
             .collect();
         for k in shared.memory.retain(|k| present.contains(k)) {
             if let Some(held) = shared.memory.take(&k) {
