@@ -674,16 +674,23 @@ impl Parts {
         // queue and leaves kube-runtime at once, to be woken when it is granted one.
         let seats = self.args.max_concurrent_refreshes.saturating_mul(2).max(16);
         // kube-runtime's own limit: the seated, those woken to use a call slot granted while
-        // parked (they need no seat), and room for those that find no seat and leave. It
-        // bounds kube-runtime's map of running reconciles, which keeps the size of its
-        // largest moment for good (about 0.5 KiB a slot): unbounded, a cold start of N due
-        // credentials grew it to N.
-        let running = u16::try_from(
-            seats
-                .saturating_add(self.args.max_concurrent_refreshes)
-                .saturating_add(16),
-        )
-        .unwrap_or(u16::MAX);
+        // parked (they need no seat; at most the call slots of every allowed destination),
+        // and room for those that find no seat and leave. It bounds kube-runtime's map of
+        // running reconciles, which keeps the size of its largest moment for good (about
+        // 0.5 KiB a slot): unbounded, a cold start of N due credentials grew it to N. With
+        // destinations past counting (`*.domain` allowed), it stays unbounded: a place
+        // there, taken in no fair order, must never be what a credential waits for.
+        let running = match self.settings.auth_policy.destinations() {
+            Some(destinations) => u16::try_from(
+                self.args
+                    .max_concurrent_refreshes
+                    .saturating_mul(destinations)
+                    .saturating_add(seats)
+                    .saturating_add(16),
+            )
+            .unwrap_or(0),
+            None => 0,
+        };
         let built: Vec<_> = namespaces
             .into_iter()
             .map(|ns| {

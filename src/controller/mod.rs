@@ -313,7 +313,7 @@ impl Context {
             for c in self.all_stores.iter().flat_map(|s| s.state()) {
                 let counted =
                     c.metadata.deletion_timestamp.is_none() || projection::has_finalizer(&*c);
-                let Some(Ok(url)) = c.spec().map(|spec| url::Url::parse(&spec.auth_url)) else {
+                let Ok(url) = url::Url::parse(&c.auth_url) else {
                     continue;
                 };
                 if counted {
@@ -510,11 +510,11 @@ async fn reconcile_seated(cr: Arc<StoredCredential>, ctx: Arc<Context>) -> Resul
     // triggered by a Secret's change can outrun the watch). Status is rebuilt from the
     // object, so a stale copy would roll the status back: read it fresh unless the cache
     // holds the status last written or seen here.
-    // A copy trimmed in the store (padded target metadata) is read whole as well (though
-    // lean: no metadata beyond what the store keeps). The copy kube-runtime handed over is
-    // the store's when the reconcile was queued, maybe long before it had a seat: the
-    // store's copy now is the one to judge (none: deleted, or left this shard).
-    // (A copy that does not parse back, which never happens, is read afresh too.)
+    // A copy trimmed in the store (padded target metadata), or whose spec or status was
+    // too large to keep, is read whole as well (though lean: no metadata beyond what the
+    // store keeps). The copy kube-runtime handed over is the store's when the reconcile was
+    // queued, maybe long before: the store's copy now is the one to judge (none: deleted,
+    // or left this shard).
     let latest = ctx
         .store
         .get(&ObjectRef::from_obj(&*cr))
@@ -535,10 +535,7 @@ async fn reconcile_seated(cr: Arc<StoredCredential>, ctx: Arc<Context>) -> Resul
             ctx.memory.forget(&key(&*cr));
             // Deleted while parked: the read kept for it goes.
             let ns = cr.namespace().unwrap_or_default();
-            if let Some(spec) = cr.spec() {
-                ctx.reads
-                    .take_parked(&ns, &spec.refresh_token_secret_ref.name, &key(&*cr));
-            }
+            ctx.reads.take_parked(&ns, &cr.refresh_secret, &key(&*cr));
             // A token held for a deleted credential still belongs in its Secret.
             if let Some(held) = ctx.memory.take(&key(&*cr)) {
                 ctx.memory
@@ -643,7 +640,7 @@ fn other_claimant(ctx: &Context, cr: &EagleEyeCredential) -> Option<String> {
         .filter(|o| {
             o.metadata.deletion_timestamp.is_none()
                 // The index may be a step ahead of or behind the object read here.
-                && o.spec().is_some_and(|spec| spec.refresh_token_secret_ref.name == *wanted)
+                && *o.refresh_secret == **wanted
                 && order(&o.metadata) < order(&cr.metadata)
         })
         .map(|o| o.name_any())

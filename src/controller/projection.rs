@@ -75,6 +75,11 @@ impl From<LeanCredential> for EagleEyeCredential {
 #[derive(Clone, Debug)]
 pub struct StoredCredential {
     pub metadata: ObjectMeta,
+    /// spec.refreshTokenSecretRef.name and spec.authUrl, which the walks over every
+    /// credential read (who else claims a Secret, the census by auth server): never a
+    /// parse there.
+    pub refresh_secret: Box<str>,
+    pub auth_url: Box<str>,
     spec: Box<[u8]>,
     /// `null` for none: the very bytes `known`'s digest hashes.
     status: Box<[u8]>,
@@ -110,14 +115,17 @@ impl StoredCredential {
         // Serializing these types cannot fail (no map with keys that are not strings); an
         // empty value would only fail to parse back, and the reconcile then reads the
         // credential from the API server.
+        // Past `KEEP_JSON_UP_TO`, nothing is kept: it does not parse back either.
+        let kept = |json: Vec<u8>| match json.len() <= KEEP_JSON_UP_TO {
+            true => json.into_boxed_slice(),
+            false => Box::default(),
+        };
         StoredCredential {
             metadata: cr.metadata.clone(),
-            spec: serde_json::to_vec(&cr.spec)
-                .unwrap_or_default()
-                .into_boxed_slice(),
-            status: serde_json::to_vec(&cr.status)
-                .unwrap_or_default()
-                .into_boxed_slice(),
+            refresh_secret: cr.spec.refresh_token_secret_ref.name.as_str().into(),
+            auth_url: cr.spec.auth_url.as_str().into(),
+            spec: kept(serde_json::to_vec(&cr.spec).unwrap_or_default()),
+            status: kept(serde_json::to_vec(&cr.status).unwrap_or_default()),
         }
     }
 
@@ -131,7 +139,7 @@ impl StoredCredential {
     }
 
     /// Its spec, parsed back.
-    pub fn spec(&self) -> Option<EagleEyeCredentialSpec> {
+    fn spec(&self) -> Option<EagleEyeCredentialSpec> {
         serde_json::from_slice(&self.spec).ok()
     }
 
@@ -277,15 +285,21 @@ impl<'de> Deserialize<'de> for IsOurs {
     }
 }
 
-/// Marks, in the store only, a credential whose target labels and annotations or pod
-/// selector were left out; never written anywhere.
+/// Marks, in the store only, a credential whose target labels, annotations and templates
+/// or pod selector were left out; never written anywhere.
 const TRIMMED: &str = "eagle-eye-operator.io/trimmed-in-store";
 
-/// Target labels and annotations (their keys and values) and pod selector (its JSON) larger
+/// Target labels, annotations and templates and the pod selector, together as JSON, larger
 /// than this are left out of the store; a reconcile of such a credential reads it whole from
 /// the API server. Most credentials have none; a tenant who pads them pays one read per
-/// reconcile, and the store's memory for any credential stays under about 5 KiB.
+/// reconcile.
 pub const KEEP_EXTRAS_UP_TO: usize = 1024;
+
+/// The most a credential's spec and status take in the store, as JSON: a spec padded past
+/// it (every string at its bound, in characters JSON escapes six bytes each) or a status
+/// someone else wrote past it is not kept, and a reconcile reads the credential from the
+/// API server. The operator's own status is under half of it with every list full.
+const KEEP_JSON_UP_TO: usize = 8 * 1024;
 
 /// Cuts `cr` down to what the store keeps.
 pub fn project(cr: &mut EagleEyeCredential) {
@@ -298,24 +312,30 @@ pub fn project(cr: &mut EagleEyeCredential) {
         finalizers.retain(|f| f == FINALIZER);
     }
     let target = &mut cr.spec.target;
-    let text = |map: &std::collections::BTreeMap<String, String>| -> usize {
-        map.iter().map(|(k, v)| k.len() + v.len()).sum()
+    // As JSON, escapes included; most credentials have none of these, and an empty one is
+    // not serialized.
+    let map = |m: &std::collections::BTreeMap<String, String>| match m.is_empty() {
+        true => 0,
+        false => json_len(m),
     };
-    // The selector is rare: its JSON is counted only when there is one.
-    let selector = cr.spec.consumers.as_ref().map_or(0, |c| {
-        serde_json::to_vec(c).map_or(usize::MAX, |json| json.len())
-    });
-    let size = text(&target.labels)
-        .saturating_add(text(&target.annotations))
-        .saturating_add(selector);
+    let size = map(&target.labels)
+        .saturating_add(map(&target.annotations))
+        .saturating_add(map(&target.template))
+        .saturating_add(cr.spec.consumers.as_ref().map_or(0, json_len));
     if size > KEEP_EXTRAS_UP_TO {
         target.labels.clear();
         target.annotations.clear();
+        target.template.clear();
         // None, never an empty selector (which would select every pod): nothing reads the
         // store's copy for it, and a reconcile reads the credential whole.
         cr.spec.consumers = None;
         m.annotations = Some([(TRIMMED.to_owned(), String::new())].into());
     }
+}
+
+/// `value`'s length as JSON.
+fn json_len<T: Serialize>(value: &T) -> usize {
+    serde_json::to_vec(value).map_or(usize::MAX, |json| json.len())
 }
 
 /// Whether the store's copy of `cr` lacks fields a reconcile needs (see [`project`]).
@@ -405,6 +425,35 @@ mod tests {
         let read: StoredCredential = serde_json::from_slice(&json).unwrap();
         assert_eq!(read.status_json(), stored.status_json());
         assert_eq!(read.metadata, stored.metadata);
+    }
+
+    #[test]
+    fn a_spec_padded_with_characters_json_escapes_costs_the_store_a_bounded_amount() {
+        let pad = |n: usize| "\u{1}".repeat(n);
+        let mut cr = crate::target::tests::credential();
+        cr.spec.target.template = (0..8).map(|i| (format!("k{i}"), pad(4096))).collect();
+        let stored = StoredCredential::from(cr.clone());
+        assert!(is_trimmed(&stored), "templates count with the other extras");
+        assert!(stored.credential().unwrap().spec.target.template.is_empty());
+
+        // Every other string at its bound, each character six bytes as JSON.
+        cr.spec.scope = pad(512);
+        cr.spec.auth_url = pad(512);
+        cr.spec.client_secret_ref.client_id_key = pad(253);
+        cr.spec.client_secret_ref.client_secret_key = pad(253);
+        cr.spec.refresh_token_secret_ref.key = pad(253);
+        let stored = StoredCredential::from(cr.clone());
+        assert!(stored.spec.len() + stored.status.len() <= 2 * KEEP_JSON_UP_TO);
+        assert!(
+            stored.credential().is_none(),
+            "not kept: the reconcile reads it whole"
+        );
+        // What the walks over every credential read is kept as it is.
+        assert_eq!(&*stored.auth_url, cr.spec.auth_url);
+        assert_eq!(
+            &*stored.refresh_secret,
+            cr.spec.refresh_token_secret_ref.name
+        );
     }
 
     #[test]

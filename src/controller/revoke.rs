@@ -477,8 +477,7 @@ impl Reconciler<'_> {
             .find(|c| {
                 c.metadata.uid != self.cr.metadata.uid
                     && c.metadata.deletion_timestamp.is_none()
-                    && c.spec()
-                        .is_some_and(|spec| spec.refresh_token_secret_ref.name == *secret)
+                    && *c.refresh_secret == **secret
             });
         match same_secret {
             Some(other) => Some(format!(

@@ -20,8 +20,9 @@ use super::parked::Parked;
 use crate::fair::{Owner, Permit, Slots};
 
 /// A seat granted to a waiting credential whose reconcile has not come to take it within
-/// this long (its wake was lost with the credential: deleted, or gone from this shard) is
-/// handed on.
+/// this long is handed on, and the credential woken to queue again: its wake was lost
+/// with the credential (deleted, or gone from this shard), or it waits behind a reconcile
+/// of the credential already running (one using a call slot granted while it was parked).
 const UNCLAIMED: Duration = Duration::from_secs(10);
 
 pub struct Seats {
@@ -147,10 +148,16 @@ impl Seats {
 
 impl Owner<()> for Seats {
     fn wanted(&self, id: &str) -> bool {
-        let Some((ns, name)) = id.split_once('/') else {
-            return false;
-        };
-        !*self.stopping.borrow() && self.store.get(&ObjectRef::new(name).within(ns)).is_some()
+        let wanted = id.split_once('/').is_some_and(|(ns, name)| {
+            !*self.stopping.borrow() && self.store.get(&ObjectRef::new(name).within(ns)).is_some()
+        });
+        if !wanted {
+            // Its place is gone: were it back under the same name (deleted and created
+            // again, or back in this shard), its next reconcile queues it anew. (The queue's
+            // lock is held here; `Seats` never holds its own while taking the queue's.)
+            lock(&self.state).waiting.remove(id);
+        }
+        wanted
     }
 
     fn granted(&self, id: Arc<str>, seat: Permit<()>) {
@@ -259,6 +266,21 @@ mod tests {
         drop(one);
         assert_eq!(woken_now(&mut woken), ["a/next"]);
         assert_eq!(seats.slots.held(), 2, "one seat each for two and next");
+    }
+
+    #[tokio::test]
+    async fn a_credential_passed_over_while_gone_queues_anew_when_it_is_back() {
+        let (seats, mut writer, mut woken, _stop) = seats(&["a/one", "a/two", "a/x"]);
+        let (one, _two) = (seats.take("a/one", "a"), seats.take("a/two", "a"));
+        assert!(seats.take("a/x", "a").is_none(), "queued");
+        writer.apply_watcher_event(&watcher::Event::Delete(credential("a", "x")));
+        drop(one);
+        assert!(woken_now(&mut woken).is_empty(), "passed over: gone");
+        // Created again under the same name: its reconcile finds no place and takes one.
+        writer.apply_watcher_event(&watcher::Event::Apply(credential("a", "x")));
+        let seat = seats.take("a/x", "a");
+        assert!(seat.is_some(), "the freed seat, at once");
+        assert_eq!(lock(&seats.state).waiting.len(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -119,6 +119,21 @@ impl AuthPolicy {
         self.allow_insecure_http
     }
 
+    /// How many auth destinations (scheme, host, port) the policy allows at most; `None`
+    /// when unbounded (any host, or a `*.domain` entry).
+    pub fn destinations(&self) -> Option<usize> {
+        // An entry without a port allows the default port of https, and of plain http
+        // when that is allowed.
+        let schemes = if self.allow_insecure_http { 2 } else { 1 };
+        self.hosts
+            .as_ref()?
+            .iter()
+            .try_fold(0usize, |n, entry| match entry.host {
+                HostPattern::Subdomains(_) => None,
+                HostPattern::Exact(_) => Some(n.saturating_add(schemes)),
+            })
+    }
+
     /// The same policy, without the host allow-list (an auth URL a person gave on the
     /// command line is theirs to choose).
     pub fn without_host_list(&self) -> Self {
@@ -334,6 +349,21 @@ mod tests {
 
     fn err(raw: &str, policy: &AuthPolicy) -> AuthUrlError {
         AuthUrl::parse(raw, policy).unwrap_err()
+    }
+
+    #[test]
+    fn the_destinations_a_policy_allows_are_counted_unless_a_domain_allows_any_number() {
+        let count =
+            |hosts: &[&str], http: bool| AuthPolicy::new(hosts, http).unwrap().destinations();
+        assert_eq!(count(&[EAGLE_EYE_AUTH_HOSTS], false), Some(1));
+        assert_eq!(count(&["a.example", "b.example:8443"], false), Some(2));
+        assert_eq!(
+            count(&["127.0.0.1:4000", "localhost"], true),
+            Some(4),
+            "http and https"
+        );
+        assert_eq!(count(&["a.example", "*.example"], false), None);
+        assert_eq!(AuthPolicy::any_host(false).destinations(), None);
     }
 
     #[test]
