@@ -33,29 +33,37 @@ pub struct LeanCredential {
     pub status: Option<EagleEyeCredentialStatus>,
 }
 
-impl Resource for LeanCredential {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
+/// `Resource` for another shape of an EagleEyeCredential read or kept: the same kind, and
+/// its `metadata`.
+macro_rules! credential_resource {
+    ($ty:ty) => {
+        impl Resource for $ty {
+            type DynamicType = ();
+            type Scope = k8s_openapi::NamespaceResourceScope;
 
-    fn kind(dt: &()) -> Cow<'_, str> {
-        EagleEyeCredential::kind(dt)
-    }
-    fn group(dt: &()) -> Cow<'_, str> {
-        EagleEyeCredential::group(dt)
-    }
-    fn version(dt: &()) -> Cow<'_, str> {
-        EagleEyeCredential::version(dt)
-    }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        EagleEyeCredential::plural(dt)
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+            fn kind(dt: &()) -> Cow<'_, str> {
+                EagleEyeCredential::kind(dt)
+            }
+            fn group(dt: &()) -> Cow<'_, str> {
+                EagleEyeCredential::group(dt)
+            }
+            fn version(dt: &()) -> Cow<'_, str> {
+                EagleEyeCredential::version(dt)
+            }
+            fn plural(dt: &()) -> Cow<'_, str> {
+                EagleEyeCredential::plural(dt)
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
 }
+
+credential_resource!(LeanCredential);
 
 impl From<LeanCredential> for EagleEyeCredential {
     fn from(lean: LeanCredential) -> Self {
@@ -85,29 +93,7 @@ pub struct StoredCredential {
     status: Box<[u8]>,
 }
 
-impl Resource for StoredCredential {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(dt: &()) -> Cow<'_, str> {
-        EagleEyeCredential::kind(dt)
-    }
-    fn group(dt: &()) -> Cow<'_, str> {
-        EagleEyeCredential::group(dt)
-    }
-    fn version(dt: &()) -> Cow<'_, str> {
-        EagleEyeCredential::version(dt)
-    }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        EagleEyeCredential::plural(dt)
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+credential_resource!(StoredCredential);
 
 impl StoredCredential {
     /// `cr` as the store keeps it (`cr` projected already: see [`project`]).
