@@ -674,21 +674,22 @@ impl Parts {
         // queue and leaves kube-runtime at once, to be woken when it is granted one.
         let seats = self.args.max_concurrent_refreshes.saturating_mul(2).max(16);
         // kube-runtime's own limit: the seated, those woken to use a call slot granted while
-        // parked (they need no seat; at most the call slots of every allowed destination),
-        // and room for those that find no seat and leave. It bounds kube-runtime's map of
+        // parked (they need no seat: as many as the call slots of every allowed
+        // destination, `Context::with_seatless`), and room for those that find no seat and
+        // leave. It bounds kube-runtime's map of
         // running reconciles, which keeps the size of its largest moment for good (about
         // 0.5 KiB a slot): unbounded, a cold start of N due credentials grew it to N. With
         // destinations past counting (`*.domain` allowed), it stays unbounded: a place
         // there, taken in no fair order, must never be what a credential waits for.
-        let running = match self.settings.auth_policy.destinations() {
-            Some(destinations) => u16::try_from(
-                self.args
-                    .max_concurrent_refreshes
-                    .saturating_mul(destinations)
-                    .saturating_add(seats)
-                    .saturating_add(16),
-            )
-            .unwrap_or(0),
+        let seatless = (self.settings.auth_policy.destinations()).map(|destinations| {
+            self.args
+                .max_concurrent_refreshes
+                .saturating_mul(destinations)
+        });
+        let running = match seatless {
+            Some(seatless) => {
+                u16::try_from(seatless.saturating_add(seats).saturating_add(16)).unwrap_or(0)
+            }
             None => 0,
         };
         let built: Vec<_> = namespaces
@@ -770,6 +771,7 @@ impl Parts {
                         self.shared.clone(),
                     )
                     .with_seats(seats)
+                    .with_seatless(seatless)
                     .with_census(census.clone())
                     .with_index(index.clone()),
                 );

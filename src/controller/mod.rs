@@ -127,6 +127,9 @@ pub struct Context {
     pub parked: Arc<parked::Parked>,
     /// The controller's reconcile seats, shared fairly between namespaces.
     seats: Arc<seats::Seats>,
+    /// Reconciles at once that use a call slot granted while parked and take no seat
+    /// (`None`: any number), beyond which such a one takes a seat as well.
+    seatless: Option<Arc<tokio::sync::Semaphore>>,
     /// Turned true when the controller stops (`Context::stop`): no waiting credential is
     /// granted a seat any more, and credentials parked for a call slot give up at once, so
     /// that stopping (and storing what is held) waits only for the reconciles already seated.
@@ -175,6 +178,7 @@ impl Context {
             stopping,
             parked,
             seats,
+            seatless: None,
             wakes: Mutex::new(Some(wakes)),
             client,
             reporter,
@@ -215,6 +219,13 @@ impl Context {
             self.parked.clone(),
             self.stopping.clone(),
         );
+        self
+    }
+
+    /// At most `seatless` reconciles at once use a call slot granted while parked without
+    /// a seat (`None`: no bound).
+    pub fn with_seatless(mut self, seatless: Option<usize>) -> Self {
+        self.seatless = seatless.map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
         self
     }
 
@@ -486,12 +497,14 @@ const MAX_API_RETRY: Duration = Duration::from_secs(30);
 /// read and no task.
 pub async fn reconcile(cr: Arc<StoredCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
     // One woken to use a call slot granted to it skips the queue: it holds a slot others
-    // wait for, and call slots bound such reconciles already.
+    // wait for. Past the call its reconcile goes on (storing, publishing, nudging) and
+    // the slot goes to the next: `seatless` bounds such reconciles, so that they never
+    // take every place kube-runtime runs (`operator`); past it, one waits for a seat too.
     let key = key(&*cr);
-    let _seat = match ctx.parked.has_grant(&key) {
-        true => None,
-        false => match ctx.seats.take(&key, &cr.namespace().unwrap_or_default()) {
-            Some(seat) => Some(seat),
+    let _seat = match seatless(ctx.parked.has_grant(&key), ctx.seatless.as_ref()) {
+        Some(permit) => (None, permit),
+        None => match ctx.seats.take(&key, &cr.namespace().unwrap_or_default()) {
+            Some(seat) => (Some(seat), None),
             None => return Ok(Action::await_change()),
         },
     };
@@ -502,6 +515,19 @@ pub async fn reconcile(cr: Arc<StoredCredential>, ctx: Arc<Context>) -> Result<A
     // last one a census waited for.
     ctx.census_advance();
     result
+}
+
+/// Whether a reconcile goes without a seat: it was granted a call slot (`granted`) and
+/// the `bound` of such reconciles has room, whose permit it then holds.
+fn seatless(
+    granted: bool,
+    bound: Option<&Arc<tokio::sync::Semaphore>>,
+) -> Option<Option<tokio::sync::OwnedSemaphorePermit>> {
+    match (granted, bound) {
+        (false, _) => None,
+        (true, None) => Some(None),
+        (true, Some(bound)) => bound.clone().try_acquire_owned().ok().map(Some),
+    }
 }
 
 #[instrument(skip_all, fields(credential = %key(&*cr)))]
@@ -740,6 +766,28 @@ mod tests {
     }
     use crate::crd::EagleEyeCredential;
     use crate::token::{AuthPolicy, EAGLE_EYE_AUTH_HOSTS};
+
+    #[test]
+    fn reconciles_using_a_granted_call_slot_go_seatless_only_up_to_their_bound() {
+        use std::sync::Arc;
+        let bound = Arc::new(tokio::sync::Semaphore::new(1));
+        assert!(
+            super::seatless(false, Some(&bound)).is_none(),
+            "no grant: a seat"
+        );
+        let first = super::seatless(true, Some(&bound)).expect("room: no seat");
+        assert!(first.is_some(), "holds the bound's permit");
+        assert!(
+            super::seatless(true, Some(&bound)).is_none(),
+            "past the bound: a seat as well"
+        );
+        drop(first);
+        assert!(super::seatless(true, Some(&bound)).is_some());
+        assert!(
+            matches!(super::seatless(true, None), Some(None)),
+            "no bound"
+        );
+    }
 
     fn with_auth_url(url: &str) -> EagleEyeCredential {
         let mut cr = EagleEyeCredential::test();

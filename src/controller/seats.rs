@@ -148,14 +148,18 @@ impl Seats {
 
 impl Owner<()> for Seats {
     fn wanted(&self, id: &str) -> bool {
+        // Looked at under `Seats`' own lock, which `take` holds while it finds the place
+        // kept: a credential back under the same name between the look and the forgetting
+        // would otherwise keep a name among the waiting with no place behind it. (The
+        // queue's lock is held here; `Seats` never holds its own while taking the queue's.)
+        let mut state = lock(&self.state);
         let wanted = id.split_once('/').is_some_and(|(ns, name)| {
             !*self.stopping.borrow() && self.store.get(&ObjectRef::new(name).within(ns)).is_some()
         });
         if !wanted {
-            // Its place is gone: were it back under the same name (deleted and created
-            // again, or back in this shard), its next reconcile queues it anew. (The queue's
-            // lock is held here; `Seats` never holds its own while taking the queue's.)
-            lock(&self.state).waiting.remove(id);
+            // Its place is gone: were it back (deleted and created again, or back in this
+            // shard), its next reconcile queues it anew.
+            state.waiting.remove(id);
         }
         wanted
     }
