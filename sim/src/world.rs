@@ -688,7 +688,11 @@ impl Sim {
         for o in &objects {
             if let Some(cr) = stored_copy(o) {
                 term.credential_event(watcher::Event::InitApply(cr.clone()));
-                if proc.shared.known.is_news(&StoredCredential::new(&cr)) {
+                if proc
+                    .shared
+                    .known
+                    .is_news(&StoredCredential::new(cr.clone()))
+                {
                     news.push(key_of(&cr));
                 }
             }
@@ -969,7 +973,11 @@ impl Sim {
             "eagleeyecredentials" => match change.object.as_ref().and_then(stored_copy) {
                 Some(cr) => {
                     term.credential_event(watcher::Event::Apply(cr.clone()));
-                    if proc.shared.known.is_news(&StoredCredential::new(&cr)) {
+                    if proc
+                        .shared
+                        .known
+                        .is_news(&StoredCredential::new(cr.clone()))
+                    {
                         wake.push(key_of(&cr));
                     }
                 }

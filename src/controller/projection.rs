@@ -100,7 +100,7 @@ credential_resource!(StoredCredential);
 
 impl StoredCredential {
     /// `cr` as the store keeps it (`cr` projected already: see [`project`]).
-    pub fn new(cr: &EagleEyeCredential) -> Self {
+    pub fn new(cr: EagleEyeCredential) -> Self {
         // Serializing these types cannot fail (no map with keys that are not strings); an
         // empty value, or one past its bound (nothing is kept), does not parse back, and the
         // reconcile then reads the credential from the API server.
@@ -110,12 +110,12 @@ impl StoredCredential {
         };
         let status = serde_json::to_vec(&cr.status).unwrap_or_default();
         StoredCredential {
-            metadata: cr.metadata.clone(),
             refresh_secret: cr.spec.refresh_token_secret_ref.name.as_str().into(),
             auth_url: cr.spec.auth_url.as_str().into(),
             spec: kept(serde_json::to_vec(&cr.spec).unwrap_or_default()),
             status_digest: super::known::digest_json(&status),
             status: kept(status),
+            metadata: cr.metadata,
         }
     }
 
@@ -137,7 +137,7 @@ impl StoredCredential {
 impl From<EagleEyeCredential> for StoredCredential {
     fn from(mut cr: EagleEyeCredential) -> Self {
         project(&mut cr);
-        StoredCredential::new(&cr)
+        StoredCredential::new(cr)
     }
 }
 
@@ -164,10 +164,10 @@ pub fn stored_event(
 ) -> kube::runtime::watcher::Event<StoredCredential> {
     use kube::runtime::watcher::Event;
     match event {
-        Event::Apply(cr) => Event::Apply(StoredCredential::new(&cr)),
-        Event::Delete(cr) => Event::Delete(StoredCredential::new(&cr)),
+        Event::Apply(cr) => Event::Apply(StoredCredential::new(cr)),
+        Event::Delete(cr) => Event::Delete(StoredCredential::new(cr)),
         Event::Init => Event::Init,
-        Event::InitApply(cr) => Event::InitApply(StoredCredential::new(&cr)),
+        Event::InitApply(cr) => Event::InitApply(StoredCredential::new(cr)),
         Event::InitDone => Event::InitDone,
     }
 }
